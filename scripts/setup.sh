@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs everything Tidegate needs on a Debian 12 machine, as root. Safe to run twice:
+# every step checks before it acts. Used by `make setup` (and so by `make demo` / `make test`).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${TIDEGATE_VENV:-$ROOT/.venv}
+KREL=$(uname -r)
+STAMP=$VENV/.tidegate-deps
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# Debian packages: BCC (not on PyPI), kernel headers, iproute2 and the traffic/baseline tools.
+APT_PKGS=(python3-bpfcc python3-venv libbpf1 linux-headers-amd64 iproute2 netsniff-ng
+          iptables nftables xdp-tools tcpdump make)
+
+missing_apt() {
+  local p
+  for p in "${APT_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
+
+install_apt() {
+  local need
+  need=$(missing_apt)
+  [ -z "$need" ] && { log "Debian packages present"; return; }
+  log "installing Debian packages: $(echo $need)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $need >/dev/null
+}
+
+# BCC compiles against /lib/modules/$(uname -r)/build. Kernels without their own headers
+# (custom or cloud kernels) get Debian's generic headers linked in; networking programs only
+# need the stable UAPI/skbuff definitions those carry.
+link_headers() {
+  local mod=/lib/modules/$KREL
+  if [ -e "$mod/build/include" ]; then log "kernel headers present for $KREL"; return; fi
+  local arch common
+  arch=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$arch" ] || [ -z "$common" ]; then
+    echo "setup: no kernel headers for $KREL and no Debian linux-headers-amd64 fallback" >&2
+    exit 1
+  fi
+  log "no headers for $KREL: falling back to $(basename "$arch")"
+  mkdir -p "$mod"
+  ln -sfn "$arch" "$mod/build"
+  ln -sfn "$common" "$mod/source"
+}
+
+mount_bpffs() {
+  if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+    mkdir -p /sys/fs/bpf
+    mount -t bpf bpf /sys/fs/bpf
+    log "mounted bpffs on /sys/fs/bpf"
+  fi
+}
+
+make_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating venv $VENV (system site packages, for Debian's bcc)"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+  fi
+  local want
+  want=$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
+  if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+    log "installing Python dependencies"
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+    "$VENV/bin/pip" install -q -e "$ROOT[dev]"
+    echo "$want" > "$STAMP"
+  fi
+  "$VENV/bin/python" -c 'import bcc' || { echo "setup: venv cannot import bcc" >&2; exit 1; }
+}
+
+install_apt
+link_headers
+mount_bpffs
+make_venv
+log "ready"

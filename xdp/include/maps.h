@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Every map of the data plane, declared once. Both entry programs are compiled into one BCC
+ * module so they share these. With TG_PIN_DIR defined, maps are pinned there and a later load
+ * (a restarted daemon) reuses the pinned maps, keeping the policy the kernel already enforces.
+ */
+#ifndef TG_MAPS_H
+#define TG_MAPS_H
+
+#include "tidegate_abi.h"
+
+#ifdef TG_PIN_DIR
+#define TG_MAP(type, key, leaf, name, size, flags) \
+	BPF_TABLE_PINNED(type, key, leaf, name, size, TG_PIN_DIR "/" #name, flags)
+#else
+#define TG_MAP(type, key, leaf, name, size, flags) BPF_F_TABLE(type, key, leaf, name, size, flags)
+#endif
+
+/* LPM tries must not be preallocated (kernel requirement). */
+#define TG_NO_PREALLOC BPF_F_NO_PREALLOC
+
+/* Runtime settings: ports, default actions, the interface MAC. */
+TG_MAP("array", __u32, struct tg_config, config, 1, 0);
+/* VNI -> which encapsulations terminate here. */
+TG_MAP("hash", __u32, struct tg_tunnel, tunnels, TG_TUNNELS_MAX, 0);
+/* VNI -> packets/bytes decapped. */
+TG_MAP("percpu_hash", __u32, struct tg_counter, tunnel_stats, TG_TUNNELS_MAX, 0);
+/* enum tg_reason -> packets/bytes given that verdict. */
+TG_MAP("percpu_array", __u32, struct tg_counter, reason_stats, TG_REASON_MAX, 0);
+/* enum tg_event -> occurrences. */
+TG_MAP("percpu_array", __u32, struct tg_counter, event_stats, TG_EVENT_MAX, 0);
+
+/* ACL: the three match stages, then slot -> rule and slot -> counters. */
+TG_MAP("lpm_trie", struct tg_src_key, __u32, acl_src, TG_ACL_SRC_MAX, TG_NO_PREALLOC);
+TG_MAP("lpm_trie", struct tg_dst_key, __u32, acl_dst, TG_ACL_DST_MAX, TG_NO_PREALLOC);
+TG_MAP("lpm_trie", struct tg_port_key, __u32, acl_port, TG_ACL_PORT_MAX, TG_NO_PREALLOC);
+TG_MAP("array", __u32, struct tg_acl_rule, acl_rules, TG_ACL_RULES_MAX, 0);
+TG_MAP("percpu_array", __u32, struct tg_counter, acl_rule_stats, TG_ACL_RULES_MAX, 0);
+
+/* Service-chain classifiers: same three stages, slot -> mark. */
+TG_MAP("lpm_trie", struct tg_src_key, __u32, cls_src, TG_CLS_SRC_MAX, TG_NO_PREALLOC);
+TG_MAP("lpm_trie", struct tg_dst_key, __u32, cls_dst, TG_CLS_DST_MAX, TG_NO_PREALLOC);
+TG_MAP("lpm_trie", struct tg_port_key, __u32, cls_port, TG_CLS_PORT_MAX, TG_NO_PREALLOC);
+TG_MAP("array", __u32, struct tg_cls_rule, cls_rules, TG_CLS_RULES_MAX, 0);
+TG_MAP("percpu_array", __u32, struct tg_counter, cls_rule_stats, TG_CLS_RULES_MAX, 0);
+
+#endif /* TG_MAPS_H */

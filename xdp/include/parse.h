@@ -1,0 +1,204 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Cursor-based, bounds-checked header parsers shared by the XDP and TC programs.
+ * Each parser checks the bytes it reads right before reading them and advances the cursor.
+ * Return values: >= 0 the next protocol (or 0 for "done"), TG_PARSE_TRUNCATED when the frame
+ * ends inside the header, TG_PARSE_MALFORMED when a field is impossible.
+ */
+#ifndef TG_PARSE_H
+#define TG_PARSE_H
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+
+#include "tidegate_abi.h"
+
+#define TG_PARSE_TRUNCATED (-1)
+#define TG_PARSE_MALFORMED (-2)
+
+#define TG_IPV4_MIN_IHL 5        /* 32-bit words in an option-less IPv4 header */
+#define TG_IPV4_WORD 4
+#define TG_TCP_MIN_DOFF 5
+#define TG_ICMP_MIN_LEN 4        /* type, code, checksum: all we read */
+#define TG_IPV6_EXT_MAX 4        /* extension headers walked before giving up on L4 */
+#define TG_IPV6_EXT_UNIT 8       /* hdr ext len unit (RFC 8200 4.3) */
+#define TG_IPV6_FRAG_OFFSET_MASK 0xfff8
+#define TG_IPV4_FRAG_OFFSET_MASK 0x1fff
+#define TG_V4_MAPPED_FF_OFFSET 10 /* ::ffff:a.b.c.d has 0xffff at bytes 10-11 */
+
+/* IPv6 Fragment header (RFC 8200 4.5); the kernel's frag_hdr lives in a non-UAPI header. */
+struct tg_ipv6_frag {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 identification;
+};
+
+struct tg_cursor {
+	void *pos;
+	void *end;
+};
+
+/* What the ACL and classifiers match on. Addresses are 128-bit (IPv4-mapped for IPv4). */
+struct tg_tuple {
+	__u8 src[TG_ADDR_LEN];
+	__u8 dst[TG_ADDR_LEN];
+	__u16 sport; /* network byte order; 0 when the protocol has no ports */
+	__u16 dport; /* network byte order; 0 when the protocol has no ports */
+	__u8 proto;
+	__u8 family; /* AF_INET / AF_INET6 */
+	__u8 l4_present; /* 0 for non-first fragments: ports unknown */
+	__u8 reserved;
+};
+
+static __always_inline int tg_parse_eth(struct tg_cursor *c, struct ethhdr **eth)
+{
+	struct ethhdr *h = c->pos;
+
+	if ((void *)(h + 1) > c->end)
+		return TG_PARSE_TRUNCATED;
+	c->pos = h + 1;
+	*eth = h;
+	return h->h_proto; /* network byte order */
+}
+
+static __always_inline void tg_addr_from_v4(__u8 *out, __be32 addr)
+{
+	__builtin_memset(out, 0, TG_ADDR_LEN);
+	out[TG_V4_MAPPED_FF_OFFSET] = 0xff;
+	out[TG_V4_MAPPED_FF_OFFSET + 1] = 0xff;
+	__builtin_memcpy(out + TG_ADDR_LEN - sizeof(addr), &addr, sizeof(addr));
+}
+
+/* Returns the L4 protocol; sets *l4_present to 0 for a non-first fragment. */
+static __always_inline int tg_parse_ipv4(struct tg_cursor *c, struct tg_tuple *t)
+{
+	struct iphdr *ip = c->pos;
+	__u32 hdr_len;
+
+	if ((void *)(ip + 1) > c->end)
+		return TG_PARSE_TRUNCATED;
+	if (ip->version != 4 || ip->ihl < TG_IPV4_MIN_IHL)
+		return TG_PARSE_MALFORMED;
+	hdr_len = ip->ihl * TG_IPV4_WORD;
+	/* Options make the header variable-length: check the full length too. */
+	if (c->pos + hdr_len > c->end)
+		return TG_PARSE_TRUNCATED;
+	tg_addr_from_v4(t->src, ip->saddr);
+	tg_addr_from_v4(t->dst, ip->daddr);
+	t->family = AF_INET;
+	t->proto = ip->protocol;
+	t->l4_present = (bpf_ntohs(ip->frag_off) & TG_IPV4_FRAG_OFFSET_MASK) == 0;
+	c->pos += hdr_len;
+	return ip->protocol;
+}
+
+static __always_inline int tg_ipv6_is_ext(__u8 nexthdr)
+{
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT;
+}
+
+/* Walks up to TG_IPV6_EXT_MAX extension headers; returns the L4 protocol. */
+static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t)
+{
+	struct ipv6hdr *ip6 = c->pos;
+	__u8 nexthdr;
+	int i;
+
+	if ((void *)(ip6 + 1) > c->end)
+		return TG_PARSE_TRUNCATED;
+	if (ip6->version != 6)
+		return TG_PARSE_MALFORMED;
+	__builtin_memcpy(t->src, &ip6->saddr, TG_ADDR_LEN);
+	__builtin_memcpy(t->dst, &ip6->daddr, TG_ADDR_LEN);
+	t->family = AF_INET6;
+	t->l4_present = 1;
+	nexthdr = ip6->nexthdr;
+	c->pos = ip6 + 1;
+
+	for (i = 0; i < TG_IPV6_EXT_MAX; i++) {
+		struct ipv6_opt_hdr *ext = c->pos;
+		__u32 ext_len;
+
+		if (!tg_ipv6_is_ext(nexthdr))
+			break;
+		if ((void *)(ext + 1) > c->end)
+			return TG_PARSE_TRUNCATED;
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			struct tg_ipv6_frag *fh = c->pos;
+
+			if ((void *)(fh + 1) > c->end)
+				return TG_PARSE_TRUNCATED;
+			if (bpf_ntohs(fh->frag_off) & TG_IPV6_FRAG_OFFSET_MASK)
+				t->l4_present = 0;
+			ext_len = sizeof(*fh);
+		} else {
+			ext_len = (ext->hdrlen + 1) * TG_IPV6_EXT_UNIT;
+		}
+		if (c->pos + ext_len > c->end)
+			return TG_PARSE_TRUNCATED;
+		nexthdr = ext->nexthdr;
+		c->pos += ext_len;
+	}
+	t->proto = nexthdr;
+	return nexthdr;
+}
+
+/* Reads ports where the protocol has them and leaves the cursor after the fixed L4 header.
+ * Non-first fragments carry no L4 header. */
+static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
+{
+	if (!t->l4_present)
+		return 0;
+	if (t->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = c->pos;
+
+		if ((void *)(tcp + 1) > c->end)
+			return TG_PARSE_TRUNCATED;
+		if (tcp->doff < TG_TCP_MIN_DOFF)
+			return TG_PARSE_MALFORMED;
+		t->sport = tcp->source;
+		t->dport = tcp->dest;
+		c->pos = tcp + 1;
+	} else if (t->proto == IPPROTO_UDP) {
+		struct udphdr *udp = c->pos;
+
+		if ((void *)(udp + 1) > c->end)
+			return TG_PARSE_TRUNCATED;
+		t->sport = udp->source;
+		t->dport = udp->dest;
+		c->pos = udp + 1;
+	} else if (t->proto == IPPROTO_ICMP || t->proto == IPPROTO_ICMPV6) {
+		if (c->pos + TG_ICMP_MIN_LEN > c->end)
+			return TG_PARSE_TRUNCATED;
+		c->pos += TG_ICMP_MIN_LEN;
+	}
+	return 0;
+}
+
+/* Parses IPv4/IPv6 + L4 from the cursor into *t. Returns 0, or a TG_PARSE_* error. */
+static __always_inline int tg_parse_ip(struct tg_cursor *c, __be16 eth_proto, struct tg_tuple *t)
+{
+	int rc;
+
+	if (eth_proto == bpf_htons(ETH_P_IP))
+		rc = tg_parse_ipv4(c, t);
+	else
+		rc = tg_parse_ipv6(c, t);
+	if (rc < 0)
+		return rc;
+	return tg_parse_l4(c, t);
+}
+
+static __always_inline int tg_is_ip(__be16 eth_proto)
+{
+	return eth_proto == bpf_htons(ETH_P_IP) || eth_proto == bpf_htons(ETH_P_IPV6);
+}
+
+#endif /* TG_PARSE_H */

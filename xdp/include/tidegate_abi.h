@@ -1,0 +1,205 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Tidegate ABI: every layout, enum, flag and constant shared between the BPF programs and
+ * user space. This file is the single source of truth:
+ *   - struct layouts reach Python only through BCC's generated Key/Leaf ctypes types;
+ *   - enums and #defines reach Python through dataplane/abi.py, which parses this file.
+ * Keep enum values explicit: they are mirrored in proto/ and checked by tests.
+ */
+#ifndef TIDEGATE_ABI_H
+#define TIDEGATE_ABI_H
+
+#include <linux/types.h>
+
+/* IANA-assigned UDP ports; the defaults of the runtime config (struct tg_config). */
+#define TG_VXLAN_PORT_DEFAULT 4789
+#define TG_GENEVE_PORT_DEFAULT 6081
+
+/* Addresses are kept as 128 bits; IPv4 is IPv4-mapped (::ffff:a.b.c.d, RFC 4291 2.5.5.2),
+ * so one set of tries serves both families. */
+#define TG_ADDR_LEN 16
+#define TG_ADDR_BITS 128
+#define TG_V4_MAPPED_BITS 96
+/* Width of the set/class id that prefixes the stage-2 and stage-3 trie keys. */
+#define TG_SET_BITS 32
+#define TG_PROTO_BITS 8
+#define TG_PORT_BITS 16
+
+/* "No rule matched" in a stage-3 leaf. */
+#define TG_SLOT_NONE 0xffffffff
+
+/* XDP -> TC metadata marker ("tgm1"): TC trusts the metadata only when it carries this. */
+#define TG_META_MAGIC 0x74676d31
+
+/* Map capacities. Overridable at compile time (-D) from the settings model; an apply keeps
+ * the old and the new policy side by side for a moment, so these hold both. */
+#ifndef TG_TUNNELS_MAX
+#define TG_TUNNELS_MAX 4096
+#endif
+#ifndef TG_ACL_RULES_MAX
+#define TG_ACL_RULES_MAX 262144
+#endif
+#ifndef TG_ACL_SRC_MAX
+#define TG_ACL_SRC_MAX 262144
+#endif
+#ifndef TG_ACL_DST_MAX
+#define TG_ACL_DST_MAX 524288
+#endif
+#ifndef TG_ACL_PORT_MAX
+#define TG_ACL_PORT_MAX 524288
+#endif
+#ifndef TG_CLS_RULES_MAX
+#define TG_CLS_RULES_MAX 8192
+#endif
+#ifndef TG_CLS_SRC_MAX
+#define TG_CLS_SRC_MAX 16384
+#endif
+#ifndef TG_CLS_DST_MAX
+#define TG_CLS_DST_MAX 32768
+#endif
+#ifndef TG_CLS_PORT_MAX
+#define TG_CLS_PORT_MAX 65536
+#endif
+
+/* Why a packet got its verdict. Every packet is counted under exactly one reason. */
+enum tg_reason {
+	TG_REASON_UNSPECIFIED = 0,
+	TG_REASON_PASS_NOT_IP = 1,         /* not IPv4/IPv6 (ARP, LLDP...): left to the stack */
+	TG_REASON_PASS_ALLOWED = 2,        /* an allow rule matched */
+	TG_REASON_PASS_DEFAULT = 3,        /* no rule matched, default action is allow */
+	TG_REASON_DROP_MALFORMED = 4,      /* a header field is impossible (IHL < 5, VxLAN I flag clear...) */
+	TG_REASON_DROP_TRUNCATED = 5,      /* the frame ends inside a header we must read */
+	TG_REASON_DROP_DENIED = 6,         /* a deny rule matched */
+	TG_REASON_DROP_DEFAULT = 7,        /* no rule matched, default action is deny */
+	TG_REASON_DROP_UNKNOWN_VNI = 8,    /* tunnel packet for a VNI we do not terminate */
+	TG_REASON_DROP_GENEVE_VERSION = 9, /* Geneve version != 0 (RFC 8926 3.4: MUST drop) */
+	TG_REASON_DROP_GENEVE_CRITICAL = 10, /* unknown critical Geneve option (RFC 8926 3.5: MUST drop) */
+	TG_REASON_DROP_DECAP_FAILED = 11,  /* bpf_xdp_adjust_head refused */
+	TG_REASON_MAX = 12,
+};
+
+/* Events worth counting that are not verdicts. */
+enum tg_event {
+	TG_EVENT_DECAP_VXLAN = 0,
+	TG_EVENT_DECAP_GENEVE = 1,
+	TG_EVENT_UNKNOWN_VNI_PASSED = 2,   /* left undecapped (unknown_vni_action = pass) */
+	TG_EVENT_TUNNEL_NOT_DECAPPED = 3,  /* Geneve control (O bit) or non-Ethernet payload */
+	TG_EVENT_INNER_DMAC_REWRITTEN = 4,
+	TG_EVENT_CLASSIFIED = 5,           /* a classifier set a mark */
+	TG_EVENT_META_FAILED = 6,          /* bpf_xdp_adjust_meta refused: TC falls back */
+	TG_EVENT_TC_META_MARK = 7,         /* TC took the mark from XDP metadata */
+	TG_EVENT_TC_FALLBACK = 8,          /* TC classified itself (no metadata arrived) */
+	TG_EVENT_MAX = 9,
+};
+
+enum tg_action {
+	TG_ACTION_ALLOW = 0,
+	TG_ACTION_DENY = 1,
+};
+
+enum tg_unknown_vni_action {
+	TG_UNKNOWN_VNI_PASS = 0,
+	TG_UNKNOWN_VNI_DROP = 1,
+};
+
+enum tg_tunnel_type {
+	TG_TUNNEL_VXLAN = 1,
+	TG_TUNNEL_GENEVE = 2,
+};
+
+/* tg_config.flags */
+#define TG_CFG_F_REWRITE_INNER_DMAC 0x1 /* give decapped unicast frames the interface's MAC */
+#define TG_CFG_F_DECAP 0x2              /* terminate tunnels at all */
+
+/* tg_tunnel.flags: which encapsulations a VNI is accepted with. */
+#define TG_TUNNEL_F_VXLAN 0x1
+#define TG_TUNNEL_F_GENEVE 0x2
+
+/* tg_acl_rule.flags */
+#define TG_RULE_F_LOG 0x1
+
+/* tg_meta.flags */
+#define TG_META_F_DECAPPED 0x1
+#define TG_META_F_CLASSIFIED 0x2
+
+/* Runtime configuration: one entry in the config array, rewritten without recompiling. */
+struct tg_config {
+	__u32 flags;
+	__u16 vxlan_port;  /* host byte order */
+	__u16 geneve_port; /* host byte order */
+	__u8 unknown_vni_action; /* enum tg_unknown_vni_action */
+	__u8 default_action;     /* enum tg_action, when no ACL rule matches */
+	__u8 if_mac[6];          /* MAC of the interface the program is attached to */
+};
+_Static_assert(sizeof(struct tg_config) == 16, "tg_config layout");
+
+/* Per-VNI tunnel settings (key: __u32 VNI). */
+struct tg_tunnel {
+	__u32 flags; /* TG_TUNNEL_F_* */
+	__u32 reserved;
+};
+_Static_assert(sizeof(struct tg_tunnel) == 8, "tg_tunnel layout");
+
+struct tg_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct tg_counter) == 16, "tg_counter layout");
+
+/*
+ * The match structure (ACL and classifiers share it) is three LPM lookups:
+ *   stage 1  src address                  -> class   (the rules whose source covers it)
+ *   stage 2  (class, dst address)         -> ruleset (... and whose destination covers it)
+ *   stage 3  (ruleset, protocol, dst port) -> slot    (the first of those, by priority, that matches)
+ * User space (dataplane/matcher.py) compiles rules into these; per-packet cost is three trie
+ * lookups whatever the number of rules.
+ */
+struct tg_src_key {
+	__u32 prefixlen;
+	__u8 addr[TG_ADDR_LEN];
+};
+_Static_assert(sizeof(struct tg_src_key) == 20, "tg_src_key layout");
+
+struct tg_dst_key {
+	__u32 prefixlen;
+	__u32 set; /* class id, always fully matched */
+	__u8 addr[TG_ADDR_LEN];
+};
+_Static_assert(sizeof(struct tg_dst_key) == 24, "tg_dst_key layout");
+
+struct tg_port_key {
+	__u32 prefixlen;
+	__u32 set;      /* ruleset id, always fully matched */
+	__u8 proto;     /* IP protocol; a wildcard entry stops before it */
+	__u8 port[2];   /* destination port, network byte order */
+	__u8 reserved;  /* never inside the prefix */
+};
+_Static_assert(sizeof(struct tg_port_key) == 12, "tg_port_key layout");
+
+/* What an ACL slot means (array index = slot from stage 3). */
+struct tg_acl_rule {
+	__u32 rule_id; /* the operator's rule id */
+	__u8 action;   /* enum tg_action */
+	__u8 flags;    /* TG_RULE_F_* */
+	__u16 reserved;
+};
+_Static_assert(sizeof(struct tg_acl_rule) == 8, "tg_acl_rule layout");
+
+/* What a classifier slot means. */
+struct tg_cls_rule {
+	__u32 classifier_id;
+	__u32 mark; /* written to XDP metadata, then skb->mark by TC */
+};
+_Static_assert(sizeof(struct tg_cls_rule) == 8, "tg_cls_rule layout");
+
+/* XDP metadata in front of the packet, read by the TC ingress program. */
+struct tg_meta {
+	__u32 magic; /* TG_META_MAGIC */
+	__u32 mark;  /* 0: no classifier matched */
+	__u32 vni;   /* VNI the packet was decapped from, when TG_META_F_DECAPPED */
+	__u32 flags; /* TG_META_F_* */
+};
+_Static_assert(sizeof(struct tg_meta) == 16, "tg_meta layout");
+_Static_assert(sizeof(struct tg_meta) % 4 == 0, "xdp metadata must be 4-byte aligned");
+
+#endif /* TIDEGATE_ABI_H */

@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * VxLAN (RFC 7348) and Geneve (RFC 8926) recognition. tg_tunnel_inspect() reads the tunnel
+ * header behind an outer UDP header and decides: not a tunnel, decap, leave alone, or drop.
+ * The caller strips ti->outer_len bytes with bpf_xdp_adjust_head.
+ */
+#ifndef TG_TUNNEL_H
+#define TG_TUNNEL_H
+
+#include "maps.h"
+#include "parse.h"
+
+#define TG_VXLAN_FLAG_I 0x08          /* "VNI is valid": MUST be set (RFC 7348 5) */
+#define TG_GENEVE_VERSION_SHIFT 6
+#define TG_GENEVE_OPTLEN_MASK 0x3f    /* 6-bit option length, in 4-byte words */
+#define TG_GENEVE_FLAG_O 0x80         /* control packet: payload MUST NOT be forwarded */
+#define TG_GENEVE_FLAG_C 0x40         /* critical options present */
+#define TG_GENEVE_OPT_UNIT 4
+#define TG_GENEVE_OPT_TYPE_CRITICAL 0x80
+#define TG_GENEVE_OPT_LEN_MASK 0x1f
+/* Options fill at most 63 words; each option is at least one word, so this caps the walk. */
+#define TG_GENEVE_OPTS_MAX_LEN (TG_GENEVE_OPTLEN_MASK * TG_GENEVE_OPT_UNIT)
+#define TG_GENEVE_OPTS_MAX (TG_GENEVE_OPTLEN_MASK)
+#define TG_ETH_P_TEB 0x6558           /* Transparent Ethernet Bridging */
+#define TG_VNI_SHIFT_HI 16
+#define TG_VNI_SHIFT_MID 8
+
+struct tg_vxlanhdr {
+	__u8 flags;
+	__u8 reserved1[3];
+	__u8 vni[3];
+	__u8 reserved2;
+};
+
+struct tg_genevehdr {
+	__u8 ver_optlen; /* Ver:2 | Opt Len:6 */
+	__u8 flags;      /* O:1 | C:1 | Rsvd:6 */
+	__be16 proto;
+	__u8 vni[3];
+	__u8 reserved;
+};
+
+struct tg_geneve_opt {
+	__be16 opt_class;
+	__u8 type;   /* high bit: critical */
+	__u8 length; /* R:3 | Length:5, in 4-byte words after this header */
+};
+
+enum tg_tun_result {
+	TG_TUN_NONE = 0,  /* not a tunnel port: an ordinary packet */
+	TG_TUN_DECAP = 1, /* strip ti->outer_len bytes */
+	TG_TUN_LEAVE = 2, /* a tunnel packet we do not terminate: judged as itself */
+	TG_TUN_DROP = 3,  /* ti->reason */
+};
+
+struct tg_tunnel_info {
+	__u32 vni;
+	__u32 outer_len;
+	__u32 reason; /* enum tg_reason, for TG_TUN_DROP */
+	__u32 event;  /* enum tg_event, for TG_TUN_LEAVE */
+	__u8 type;    /* enum tg_tunnel_type */
+};
+
+static __always_inline __u32 tg_vni(const __u8 *vni)
+{
+	return ((__u32)vni[0] << TG_VNI_SHIFT_HI) | ((__u32)vni[1] << TG_VNI_SHIFT_MID) | vni[2];
+}
+
+/* Unknown VNI, or a VNI not configured for this encapsulation. */
+static __always_inline int tg_tunnel_admit(const struct tg_config *cfg, struct tg_tunnel_info *ti,
+					   __u32 type_flag)
+{
+	struct tg_tunnel *tun = tunnels.lookup(&ti->vni);
+
+	if (tun && (tun->flags & type_flag))
+		return TG_TUN_DECAP;
+	if (cfg->unknown_vni_action == TG_UNKNOWN_VNI_DROP) {
+		ti->reason = TG_REASON_DROP_UNKNOWN_VNI;
+		return TG_TUN_DROP;
+	}
+	ti->event = TG_EVENT_UNKNOWN_VNI_PASSED;
+	return TG_TUN_LEAVE;
+}
+
+static __always_inline int tg_drop(struct tg_tunnel_info *ti, __u32 reason)
+{
+	ti->reason = reason;
+	return TG_TUN_DROP;
+}
+
+/* The inner Ethernet header must be there before we promise a decap. */
+static __always_inline int tg_tunnel_finish(struct tg_cursor *c, void *frame, struct tg_tunnel_info *ti)
+{
+	if (c->pos + sizeof(struct ethhdr) > c->end)
+		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+	ti->outer_len = c->pos - frame;
+	return TG_TUN_DECAP;
+}
+
+static __always_inline int tg_vxlan_inspect(struct tg_cursor *c, void *frame, const struct tg_config *cfg,
+					    struct tg_tunnel_info *ti)
+{
+	struct tg_vxlanhdr *vx = c->pos;
+	int rc;
+
+	if ((void *)(vx + 1) > c->end)
+		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+	if (!(vx->flags & TG_VXLAN_FLAG_I))
+		return tg_drop(ti, TG_REASON_DROP_MALFORMED);
+	ti->type = TG_TUNNEL_VXLAN;
+	ti->vni = tg_vni(vx->vni);
+	rc = tg_tunnel_admit(cfg, ti, TG_TUNNEL_F_VXLAN);
+	if (rc != TG_TUN_DECAP)
+		return rc;
+	c->pos = vx + 1;
+	return tg_tunnel_finish(c, frame, ti);
+}
+
+/* Walks the options: any critical option is one we do not understand (we implement none). */
+static __always_inline int tg_geneve_options(struct tg_cursor *c, __u32 opts_len, struct tg_tunnel_info *ti)
+{
+	void *opts = c->pos;
+	__u32 off = 0;
+	int i;
+
+	if (opts + opts_len > c->end)
+		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+	for (i = 0; i < TG_GENEVE_OPTS_MAX; i++) {
+		struct tg_geneve_opt *opt;
+
+		if (off >= opts_len || off >= TG_GENEVE_OPTS_MAX_LEN)
+			break;
+		opt = opts + off;
+		if ((void *)(opt + 1) > c->end)
+			return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+		if (opt->type & TG_GENEVE_OPT_TYPE_CRITICAL)
+			return tg_drop(ti, TG_REASON_DROP_GENEVE_CRITICAL);
+		off += sizeof(*opt) + (opt->length & TG_GENEVE_OPT_LEN_MASK) * TG_GENEVE_OPT_UNIT;
+	}
+	/* The option lengths must add up to Opt Len exactly. */
+	if (off != opts_len)
+		return tg_drop(ti, TG_REASON_DROP_MALFORMED);
+	c->pos = opts + opts_len;
+	return TG_TUN_DECAP;
+}
+
+static __always_inline int tg_geneve_inspect(struct tg_cursor *c, void *frame, const struct tg_config *cfg,
+					     struct tg_tunnel_info *ti)
+{
+	struct tg_genevehdr *gh = c->pos;
+	__u32 opts_len;
+	int rc;
+
+	if ((void *)(gh + 1) > c->end)
+		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+	if (gh->ver_optlen >> TG_GENEVE_VERSION_SHIFT)
+		return tg_drop(ti, TG_REASON_DROP_GENEVE_VERSION);
+	ti->type = TG_TUNNEL_GENEVE;
+	ti->vni = tg_vni(gh->vni);
+	/* Control messages and non-Ethernet payloads are not ours to strip: leave them whole. */
+	if ((gh->flags & TG_GENEVE_FLAG_O) || gh->proto != bpf_htons(TG_ETH_P_TEB)) {
+		ti->event = TG_EVENT_TUNNEL_NOT_DECAPPED;
+		return TG_TUN_LEAVE;
+	}
+	rc = tg_tunnel_admit(cfg, ti, TG_TUNNEL_F_GENEVE);
+	if (rc != TG_TUN_DECAP)
+		return rc;
+	/* C set means a critical option is present, and we understand none (RFC 8926 3.5). */
+	if (gh->flags & TG_GENEVE_FLAG_C)
+		return tg_drop(ti, TG_REASON_DROP_GENEVE_CRITICAL);
+	opts_len = (gh->ver_optlen & TG_GENEVE_OPTLEN_MASK) * TG_GENEVE_OPT_UNIT;
+	c->pos = gh + 1;
+	rc = tg_geneve_options(c, opts_len, ti);
+	if (rc != TG_TUN_DECAP)
+		return rc;
+	return tg_tunnel_finish(c, frame, ti);
+}
+
+/* c points just past the outer UDP header; t is the outer tuple. */
+static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, void *frame, const struct tg_tuple *t,
+					     const struct tg_config *cfg, struct tg_tunnel_info *ti)
+{
+	if (!(cfg->flags & TG_CFG_F_DECAP) || t->proto != IPPROTO_UDP || !t->l4_present)
+		return TG_TUN_NONE;
+	if (t->dport == bpf_htons(cfg->vxlan_port))
+		return tg_vxlan_inspect(c, frame, cfg, ti);
+	if (t->dport == bpf_htons(cfg->geneve_port))
+		return tg_geneve_inspect(c, frame, cfg, ti);
+	return TG_TUN_NONE;
+}
+
+#endif /* TG_TUNNEL_H */

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * TC ingress (clsact, direct action): turns the XDP verdict into skb->mark for policy routing.
+ * The mark comes from XDP metadata when XDP ran; otherwise (generic XDP on a driver without
+ * metadata, XDP detached) TC classifies with the same maps, so marking never silently stops.
+ * TC never drops: enforcement is XDP's job, and iptables/nftables still see what we pass.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "counters.h"
+#include "maps.h"
+#include "match.h"
+#include "parse.h"
+
+/* Enough linear bytes for Ethernet + IPv6 with extension headers + L4 ports. */
+#define TG_TC_PULL_LEN 128
+
+static __always_inline __u32 tg_tc_classify(struct __sk_buff *skb)
+{
+	struct tg_tuple t = {};
+	struct tg_cursor c;
+	struct ethhdr *eth;
+	int proto;
+
+	bpf_skb_pull_data(skb, skb->len < TG_TC_PULL_LEN ? skb->len : TG_TC_PULL_LEN);
+	c.pos = (void *)(long)skb->data;
+	c.end = (void *)(long)skb->data_end;
+	proto = tg_parse_eth(&c, &eth);
+	if (proto < 0 || !tg_is_ip(proto))
+		return 0;
+	if (tg_parse_ip(&c, proto, &t) < 0)
+		return 0;
+	return tg_classify(&t, skb->len);
+}
+
+int tg_tc_ingress(struct __sk_buff *skb)
+{
+	struct tg_meta *meta = (void *)(long)skb->data_meta;
+	__u32 mark;
+
+	if ((void *)(meta + 1) <= (void *)(long)skb->data && meta->magic == TG_META_MAGIC) {
+		mark = meta->mark;
+		tg_count_event(TG_EVENT_TC_META_MARK);
+	} else {
+		mark = tg_tc_classify(skb);
+		tg_count_event(TG_EVENT_TC_FALLBACK);
+	}
+	if (mark)
+		skb->mark = mark;
+	return TC_ACT_OK;
+}
