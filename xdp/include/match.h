@@ -42,13 +42,15 @@ static __always_inline __u32 tg_match(enum tg_table table, const struct tg_tuple
 	struct tg_port_key pk = {};
 	__u32 *set, *slot;
 
-	sk.prefixlen = TG_ADDR_BITS;
+	sk.prefixlen = TG_FAMILY_BITS + TG_ADDR_BITS;
+	sk.family = t->family;
 	__builtin_memcpy(sk.addr, t->src, TG_ADDR_LEN);
 	set = tg_stage_src(table, &sk);
 	if (!set)
 		return TG_SLOT_NONE;
-	dk.prefixlen = TG_SET_BITS + TG_ADDR_BITS;
+	dk.prefixlen = TG_SET_BITS + TG_FAMILY_BITS + TG_ADDR_BITS;
 	dk.set = *set;
+	dk.family = t->family;
 	__builtin_memcpy(dk.addr, t->dst, TG_ADDR_LEN);
 	set = tg_stage_dst(table, &dk);
 	if (!set)

@@ -29,7 +29,6 @@
 #define TG_IPV6_EXT_UNIT 8       /* hdr ext len unit (RFC 8200 4.3) */
 #define TG_IPV6_FRAG_OFFSET_MASK 0xfff8
 #define TG_IPV4_FRAG_OFFSET_MASK 0x1fff
-#define TG_V4_MAPPED_FF_OFFSET 10 /* ::ffff:a.b.c.d has 0xffff at bytes 10-11 */
 
 /* IPv6 Fragment header (RFC 8200 4.5); the kernel's frag_hdr lives in a non-UAPI header. */
 struct tg_ipv6_frag {
@@ -44,14 +43,14 @@ struct tg_cursor {
 	void *end;
 };
 
-/* What the ACL and classifiers match on. Addresses are 128-bit (IPv4-mapped for IPv4). */
+/* What the ACL and classifiers match on. IPv4 addresses fill the first 4 of 16 bytes. */
 struct tg_tuple {
 	__u8 src[TG_ADDR_LEN];
 	__u8 dst[TG_ADDR_LEN];
 	__u16 sport; /* network byte order; 0 when the protocol has no ports */
 	__u16 dport; /* network byte order; 0 when the protocol has no ports */
 	__u8 proto;
-	__u8 family; /* AF_INET / AF_INET6 */
+	__u8 family; /* TG_FAMILY_* */
 	__u8 l4_present; /* 0 for non-first fragments: ports unknown */
 	__u8 reserved;
 };
@@ -70,9 +69,7 @@ static __always_inline int tg_parse_eth(struct tg_cursor *c, struct ethhdr **eth
 static __always_inline void tg_addr_from_v4(__u8 *out, __be32 addr)
 {
 	__builtin_memset(out, 0, TG_ADDR_LEN);
-	out[TG_V4_MAPPED_FF_OFFSET] = 0xff;
-	out[TG_V4_MAPPED_FF_OFFSET + 1] = 0xff;
-	__builtin_memcpy(out + TG_ADDR_LEN - sizeof(addr), &addr, sizeof(addr));
+	__builtin_memcpy(out, &addr, sizeof(addr));
 }
 
 /* Returns the L4 protocol; sets *l4_present to 0 for a non-first fragment. */
@@ -91,7 +88,7 @@ static __always_inline int tg_parse_ipv4(struct tg_cursor *c, struct tg_tuple *t
 		return TG_PARSE_TRUNCATED;
 	tg_addr_from_v4(t->src, ip->saddr);
 	tg_addr_from_v4(t->dst, ip->daddr);
-	t->family = AF_INET;
+	t->family = TG_FAMILY_V4;
 	t->proto = ip->protocol;
 	t->l4_present = (bpf_ntohs(ip->frag_off) & TG_IPV4_FRAG_OFFSET_MASK) == 0;
 	c->pos += hdr_len;
@@ -117,7 +114,7 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 		return TG_PARSE_MALFORMED;
 	__builtin_memcpy(t->src, &ip6->saddr, TG_ADDR_LEN);
 	__builtin_memcpy(t->dst, &ip6->daddr, TG_ADDR_LEN);
-	t->family = AF_INET6;
+	t->family = TG_FAMILY_V6;
 	t->l4_present = 1;
 	nexthdr = ip6->nexthdr;
 	c->pos = ip6 + 1;

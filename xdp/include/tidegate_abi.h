@@ -15,11 +15,15 @@
 #define TG_VXLAN_PORT_DEFAULT 4789
 #define TG_GENEVE_PORT_DEFAULT 6081
 
-/* Addresses are kept as 128 bits; IPv4 is IPv4-mapped (::ffff:a.b.c.d, RFC 4291 2.5.5.2),
- * so one set of tries serves both families. */
+/* Match keys carry a family byte, then the address left-aligned in 16 bytes (IPv4 in the first
+ * four). One set of tries serves both families, a "/0 any family" wildcard is prefixlen 0, and
+ * "all IPv4" / "all IPv6" are distinct prefixes of length TG_FAMILY_BITS. */
+#define TG_FAMILY_V4 4
+#define TG_FAMILY_V6 6
+#define TG_FAMILY_BITS 8
 #define TG_ADDR_LEN 16
 #define TG_ADDR_BITS 128
-#define TG_V4_MAPPED_BITS 96
+#define TG_IPV4_ADDR_BITS 32
 /* Width of the set/class id that prefixes the stage-2 and stage-3 trie keys. */
 #define TG_SET_BITS 32
 #define TG_PROTO_BITS 8
@@ -156,16 +160,20 @@ _Static_assert(sizeof(struct tg_counter) == 16, "tg_counter layout");
  */
 struct tg_src_key {
 	__u32 prefixlen;
+	__u8 family; /* TG_FAMILY_* */
 	__u8 addr[TG_ADDR_LEN];
+	__u8 reserved[3]; /* never inside the prefix */
 };
-_Static_assert(sizeof(struct tg_src_key) == 20, "tg_src_key layout");
+_Static_assert(sizeof(struct tg_src_key) == 24, "tg_src_key layout");
 
 struct tg_dst_key {
 	__u32 prefixlen;
 	__u32 set; /* class id, always fully matched */
+	__u8 family;
 	__u8 addr[TG_ADDR_LEN];
+	__u8 reserved[3];
 };
-_Static_assert(sizeof(struct tg_dst_key) == 24, "tg_dst_key layout");
+_Static_assert(sizeof(struct tg_dst_key) == 28, "tg_dst_key layout");
 
 struct tg_port_key {
 	__u32 prefixlen;

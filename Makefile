@@ -1,0 +1,33 @@
+# Tidegate: the two quick-start commands are `make demo` and `make test`.
+# Both run scripts/setup.sh first (Debian packages, kernel headers, bpffs, venv): safe to repeat.
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint demo bench clean proto
+
+setup:
+	@bash scripts/setup.sh
+
+# Everything: unit, BPF (BPF_PROG_TEST_RUN) and namespace tests. Needs root.
+test: setup
+	$(PY) -m ruff check dataplane control testbed tests
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Pure-Python tests only: no root, no kernel.
+test-fast:
+	$(PY) -m pytest -q -p no:cacheprovider -m "not root" $(PYTEST_ARGS)
+
+lint:
+	$(PY) -m ruff check dataplane control testbed tests
+	$(PY) -m mypy dataplane control testbed
+
+demo: setup
+	$(PY) -m testbed.demo
+
+bench: setup
+	$(PY) -m testbed.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,126 @@
+"""Attaching the programs to an interface: XDP (native, else generic) and TC clsact ingress.
+
+Works in the caller's current network namespace. Every step is idempotent so a detach after a
+crash, or twice, is safe; only the expected errno of each step is ignored.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+XdpMode = Literal["native", "generic", "auto"]
+# include/uapi/linux/if_link.h
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+
+TC_INGRESS_PARENT = "ffff:fff2"  # clsact's ingress hook
+TC_HANDLE = 1
+TC_PRIO = 0xC000  # our band on clsact ingress: explicit, so we delete only our filter
+CLSACT_OWNED = "clsact-owned"  # marker in the pin dir: we created the qdisc, we remove it
+
+
+class AttachError(RuntimeError):
+    pass
+
+
+def ifindex(ifname: str) -> int:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise AttachError(f"interface {ifname!r} does not exist in this network namespace")
+    return int(found[0])
+
+
+def link_mac(ifname: str) -> bytes:
+    with IPRoute() as ipr:
+        link = ipr.link("get", index=ifindex(ifname))[0]
+    return bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
+
+
+def attach_xdp(ifname: str, fn: Any, mode: XdpMode = "auto") -> str:
+    """Attaches (atomically replacing any program there); returns the mode that took."""
+    from bcc import BPF
+
+    tries = ["native", "generic"] if mode == "auto" else [mode]
+    last: Exception | None = None
+    for attempt in tries:
+        try:
+            BPF.attach_xdp(ifname, fn, _MODE_FLAGS[attempt])
+        except Exception as exc:  # BCC raises a bare Exception carrying the netlink error
+            last = exc
+            continue
+        if attempt != tries[0]:
+            log.warning(
+                "native XDP refused, running generic XDP (slower; TC classifies if metadata is lost)",
+                extra={"ifname": ifname, "error": str(last)},
+            )
+        return attempt
+    raise AttachError(f"cannot attach XDP to {ifname} in mode {mode}: {last}")
+
+
+def detach_xdp(ifname: str) -> None:
+    from bcc import BPF
+
+    for flags in _MODE_FLAGS.values():
+        try:
+            BPF.remove_xdp(ifname, flags)
+        except Exception:  # nothing attached in this mode, or the link is gone
+            pass
+
+
+def xdp_attached(ifname: str) -> bool:
+    with IPRoute() as ipr:
+        link = ipr.link("get", index=ifindex(ifname))[0]
+    xdp = link.get_attr("IFLA_XDP")
+    return bool(xdp and xdp.get_attr("IFLA_XDP_ATTACHED"))
+
+
+def attach_tc(ifname: str, fn: Any, pin_dir: Path | None) -> None:
+    idx = ifindex(ifname)
+    with IPRoute() as ipr:
+        try:
+            ipr.tc("add", "clsact", idx)
+            if pin_dir is not None:
+                (pin_dir / CLSACT_OWNED).touch()
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+        ipr.tc(
+            "replace-filter", "bpf", idx, TC_HANDLE, fd=fn.fd, name=fn.name,
+            parent=TC_INGRESS_PARENT, prio=TC_PRIO, classid=1, direct_action=True,
+        )
+
+
+def detach_tc(ifname: str, pin_dir: Path | None) -> None:
+    try:
+        idx = ifindex(ifname)
+    except AttachError:
+        return
+    with IPRoute() as ipr:
+        try:
+            ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=TC_INGRESS_PARENT, prio=TC_PRIO)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENOENT, errno.EINVAL):
+                raise
+        owned = pin_dir is not None and (pin_dir / CLSACT_OWNED).exists()
+        if owned:
+            try:
+                ipr.tc("del", "clsact", idx)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ENOENT, errno.EINVAL):
+                    raise
+
+
+def tc_filter_attached(ifname: str) -> bool:
+    with IPRoute() as ipr:
+        filters = ipr.get_filters(index=ifindex(ifname), parent=TC_INGRESS_PARENT)
+    return any(f.get_attr("TCA_KIND") == "bpf" for f in filters)

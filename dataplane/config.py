@@ -1,0 +1,50 @@
+"""Runtime configuration and tunnel entries as the maps hold them (typed, validated).
+
+These are the data plane's own shapes; the control plane's policy models translate into them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dataplane import abi
+
+VNI_MAX = (1 << 24) - 1  # 24-bit VNI (RFC 7348 5, RFC 8926 3.4)
+
+
+class RuntimeConfig(BaseModel):
+    """What struct tg_config carries, minus the interface MAC (read from the interface)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vxlan_port: int = Field(default=abi.define("TG_VXLAN_PORT_DEFAULT"), ge=1, le=65535)
+    geneve_port: int = Field(default=abi.define("TG_GENEVE_PORT_DEFAULT"), ge=1, le=65535)
+    decap: bool = True
+    unknown_vni_action: Literal["pass", "drop"] = "pass"
+    default_action: Literal["allow", "deny"] = "allow"
+    rewrite_inner_dmac: bool = True
+
+    def flags(self) -> int:
+        flags = 0
+        if self.decap:
+            flags |= abi.define("TG_CFG_F_DECAP")
+        if self.rewrite_inner_dmac:
+            flags |= abi.define("TG_CFG_F_REWRITE_INNER_DMAC")
+        return flags
+
+
+class TunnelEntry(BaseModel):
+    """A VNI terminated here and the encapsulations it is accepted with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vni: int = Field(ge=0, le=VNI_MAX)
+    vxlan: bool = True
+    geneve: bool = True
+
+    def flags(self) -> int:
+        return (abi.define("TG_TUNNEL_F_VXLAN") if self.vxlan else 0) | (
+            abi.define("TG_TUNNEL_F_GENEVE") if self.geneve else 0
+        )

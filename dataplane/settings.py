@@ -1,0 +1,50 @@
+"""Build-time settings of the data plane: map capacities and where objects are pinned.
+
+Capacities become -D defines (BCC sizes maps at compile time); everything that can change at
+run time lives in the config map instead (dataplane.config). Defaults come from the ABI header.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dataplane import abi
+
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/tidegate")
+_MAX_ENTRIES = 1 << 24  # beyond this a single map's memory is no longer a reasonable default
+
+
+def _cap(define: str) -> int:
+    return Field(default=abi.define(define), ge=1, le=_MAX_ENTRIES, description=f"-D{define}")
+
+
+class Capacities(BaseModel):
+    """Entries per map. An apply keeps old and new policy side by side: size for both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tunnels: int = _cap("TG_TUNNELS_MAX")
+    acl_rules: int = _cap("TG_ACL_RULES_MAX")
+    acl_src: int = _cap("TG_ACL_SRC_MAX")
+    acl_dst: int = _cap("TG_ACL_DST_MAX")
+    acl_port: int = _cap("TG_ACL_PORT_MAX")
+    cls_rules: int = _cap("TG_CLS_RULES_MAX")
+    cls_src: int = _cap("TG_CLS_SRC_MAX")
+    cls_dst: int = _cap("TG_CLS_DST_MAX")
+    cls_port: int = _cap("TG_CLS_PORT_MAX")
+
+    def cflags(self) -> list[str]:
+        fields = Capacities.model_fields
+        return [f"{fields[name].description}={value}" for name, value in self.model_dump().items()]
+
+
+class DataplaneSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capacities: Capacities = Capacities()
+    pin_root: Path = DEFAULT_PIN_ROOT
+
+    def pin_dir(self, ifname: str) -> Path:
+        return self.pin_root / ifname
