@@ -66,7 +66,7 @@ class Program:
     adopted: bool  # maps came from existing pins
 
     def table(self, name: str) -> Any:
-        return self.bpf.get_table(name)
+        return self.bpf.get_table(name.encode())
 
     def pin_programs(self) -> None:
         if self.pin_dir is None:
@@ -100,7 +100,7 @@ def compile_program(settings: DataplaneSettings, ifname: str | None = None) -> P
     if pin_dir is not None and not adopted:
         pin_dir.mkdir(parents=True, exist_ok=True)
         for name in map_names():
-            _pin(bpf.get_table(name).map_fd, pin_dir / name)
+            _pin(bpf.get_table(name.encode()).map_fd, pin_dir / name)
     log.info("data plane loaded", extra={"ifname": ifname, "pin_dir": str(pin_dir), "adopted": adopted})
     return prog
 

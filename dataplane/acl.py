@@ -1,0 +1,47 @@
+"""ACL rules and classifiers as the data plane matches them, and their map capacities.
+
+These build `MatchRule`s (dataplane.matcher) with the payload each slot map expects:
+ACL -> (abi.Action, flags), classifier -> mark. The control plane translates its pydantic
+policy into these calls; tests use them directly.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Any
+
+from dataplane import abi
+from dataplane.matcher import MatchCapacity, MatchRule
+from dataplane.settings import Capacities
+
+Network = IPv4Network | IPv6Network
+
+
+def _net(value: str | Network | None) -> Network | None:
+    if value is None or isinstance(value, IPv4Network | IPv6Network):
+        return value
+    return ip_network(value)
+
+
+def acl_rule(rule_id: int, priority: int, action: str = "deny", src: Any = None, dst: Any = None,
+             proto: int | None = None, dport: tuple[int, int] | None = None, log: bool = False) -> MatchRule:
+    """One ACL rule; action is "allow" or "deny"."""
+    flags = abi.define("TG_RULE_F_LOG") if log else 0
+    return MatchRule(rule_id=rule_id, priority=priority, src=_net(src), dst=_net(dst), proto=proto,
+                     dport=dport, payload=(abi.Action[action.upper()], flags))
+
+
+def classifier(classifier_id: int, priority: int, mark: int, src: Any = None, dst: Any = None,
+               proto: int | None = None, dport: tuple[int, int] | None = None) -> MatchRule:
+    if not 0 < mark <= 0xFFFFFFFF:
+        raise ValueError(f"classifier {classifier_id}: mark must be 1..2^32-1 (0 means unmarked), got {mark}")
+    return MatchRule(rule_id=classifier_id, priority=priority, src=_net(src), dst=_net(dst), proto=proto,
+                     dport=dport, payload=mark)
+
+
+def acl_capacity(caps: Capacities) -> MatchCapacity:
+    return MatchCapacity(slots=caps.acl_rules, src=caps.acl_src, dst=caps.acl_dst, port=caps.acl_port)
+
+
+def cls_capacity(caps: Capacities) -> MatchCapacity:
+    return MatchCapacity(slots=caps.cls_rules, src=caps.cls_src, dst=caps.cls_dst, port=caps.cls_port)

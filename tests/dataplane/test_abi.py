@@ -1,0 +1,50 @@
+"""The ABI header is the one definition: BCC's view of it and Python's parse must agree."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from dataplane import abi
+from dataplane.program import map_names
+
+pytestmark = pytest.mark.root
+
+EXPECTED_LAYOUTS = {
+    # map name: (key size, key fields, leaf size, leaf fields)
+    "config": (4, None, 16, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
+                             "default_action", "if_mac"]),
+    "tunnels": (4, None, 8, ["flags", "reserved"]),
+    "acl_src": (24, ["prefixlen", "family", "addr", "reserved"], 4, None),
+    "acl_dst": (28, ["prefixlen", "set", "family", "addr", "reserved"], 4, None),
+    "acl_port": (12, ["prefixlen", "set", "proto", "port", "reserved"], 4, None),
+    "acl_rules": (4, None, 8, ["rule_id", "action", "flags", "reserved"]),
+    "cls_rules": (4, None, 8, ["classifier_id", "mark"]),
+}
+
+
+def _fields(t: type) -> list[str]:
+    return [f[0] for f in getattr(t, "_fields_", [])]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_LAYOUTS))
+def test_bcc_layout_matches_header(loaded_dataplane, name):
+    table = loaded_dataplane.program.table(name)
+    key_size, key_fields, leaf_size, leaf_fields = EXPECTED_LAYOUTS[name]
+    assert ctypes.sizeof(table.Key) == key_size
+    assert ctypes.sizeof(table.Leaf) == leaf_size
+    if key_fields:
+        assert _fields(table.Key) == key_fields
+    if leaf_fields:
+        assert _fields(table.Leaf) == leaf_fields
+
+
+def test_every_declared_map_is_loaded(loaded_dataplane):
+    for name in map_names():
+        assert loaded_dataplane.program.table(name) is not None
+
+
+def test_counter_arrays_sized_by_enums(loaded_dataplane):
+    assert loaded_dataplane.program.table("reason_stats").max_entries == abi.REASON_MAX
+    assert loaded_dataplane.program.table("event_stats").max_entries == abi.EVENT_MAX

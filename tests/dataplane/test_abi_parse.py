@@ -1,0 +1,26 @@
+"""Parsing the ABI header (pure Python)."""
+
+from __future__ import annotations
+
+from dataplane import abi
+
+
+def test_reason_enum_is_dense_and_drop_reasons_follow_pass_reasons():
+    values = sorted(int(r) for r in abi.Reason)
+    assert values == list(range(abi.REASON_MAX))
+    drops = [r for r in abi.Reason if abi.is_drop(r)]
+    assert all(r.name.startswith("DROP_") for r in drops)
+    assert all(not r.name.startswith("DROP_") for r in abi.Reason if r not in drops)
+
+
+def test_defines_are_read_from_the_header():
+    assert abi.define("TG_VXLAN_PORT_DEFAULT") == 4789
+    assert abi.define("TG_GENEVE_PORT_DEFAULT") == 6081
+    assert abi.SLOT_NONE == 0xFFFFFFFF
+
+
+def test_unknown_define_names_the_header():
+    import pytest
+
+    with pytest.raises(KeyError, match="tidegate_abi.h"):
+        abi.define("TG_NOT_A_THING")
