@@ -25,10 +25,17 @@
 #define TG_IPV4_WORD 4
 #define TG_TCP_MIN_DOFF 5
 #define TG_ICMP_MIN_LEN 4        /* type, code, checksum: all we read */
+#define TG_IPPROTO_SCTP 132      /* not in every UAPI in.h the headers fallback may ship */
 #define TG_IPV6_EXT_MAX 4        /* extension headers walked before giving up on L4 */
 #define TG_IPV6_EXT_UNIT 8       /* hdr ext len unit (RFC 8200 4.3) */
 #define TG_IPV6_FRAG_OFFSET_MASK 0xfff8
 #define TG_IPV4_FRAG_OFFSET_MASK 0x1fff
+
+/* SCTP common header (RFC 9260 3.1): only the ports are read. */
+struct tg_sctp_ports {
+	__be16 source;
+	__be16 dest;
+};
 
 /* IPv6 Fragment header (RFC 8200 4.5); the kernel's frag_hdr lives in a non-UAPI header. */
 struct tg_ipv6_frag {
@@ -171,6 +178,14 @@ static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
 		t->sport = udp->source;
 		t->dport = udp->dest;
 		c->pos = udp + 1;
+	} else if (t->proto == TG_IPPROTO_SCTP) {
+		struct tg_sctp_ports *sctp = c->pos;
+
+		if ((void *)(sctp + 1) > c->end)
+			return TG_PARSE_TRUNCATED;
+		t->sport = sctp->source;
+		t->dport = sctp->dest;
+		c->pos = sctp + 1;
 	} else if (t->proto == IPPROTO_ICMP || t->proto == IPPROTO_ICMPV6) {
 		if (c->pos + TG_ICMP_MIN_LEN > c->end)
 			return TG_PARSE_TRUNCATED;
