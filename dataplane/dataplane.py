@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 
-
 from dataplane import attach as attach_mod
 from dataplane import program as program_mod
 from dataplane.acl import acl_capacity, cls_capacity

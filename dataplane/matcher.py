@@ -227,8 +227,8 @@ def simulate_lookup(src_map: Mapping[SrcKey, int], dst_map: Mapping[DstKey, int]
                         for p in _addr_keys(address_bits(dst))))
     if rs is None:
         return SLOT_NONE
-    port_keys = [PortKey(SET_BITS + PROTO_BITS + plen, rs, proto, dport >> (PORT_BITS - plen) << (PORT_BITS - plen))
-                 for plen in range(PORT_BITS, -1, -1)]
+    port_keys = [PortKey(SET_BITS + PROTO_BITS + plen, rs, proto, dport >> shift << shift)
+                 for plen in range(PORT_BITS, -1, -1) for shift in (PORT_BITS - plen,)]
     slot = _lpm(port_map, iter([*port_keys, PortKey(SET_BITS, rs, 0, 0)]))
     return SLOT_NONE if slot is None else slot
 
@@ -268,7 +268,8 @@ class Oversized(ValueError):
     """The sets a policy expands to exceed the work budget: it cannot fit the maps."""
 
 
-def covering_sets(items: Iterable[tuple[Prefix, int]], budget: int | None = None) -> dict[Prefix, frozenset[int]]:
+def covering_sets(items: Iterable[tuple[Prefix, int]],
+                  budget: int | None = None) -> dict[Prefix, frozenset[int]]:
     """For each distinct prefix: the members whose prefix contains it (itself included).
 
     Sorted by (bits, plen), prefixes come in pre-order of their nesting, so a stack of the open
@@ -307,7 +308,8 @@ def _first(rules: Iterable[MatchRule]) -> MatchRule | None:
     return min(rules, key=lambda r: r.order, default=None)
 
 
-def _range_winners(ranged: Sequence[MatchRule], fallback: MatchRule | None) -> Iterator[tuple[int, int, MatchRule]]:
+def _range_winners(ranged: Sequence[MatchRule],
+                   fallback: MatchRule | None) -> Iterator[tuple[int, int, MatchRule]]:
     """Maximal port runs (lo, hi, rule) where the first matching rule is not `fallback`.
 
     Sweep over the elementary intervals between range boundaries with a heap of the ranges
@@ -373,8 +375,8 @@ def _assign_slots(rules: Sequence[MatchRule], previous: CompiledMatch, capacity:
 def _check(what: str, new: Mapping, old: Mapping, capacity: int, setting: str) -> None:  # type: ignore[type-arg]
     peak = len(new.keys() | old.keys())
     if peak > capacity:
-        raise ValueError(f"{what}: the policy needs at least {len(new)} entries ({peak} while the previous policy is "
-                         f"still live) but the map holds {capacity}; raise capacities.{setting}")
+        raise ValueError(f"{what}: the policy needs at least {len(new)} entries ({peak} while the previous "
+                         f"policy is still live) but the map holds {capacity}; raise capacities.{setting}")
 
 
 def compile_rules(rules: Sequence[MatchRule], previous: CompiledMatch, capacity: MatchCapacity,
@@ -409,7 +411,8 @@ def compile_rules(rules: Sequence[MatchRule], previous: CompiledMatch, capacity:
     return CompiledMatch(slots, src, dst, port, dict(class_ids.assigned), dict(ruleset_ids.assigned))
 
 
-def _classes(slots: Mapping[int, MatchRule], capacity: MatchCapacity, table: str) -> dict[Prefix, frozenset[int]]:
+def _classes(slots: Mapping[int, MatchRule], capacity: MatchCapacity,
+             table: str) -> dict[Prefix, frozenset[int]]:
     budget = CLASS_REFS_PER_ENTRY * (capacity.dst + capacity.port)
     try:
         return covering_sets(((prefix_of(r.src), s) for s, r in slots.items()), budget)

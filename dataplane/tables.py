@@ -16,6 +16,7 @@ from typing import Any
 
 from dataplane.maps import Counter, DataplaneMaps
 from dataplane.matcher import (
+    SLOT_NONE,
     CompiledMatch,
     DstKey,
     MatchCapacity,
@@ -72,9 +73,47 @@ class MatchTable:
         self._maps = maps
         self.current: CompiledMatch = empty()
 
+    def adopt(self) -> CompiledMatch:
+        """Takes what the maps hold (written by an earlier process) as the current state.
+
+        The maps say which keys, ids and slots are in use, not which rules made them, so every
+        id is marked taken under a placeholder content: the next apply gives all sets and slots
+        fresh ids and swaps atomically as usual, and packets keep the old verdicts until then.
+        """
+        src = {self._src_from(k): int(v.value) for k, v in self._table(self.names.src).items()}
+        dst = {self._dst_from(k): int(v.value) for k, v in self._table(self.names.dst).items()}
+        port = {self._port_from(k): int(v.value) for k, v in self._table(self.names.port).items()}
+        rules = self._table(self.names.rules)
+        slots = {s: self._placeholder(s, rules[rules.Key(s)]) for s in set(port.values()) if s != SLOT_NONE}
+        classes = set(src.values()) | {k.set for k in dst}
+        rulesets = set(dst.values()) | {k.set for k in port}
+        self.current = CompiledMatch(slots, src, dst, port, {frozenset({-c}): c for c in classes},
+                                     {frozenset({-r}): r for r in rulesets})
+        log.info("match table adopted", extra={"table": self.names.src, "slots": len(slots),
+                                               "src": len(src), "dst": len(dst), "port": len(port)})
+        return self.current
+
+    @staticmethod
+    def _placeholder(slot: int, leaf: Any) -> MatchRule:
+        rule_id = leaf.rule_id if hasattr(leaf, "rule_id") else leaf.classifier_id
+        return MatchRule(rule_id=int(rule_id), priority=0, payload=("adopted", slot))
+
+    @staticmethod
+    def _src_from(key: Any) -> SrcKey:
+        return SrcKey(int(key.prefixlen), int(key.family), bytes(key.addr))
+
+    @staticmethod
+    def _dst_from(key: Any) -> DstKey:
+        return DstKey(int(key.prefixlen), int(key.set), int(key.family), bytes(key.addr))
+
+    @staticmethod
+    def _port_from(key: Any) -> PortKey:
+        port = int.from_bytes(bytes(key.port), "big")
+        return PortKey(int(key.prefixlen), int(key.set), int(key.proto), port)
+
     def compile(self, rules: list[MatchRule]) -> CompiledMatch:
         """Pure: raises ValueError (incl. capacity) before anything is written."""
-        return compile_rules(rules, self.current, self.capacity)
+        return compile_rules(rules, self.current, self.capacity, self.names.src.removesuffix("_src"))
 
     def apply(self, compiled: CompiledMatch) -> Plan:
         p = plan(self.current, compiled)

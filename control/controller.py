@@ -1,0 +1,61 @@
+"""The daemon's one writer: desired state in, kernel and disk brought to it, in that order.
+
+Every change (API call, start-up restore) goes through `change()`, serialised by a lock:
+validate -> reconcile (all-or-nothing, control.reconcile) -> persist -> publish. A change that
+fails leaves the applied state, the kernel and the file as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from control.models import DesiredState
+from control.policy_ops import check_generation
+from control.reconcile import Reconciler
+from control.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(self, store: StateStore, reconciler: Reconciler) -> None:
+        self.store = store
+        self.reconciler = reconciler
+        self._lock = threading.RLock()
+        self.state = DesiredState()
+
+    def start(self) -> None:
+        """Restores the persisted state (adopting pinned maps a previous daemon left)."""
+        with self._lock:
+            persisted = self.store.load()
+            self.reconciler.restore(persisted)
+            self.state = self.reconciler.applied
+            log.info("state restored", extra={"generation": self.state.generation,
+                                              "interfaces": [i.name for i in self.state.interfaces]})
+
+    def change(self, edit: Callable[[DesiredState], DesiredState], expected_generation: int = 0,
+               dry_run: bool = False) -> DesiredState:
+        """Applies edit(current) and returns the new state (the old one for a dry run)."""
+        with self._lock:
+            check_generation(self.state, expected_generation)
+            new = edit(self.state)
+            if dry_run:
+                self.reconciler.preflight(new)
+                return new
+            new = new.model_copy(update={"generation": self.state.generation + 1})
+            self.reconciler.apply(new)
+            try:
+                self.store.save(new)
+            except Exception:
+                log.exception("saving the state failed: putting the previous state back in the kernel")
+                self.reconciler.apply(self.state)
+                raise
+            self.state = new
+            log.info("state applied", extra={"generation": new.generation})
+            return new
+
+    def read(self) -> DesiredState:
+        with self._lock:
+            return self.state

@@ -1,0 +1,224 @@
+"""Makes the kernel (maps, attached programs, policy routing) match a desired state.
+
+apply() is all-or-nothing from the caller's view:
+ 1. preflight, no writes: interfaces exist, every match table compiles within its capacity,
+    the routing plan fits its band; any problem is an InvalidState naming the field;
+ 2. program: load new interfaces (pins, not attached), write config, tunnels and match tables
+    (each table switch is per-packet atomic, dataplane.matcher_plan), attach, sync routing;
+ 3. if programming fails, the previous state is programmed again and ApplyError says so.
+Nothing here calls back up into the API layer; it is handed states and reports errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from control.intent import InterfaceIntent, interface_intent
+from control.models import DesiredState, ServiceChain
+from dataplane import attach as attach_mod
+from dataplane.acl import acl_capacity, cls_capacity
+from dataplane.config import TunnelEntry
+from dataplane.dataplane import Dataplane
+from dataplane.maps import Counter
+from dataplane.matcher import CompiledMatch, compile_rules, empty
+from dataplane.settings import DataplaneSettings
+
+log = logging.getLogger(__name__)
+
+
+class InvalidState(ValueError):
+    """The state cannot be applied on this machine; nothing was written."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
+
+
+class ApplyError(RuntimeError):
+    """Programming failed part-way; the previous state was programmed again."""
+
+
+class Routing(Protocol):
+    def check(self, chains: list[ServiceChain]) -> None: ...
+    def sync(self, chains: list[ServiceChain]) -> Any: ...
+    def remove_all(self) -> None: ...
+
+
+@dataclass
+class _Compiled:
+    acl: CompiledMatch
+    classifiers: CompiledMatch
+    acl_base: CompiledMatch  # what each was compiled against: valid while the table still holds it
+    cls_base: CompiledMatch
+
+    def valid_for(self, plane: Dataplane) -> bool:
+        return plane.acl.current == self.acl_base and plane.classifiers.current == self.cls_base
+
+
+@dataclass
+class Stats:
+    rules: dict[int, Counter] = field(default_factory=dict)
+    tunnels: dict[int, Counter] = field(default_factory=dict)
+    legs: dict[tuple[str, str], Counter] = field(default_factory=dict)
+    reasons: dict[str, Counter] = field(default_factory=dict)
+    events: dict[str, Counter] = field(default_factory=dict)
+    interfaces: dict[str, Counter] = field(default_factory=dict)
+
+
+def _add(into: dict, key: Any, counter: Counter) -> None:  # type: ignore[type-arg]
+    into[key] = into.get(key, Counter()) + counter
+
+
+class Reconciler:
+    def __init__(self, settings: DataplaneSettings, routing: Routing,
+                 loader: Callable[[str, DataplaneSettings], Dataplane] = Dataplane.load) -> None:
+        self.settings = settings
+        self.routing = routing
+        self._loader = loader
+        self.planes: dict[str, Dataplane] = {}
+        self.intents: dict[str, InterfaceIntent] = {}
+        self.applied = DesiredState()
+
+    # --- start-up ---------------------------------------------------------------------------
+    def restore(self, state: DesiredState) -> None:
+        """Adopts what a previous daemon left pinned, then applies the persisted state."""
+        for iface in state.interfaces:
+            try:
+                attach_mod.ifindex(iface.name)
+            except attach_mod.AttachError:
+                log.warning("persisted interface is missing, skipping it", extra={"ifname": iface.name})
+                continue
+            self._load(iface.name)
+        self.apply(_without_missing(state, set(self.planes)))
+
+    def _load(self, name: str) -> Dataplane:
+        plane = self._loader(name, self.settings)
+        if plane.adopted:
+            plane.acl.adopt()
+            plane.classifiers.adopt()
+        self.planes[name] = plane
+        return plane
+
+    # --- apply --------------------------------------------------------------------------------
+    def apply(self, new: DesiredState) -> None:
+        compiled = self.preflight(new)
+        old = self.applied
+        try:
+            self._program(new, compiled)
+        except Exception as exc:
+            log.error("programming failed, restoring the previous state", extra={"error": str(exc)})
+            try:
+                self._program(old, None)
+            except Exception as again:
+                raise ApplyError(f"{exc}; restoring the previous state failed too: {again}") from exc
+            raise ApplyError(f"{exc}; the previous state is in force again") from exc
+        self.applied = new
+
+    def preflight(self, new: DesiredState) -> dict[str, _Compiled]:
+        """Everything that can be known before writing; raises InvalidState."""
+        errors: list[tuple[str, str]] = []
+        for index, iface in enumerate(new.interfaces):
+            if iface.name not in self.planes:
+                try:
+                    attach_mod.ifindex(iface.name)
+                except attach_mod.AttachError as exc:
+                    errors.append((f"interfaces.{index}.name", str(exc)))
+        try:
+            self.routing.check(new.policy.chains)
+        except ValueError as exc:
+            errors.append(("policy.chains", str(exc)))
+        if errors:
+            raise InvalidState(errors)
+        return {iface.name: self._compile(new, iface.name) for iface in new.interfaces}
+
+    def _compile(self, state: DesiredState, name: str) -> _Compiled:
+        intent = interface_intent(state, name)
+        plane = self.planes.get(name)
+        caps = self.settings.capacities
+        acl_base = plane.acl.current if plane else empty()  # not loaded yet: its tables start empty
+        cls_base = plane.classifiers.current if plane else empty()
+        try:
+            return _Compiled(compile_rules(list(intent.acl), acl_base, acl_capacity(caps), "acl"),
+                             compile_rules(list(intent.classifiers), cls_base, cls_capacity(caps), "cls"),
+                             acl_base, cls_base)
+        except ValueError as exc:
+            raise InvalidState([("policy", f"interface {name}: {exc}")]) from exc
+
+    def _program(self, state: DesiredState, compiled: dict[str, _Compiled] | None) -> None:
+        wanted = {i.name: i for i in state.interfaces}
+        for name, iface in wanted.items():
+            plane = self.planes.get(name) or self._load(name)
+            intent = interface_intent(state, name)
+            plane.configure(intent.config)
+            _sync_tunnels(plane, intent.tunnels)
+            done = compiled.get(name) if compiled else None
+            if done is None or not done.valid_for(plane):
+                done = self._compile(state, name)
+            plane.acl.apply(done.acl)
+            plane.classifiers.apply(done.classifiers)
+            if plane.xdp_mode is None or (iface.mode != "auto" and plane.xdp_mode != iface.mode):
+                plane.attach(iface.mode)
+            self.intents[name] = intent
+        for name in [n for n in self.planes if n not in wanted]:
+            self.planes.pop(name).detach()
+            self.intents.pop(name, None)
+        self.routing.sync(state.policy.chains)
+
+    # --- shutdown -------------------------------------------------------------------------------
+    def close(self, detach: bool = False) -> None:
+        """Drops handles; with detach, also takes programs, pins and routing away."""
+        for name, plane in list(self.planes.items()):
+            if detach:
+                plane.detach()
+            else:
+                plane.close()
+            self.planes.pop(name)
+        if detach:
+            self.routing.remove_all()
+
+    # --- counters -------------------------------------------------------------------------------
+    def stats(self) -> Stats:
+        out = Stats()
+        for name, plane in self.planes.items():
+            for rid, c in plane.acl.counts_by_rule().items():
+                _add(out.rules, rid, c)
+            for vni, c in plane.maps.tunnel_counts().items():
+                _add(out.tunnels, vni, c)
+            legs = self.intents[name].legs if name in self.intents else {}
+            for cid, c in plane.classifiers.counts_by_rule().items():
+                if cid in legs:
+                    _add(out.legs, (legs[cid].chain, legs[cid].leg), c)
+            total = Counter()
+            for reason, c in plane.maps.reason_counts().items():
+                _add(out.reasons, reason.name, c)
+                total = total + c
+            out.interfaces[name] = total
+            for event, c in plane.maps.event_counts().items():
+                _add(out.events, event.name, c)
+        return out
+
+
+def _without_missing(state: DesiredState, present: set[str]) -> DesiredState:
+    """The state minus interfaces that vanished while no daemon ran (and the chains using them)."""
+    if all(i.name in present for i in state.interfaces):
+        return state
+    chains = [c for c in state.policy.chains
+              if all(i in present for _, leg in c.legs() for i in leg.interfaces)]
+    log.warning("interfaces vanished: applying the state without them and their chains",
+                extra={"missing": sorted({i.name for i in state.interfaces} - present)})
+    policy = state.policy.model_copy(update={"chains": chains})
+    return DesiredState(generation=state.generation, policy=policy,
+                        interfaces=[i for i in state.interfaces if i.name in present])
+
+
+def _sync_tunnels(plane: Dataplane, tunnels: tuple[TunnelEntry, ...]) -> None:
+    have = {t.vni: t for t in plane.maps.tunnels()}
+    want = {t.vni: t for t in tunnels}
+    for vni, t in want.items():
+        if have.get(vni) != t:
+            plane.maps.put_tunnel(t)
+    for vni in have.keys() - want.keys():
+        plane.maps.delete_tunnel(vni)
