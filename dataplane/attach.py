@@ -25,7 +25,7 @@ _MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 TC_INGRESS_PARENT = "ffff:fff2"  # clsact's ingress hook
 TC_HANDLE = 1
 TC_PRIO = 0xC000  # our band on clsact ingress: explicit, so we delete only our filter
-CLSACT_OWNED = "clsact-owned"  # marker in the pin dir: we created the qdisc, we remove it
+CLSACT_OWNED = "clsact-owned"  # marker in the run dir: we created the qdisc, we remove it
 
 
 class AttachError(RuntimeError):
@@ -54,7 +54,7 @@ def attach_xdp(ifname: str, fn: Any, mode: XdpMode = "auto") -> str:
     last: Exception | None = None
     for attempt in tries:
         try:
-            BPF.attach_xdp(ifname, fn, _MODE_FLAGS[attempt])
+            BPF.attach_xdp(ifname.encode(), fn, _MODE_FLAGS[attempt])
         except Exception as exc:  # BCC raises a bare Exception carrying the netlink error
             last = exc
             continue
@@ -72,7 +72,7 @@ def detach_xdp(ifname: str) -> None:
 
     for flags in _MODE_FLAGS.values():
         try:
-            BPF.remove_xdp(ifname, flags)
+            BPF.remove_xdp(ifname.encode(), flags)
         except Exception:  # nothing attached in this mode, or the link is gone
             pass
 
@@ -84,13 +84,14 @@ def xdp_attached(ifname: str) -> bool:
     return bool(xdp and xdp.get_attr("IFLA_XDP_ATTACHED"))
 
 
-def attach_tc(ifname: str, fn: Any, pin_dir: Path | None) -> None:
+def attach_tc(ifname: str, fn: Any, run_dir: Path | None) -> None:
     idx = ifindex(ifname)
     with IPRoute() as ipr:
         try:
             ipr.tc("add", "clsact", idx)
-            if pin_dir is not None:
-                (pin_dir / CLSACT_OWNED).touch()
+            if run_dir is not None:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / CLSACT_OWNED).touch()
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
@@ -100,7 +101,7 @@ def attach_tc(ifname: str, fn: Any, pin_dir: Path | None) -> None:
         )
 
 
-def detach_tc(ifname: str, pin_dir: Path | None) -> None:
+def detach_tc(ifname: str, run_dir: Path | None) -> None:
     try:
         idx = ifindex(ifname)
     except AttachError:
@@ -111,7 +112,7 @@ def detach_tc(ifname: str, pin_dir: Path | None) -> None:
         except NetlinkError as exc:
             if exc.code not in (errno.ENOENT, errno.EINVAL):
                 raise
-        owned = pin_dir is not None and (pin_dir / CLSACT_OWNED).exists()
+        owned = run_dir is not None and (run_dir / CLSACT_OWNED).exists()
         if owned:
             try:
                 ipr.tc("del", "clsact", idx)
@@ -124,3 +125,9 @@ def tc_filter_attached(ifname: str) -> bool:
     with IPRoute() as ipr:
         filters = ipr.get_filters(index=ifindex(ifname), parent=TC_INGRESS_PARENT)
     return any(f.get_attr("TCA_KIND") == "bpf" for f in filters)
+
+
+def clsact_present(ifname: str) -> bool:
+    with IPRoute() as ipr:
+        qdiscs = ipr.get_qdiscs(index=ifindex(ifname))
+    return any(q.get_attr("TCA_KIND") == "clsact" for q in qdiscs)

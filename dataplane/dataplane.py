@@ -13,6 +13,7 @@ the BPF_PROG_TEST_RUN tests and benchmarks use.
 from __future__ import annotations
 
 import logging
+import shutil
 
 from dataplane import attach as attach_mod
 from dataplane import program as program_mod
@@ -56,8 +57,7 @@ class Dataplane:
 
     def attach(self, mode: attach_mod.XdpMode = "auto") -> str:
         ifname = self._require_ifname("attach")
-        pin_dir = self.program.pin_dir
-        attach_mod.attach_tc(ifname, self.program.tc_fn, pin_dir)
+        attach_mod.attach_tc(ifname, self.program.tc_fn, self.settings.run_dir(ifname))
         self.xdp_mode = attach_mod.attach_xdp(ifname, self.program.xdp_fn, mode)
         self.program.pin_programs()
         log.info("data plane attached", extra={"ifname": ifname, "xdp_mode": self.xdp_mode})
@@ -91,13 +91,19 @@ class Dataplane:
 def detach_interface(ifname: str, settings: DataplaneSettings | None = None) -> None:
     """Detaches whatever Tidegate left on `ifname` (also from a process that died)."""
     settings = settings or DataplaneSettings()
-    pin_dir = settings.pin_dir(ifname)
+    run_dir = settings.run_dir(ifname)
     try:
         attach_mod.detach_xdp(ifname)
-        attach_mod.detach_tc(ifname, pin_dir)
+        attach_mod.detach_tc(ifname, run_dir)
     except attach_mod.AttachError:
         pass  # the interface is gone, and its programs with it
     program_mod.unpin(settings, ifname)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in (run_dir.parent, settings.run_root):
+        try:
+            parent.rmdir()  # only when no other interface of this root is attached
+        except OSError:
+            pass
     log.info("data plane detached", extra={"ifname": ifname})
 
 

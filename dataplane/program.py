@@ -94,8 +94,8 @@ def compile_program(settings: DataplaneSettings, ifname: str | None = None) -> P
         if adopted:
             cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')
     bpf = bcc.BPF(text=program_text(), cflags=cflags)
-    xdp_fn = bpf.load_func(XDP_FUNC, bcc.BPF.XDP)
-    tc_fn = bpf.load_func(TC_FUNC, bcc.BPF.SCHED_CLS)
+    xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
+    tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
     prog = Program(bpf, xdp_fn, tc_fn, pin_dir, adopted)
     if pin_dir is not None and not adopted:
         pin_dir.mkdir(parents=True, exist_ok=True)

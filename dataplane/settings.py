@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from dataplane import abi
 
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/tidegate")
+# bpffs holds only BPF objects, so facts about what we created (the clsact qdisc) live on tmpfs,
+# which a reboot clears together with the qdiscs they describe.
+DEFAULT_RUN_ROOT = Path("/run/tidegate/dataplane")
 _MAX_ENTRIES = 1 << 24  # beyond this a single map's memory is no longer a reasonable default
 
 
@@ -45,6 +48,11 @@ class DataplaneSettings(BaseModel):
 
     capacities: Capacities = Capacities()
     pin_root: Path = DEFAULT_PIN_ROOT
+    run_root: Path = DEFAULT_RUN_ROOT
 
     def pin_dir(self, ifname: str) -> Path:
         return self.pin_root / ifname
+
+    def run_dir(self, ifname: str) -> Path:
+        """Ownership markers of one interface, keyed by the pin root so test roots stay apart."""
+        return self.run_root / self.pin_root.name / ifname

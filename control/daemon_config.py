@@ -1,0 +1,63 @@
+"""The daemon's own configuration file (YAML), validated like policy.
+
+    listen:
+      unix: /run/tidegate/tidegate.sock   # default; mode 0600
+      tcp: null                           # "127.0.0.1:50051" to also listen on TCP
+    state_dir: /var/lib/tidegate
+    pin_root: /sys/fs/bpf/tidegate
+    detach_on_exit: false                 # keep enforcing when the daemon stops (hitless restart)
+    capacities: {acl_rules: 262144, ...}  # map sizes (dataplane.settings.Capacities)
+    log_level: info
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from control.models import describe_errors
+from dataplane.settings import DEFAULT_PIN_ROOT, Capacities, DataplaneSettings
+
+DEFAULT_SOCKET = Path("/run/tidegate/tidegate.sock")
+DEFAULT_STATE_DIR = Path("/var/lib/tidegate")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Listen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unix: Path | None = DEFAULT_SOCKET
+    tcp: str | None = Field(default=None, pattern=r"^\[?[0-9A-Za-z.:-]+\]?:\d{1,5}$")
+
+
+class DaemonConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: Listen = Listen()
+    state_dir: Path = DEFAULT_STATE_DIR
+    pin_root: Path = DEFAULT_PIN_ROOT
+    detach_on_exit: bool = False
+    capacities: Capacities = Capacities()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def dataplane_settings(self) -> DataplaneSettings:
+        return DataplaneSettings(capacities=self.capacities, pin_root=self.pin_root)
+
+
+def load_config(path: Path | None) -> DaemonConfig:
+    if path is None:
+        return DaemonConfig()
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: " + "; ".join(f"{f}: {m}" for f, m in describe_errors(exc))) from exc

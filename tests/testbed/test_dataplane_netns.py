@@ -1,0 +1,195 @@
+"""Tidegate attached natively to a veth in a namespace topology, judged by real traffic.
+
+The topology (testbed.topology): a peer namespace whose kernel vxlan devices tunnel over a veth
+underlay to the appliance namespace, where Tidegate's XDP and TC programs sit on the underlay
+veth; behind the appliance a service namespace (reached by fwmark policy routing) and a direct
+namespace (the main table), both owning the same address. Traffic is ICMP echo and UDP from
+sockets created inside the namespaces.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from dataplane import abi
+from dataplane.acl import acl_rule, classifier
+from dataplane.attach import clsact_present, tc_filter_attached, xdp_attached
+from dataplane.dataplane import detach_interface
+from dataplane.program import TC_PIN, XDP_PIN, map_names
+from testbed import topology as t
+from testbed.counters import snapshot
+from testbed.netns import Namespace, veth_pair
+from testbed.traffic import ping, receive_udp, send_udp, udp_echo_once, udp_socket
+
+pytestmark = [pytest.mark.root, pytest.mark.netns]
+
+PINGS = 3
+DATAGRAMS = 5
+ECHO_PORT = 7007
+SINK_PORT = 9009
+ARRIVAL_TIMEOUT = 1.0  # generous: on a veth everything arrives in well under a millisecond
+SILENCE = 0.3  # how long "nothing else arrives" is waited for, after the expected datagrams
+DENY_ID, ALLOW_ID, CLASSIFIER_ID = 10, 20, 1
+
+
+def payloads(tag: str, n: int = DATAGRAMS) -> list[bytes]:
+    return [f"{tag}-{i}".encode() for i in range(n)]
+
+
+def assert_arrives(sock: socket.socket, expected: list[bytes], src: str) -> None:
+    """Exactly `expected`, in order, from `src`, and nothing more within SILENCE."""
+    got = receive_udp(sock, expect=len(expected) + 1, timeout=SILENCE)
+    assert got == [(p, src) for p in expected]
+
+
+def assert_dropped(sock: socket.socket) -> None:
+    assert receive_udp(sock, expect=1, timeout=SILENCE) == []
+
+
+# --- 1. decap at XDP, answered through the tunnel --------------------------------------------------
+
+DECAP_CASES = [
+    pytest.param(t.TUNNEL_V4, t.PEER_HOST, t.APP_INNER, id="outer-v4-inner-v4"),
+    pytest.param(t.TUNNEL_V6, t.PEER6_HOST_V4, t.APP6_INNER_V4, id="outer-v6-inner-v4"),
+    pytest.param(t.TUNNEL_V6, t.PEER6_HOST, t.APP6_INNER, id="outer-v6-inner-v6"),
+]
+
+
+@pytest.mark.parametrize("plan,src,dst", DECAP_CASES)
+def test_tunnelled_traffic_is_decapped_at_xdp_and_answered(dp, topo, plan, src, dst):
+    kernel_decapped = t.link_rx_packets(topo.appliance, plan.ifname)
+    replies_in = t.link_rx_packets(topo.peer, plan.ifname)
+    before = snapshot(dp)
+
+    assert ping(topo.peer, dst, src=src, count=PINGS).ok
+    with udp_socket(topo.appliance, dst, ECHO_PORT) as server, udp_socket(topo.peer, src) as client:
+        send_udp(client, dst, ECHO_PORT, [b"echo-me"])
+        assert udp_echo_once(server, ARRIVAL_TIMEOUT)
+        assert receive_udp(client, expect=1, timeout=ARRIVAL_TIMEOUT) == [(b"echo-me", dst)]
+
+    moved = snapshot(dp) - before
+    requests = PINGS + 1
+    # >=: the IPv6-carrying tunnel also decaps the kernel's own ND/MLD packets
+    assert moved.tunnel(plan.vni) >= requests
+    assert moved.event(abi.Event.DECAP_VXLAN) >= requests
+    assert moved.event(abi.Event.INNER_DMAC_REWRITTEN) >= requests
+    assert moved.reason(abi.Reason.PASS_DEFAULT) >= requests
+    # Tidegate decapped, not the appliance's kernel vxlan device (which only sends the replies) ...
+    assert t.link_rx_packets(topo.appliance, plan.ifname) == kernel_decapped
+    # ... and the replies came back encapsulated, through the peer's vxlan device.
+    assert t.link_rx_packets(topo.peer, plan.ifname) - replies_in >= requests
+
+
+def test_a_vni_tidegate_does_not_terminate_is_left_to_the_kernel(dp, topo):
+    """The control for the check above: without the tunnel entry, the kernel device decaps."""
+    dp.maps.delete_tunnel(t.TUNNEL_V4.vni)
+    kernel_decapped = t.link_rx_packets(topo.appliance, t.TUNNEL_V4.ifname)
+    before = snapshot(dp)
+
+    assert ping(topo.peer, t.APP_INNER, src=t.PEER_HOST, count=PINGS).ok
+
+    moved = snapshot(dp) - before
+    assert moved.event(abi.Event.UNKNOWN_VNI_PASSED) == PINGS
+    assert moved.event(abi.Event.DECAP_VXLAN) == 0
+    assert t.link_rx_packets(topo.appliance, t.TUNNEL_V4.ifname) - kernel_decapped == PINGS
+
+
+# --- 2. classification -> skb->mark -> ip rule fwmark ----------------------------------------------
+
+
+def test_classified_packets_take_the_fwmark_route_to_the_service(dp, topo):
+    dp.classifiers.replace([classifier(CLASSIFIER_ID, 10, t.SERVICE_MARK, src=t.CLASSIFIED_PREFIX)])
+    before = snapshot(dp)
+    with (udp_socket(topo.service, t.SERVICE_ADDR, SINK_PORT) as service,
+          udp_socket(topo.direct, t.SERVICE_ADDR, SINK_PORT) as direct,
+          udp_socket(topo.peer, t.PEER_CLASSIFIED) as marked,
+          udp_socket(topo.peer, t.PEER_HOST) as unmarked):
+        send_udp(marked, t.SERVICE_ADDR, SINK_PORT, payloads("marked"))
+        send_udp(unmarked, t.SERVICE_ADDR, SINK_PORT, payloads("unmarked"))
+
+        assert_arrives(service, payloads("marked"), t.PEER_CLASSIFIED)
+        assert_arrives(direct, payloads("unmarked"), t.PEER_HOST)
+
+    moved = snapshot(dp) - before
+    assert moved.classifier(CLASSIFIER_ID) == DATAGRAMS
+    assert moved.event(abi.Event.CLASSIFIED) == DATAGRAMS
+    # XDP handed the mark to TC in metadata (no fallback classification on native veth)
+    assert moved.event(abi.Event.TC_META_MARK) >= 2 * DATAGRAMS
+    assert moved.event(abi.Event.TC_FALLBACK) == 0
+
+
+# --- 3. ACL deny drops before the stack ------------------------------------------------------------
+
+ACL_CASES = [
+    pytest.param(t.PEER_DENIED, t.PEER_HOST, t.APP_INNER, t.DENIED_PREFIX, "10.100.0.0/24",
+                 id="tunnel-outer-v4-inner-v4"),
+    pytest.param(t.PEER6_DENIED, t.PEER6_HOST, t.APP6_INNER, t.DENIED6_PREFIX, "fd00:200::/64",
+                 id="tunnel-outer-v6-inner-v6"),
+    pytest.param(t.PEER_UNDERLAY_DENIED, t.PEER_UNDERLAY_V4, t.APP_UNDERLAY_V4,
+                 t.DENIED_UNDERLAY_PREFIX, "192.0.2.0/24", id="plain-underlay-v4"),
+]
+
+
+@pytest.mark.parametrize("denied_src,allowed_src,dst,deny_prefix,allow_prefix", ACL_CASES)
+def test_denied_prefix_never_reaches_the_stack(dp, topo, denied_src, allowed_src, dst, deny_prefix,
+                                               allow_prefix):
+    dp.acl.replace([acl_rule(DENY_ID, 10, "deny", src=deny_prefix),
+                    acl_rule(ALLOW_ID, 20, "allow", src=allow_prefix)])
+    before = snapshot(dp)
+    with (udp_socket(topo.appliance, dst, SINK_PORT) as server,
+          udp_socket(topo.peer, denied_src) as denied,
+          udp_socket(topo.peer, allowed_src) as allowed):
+        send_udp(denied, dst, SINK_PORT, payloads("denied"))
+        send_udp(allowed, dst, SINK_PORT, payloads("allowed"))
+        # sent after the denied ones: had any of those passed, it would be in front of these
+        assert_arrives(server, payloads("allowed"), allowed_src)
+
+    moved = snapshot(dp) - before
+    assert moved.reason(abi.Reason.DROP_DENIED) == DATAGRAMS
+    assert moved.acl_rule(DENY_ID) == DATAGRAMS
+    assert moved.acl_rule(ALLOW_ID) >= DATAGRAMS
+    assert moved.reason(abi.Reason.PASS_ALLOWED) >= DATAGRAMS
+
+
+def test_denied_flow_alone_times_out(dp, topo):
+    dp.acl.replace([acl_rule(DENY_ID, 10, "deny", src=t.DENIED_PREFIX)])
+    with (udp_socket(topo.appliance, t.APP_INNER, SINK_PORT) as server,
+          udp_socket(topo.peer, t.PEER_DENIED) as denied):
+        send_udp(denied, t.APP_INNER, SINK_PORT, payloads("denied"))
+        assert_dropped(server)
+    assert not ping(topo.peer, t.APP_INNER, src=t.PEER_DENIED, count=1, timeout=SILENCE).ok
+
+
+# --- 4. detach ----------------------------------------------------------------------------------------
+
+IFNAME, IFNAME_PEER = "dt0", "dt1"
+
+
+@pytest.mark.slow  # compiles a data plane of its own (~3 s)
+def test_detach_is_clean_and_idempotent(bpf_available, pin_root):
+    with Namespace(prefix="tgdet") as ns:
+        veth_pair(ns, IFNAME, ns, IFNAME_PEER)
+        with t.tidegate(ns, IFNAME, mode="native", pin_root=pin_root) as dp:
+            pin_dir = dp.settings.pin_dir(IFNAME)
+            assert dp.xdp_mode == "native"
+            with ns.enter():
+                assert xdp_attached(IFNAME) and tc_filter_attached(IFNAME)
+                assert clsact_present(IFNAME), "tidegate created the clsact qdisc"
+            assert {p.name for p in pin_dir.iterdir()} >= {*map_names(), XDP_PIN, TC_PIN}
+
+            with ns.enter():
+                dp.detach()
+                assert not xdp_attached(IFNAME)
+                assert not tc_filter_attached(IFNAME)
+                assert not clsact_present(IFNAME), "the qdisc tidegate created is removed with it"
+            assert not pin_dir.exists()
+            assert not dp.settings.run_dir(IFNAME).exists()
+            assert not pin_root.exists()  # the root held only this interface: removed too
+
+            with ns.enter():
+                dp.detach()  # again: nothing left to remove, no error
+                detach_interface(IFNAME, dp.settings)  # the form a restarted process uses
+                assert not xdp_attached(IFNAME) and not tc_filter_attached(IFNAME)
+            assert not pin_dir.exists()
