@@ -31,3 +31,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Python gRPC modules from proto/ into control/gen/ (regenerated only when the .proto changed).
+proto:
+	$(PY) -m control.protogen

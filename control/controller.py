@@ -11,9 +11,10 @@ import logging
 import threading
 from collections.abc import Callable
 
+from control.errors import NotFound
 from control.models import DesiredState
 from control.policy_ops import check_generation
-from control.reconcile import Reconciler
+from control.reconcile import Reconciler, Stats
 from control.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,14 @@ class Controller:
             self.state = new
             log.info("state applied", extra={"generation": new.generation})
             return new
+
+    def stats(self, interfaces: list[str] | None = None) -> Stats:
+        """Counters summed over the attached interfaces (or over the ones named)."""
+        with self._lock:
+            unknown = sorted(set(interfaces or ()) - set(self.reconciler.planes))
+            if unknown:
+                raise NotFound(f"interfaces not attached: {', '.join(unknown)}")
+            return self.reconciler.stats(interfaces or None)
 
     def read(self) -> DesiredState:
         with self._lock:

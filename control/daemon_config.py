@@ -3,6 +3,7 @@
     listen:
       unix: /run/tidegate/tidegate.sock   # default; mode 0600
       tcp: null                           # "127.0.0.1:50051" to also listen on TCP
+    netns: null                           # a named network namespace (/run/netns/NAME) to manage
     state_dir: /var/lib/tidegate
     pin_root: /sys/fs/bpf/tidegate
     detach_on_exit: false                 # keep enforcing when the daemon stops (hitless restart)
@@ -40,6 +41,7 @@ class DaemonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     listen: Listen = Listen()
+    netns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     state_dir: Path = DEFAULT_STATE_DIR
     pin_root: Path = DEFAULT_PIN_ROOT
     detach_on_exit: bool = False

@@ -9,6 +9,7 @@ before anything is written.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -35,17 +36,38 @@ RULE_PRIORITY_MIN, RULE_PRIORITY_MAX = 10000, 10999
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
 
+
+def _prefix(value: object) -> object:
+    """Says what is wrong with a prefix string; pydantic alone says only "not a valid network"."""
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_network(value)
+        except ValueError:
+            try:
+                network = ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IPv4 or IPv6 prefix "
+                                 "(write e.g. 10.0.0.0/8 or 2001:db8::/32)") from None
+            raise ValueError(f"{value} has host bits set: write {network}") from None
+    return value
+
+
 # pydantic's "any" types give one clear message instead of one per family.
-Network = IPvAnyNetwork
+Network = Annotated[IPvAnyNetwork, BeforeValidator(_prefix)]
 Address = IPvAnyAddress
 IfName = Annotated[str, Field(pattern=IFNAME_RE)]
 
 
 def describe_errors(exc: ValidationError) -> list[tuple[str, str]]:
-    """(field path, reason) per error, e.g. ("acl.0.match.dport", "..."), for API answers."""
+    """(field path, reason) per error, e.g. ("acl[0].match.dport", "..."), for API answers."""
     out = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        path = ""
+        for part in err["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif not str(part).startswith("function-"):
+                path += f".{part}" if path else str(part)
         msg = err["msg"].removeprefix("Value error, ")
         out.append((path or "(policy)", msg))
     return out

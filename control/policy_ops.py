@@ -12,25 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from control.errors import AlreadyExists, GenerationMismatch, InUse, InvalidArgument, NotFound
 from control.models import AclRule, DesiredState, Interface, Policy, ServiceChain, Tunnel, describe_errors
-
-
-class InvalidArgument(ValueError):
-    def __init__(self, errors: list[tuple[str, str]]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
-
-
-class NotFound(LookupError):
-    pass
-
-
-class AlreadyExists(ValueError):
-    pass
-
-
-class GenerationMismatch(RuntimeError):
-    pass
 
 
 def validated_state(**fields: Any) -> DesiredState:
@@ -96,13 +79,17 @@ def delete_chain(state: DesiredState, name: str) -> DesiredState:
 
 
 def attach(state: DesiredState, iface: Interface) -> DesiredState:
-    others = [i for i in state.interfaces if i.name != iface.name]
-    return _rebuild(state, interfaces=[*others, iface])
+    if any(i.name == iface.name for i in state.interfaces):
+        raise AlreadyExists(f"interface {iface.name} is attached already; detach it first to change the mode")
+    return _rebuild(state, interfaces=[*state.interfaces, iface])
 
 
 def detach(state: DesiredState, name: str) -> DesiredState:
     if not any(i.name == name for i in state.interfaces):
         raise NotFound(f"interface {name} is not attached")
+    users = [c.name for c in state.policy.chains for _, leg in c.legs() if name in leg.interfaces]
+    if users:
+        raise InUse(f"interface {name} is used by chains {', '.join(sorted(set(users)))}; delete them first")
     return _rebuild(state, interfaces=[i for i in state.interfaces if i.name != name])
 
 

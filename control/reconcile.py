@@ -37,6 +37,10 @@ class InvalidState(ValueError):
         super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
 
 
+class MissingInterface(InvalidState):
+    """An interface the state names does not exist in the daemon's network namespace."""
+
+
 class ApplyError(RuntimeError):
     """Programming failed part-way; the previous state was programmed again."""
 
@@ -109,7 +113,7 @@ class Reconciler:
         try:
             self._program(new, compiled)
         except Exception as exc:
-            log.error("programming failed, restoring the previous state", extra={"error": str(exc)})
+            log.exception("programming failed, restoring the previous state", extra={"error": str(exc)})
             try:
                 self._program(old, None)
             except Exception as again:
@@ -125,7 +129,9 @@ class Reconciler:
                 try:
                     attach_mod.ifindex(iface.name)
                 except attach_mod.AttachError as exc:
-                    errors.append((f"interfaces.{index}.name", str(exc)))
+                    errors.append((f"interfaces[{index}].name", str(exc)))
+        if errors:
+            raise MissingInterface(errors)
         try:
             self.routing.check(new.policy.chains)
         except ValueError as exc:
@@ -180,9 +186,11 @@ class Reconciler:
             self.routing.remove_all()
 
     # --- counters -------------------------------------------------------------------------------
-    def stats(self) -> Stats:
+    def stats(self, names: list[str] | None = None) -> Stats:
         out = Stats()
         for name, plane in self.planes.items():
+            if names is not None and name not in names:
+                continue
             for rid, c in plane.acl.counts_by_rule().items():
                 _add(out.rules, rid, c)
             for vni, c in plane.maps.tunnel_counts().items():

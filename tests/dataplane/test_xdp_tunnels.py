@@ -23,8 +23,10 @@ INNER_V4 = (Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:99")
             / IP(src="10.1.0.2", dst="10.2.0.1") / UDP(sport=40000, dport=5000) / b"payload-v4")
 INNER_V6 = (Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:99")
             / IPv6(src="fd00:1::2", dst="fd00:2::1") / TCP(sport=40000, dport=443) / b"payload-v6")
-OUTER_V4 = Ether() / IP(src="192.0.2.1", dst="192.0.2.2")
-OUTER_V6 = Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2")
+# Explicit MACs: without a dst, scapy tries to resolve one and takes seconds per packet.
+OUTER_ETH = Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02")
+OUTER_V4 = OUTER_ETH / IP(src="192.0.2.1", dst="192.0.2.2")
+OUTER_V6 = OUTER_ETH / IPv6(src="2001:db8::1", dst="2001:db8::2")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -46,3 +47,25 @@ def judge(dp: Any, packet: bytes) -> Verdict:
     assert len(moved) == 1, f"expected exactly one reason counter to move, got {moved}"
     assert after[moved[0]].packets - before[moved[0]].packets == 1
     return Verdict(result.action, moved[0], result.data, result.meta)
+
+
+def judge_or_refused(dp: Any, packet: bytes) -> Verdict | None:
+    """`judge`, for frames BPF_PROG_TEST_RUN may refuse: None when the kernel rejected the run.
+
+    The kernel will not run XDP (or TC) on fewer than ETH_HLEN (14) bytes: it returns EINVAL
+    before the program starts, so no counter may move. Any other error is re-raised.
+    """
+    before = dp.maps.reason_counts()
+    try:
+        return judge(dp, packet)
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+    after = dp.maps.reason_counts()
+    assert after == before, "a refused run moved a reason counter"
+    return None
+
+
+def action_for(reason: Any) -> int:
+    """The XDP action a reason implies (the program's exit: drop reasons drop)."""
+    return XDP_DROP if abi.is_drop(reason) else XDP_PASS

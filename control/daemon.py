@@ -1,0 +1,134 @@
+"""`tidegate serve`: the control daemon.
+
+Start-up: config -> restore the persisted state (adopting pinned maps, so enforcement never
+stops across a restart) -> listen (Unix socket 0600 by default, TCP only when configured) ->
+health SERVING. SIGTERM/SIGINT: health NOT_SERVING, finish in-flight calls, stop; the data plane
+stays attached unless `detach_on_exit` (a restarted daemon takes it over where it was).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import stat
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from control import logs
+from control.controller import Controller
+from control.daemon_config import DaemonConfig, load_config
+from control.netlink import NetlinkRouting
+from control.reconcile import Reconciler
+from control.service import add_services
+from control.state import StateStore
+
+log = logging.getLogger(__name__)
+
+WORKERS = 8
+MAX_MESSAGE_BYTES = 256 << 20  # a 100k-rule policy is tens of MiB of protobuf
+STOP_GRACE_SECONDS = 5.0
+SOCKET_MODE = 0o600
+SOCKET_DIR_MODE = 0o700
+NETNS_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.reconciler = Reconciler(config.dataplane_settings(), NetlinkRouting())
+        self.controller = Controller(StateStore(config.state_dir), self.reconciler)
+        self.health = health.HealthServicer()
+        self.server: grpc.Server | None = None
+        self.tcp_port: int | None = None
+
+    def start(self) -> None:
+        self.controller.start()
+        self.server, self.tcp_port = self._create_server()
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window for other users
+        try:
+            self.server.start()
+        finally:
+            os.umask(old_umask)
+        self._check_socket()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("ready", extra={"unix": str(self.config.listen.unix), "tcp_port": self.tcp_port,
+                                 "generation": self.controller.read().generation})
+
+    def _create_server(self) -> tuple[grpc.Server, int | None]:
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS), options=options)
+        names = add_services(server, self.controller)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        for name in names:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        listen = self.config.listen
+        if listen.unix is not None:
+            listen.unix.parent.mkdir(parents=True, exist_ok=True, mode=SOCKET_DIR_MODE)
+            listen.unix.unlink(missing_ok=True)  # a stale socket of a daemon that died
+            server.add_insecure_port(f"unix:{listen.unix}")
+        port = None
+        if listen.tcp is not None:
+            log.warning("listening on TCP without TLS: anyone who reaches the port controls the data plane",
+                        extra={"tcp": listen.tcp})
+            port = server.add_insecure_port(listen.tcp)
+        return server, port
+
+    def _check_socket(self) -> None:
+        path = self.config.listen.unix
+        if path is None:
+            return
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode != SOCKET_MODE:
+            os.chmod(path, SOCKET_MODE)
+
+    def stop(self) -> None:
+        self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            self.server.stop(STOP_GRACE_SECONDS).wait()
+        self.reconciler.close(detach=self.config.detach_on_exit)
+        if self.config.listen.unix is not None:
+            self.config.listen.unix.unlink(missing_ok=True)
+        log.info("stopped", extra={"detached": self.config.detach_on_exit})
+
+
+def enter_netns(name: str) -> None:
+    """Moves the process into a named network namespace before any thread exists.
+
+    Only the network namespace changes (unlike `ip netns exec`, which also remounts /sys and so
+    hides bpffs, where the pins that make restarts hitless live). Threads started later inherit it.
+    """
+    path = Path(NETNS_DIR) / name
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:  # os.setns needs 3.12
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def serve(config_path: Path | None, netns: str | None = None) -> int:
+    config = load_config(config_path)
+    logs.setup(config.log_level)
+    if netns or config.netns:
+        enter_netns(netns or config.netns)  # type: ignore[arg-type]
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+        stop.wait()
+    finally:
+        daemon.stop()
+    return 0
