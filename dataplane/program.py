@@ -93,7 +93,7 @@ def compile_program(settings: DataplaneSettings, ifname: str | None = None) -> P
         adopted = state == "all"
         if adopted:
             cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')
-    bpf = bcc.BPF(text=program_text(), cflags=cflags)
+    bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)
     xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
     tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
     prog = Program(bpf, xdp_fn, tc_fn, pin_dir, adopted)
