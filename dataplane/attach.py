@@ -53,6 +53,9 @@ def attach_xdp(ifname: str, fn: Any, mode: XdpMode = "auto") -> str:
     tries = ["native", "generic"] if mode == "auto" else [mode]
     last: Exception | None = None
     for attempt in tries:
+        # The kernel holds one XDP program per mode and refuses a second mode (EEXIST): a mode
+        # change takes the other mode's program off first. The same mode is replaced atomically.
+        _remove_xdp(ifname, [m for m in _MODE_FLAGS if m != attempt])
         try:
             BPF.attach_xdp(ifname.encode(), fn, _MODE_FLAGS[attempt])
         except Exception as exc:  # BCC raises a bare Exception carrying the netlink error
@@ -68,11 +71,15 @@ def attach_xdp(ifname: str, fn: Any, mode: XdpMode = "auto") -> str:
 
 
 def detach_xdp(ifname: str) -> None:
+    _remove_xdp(ifname, list(_MODE_FLAGS))
+
+
+def _remove_xdp(ifname: str, modes: list[str]) -> None:
     from bcc import BPF
 
-    for flags in _MODE_FLAGS.values():
+    for mode in modes:
         try:
-            BPF.remove_xdp(ifname.encode(), flags)
+            BPF.remove_xdp(ifname.encode(), _MODE_FLAGS[mode])
         except Exception:  # nothing attached in this mode, or the link is gone
             pass
 

@@ -15,12 +15,13 @@ import pytest
 
 from dataplane import abi
 from dataplane.acl import acl_rule, classifier
-from dataplane.attach import clsact_present, tc_filter_attached, xdp_attached
+from dataplane.attach import clsact_present, detach_xdp, tc_filter_attached, xdp_attached
 from dataplane.dataplane import detach_interface
 from dataplane.program import TC_PIN, XDP_PIN, map_names
 from testbed import topology as t
 from testbed.counters import snapshot
 from testbed.netns import Namespace, veth_pair
+from testbed.packets import VXLAN_PORT
 from testbed.traffic import ping, receive_udp, send_udp, udp_echo_once, udp_socket
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -32,6 +33,7 @@ SINK_PORT = 9009
 ARRIVAL_TIMEOUT = 1.0  # generous: on a veth everything arrives in well under a millisecond
 SILENCE = 0.3  # how long "nothing else arrives" is waited for, after the expected datagrams
 DENY_ID, ALLOW_ID, CLASSIFIER_ID = 10, 20, 1
+UDP = 17
 
 
 def payloads(tag: str, n: int = DATAGRAMS) -> list[bytes]:
@@ -193,3 +195,52 @@ def test_detach_is_clean_and_idempotent(bpf_available, pin_root):
                 detach_interface(IFNAME, dp.settings)  # the form a restarted process uses
                 assert not xdp_attached(IFNAME) and not tc_filter_attached(IFNAME)
             assert not pin_dir.exists()
+
+
+# --- 5. marking without XDP metadata: generic mode, and TC alone ------------------------------------
+
+
+def test_generic_xdp_still_decaps_and_marks(dp, topo):
+    """The fallback mode an operator gets on drivers without native XDP."""
+    with topo.appliance.enter():
+        assert dp.attach("generic") == "generic"
+    try:
+        dp.classifiers.replace([classifier(CLASSIFIER_ID, 10, t.SERVICE_MARK, src=t.CLASSIFIED_PREFIX)])
+        before = snapshot(dp)
+        with (udp_socket(topo.service, t.SERVICE_ADDR, SINK_PORT) as service,
+              udp_socket(topo.peer, t.PEER_CLASSIFIED) as marked):
+            send_udp(marked, t.SERVICE_ADDR, SINK_PORT, payloads("generic"))
+            assert_arrives(service, payloads("generic"), t.PEER_CLASSIFIED)
+        moved = snapshot(dp) - before
+        assert moved.classifier(CLASSIFIER_ID) == DATAGRAMS
+        assert moved.event(abi.Event.DECAP_VXLAN) >= DATAGRAMS
+    finally:
+        with topo.appliance.enter():
+            assert dp.attach("native") == "native"
+
+
+def test_tc_marks_by_itself_when_xdp_is_gone(dp, topo):
+    """Without XDP no metadata arrives: TC classifies with the same maps, so steering goes on.
+
+    The kernel's own vxlan device decaps instead; the mark TC put on the outer packet stays on
+    the skb through the decap (same namespace), so the inner packet takes the fwmark route.
+    """
+    outer = classifier(CLASSIFIER_ID, 10, t.SERVICE_MARK, src=f"{t.PEER_UNDERLAY_V4}/32", proto=UDP,
+                       dport=(VXLAN_PORT, VXLAN_PORT))
+    dp.classifiers.replace([outer])
+    with topo.appliance.enter():
+        detach_xdp(t.UNDERLAY)
+        assert not xdp_attached(t.UNDERLAY)
+    try:
+        before = snapshot(dp)
+        with (udp_socket(topo.service, t.SERVICE_ADDR, SINK_PORT) as service,
+              udp_socket(topo.peer, t.PEER_HOST) as sender):
+            send_udp(sender, t.SERVICE_ADDR, SINK_PORT, payloads("tc-only"))
+            assert_arrives(service, payloads("tc-only"), t.PEER_HOST)
+        moved = snapshot(dp) - before
+        assert moved.event(abi.Event.TC_FALLBACK) >= DATAGRAMS
+        assert moved.event(abi.Event.TC_META_MARK) == 0
+        assert moved.classifier(CLASSIFIER_ID) >= DATAGRAMS
+    finally:
+        with topo.appliance.enter():
+            assert dp.attach("native") == "native"
