@@ -96,8 +96,9 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
 
 def _diff_to_proto(d: policy_ops.PolicyDiff) -> Any:
     def ids(x: policy_ops.Diff) -> Any:
-        return pb2.IdDiff(added=[int(v) for v in x.added], removed=[int(v) for v in x.removed],
-                          changed=[int(v) for v in x.changed])
+        # policy_ops sorts keys as strings ("10" < "9"); the proto promises ascending numbers
+        return pb2.IdDiff(added=sorted(int(v) for v in x.added), removed=sorted(int(v) for v in x.removed),
+                          changed=sorted(int(v) for v in x.changed))
 
     return pb2.PolicyDiff(acl=ids(d.acl), tunnels=ids(d.tunnels),
                           chains=pb2.NameDiff(added=d.chains.added, removed=d.chains.removed,
