@@ -257,7 +257,7 @@ def _changed(what: str, answer: Any) -> Out:
 
 
 def cmd_acl_add(args: argparse.Namespace, rpc: Rpc) -> Out:
-    protocol = pb2.Protocol.Value(f"PROTOCOL_{args.protocol.upper()}") if args.protocol else 0
+    protocol: Any = pb2.Protocol.Value(f"PROTOCOL_{args.protocol.upper()}") if args.protocol else 0
     match = pb2.Match(src=args.src or "", dst=args.dst or "", protocol=protocol)
     if args.dport is not None:
         match.dport.CopyFrom(pb2.PortRange(low=args.dport[0], high=args.dport[1]))

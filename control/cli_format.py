@@ -140,7 +140,8 @@ def chains_data(msg: pb2.ListChainsResponse) -> Data:
 
 def _nexthop(via: object, dev: object) -> str:
     """As `ip route` writes one: "via 10.0.0.2 dev eth0"."""
-    return " ".join(part for part in (via and f"via {via}", dev and f"dev {dev}") if part)
+    parts = [f"via {via}" if via else "", f"dev {dev}" if dev else ""]
+    return " ".join(p for p in parts if p)
 
 
 def chains_text(data: Data) -> str:

@@ -102,9 +102,11 @@ def check_generation(state: DesiredState, expected: int) -> None:
 
 @dataclass
 class Diff:
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
+    """Keys (rule ids, VNIs, chain names) in ascending order."""
+
+    added: list[Any] = field(default_factory=list)
+    removed: list[Any] = field(default_factory=list)
+    changed: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -122,9 +124,8 @@ class PolicyDiff:
 
 def _diff(old: Sequence[Any], new: Sequence[Any], key: Callable[[Any], Any]) -> Diff:
     a, b = {key(x): x for x in old}, {key(x): x for x in new}
-    return Diff(added=sorted(str(k) for k in b.keys() - a.keys()),
-                removed=sorted(str(k) for k in a.keys() - b.keys()),
-                changed=sorted(str(k) for k in a.keys() & b.keys() if a[k] != b[k]))
+    return Diff(added=sorted(b.keys() - a.keys()), removed=sorted(a.keys() - b.keys()),
+                changed=sorted(k for k in a.keys() & b.keys() if a[k] != b[k]))
 
 
 def diff(old: Policy, new: Policy) -> PolicyDiff:

@@ -125,11 +125,12 @@ class Reconciler:
         """Everything that can be known before writing; raises InvalidState."""
         errors: list[tuple[str, str]] = []
         for index, iface in enumerate(new.interfaces):
-            if iface.name not in self.planes:
-                try:
-                    attach_mod.ifindex(iface.name)
-                except attach_mod.AttachError as exc:
-                    errors.append((f"interfaces[{index}].name", str(exc)))
+            try:
+                attach_mod.ifindex(iface.name)
+            except attach_mod.AttachError as exc:
+                hint = "; it vanished while attached: detach it" if iface.name in self.planes else ""
+                errors.append((f"interfaces[{index}].name", f"{exc}{hint}"))
+        errors += _missing_nexthop_devices(new.policy.chains)
         if errors:
             raise MissingInterface(errors)
         try:
@@ -209,14 +210,43 @@ class Reconciler:
         return out
 
 
+def _device_exists(name: str) -> bool:
+    try:
+        attach_mod.ifindex(name)
+    except attach_mod.AttachError:
+        return False
+    return True
+
+
+def _nexthop_devices(chain: ServiceChain) -> set[str]:
+    return {hop.dev for _, leg in chain.legs() for hop in leg.nexthops if hop.dev is not None}
+
+
+def _missing_nexthop_devices(chains: list[ServiceChain]) -> list[tuple[str, str]]:
+    """Next hops naming a device this namespace lacks: refused here rather than by netlink
+    half-way through programming (which would cost a rollback of everything else)."""
+    errors = []
+    for c_index, chain in enumerate(chains):
+        for leg_name, leg in chain.legs():
+            for h_index, hop in enumerate(leg.nexthops):
+                if hop.dev is not None and not _device_exists(hop.dev):
+                    errors.append((f"policy.chains[{c_index}].{leg_name}.nexthops[{h_index}].dev",
+                                   f"interface {hop.dev!r} does not exist in this network namespace"))
+    return errors
+
+
 def _without_missing(state: DesiredState, present: set[str]) -> DesiredState:
-    """The state minus interfaces that vanished while no daemon ran (and the chains using them)."""
-    if all(i.name in present for i in state.interfaces):
+    """The state minus interfaces that vanished while no daemon ran, and the chains using them
+    (on a leg, or as a next hop device)."""
+    gone = {dev for c in state.policy.chains for dev in _nexthop_devices(c) if not _device_exists(dev)}
+    gone |= {i.name for i in state.interfaces} - present
+    if not gone:
         return state
     chains = [c for c in state.policy.chains
-              if all(i in present for _, leg in c.legs() for i in leg.interfaces)]
-    log.warning("interfaces vanished: applying the state without them and their chains",
-                extra={"missing": sorted({i.name for i in state.interfaces} - present)})
+              if all(i in present for _, leg in c.legs() for i in leg.interfaces)
+              and not _nexthop_devices(c) & gone]
+    log.warning("interfaces vanished: applying the state without them and the chains using them",
+                extra={"missing": sorted(gone)})
     policy = state.policy.model_copy(update={"chains": chains})
     return DesiredState(generation=state.generation, policy=policy,
                         interfaces=[i for i in state.interfaces if i.name in present])

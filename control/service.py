@@ -61,6 +61,18 @@ def rpc(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def in_kernel(name: str) -> bool:
+    """Whether XDP and TC ingress programs are on the interface right now (it may have vanished)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from dataplane import attach
+
+    try:
+        return attach.xdp_attached(name) and attach.tc_filter_attached(name)
+    except (attach.AttachError, NetlinkError):  # no such interface (or it went while we asked)
+        return False
+
+
 class InterfaceService(pb2_grpc.InterfaceServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
@@ -69,7 +81,8 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
         state = self.controller.read()
         iface = next((i for i in state.interfaces if i.name == name), None)
         plane = self.controller.reconciler.planes.get(name)
-        active = plane.xdp_mode if plane is not None else None
+        # what the kernel has now, not what the last apply set: the proto promises "right now"
+        active = plane.xdp_mode if plane is not None and in_kernel(name) else None
         return pb2.InterfaceStatus(
             name=name,
             requested_mode=convert.xdp_mode_to_proto(iface.mode if iface else None),
@@ -96,9 +109,7 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
 
 def _diff_to_proto(d: policy_ops.PolicyDiff) -> Any:
     def ids(x: policy_ops.Diff) -> Any:
-        # policy_ops sorts keys as strings ("10" < "9"); the proto promises ascending numbers
-        return pb2.IdDiff(added=sorted(int(v) for v in x.added), removed=sorted(int(v) for v in x.removed),
-                          changed=sorted(int(v) for v in x.changed))
+        return pb2.IdDiff(added=x.added, removed=x.removed, changed=x.changed)
 
     return pb2.PolicyDiff(acl=ids(d.acl), tunnels=ids(d.tunnels),
                           chains=pb2.NameDiff(added=d.chains.added, removed=d.chains.removed,

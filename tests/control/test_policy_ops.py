@@ -73,6 +73,12 @@ def test_diff_names_what_changed():
     new = Policy.model_validate({"acl": [{"id": 1, "action": "allow"}, {"id": 3, "action": "deny"}],
                                  "tunnels": [{"vni": 7}], "settings": {"default_action": "deny"}})
     d = ops.diff(old, new)
-    assert (d.acl.added, d.acl.changed, d.acl.removed) == (["3"], ["1"], [])
-    assert d.tunnels.added == ["7"] and d.chains.removed == ["fw"] and d.settings_changed
+    assert (d.acl.added, d.acl.changed, d.acl.removed) == ([3], [1], [])
+    assert d.tunnels.added == [7] and d.chains.removed == ["fw"] and d.settings_changed
     assert ops.diff(old, old).empty
+
+
+def test_diff_orders_numbers_as_numbers():
+    old = Policy()
+    new = Policy.model_validate({"acl": [{"id": i, "action": "deny"} for i in (10, 9, 100)]})
+    assert ops.diff(old, new).acl.added == [9, 10, 100]
