@@ -96,7 +96,9 @@ class Reconciler:
                 log.warning("persisted interface is missing, skipping it", extra={"ifname": iface.name})
                 continue
             self._load(iface.name)
-        self.apply(_without_missing(state, set(self.planes)))
+        # No rollback here: the "previous state" would be the empty one this object starts with,
+        # and programming it detaches every adopted interface, i.e. stops enforcing the policy.
+        self.apply(_without_missing(state, set(self.planes)), rollback=False)
 
     def _load(self, name: str) -> Dataplane:
         plane = self._loader(name, self.settings)
@@ -107,12 +109,17 @@ class Reconciler:
         return plane
 
     # --- apply --------------------------------------------------------------------------------
-    def apply(self, new: DesiredState) -> None:
+    def apply(self, new: DesiredState, rollback: bool = True) -> None:
+        """Programs `new`; if that fails, programs the previous state again (unless not `rollback`)."""
         compiled = self.preflight(new)
         old = self.applied
         try:
             self._program(new, compiled)
         except Exception as exc:
+            if not rollback:
+                log.exception("programming failed, leaving the kernel as it is", extra={"error": str(exc)})
+                raise ApplyError(f"{exc}; nothing was rolled back: the data plane keeps enforcing what "
+                                 "it held before") from exc
             log.exception("programming failed, restoring the previous state", extra={"error": str(exc)})
             try:
                 self._program(old, None)

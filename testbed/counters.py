@@ -64,3 +64,63 @@ def snapshot(dp: Any) -> Snapshot:
         acl=dp.acl.counts_by_rule(),
         classifiers=dp.classifiers.counts_by_rule(),
     )
+
+
+# --- the same through the daemon's API (StatsService.GetStats) ------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiSnapshot:
+    """A GetStatsResponse as mappings; reasons and events by their ABI name ("DROP_DENIED")."""
+
+    reasons: Mapping[str, Counter]
+    events: Mapping[str, Counter]
+    tunnels: Mapping[int, Counter]
+    acl: Mapping[int, Counter]
+    legs: Mapping[tuple[str, str], Counter]  # (chain, "forward" | "return_path")
+    interfaces: Mapping[str, Counter]
+    generation: int = 0
+
+    def __sub__(self, earlier: ApiSnapshot) -> ApiSnapshot:
+        reasons, events, tunnels, acl, legs, interfaces = (
+            _minus(now, then) for now, then in zip(self._parts(), earlier._parts(), strict=True))
+        return ApiSnapshot(reasons, events, tunnels, acl, legs, interfaces, self.generation)
+
+    def _parts(self) -> tuple[Mapping[Any, Counter], ...]:
+        return (self.reasons, self.events, self.tunnels, self.acl, self.legs, self.interfaces)
+
+    def reason(self, name: str) -> int:
+        return self.reasons.get(name, Counter()).packets
+
+    def event(self, name: str) -> int:
+        return self.events.get(name, Counter()).packets
+
+    def tunnel(self, vni: int) -> int:
+        return self.tunnels.get(vni, Counter()).packets
+
+    def acl_rule(self, rule_id: int) -> int:
+        return self.acl.get(rule_id, Counter()).packets
+
+    def leg(self, chain: str, leg: str) -> int:
+        return self.legs.get((chain, leg), Counter()).packets
+
+    def interface(self, name: str) -> int:
+        return self.interfaces.get(name, Counter()).packets
+
+
+def api_snapshot(response: Any) -> ApiSnapshot:
+    """A tidegate.v1 GetStatsResponse as an ApiSnapshot."""
+    from control.api import pb2
+
+    def c(counter: Any) -> Counter:
+        return Counter(counter.packets, counter.bytes)
+
+    return ApiSnapshot(
+        reasons={pb2.Reason.Name(r.reason).removeprefix("REASON_"): c(r.counter) for r in response.reasons},
+        events={pb2.Event.Name(e.event).removeprefix("EVENT_"): c(e.counter) for e in response.events},
+        tunnels={t.vni: c(t.counter) for t in response.tunnels},
+        acl={r.rule_id: c(r.counter) for r in response.acl_rules},
+        legs={(g.chain, g.leg): c(g.counter) for g in response.chain_legs},
+        interfaces={i.name: c(i.counter) for i in response.interfaces},
+        generation=response.generation,
+    )

@@ -148,11 +148,11 @@ def build() -> Iterator[Topology]:
         topo = Topology(peer, app, svc, direct)
         log.info("building topology in namespaces %s", " ".join(n.name for n in _namespaces(topo)))
         for ns in _namespaces(topo):
-            _loose_rp_filter(ns)
+            loose_rp_filter(ns)
         enable_forwarding(topo.appliance)
-        _underlay(topo)
+        build_underlay(topo.peer, topo.appliance, topo.underlay)
         for plan in topo.tunnels:
-            _tunnel(topo, plan)
+            build_tunnel(topo.peer, topo.appliance, topo.underlay, plan)
         _far_side(topo.appliance, topo.service, SVC_LINK)
         _far_side(topo.appliance, topo.direct, DIRECT_LINK)
         _routing(topo)
@@ -166,14 +166,14 @@ def _namespaces(topo: Topology) -> tuple[Namespace, ...]:
     return (topo.peer, topo.appliance, topo.service, topo.direct)
 
 
-def _loose_rp_filter(ns: Namespace) -> None:
+def loose_rp_filter(ns: Namespace) -> None:
     """Before any link exists, so every interface inherits rp_filter=0 from "default"."""
     for scope in ("all", "default"):
         sysctl(ns, f"net.ipv4.conf.{scope}.rp_filter", 0)
 
 
-def _underlay(topo: Topology) -> None:
-    peer, app, ifname = topo.peer, topo.appliance, topo.underlay
+def build_underlay(peer: Namespace, app: Namespace, ifname: str = UNDERLAY) -> None:
+    """The underlay veth `ifname` between peer and appliance: addresses, static neighbours."""
     veth_pair(peer, ifname, app, ifname)
     for ns, v4, v6 in ((peer, PEER_UNDERLAY_V4, PEER_UNDERLAY_V6), (app, APP_UNDERLAY_V4, APP_UNDERLAY_V6)):
         add_address(ns, ifname, f"{v4}/{UNDERLAY_V4_LEN}")
@@ -186,19 +186,20 @@ def _underlay(topo: Topology) -> None:
         add_neighbour(app, ifname, ip, peer_mac)
 
 
-def _tunnel(topo: Topology, plan: TunnelPlan) -> None:
-    sides = ((topo.peer, plan.peer_underlay, plan.app_underlay, plan.peer_mac, plan.peer_inner),
-             (topo.appliance, plan.app_underlay, plan.peer_underlay, plan.app_mac, plan.app_inner))
+def build_tunnel(peer: Namespace, app: Namespace, underlay: str, plan: TunnelPlan) -> None:
+    """The kernel vxlan device of `plan` on both sides of the underlay, with static neighbours."""
+    sides = ((peer, plan.peer_underlay, plan.app_underlay, plan.peer_mac, plan.peer_inner),
+             (app, plan.app_underlay, plan.peer_underlay, plan.app_mac, plan.app_inner))
     for ns, local, remote, mac, inner in sides:
-        add_vxlan(ns, plan.ifname, vni=plan.vni, local=local, remote=remote, underlay_dev=topo.underlay,
+        add_vxlan(ns, plan.ifname, vni=plan.vni, local=local, remote=remote, underlay_dev=underlay,
                   mac=mac, up=False)
         if not plan.carries_ipv6:  # no link-local address, hence no RS/MLD over the tunnel
             sysctl(ns, f"net/ipv6/conf/{plan.ifname}/disable_ipv6", 1)
         for cidr in inner:
             add_address(ns, plan.ifname, cidr)
         set_up(ns, plan.ifname)
-    for ns, far_inner, far_mac in ((topo.peer, plan.app_inner, plan.app_mac),
-                                   (topo.appliance, plan.peer_inner, plan.peer_mac)):
+    for ns, far_inner, far_mac in ((peer, plan.app_inner, plan.app_mac),
+                                   (app, plan.peer_inner, plan.peer_mac)):
         for cidr in far_inner:
             add_neighbour(ns, plan.ifname, str(ipaddress.ip_interface(cidr).ip), far_mac)
 

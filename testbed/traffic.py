@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ ICMP_ECHO_REPLY = 0
 ICMPV6_ECHO_REQUEST = 128
 ICMPV6_ECHO_REPLY = 129
 RECV_BUFFER = 65535
+IP_RECVTTL = 12  # include/uapi/linux/in.h; Python's socket module lacks the constant
 
 
 def _family(address: str) -> int:
@@ -128,3 +130,30 @@ def udp_echo_once(server: socket.socket, timeout: float) -> bool:
         return False
     server.sendto(data, addr)
     return True
+
+
+@dataclass(frozen=True)
+class Datagram:
+    payload: bytes
+    src: str
+    ttl: int  # IPv4 TTL on arrival: 64 minus the routers it crossed (Linux sends with 64)
+
+
+def receive_udp_ttl(sock: socket.socket, *, expect: int, timeout: float) -> list[Datagram]:
+    """Like `receive_udp` on an IPv4 socket, also reporting each datagram's TTL on arrival.
+
+    The TTL tells the path: every router on the way decrements it, so a detour through a
+    service shows up as a lower value than the direct path."""
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+    out: list[Datagram] = []
+    sock.settimeout(timeout)
+    while len(out) < expect:
+        try:
+            data, ancdata, _flags, addr = sock.recvmsg(RECV_BUFFER, socket.CMSG_SPACE(4))
+        except TimeoutError:
+            break
+        ttl = next((int.from_bytes(cdata[:4], sys.byteorder)
+                    for level, kind, cdata in ancdata
+                    if level == socket.IPPROTO_IP and kind == socket.IP_TTL), -1)
+        out.append(Datagram(data, addr[0], ttl))
+    return out
