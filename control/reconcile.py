@@ -95,16 +95,18 @@ class Reconciler:
             except attach_mod.AttachError:
                 log.warning("persisted interface is missing, skipping it", extra={"ifname": iface.name})
                 continue
-            self._load(iface.name)
+            self._load(iface.name, interface_intent(state, iface.name))
         # No rollback here: the "previous state" would be the empty one this object starts with,
         # and programming it detaches every adopted interface, i.e. stops enforcing the policy.
         self.apply(_without_missing(state, set(self.planes)), rollback=False)
 
-    def _load(self, name: str) -> Dataplane:
+    def _load(self, name: str, intent: InterfaceIntent | None = None) -> Dataplane:
+        """Loads (or adopts the pinned maps of) an interface; `intent` says which rules the
+        pinned slots are expected to hold, so their slots and counters carry over."""
         plane = self._loader(name, self.settings)
         if plane.adopted:
-            plane.acl.adopt()
-            plane.classifiers.adopt()
+            plane.acl.adopt(intent.acl if intent else ())
+            plane.classifiers.adopt(intent.classifiers if intent else ())
         self.planes[name] = plane
         return plane
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,25 +73,38 @@ class MatchTable:
         self._maps = maps
         self.current: CompiledMatch = empty()
 
-    def adopt(self) -> CompiledMatch:
+    def adopt(self, intended: Sequence[MatchRule] = ()) -> CompiledMatch:
         """Takes what the maps hold (written by an earlier process) as the current state.
 
-        The maps say which keys, ids and slots are in use, not which rules made them, so every
-        id is marked taken under a placeholder content: the next apply gives all sets and slots
-        fresh ids and swaps atomically as usual, and packets keep the old verdicts until then.
+        The maps say which keys and ids are in use, not which rules made them, so every set id
+        is marked taken under a placeholder content: the next apply gives all sets fresh ids and
+        swaps atomically as usual, and packets keep the old verdicts until then. A slot whose
+        leaf is exactly what one of the `intended` rules would write (the leaf is all the
+        program reads from a slot) is kept for that rule, and with it the rule's counters.
         """
         src = {self._src_from(k): int(v.value) for k, v in self._table(self.names.src).items()}
         dst = {self._dst_from(k): int(v.value) for k, v in self._table(self.names.dst).items()}
         port = {self._port_from(k): int(v.value) for k, v in self._table(self.names.port).items()}
-        rules = self._table(self.names.rules)
-        slots = {s: self._placeholder(s, rules[rules.Key(s)]) for s in set(port.values()) if s != SLOT_NONE}
+        slots = self._adopt_slots({s for s in port.values() if s != SLOT_NONE}, intended)
         classes = set(src.values()) | {k.set for k in dst}
         rulesets = set(dst.values()) | {k.set for k in port}
         self.current = CompiledMatch(slots, src, dst, port, {frozenset({-c}): c for c in classes},
                                      {frozenset({-r}): r for r in rulesets})
-        log.info("match table adopted", extra={"table": self.names.src, "slots": len(slots),
+        wanted = set(intended)
+        kept = sum(1 for r in slots.values() if r in wanted)
+        log.info("match table adopted", extra={"table": self.names.src, "slots": len(slots), "kept": kept,
                                                "src": len(src), "dst": len(dst), "port": len(port)})
         return self.current
+
+    def _adopt_slots(self, used: set[int], intended: Sequence[MatchRule]) -> dict[int, MatchRule]:
+        table = self._table(self.names.rules)
+        by_leaf = {bytes(self._slot_writer(table.Leaf, r)): r for r in intended}
+        slots: dict[int, MatchRule] = {}
+        for slot in sorted(used):
+            leaf = table[table.Key(slot)]
+            rule = by_leaf.pop(bytes(leaf), None)
+            slots[slot] = rule if rule is not None else self._placeholder(slot, leaf)
+        return slots
 
     @staticmethod
     def _placeholder(slot: int, leaf: Any) -> MatchRule:
