@@ -18,7 +18,7 @@ class FakeTable:
     def __init__(self) -> None:
         self.current = empty()
 
-    def adopt(self) -> None: ...
+    def adopt(self, intended: object = ()) -> None: ...
 
     def apply(self, compiled: object) -> None:
         self.current = compiled  # type: ignore[assignment]
