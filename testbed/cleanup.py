@@ -115,3 +115,23 @@ def install() -> None:
         if signal.getsignal(signum) is signal.SIG_DFL:
             signal.signal(signum, _on_signal)
     _signals_installed = True
+
+
+def run_torn_down(run: Callable[[], bool], logger: logging.Logger,
+                  failures: tuple[type[Exception], ...] = ()) -> int:
+    """Runs a demo-like `run` whose context managers tear everything down, as an exit status:
+    0 when it returns True, 1 when False, 2 for one of `failures`, 128 + signal when stopped."""
+    install()  # SIGTERM/SIGHUP unwind through the context managers like Ctrl-C
+    try:
+        ok = run()
+    except failures as exc:
+        logger.error("%s: torn down", exc)
+        return 2
+    except Terminated as exc:
+        logger.warning("%s: torn down", exc)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        logger.warning("interrupted: torn down")
+        return 128 + signal.SIGINT
+    logger.info("demo %s", "passed: traffic behaved as the policy says" if ok else "FAILED")
+    return 0 if ok else 1

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -183,20 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cli_available():
         log.error("control/cli.py is missing from this checkout: the demo drives the daemon through it")
         return 2
-    cleanup.install()  # SIGTERM/SIGHUP unwind through the context managers like Ctrl-C
-    try:
-        ok = run()
-    except CommandFailed as exc:
-        log.error("%s: torn down", exc)
-        return 2
-    except cleanup.Terminated as exc:
-        log.warning("%s: torn down", exc)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        log.warning("interrupted: torn down")
-        return 128 + signal.SIGINT
-    log.info("demo %s", "passed: traffic behaved as the policy says" if ok else "FAILED")
-    return 0 if ok else 1
+    return cleanup.run_torn_down(run, log, (CommandFailed,))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -212,17 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    cleanup.install()  # SIGTERM/SIGHUP unwind through the context managers like Ctrl-C
-    try:
-        ok = run()
-    except cleanup.Terminated as exc:
-        log.warning("%s: torn down", exc)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        log.warning("interrupted: torn down")
-        return 128 + signal.SIGINT
-    log.info("demo %s", "passed: traffic behaved as the policy says" if ok else "FAILED")
-    return 0 if ok else 1
+    return cleanup.run_torn_down(run, log, ())
 
 
 if __name__ == "__main__":
