@@ -14,6 +14,12 @@
     tunnel add VNI [--no-vxlan] [--no-geneve] | tunnel del VNI | tunnel list
     chain add -f FILE | chain del NAME | chain list
     stats [--interface IF ...]
+    events [--rule N] [--reason NAME] [--interface IF] [--src P] [--dst P] [--count N]
+                                          follow policy events (JSON lines with -j); Ctrl-C stops
+    top [--interval S] [--once | --count N] [--rows N] [--interface IF ...]
+                                          rates per interface, reason and rule, redrawn every second
+    trace [--host H] [--protocol P] [--port N] [--duration S] [--max-events N] | trace --capabilities
+                                          load a packet tracer for the duration and print what it sees
 
 Global options (before the command, or after it):
     -s SOCKET   the daemon's socket: a path (or unix:PATH), or HOST:PORT for a TCP listener;
@@ -120,6 +126,8 @@ class Rpc:
         self.interfaces = pb2_grpc.InterfaceServiceStub(self.channel)
         self.policy = pb2_grpc.PolicyServiceStub(self.channel)
         self.stats = pb2_grpc.StatsServiceStub(self.channel)
+        self.events = pb2_grpc.EventServiceStub(self.channel)
+        self.trace = pb2_grpc.TraceServiceStub(self.channel)
 
     def _check_socket(self) -> None:
         path = self.path
@@ -137,6 +145,11 @@ class Rpc:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise self.error(exc) from None
+
+    def stream(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
+        """A server stream (no deadline unless given); iterate it with `follow`."""
+        self._check_socket()
+        return method(request, timeout=timeout)
 
     def error(self, exc: grpc.RpcError) -> CliError:
         code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
@@ -485,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add("stats", cmd_stats, "counters per reason, rule, tunnel, chain leg, event, interface")
     p.add_argument("--interface", action="extend", nargs="+", metavar="IF",
                    help="only these interfaces (repeatable; default all attached)")
+    from control import cli_follow  # it uses this module's Rpc and CliError
+
+    cli_follow.add_commands(commands)
     return parser
 
 
@@ -499,7 +515,8 @@ def _run(args: argparse.Namespace) -> int:
         out = args.handler(args, rpc)
     finally:
         rpc.close()
-    print(fmt.to_json(out.data) if args.json else out.text)
+    if out is not None:  # the following commands (events, top, trace) print as they go
+        print(fmt.to_json(out.data) if args.json else out.text)
     return EXIT_OK
 
 

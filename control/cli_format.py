@@ -234,7 +234,13 @@ def stats_data(msg: pb2.GetStatsResponse) -> Data:
         "chain_legs": legs,
         "events": {_enum_name(pb2.Event, "EVENT_", e.event): _count(e.counter) for e in msg.events},
         "interfaces": {i.name: _count(i.counter) for i in msg.interfaces},
+        "policy_events": {k: getattr(msg.policy_events, k) for k in DELIVERY_FIELDS},
     }
+
+
+# PolicyEventDelivery's fields, in the order the proto documents them
+DELIVERY_FIELDS = ("sent", "rate_limited", "ringbuf_full", "read", "watch_dropped", "export_dropped",
+                   "watchers")
 
 
 _STATS_SECTIONS = [("interfaces", "INTERFACE"), ("reasons", "REASON"), ("acl_rules", "RULE"),
@@ -249,4 +255,6 @@ def stats_text(data: Data) -> str:
     legs = [(chain, leg, c["packets"], c["bytes"])
             for chain, per_leg in data["chain_legs"].items() for leg, c in per_leg.items()]
     out += ["", table(["CHAIN", "LEG", "PACKETS", "BYTES"], legs) if legs else "CHAIN: none"]
+    delivery = data["policy_events"]
+    out += ["", table(["POLICY EVENTS", "COUNT"], [(k, delivery[k]) for k in DELIVERY_FIELDS])]
     return "\n".join(out)

@@ -9,15 +9,32 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from control.errors import NotFound
 from control.models import DesiredState
 from control.policy_ops import check_generation
-from control.reconcile import Reconciler, Stats
+from control.reconcile import InvalidState, Reconciler, Stats
 from control.state import StateStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApplyRecord:
+    """How the last change (or the start-up restore) that reached the kernel went."""
+
+    ok: bool
+    duration_s: float
+    finished_unix: float  # time.time() when it ended
+    generation: int       # the generation it tried to apply
+
+
+class Busy(TimeoutError):
+    """The controller stayed locked (a long apply) for longer than the caller would wait."""
 
 
 class Controller:
@@ -26,12 +43,33 @@ class Controller:
         self.reconciler = reconciler
         self._lock = threading.RLock()
         self.state = DesiredState()
+        self.last_apply: ApplyRecord | None = None
+        self.applies = {"ok": 0, "failed": 0}
+
+    @contextmanager
+    def _recorded(self, generation: int) -> Iterator[None]:
+        """Records how programming went; a state refused before anything was written
+        (InvalidState: the caller's error) is not an apply."""
+        started = time.monotonic()
+        try:
+            yield
+        except InvalidState:
+            raise
+        except BaseException:
+            self._record(False, started, generation)
+            raise
+        self._record(True, started, generation)
+
+    def _record(self, ok: bool, started: float, generation: int) -> None:
+        self.last_apply = ApplyRecord(ok, time.monotonic() - started, time.time(), generation)
+        self.applies["ok" if ok else "failed"] += 1
 
     def start(self) -> None:
         """Restores the persisted state (adopting pinned maps a previous daemon left)."""
         with self._lock:
             persisted = self.store.load()
-            self.reconciler.restore(persisted)
+            with self._recorded(persisted.generation):
+                self.reconciler.restore(persisted)
             self.state = self.reconciler.applied
             log.info("state restored", extra={"generation": self.state.generation,
                                               "interfaces": [i.name for i in self.state.interfaces]})
@@ -46,13 +84,14 @@ class Controller:
                 self.reconciler.preflight(new)
                 return new
             new = new.model_copy(update={"generation": self.state.generation + 1})
-            self.reconciler.apply(new)
-            try:
-                self.store.save(new)
-            except Exception:
-                log.exception("saving the state failed: putting the previous state back in the kernel")
-                self.reconciler.apply(self.state)
-                raise
+            with self._recorded(new.generation):
+                self.reconciler.apply(new)
+                try:
+                    self.store.save(new)
+                except Exception:
+                    log.exception("saving the state failed: putting the previous state back in the kernel")
+                    self.reconciler.apply(self.state)
+                    raise
             self.state = new
             log.info("state applied", extra={"generation": new.generation})
             return new
@@ -68,3 +107,14 @@ class Controller:
     def read(self) -> DesiredState:
         with self._lock:
             return self.state
+
+    @contextmanager
+    def locked(self, timeout: float) -> Iterator[Reconciler]:
+        """The reconciler, with no change under way, for readers of the kernel's maps (a
+        metrics scrape); Busy if a change holds the lock for longer than `timeout` seconds."""
+        if not self._lock.acquire(timeout=timeout):
+            raise Busy(f"a change has held the controller for over {timeout:g} s")
+        try:
+            yield self.reconciler
+        finally:
+            self._lock.release()

@@ -21,6 +21,8 @@ answers it with INVALID_ARGUMENT and `str(exc)` as the message.
 
 from __future__ import annotations
 
+import enum
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,6 +31,7 @@ from pydantic import ValidationError
 
 from control.api import pb2
 from control.errors import InvalidArgument
+from control.fanout import EventFilter
 from control.models import (
     AclRule,
     Interface,
@@ -266,12 +269,13 @@ def xdp_mode_to_proto(mode: str | None) -> Any:
     return _number(pb2.XdpMode, "XDP_MODE_", mode)
 
 
-def reason_to_proto(reason: int) -> int:
-    """A tg_reason value (dataplane.abi.Reason) -> Reason: the same number, by design."""
+def reason_to_proto(reason: int) -> Any:
+    """A tg_reason value (dataplane.abi.Reason) -> Reason: the same number, by design (typed Any:
+    the stubs give each enum its own int type)."""
     return int(reason)
 
 
-def event_to_proto(event: int) -> int:
+def event_to_proto(event: int) -> Any:
     """A tg_event value (dataplane.abi.Event) -> Event: shifted past EVENT_UNSPECIFIED."""
     return int(event) + EVENT_OFFSET
 
@@ -281,3 +285,96 @@ def event_from_proto(event: int) -> int:
     if event < EVENT_OFFSET:
         raise ValueError(f"{pb2.Event.Name(event)} is not a data plane event")
     return event - EVENT_OFFSET
+
+
+# --- observability: policy events, trace requests and events ------------------------------------
+
+def wall_offset_ns() -> int:
+    """Wall clock minus CLOCK_MONOTONIC (what bpf_ktime_get_ns counts), in ns."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def _wall(ts_ns: int, offset_ns: int | None) -> int:
+    return max(0, int(ts_ns) + (wall_offset_ns() if offset_ns is None else offset_ns))
+
+
+def _text(value: Any) -> str:
+    """An address, enum or name as text; None as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, enum.Enum):
+        return value.name
+    return str(value)
+
+
+_ACTION_NAMES = {"ALLOW": "ALLOW", "PASS": "ALLOW", "XDP_PASS": "ALLOW",
+                 "DENY": "DENY", "DROP": "DENY", "XDP_DROP": "DENY"}
+
+
+def action_to_proto(action: Any) -> Any:
+    """A tg_action (dataplane.abi.Action, its number, or "allow"/"deny") -> Action."""
+    from dataplane import abi
+
+    if isinstance(action, int) and not isinstance(action, enum.Enum):
+        action = abi.Action(action)
+    name = _ACTION_NAMES.get(_text(action).upper())
+    return 0 if name is None else pb2.Action.Value(f"ACTION_{name}")
+
+
+def policy_event_to_proto(interface: str, event: Any, offset_ns: int | None = None) -> pb2.PolicyEvent:
+    """A dataplane.events.PolicyEvent read on `interface` -> PolicyEvent."""
+    msg = pb2.PolicyEvent(
+        time_unix_nano=_wall(event.ts_ns, offset_ns), ts_ns=int(event.ts_ns), interface=interface,
+        ifindex=int(event.ifindex), rule_id=int(event.rule_id or 0), reason=reason_to_proto(event.reason),
+        action=action_to_proto(event.action), src=_text(event.src), dst=_text(event.dst),
+        protocol=int(event.proto or 0), sport=int(event.sport or 0), dport=int(event.dport or 0),
+        length=int(event.length or 0))
+    if event.vni is not None:
+        msg.vni = int(event.vni)
+    return msg
+
+
+def trace_event_to_proto(event: Any, offset_ns: int | None = None) -> pb2.TraceEvent:
+    """A dataplane.trace.TraceEvent -> TraceEvent."""
+    return pb2.TraceEvent(
+        time_unix_nano=_wall(event.ts_ns, offset_ns), ts_ns=int(event.ts_ns), hook=_text(event.hook),
+        ifindex=int(event.ifindex or 0), interface=_text(event.ifname), src=_text(event.src),
+        dst=_text(event.dst), protocol=int(event.proto or 0), sport=int(event.sport or 0),
+        dport=int(event.dport or 0), detail=_text(event.detail), drop_reason=_text(event.drop_reason))
+
+
+TRACE_DURATION_DEFAULT = 30.0  # dataplane.trace_spec's defaults, for a field left at 0
+TRACE_EVENTS_DEFAULT = 10_000
+
+
+def trace_spec_from_proto(msg: pb2.TraceRequest) -> Dict:
+    """The keyword arguments of dataplane.trace.TraceSpec, with the defaults for fields left at 0.
+
+    The limits (host syntax, port range, duration, event count) are TraceSpec's to check: it
+    names the field of each error, which the caller reports as INVALID_ARGUMENT."""
+    protocol = _name(pb2.Protocol, "PROTOCOL_", msg.protocol)
+    if isinstance(protocol, int):
+        raise InvalidArgument([("protocol", f"{protocol} is not a Protocol this daemon knows")])
+    return {"host": msg.host.strip() or None, "protocol": protocol, "port": msg.port or None,
+            "duration_s": msg.duration_s or TRACE_DURATION_DEFAULT,
+            "max_events": msg.max_events or TRACE_EVENTS_DEFAULT}
+
+
+def event_filter_from_proto(msg: pb2.WatchEventsRequest) -> EventFilter:
+    """WatchEventsRequest -> EventFilter; InvalidArgument naming every bad field."""
+    errors: list[tuple[str, str]] = []
+    for index, reason in enumerate(msg.reasons):
+        if reason == 0 or reason not in pb2.Reason.values():
+            errors.append((f"reasons[{index}]",
+                           f"{reason} is not a verdict reason (e.g. REASON_DROP_DENIED)"))
+    prefixes: Dict = {}
+    for name in ("src", "dst"):
+        try:
+            prefixes[name] = EventFilter.build(**{name: getattr(msg, name).strip()})
+        except ValueError as exc:
+            field, _, reason = str(exc).partition(": ")
+            errors.append((field, reason))
+    if errors:
+        raise InvalidArgument(errors)
+    return EventFilter(frozenset(msg.rule_ids), frozenset(int(r) for r in msg.reasons),
+                       frozenset(msg.interfaces), prefixes["src"].src, prefixes["dst"].dst)

@@ -1,9 +1,11 @@
 """`tidegate serve`: the control daemon.
 
-Start-up: config -> restore the persisted state (adopting pinned maps, so enforcement never
-stops across a restart) -> listen (Unix socket 0600 by default, TCP only when configured) ->
-health SERVING. SIGTERM/SIGINT: health NOT_SERVING, finish in-flight calls, stop; the data plane
-stays attached unless `detach_on_exit` (a restarted daemon takes it over where it was).
+Start-up: config -> the events exporter's file (if configured) -> restore the persisted state
+(adopting pinned maps, so enforcement never stops across a restart; a policy event reader starts
+per interface) -> listen (Unix socket 0600 by default, TCP only when configured) -> the metrics
+endpoint (if configured) -> health SERVING. SIGTERM/SIGINT: health NOT_SERVING, event streams and
+traces end (traces unload their tracers), finish in-flight calls, stop; the data plane stays
+attached unless `detach_on_exit` (a restarted daemon takes it over where it was).
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import stat
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control import logs
+from control import logs, stream_service, tracing
 from control.controller import Controller
 from control.daemon_config import DaemonConfig, load_config
+from control.event_readers import EventExporter, EventPump, default_reader_factory
+from control.fanout import Fanout
 from control.netlink import NetlinkRouting
 from control.reconcile import Reconciler
 from control.service import add_services
@@ -31,7 +36,7 @@ from control.state import StateStore
 
 log = logging.getLogger(__name__)
 
-WORKERS = 8
+WORKERS = 8  # unary calls; streams get threads of their own on top (see _create_server)
 MAX_MESSAGE_BYTES = 256 << 20  # a 100k-rule policy is tens of MiB of protobuf
 STOP_GRACE_SECONDS = 5.0
 SOCKET_MODE = 0o600
@@ -48,8 +53,22 @@ class Daemon:
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.tcp_port: int | None = None
+        self.stopping = threading.Event()
+        self.fanout = Fanout()
+        self.pump = EventPump(self.fanout, default_reader_factory())
+        self.reconciler.observers.append(self.pump)
+        self.traces = tracing.TraceManager(tracing.default_backend())
+        export = config.events.export
+        self.exporter = EventExporter(export.path, self.fanout) if export is not None else None
+        self.metrics: Any = None
 
     def start(self) -> None:
+        if self.exporter is not None:
+            try:  # a path it cannot open stops the start before the kernel is touched
+                self.exporter.start()
+            except OSError as exc:
+                raise RuntimeError(f"events.export.path {self.exporter.path}: {exc.strerror or exc}: "
+                                   "choose a writable file, or '-' for stdout") from exc
         self.controller.start()
         self.server, self.tcp_port = self._create_server()
         old_umask = os.umask(0o177)  # the socket is born 0600: no window for other users
@@ -58,15 +77,36 @@ class Daemon:
         finally:
             os.umask(old_umask)
         self._check_socket()
+        self._start_metrics()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("ready", extra={"unix": str(self.config.listen.unix), "tcp_port": self.tcp_port,
                                  "generation": self.controller.read().generation})
 
+    def _start_metrics(self) -> None:
+        listen = self.config.metrics.listen
+        if listen is None:
+            return
+        from control.metrics import MetricsServer, TidegateCollector
+
+        collector = TidegateCollector(self.controller, self.pump, self.fanout, self.traces)
+        self.metrics = MetricsServer(listen, collector)
+        try:
+            self.metrics.start()
+        except OSError as exc:
+            self.metrics = None
+            raise RuntimeError(f"metrics.listen {listen}: {exc.strerror or exc}: choose another "
+                               "address or port, or set metrics.listen to null") from exc
+
     def _create_server(self) -> tuple[grpc.Server, int | None]:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS), options=options)
-        names = add_services(server, self.controller)
+        # every open stream holds a worker: room for the most of them, and the unary calls beside
+        workers = WORKERS + stream_service.MAX_WATCHERS + self.traces.max_active
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+        names = add_services(server, self.controller,
+                             lambda names: stream_service.delivery(self.fanout, self.pump, names))
+        names += stream_service.add_stream_services(server, self.fanout, self.pump, self.traces,
+                                                    self.stopping)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in names:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -92,10 +132,20 @@ class Daemon:
             os.chmod(path, SOCKET_MODE)
 
     def stop(self) -> None:
+        """Safe after a failed or partial start."""
+        self.stopping.set()
         self.health.enter_graceful_shutdown()
+        self.traces.stop_all()              # their streams send TraceEnded and end
+        self.fanout.close(kind="watch")     # event streams end with OK
         if self.server is not None:
             self.server.stop(STOP_GRACE_SECONDS).wait()
-        self.reconciler.close(detach=self.config.detach_on_exit)
+        self.traces.join_all()              # every tracer unloaded
+        if self.metrics is not None:
+            self.metrics.stop()
+        self.reconciler.close(detach=self.config.detach_on_exit)  # stops the event readers first
+        self.pump.close()
+        if self.exporter is not None:
+            self.exporter.close()           # after the readers: what they read is written
         if self.config.listen.unix is not None:
             self.config.listen.unix.unlink(missing_ok=True)
         log.info("stopped", extra={"detached": self.config.detach_on_exit})

@@ -9,6 +9,11 @@
     detach_on_exit: false                 # keep enforcing when the daemon stops (hitless restart)
     capacities: {acl_rules: 262144, ...}  # map sizes (dataplane.settings.Capacities)
     log_level: info
+    events:
+      export: null                        # {path: /var/log/tidegate/events.jsonl}: policy events as
+                                          # JSON lines ("-" = stdout); null = not exported
+    metrics:
+      listen: null                        # "127.0.0.1:9150": Prometheus /metrics; null = off
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from control.models import describe_errors
 from dataplane.settings import DEFAULT_PIN_ROOT, Capacities, DataplaneSettings
@@ -37,6 +42,30 @@ class Listen(BaseModel):
     tcp: str | None = Field(default=None, pattern=r"^\[?[0-9A-Za-z.:-]+\]?:\d{1,5}$")
 
 
+_HOST_PORT = r"^\[?[0-9A-Za-z.:-]+\]?:\d{1,5}$"
+
+
+class EventsExport(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # a file to append JSON lines to (its directory is created), or "-" for the daemon's stdout
+    path: str = Field(min_length=1)
+
+
+class Events(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    export: EventsExport | None = None
+
+
+class Metrics(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # HOST:PORT of the Prometheus endpoint (no TLS, no auth: keep it on loopback or a management
+    # network); null = no endpoint
+    listen: str | None = Field(default=None, pattern=_HOST_PORT)
+
+
 class DaemonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,6 +76,13 @@ class DaemonConfig(BaseModel):
     detach_on_exit: bool = False
     capacities: Capacities = Capacities()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    events: Events = Events()
+    metrics: Metrics = Metrics()
+
+    @field_validator("events", "metrics", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: object) -> object:
+        return {} if value is None else value  # `metrics: null` reads as "off", like `listen: null`
 
     def dataplane_settings(self) -> DataplaneSettings:
         return DataplaneSettings(capacities=self.capacities, pin_root=self.pin_root)

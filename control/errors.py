@@ -34,3 +34,11 @@ class InUse(RuntimeError):
 
 class GenerationMismatch(RuntimeError):
     """The caller's expected_generation is stale (optimistic concurrency)."""
+
+
+class Exhausted(RuntimeError):
+    """A limit of concurrent streams or tracers is reached: retry when one ends."""
+
+
+class Unavailable(RuntimeError):
+    """A facility this daemon or kernel cannot provide (e.g. a tracer that does not load)."""

@@ -51,6 +51,15 @@ class Routing(Protocol):
     def remove_all(self) -> None: ...
 
 
+class PlaneObserver(Protocol):
+    """Told when an interface's data plane is loaded, and before it is unloaded (detached or
+    closed): whatever reads its maps or ring buffer in another thread stops there, before the
+    BPF object is gone. Observers must not raise (an error is logged and ignored)."""
+
+    def plane_added(self, name: str, plane: Dataplane) -> None: ...
+    def plane_removing(self, name: str, plane: Dataplane) -> None: ...
+
+
 @dataclass
 class _Compiled:
     acl: CompiledMatch
@@ -85,6 +94,25 @@ class Reconciler:
         self.planes: dict[str, Dataplane] = {}
         self.intents: dict[str, InterfaceIntent] = {}
         self.applied = DesiredState()
+        self.observers: list[PlaneObserver] = []
+
+    def _notify(self, what: str, name: str, plane: Dataplane) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, what)(name, plane)
+            except Exception:  # noqa: BLE001 - an observer never decides whether the kernel is programmed
+                log.exception("plane observer failed", extra={"observer": type(observer).__name__,
+                                                             "ifname": name, "call": what})
+
+    def _unload(self, name: str, detach: bool) -> None:
+        plane = self.planes[name]
+        self._notify("plane_removing", name, plane)
+        del self.planes[name]
+        self.intents.pop(name, None)
+        if detach:
+            plane.detach()
+        else:
+            plane.close()
 
     # --- start-up ---------------------------------------------------------------------------
     def restore(self, state: DesiredState) -> None:
@@ -108,6 +136,7 @@ class Reconciler:
             plane.acl.adopt(intent.acl if intent else ())
             plane.classifiers.adopt(intent.classifiers if intent else ())
         self.planes[name] = plane
+        self._notify("plane_added", name, plane)
         return plane
 
     # --- apply --------------------------------------------------------------------------------
@@ -179,19 +208,14 @@ class Reconciler:
                 plane.attach(iface.mode)
             self.intents[name] = intent
         for name in [n for n in self.planes if n not in wanted]:
-            self.planes.pop(name).detach()
-            self.intents.pop(name, None)
+            self._unload(name, detach=True)
         self.routing.sync(state.policy.chains)
 
     # --- shutdown -------------------------------------------------------------------------------
     def close(self, detach: bool = False) -> None:
         """Drops handles; with detach, also takes programs, pins and routing away."""
-        for name, plane in list(self.planes.items()):
-            if detach:
-                plane.detach()
-            else:
-                plane.close()
-            self.planes.pop(name)
+        for name in list(self.planes):
+            self._unload(name, detach=detach)
         if detach:
             self.routing.remove_all()
 

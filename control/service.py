@@ -7,6 +7,8 @@ No policy logic lives here. Error mapping, so clients can rely on codes rather t
     detaching an interface a chain still names        -> FAILED_PRECONDITION
     the kernel refused (previous state restored)      -> FAILED_PRECONDITION
     expected_generation is stale                      -> ABORTED (read again, retry)
+    too many event streams or traces at once          -> RESOURCE_EXHAUSTED
+    a tracer this kernel cannot load                  -> FAILED_PRECONDITION
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.InUse, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.GenerationMismatch, grpc.StatusCode.ABORTED),
+    (errors.Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unavailable, grpc.StatusCode.FAILED_PRECONDITION),
     (ApplyError, grpc.StatusCode.FAILED_PRECONDITION),
     (StateError, grpc.StatusCode.INTERNAL),
 ]
@@ -194,15 +198,21 @@ def _counter(c: Any) -> Any:
     return pb2.Counter(packets=c.packets, bytes=c.bytes)
 
 
+# interfaces asked for (None = all) -> PolicyEventDelivery (control.stream_service.delivery)
+DeliveryReader = Callable[[list[str] | None], Any]
+
+
 class StatsService(pb2_grpc.StatsServiceServicer):
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, delivery: DeliveryReader | None = None) -> None:
         self.controller = controller
+        self.delivery = delivery
 
     @rpc
     def GetStats(self, request: Any, context: grpc.ServicerContext) -> Any:
         from dataplane import abi
 
         stats = self.controller.stats(list(request.interfaces))
+        delivery = self.delivery(list(request.interfaces) or None) if self.delivery else None
         return pb2.GetStatsResponse(
             acl_rules=[pb2.AclRuleCounter(rule_id=k, counter=_counter(c))
                        for k, c in sorted(stats.rules.items())],
@@ -216,13 +226,16 @@ class StatsService(pb2_grpc.StatsServiceServicer):
             interfaces=[pb2.InterfaceCounter(name=k, counter=_counter(c))
                         for k, c in sorted(stats.interfaces.items())],
             generation=self.controller.read().generation,
+            policy_events=delivery,
         )
 
 
-def add_services(server: grpc.Server, controller: Controller) -> list[str]:
-    """Registers every servicer; returns the full service names (for reflection and health)."""
+def add_services(server: grpc.Server, controller: Controller,
+                 delivery: DeliveryReader | None = None) -> list[str]:
+    """Registers the unary servicers; returns their full service names (for reflection and
+    health). The streaming ones are control.stream_service's."""
     pb2_grpc.add_InterfaceServiceServicer_to_server(InterfaceService(controller), server)
     pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(controller), server)
-    pb2_grpc.add_StatsServiceServicer_to_server(StatsService(controller), server)
+    pb2_grpc.add_StatsServiceServicer_to_server(StatsService(controller, delivery), server)
     return [pb2.DESCRIPTOR.services_by_name[n].full_name
             for n in ("InterfaceService", "PolicyService", "StatsService")]

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from dataplane import abi
 
 VNI_MAX = (1 << 24) - 1  # 24-bit VNI (RFC 7348 5, RFC 8926 3.4)
+# An event costs NSEC_PER_SEC / event_rate of credit: above 1e9/s it would cost nothing.
+EVENT_RATE_MAX = 1_000_000_000
+EVENT_BURST_MAX = (1 << 32) - 1  # a __u32
 
 
 class RuntimeConfig(BaseModel):
@@ -25,6 +28,12 @@ class RuntimeConfig(BaseModel):
     unknown_vni_action: Literal["pass", "drop"] = "pass"
     default_action: Literal["allow", "deny"] = "allow"
     rewrite_inner_dmac: bool = True
+    # Policy events (dataplane.events), paced per CPU by a token bucket; 0 sends none (each is
+    # then counted as rate limited).
+    event_rate: int = Field(default=abi.define("TG_EVENT_RATE_DEFAULT"), ge=0, le=EVENT_RATE_MAX,
+                            description="policy events per second per CPU")
+    event_burst: int = Field(default=abi.define("TG_EVENT_BURST_DEFAULT"), ge=1, le=EVENT_BURST_MAX,
+                             description="policy events a CPU may send back to back")
 
     def flags(self) -> int:
         flags = 0

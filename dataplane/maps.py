@@ -56,6 +56,8 @@ class DataplaneMaps:
         leaf.unknown_vni_action = abi.UnknownVniAction[cfg.unknown_vni_action.upper()]
         leaf.default_action = abi.Action[cfg.default_action.upper()]
         leaf.if_mac = u8_array(type(leaf.if_mac), if_mac)
+        leaf.event_rate = cfg.event_rate
+        leaf.event_burst = cfg.event_burst
         t[t.Key(0)] = leaf
 
     def read_config(self) -> tuple[RuntimeConfig, bytes]:
@@ -68,6 +70,8 @@ class DataplaneMaps:
             rewrite_inner_dmac=bool(flags & abi.define("TG_CFG_F_REWRITE_INNER_DMAC")),
             unknown_vni_action=abi.UnknownVniAction(leaf.unknown_vni_action).name.lower(),
             default_action=abi.Action(leaf.default_action).name.lower(),
+            event_rate=leaf.event_rate,
+            event_burst=leaf.event_burst or abi.define("TG_EVENT_BURST_DEFAULT"),
         )
         return cfg, bytes(leaf.if_mac)
 
@@ -115,6 +119,11 @@ class DataplaneMaps:
     def event_counts(self) -> dict[Any, Counter]:
         counts = self._array_counts("event_stats", abi.EVENT_MAX)
         return {abi.Event(i): c for i, c in enumerate(counts)}
+
+    def reset_event_budget(self) -> None:
+        """Refills every CPU's policy event bucket (an all-zero bucket counts as full)."""
+        t = self._table("event_bucket")
+        t[t.Key(0)] = t.Leaf()
 
     def tunnel_counts(self) -> dict[int, Counter]:
         return {k.value: percpu_sum(v) for k, v in self._table("tunnel_stats").items()}

@@ -11,7 +11,8 @@ import ctypes
 import logging
 import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,10 @@ XDP_FUNC = "tg_xdp_ingress"
 TC_FUNC = "tg_tc_ingress"
 XDP_PIN = "prog_xdp_ingress"
 TC_PIN = "prog_tc_ingress"
-_MAP_DECL = re.compile(r'^TG_MAP\("[^"]+",\s*[^,]+,\s*[^,]+,\s*(\w+),', re.M)
+# TG_MAP("type", key, leaf, name, ...) and TG_RINGBUF(record, name, pages): the name.
+_MAP_DECL = re.compile(r'^TG_(?:MAP\("[^"]+",\s*[^,]+,\s*[^,]+|RINGBUF\([^,]+),\s*(\w+),', re.M)
+
+RingSink = Callable[[int, int], None]  # (address of one record, its size)
 
 
 class PinError(RuntimeError):
@@ -64,9 +68,31 @@ class Program:
     tc_fn: Any
     pin_dir: Path | None
     adopted: bool  # maps came from existing pins
+    _rings: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> opened RingBuf
+    _sinks: dict[str, RingSink] = field(default_factory=dict, repr=False)
 
     def table(self, name: str) -> Any:
         return self.bpf.get_table(name.encode())
+
+    def open_ring_buffer(self, name: str, sink: RingSink) -> None:
+        """Sends the records of ring buffer `name` to `sink` from now on (replacing any earlier sink).
+
+        Each ring is opened once per load: two libbpf consumers of one ring would share its
+        consumer position and take records from each other. Records arrive during poll_rings().
+        """
+        if name not in self._rings:
+            ring = self.table(name)
+            ring.open_ring_buffer(lambda _ctx, data, size: self._sinks[name](data, size))
+            self._rings[name] = ring  # holds BCC's ctypes callback: it must outlive the polling
+        self._sinks[name] = sink
+
+    def ring_sink(self, name: str) -> RingSink | None:
+        return self._sinks.get(name)
+
+    def poll_rings(self, timeout_ms: int) -> None:
+        """Waits up to timeout_ms (-1: forever) for records, then hands every available one to
+        its ring's sink."""
+        self.bpf.ring_buffer_poll(timeout_ms)
 
     def pin_programs(self) -> None:
         if self.pin_dir is None:

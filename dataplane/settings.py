@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dataplane import abi
 
@@ -17,6 +17,11 @@ DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/tidegate")
 # which a reboot clears together with the qdiscs they describe.
 DEFAULT_RUN_ROOT = Path("/run/tidegate/dataplane")
 _MAX_ENTRIES = 1 << 24  # beyond this a single map's memory is no longer a reasonable default
+_MAX_RING_PAGES = 1 << 16
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 def _cap(define: str) -> int:
@@ -37,6 +42,17 @@ class Capacities(BaseModel):
     cls_src: int = _cap("TG_CLS_SRC_MAX")
     cls_dst: int = _cap("TG_CLS_DST_MAX")
     cls_port: int = _cap("TG_CLS_PORT_MAX")
+    # Pages (4 KiB) of the policy event ring buffer; 65536 pages is 256 MiB, already absurd.
+    event_ring_pages: int = Field(default=abi.define("TG_EVENT_RING_PAGES"), ge=1, le=_MAX_RING_PAGES,
+                                  description="-DTG_EVENT_RING_PAGES")
+
+    @field_validator("event_ring_pages")
+    @classmethod
+    def _power_of_two(cls, pages: int) -> int:
+        if pages & (pages - 1):
+            raise ValueError(f"the kernel sizes ring buffers in powers of two pages: "
+                             f"use {_next_pow2(pages)}, not {pages}")
+        return pages
 
     def cflags(self) -> list[str]:
         fields = Capacities.model_fields

@@ -69,11 +69,16 @@ class DaemonProcess:
     """One daemon process managing `ns`; a context manager that starts and fully removes it."""
 
     def __init__(self, ns: Namespace, *, detach_on_exit: bool = True, pin_root: Path | None = None,
-                 capacities: Mapping[str, int] | None = None, log_level: str = "info") -> None:
+                 capacities: Mapping[str, int] | None = None, log_level: str = "info",
+                 metrics_listen: str | None = None, events_export: str | Path | None = None) -> None:
+        """`metrics_listen`: the config's metrics.listen (HOST:PORT, in the daemon's namespace);
+        `events_export`: events.export.path (a file, or "-" for the daemon's log)."""
         self.ns = ns
         self.detach_on_exit = detach_on_exit
         self.capacities = dict(capacities or {})
         self.log_level = log_level
+        self.metrics_listen = metrics_listen
+        self.events_export = None if events_export is None else str(events_export)
         self.workdir = Path(tempfile.mkdtemp(prefix="tidegate-daemon-"))
         self.pin_root = pin_root or unique_pin_root()
         self.socket = self.workdir / "tidegate.sock"
@@ -87,6 +92,8 @@ class DaemonProcess:
         self.interfaces: Any = None
         self.policy: Any = None
         self.stats: Any = None
+        self.events: Any = None
+        self.trace: Any = None
         self._key = f"daemon:{self.workdir}"
         self._register()
 
@@ -195,6 +202,10 @@ class DaemonProcess:
         }
         if self.capacities:
             config["capacities"] = self.capacities
+        if self.metrics_listen is not None:
+            config["metrics"] = {"listen": self.metrics_listen}
+        if self.events_export is not None:
+            config["events"] = {"export": {"path": self.events_export}}
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _command(self) -> list[str]:
@@ -220,6 +231,8 @@ class DaemonProcess:
         self.interfaces = pb2_grpc.InterfaceServiceStub(self.channel)
         self.policy = pb2_grpc.PolicyServiceStub(self.channel)
         self.stats = pb2_grpc.StatsServiceStub(self.channel)
+        self.events = pb2_grpc.EventServiceStub(self.channel)
+        self.trace = pb2_grpc.TraceServiceStub(self.channel)
 
     def _close_channel(self) -> None:
         if self.channel is not None:
@@ -263,6 +276,16 @@ class DaemonProcess:
         cmd = [sys.executable, "-m", "control.cli", *flags, *args]
         return subprocess.run(cmd, cwd=REPO_ROOT, env=self._env(), capture_output=True, text=True,
                               timeout=timeout, check=False)
+
+    def cli_popen(self, *args: str, as_json: bool = False) -> subprocess.Popen[str]:
+        """`tidegate -s SOCKET [-j] ARGS...` left running (events, top, trace), stdout and stderr
+        piped as text; the caller stops it (SIGINT is how a user would)."""
+        if not cli_available():
+            raise DaemonError("control/cli.py does not exist in this checkout: use the gRPC stubs")
+        flags = ["-s", str(self.socket), *(["-j"] if as_json else [])]
+        return subprocess.Popen([sys.executable, "-m", "control.cli", *flags, *args], cwd=REPO_ROOT,
+                                env=self._env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:

@@ -2,11 +2,13 @@
 /*
  * XDP ingress: decapsulate VxLAN/Geneve, judge the (inner) packet by the ACL, classify it for
  * service chaining and hand the mark to TC in XDP metadata. One exit: every packet is counted
- * under exactly one enum tg_reason at `out`.
+ * under exactly one enum tg_reason at `out`. ACL decisions worth an operator's attention are
+ * reported as policy events (events.h).
  */
 #include <uapi/linux/bpf.h>
 
 #include "counters.h"
+#include "events.h"
 #include "maps.h"
 #include "match.h"
 #include "parse.h"
@@ -58,12 +60,14 @@ static __always_inline __u32 tg_decap(struct xdp_md *ctx, const struct tg_config
 	return rc < 0 ? tg_parse_reason(rc) : 0;
 }
 
-/* ACL verdict for a parsed tuple, counted per rule. */
-static __always_inline __u32 tg_acl(const struct tg_tuple *t, const struct tg_config *cfg, __u64 bytes)
+/* ACL verdict for a parsed tuple, counted per rule; *hit gets the matching rule (zero: none). */
+static __always_inline __u32 tg_acl(const struct tg_tuple *t, const struct tg_config *cfg, __u64 bytes,
+				    struct tg_acl_rule *hit)
 {
 	__u32 slot = tg_match(TG_TABLE_ACL, t);
 	struct tg_acl_rule *rule;
 
+	__builtin_memset(hit, 0, sizeof(*hit));
 	if (slot == TG_SLOT_NONE) {
 		return cfg->default_action == TG_ACTION_DENY ? TG_REASON_DROP_DEFAULT
 							      : TG_REASON_PASS_DEFAULT;
@@ -72,6 +76,7 @@ static __always_inline __u32 tg_acl(const struct tg_tuple *t, const struct tg_co
 	if (!rule)
 		return TG_REASON_DROP_DEFAULT; /* a slot without a rule is a torn write: fail closed */
 	tg_count(acl_rule_stats.lookup(&slot), bytes);
+	*hit = *rule;
 	return rule->action == TG_ACTION_DENY ? TG_REASON_DROP_DENIED : TG_REASON_PASS_ALLOWED;
 }
 
@@ -96,6 +101,7 @@ static __always_inline void tg_write_meta(struct xdp_md *ctx, __u32 mark, __u32 
 int tg_xdp_ingress(struct xdp_md *ctx)
 {
 	struct tg_tunnel_info ti = {};
+	struct tg_acl_rule rule;
 	struct tg_tuple t = {};
 	struct tg_cursor c;
 	struct ethhdr *eth;
@@ -139,7 +145,8 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 		meta_flags |= TG_META_F_DECAPPED;
 	}
 
-	reason = tg_acl(&t, cfg, ctx->data_end - ctx->data);
+	reason = tg_acl(&t, cfg, ctx->data_end - ctx->data, &rule);
+	tg_policy_event(ctx, cfg, &t, &rule, reason, ti.vni, meta_flags & TG_META_F_DECAPPED);
 	if (reason == TG_REASON_DROP_DENIED || reason == TG_REASON_DROP_DEFAULT)
 		goto out;
 	mark = tg_classify(&t, ctx->data_end - ctx->data);

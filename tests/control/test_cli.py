@@ -291,14 +291,18 @@ def test_stats_json_is_keyed_by_section() -> None:
         chain_legs=[pb2.ChainLegCounter(chain="web", leg="forward", counter=c)],
         reasons=[pb2.ReasonCounter(reason=pb2.REASON_DROP_DENIED, counter=c)],
         events=[pb2.EventCounter(event=pb2.EVENT_CLASSIFIED, counter=c)],
-        interfaces=[pb2.InterfaceCounter(name="eth0", counter=c)])
+        interfaces=[pb2.InterfaceCounter(name="eth0", counter=c)],
+        policy_events=pb2.PolicyEventDelivery(sent=7, rate_limited=2, read=6, watch_dropped=1, watchers=1))
     data = json.loads(fmt.to_json(fmt.stats_data(msg)))
     counted = {"packets": 3, "bytes": 300}
     assert data == {"generation": 9, "reasons": {"DROP_DENIED": counted}, "acl_rules": {"5": counted},
                     "tunnels": {"100": counted}, "chain_legs": {"web": {"forward": counted}},
-                    "events": {"CLASSIFIED": counted}, "interfaces": {"eth0": counted}}
+                    "events": {"CLASSIFIED": counted}, "interfaces": {"eth0": counted},
+                    "policy_events": {"sent": 7, "rate_limited": 2, "ringbuf_full": 0, "read": 6,
+                                      "watch_dropped": 1, "export_dropped": 0, "watchers": 1}}
     text = fmt.stats_text(data)
     assert "DROP_DENIED" in text and "web    forward" in text
+    assert "POLICY EVENTS" in text and "rate_limited" in text
 
 
 def test_apply_text_lists_the_diff() -> None:

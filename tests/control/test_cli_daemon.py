@@ -377,7 +377,7 @@ def test_stats_count_denied_packets(d: Daemon) -> None:
     _send_udp(d.peer, 5)
     after = d.json("stats", "--interface", IFNAME)
     assert set(after) == {"generation", "reasons", "acl_rules", "tunnels", "chain_legs", "events",
-                          "interfaces"}
+                          "interfaces", "policy_events"}
     assert after["acl_rules"]["42"]["packets"] >= 5
     denied = after["reasons"]["DROP_DENIED"]["packets"] - before["reasons"]["DROP_DENIED"]["packets"]
     assert denied >= 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 
 import pytest
 
@@ -11,16 +12,22 @@ from dataplane.program import map_names
 
 pytestmark = pytest.mark.root
 
+PAGE_SIZE = mmap.PAGESIZE
+
 EXPECTED_LAYOUTS = {
     # map name: (key size, key fields, leaf size, leaf fields)
-    "config": (4, None, 16, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
-                             "default_action", "if_mac"]),
+    "config": (4, None, 24, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
+                             "default_action", "if_mac", "event_rate", "event_burst"]),
     "tunnels": (4, None, 8, ["flags", "reserved"]),
     "acl_src": (24, ["prefixlen", "family", "addr", "reserved"], 4, None),
     "acl_dst": (28, ["prefixlen", "set", "family", "addr", "reserved"], 4, None),
     "acl_port": (12, ["prefixlen", "set", "proto", "port", "reserved"], 4, None),
     "acl_rules": (4, None, 8, ["rule_id", "action", "flags", "reserved"]),
     "cls_rules": (4, None, 8, ["classifier_id", "mark"]),
+    # The ring buffer's Leaf is the record it carries (maps.h, TG_RINGBUF).
+    "policy_events": (4, None, 72, ["ts_ns", "ifindex", "rule_id", "vni", "length", "src", "dst", "sport",
+                                    "dport", "reason", "action", "family", "proto", "flags", "reserved"]),
+    "event_bucket": (4, None, 16, ["credit_ns", "last_ns"]),
 }
 
 
@@ -32,17 +39,24 @@ def _fields(t: type) -> list[str]:
 def test_bcc_layout_matches_header(loaded_dataplane, name):
     table = loaded_dataplane.program.table(name)
     key_size, key_fields, leaf_size, leaf_fields = EXPECTED_LAYOUTS[name]
+    leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables: Leaf is one sLeaf per CPU
     assert ctypes.sizeof(table.Key) == key_size
-    assert ctypes.sizeof(table.Leaf) == leaf_size
+    assert ctypes.sizeof(leaf) == leaf_size
     if key_fields:
         assert _fields(table.Key) == key_fields
     if leaf_fields:
-        assert _fields(table.Leaf) == leaf_fields
+        assert _fields(leaf) == leaf_fields
 
 
 def test_every_declared_map_is_loaded(loaded_dataplane):
     for name in map_names():
         assert loaded_dataplane.program.table(name) is not None
+
+
+def test_event_ring_is_a_ring_buffer_of_the_configured_pages(loaded_dataplane):
+    ring = loaded_dataplane.program.table("policy_events")
+    assert type(ring).__name__ == "RingBuf"
+    assert ring.max_entries == loaded_dataplane.settings.capacities.event_ring_pages * PAGE_SIZE
 
 
 def test_counter_arrays_sized_by_enums(loaded_dataplane):

@@ -12,9 +12,28 @@
 #ifdef TG_PIN_DIR
 #define TG_MAP(type, key, leaf, name, size, flags) \
 	BPF_TABLE_PINNED(type, key, leaf, name, size, TG_PIN_DIR "/" #name, flags)
+#define TG_RINGBUF_SECTION(name) "maps/ringbuf:" TG_PIN_DIR "/" #name
 #else
 #define TG_MAP(type, key, leaf, name, size, flags) BPF_F_TABLE(type, key, leaf, name, size, flags)
+#define TG_RINGBUF_SECTION(name) "maps/ringbuf"
 #endif
+
+/*
+ * A ring buffer of `record`s, pinned like TG_MAP. BCC's BPF_RINGBUF_OUTPUT can be neither pinned
+ * nor given a record type, and BPF_TABLE_PINNED("ringbuf", ...) declares no ringbuf_output
+ * method. So this is BPF_RINGBUF_OUTPUT's declaration (the member names are what BCC's rewriter
+ * looks for) with the record as the leaf, which gives user space the record's ctypes type as the
+ * table's Leaf, and with BCC's "section:pin path" convention, which BCC applies to any map type.
+ */
+#define TG_RINGBUF(record, name, pages) \
+	struct name##_table_t { \
+		int key; \
+		record leaf; \
+		int (*ringbuf_output)(void *, u64, u64); \
+		u32 max_entries; \
+	}; \
+	__attribute__((section(TG_RINGBUF_SECTION(name)))) \
+	struct name##_table_t name = { .max_entries = (pages) * PAGE_SIZE }
 
 /* LPM tries must not be preallocated (kernel requirement). */
 #define TG_NO_PREALLOC BPF_F_NO_PREALLOC
@@ -29,6 +48,10 @@ TG_MAP("percpu_hash", __u32, struct tg_counter, tunnel_stats, TG_TUNNELS_MAX, 0)
 TG_MAP("percpu_array", __u32, struct tg_counter, reason_stats, TG_REASON_MAX, 0);
 /* enum tg_event -> occurrences. */
 TG_MAP("percpu_array", __u32, struct tg_counter, event_stats, TG_EVENT_MAX, 0);
+
+/* Policy events to user space, and the per-CPU token bucket that paces them. */
+TG_RINGBUF(struct tg_event_record, policy_events, TG_EVENT_RING_PAGES);
+TG_MAP("percpu_array", __u32, struct tg_event_bucket, event_bucket, 1, 0);
 
 /* ACL: the three match stages, then slot -> rule and slot -> counters. */
 TG_MAP("lpm_trie", struct tg_src_key, __u32, acl_src, TG_ACL_SRC_MAX, TG_NO_PREALLOC);

@@ -64,6 +64,15 @@
 #ifndef TG_CLS_PORT_MAX
 #define TG_CLS_PORT_MAX 65536
 #endif
+/* Pages of the policy event ring buffer: a power of two (kernel requirement). 64 pages of 4 KiB
+ * hold 3,276 records (each takes its 72 bytes plus the ring's 8-byte header). */
+#ifndef TG_EVENT_RING_PAGES
+#define TG_EVENT_RING_PAGES 64
+#endif
+
+/* Defaults of the policy event token bucket (struct tg_config), per CPU. */
+#define TG_EVENT_RATE_DEFAULT 1000 /* events per second */
+#define TG_EVENT_BURST_DEFAULT 100 /* events sent back to back after a quiet spell */
 
 /* Why a packet got its verdict. Every packet is counted under exactly one reason. */
 enum tg_reason {
@@ -93,7 +102,11 @@ enum tg_event {
 	TG_EVENT_META_FAILED = 6,          /* bpf_xdp_adjust_meta refused: TC falls back */
 	TG_EVENT_TC_META_MARK = 7,         /* TC took the mark from XDP metadata */
 	TG_EVENT_TC_FALLBACK = 8,          /* TC classified itself (no metadata arrived) */
-	TG_EVENT_MAX = 9,
+	/* Policy events (struct tg_event_record): each one is counted under exactly one of these. */
+	TG_EVENT_POLICY_SENT = 9,          /* written to the policy_events ring buffer */
+	TG_EVENT_POLICY_RATE_LIMITED = 10, /* this CPU's token bucket was empty (or event_rate = 0) */
+	TG_EVENT_POLICY_RINGBUF_FULL = 11, /* bpf_ringbuf_output refused: the reader is behind */
+	TG_EVENT_MAX = 12,
 };
 
 enum tg_action {
@@ -126,6 +139,9 @@ enum tg_tunnel_type {
 #define TG_META_F_DECAPPED 0x1
 #define TG_META_F_CLASSIFIED 0x2
 
+/* tg_event_record.flags */
+#define TG_EVENT_RECORD_F_DECAPPED 0x1 /* judged after decap: vni is valid, the tuple is the inner one */
+
 /* Runtime configuration: one entry in the config array, rewritten without recompiling. */
 struct tg_config {
 	__u32 flags;
@@ -134,8 +150,10 @@ struct tg_config {
 	__u8 unknown_vni_action; /* enum tg_unknown_vni_action */
 	__u8 default_action;     /* enum tg_action, when no ACL rule matches */
 	__u8 if_mac[6];          /* MAC of the interface the program is attached to */
+	__u32 event_rate;  /* policy events per second per CPU; 0: none are sent */
+	__u32 event_burst; /* policy events a CPU may send back to back (bucket size) */
 };
-_Static_assert(sizeof(struct tg_config) == 16, "tg_config layout");
+_Static_assert(sizeof(struct tg_config) == 24, "tg_config layout");
 
 /* Per-VNI tunnel settings (key: __u32 VNI). */
 struct tg_tunnel {
@@ -209,5 +227,40 @@ struct tg_meta {
 };
 _Static_assert(sizeof(struct tg_meta) == 16, "tg_meta layout");
 _Static_assert(sizeof(struct tg_meta) % 4 == 0, "xdp metadata must be 4-byte aligned");
+
+/*
+ * Policy events: one record per packet denied by a rule or by the default action, and per packet
+ * allowed by a rule with TG_RULE_F_LOG, in the policy_events ring buffer. Other drops (malformed,
+ * truncated, tunnel errors) are counted by reason only.
+ */
+struct tg_event_record {
+	__u64 ts_ns;   /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, not wall time */
+	__u32 ifindex; /* ingress interface */
+	__u32 rule_id; /* the operator's rule id; 0: no rule matched (default action) */
+	__u32 vni;     /* tunnel the packet was decapped from, when TG_EVENT_RECORD_F_DECAPPED */
+	__u32 length;  /* bytes of the judged frame (the inner frame when decapped), as rule counters count */
+	__u8 src[TG_ADDR_LEN]; /* IPv4 in the first four bytes */
+	__u8 dst[TG_ADDR_LEN];
+	__u16 sport;   /* host byte order; 0 when the protocol has no ports or for non-first fragments */
+	__u16 dport;   /* host byte order */
+	__u8 reason;   /* enum tg_reason */
+	__u8 action;   /* enum tg_action: what happened to the packet */
+	__u8 family;   /* TG_FAMILY_* */
+	__u8 proto;    /* IP protocol */
+	__u8 flags;    /* TG_EVENT_RECORD_F_* */
+	__u8 reserved[7];
+};
+_Static_assert(sizeof(struct tg_event_record) == 72, "tg_event_record layout");
+
+/*
+ * Per-CPU token bucket for policy events, with credit kept in nanoseconds: an event costs
+ * NSEC_PER_SEC / event_rate, credit grows by the time elapsed, up to event_burst events' worth.
+ * All zero means full (a fresh bucket, or one user space reset).
+ */
+struct tg_event_bucket {
+	__u64 credit_ns;
+	__u64 last_ns; /* bpf_ktime_get_ns() of the last event; 0: never used */
+};
+_Static_assert(sizeof(struct tg_event_bucket) == 16, "tg_event_bucket layout");
 
 #endif /* TIDEGATE_ABI_H */

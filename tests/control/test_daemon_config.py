@@ -1,0 +1,47 @@
+"""The daemon's config file: the observability keys (events.export, metrics.listen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from control.daemon_config import ConfigError, DaemonConfig, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tidegate.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_observability_is_off_by_default(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "log_level: debug\n"))
+    assert config.metrics.listen is None and config.events.export is None
+    assert load_config(None) == DaemonConfig()
+    nulls = load_config(write(tmp_path, "metrics: null\nevents: null\n"))
+    assert nulls.metrics.listen is None and nulls.events.export is None
+
+
+def test_observability_keys(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "metrics: {listen: '127.0.0.1:9150'}\n"
+                                         "events: {export: {path: /var/log/tidegate/events.jsonl}}\n"))
+    assert config.metrics.listen == "127.0.0.1:9150"
+    assert config.events.export is not None and config.events.export.path == "/var/log/tidegate/events.jsonl"
+    assert load_config(write(tmp_path, "events: {export: {path: '-'}}\nmetrics: {listen: '[::1]:9150'}\n")
+                       ).events.export.path == "-"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("metrics: {listen: 9150}\n", "metrics.listen"),
+    ("metrics: {listen: 'localhost'}\n", "metrics.listen"),
+    ("metrics: {port: 9150}\n", "metrics.port"),
+    ("events: {export: {path: ''}}\n", "events.export.path"),
+    ("events: {export: /tmp/x}\n", "events.export"),
+    ("events: {exporter: {path: /tmp/x}}\n", "events.exporter"),
+])
+def test_bad_observability_keys_name_the_field(tmp_path: Path, text: str, field: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: {field}: "), info.value

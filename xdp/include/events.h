@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Policy events (struct tg_event_record) to user space through the policy_events ring buffer:
+ * one per packet denied by a rule or by the default action, and one per packet allowed by a rule
+ * with TG_RULE_F_LOG. A per-CPU token bucket (tg_config.event_rate, event_burst) keeps a flood
+ * from drowning the reader, and every event is counted exactly once: sent, rate limited, or
+ * refused because the ring buffer is full. Nothing is lost silently.
+ */
+#ifndef TG_EVENTS_H
+#define TG_EVENTS_H
+
+#include "counters.h"
+#include "maps.h"
+#include "parse.h"
+
+#define TG_NSEC_PER_SEC 1000000000ULL
+
+static __always_inline int tg_event_wanted(__u32 reason, const struct tg_acl_rule *rule)
+{
+	return reason == TG_REASON_DROP_DENIED || reason == TG_REASON_DROP_DEFAULT ||
+	       (reason == TG_REASON_PASS_ALLOWED && (rule->flags & TG_RULE_F_LOG));
+}
+
+/* Takes one event's credit from this CPU's bucket; 0 when there is not enough. Per-CPU state is
+ * only touched by programs on that CPU, which do not preempt each other: no atomics needed.
+ * No overflow: cost <= 1e9, so cap < 2^32 * 1e9 < 2^63, and credit adds at most the uptime. */
+static __always_inline int tg_event_admit(const struct tg_config *cfg, __u64 now)
+{
+	__u32 zero = 0;
+	struct tg_event_bucket *b = event_bucket.lookup(&zero);
+	__u64 cost, cap, credit;
+
+	if (!b || !cfg->event_rate || !cfg->event_burst)
+		return 0;
+	cost = TG_NSEC_PER_SEC / cfg->event_rate;
+	cap = cost * cfg->event_burst;
+	credit = cap; /* a fresh or reset bucket starts full */
+	if (b->last_ns) {
+		credit = b->credit_ns + (now > b->last_ns ? now - b->last_ns : 0);
+		if (credit > cap)
+			credit = cap;
+	}
+	b->last_ns = now;
+	if (credit < cost) {
+		b->credit_ns = credit;
+		return 0;
+	}
+	b->credit_ns = credit - cost;
+	return 1;
+}
+
+/* Reports the ACL's decision about the tuple `t` when it is a policy event. `rule` is the rule
+ * that matched (all zero when none did); vni is meaningful when `decapped`. */
+static __always_inline void tg_policy_event(struct xdp_md *ctx, const struct tg_config *cfg,
+					    const struct tg_tuple *t, const struct tg_acl_rule *rule,
+					    __u32 reason, __u32 vni, int decapped)
+{
+	struct tg_event_record rec;
+	__u64 now;
+
+	if (!tg_event_wanted(reason, rule))
+		return;
+	now = bpf_ktime_get_ns();
+	if (!tg_event_admit(cfg, now)) {
+		tg_count_event(TG_EVENT_POLICY_RATE_LIMITED);
+		return;
+	}
+	__builtin_memset(&rec, 0, sizeof(rec)); /* padding too: the whole record reaches user space */
+	rec.ts_ns = now;
+	rec.ifindex = ctx->ingress_ifindex;
+	rec.rule_id = rule->rule_id;
+	rec.length = ctx->data_end - ctx->data;
+	if (decapped) {
+		rec.vni = vni;
+		rec.flags = TG_EVENT_RECORD_F_DECAPPED;
+	}
+	__builtin_memcpy(rec.src, t->src, TG_ADDR_LEN);
+	__builtin_memcpy(rec.dst, t->dst, TG_ADDR_LEN);
+	rec.sport = bpf_ntohs(t->sport);
+	rec.dport = bpf_ntohs(t->dport);
+	rec.reason = reason;
+	rec.action = reason >= TG_REASON_DROP_MALFORMED ? TG_ACTION_DENY : TG_ACTION_ALLOW;
+	rec.family = t->family;
+	rec.proto = t->proto;
+	/* Fails only when the ring has no room for the record: the reader is behind. */
+	if (policy_events.ringbuf_output(&rec, sizeof(rec), 0))
+		tg_count_event(TG_EVENT_POLICY_RINGBUF_FULL);
+	else
+		tg_count_event(TG_EVENT_POLICY_SENT);
+}
+
+#endif /* TG_EVENTS_H */
