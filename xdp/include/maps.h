@@ -7,6 +7,7 @@
 #ifndef TG_MAPS_H
 #define TG_MAPS_H
 
+#include "ringbuf.h"
 #include "tidegate_abi.h"
 
 #ifdef TG_PIN_DIR
@@ -18,22 +19,8 @@
 #define TG_RINGBUF_SECTION(name) "maps/ringbuf"
 #endif
 
-/*
- * A ring buffer of `record`s, pinned like TG_MAP. BCC's BPF_RINGBUF_OUTPUT can be neither pinned
- * nor given a record type, and BPF_TABLE_PINNED("ringbuf", ...) declares no ringbuf_output
- * method. So this is BPF_RINGBUF_OUTPUT's declaration (the member names are what BCC's rewriter
- * looks for) with the record as the leaf, which gives user space the record's ctypes type as the
- * table's Leaf, and with BCC's "section:pin path" convention, which BCC applies to any map type.
- */
-#define TG_RINGBUF(record, name, pages) \
-	struct name##_table_t { \
-		int key; \
-		record leaf; \
-		int (*ringbuf_output)(void *, u64, u64); \
-		u32 max_entries; \
-	}; \
-	__attribute__((section(TG_RINGBUF_SECTION(name)))) \
-	struct name##_table_t name = { .max_entries = (pages) * PAGE_SIZE }
+/* A ring buffer of `record`s (ringbuf.h), pinned like TG_MAP. */
+#define TG_RINGBUF(record, name, pages) TG_RINGBUF_IN(TG_RINGBUF_SECTION(name), record, name, pages)
 
 /* LPM tries must not be preallocated (kernel requirement). */
 #define TG_NO_PREALLOC BPF_F_NO_PREALLOC
