@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +20,7 @@ from control.event_readers import EventExporter, EventPump
 from control.fanout import EventFilter, Fanout
 from control.follow_format import policy_event_data, policy_event_text
 from dataplane import abi
-
-
-@dataclass(frozen=True)
-class Ev:
-    """Shaped as dataplane.events.PolicyEvent."""
-
-    rule_id: int = 42
-    reason: Any = abi.Reason.DROP_DENIED
-    src: IPv4Address | IPv6Address = ip_address("10.0.0.2")
-    dst: IPv4Address | IPv6Address = ip_address("10.0.1.1")
-    ts_ns: int = 1_000
-    ifindex: int = 3
-    action: Any = abi.Action.DENY
-    vni: int | None = None
-    family: int = 4
-    proto: int = 17
-    sport: int = 5000
-    dport: int = 9
-    length: int = 60
-
+from tests.control.events_fixture import Ev
 
 # --- filters ----------------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from ipaddress import ip_address
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,29 +31,14 @@ from control.reconcile import Stats
 from control.service import add_services
 from control.state import StateStore
 from control.tracing import Backend, TraceManager
-from dataplane import abi
 from dataplane.maps import Counter
+from tests.control.events_fixture import Ev
 from tests.control.test_tracing import Spec
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 10.0
 
 
-@dataclass(frozen=True)
-class Ev:
-    rule_id: int = 42
-    reason: Any = abi.Reason.DROP_DENIED
-    src: Any = ip_address("10.0.0.2")
-    dst: Any = ip_address("10.0.1.1")
-    ts_ns: int = 1_000
-    ifindex: int = 3
-    action: Any = abi.Action.DENY
-    vni: int | None = None
-    family: int = 4
-    proto: int = 17
-    sport: int = 5000
-    dport: int = 9
-    length: int = 60
 
 
 class Tracer:
