@@ -63,16 +63,16 @@ class DataplaneMaps:
     def read_config(self) -> tuple[RuntimeConfig, bytes]:
         leaf = self._table("config")[ctypes.c_uint32(0)]
         flags = leaf.flags
-        cfg = RuntimeConfig(
-            vxlan_port=leaf.vxlan_port or abi.define("TG_VXLAN_PORT_DEFAULT"),
-            geneve_port=leaf.geneve_port or abi.define("TG_GENEVE_PORT_DEFAULT"),
-            decap=bool(flags & abi.define("TG_CFG_F_DECAP")),
-            rewrite_inner_dmac=bool(flags & abi.define("TG_CFG_F_REWRITE_INNER_DMAC")),
-            unknown_vni_action=abi.UnknownVniAction(leaf.unknown_vni_action).name.lower(),
-            default_action=abi.Action(leaf.default_action).name.lower(),
-            event_rate=leaf.event_rate,
-            event_burst=leaf.event_burst or abi.define("TG_EVENT_BURST_DEFAULT"),
-        )
+        cfg = RuntimeConfig.model_validate({  # validated: a map written by hand could hold anything
+            "vxlan_port": leaf.vxlan_port or abi.define("TG_VXLAN_PORT_DEFAULT"),
+            "geneve_port": leaf.geneve_port or abi.define("TG_GENEVE_PORT_DEFAULT"),
+            "decap": bool(flags & abi.define("TG_CFG_F_DECAP")),
+            "rewrite_inner_dmac": bool(flags & abi.define("TG_CFG_F_REWRITE_INNER_DMAC")),
+            "unknown_vni_action": abi.UnknownVniAction(leaf.unknown_vni_action).name.lower(),
+            "default_action": abi.Action(leaf.default_action).name.lower(),
+            "event_rate": leaf.event_rate,
+            "event_burst": leaf.event_burst or abi.define("TG_EVENT_BURST_DEFAULT"),
+        })
         return cfg, bytes(leaf.if_mac)
 
     # --- tunnels -----------------------------------------------------------------------
@@ -114,7 +114,7 @@ class DataplaneMaps:
 
     def reason_counts(self) -> dict[Any, Counter]:
         counts = self._array_counts("reason_stats", abi.REASON_MAX)
-        return {abi.Reason(i): c for i, c in enumerate(counts) if i != abi.Reason.UNSPECIFIED}
+        return {abi.Reason(i): c for i, c in enumerate(counts) if i != abi.Reason["UNSPECIFIED"]}
 
     def event_counts(self) -> dict[Any, Counter]:
         counts = self._array_counts("event_stats", abi.EVENT_MAX)
