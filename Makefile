@@ -13,6 +13,7 @@ setup:
 # Everything: unit, BPF (BPF_PROG_TEST_RUN) and namespace tests. Needs root.
 test: setup
 	$(PY) -m ruff check dataplane control testbed tests
+	$(PY) -m mypy dataplane control testbed
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # Pure-Python tests only: no root, no kernel.

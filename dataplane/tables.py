@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from dataplane.maps import Counter, DataplaneMaps
 from dataplane.matcher import (
@@ -52,7 +52,7 @@ SlotWriter = Callable[[Any, MatchRule], Any]  # (Leaf type, rule) -> Leaf
 
 def acl_leaf(leaf_type: Any, rule: MatchRule) -> Any:
     """payload of an ACL MatchRule: (action: abi.Action, flags: int)."""
-    action, flags = rule.payload  # type: ignore[misc]
+    action, flags = cast(tuple[int, int], rule.payload)
     return leaf_type(rule_id=rule.rule_id, action=int(action), flags=flags)
 
 
