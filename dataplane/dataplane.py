@@ -21,7 +21,7 @@ from dataplane.acl import acl_capacity, cls_capacity
 from dataplane.config import RuntimeConfig
 from dataplane.maps import DataplaneMaps
 from dataplane.settings import DataplaneSettings
-from dataplane.tables import ACL_TABLES, CLS_TABLES, MatchTable, acl_leaf, cls_leaf
+from dataplane.tables import ACL_SLOT, ACL_TABLES, CLS_SLOT, CLS_TABLES, MatchTable
 from dataplane.testrun import SkbResult, XdpResult, run_skb, run_xdp
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ class Dataplane:
         self.settings = settings
         self.maps = DataplaneMaps(program.table)
         caps = settings.capacities
-        self.acl = MatchTable(program.table, ACL_TABLES, acl_capacity(caps), acl_leaf, self.maps)
-        self.classifiers = MatchTable(program.table, CLS_TABLES, cls_capacity(caps), cls_leaf, self.maps)
+        self.acl = MatchTable(program.table, ACL_TABLES, acl_capacity(caps), ACL_SLOT, self.maps)
+        self.classifiers = MatchTable(program.table, CLS_TABLES, cls_capacity(caps), CLS_SLOT, self.maps)
         self.xdp_mode: str | None = None
 
     @classmethod

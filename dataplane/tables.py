@@ -1,21 +1,25 @@
 """Writes compiled match rules (dataplane.matcher) into the ACL or classifier maps.
 
 The planner orders the operations so that every packet is judged by the old or the new rule
-set, never a mix (see dataplane.matcher_plan); this adapter only translates keys to BCC's
-ctypes and executes them, pausing at the plan's grace point so that a packet which looked up
-an old stage-1 entry finishes its stage-2/3 lookups before those entries go away.
+set, never a mix (see dataplane.matcher_plan); this adapter only translates keys into the bytes
+of BCC's Key/Leaf types and executes them in that order, each run of one kind of op as one
+batched write (dataplane.bulk), pausing at the plan's grace point so that a packet which looked
+up an old stage-1 entry finishes its stage-2/3 lookups before those entries go away.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from dataplane.bulk import Layout, MapWriter
 from dataplane.maps import Counter, DataplaneMaps
 from dataplane.matcher import (
+    SET_F_RULESET,
     SLOT_NONE,
     CompiledMatch,
     DstKey,
@@ -25,6 +29,7 @@ from dataplane.matcher import (
     SrcKey,
     compile_rules,
     empty,
+    gc_paused,
 )
 from dataplane.matcher_plan import Plan, plan
 
@@ -32,7 +37,10 @@ log = logging.getLogger(__name__)
 
 # An XDP program runs for microseconds under rcu_read_lock; a millisecond is far past that.
 GRACE_SECONDS = 0.001
-_PORT_BYTES = 2
+# The members of the stage keys a compiled key fills, in memory order (the rest stays zero).
+_SRC_FIELDS = ("prefixlen", "family", "addr")
+_DST_FIELDS = ("prefixlen", "set", "family", "addr")
+_PORT_FIELDS = ("prefixlen", "set", "proto", "port")
 
 
 @dataclass(frozen=True)
@@ -47,30 +55,48 @@ class TableNames:
 ACL_TABLES = TableNames("acl_src", "acl_dst", "acl_port", "acl_rules", "acl_rule_stats")
 CLS_TABLES = TableNames("cls_src", "cls_dst", "cls_port", "cls_rules", "cls_rule_stats")
 
-SlotWriter = Callable[[Any, MatchRule], Any]  # (Leaf type, rule) -> Leaf
+
+@dataclass(frozen=True)
+class SlotFormat:
+    """What a slot of the rules map holds for a rule: members of its Leaf (memory order, the id
+    first) and their values."""
+
+    fields: tuple[str, ...]
+    values: Callable[[MatchRule], tuple[int, ...]]
 
 
-def acl_leaf(leaf_type: Any, rule: MatchRule) -> Any:
-    """payload of an ACL MatchRule: (action: abi.Action, flags: int)."""
-    action, flags = cast(tuple[int, int], rule.payload)
-    return leaf_type(rule_id=rule.rule_id, action=int(action), flags=flags)
+def _acl_values(rule: MatchRule) -> tuple[int, ...]:
+    action, flags = cast(tuple[int, int], rule.payload)  # (abi.Action, flags)
+    return (rule.rule_id, int(action), flags)
 
 
-def cls_leaf(leaf_type: Any, rule: MatchRule) -> Any:
-    """payload of a classifier MatchRule: the mark."""
-    return leaf_type(classifier_id=rule.rule_id, mark=int(rule.payload))  # type: ignore[call-overload]
+def _cls_values(rule: MatchRule) -> tuple[int, ...]:
+    return (rule.rule_id, cast(int, rule.payload))  # the mark
+
+
+ACL_SLOT = SlotFormat(("rule_id", "action", "flags"), _acl_values)
+CLS_SLOT = SlotFormat(("classifier_id", "mark"), _cls_values)
+
+
+@dataclass(frozen=True)
+class _Stage:
+    writer: MapWriter
+    key: Layout
+    value: Layout
 
 
 class MatchTable:
     """One match structure (ACL or classifiers) and what is currently written to it."""
 
     def __init__(self, table: Callable[[str], Any], names: TableNames, capacity: MatchCapacity,
-                 slot_writer: SlotWriter, maps: DataplaneMaps) -> None:
+                 slot: SlotFormat, maps: DataplaneMaps) -> None:
         self._table = table
         self.names = names
         self.capacity = capacity
-        self._slot_writer = slot_writer
+        self._slot = slot
         self._maps = maps
+        self._stages: dict[str, _Stage] = {}
+        self._writers: dict[str, MapWriter] = {}
         self.current: CompiledMatch = empty()
 
     def adopt(self, intended: Sequence[MatchRule] = ()) -> CompiledMatch:
@@ -86,8 +112,9 @@ class MatchTable:
         dst = {self._dst_from(k): int(v.value) for k, v in self._table(self.names.dst).items()}
         port = {self._port_from(k): int(v.value) for k, v in self._table(self.names.port).items()}
         slots = self._adopt_slots({s for s in port.values() if s != SLOT_NONE}, intended)
-        classes = set(src.values()) | {k.set for k in dst}
-        rulesets = set(dst.values()) | {k.set for k in port}
+        named = {v & ~SET_F_RULESET for v in src.values() if v & SET_F_RULESET}  # stage 1 naming a ruleset
+        classes = {v for v in src.values() if not v & SET_F_RULESET} | {k.set for k in dst}
+        rulesets = named | set(dst.values()) | {k.set for k in port}
         self.current = CompiledMatch(slots, src, dst, port, {frozenset({-c}): c for c in classes},
                                      {frozenset({-r}): r for r in rulesets})
         wanted = set(intended)
@@ -97,8 +124,8 @@ class MatchTable:
         return self.current
 
     def _adopt_slots(self, used: set[int], intended: Sequence[MatchRule]) -> dict[int, MatchRule]:
-        table = self._table(self.names.rules)
-        by_leaf = {bytes(self._slot_writer(table.Leaf, r)): r for r in intended}
+        table, layout = self._table(self.names.rules), self._rules_stage().value
+        by_leaf = {layout.pack([self._slot.values(r)]): r for r in intended}
         slots: dict[int, MatchRule] = {}
         for slot in sorted(used):
             leaf = table[table.Key(slot)]
@@ -106,9 +133,8 @@ class MatchTable:
             slots[slot] = rule if rule is not None else self._placeholder(slot, leaf)
         return slots
 
-    @staticmethod
-    def _placeholder(slot: int, leaf: Any) -> MatchRule:
-        rule_id = leaf.rule_id if hasattr(leaf, "rule_id") else leaf.classifier_id
+    def _placeholder(self, slot: int, leaf: Any) -> MatchRule:
+        rule_id = getattr(leaf, self._slot.fields[0])
         return MatchRule(rule_id=int(rule_id), priority=0, payload=("adopted", slot))
 
     @staticmethod
@@ -129,80 +155,90 @@ class MatchTable:
         return compile_rules(rules, self.current, self.capacity, self.names.src.removesuffix("_src"))
 
     def apply(self, compiled: CompiledMatch) -> Plan:
-        p = plan(self.current, compiled)
-        self._execute(p)
-        self.current = compiled
+        with gc_paused():  # hundreds of thousands of ops and keys, none of them garbage
+            p = plan(self.current, compiled)
+            self._execute(p)
+            self.current = compiled
         return p
 
     def replace(self, rules: list[MatchRule]) -> Plan:
         return self.apply(self.compile(rules))
 
     def _execute(self, p: Plan) -> None:
+        """Runs the plan in order, each step (the ops of one kind) as one batch (dataplane.bulk)."""
         started = time.perf_counter()
-        for index, op in enumerate(p.ops):
-            if index == p.grace_index:
+        for index, step in enumerate(p.steps):
+            if index == p.grace_step:
                 time.sleep(GRACE_SECONDS)
-            getattr(self, f"_op_{op.kind}")(op.key, op.value)
-        log.debug("match table written", extra={"table": self.names.src, "ops": len(p.ops),
+            getattr(self, f"_run_{step.kind}")(step.keys, step.values)
+        log.debug("match table written", extra={"table": self.names.src, "ops": p.count_all(),
                                                  "seconds": time.perf_counter() - started})
 
-    # --- key translation ---------------------------------------------------------------
-    def _src_key(self, t: Any, k: SrcKey) -> Any:
-        key = t.Key()
-        key.prefixlen, key.family = k.prefixlen, k.family
-        key.addr = type(key.addr)(*k.addr)
-        return key
+    # --- maps, with layouts from BCC's Key/Leaf types ------------------------------------
+    def _stage(self, name: str, key_fields: Sequence[str] = (), value_fields: Sequence[str] = ()) -> _Stage:
+        stage = self._stages.get(name)
+        if stage is None:
+            t = self._table(name)
+            key, value = Layout(t.Key, key_fields), Layout(t.Leaf, value_fields)
+            stage = _Stage(MapWriter(t.map_fd, name, key.size, value.size), key, value)
+            self._stages[name] = stage
+        return stage
 
-    def _dst_key(self, t: Any, k: DstKey) -> Any:
-        key = t.Key()
-        key.prefixlen, key.set, key.family = k.prefixlen, k.set, k.family
-        key.addr = type(key.addr)(*k.addr)
-        return key
+    def _rules_stage(self) -> _Stage:
+        return self._stage(self.names.rules, value_fields=self._slot.fields)
 
-    def _port_key(self, t: Any, k: PortKey) -> Any:
-        key = t.Key()
-        key.prefixlen, key.set, key.proto = k.prefixlen, k.set, k.proto
-        key.port = type(key.port)(*k.port.to_bytes(_PORT_BYTES, "big"))
-        return key
+    def _stats_writer(self) -> MapWriter:
+        """The per-CPU slot counters: BCC's Leaf holds one counter per possible CPU."""
+        writer = self._writers.get(self.names.stats)
+        if writer is None:
+            t = self._table(self.names.stats)
+            writer = MapWriter(t.map_fd, self.names.stats, ctypes.sizeof(t.Key), ctypes.sizeof(t.Leaf))
+            self._writers[self.names.stats] = writer
+        return writer
 
-    # --- operations (names match matcher_plan's op kinds) ------------------------------
-    def _op_put_slot(self, slot: int, rule: MatchRule) -> None:
-        t = self._table(self.names.rules)
-        t[t.Key(slot)] = self._slot_writer(t.Leaf, rule)
+    # --- operations (names match matcher_plan's op kinds), a step of one kind at a time ---------
+    def _run_put_slot(self, slots: Sequence[int], rules: Sequence[MatchRule]) -> None:
+        m = self._rules_stage()
+        m.writer.update(m.key.pack(slots), m.value.pack(map(self._slot.values, rules)))
 
-    def _op_free_slot(self, slot: int, _: Any) -> None:
-        t = self._table(self.names.rules)
-        t[t.Key(slot)] = t.Leaf()
-        self._maps.reset_slot_counts(self.names.stats, [slot])
+    def _run_free_slot(self, slots: Sequence[int], _: Sequence[Any]) -> None:
+        m = self._rules_stage()
+        keys = m.key.pack(slots)
+        m.writer.update(keys, m.value.zeros(len(slots)))
+        stats = self._stats_writer()  # a freed slot is reused by another rule later: count from zero
+        stats.update(keys, bytes(stats.value_size * len(slots)))
 
-    def _put(self, name: str, keyfn: Callable[[Any, Any], Any], k: Any, value: int) -> None:
-        t = self._table(name)
-        t[keyfn(t, k)] = t.Leaf(value)
+    def _write(self, name: str, fields: Sequence[str], rows: Iterable[tuple[Any, ...]],
+               values: Sequence[int] | None) -> None:
+        """Puts rows[i] = values[i], or deletes the rows (values None), in one stage."""
+        m = self._stage(name, fields)
+        if values is None:
+            m.writer.delete(m.key.pack(rows))
+        else:
+            m.writer.update(m.key.pack(rows), m.value.pack(values))
 
-    def _delete(self, name: str, keyfn: Callable[[Any, Any], Any], k: Any) -> None:
-        t = self._table(name)
-        try:
-            del t[keyfn(t, k)]
-        except KeyError:
-            pass  # already gone: deleting is idempotent
+    def _port_rows(self, keys: Sequence[PortKey]) -> Iterable[tuple[Any, ...]]:
+        width = self._stage(self.names.port, _PORT_FIELDS).key.field_size("port")  # network byte order
+        return ((k.prefixlen, k.set, k.proto, k.port.to_bytes(width, "big")) for k in keys)
 
-    def _op_put_src(self, k: SrcKey, v: int) -> None:
-        self._put(self.names.src, self._src_key, k, v)
+    # SrcKey's and DstKey's fields are their key's members, in order: the keys are the rows.
+    def _run_put_src(self, keys: Sequence[SrcKey], values: Sequence[int]) -> None:
+        self._write(self.names.src, _SRC_FIELDS, keys, values)
 
-    def _op_put_dst(self, k: DstKey, v: int) -> None:
-        self._put(self.names.dst, self._dst_key, k, v)
+    def _run_del_src(self, keys: Sequence[SrcKey], _: Sequence[int]) -> None:
+        self._write(self.names.src, _SRC_FIELDS, keys, None)
 
-    def _op_put_port(self, k: PortKey, v: int) -> None:
-        self._put(self.names.port, self._port_key, k, v)
+    def _run_put_dst(self, keys: Sequence[DstKey], values: Sequence[int]) -> None:
+        self._write(self.names.dst, _DST_FIELDS, keys, values)
 
-    def _op_del_src(self, k: SrcKey, _: Any) -> None:
-        self._delete(self.names.src, self._src_key, k)
+    def _run_del_dst(self, keys: Sequence[DstKey], _: Sequence[int]) -> None:
+        self._write(self.names.dst, _DST_FIELDS, keys, None)
 
-    def _op_del_dst(self, k: DstKey, _: Any) -> None:
-        self._delete(self.names.dst, self._dst_key, k)
+    def _run_put_port(self, keys: Sequence[PortKey], values: Sequence[int]) -> None:
+        self._write(self.names.port, _PORT_FIELDS, self._port_rows(keys), values)
 
-    def _op_del_port(self, k: PortKey, _: Any) -> None:
-        self._delete(self.names.port, self._port_key, k)
+    def _run_del_port(self, keys: Sequence[PortKey], _: Sequence[int]) -> None:
+        self._write(self.names.port, _PORT_FIELDS, self._port_rows(keys), None)
 
     # --- counters ----------------------------------------------------------------------
     def counts_by_rule(self) -> dict[int, Counter]:

@@ -1,21 +1,20 @@
 """BPF_PROG_TEST_RUN harness: one packet through a loaded program, without a network.
 
-BCC has no wrapper for it; Debian's libbpf1 exports bpf_prog_test_run_opts, called here with
-ctypes on the fd of a BCC-loaded program. Gives the verdict, the output bytes, the XDP
+BCC has no wrapper for it; Debian's libbpf1 exports bpf_prog_test_run_opts, called here
+(dataplane.libbpf) on the fd of a BCC-loaded program. Gives the verdict, the output bytes, the XDP
 metadata (or the skb mark for TC) and, with repeat > 1, the kernel-measured ns per packet.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 from dataclasses import dataclass
-from functools import cache
+
+from dataplane.libbpf import libbpf
 
 # The kernel copies back from data_meta onwards: leave room for headers an adjust_head grew.
 _OUT_HEADROOM = 512
-_LIBBPF_NAMES = ("bpf", "libbpf.so.1")
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -57,20 +56,6 @@ _SKB_SIZE = 192
 _SKB_MARK_OFFSET = 8
 
 
-@cache
-def _libbpf() -> ctypes.CDLL:
-    for name in _LIBBPF_NAMES:
-        path = ctypes.util.find_library(name) or name
-        try:
-            lib = ctypes.CDLL(path, use_errno=True)
-        except OSError:
-            continue
-        lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
-        lib.bpf_prog_test_run_opts.restype = ctypes.c_int
-        return lib
-    raise RuntimeError("libbpf.so.1 not found: install Debian's libbpf1 (make setup does)")
-
-
 @dataclass(frozen=True)
 class XdpResult:
     action: int       # XDP_DROP=1, XDP_PASS=2, ...
@@ -104,7 +89,7 @@ def _run(prog_fd: int, packet: bytes, ctx_in: ctypes.Array | ctypes.Structure,
         ctx_size_out=ctypes.sizeof(ctx_out),
         repeat=repeat,
     )
-    rc = _libbpf().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
+    rc = libbpf().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
     if rc != 0:
         err = ctypes.get_errno() or -rc
         raise OSError(err, f"BPF_PROG_TEST_RUN on fd {prog_fd}: {errno.errorcode.get(err, err)}")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from dataplane.acl import acl_rule
 from dataplane.matcher import (
+    SET_F_RULESET,
     SLOT_NONE,
     MatchCapacity,
     MatchRule,
@@ -122,3 +123,13 @@ def test_one_lookup_structure_serves_both_families():
     compiled = compile_rules([v4_any], empty(), CAP)
     assert compiled.lookup(A("1.2.3.4"), A("5.6.7.8"), 6, 80) != SLOT_NONE
     assert compiled.lookup(A("::1"), A("::2"), 6, 80) == SLOT_NONE
+
+
+def test_a_class_whose_rules_ignore_the_destination_skips_stage_2():
+    ports = [acl_rule(1, 1, src="10.0.0.0/8", proto=6, dport=(22, 22)), acl_rule(2, 2, src="10.1.0.0/16")]
+    compiled = compile_rules(ports, empty(), CAP)
+    assert not compiled.dst, "stage 1 names the ruleset: no stage-2 entry"
+    assert all(v & SET_F_RULESET for v in compiled.src.values())
+    assert compiled.lookup(A("10.1.2.3"), A("::1"), 6, 22) != SLOT_NONE, "any destination, of either family"
+    with_dst = compile_rules([*ports, acl_rule(3, 3, src="10.1.0.0/16", dst="192.168.0.0/16")], compiled, CAP)
+    assert {k.set for k in with_dst.dst} == {with_dst.src[k] for k in with_dst.src if k.prefixlen == 8 + 16}

@@ -41,6 +41,7 @@ static __always_inline __u32 tg_match(enum tg_table table, const struct tg_tuple
 	struct tg_dst_key dk = {};
 	struct tg_port_key pk = {};
 	__u32 *set, *slot;
+	__u32 ruleset;
 
 	sk.prefixlen = TG_FAMILY_BITS + TG_ADDR_BITS;
 	sk.family = t->family;
@@ -48,15 +49,21 @@ static __always_inline __u32 tg_match(enum tg_table table, const struct tg_tuple
 	set = tg_stage_src(table, &sk);
 	if (!set)
 		return TG_SLOT_NONE;
-	dk.prefixlen = TG_SET_BITS + TG_FAMILY_BITS + TG_ADDR_BITS;
-	dk.set = *set;
-	dk.family = t->family;
-	__builtin_memcpy(dk.addr, t->dst, TG_ADDR_LEN);
-	set = tg_stage_dst(table, &dk);
-	if (!set)
-		return TG_SLOT_NONE;
+	ruleset = *set;
+	if (ruleset & TG_SET_F_RULESET) {
+		ruleset &= ~TG_SET_F_RULESET; /* the class's rules ignore the destination */
+	} else {
+		dk.prefixlen = TG_SET_BITS + TG_FAMILY_BITS + TG_ADDR_BITS;
+		dk.set = ruleset;
+		dk.family = t->family;
+		__builtin_memcpy(dk.addr, t->dst, TG_ADDR_LEN);
+		set = tg_stage_dst(table, &dk);
+		if (!set)
+			return TG_SLOT_NONE;
+		ruleset = *set;
+	}
 	pk.prefixlen = TG_PORT_KEY_BITS;
-	pk.set = *set;
+	pk.set = ruleset;
 	pk.proto = t->proto;
 	__builtin_memcpy(pk.port, &t->dport, sizeof(pk.port));
 	slot = tg_stage_port(table, &pk);

@@ -26,6 +26,10 @@
 #define TG_IPV4_ADDR_BITS 32
 /* Width of the set/class id that prefixes the stage-2 and stage-3 trie keys. */
 #define TG_SET_BITS 32
+/* A stage-1 value with this bit is a ruleset id, not a class id: every rule of that class
+ * matches any destination, so stage 2 would give that ruleset for every address and is
+ * skipped. Class and ruleset ids stay below this bit. */
+#define TG_SET_F_RULESET 0x80000000
 #define TG_PROTO_BITS 8
 #define TG_PORT_BITS 16
 
@@ -174,7 +178,8 @@ _Static_assert(sizeof(struct tg_counter) == 16, "tg_counter layout");
  *   stage 2  (class, dst address)         -> ruleset (... and whose destination covers it)
  *   stage 3  (ruleset, protocol, dst port) -> slot    (the first of those, by priority, that matches)
  * User space (dataplane/matcher.py) compiles rules into these; per-packet cost is three trie
- * lookups whatever the number of rules.
+ * lookups (two when stage 1 names a ruleset: TG_SET_F_RULESET), each costing a step per level
+ * of its trie (about log2 of its entries).
  */
 struct tg_src_key {
 	__u32 prefixlen;
