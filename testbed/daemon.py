@@ -87,6 +87,7 @@ class DaemonProcess:
         self.log_path = self.workdir / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: grpc.Channel | None = None
+        self.health_poll = HEALTH_POLL  # how often start() asks whether the daemon is SERVING
         # stubs of the current connection (set by start)
         self.health: Any = None
         self.interfaces: Any = None
@@ -253,7 +254,7 @@ class DaemonProcess:
             if status == health_pb2.HealthCheckResponse.SERVING:
                 log.info("daemon serving", extra={"socket": str(self.socket)})
                 return
-            time.sleep(HEALTH_POLL)
+            time.sleep(self.health_poll)
         raise DaemonError(f"the daemon was not SERVING after {timeout:.0f} s\n{self.log_tail()}")
 
     # --- clients ----------------------------------------------------------------------------------

@@ -232,16 +232,21 @@ def set_mtu(ns: Namespace, ifname: str, mtu: int) -> None:
         ipr.link("set", index=lookup_ifindex(ipr, ns, ifname), mtu=mtu)
 
 
-def veth_pair(ns_a: Namespace, name_a: str, ns_b: Namespace, name_b: str, *, up: bool = True) -> None:
+def veth_pair(ns_a: Namespace, name_a: str, ns_b: Namespace, name_b: str, *, up: bool = True,
+              queues: int = 1) -> None:
     """A veth pair with `name_a` in `ns_a` and `name_b` in `ns_b` (the same namespace is allowed).
 
     One netlink request creates the pair with the peer already in `ns_b`, so a failure leaves
     nothing half-made, and the names never appear in (or clash with) the host namespace.
+    `queues` > 1 gives both ends that many TX and RX queues (veth hands TX queue i to the
+    peer's RX queue i, each with its own NAPI context once XDP is attached).
     """
+    multi = {"num_tx_queues": queues, "num_rx_queues": queues} if queues > 1 else {}
     peer_fd = os.open(ns_b.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with ns_a.ipr() as ipr:
-            ipr.link("add", ifname=name_a, kind="veth", peer={"ifname": name_b, "net_ns_fd": peer_fd})
+            ipr.link("add", ifname=name_a, kind="veth", **multi,
+                     peer={"ifname": name_b, "net_ns_fd": peer_fd, **multi})
     finally:
         os.close(peer_fd)
     if up:
