@@ -24,6 +24,7 @@ import random
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Any
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -34,7 +35,17 @@ from dataplane.acl import classifier
 from dataplane.config import RuntimeConfig, TunnelEntry
 from dataplane.testrun import run_xdp
 from testbed.bench import lpm, rules
-from testbed.bench.common import Plot, Profile, Section, Series, Table, Target, Value, runs_meeting
+from testbed.bench.common import (
+    Plot,
+    Profile,
+    Section,
+    Series,
+    Table,
+    Target,
+    Value,
+    fmt_cell,
+    runs_meeting,
+)
 from testbed.bench.programs import Harness, Noop
 from testbed.packets import geneve, geneve_option, vxlan
 
@@ -231,46 +242,37 @@ class Bench:
         return net, {k: Value.of(v, "ns") for k, v in direct.items()}, overhead, Value.of(floor, "ns")
 
     def lpm_profile(self) -> Table:
-        t = Table(
-            "LPM tries behind the ACL: entries and nodes the probe's lookups visit",
-            [
-                "rules",
-                "acl_src entries",
-                "nodes",
-                "acl_dst entries",
-                "nodes",
-                "acl_port entries",
-                "nodes",
-                "nodes in all",
-                "compiled and written in (MatchTable.replace)",
-            ],
-        )
-        fam = abi.define("TG_FAMILY_V4")
+        t = Table("LPM tries behind the ACL: entries and nodes the probe's lookups visit",
+                  ["rules", "acl_src entries", "nodes", "acl_dst entries", "nodes", "acl_port entries",
+                   "nodes", "nodes in all", "compiled and written in (MatchTable.replace)"])
         for n, h in self.acl.items():
-            table = h.dp.program.table
-            src_t, dst_t, port_t = table("acl_src"), table("acl_dst"), table("acl_port")
-            addr = IPv4Address(rules.PROBE_SRC).packed + bytes(12)
-            s = lpm.read_trie(src_t).walk(lpm.key_bytes(src_t, family=fam, addr=addr))
-            daddr = IPv4Address(rules.PROBE_DST).packed + bytes(12)
-            d = lpm.read_trie(dst_t).walk(lpm.key_bytes(dst_t, set=s.value or 0, family=fam, addr=daddr))
-            p = lpm.read_trie(port_t).walk(
-                lpm.key_bytes(
-                    port_t, set=d.value or 0, proto=rules.UDP, port=rules.PROBE_DPORT.to_bytes(2, "big")
-                )
-            )
-            t.add(
-                n,
-                s.entries,
-                s.nodes,
-                d.entries,
-                d.nodes,
-                p.entries,
-                p.nodes,
-                s.nodes + d.nodes + p.nodes,
-                Value.of([self.write_seconds[n]], "s"),
-            )
+            s, d, p = probe_walks(h.dp.program.table)
+            dst_nodes = d.nodes if d is not None else 0
+            dst_entries = d.entries if d is not None else "skipped"
+            total = s.nodes + dst_nodes + p.nodes
+            t.add(n, s.entries, s.nodes, dst_entries, dst_nodes, p.entries, p.nodes, total,
+                  Value.of([self.write_seconds[n]], "s"))
         return t
 
+
+def probe_walks(table: Any) -> tuple[lpm.Walk, lpm.Walk | None, lpm.Walk]:
+    """The probe's three lookups as the program makes them (stage 2 is skipped when stage 1 names
+    a ruleset directly: TG_SET_F_RULESET, where the ABI has it)."""
+    fam = abi.define("TG_FAMILY_V4")
+    src_t, dst_t, port_t = table("acl_src"), table("acl_dst"), table("acl_port")
+    s = lpm.read_trie(src_t).walk(lpm.key_bytes(src_t, family=fam, addr=IPv4Address(rules.PROBE_SRC).packed
+                                                + bytes(12)))
+    ruleset, d = s.value or 0, None
+    flag = abi.defines().get("TG_SET_F_RULESET", 0)
+    if flag and ruleset & flag:
+        ruleset &= ~flag
+    else:
+        daddr = IPv4Address(rules.PROBE_DST).packed + bytes(12)
+        d = lpm.read_trie(dst_t).walk(lpm.key_bytes(dst_t, set=ruleset, family=fam, addr=daddr))
+        ruleset = d.value or 0
+    port = rules.PROBE_DPORT.to_bytes(2, "big")
+    p = lpm.read_trie(port_t).walk(lpm.key_bytes(port_t, set=ruleset, proto=rules.UDP, port=port))
+    return s, d, p
 
 def run(profile: Profile) -> Section:
     bench = Bench(profile)
@@ -390,22 +392,23 @@ def _segment(lpm_table: Table, net: dict[str, Value], cases: list[Case]) -> str:
     return f"{per(a, b):.1f} ns per node from {a:,} to {b:,} rules, {per(b, c):.1f} from {b:,} to {c:,}"
 
 
-def _acl_explanation(
-    lpm_table: Table, net: dict[str, Value], acl1: Value, big: Case, cases: list[Case]
-) -> str:
+def _acl_explanation(lpm_table: Table, net: dict[str, Value], acl1: Value, big: Case,
+                     cases: list[Case]) -> str:
     small, large = lpm_table.rows[0], lpm_table.rows[-1]
     slope, intercept = _per_node(lpm_table, net, cases)
     budget = 0.5 * acl1.median
+    entries = " / ".join(fmt_cell(large[k]) for k in (1, 3, 5))
+    walked = (f"{small[7]} nodes at 1 rule and {large[7]} at {TARGET_ACL_SIZE:,} rules (acl_src "
+              f"{large[2]}, acl_dst {large[4]}, acl_port {large[6]} nodes over {entries} entries; "
+              "table above)")
     return (
-        "The program makes the same three LPM lookups at every size; what grows is how many trie "
-        f"nodes each one walks. For the probe the kernel's tries are walked through {small[7]} nodes at "
-        f"1 rule and {large[7]} at {TARGET_ACL_SIZE:,} rules (acl_src {large[2]}, acl_dst {large[4]}, "
-        f"acl_port {large[6]} nodes over {large[1]:,} / {large[3]:,} / {large[5]:,} entries; table "
-        f"above). Over all sizes the net cost fits {intercept:.0f} ns + {slope:.1f} ns per node "
-        f"visited ({_segment(lpm_table, net, cases)}): the cost is the walk itself, a dependent load "
-        "and a prefix comparison per node, more than cache misses. The 1.5x budget leaves "
-        f"{budget:.0f} ns, about {budget / slope:.0f} more node visits for all three stages, while a binary "
-        "trie over 100,000 random prefixes is about log2(100,000) ≈ 17 nodes deep per stage. No tuning "
-        "of the writes changes that: it needs a lookup structure whose depth does not grow with "
-        "the rule count (e.g. hash tables per prefix length, or a multibit table for the source stage)."
+        "The program makes the same LPM lookups at every size (three for this probe); what grows is how "
+        f"many trie nodes each one walks. For the probe the kernel's tries are walked through {walked}. "
+        f"Over all sizes the net cost fits {intercept:.0f} ns + {slope:.1f} ns per node visited "
+        f"({_segment(lpm_table, net, cases)}): the cost is the walk itself, a dependent load and a prefix "
+        f"comparison per node, more than cache misses. The 1.5x budget leaves {budget:.0f} ns, about "
+        f"{budget / slope:.0f} more node visits for all three stages, while a binary trie over 100,000 "
+        "random prefixes is about log2(100,000) ≈ 17 nodes deep per stage. No tuning of the writes changes "
+        "that: it needs a lookup structure whose depth does not grow with the rule count (e.g. hash tables "
+        "per prefix length, or a multibit table for the source stage)."
     )

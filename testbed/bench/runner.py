@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     info = report.RunInfo(
         profile.name, "make bench" if not (args.quick or args.only or args.out) else command
     )
-    info.load_before = info.loadavg()
+    info.record_start()
     started = time.monotonic()
     selected = [m for m in BENCHMARKS if not args.only or m.NAME in args.only]
     try:
