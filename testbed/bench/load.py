@@ -27,13 +27,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from testbed import cleanup
 from testbed.netns import (
@@ -54,6 +55,7 @@ SENDER_ADDR, RECEIVER_ADDR = "198.18.0.2", "198.18.0.1"
 ADDR_LEN = 24
 TRAFGEN = "trafgen"
 STOP_GRACE = 2.0
+XDPGEN_START_S = 20.0  # BCC compiles and loads each sender's one-line program first
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
@@ -220,9 +222,68 @@ class Trafgen:
             return ""
 
 
+class XdpGen:
+    """testbed.bench.xdpgen, one pinned process per CPU: XDP frames, as a NIC would deliver them."""
+
+    def __init__(self, ns: Namespace, dev: str, frame: bytes, workdir: Path, processes: int) -> None:
+        self.ns, self.dev = ns, dev
+        self.errlog = workdir / "xdpgen.err"
+        self.cmds = [[sys.executable, "-m", "testbed.bench.xdpgen", "--netns", ns.name, "--dev", dev,
+                      "--frame", frame.hex(), "--cpu", str(cpu)] for cpu in range(processes)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._key = ""
+
+    def start(self) -> None:
+        with open(self.errlog, "ab") as err:
+            self.procs = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=err, start_new_session=True) for cmd in self.cmds]
+        self._key = f"xdpgen:{self.procs[0].pid}"
+        cleanup.install()
+        cleanup.REGISTRY.add(self._key, self.stop)
+        self._wait_sending()
+
+    def _wait_sending(self) -> None:
+        """Returns once frames flow (each process compiles its program first), or its errors."""
+        start = link_stats(self.ns, self.dev)["tx_packets"]
+        deadline = time.monotonic() + XDPGEN_START_S
+        while time.monotonic() < deadline and self.healthy():
+            if link_stats(self.ns, self.dev)["tx_packets"] > start:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"xdpgen sent nothing within {XDPGEN_START_S:g} s: {self.errors() or 'no error'}")
+
+    def healthy(self) -> bool:
+        return bool(self.procs) and all(p.poll() is None for p in self.procs)
+
+    def stop(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGKILL):
+            for p in self.procs:
+                if p.poll() is None:
+                    p.send_signal(sig)
+            deadline = time.monotonic() + STOP_GRACE
+            while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
+                time.sleep(0.02)
+        cleanup.REGISTRY.discard(self._key)
+        self.procs = []
+
+    def errors(self) -> str:
+        try:
+            return self.errlog.read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
+
+Sender = Literal["skb", "xdp"]
+SENDERS: dict[str, str] = {
+    "skb": "trafgen (skbs: veth copies each into an XDP frame)",
+    "xdp": "XDP frames (testbed.bench.xdpgen: as a NIC's driver delivers them)",
+}
+
+
 @contextmanager
-def sending(r: Rig, frame: bytes) -> Iterator[Trafgen]:
-    gen = Trafgen(r.sender, SENDER_IF, frame, r.workdir, r.queues)
+def sending(r: Rig, frame: bytes, sender: Sender = "skb") -> Iterator[Trafgen | XdpGen]:
+    kind = XdpGen if sender == "xdp" else Trafgen
+    gen = kind(r.sender, SENDER_IF, frame, r.workdir, r.queues)
     gen.start()
     try:
         yield gen
@@ -263,9 +324,10 @@ class Window:
         return self.handed / self.softirq_s if self.softirq_s else float("nan")
 
 
-def measure(r: Rig, frame: bytes, counter: Callable[[], int], warmup: float, window: float) -> Window:
+def measure(r: Rig, frame: bytes, counter: Callable[[], int], warmup: float, window: float,
+            sender: Sender = "skb") -> Window:
     """Runs the senders, and over `window` seconds (after `warmup`) reads the counters."""
-    with sending(r, frame) as gen:
+    with sending(r, frame, sender) as gen:
         time.sleep(warmup)
         before = _snapshot(r, counter)
         time.sleep(window)
