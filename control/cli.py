@@ -22,8 +22,15 @@
                                           load a packet tracer for the duration and print what it sees
 
 Global options (before the command, or after it):
-    -s SOCKET   the daemon's socket: a path (or unix:PATH), or HOST:PORT for a TCP listener;
-                default $TIDEGATE_SOCKET, else /run/tidegate/tidegate.sock
+    -s SOCKET   the daemon's socket: a path (or unix:PATH), or HOST:PORT for its TCP listener
+                (always TLS); default $TIDEGATE_SOCKET, else /run/tidegate/tidegate.sock
+    --ca FILE   (TCP) the CA certificate that signed the daemon's; default $TIDEGATE_CA, else
+                the system's trusted CAs
+    --cert FILE, --key FILE
+                (TCP) this client's certificate and private key, for a daemon that requires
+                client certificates (mutual TLS); default $TIDEGATE_CERT, $TIDEGATE_KEY
+    --tls-server-name NAME
+                (TCP) the name to expect in the daemon's certificate, when it is not HOST
     -j          print one JSON object instead of tables
     --timeout   seconds to wait for an answer (default 120: big policies take a while to apply)
 
@@ -66,6 +73,7 @@ from control.models import Policy, ServiceChain
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 SOCKET_ENV = "TIDEGATE_SOCKET"
+TLS_ENV = {"ca": "TIDEGATE_CA", "cert": "TIDEGATE_CERT", "key": "TIDEGATE_KEY"}
 DEFAULT_TIMEOUT = 120.0
 MAX_MESSAGE_BYTES = 256 << 20  # as control.daemon: a 100k-rule policy is tens of MiB of protobuf
 U32_MAX, U64_MAX = (1 << 32) - 1, (1 << 64) - 1
@@ -108,21 +116,72 @@ def resolve_target(socket: str) -> tuple[str, Path | None]:
 
 
 _START_HINT = "start the daemon with `tidegate serve` (or point -s / $TIDEGATE_SOCKET at its socket)"
+_TLS_HINT = ("is the daemon listening there? If it is, the TLS handshake failed: --ca must be the CA that "
+             "signed the daemon's certificate, whose names must include HOST (else --tls-server-name), "
+             "and --cert/--key a client certificate that the daemon's client_ca signed, not expired")
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """PEM contents for a TCP connection (None: not given)."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    server_name: str | None = None
+
+
+def _pem(path: str, option: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(EXIT_USAGE, f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise CliError(EXIT_USAGE, f"{option} {path}: not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def client_tls(args: argparse.Namespace, socket: str) -> ClientTls | None:
+    """The TLS material of the command line (and $TIDEGATE_CA/_CERT/_KEY) for a TCP target;
+    None for a Unix socket, where TLS options are a usage error."""
+    given = {"ca": args.ca, "cert": args.cert, "key": args.key}
+    if resolve_target(socket)[1] is not None:
+        flags = [f"--{k}" for k, v in given.items() if v]
+        flags += ["--tls-server-name"] if args.tls_server_name else []
+        if flags:
+            raise CliError(EXIT_USAGE, f"{', '.join(flags)}: TLS options are for a daemon's TCP listener "
+                                       f"(-s HOST:PORT), not the Unix socket {socket}")
+        return None
+    paths = {k: v or os.environ.get(TLS_ENV[k]) or None for k, v in given.items()}
+    if (paths["cert"] is None) != (paths["key"] is None):
+        raise CliError(EXIT_USAGE, "--cert and --key go together: this client's certificate and its "
+                                   "private key")
+    files = {k: None if v is None else _pem(v, f"--{k}") for k, v in paths.items()}
+    return ClientTls(ca=files["ca"], cert=files["cert"], key=files["key"], server_name=args.tls_server_name)
 
 
 class Rpc:
     """Stubs of the daemon's services over one channel; every call has a deadline.
 
     Nothing touches the socket before the first call, so a command validates its files first.
+    A TCP target is always reached over TLS (`tls`: the CA, client certificate and key to use).
     """
 
-    def __init__(self, socket: str, timeout: float) -> None:
+    def __init__(self, socket: str, timeout: float, tls: ClientTls | None = None) -> None:
         self.socket = socket
         self.timeout = timeout
         self.target, self.path = resolve_target(socket)
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-        self.channel = grpc.insecure_channel(self.target, options=options)
+        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                          ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if self.path is not None:
+            self.channel = grpc.insecure_channel(self.target, options=options)
+        else:  # the daemon serves TCP only with TLS
+            tls = tls or ClientTls()
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
+                                                       certificate_chain=tls.cert)
+            self.channel = grpc.secure_channel(self.target, credentials, options=options)
         self.interfaces = pb2_grpc.InterfaceServiceStub(self.channel)
         self.policy = pb2_grpc.PolicyServiceStub(self.channel)
         self.stats = pb2_grpc.StatsServiceStub(self.channel)
@@ -155,8 +214,9 @@ class Rpc:
         code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
         where = self.path or self.target
         if code == grpc.StatusCode.UNAVAILABLE:
+            hint = _START_HINT if self.path is not None else _TLS_HINT
             return CliError(EXIT_UNREACHABLE, f"UNAVAILABLE: cannot reach the daemon at {where} "
-                                              f"({details}): {_START_HINT}")
+                                              f"({details}): {hint}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return CliError(EXIT_REFUSED, f"DEADLINE_EXCEEDED: no answer from the daemon at {where} within "
                                           f"{self.timeout:g} s; a change may still be under way: check with "
@@ -421,6 +481,15 @@ def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
                         help="print one JSON object instead of tables")
     parser.add_argument("--timeout", type=seconds, default=default(DEFAULT_TIMEOUT), metavar="SECONDS",
                         help=f"deadline of each request (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--ca", default=default(None), metavar="FILE",
+                        help=f"TCP: the CA of the daemon's certificate (default ${TLS_ENV['ca']}, "
+                             "else the system's CAs)")
+    parser.add_argument("--cert", default=default(None), metavar="FILE",
+                        help=f"TCP: this client's certificate, for mutual TLS (default ${TLS_ENV['cert']})")
+    parser.add_argument("--key", default=default(None), metavar="FILE",
+                        help=f"TCP: the client certificate's private key (default ${TLS_ENV['key']})")
+    parser.add_argument("--tls-server-name", default=default(None), metavar="NAME",
+                        help="TCP: the name the daemon's certificate must have, when it is not HOST")
 
 
 class _Commands:
@@ -510,7 +579,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.handler is cmd_serve:
         return cmd_serve(args)
     socket = args.socket or os.environ.get(SOCKET_ENV) or str(DEFAULT_SOCKET)
-    rpc = Rpc(socket, args.timeout)
+    rpc = Rpc(socket, args.timeout, client_tls(args, socket))
     try:
         out = args.handler(args, rpc)
     finally:

@@ -2,8 +2,9 @@
 
 Start-up: config -> the events exporter's file (if configured) -> restore the persisted state
 (adopting pinned maps, so enforcement never stops across a restart; a policy event reader starts
-per interface) -> listen (Unix socket 0600 by default, TCP only when configured) -> the metrics
-endpoint (if configured) -> health SERVING. SIGTERM/SIGINT: health NOT_SERVING, event streams and
+per interface) -> listen (Unix socket 0600 by default; TCP only when configured, and then only
+with TLS, mutual by default: control.daemon_config.Tls) -> the metrics endpoint (if configured)
+-> health SERVING. SIGTERM/SIGINT: health NOT_SERVING, event streams and
 traces end (traces unload their tracers), finish in-flight calls, stop; the data plane stays
 attached unless `detach_on_exit` (a restarted daemon takes it over where it was).
 """
@@ -26,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from control import logs, stream_service, tracing
 from control.controller import Controller
-from control.daemon_config import DaemonConfig, load_config
+from control.daemon_config import DaemonConfig, TcpListen, load_config
 from control.event_readers import EventExporter, EventPump, default_reader_factory
 from control.fanout import Fanout
 from control.netlink import NetlinkRouting
@@ -116,11 +117,7 @@ class Daemon:
             listen.unix.parent.mkdir(parents=True, exist_ok=True, mode=SOCKET_DIR_MODE)
             listen.unix.unlink(missing_ok=True)  # a stale socket of a daemon that died
             server.add_insecure_port(f"unix:{listen.unix}")
-        port = None
-        if listen.tcp is not None:
-            log.warning("listening on TCP without TLS: anyone who reaches the port controls the data plane",
-                        extra={"tcp": listen.tcp})
-            port = server.add_insecure_port(listen.tcp)
+        port = add_tcp_listener(server, listen.tcp) if listen.tcp is not None else None
         return server, port
 
     def _check_socket(self) -> None:
@@ -149,6 +146,34 @@ class Daemon:
         if self.config.listen.unix is not None:
             self.config.listen.unix.unlink(missing_ok=True)
         log.info("stopped", extra={"detached": self.config.detach_on_exit})
+
+
+def add_tcp_listener(server: grpc.Server, tcp: TcpListen) -> int:
+    """Adds the TLS listener (config validation has refused TCP without TLS); returns its port.
+
+    With require_client_cert, a client without a certificate that client_ca signed (none, self
+    signed, another CA's, expired) fails the TLS handshake: no request of it reaches a servicer."""
+    tls = tcp.tls
+    if tls is None:  # DaemonConfig refuses this; never fall back to plaintext
+        raise RuntimeError("listen.tcp.tls: TCP is served only with TLS")
+    try:
+        key, chain, client_ca = tls.credentials_files()
+    except OSError as exc:
+        raise RuntimeError(f"listen.tcp.tls: {exc.filename}: {exc.strerror or exc}") from exc
+    credentials = grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca,
+                                              require_client_auth=tls.require_client_cert)
+    if not tls.require_client_cert:
+        log.warning("TLS without client certificates: anyone who reaches the port controls the data plane",
+                    extra={"tcp": tcp.address})
+    try:
+        port = server.add_secure_port(tcp.address, credentials)
+    except RuntimeError as exc:  # grpc raises when it cannot bind
+        raise RuntimeError(f"listen.tcp.address {tcp.address}: cannot listen there ({exc}): choose "
+                           "an address of this host (namespace) and a free port") from exc
+    if port == 0:
+        raise RuntimeError(f"listen.tcp.address {tcp.address}: cannot listen there: choose an address "
+                           "of this host (namespace) and a free port")
+    return int(port)
 
 
 def enter_netns(name: str) -> None:

@@ -2,7 +2,9 @@
 
     listen:
       unix: /run/tidegate/tidegate.sock   # default; mode 0600
-      tcp: null                           # "127.0.0.1:50051" to also listen on TCP
+      tcp: null                           # also listen on TCP, only with TLS:
+        # address: "0.0.0.0:50051"
+        # tls: {cert: server.pem, key: server.key, client_ca: clients-ca.pem}   # mutual TLS
     netns: null                           # a named network namespace (/run/netns/NAME) to manage
     state_dir: /var/lib/tidegate
     pin_root: /sys/fs/bpf/tidegate
@@ -18,11 +20,12 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from control.models import describe_errors
 from dataplane.settings import DEFAULT_PIN_ROOT, Capacities, DataplaneSettings
@@ -35,14 +38,102 @@ class ConfigError(ValueError):
     pass
 
 
+_HOST_PORT = r"^\[?[0-9A-Za-z.:-]+\]?:\d{1,5}$"
+_TLS_EXAMPLE = "{cert: server.pem, key: server.key, client_ca: clients-ca.pem}"
+
+
+def _readable(path: Path, what: str) -> Path:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in head:
+        raise ValueError(f"{path}: not a PEM file (no -----BEGIN line): write the {what} in PEM")
+    return path
+
+
+class Tls(BaseModel):
+    """TLS of the TCP listener. With `require_client_cert` (the default) every client must show a
+    certificate that `client_ca` signed and that has not expired, or the handshake fails and no
+    request runs: anyone holding such a certificate controls the data plane."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cert: Path        # the server's certificate (PEM; its chain may follow it in the file)
+    key: Path         # the server certificate's private key (PEM, unencrypted)
+    client_ca: Path | None = None  # the CA certificate(s) that sign client certificates (PEM)
+    require_client_cert: bool = True
+
+    @field_validator("cert")
+    @classmethod
+    def _cert_file(cls, value: Path) -> Path:
+        return _readable(value, "server certificate")
+
+    @field_validator("key")
+    @classmethod
+    def _key_file(cls, value: Path) -> Path:
+        return _readable(value, "server private key")
+
+    @field_validator("client_ca")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _readable(value, "client CA certificate")
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except ssl.SSLError as exc:
+                raise ValueError(f"{value}: not a CA certificate in PEM: {exc.reason or exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Tls:
+        if self.require_client_cert and self.client_ca is None:
+            raise ValueError("require_client_cert is true but client_ca is not set: give the CA that "
+                             "signs client certificates (mutual TLS), or set require_client_cert: false "
+                             "to let any client that reaches the port use the API over TLS")
+        try:  # the key must be the certificate's: refused here, not at the first handshake
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(self.cert), str(self.key))
+        except ssl.SSLError as exc:
+            raise ValueError(f"cert {self.cert} and key {self.key} do not make a usable pair "
+                             f"({exc.reason or exc}): the key must be the certificate's, "
+                             "unencrypted") from None
+        return self
+
+    def credentials_files(self) -> tuple[bytes, bytes, bytes | None]:
+        """(key, certificate chain, client CA or None), read now (at the daemon's start)."""
+        ca = self.client_ca.read_bytes() if self.client_ca is not None else None
+        return self.key.read_bytes(), self.cert.read_bytes(), ca
+
+
+class TcpListen(BaseModel):
+    """The TCP listener: served only over TLS. There is no plaintext opt-out: local clients use
+    the Unix socket, and a lab can forward that socket over SSH (`ssh -L PORT:SOCKET`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str = Field(pattern=_HOST_PORT)  # HOST:PORT, e.g. "0.0.0.0:50051" or "[::]:50051"
+    tls: Tls | None = Field(default=None, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_address(cls, value: Any) -> Any:
+        return {"address": value} if isinstance(value, str) else value  # `tcp: "HOST:PORT"`
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_required(cls, value: Tls | None) -> Tls | None:
+        if value is None:
+            raise ValueError("TCP is served only with TLS: add listen.tcp.tls: " + _TLS_EXAMPLE
+                             + " (or use the Unix socket, listen.unix)")
+        return value
+
+
 class Listen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     unix: Path | None = DEFAULT_SOCKET
-    tcp: str | None = Field(default=None, pattern=r"^\[?[0-9A-Za-z.:-]+\]?:\d{1,5}$")
-
-
-_HOST_PORT = r"^\[?[0-9A-Za-z.:-]+\]?:\d{1,5}$"
+    tcp: TcpListen | None = None
 
 
 class EventsExport(BaseModel):

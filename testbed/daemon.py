@@ -70,14 +70,17 @@ class DaemonProcess:
 
     def __init__(self, ns: Namespace, *, detach_on_exit: bool = True, pin_root: Path | None = None,
                  capacities: Mapping[str, int] | None = None, log_level: str = "info",
-                 metrics_listen: str | None = None, events_export: str | Path | None = None) -> None:
+                 metrics_listen: str | None = None, events_export: str | Path | None = None,
+                 listen_tcp: Mapping[str, Any] | None = None) -> None:
         """`metrics_listen`: the config's metrics.listen (HOST:PORT, in the daemon's namespace);
+        `listen_tcp`: listen.tcp ({address, tls: {cert, key, client_ca, ...}}, in its namespace);
         `events_export`: events.export.path (a file, or "-" for the daemon's log)."""
         self.ns = ns
         self.detach_on_exit = detach_on_exit
         self.capacities = dict(capacities or {})
         self.log_level = log_level
         self.metrics_listen = metrics_listen
+        self.listen_tcp = None if listen_tcp is None else dict(listen_tcp)
         self.events_export = None if events_export is None else str(events_export)
         self.workdir = Path(tempfile.mkdtemp(prefix="tidegate-daemon-"))
         self.pin_root = pin_root or unique_pin_root()
@@ -194,8 +197,11 @@ class DaemonProcess:
 
     # --- config and process ---------------------------------------------------------------------
     def _write_config(self) -> None:
+        listen: dict[str, Any] = {"unix": str(self.socket)}
+        if self.listen_tcp is not None:
+            listen["tcp"] = self.listen_tcp
         config: dict[str, Any] = {
-            "listen": {"unix": str(self.socket)},
+            "listen": listen,
             "state_dir": str(self.state_dir),
             "pin_root": str(self.pin_root),
             "detach_on_exit": self.detach_on_exit,
