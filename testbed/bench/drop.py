@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from dataplane import attach as attach_mod
 from testbed.bench import engines as eng
 from testbed.bench import rules
 from testbed.bench.common import (
@@ -34,7 +36,8 @@ from testbed.bench.common import (
     fmt_value,
     runs_meeting,
 )
-from testbed.bench.load import Rig, Window, measure, missing_tools, rig
+from testbed.bench.load import Rig, Sender, Window, measure, missing_tools, rig
+from testbed.bench.programs import Noop
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +85,37 @@ def run(profile: Profile) -> Section:
         else:
             engines.append(e)
     windows: dict[tuple[str, int], list[Window]] = defaultdict(list)
+    frames: dict[tuple[str, int], list[Window]] = defaultdict(list)  # the XDP-frame sender's
     try:
         for n in profile.drop_sizes:
             _measure_size(profile, n, engines, windows, section)
+            if n in _frame_sizes(profile):
+                _measure_frames(profile, n, [e for e in engines if windows.get((e.key, n))], frames, section)
     finally:
         for e in engines:
             e.close()
     _report(profile, engines, windows, section)
+    if frames:
+        section.tables.append(_frames_table(profile, engines, {k: _values(ws) for k, ws in frames.items()}))
+        section.notes.append(FRAMES_NOTE)
     return section
+
+
+def _frame_sizes(profile: Profile) -> tuple[int, ...]:
+    """Where the XDP-frame sender is measured too: the fewest rules and the target's size."""
+    return tuple(n for n in profile.drop_sizes if n in (profile.drop_sizes[0], TARGET_SIZE))
+
+
+def _measure_frames(profile: Profile, n: int, engines: list[eng.Engine],
+                    frames: dict[tuple[str, int], list[Window]], section: Section) -> None:
+    """The same rule set (prepared, and measured with skbs, by _measure_size), sent as XDP frames."""
+    for _ in range(profile.traffic_runs):
+        for e in engines:
+            try:
+                frames[(e.key, n)].append(_window(profile, e, "xdp"))
+            except Exception as exc:  # noqa: BLE001 - one engine failing must not stop the others
+                log.exception("drop benchmark (XDP frames): %s with %d rules failed", e.label, n)
+                section.failures.append(f"{e.label}, {n:,} rules, XDP frames: {type(exc).__name__}: {exc}")
 
 
 def _measure_size(
@@ -132,11 +158,16 @@ def _measure_size(
             )
 
 
-def _window(profile: Profile, e: eng.Engine) -> Window:
-    with rig() as r:
+def _window(profile: Profile, e: eng.Engine, sender: Sender = "skb") -> Window:
+    with rig() as r, ExitStack() as stack:
+        if sender == "xdp" and not e.xdp:  # veth takes redirected frames only into an XDP program
+            noop = Noop()
+            stack.callback(noop.close)
+            with r.receiver.enter():
+                attach_mod.attach_xdp(r.receiver_ifname, noop.fn, "native")
         e.enable(r)
         try:
-            w = measure(r, probe_frame(r), lambda: e.dropped(r), profile.warmup_s, profile.window_s)
+            w = measure(r, probe_frame(r), lambda: e.dropped(r), profile.warmup_s, profile.window_s, sender)
         finally:
             e.disable(r)
     if not w.sender_ok:
@@ -187,6 +218,31 @@ def _table(profile: Profile, engines: list[eng.Engine], values: Values) -> Table
             v = values.get((e.key, n))
             if v is not None:
                 t.add(f"{n:,}", e.label, v["pps"], v["pps"].ratio_to(base["pps"]) if base else None, v["ns"],
+                      v["cap"], v["cap"].ratio_to(base["cap"]) if base else None)
+    return t
+
+
+FRAMES_NOTE = (
+    "The second table sends the same frames as XDP frames (testbed.bench.xdpgen), the way a NIC's driver "
+    "hands its receive buffers to XDP: the XDP engines then run without veth's copy of each skb into an "
+    "XDP frame, while iptables and nftables, which need an skb, get a `return XDP_PASS` on r0 (veth takes "
+    "such frames only into an XDP program) and the skb veth builds after it. The first table, with "
+    "trafgen's skbs, is the conservative one for XDP; the target is judged there."
+)
+
+
+def _frames_table(profile: Profile, engines: list[eng.Engine], values: Values) -> Table:
+    t = Table(f"The same denied flow sent as XDP frames (as a NIC delivers them), {profile.traffic_runs}× "
+              f"{profile.window_s:g} s windows per cell; median [min–max]",
+              ["other rules in front", "engine", "dropped/s", "× iptables", "receive CPU per packet",
+               "receive capacity per core", "× iptables"])
+    for n in sorted({n for _, n in values}):
+        base = values.get((BASELINE, n))
+        for e in engines:
+            v = values.get((e.key, n))
+            if v is not None:
+                label = e.label if e.xdp else f"{e.label} (+ `return XDP_PASS` on r0)"
+                t.add(f"{n:,}", label, v["pps"], v["pps"].ratio_to(base["pps"]) if base else None, v["ns"],
                       v["cap"], v["cap"].ratio_to(base["cap"]) if base else None)
     return t
 

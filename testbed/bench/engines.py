@@ -56,6 +56,7 @@ class Engine:
     key = ""
     label = ""
     note = ""
+    xdp = False  # an XDP program on r0 (else it needs an skb: netfilter)
 
     def unavailable(self) -> str | None:
         """Why this engine cannot run here, or None."""
@@ -79,6 +80,7 @@ class Engine:
 
 class Tidegate(Engine):
     key, label = "tidegate", "Tidegate (XDP)"
+    xdp = True
     note = "the data plane's XDP program attached natively to r0 (no TC: nothing is passed)"
 
     def __init__(self) -> None:
@@ -216,6 +218,7 @@ class NftSet(Engine):
 
 class XdpFilter(Engine):
     key, label = "xdp-filter", "xdp-filter (XDP)"
+    xdp = True
     note = (
         "xdp-tools' filter: an exact-match hash of addresses (or of ports, not both): the probe's "
         "source plus one address per other rule, at most 10,000 (its map's size); cost does not "
@@ -316,6 +319,7 @@ class XdpFilter(Engine):
 
 class XdpDrop(Engine):
     key, label = "xdp-drop", "XDP drop (reference)"
+    xdp = True
     note = (
         "`return XDP_DROP;` attached natively: the floor of any XDP filter on veth, mostly veth's own "
         "work (an XDP frame for every skb, copied, since trafgen's skbs lack XDP headroom)"

@@ -55,6 +55,7 @@ SENDER_ADDR, RECEIVER_ADDR = "198.18.0.2", "198.18.0.1"
 ADDR_LEN = 24
 TRAFGEN = "trafgen"
 STOP_GRACE = 2.0
+XDPGEN_STARTED = 10_000  # packets: far more than the link's own (router solicitations, MLD)
 XDPGEN_START_S = 20.0  # BCC compiles and loads each sender's one-line program first
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -247,7 +248,7 @@ class XdpGen:
         start = link_stats(self.ns, self.dev)["tx_packets"]
         deadline = time.monotonic() + XDPGEN_START_S
         while time.monotonic() < deadline and self.healthy():
-            if link_stats(self.ns, self.dev)["tx_packets"] > start:
+            if link_stats(self.ns, self.dev)["tx_packets"] > start + XDPGEN_STARTED:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"xdpgen sent nothing within {XDPGEN_START_S:g} s: {self.errors() or 'no error'}")
