@@ -59,7 +59,8 @@ class Ids:
     a free one need not walk them."""
 
     def __init__(self, previous: Mapping, taken: Container[int], first: int, limit: int,  # type: ignore[type-arg]
-                 what: str, start: int | None = None) -> None:
+                 what: str, start: int | None = None, setting: str | None = None) -> None:
+        self._setting = setting  # the Capacities field that sizes these ids, if one does
         self._previous = previous
         self._taken = taken
         self._first = first
@@ -93,6 +94,10 @@ class Ids:
         while self._next in self._taken:
             self._next += 1
         if self._next > self._limit:
+            if self._setting is not None:
+                raise ValueError(f"{self._what}: the map holds {self._limit - self._first + 1}, too few for "
+                                 f"this policy while the previous one is still live ({len(self._taken)} "  # type: ignore[arg-type]
+                                 f"in use); raise capacities.{self._setting}")
             raise ValueError(f"{self._what}: more than {self._limit} needed while the previous policy "
                              f"is still live ({len(self._taken)} in use); raise the capacity")  # type: ignore[arg-type]
         self._next += 1
@@ -210,7 +215,8 @@ def _port_entries(rules: list[MatchRule], slot_of: Mapping[MatchRule, int], rs: 
 # --- the whole policy --------------------------------------------------------------------------
 
 
-def assign_slots(rules: Sequence[MatchRule], previous: CompiledMatch, capacity: int) -> dict[int, MatchRule]:
+def assign_slots(rules: Sequence[MatchRule], previous: CompiledMatch, capacity: int,
+                 table: str = "acl") -> dict[int, MatchRule]:
     """slot -> rule, in first-match order; a rule the previous policy holds keeps its slot."""
     if len(set(map(RULE_ID, rules))) != len(rules):
         seen: set[int] = set()
@@ -221,7 +227,7 @@ def assign_slots(rules: Sequence[MatchRule], previous: CompiledMatch, capacity: 
     state = previous.state
     kept = (dict(state.rules.values()) if state is not None
             else {rule: slot for slot, rule in previous.slots.items()})
-    ids = Ids(kept, set(kept.values()), 0, capacity - 1, "rule slots")
+    ids = Ids(kept, set(kept.values()), 0, capacity - 1, "rule slots", setting=f"{table}_rules")
     slots: dict[int, MatchRule] = {}
     if not kept:
         fresh = ids.fresh
@@ -258,7 +264,7 @@ class _Full:
         self.previous, self.capacity, self.table = previous, capacity, table
 
     def run(self, rules: Sequence[MatchRule]) -> CompiledMatch:
-        slots = self.slots = assign_slots(rules, self.previous, self.capacity.slots)
+        slots = self.slots = assign_slots(rules, self.previous, self.capacity.slots, self.table)
         grouped: dict[Prefix, list[int]] = defaultdict(list)
         for slot, rule in slots.items():
             grouped[rule.src_prefix].append(slot)

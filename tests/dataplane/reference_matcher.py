@@ -36,7 +36,10 @@ from dataplane.matcher import (
 class _Ids:
     """Content -> id, keeping the previous policy's ids and never reusing one it still holds."""
 
-    def __init__(self, previous: Mapping, first: int, limit: int, what: str) -> None:  # type: ignore[type-arg]
+    def __init__(self, previous: Mapping, first: int, limit: int, what: str,  # type: ignore[type-arg]
+                 setting: str | None = None) -> None:
+        self._setting = setting
+        self._first = first
         self._previous = previous
         self._taken = set(previous.values())
         self._next = first
@@ -52,6 +55,10 @@ class _Ids:
         if found is None:
             while self._next in self._taken:
                 self._next += 1
+            if self._next > self._limit and self._setting is not None:
+                raise ValueError(f"{self._what}: the map holds {self._limit - self._first + 1}, too few for "
+                                 f"this policy while the previous one is still live ({len(self._taken)} "
+                                 f"in use); raise capacities.{self._setting}")
             if self._next > self._limit:
                 raise ValueError(f"{self._what}: more than {self._limit} needed while the previous policy "
                                  f"is still live ({len(self._taken)} in use); raise the capacity")
@@ -148,14 +155,15 @@ def _port_entries(rules: list[MatchRule], slot_of: Mapping[MatchRule, int], rs: 
     return out
 
 
-def _assign_slots(rules: Sequence[MatchRule], previous: CompiledMatch, capacity: int) -> dict[int, MatchRule]:
+def _assign_slots(rules: Sequence[MatchRule], previous: CompiledMatch, capacity: int,
+                  table: str = "acl") -> dict[int, MatchRule]:
     seen: dict[int, MatchRule] = {}
     for r in rules:
         if r.rule_id in seen:
             raise ValueError(f"rule {r.rule_id}: rule_id is used twice")
         seen[r.rule_id] = r
     kept = {rule: slot for slot, rule in previous.slots.items()}
-    ids = _Ids(kept, 0, capacity - 1, "rule slots")
+    ids = _Ids(kept, 0, capacity - 1, "rule slots", f"{table}_rules")
     return {ids.get(r): r for r in sorted(rules, key=lambda r: r.order)}
 
 
@@ -169,7 +177,7 @@ def _check(what: str, new: Mapping, old: Mapping, capacity: int, setting: str) -
 def reference_compile(rules: Sequence[MatchRule], previous: CompiledMatch, capacity: MatchCapacity,
                   table: str = "acl") -> CompiledMatch:
     """Compiles `rules` to replace `previous` (whose ids stay valid until the switch is done)."""
-    slots = _assign_slots(rules, previous, capacity.slots)
+    slots = _assign_slots(rules, previous, capacity.slots, table)
     slot_of = {rule: slot for slot, rule in slots.items()}
     class_ids = _Ids(previous.classes, FIRST_SET_ID, U32_MAX, f"{table} classes")
     ruleset_ids = _Ids(previous.rulesets, FIRST_SET_ID, U32_MAX, f"{table} rulesets")

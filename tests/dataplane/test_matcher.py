@@ -101,8 +101,10 @@ def test_duplicate_rule_ids_are_refused():
 def test_capacity_is_checked_with_the_previous_policy_still_live():
     small = MatchCapacity(slots=3, src=100, dst=100, port=100)
     old = compile_rules([acl_rule(1, 1), acl_rule(2, 2)], empty(), small)
-    with pytest.raises(ValueError, match="rule slots"):
+    with pytest.raises(ValueError, match="rule slots.*holds 3.*capacities.acl_rules"):
         compile_rules([acl_rule(3, 1), acl_rule(4, 2)], old, small)
+    with pytest.raises(ValueError, match="capacities.cls_rules"):
+        compile_rules([acl_rule(3, 1), acl_rule(4, 2)], old, small, "cls")
 
 
 def test_a_policy_too_large_for_a_stage_is_refused_naming_the_map():

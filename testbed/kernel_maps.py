@@ -1,0 +1,76 @@
+"""What a pinned map holds, read straight from the kernel (not through the daemon).
+
+    digest = map_digest(pin_root / "eth0" / "acl_src")   # (entries, sha256 of every key and value)
+
+For checks such as "a refused policy wrote nothing": the daemon's own view (GetStats, metrics)
+comes from what it compiled, so only the kernel's maps can show that nothing reached them.
+Per-CPU maps (counters) are not for this: their values move with traffic.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+from pathlib import Path
+
+from dataplane.libbpf import errno_of, libbpf
+
+_VOID_P = ctypes.c_void_p
+
+
+class _MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info (include/uapi/linux/bpf.h); the kernel fills what fits."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16)]
+
+
+def _lib() -> ctypes.CDLL:
+    lib = libbpf()
+    lib.bpf_obj_get.restype, lib.bpf_obj_get.argtypes = ctypes.c_int, [ctypes.c_char_p]
+    lib.bpf_obj_get_info_by_fd.restype = ctypes.c_int
+    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, _VOID_P, ctypes.POINTER(ctypes.c_uint32)]
+    lib.bpf_map_get_next_key.restype = ctypes.c_int
+    lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, _VOID_P, _VOID_P]
+    lib.bpf_map_lookup_elem.restype = ctypes.c_int
+    lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, _VOID_P, _VOID_P]
+    return lib
+
+
+def map_digest(path: Path) -> tuple[int, str]:
+    """(entries, sha256 over every key and value in iteration order) of the map pinned at `path`."""
+    lib = _lib()
+    fd = lib.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        err = errno_of(fd)
+        raise OSError(err, f"{path}: {os.strerror(err)}")
+    try:
+        info = _MapInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        rc = lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
+        if rc < 0:
+            raise OSError(errno_of(rc), f"{path}: cannot read the map's info")
+        key = ctypes.create_string_buffer(info.key_size)
+        nxt = ctypes.create_string_buffer(info.key_size)
+        value = ctypes.create_string_buffer(info.value_size)
+        digest, entries, prev = hashlib.sha256(), 0, None
+        while lib.bpf_map_get_next_key(fd, prev, nxt) == 0:
+            ctypes.memmove(key, nxt, info.key_size)
+            prev = key
+            if lib.bpf_map_lookup_elem(fd, key, value) != 0:
+                continue  # deleted between the two calls
+            digest.update(key.raw)
+            digest.update(value.raw)
+            entries += 1
+        return entries, digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def policy_maps_digest(pin_dir: Path, prefix: str = "acl_") -> dict[str, tuple[int, str]]:
+    """map_digest of every map pinned in `pin_dir` whose name starts with `prefix`, except the
+    per-CPU counters (`*_stats`): the ACL's tries, rule slots and whatever lookup aids exist."""
+    return {p.name: map_digest(p) for p in sorted(pin_dir.iterdir())
+            if p.name.startswith(prefix) and not p.name.endswith("_stats")}
