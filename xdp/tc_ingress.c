@@ -24,8 +24,7 @@ static __always_inline __u32 tg_tc_classify(struct __sk_buff *skb)
 	int proto;
 
 	bpf_skb_pull_data(skb, skb->len < TG_TC_PULL_LEN ? skb->len : TG_TC_PULL_LEN);
-	c.pos = (void *)(long)skb->data;
-	c.end = (void *)(long)skb->data_end;
+	tg_cursor_init(&c, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len);
 	proto = tg_parse_eth(&c, &eth);
 	if (proto < 0 || !tg_is_ip(proto))
 		return 0;

@@ -47,8 +47,7 @@ static __always_inline __u32 tg_decap(struct xdp_md *ctx, const struct tg_config
 	tg_count_event(ti->type == TG_TUNNEL_VXLAN ? TG_EVENT_DECAP_VXLAN : TG_EVENT_DECAP_GENEVE);
 
 	/* adjust_head invalidated every packet pointer: start over on the inner frame. */
-	c.pos = (void *)(long)ctx->data;
-	c.end = (void *)(long)ctx->data_end;
+	tg_cursor_init(&c, (void *)(long)ctx->data, (void *)(long)ctx->data_end, ctx->data_end - ctx->data);
 	proto = tg_parse_eth(&c, &eth);
 	if (proto < 0)
 		return TG_REASON_DROP_TRUNCATED;
@@ -109,8 +108,8 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 	__u32 zero = 0, reason, mark, meta_flags = 0;
 	int proto, rc;
 
-	c.pos = (void *)(long)ctx->data;
-	c.end = (void *)(long)ctx->data_end;
+	/* Without frags support (not requested), data_end is the end of the whole frame. */
+	tg_cursor_init(&c, (void *)(long)ctx->data, (void *)(long)ctx->data_end, ctx->data_end - ctx->data);
 	cfg = config.lookup(&zero);
 	if (!cfg) {
 		reason = TG_REASON_PASS_NOT_IP; /* unreachable: an array always has entry 0 */

@@ -15,10 +15,10 @@ default allow, and the tunnel's VNI configured:
     inner Ethernet header (14)                                 XDP_DROP, DROP_TRUNCATED
     inner IPv4/IPv6 header                                     XDP_DROP, DROP_TRUNCATED
     inner L4 header up to its fixed length                     XDP_DROP, DROP_TRUNCATED
-    after all of those (inside the payload)                    XDP_PASS, PASS_DEFAULT: the IP
-                                                               total/payload length is not
-                                                               checked, so a packet truncated
-                                                               inside its payload is passed (a
+    inside the payload                                         XDP_DROP, DROP_TRUNCATED: the IP
+                                                               total/payload length announces
+                                                               bytes the frame does not hold
+    the whole frame                                            XDP_PASS, PASS_DEFAULT (a
                                                                tunnelled one decapped)
 
 Boundaries are computed from the header lengths below, never from the program's behaviour.
@@ -175,17 +175,17 @@ def _check_cut(dp, shape: Shape, n: int) -> str | None:
     if v is None:
         return None if n < ETH_HLEN else f"n={n} ({region}): the kernel refused the run"
     got = (v.action, v.reason)
-    if region != "payload":
+    if n < len(shape.frame):
         want = (XDP_DROP, abi.Reason.DROP_TRUNCATED)
         return None if got == want else f"n={n} (ends inside {region}): got {got}, want {want}"
     want = (XDP_PASS, abi.Reason.PASS_DEFAULT)
     if got != want:
-        return f"n={n} (inside the payload): got {got}, want {want}"
+        return f"n={n} (the whole frame): got {got}, want {want}"
     if v.data != _expected_data(shape, cut):
-        return f"n={n} (inside the payload): output frame differs"
+        return f"n={n} (the whole frame): output frame differs"
     decapped = bool(v.meta_flags & abi.define("TG_META_F_DECAPPED"))
     if decapped != bool(shape.decap_len):
-        return f"n={n} (inside the payload): decapped={decapped}"
+        return f"n={n} (the whole frame): decapped={decapped}"
     return None
 
 

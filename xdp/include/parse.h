@@ -47,8 +47,26 @@ struct tg_ipv6_frag {
 
 struct tg_cursor {
 	void *pos;
-	void *end;
+	void *end;   /* end of the bytes the program can read */
+	void *frame; /* start of the frame */
+	__u32 len;   /* bytes in the whole frame: past `end` in a non-linear skb (TC) */
 };
+
+static __always_inline void tg_cursor_init(struct tg_cursor *c, void *data, void *data_end, __u32 len)
+{
+	c->pos = data;
+	c->end = data_end;
+	c->frame = data;
+	c->len = len;
+}
+
+/* The frame must hold the whole datagram its IP header announces (l3_len bytes from l3): the
+ * stack drops a frame shorter than that (ip_rcv/ipv6_rcv: truncated) and trims bytes past it,
+ * so a parser reading past it would judge, or decapsulate, bytes no one will receive. */
+static __always_inline int tg_ip_fits(const struct tg_cursor *c, void *l3, __u32 l3_len)
+{
+	return (__u64)(l3 - c->frame) + l3_len <= c->len;
+}
 
 /* What the ACL and classifiers match on. IPv4 addresses fill the first 4 of 16 bytes. */
 struct tg_tuple {
@@ -93,6 +111,10 @@ static __always_inline int tg_parse_ipv4(struct tg_cursor *c, struct tg_tuple *t
 	/* Options make the header variable-length: check the full length too. */
 	if (c->pos + hdr_len > c->end)
 		return TG_PARSE_TRUNCATED;
+	if (bpf_ntohs(ip->tot_len) < hdr_len)
+		return TG_PARSE_MALFORMED;
+	if (!tg_ip_fits(c, ip, bpf_ntohs(ip->tot_len)))
+		return TG_PARSE_TRUNCATED;
 	tg_addr_from_v4(t->src, ip->saddr);
 	tg_addr_from_v4(t->dst, ip->daddr);
 	t->family = TG_FAMILY_V4;
@@ -119,6 +141,9 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 		return TG_PARSE_TRUNCATED;
 	if (ip6->version != 6)
 		return TG_PARSE_MALFORMED;
+	/* Payload length 0 (a jumbogram's) announces no more than the header. */
+	if (!tg_ip_fits(c, ip6, sizeof(*ip6) + bpf_ntohs(ip6->payload_len)))
+		return TG_PARSE_TRUNCATED;
 	__builtin_memcpy(t->src, &ip6->saddr, TG_ADDR_LEN);
 	__builtin_memcpy(t->dst, &ip6->daddr, TG_ADDR_LEN);
 	t->family = TG_FAMILY_V6;
