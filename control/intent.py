@@ -7,6 +7,7 @@ one place that translates, so the reconciler only compares and writes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from control.models import AclRule, DesiredState, Leg, Match, Policy, ServiceChain
@@ -67,13 +68,48 @@ def runtime_config(policy: Policy) -> RuntimeConfig:
     return RuntimeConfig(**policy.settings.model_dump())
 
 
-def interface_intent(state: DesiredState, ifname: str) -> InterfaceIntent:
+class AclTranslations:
+    """AclRule -> MatchRule, each rule translated once for as long as it stays in the policy.
+
+    Rules are frozen models, so a rule object always means the same MatchRule. They are looked
+    up by object identity (id(), which the table keeps valid by holding the rule): hashing a
+    model hashes all its fields in Python, which for 10,000 rules costs more than a whole
+    one-rule update. An edit keeps the instances of the rules it does not touch, so it
+    translates only its new rules, and the compiler, which also matches rules by identity
+    (dataplane.matcher_incremental), gets back the very MatchRules it compiled before.
+    """
+
+    def __init__(self) -> None:
+        self._rules: dict[int, AclRule] = {}
+        self._match: dict[int, MatchRule] = {}
+
+    def __call__(self, rules: Sequence[AclRule]) -> tuple[MatchRule, ...]:
+        ids = list(map(id, rules))
+        new = set(ids).difference(self._match)
+        if new:
+            by_id = dict(zip(ids, rules, strict=True))
+            for key in new:
+                rule = by_id[key]
+                self._rules[key] = rule
+                self._match[key] = acl_match_rule(rule)
+        return tuple(map(self._match.__getitem__, ids))
+
+    def keep_only(self, rules: Sequence[AclRule]) -> None:
+        """Forgets the rules not in `rules` (after a state is applied: the old one is gone)."""
+        for key in self._match.keys() - set(map(id, rules)):
+            del self._match[key], self._rules[key]
+
+
+def interface_intent(state: DesiredState, ifname: str,
+                     translate: Callable[[Sequence[AclRule]], tuple[MatchRule, ...]] | None = None,
+                     ) -> InterfaceIntent:
+    """`translate` turns the ACL into MatchRules (an AclTranslations, to reuse earlier work)."""
     policy = state.policy
     classifiers, legs = leg_classifiers(policy.chains, ifname)
     return InterfaceIntent(
         config=runtime_config(policy),
         tunnels=tuple(TunnelEntry(vni=t.vni, vxlan=t.vxlan, geneve=t.geneve) for t in policy.tunnels),
-        acl=tuple(acl_match_rule(r) for r in policy.acl),
+        acl=translate(policy.acl) if translate is not None else tuple(map(acl_match_rule, policy.acl)),
         classifiers=tuple(classifiers),
         legs=legs,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from operator import attrgetter
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -35,6 +36,7 @@ TABLE_MIN, TABLE_MAX = 1000, 1999
 RULE_PRIORITY_MIN, RULE_PRIORITY_MAX = 10000, 10999
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
+_ID = attrgetter("id")
 
 
 def _prefix(value: object) -> object:
@@ -216,7 +218,7 @@ class Policy(Model):
     @field_validator("acl")
     @classmethod
     def _unique_rule_ids(cls, rules: list[AclRule]) -> list[AclRule]:
-        _unique("acl", [r.id for r in rules], "id")
+        _unique("acl", list(map(_ID, rules)), "id")
         return rules
 
     @field_validator("tunnels")
@@ -240,6 +242,8 @@ class Policy(Model):
 
 
 def _unique(where: str, values: list, what: str, owners: list[str] | None = None) -> None:  # type: ignore[type-arg]
+    if len(set(values)) == len(values):
+        return
     seen: dict[object, int] = {}
     for index, value in enumerate(values):
         if value in seen:

@@ -1,19 +1,28 @@
 """Edits of a desired state and the diff between two (pure: no I/O, no kernel).
 
 Every edit returns a whole new DesiredState, validated as a whole by the models, so an
-incremental change can never produce a state a full apply would refuse.
+incremental change can never produce a state a full apply would refuse. Validated once: the
+parts an edit keeps are the models' own (frozen, already validated) instances, which pydantic
+accepts as they are, so a new state costs its cross-field checks (unique ids, marks, tables,
+attached interfaces) and the validation of what the edit brings, not of every rule again.
+
+The list edits (ACL rules, tunnels, chains) are also data, `Edit`: the state store journals
+them (control.state) and replays them on load through the same functions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from control.errors import AlreadyExists, GenerationMismatch, InUse, InvalidArgument, NotFound
 from control.models import AclRule, DesiredState, Interface, Policy, ServiceChain, Tunnel, describe_errors
+
+_RULE_ID, _VNI, _NAME = attrgetter("id"), attrgetter("vni"), attrgetter("name")
 
 
 def validated_state(**fields: Any) -> DesiredState:
@@ -23,59 +32,66 @@ def validated_state(**fields: Any) -> DesiredState:
         raise InvalidArgument(describe_errors(exc)) from None
 
 
-def _rebuild(state: DesiredState, policy: dict[str, Any] | None = None,
+def _policy_parts(policy: Policy) -> dict[str, Any]:
+    return {"settings": policy.settings, "acl": policy.acl, "tunnels": policy.tunnels,
+            "chains": policy.chains}
+
+
+def _rebuild(state: DesiredState, policy: dict[str, Any] | Policy | None = None,
              interfaces: Sequence[Interface] | None = None) -> DesiredState:
-    """A copy with some parts replaced, validated from scratch (model_copy would not validate)."""
-    pol = state.policy.model_dump() if policy is None else policy
-    ifs = [i.model_dump() for i in (state.interfaces if interfaces is None else interfaces)]
+    """A copy with some parts replaced, validated as a whole (model_copy would not validate).
+
+    `policy` as a dict (of model instances and/or plain values) runs Policy's validators again;
+    a Policy instance is taken as it is (it was validated when it was made)."""
+    pol = _policy_parts(state.policy) if policy is None else policy
+    ifs = list(state.interfaces if interfaces is None else interfaces)
     return validated_state(generation=state.generation, interfaces=ifs, policy=pol)
 
 
 def with_policy(state: DesiredState, policy: Policy) -> DesiredState:
-    return _rebuild(state, policy=policy.model_dump())
-
-
-def _edit_list(state: DesiredState, name: str, edit: Callable[[list[Any]], list[Any]]) -> DesiredState:
-    policy = state.policy.model_dump()
-    policy[name] = edit(list(getattr(state.policy, name)))
-    policy[name] = [x.model_dump() if hasattr(x, "model_dump") else x for x in policy[name]]
     return _rebuild(state, policy=policy)
 
 
+def _edit_list(state: DesiredState, name: str, items: list[Any]) -> DesiredState:
+    return _rebuild(state, policy={**_policy_parts(state.policy), name: items})
+
+
 def _add(state: DesiredState, name: str, item: Any, key: Callable[[Any], Any], what: str) -> DesiredState:
-    if any(key(x) == key(item) for x in getattr(state.policy, name)):
+    if key(item) in set(map(key, getattr(state.policy, name))):
         raise AlreadyExists(f"{what} {key(item)} already exists; delete it first or apply a whole policy")
-    return _edit_list(state, name, lambda items: [*items, item])
+    return _edit_list(state, name, [*getattr(state.policy, name), item])
 
 
 def _delete(state: DesiredState, name: str, value: Any, key: Callable[[Any], Any], what: str) -> DesiredState:
-    if not any(key(x) == value for x in getattr(state.policy, name)):
+    items = getattr(state.policy, name)
+    keys = list(map(key, items))
+    if value not in keys:
         raise NotFound(f"{what} {value} does not exist")
-    return _edit_list(state, name, lambda items: [x for x in items if key(x) != value])
+    return _edit_list(state, name, [x for x, k in zip(items, keys, strict=True) if k != value])
 
 
 def add_rule(state: DesiredState, rule: AclRule) -> DesiredState:
-    return _add(state, "acl", rule, lambda r: r.id, "ACL rule")
+    return _add(state, "acl", rule, _RULE_ID, "ACL rule")
 
 
 def delete_rule(state: DesiredState, rule_id: int) -> DesiredState:
-    return _delete(state, "acl", rule_id, lambda r: r.id, "ACL rule")
+    return _delete(state, "acl", rule_id, _RULE_ID, "ACL rule")
 
 
 def add_tunnel(state: DesiredState, tunnel: Tunnel) -> DesiredState:
-    return _add(state, "tunnels", tunnel, lambda t: t.vni, "tunnel VNI")
+    return _add(state, "tunnels", tunnel, _VNI, "tunnel VNI")
 
 
 def delete_tunnel(state: DesiredState, vni: int) -> DesiredState:
-    return _delete(state, "tunnels", vni, lambda t: t.vni, "tunnel VNI")
+    return _delete(state, "tunnels", vni, _VNI, "tunnel VNI")
 
 
 def add_chain(state: DesiredState, chain: ServiceChain) -> DesiredState:
-    return _add(state, "chains", chain, lambda c: c.name, "chain")
+    return _add(state, "chains", chain, _NAME, "chain")
 
 
 def delete_chain(state: DesiredState, name: str) -> DesiredState:
-    return _delete(state, "chains", name, lambda c: c.name, "chain")
+    return _delete(state, "chains", name, _NAME, "chain")
 
 
 def attach(state: DesiredState, iface: Interface) -> DesiredState:
@@ -91,6 +107,86 @@ def detach(state: DesiredState, name: str) -> DesiredState:
     if users:
         raise InUse(f"interface {name} is used by chains {', '.join(sorted(set(users)))}; delete them first")
     return _rebuild(state, interfaces=[i for i in state.interfaces if i.name != name])
+
+
+@dataclass(frozen=True)
+class _ListEdit:
+    name: str  # the Policy list it edits
+    key: Callable[[Any], Any]
+    model: type[BaseModel]  # of the items (the argument of an add)
+    add: bool
+
+
+_EDITS = {
+    "add_rule": _ListEdit("acl", _RULE_ID, AclRule, True),
+    "delete_rule": _ListEdit("acl", _RULE_ID, AclRule, False),
+    "add_tunnel": _ListEdit("tunnels", _VNI, Tunnel, True),
+    "delete_tunnel": _ListEdit("tunnels", _VNI, Tunnel, False),
+    "add_chain": _ListEdit("chains", _NAME, ServiceChain, True),
+    "delete_chain": _ListEdit("chains", _NAME, ServiceChain, False),
+}
+_FUNCTIONS: dict[str, Callable[[DesiredState, Any], DesiredState]] = {
+    "add_rule": add_rule, "delete_rule": delete_rule, "add_tunnel": add_tunnel,
+    "delete_tunnel": delete_tunnel, "add_chain": add_chain, "delete_chain": delete_chain,
+}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One list edit as data: `edit(state)` applies it; `record()` is its JSON form for the
+    state store's journal, `Edit.from_record` reads that back (validating the argument), and
+    `replay` applies many at once."""
+
+    op: str
+    arg: Any  # the item (an add) or its key (a delete)
+
+    def __post_init__(self) -> None:
+        if self.op not in _EDITS:
+            raise ValueError(f"unknown edit {self.op!r}")
+
+    def __call__(self, state: DesiredState) -> DesiredState:
+        return _FUNCTIONS[self.op](state, self.arg)
+
+    def record(self) -> dict[str, Any]:
+        arg = self.arg.model_dump(mode="json") if isinstance(self.arg, BaseModel) else self.arg
+        return {"op": self.op, "arg": arg}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Edit:
+        """Raises ValueError (pydantic's ValidationError is one) for a record that is not an edit."""
+        spec = _EDITS.get(data.get("op"))  # type: ignore[arg-type]
+        if spec is None:
+            raise ValueError(f"unknown edit {data.get('op')!r}")
+        arg = data.get("arg")
+        if spec.add:
+            arg = spec.model.model_validate(arg)
+        elif not isinstance(arg, int | str) or isinstance(arg, bool):
+            raise ValueError(f"{data['op']}: the key must be a number or a name, got {arg!r}")
+        return cls(str(data["op"]), arg)
+
+
+def replay(state: DesiredState, edits: Sequence[Edit]) -> DesiredState:
+    """The edits one after another, with the state validated once at the end: what applying
+    them one by one gives (each add appends, each delete removes), or the first one's error."""
+    lists: dict[str, dict[Any, Any]] = {}
+    for edit in edits:
+        spec = _EDITS[edit.op]
+        items = lists.get(spec.name)
+        if items is None:
+            items = lists[spec.name] = {spec.key(x): x for x in getattr(state.policy, spec.name)}
+        key = spec.key(edit.arg) if spec.add else edit.arg
+        if spec.add and key in items:
+            raise AlreadyExists(f"{edit.op} {key}: it exists already")
+        if not spec.add and key not in items:
+            raise NotFound(f"{edit.op} {key}: it does not exist")
+        if spec.add:
+            items[key] = edit.arg  # a dict keeps insertion order: appended, as the list edit does
+        else:
+            del items[key]
+    if not lists:
+        return state
+    parts = _policy_parts(state.policy)
+    return _rebuild(state, policy={**parts, **{name: list(items.values()) for name, items in lists.items()}})
 
 
 def check_generation(state: DesiredState, expected: int) -> None:
@@ -125,11 +221,11 @@ class PolicyDiff:
 def _diff(old: Sequence[Any], new: Sequence[Any], key: Callable[[Any], Any]) -> Diff:
     a, b = {key(x): x for x in old}, {key(x): x for x in new}
     return Diff(added=sorted(b.keys() - a.keys()), removed=sorted(a.keys() - b.keys()),
-                changed=sorted(k for k in a.keys() & b.keys() if a[k] != b[k]))
+                changed=sorted(k for k in a.keys() & b.keys() if a[k] is not b[k] and a[k] != b[k]))
 
 
 def diff(old: Policy, new: Policy) -> PolicyDiff:
     return PolicyDiff(acl=_diff(old.acl, new.acl, lambda r: r.id),
-                      tunnels=_diff(old.tunnels, new.tunnels, lambda t: t.vni),
-                      chains=_diff(old.chains, new.chains, lambda c: c.name),
+                      tunnels=_diff(old.tunnels, new.tunnels, _VNI),
+                      chains=_diff(old.chains, new.chains, _NAME),
                       settings_changed=old.settings != new.settings)

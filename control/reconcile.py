@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from control.intent import InterfaceIntent, interface_intent
+from control.intent import AclTranslations, InterfaceIntent, interface_intent
 from control.models import DesiredState, ServiceChain
 from dataplane import attach as attach_mod
 from dataplane.acl import acl_capacity, cls_capacity
@@ -62,6 +62,7 @@ class PlaneObserver(Protocol):
 
 @dataclass
 class _Compiled:
+    intent: InterfaceIntent
     acl: CompiledMatch
     classifiers: CompiledMatch
     acl_base: CompiledMatch  # what each was compiled against: valid while the table still holds it
@@ -95,6 +96,12 @@ class Reconciler:
         self.intents: dict[str, InterfaceIntent] = {}
         self.applied = DesiredState()
         self.observers: list[PlaneObserver] = []
+        self._translations = AclTranslations()  # each rule translated once while it is in the policy
+        # The chains the kernel's policy routing was last synced to (None: unknown, sync again).
+        self._routed: list[ServiceChain] | None = None
+
+    def _intent(self, state: DesiredState, name: str) -> InterfaceIntent:
+        return interface_intent(state, name, self._translations)
 
     def _notify(self, what: str, name: str, plane: Dataplane) -> None:
         for observer in self.observers:
@@ -123,7 +130,7 @@ class Reconciler:
             except attach_mod.AttachError:
                 log.warning("persisted interface is missing, skipping it", extra={"ifname": iface.name})
                 continue
-            self._load(iface.name, interface_intent(state, iface.name))
+            self._load(iface.name, self._intent(state, iface.name))
         # No rollback here: the "previous state" would be the empty one this object starts with,
         # and programming it detaches every adopted interface, i.e. stops enforcing the policy.
         self.apply(_without_missing(state, set(self.planes)), rollback=False)
@@ -152,12 +159,16 @@ class Reconciler:
                 raise ApplyError(f"{exc}; nothing was rolled back: the data plane keeps enforcing what "
                                  "it held before") from exc
             log.exception("programming failed, restoring the previous state", extra={"error": str(exc)})
+            self._routed = None  # the failure may have been half-way through routing
             try:
                 self._program(old, None)
             except Exception as again:
                 raise ApplyError(f"{exc}; restoring the previous state failed too: {again}") from exc
+            finally:
+                self._translations.keep_only(old.policy.acl)
             raise ApplyError(f"{exc}; the previous state is in force again") from exc
         self.applied = new
+        self._translations.keep_only(new.policy.acl)
 
     def preflight(self, new: DesiredState) -> dict[str, _Compiled]:
         """Everything that can be known before writing; raises InvalidState."""
@@ -180,13 +191,14 @@ class Reconciler:
         return {iface.name: self._compile(new, iface.name) for iface in new.interfaces}
 
     def _compile(self, state: DesiredState, name: str) -> _Compiled:
-        intent = interface_intent(state, name)
+        intent = self._intent(state, name)
         plane = self.planes.get(name)
         caps = self.settings.capacities
         acl_base = plane.acl.current if plane else empty()  # not loaded yet: its tables start empty
         cls_base = plane.classifiers.current if plane else empty()
         try:
-            return _Compiled(compile_rules(list(intent.acl), acl_base, acl_capacity(caps), "acl"),
+            return _Compiled(intent,
+                             compile_rules(list(intent.acl), acl_base, acl_capacity(caps), "acl"),
                              compile_rules(list(intent.classifiers), cls_base, cls_capacity(caps), "cls"),
                              acl_base, cls_base)
         except ValueError as exc:
@@ -196,12 +208,12 @@ class Reconciler:
         wanted = {i.name: i for i in state.interfaces}
         for name, iface in wanted.items():
             plane = self.planes.get(name) or self._load(name)
-            intent = interface_intent(state, name)
-            plane.configure(intent.config)
-            _sync_tunnels(plane, intent.tunnels)
             done = compiled.get(name) if compiled else None
             if done is None or not done.valid_for(plane):
                 done = self._compile(state, name)
+            intent = done.intent
+            plane.configure(intent.config)
+            _sync_tunnels(plane, intent.tunnels)
             plane.acl.apply(done.acl)
             plane.classifiers.apply(done.classifiers)
             if plane.xdp_mode is None or (iface.mode != "auto" and plane.xdp_mode != iface.mode):
@@ -209,7 +221,17 @@ class Reconciler:
             self.intents[name] = intent
         for name in [n for n in self.planes if n not in wanted]:
             self._unload(name, detach=True)
-        self.routing.sync(state.policy.chains)
+        self._sync_routing(state.policy.chains)
+
+    def _sync_routing(self, chains: list[ServiceChain]) -> None:
+        """Policy routing depends on the chains alone: a change that leaves them as they were
+        (ACL rules, tunnels) skips reading the kernel's rules and routes. At start-up and after
+        any failure it is synced again."""
+        if self._routed is not None and self._routed == chains:
+            return
+        self._routed = None
+        self.routing.sync(chains)
+        self._routed = list(chains)
 
     # --- shutdown -------------------------------------------------------------------------------
     def close(self, detach: bool = False) -> None:
@@ -217,6 +239,7 @@ class Reconciler:
         for name in list(self.planes):
             self._unload(name, detach=detach)
         if detach:
+            self._routed = None
             self.routing.remove_all()
 
     # --- counters -------------------------------------------------------------------------------

@@ -148,11 +148,11 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     @rpc
     def AddAclRule(self, request: Any, context: grpc.ServicerContext) -> Any:
         rule = convert.validated(convert.acl_rule_from_proto, request.rule, where="rule")
-        return pb2.AddAclRuleResponse(generation=self._edit(lambda s: policy_ops.add_rule(s, rule)))
+        return pb2.AddAclRuleResponse(generation=self._edit(policy_ops.Edit("add_rule", rule)))
 
     @rpc
     def DeleteAclRule(self, request: Any, context: grpc.ServicerContext) -> Any:
-        generation = self._edit(lambda s: policy_ops.delete_rule(s, request.id))
+        generation = self._edit(policy_ops.Edit("delete_rule", request.id))
         return pb2.DeleteAclRuleResponse(generation=generation)
 
     @rpc
@@ -164,11 +164,11 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     @rpc
     def AddTunnel(self, request: Any, context: grpc.ServicerContext) -> Any:
         tunnel = convert.validated(convert.tunnel_from_proto, request.tunnel, where="tunnel")
-        return pb2.AddTunnelResponse(generation=self._edit(lambda s: policy_ops.add_tunnel(s, tunnel)))
+        return pb2.AddTunnelResponse(generation=self._edit(policy_ops.Edit("add_tunnel", tunnel)))
 
     @rpc
     def DeleteTunnel(self, request: Any, context: grpc.ServicerContext) -> Any:
-        generation = self._edit(lambda s: policy_ops.delete_tunnel(s, request.vni))
+        generation = self._edit(policy_ops.Edit("delete_tunnel", request.vni))
         return pb2.DeleteTunnelResponse(generation=generation)
 
     @rpc
@@ -180,11 +180,11 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     @rpc
     def AddChain(self, request: Any, context: grpc.ServicerContext) -> Any:
         chain = convert.validated(convert.service_chain_from_proto, request.chain, where="chain")
-        return pb2.AddChainResponse(generation=self._edit(lambda s: policy_ops.add_chain(s, chain)))
+        return pb2.AddChainResponse(generation=self._edit(policy_ops.Edit("add_chain", chain)))
 
     @rpc
     def DeleteChain(self, request: Any, context: grpc.ServicerContext) -> Any:
-        generation = self._edit(lambda s: policy_ops.delete_chain(s, request.name))
+        generation = self._edit(policy_ops.Edit("delete_chain", request.name))
         return pb2.DeleteChainResponse(generation=generation)
 
     @rpc

@@ -203,7 +203,7 @@ def _add_call(controller: Controller, message: Any) -> Callable[[], Any]:
 
     def call() -> Any:
         rule = convert.acl_rule_from_proto(message)
-        return controller.change(lambda s: policy_ops.add_rule(s, rule))
+        return controller.change(policy_ops.Edit("add_rule", rule))
 
     return call
 

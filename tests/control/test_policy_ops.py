@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import pytest
+from pydantic import ValidationError
 
 from control import policy_ops as ops
 from control.errors import AlreadyExists, GenerationMismatch, InUse, InvalidArgument, NotFound
@@ -82,3 +86,124 @@ def test_diff_orders_numbers_as_numbers():
     old = Policy()
     new = Policy.model_validate({"acl": [{"id": i, "action": "deny"} for i in (10, 9, 100)]})
     assert ops.diff(old, new).acl.added == [9, 10, 100]
+
+
+# --- validated once: an edit keeps the instances it does not touch, and is still never laxer ---
+
+
+def _random_edit(rng: random.Random) -> tuple[str, Any]:
+    """An edit and its argument, as a plain value: valid or not, taken or not."""
+    op = rng.choice(["add_rule", "delete_rule", "add_tunnel", "delete_tunnel", "add_chain", "delete_chain",
+                     "attach", "detach"])
+    if op == "add_rule":
+        return op, {"id": rng.randint(1, 6), "action": rng.choice(["allow", "deny"]),
+                    "match": rng.choice([{}, {"src": f"10.{rng.randint(0, 3)}.0.0/16"},
+                                         {"dst": "2001:db8::/32", "protocol": "tcp", "dport": 443}])}
+    if op in ("delete_rule", "delete_tunnel"):
+        return op, rng.randint(1, 6)
+    if op == "add_tunnel":
+        return op, {"vni": rng.randint(1, 6)}
+    if op == "add_chain":
+        n = rng.randint(1, 4)
+        return op, {"name": f"c{n}", "forward": {"interfaces": [f"eth{rng.randint(0, 2)}"],
+                                                 "mark": rng.randint(1, 4), "table": 1000 + rng.randint(1, 4),
+                                                 "nexthops": [{"via": "10.9.0.2"}]}}
+    if op == "delete_chain":
+        return op, f"c{rng.randint(1, 4)}"
+    return op, f"eth{rng.randint(0, 2)}"
+
+
+_LISTS = {"rule": ("acl", "id"), "tunnel": ("tunnels", "vni"), "chain": ("chains", "name")}
+
+
+def _naive(state: DesiredState, op: str, arg: Any) -> dict[str, Any]:
+    """What the edit means, on the state's plain dump (for a full validation from scratch)."""
+    data = state.model_dump(mode="json")
+    if op in ("attach", "detach"):
+        names = [i["name"] for i in data["interfaces"]]
+        if op == "attach":
+            data["interfaces"].append({"name": arg})
+        elif arg in names:
+            data["interfaces"].pop(names.index(arg))
+        return data
+    verb, what = op.split("_")
+    name, key = _LISTS[what]
+    if verb == "add":
+        data["policy"][name].append(arg)
+    else:
+        data["policy"][name] = [x for x in data["policy"][name] if x[key] != arg]
+    return data
+
+
+def _edit(state: DesiredState, op: str, arg: Any) -> DesiredState:
+    if op == "attach":
+        return ops.attach(state, Interface(name=arg))
+    if op == "detach":
+        return ops.detach(state, arg)
+    model = {"add_rule": AclRule, "add_tunnel": Tunnel, "add_chain": ServiceChain}.get(op)
+    return ops.Edit(op, model.model_validate(arg) if model else arg)(state)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_an_edit_is_valid_exactly_when_the_whole_state_is(seed):
+    """Every edit's result is what validating the whole edited state from scratch gives, and an
+    edit is refused whenever that validation (or the edit's own check) refuses it."""
+    rng = random.Random(seed)
+    state = DesiredState()
+    applied = 0
+    for _ in range(60):
+        op, arg = _random_edit(rng)
+        try:
+            whole = DesiredState.model_validate(_naive(state, op, arg))
+        except ValidationError:
+            whole = None
+        try:
+            new = _edit(state, op, arg)
+        except (InvalidArgument, AlreadyExists, NotFound, InUse):
+            continue  # refused: fine whatever the whole validation says (a duplicate, a missing key)
+        assert whole is not None, f"{op} {arg} was accepted, a full validation refuses it"
+        assert new == whole
+        assert DesiredState.model_validate_json(new.model_dump_json()) == new
+        untouched = {id(r) for r in state.policy.acl} & {id(r) for r in new.policy.acl}
+        assert len(untouched) >= len(state.policy.acl) - 1, "the rules an edit keeps are the same objects"
+        state = new
+        applied += 1
+    assert applied > 10
+
+
+def test_a_duplicate_slipped_past_the_edit_is_still_refused():
+    """The cross-field checks run on every edit, not only the edit's own lookup."""
+    state = _base()
+    with pytest.raises(InvalidArgument, match="id 1 is used by both"):
+        ops._edit_list(state, "acl", [*state.policy.acl, AclRule(id=1, action="allow")])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_replay_is_the_edits_one_after_another(seed):
+    rng = random.Random(seed)
+    state, edits = _base(), []
+    for _ in range(40):
+        op, arg = _random_edit(rng)
+        if op in ("attach", "detach"):
+            continue
+        try:
+            new = _edit(state, op, arg)
+        except (InvalidArgument, AlreadyExists, NotFound, InUse):
+            continue
+        edit = ops.Edit.from_record(ops.Edit(op, new.policy.acl[-1] if op == "add_rule" else
+                                             _edit_arg(op, arg)).record())
+        edits.append(edit)
+        state = new
+    assert ops.replay(_base(), edits) == state
+
+
+def _edit_arg(op: str, arg: Any) -> Any:
+    model = {"add_tunnel": Tunnel, "add_chain": ServiceChain}.get(op)
+    return model.model_validate(arg) if model else arg
+
+
+def test_replay_refuses_what_a_single_edit_refuses():
+    with pytest.raises(NotFound):
+        ops.replay(_base(), [ops.Edit("delete_rule", 9)])
+    with pytest.raises(AlreadyExists):
+        ops.replay(_base(), [ops.Edit("add_rule", AclRule(id=1, action="allow"))])

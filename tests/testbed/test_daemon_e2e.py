@@ -276,6 +276,32 @@ def test_per_rule_counters_survive_a_daemon_restart(daemon, topo, policy):
     assert after.leg(c.CHAIN, "forward") >= before.leg(c.CHAIN, "forward")
 
 
+def test_single_edits_survive_a_daemon_crash(daemon, topo, policy):
+    """AddAclRule/DeleteAclRule/AddTunnel are journaled (not a rewrite of the whole state): a
+    SIGKILLed daemon restarts into exactly the policy and generation it acknowledged."""
+    add = [pb2.AclRule(id=9000 + i, priority=50 + i, action=pb2.ACTION_DENY,
+                       match=pb2.Match(src=f"192.0.2.{16 * i}/28", protocol=pb2.PROTOCOL_UDP,
+                                       dport=pb2.PortRange(low=53, high=53)))
+           for i in range(3)]
+    for rule in add:
+        daemon.policy.AddAclRule(pb2.AddAclRuleRequest(rule=rule), timeout=RPC_TIMEOUT)
+    daemon.policy.DeleteAclRule(pb2.DeleteAclRuleRequest(id=9001), timeout=RPC_TIMEOUT)
+    daemon.policy.AddTunnel(pb2.AddTunnelRequest(tunnel=pb2.Tunnel(vni=4242)), timeout=RPC_TIMEOUT)
+    before, generation = current_policy(daemon)
+    assert [r.id for r in before.acl][-2:] == [9000, 9002] and 4242 in [t.vni for t in before.tunnels]
+    assert (daemon.state_dir / "desired-state.journal").exists(), "the edits were journaled"
+
+    daemon.kill(signal.SIGKILL)
+    daemon.start(detach_on_exit=False)
+    assert current_policy(daemon) == (before, generation)
+    daemon.policy.DeleteAclRule(pb2.DeleteAclRuleRequest(id=9000), timeout=RPC_TIMEOUT)  # and it goes on
+    after, generation_after = current_policy(daemon)
+    daemon.kill(signal.SIGKILL)
+    daemon.start(detach_on_exit=False)
+    assert current_policy(daemon) == (after, generation + 1) == (after, generation_after)
+    assert 9000 not in [r.id for r in after.acl]
+
+
 # --- 6. bad input is refused, the daemon stays ----------------------------------------------------
 
 
