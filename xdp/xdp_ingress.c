@@ -43,6 +43,9 @@ static __always_inline __u32 tg_decap(struct xdp_md *ctx, const struct tg_config
 
 	if (bpf_xdp_adjust_head(ctx, ti->outer_len))
 		return TG_REASON_DROP_DECAP_FAILED;
+	/* Bytes past the outer UDP payload (its length says so) are not part of the inner frame. */
+	if (outer_bytes > ti->payload_end && bpf_xdp_adjust_tail(ctx, -(int)(outer_bytes - ti->payload_end)))
+		return TG_REASON_DROP_DECAP_FAILED;
 	tg_count(tunnel_stats.lookup(&ti->vni), outer_bytes);
 	tg_count_event(ti->type == TG_TUNNEL_VXLAN ? TG_EVENT_DECAP_VXLAN : TG_EVENT_DECAP_GENEVE);
 

@@ -63,6 +63,7 @@ class Tuple5:
     proto: int = 0
     dport: int = 0
     l4_present: bool = True
+    l3_end: int = 0  # where the IP datagram ends in the frame
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def _parse_ipv4(buf: bytes, off: int, t: Tuple5) -> int:
     if tot_len < ihl * 4:
         raise Stop(R.DROP_MALFORMED)
     _need(buf, off + tot_len)  # the frame must hold the datagram its header announces
+    t.l3_end = off + tot_len
     t.family, t.proto = 4, buf[off + 9]
     t.src = ipaddress.IPv4Address(buf[off + 12:off + 16])
     t.dst = ipaddress.IPv4Address(buf[off + 16:off + 20])
@@ -122,7 +124,8 @@ def _parse_ipv6(buf: bytes, off: int, t: Tuple5) -> int:
     _need(buf, off + IPV6_HLEN)
     if buf[off] >> 4 != 6:
         raise Stop(R.DROP_MALFORMED)
-    _need(buf, off + IPV6_HLEN + struct.unpack_from("!H", buf, off + 4)[0])
+    t.l3_end = off + IPV6_HLEN + struct.unpack_from("!H", buf, off + 4)[0]
+    _need(buf, t.l3_end)
     t.family, t.l4_present = 6, True
     t.src = ipaddress.IPv6Address(buf[off + 8:off + 24])
     t.dst = ipaddress.IPv6Address(buf[off + 24:off + 40])
@@ -172,6 +175,7 @@ class _Tunnel:
     kind: str = ""  # "vxlan" / "geneve"
     vni: int = 0
     outer_len: int = 0  # 0: not decapped
+    payload_end: int = 0  # end of the outer UDP payload: the inner frame ends there
 
 
 def _admit(setup: Setup, tun: _Tunnel, ev: Counter[abi.Event]) -> bool:
@@ -197,10 +201,25 @@ def _geneve_options(buf: bytes, pos: int, opts_len: int) -> int:
     return pos + opts_len
 
 
+def _udp_payload_end(buf: bytes, pos: int, t: Tuple5) -> int:
+    """The UDP length bounds the tunnel payload, as the UDP stack bounds a datagram."""
+    ulen = struct.unpack_from("!H", buf, pos - 4)[0]
+    if ulen < 8:
+        raise Stop(R.DROP_MALFORMED)
+    if pos - 8 + ulen > t.l3_end:
+        raise Stop(R.DROP_TRUNCATED)
+    return int(pos - 8 + ulen)
+
+
 def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Counter[abi.Event]) -> None:
-    """README "Tunnels": sets tun.outer_len when the packet is to be decapped."""
+    """README "Tunnels": sets tun.outer_len when the packet is to be decapped. Everything read
+    from the tunnel header to the inner Ethernet header must lie inside the UDP payload."""
     if not setup.decap or t.proto != IPPROTO_UDP or not t.l4_present:
         return
+    if t.dport not in (setup.vxlan_port, setup.geneve_port):
+        return
+    tun.payload_end = _udp_payload_end(buf, pos, t)
+    buf = buf[:tun.payload_end]
     if t.dport == setup.vxlan_port:
         _need(buf, pos + TUNNEL_HLEN)
         if not buf[pos] & VXLAN_FLAG_I:
@@ -209,7 +228,7 @@ def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Cou
         if not _admit(setup, tun, ev):
             return
         end = pos + TUNNEL_HLEN
-    elif t.dport == setup.geneve_port:
+    else:
         _need(buf, pos + TUNNEL_HLEN)
         if buf[pos] >> 6:
             raise Stop(R.DROP_GENEVE_VERSION)
@@ -222,8 +241,6 @@ def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Cou
         if buf[pos + 1] & GENEVE_FLAG_C:
             raise Stop(R.DROP_GENEVE_CRITICAL)
         end = _geneve_options(buf, pos + TUNNEL_HLEN, (buf[pos] & 0x3F) * 4)
-    else:
-        return
     _need(buf, end + ETH_HLEN)
     tun.outer_len = end
 
@@ -246,7 +263,7 @@ def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
     if tun.outer_len:
         x.decapped, x.tunnel_bytes = True, len(buf)
         x.events[E.DECAP_VXLAN if tun.kind == "vxlan" else E.DECAP_GENEVE] += 1
-        inner = bytearray(buf[tun.outer_len:])
+        inner = bytearray(buf[tun.outer_len:tun.payload_end])
         if setup.rewrite_inner_dmac and not inner[0] & 0x01:
             inner[:ETH_ALEN] = setup.if_mac
             x.events[E.INNER_DMAC_REWRITTEN] += 1

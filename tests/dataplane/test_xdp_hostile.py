@@ -324,9 +324,12 @@ UDP_5000 = struct.pack("!HHHH", 40000, 5000, 8, 0)
 TCP_443 = struct.pack("!HHIIBBHHH", 40000, 443, 1, 0, 5 << 4, 0x02, 1024, 0, 0)
 
 
-def _vxlan(inner: bytes, tot_len: int | None = None) -> bytes:
+def _vxlan(inner: bytes, tot_len: int | None = None, udp_len: int | None = None, junk: bytes = b"") -> bytes:
+    """Ethernet/IPv4/UDP/VxLAN (VNI 100) around `inner`; `junk` after the UDP payload but inside
+    the IP datagram."""
     tunnel = struct.pack("!B3xI", 0x08, 100 << 8) + inner
-    return _ipv4(struct.pack("!HHHH", 49152, 4789, 8 + len(tunnel), 0) + tunnel, tot_len=tot_len)
+    ulen = 8 + len(tunnel) if udp_len is None else udp_len
+    return _ipv4(struct.pack("!HHHH", 49152, 4789, ulen, 0) + tunnel + junk, tot_len=tot_len)
 
 
 LENGTH_CASES = [
@@ -342,6 +345,21 @@ LENGTH_CASES = [
     ("inner IPv6 payload length beyond the delivered frame", _vxlan(_ipv6(b"", nexthdr=GRE, payload_len=6)),
      abi.Reason.DROP_TRUNCATED),
     ("a whole tunnelled frame", _vxlan(_ipv4(UDP_5000)), abi.Reason.PASS_DEFAULT),
+    # The UDP length bounds the tunnel payload (the second find: a VxLAN packet whose UDP length
+    # left no room for the tunnel was decapped, though a VTEP's socket receives nothing).
+    ("outer UDP length leaving no room for the VxLAN header", _vxlan(_ipv4(UDP_5000), udp_len=8),
+     abi.Reason.DROP_TRUNCATED),
+    ("outer UDP length ending inside the inner Ethernet header", _vxlan(_ipv4(UDP_5000), udp_len=16 + 13),
+     abi.Reason.DROP_TRUNCATED),
+    ("outer UDP length below its header", _vxlan(_ipv4(UDP_5000), udp_len=7), abi.Reason.DROP_MALFORMED),
+    ("outer UDP length past the IP datagram", _vxlan(_ipv4(UDP_5000), udp_len=200),
+     abi.Reason.DROP_TRUNCATED),
+    ("outer IP datagram ending inside the tunnel", _vxlan(_ipv4(UDP_5000), tot_len=20 + 8 + 8 + 10),
+     abi.Reason.DROP_TRUNCATED),
+    ("bytes past the UDP payload are cut from the inner frame", _vxlan(_ipv4(UDP_5000), junk=b"junk" * 3),
+     abi.Reason.PASS_DEFAULT),
+    ("inner datagram reaching into bytes past the UDP payload",
+     _vxlan(_ipv4(UDP_5000, tot_len=40), junk=bytes(12)), abi.Reason.DROP_TRUNCATED),
 ]
 
 
@@ -349,8 +367,15 @@ LENGTH_CASES = [
 def test_ip_length_fields_are_checked(fuzz_dp, desc, pkt, reason):
     fuzz_dp.apply(BASE)
     assert xdp_expected(pkt, BASE).reason == reason, f"{desc}: the reference disagrees with the table"
-    outcome = check_xdp(fuzz_dp, BASE, pkt)
+    outcome = check_xdp(fuzz_dp, BASE, pkt)  # also: a passed frame is exactly the predicted one
     assert outcome is not None and outcome.reason == reason, desc
+
+
+def test_junk_past_the_udp_payload_is_not_delivered(fuzz_dp):
+    fuzz_dp.apply(BASE)
+    inner = _ipv4(UDP_5000)
+    v = fuzz_dp.dp.run_xdp(_vxlan(inner, junk=b"junk"))
+    assert v.data == IF_MAC + inner[6:]
 
 
 def test_tc_does_not_classify_a_datagram_longer_than_its_frame(fuzz_dp):

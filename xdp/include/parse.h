@@ -50,6 +50,7 @@ struct tg_cursor {
 	void *end;   /* end of the bytes the program can read */
 	void *frame; /* start of the frame */
 	__u32 len;   /* bytes in the whole frame: past `end` in a non-linear skb (TC) */
+	__u32 l3_end; /* where the IP datagram ends, from `frame`, once its header is parsed */
 };
 
 static __always_inline void tg_cursor_init(struct tg_cursor *c, void *data, void *data_end, __u32 len)
@@ -58,14 +59,20 @@ static __always_inline void tg_cursor_init(struct tg_cursor *c, void *data, void
 	c->end = data_end;
 	c->frame = data;
 	c->len = len;
+	c->l3_end = 0;
 }
 
 /* The frame must hold the whole datagram its IP header announces (l3_len bytes from l3): the
  * stack drops a frame shorter than that (ip_rcv/ipv6_rcv: truncated) and trims bytes past it,
  * so a parser reading past it would judge, or decapsulate, bytes no one will receive. */
-static __always_inline int tg_ip_fits(const struct tg_cursor *c, void *l3, __u32 l3_len)
+static __always_inline int tg_ip_fits(struct tg_cursor *c, void *l3, __u32 l3_len)
 {
-	return (__u64)(l3 - c->frame) + l3_len <= c->len;
+	__u64 l3_end = (__u64)(l3 - c->frame) + l3_len;
+
+	if (l3_end > c->len)
+		return 0;
+	c->l3_end = l3_end;
+	return 1;
 }
 
 /* What the ACL and classifiers match on. IPv4 addresses fill the first 4 of 16 bytes. */

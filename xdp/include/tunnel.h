@@ -2,7 +2,9 @@
 /*
  * VxLAN (RFC 7348) and Geneve (RFC 8926) recognition. tg_tunnel_inspect() reads the tunnel
  * header behind an outer UDP header and decides: not a tunnel, decap, leave alone, or drop.
- * The caller strips ti->outer_len bytes with bpf_xdp_adjust_head.
+ * The caller strips ti->outer_len bytes with bpf_xdp_adjust_head and ends the inner frame where
+ * the UDP payload ends (ti->payload_end), as a VTEP's UDP socket would receive it: every tunnel
+ * byte read, up to and including the inner Ethernet header, must lie inside that payload.
  */
 #ifndef TG_TUNNEL_H
 #define TG_TUNNEL_H
@@ -56,6 +58,7 @@ enum tg_tun_result {
 struct tg_tunnel_info {
 	__u32 vni;
 	__u32 outer_len;
+	__u32 payload_end; /* end of the outer UDP payload, from the frame's start */
 	__u32 reason; /* enum tg_reason, for TG_TUN_DROP */
 	__u32 event;  /* enum tg_event, for TG_TUN_LEAVE */
 	__u8 type;    /* enum tg_tunnel_type */
@@ -88,10 +91,35 @@ static __always_inline int tg_drop(struct tg_tunnel_info *ti, __u32 reason)
 	return TG_TUN_DROP;
 }
 
+/* n bytes at p lie inside the outer UDP payload (checked besides c->end, which the verifier needs). */
+static __always_inline int tg_in_payload(const struct tg_cursor *c, void *p, __u32 n,
+					 const struct tg_tunnel_info *ti)
+{
+	return (__u64)(p - c->frame) + n <= ti->payload_end;
+}
+
+/* The UDP length bounds the tunnel payload, as udp_rcv() bounds what a socket receives: it must
+ * cover the UDP header and fit in the IP datagram. c points just past the UDP header. */
+static __always_inline int tg_udp_payload(struct tg_cursor *c, struct tg_tunnel_info *ti)
+{
+	struct udphdr *udp = c->pos - sizeof(*udp);
+	__u32 ulen;
+
+	if ((void *)(udp + 1) > c->end)
+		return tg_drop(ti, TG_REASON_DROP_TRUNCATED); /* parsed already: for the verifier */
+	ulen = bpf_ntohs(udp->len);
+	if (ulen < sizeof(*udp))
+		return tg_drop(ti, TG_REASON_DROP_MALFORMED);
+	if ((__u64)((void *)udp - c->frame) + ulen > c->l3_end)
+		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+	ti->payload_end = ((void *)udp - c->frame) + ulen;
+	return TG_TUN_DECAP;
+}
+
 /* The inner Ethernet header must be there before we promise a decap. */
 static __always_inline int tg_tunnel_finish(struct tg_cursor *c, void *frame, struct tg_tunnel_info *ti)
 {
-	if (c->pos + sizeof(struct ethhdr) > c->end)
+	if (c->pos + sizeof(struct ethhdr) > c->end || !tg_in_payload(c, c->pos, sizeof(struct ethhdr), ti))
 		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
 	ti->outer_len = c->pos - frame;
 	return TG_TUN_DECAP;
@@ -103,7 +131,7 @@ static __always_inline int tg_vxlan_inspect(struct tg_cursor *c, void *frame, co
 	struct tg_vxlanhdr *vx = c->pos;
 	int rc;
 
-	if ((void *)(vx + 1) > c->end)
+	if ((void *)(vx + 1) > c->end || !tg_in_payload(c, vx, sizeof(*vx), ti))
 		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
 	if (!(vx->flags & TG_VXLAN_FLAG_I))
 		return tg_drop(ti, TG_REASON_DROP_MALFORMED);
@@ -123,7 +151,7 @@ static __always_inline int tg_geneve_options(struct tg_cursor *c, __u32 opts_len
 	__u32 off = 0;
 	int i;
 
-	if (opts + opts_len > c->end)
+	if (opts + opts_len > c->end || !tg_in_payload(c, opts, opts_len, ti))
 		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
 	for (i = 0; i < TG_GENEVE_OPTS_MAX; i++) {
 		struct tg_geneve_opt *opt;
@@ -151,7 +179,7 @@ static __always_inline int tg_geneve_inspect(struct tg_cursor *c, void *frame, c
 	__u32 opts_len;
 	int rc;
 
-	if ((void *)(gh + 1) > c->end)
+	if ((void *)(gh + 1) > c->end || !tg_in_payload(c, gh, sizeof(*gh), ti))
 		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
 	if (gh->ver_optlen >> TG_GENEVE_VERSION_SHIFT)
 		return tg_drop(ti, TG_REASON_DROP_GENEVE_VERSION);
@@ -182,11 +210,13 @@ static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, void *frame, c
 {
 	if (!(cfg->flags & TG_CFG_F_DECAP) || t->proto != IPPROTO_UDP || !t->l4_present)
 		return TG_TUN_NONE;
+	if (t->dport != bpf_htons(cfg->vxlan_port) && t->dport != bpf_htons(cfg->geneve_port))
+		return TG_TUN_NONE;
+	if (tg_udp_payload(c, ti) == TG_TUN_DROP)
+		return TG_TUN_DROP;
 	if (t->dport == bpf_htons(cfg->vxlan_port))
 		return tg_vxlan_inspect(c, frame, cfg, ti);
-	if (t->dport == bpf_htons(cfg->geneve_port))
-		return tg_geneve_inspect(c, frame, cfg, ti);
-	return TG_TUN_NONE;
+	return tg_geneve_inspect(c, frame, cfg, ti);
 }
 
 #endif /* TG_TUNNEL_H */
