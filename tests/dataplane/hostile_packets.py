@@ -252,12 +252,26 @@ def valid_frame(src: Source) -> Frame:
 
 # --- mutations ---------------------------------------------------------------------------------
 
-MUTATIONS = ("none", "bitflip", "boundary", "length", "truncate", "append", "splice")
+MUTATIONS = ("none", "bitflip", "boundary", "length", "truncate", "append", "splice", "insert", "delete")
 
 
-def mutate(src: Source, frame: Frame) -> tuple[bytes, str]:
+@dataclass(frozen=True)
+class Seed:
+    """Bytes to mutate, and where the headers of the frame they came from started."""
+
+    data: bytes
+    boundaries: tuple[int, ...]
+    fields: tuple[tuple[str, int, int], ...]
+
+    @classmethod
+    def of(cls, frame: Frame) -> Seed:
+        return cls(frame.bytes(), tuple(frame.boundaries()), tuple(frame.fields()))
+
+
+def mutate(src: Source, frame: Frame | Seed) -> tuple[bytes, str]:
     """Applies 1-3 mutations; returns the bytes and a description for failure messages."""
-    buf = bytearray(frame.bytes())
+    seed = Seed.of(frame) if isinstance(frame, Frame) else frame
+    buf = bytearray(seed.data)
     done = []
     for _ in range(src.integer(1, 3)):
         kind = src.choice(MUTATIONS)
@@ -266,17 +280,17 @@ def mutate(src: Source, frame: Frame) -> tuple[bytes, str]:
             buf[pos] ^= 1 << src.integer(0, 7)
             done.append(f"bitflip@{pos}")
         elif kind == "boundary" and buf:
-            pos = min(len(buf) - 1, max(0, src.choice(frame.boundaries()) + src.integer(-2, 3)))
+            pos = min(len(buf) - 1, max(0, src.choice(seed.boundaries) + src.integer(-2, 3)))
             buf[pos] = src.choice((0x00, 0xFF, 0x80, 0x01, 0x3F, 0x40, src.integer(0, 255)))
             done.append(f"byte@{pos}={buf[pos]:#x}")
-        elif kind == "length" and frame.fields():
-            name, pos, size = src.choice(frame.fields())
+        elif kind == "length" and seed.fields:
+            name, pos, size = src.choice(seed.fields)
             value = _lie(src, int.from_bytes(buf[pos:pos + size], "big"), size)
             if pos + size <= len(buf):
                 buf[pos:pos + size] = value.to_bytes(size, "big")
                 done.append(f"{name}={value:#x}")
         elif kind == "truncate":
-            n = src.choice((src.integer(0, len(buf)), src.choice(frame.boundaries()) + src.integer(-1, 1)))
+            n = src.choice((src.integer(0, len(buf)), src.choice(seed.boundaries) + src.integer(-1, 1)))
             del buf[max(0, n):]
             done.append(f"cut@{n}")
         elif kind == "append":
@@ -287,6 +301,14 @@ def mutate(src: Source, frame: Frame) -> tuple[bytes, str]:
             chunk = src.blob(6)
             buf[pos:pos + len(chunk)] = chunk
             done.append(f"splice@{pos}")
+        elif kind in ("insert", "delete") and buf:
+            # Shifts every later header: lengths and offsets stop agreeing with the bytes.
+            pos = src.choice((src.integer(0, len(buf)), src.choice(seed.boundaries)))
+            if kind == "insert":
+                buf[pos:pos] = src.blob(8)
+            else:
+                del buf[pos:pos + src.integer(1, 8)]
+            done.append(f"{kind}@{pos}")
     return bytes(buf), ",".join(done) or "none"
 
 

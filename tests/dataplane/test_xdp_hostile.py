@@ -60,7 +60,7 @@ from .hostile_model import (
     tc_expected_mark,
     xdp_expected,
 )
-from .hostile_packets import HypothesisSource, RandomSource, Source, hostile_packet
+from .hostile_packets import HypothesisSource, RandomSource, Seed, Source, hostile_packet, mutate, valid_frame
 from .verdicts import XDP_DROP, XDP_PASS
 
 pytestmark = pytest.mark.root
@@ -102,9 +102,12 @@ class Harness:
         self.setup: Setup | None = None
 
     def configure(self, src: Source) -> Setup:
+        # Now and then the ports move: swapped, shared (VxLAN is tried first), or elsewhere.
+        ports = src.choice(((6081, 4789), (4789, 4789), (8472, 6081))) if src.chance(0.1) else (4789, 6081)
         return self.apply(Setup(default_action=src.choice(("allow", "deny")),
                                 unknown_vni_action=src.choice(("pass", "drop")),
                                 rewrite_inner_dmac=not src.chance(0.2), decap=not src.chance(0.1),
+                                vxlan_port=ports[0], geneve_port=ports[1],
                                 if_mac=IF_MAC, tunnels=TUNNELS, acl=ACL, classifiers=CLASSIFIERS))
 
     def apply(self, setup: Setup) -> Setup:
@@ -112,7 +115,8 @@ class Harness:
             self.dp.configure(RuntimeConfig(default_action=setup.default_action,
                                             unknown_vni_action=setup.unknown_vni_action,
                                             rewrite_inner_dmac=setup.rewrite_inner_dmac,
-                                            decap=setup.decap), if_mac=IF_MAC)
+                                            decap=setup.decap, vxlan_port=setup.vxlan_port,
+                                            geneve_port=setup.geneve_port), if_mac=IF_MAC)
             self.setup = setup
         return setup
 
@@ -137,6 +141,7 @@ def _deltas(before: dict[str, dict[Any, int]], after: dict[str, dict[Any, int]])
 class Outcome:
     reason: Any
     decapped: bool
+    behaviour: tuple[Any, ...]  # what the program did, as far as its counters tell
 
 
 def check_xdp(h: Harness, setup: Setup, pkt: bytes) -> Outcome | None:
@@ -152,7 +157,8 @@ def check_xdp(h: Harness, setup: Setup, pkt: bytes) -> Outcome | None:
     d = _deltas(before, h.snapshot())
     problems = _problems(x, r, d, setup)
     assert not problems, "\n".join(problems)
-    return Outcome(x.reason, x.decapped)
+    behaviour = (x.reason, x.decapped, tuple(sorted(x.events)), x.acl_rule, x.cls_rule, x.policy_event, x.vni)
+    return Outcome(x.reason, x.decapped, behaviour)
 
 
 def _problems(x: Expected, r: Any, d: dict[str, Counter[Any]], setup: Setup) -> list[str]:
@@ -217,9 +223,9 @@ def _describe(pkt: bytes, how: str, setup: Setup) -> str:
            f"{setup.decap=}\npacket {pkt.hex()}"
 
 
-def fuzz_one(h: Harness, src: Source) -> Outcome | None:
+def fuzz_one(h: Harness, src: Source, packet: tuple[bytes, str] | None = None) -> Outcome | None:
     setup = h.configure(src)
-    pkt, how = hostile_packet(src)
+    pkt, how = packet or hostile_packet(src)
     try:
         return check_xdp(h, setup, pkt)
     except AssertionError as err:
@@ -245,6 +251,26 @@ def test_xdp_seeded_random_packets_reach_every_verdict(fuzz_dp):
     unreachable = {abi.Reason.UNSPECIFIED, abi.Reason.DROP_DECAP_FAILED}
     missing = [r.name for r in abi.Reason if r not in unreachable and not seen[r]]
     assert not missing and seen["decapped"], f"never reached: {missing}; seen {dict(seen)}"
+
+
+def test_xdp_coverage_guided(fuzz_dp):
+    """Mutates what was interesting: a mutant that made the program behave in a way not seen
+    before (reason, events, rule, classifier, VNI: read from the counters, which check_xdp has
+    matched against the reference) joins the corpus and is mutated further, so mutations stack
+    up on packets that reached deep into the parsers. BPF has no edge coverage; the counters are
+    the cheap stand-in."""
+    src = RandomSource(SEED + 1)
+    corpus: list[Seed] = []
+    seen: set[tuple[Any, ...]] = set()
+    for _ in range(4 * EXAMPLES):
+        parent = Seed.of(valid_frame(src)) if not corpus or src.chance(0.2) else src.choice(corpus)
+        pkt, how = mutate(src, parent)
+        outcome = fuzz_one(fuzz_dp, src, (pkt, how))
+        if outcome is not None and outcome.behaviour not in seen:
+            seen.add(outcome.behaviour)
+            corpus.append(Seed(pkt, parent.boundaries, parent.fields))
+    print(f"coverage-guided: {len(seen)} behaviours from {4 * EXAMPLES} packets")  # shown with -s
+    assert len(seen) >= min(50, EXAMPLES // 4), f"only {len(seen)} behaviours"
 
 
 # --- TC ------------------------------------------------------------------------------------------
