@@ -32,6 +32,7 @@ from control.event_readers import EventExporter, EventPump, default_reader_facto
 from control.fanout import Fanout
 from control.netlink import NetlinkRouting
 from control.reconcile import Reconciler
+from control.request_guard import RequestGuard
 from control.service import add_services
 from control.state import StateStore
 
@@ -103,7 +104,9 @@ class Daemon:
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
         # every open stream holds a worker: room for the most of them, and the unary calls beside
         workers = WORKERS + stream_service.MAX_WATCHERS + self.traces.max_active
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+        # RequestGuard: undecodable requests and impossible keys are INVALID_ARGUMENT, not INTERNAL
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
+                             interceptors=[RequestGuard()])
         names = add_services(server, self.controller,
                              lambda names: stream_service.delivery(self.fanout, self.pump, names))
         names += stream_service.add_stream_services(server, self.fanout, self.pump, self.traces,

@@ -39,16 +39,37 @@ PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
 _ID = attrgetter("id")
 
 
+SHOWN_MAX = 40  # characters of a refused value quoted back in a message
+
+
+def shown(value: str) -> str:
+    """A refused value as an error message quotes it: repr() (control characters escaped), cut
+    to SHOWN_MAX characters (a message travels in a gRPC trailer of at most 8 KiB)."""
+    if len(value) <= SHOWN_MAX:
+        return repr(value)
+    return f"{value[:SHOWN_MAX]!r}... ({len(value)} characters)"
+
+
+def _no_zone(value: object) -> object:
+    """ipaddress accepts a zone ("fe80::1%eth0", any text after the %), which means nothing in a
+    policy and would carry arbitrary text into the state."""
+    if isinstance(value, str) and "%" in value:
+        raise ValueError(f"{shown(value)}: addresses here take no zone (%...): write it without "
+                         "(a link-local next hop names its interface in dev)")
+    return value
+
+
 def _prefix(value: object) -> object:
     """Says what is wrong with a prefix string; pydantic alone says only "not a valid network"."""
     if isinstance(value, str):
+        _no_zone(value)
         try:
             ipaddress.ip_network(value)
         except ValueError:
             try:
                 network = ipaddress.ip_network(value, strict=False)
             except ValueError:
-                raise ValueError(f"{value!r} is not an IPv4 or IPv6 prefix "
+                raise ValueError(f"{shown(value)} is not an IPv4 or IPv6 prefix "
                                  "(write e.g. 10.0.0.0/8 or 2001:db8::/32)") from None
             raise ValueError(f"{value} has host bits set: write {network}") from None
     return value
@@ -56,7 +77,7 @@ def _prefix(value: object) -> object:
 
 # pydantic's "any" types give one clear message instead of one per family.
 Network = Annotated[IPvAnyNetwork, BeforeValidator(_prefix)]
-Address = IPvAnyAddress
+Address = Annotated[IPvAnyAddress, BeforeValidator(_no_zone)]
 IfName = Annotated[str, Field(pattern=IFNAME_RE)]
 
 

@@ -2,6 +2,7 @@
 
 No policy logic lives here. Error mapping, so clients can rely on codes rather than text:
     invalid input or a state this machine cannot hold -> INVALID_ARGUMENT (field: reason; ...)
+    (and, before a servicer runs, control.request_guard: bytes that do not parse, impossible keys)
     unknown rule/tunnel/chain/interface               -> NOT_FOUND
     duplicate id on an incremental add                -> ALREADY_EXISTS
     detaching an interface a chain still names        -> FAILED_PRECONDITION
@@ -23,8 +24,9 @@ import grpc
 from control import convert, errors, policy_ops
 from control.api import pb2, pb2_grpc
 from control.controller import Controller
-from control.models import DesiredState
+from control.models import DesiredState, ServiceChain
 from control.reconcile import ApplyError, InvalidState, MissingInterface
+from control.request_guard import bounded_details
 from control.state import StateError
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def rpc(method: F) -> F:
             else:
                 log.info("request refused",
                          extra={"rpc": method.__name__, "code": code.name, "error": str(exc)})
-            context.abort(code, str(exc))
+            context.abort(code, bounded_details(str(exc)))
 
     return wrapper  # type: ignore[return-value]
 
@@ -97,7 +99,12 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
     @rpc
     def AttachInterface(self, request: Any, context: grpc.ServicerContext) -> Any:
         iface = convert.validated(convert.interface_from_proto, request.interface, where="interface")
-        state = self.controller.change(lambda s: policy_ops.attach(s, iface))
+        try:
+            state = self.controller.change(lambda s: policy_ops.attach(s, iface))
+        except MissingInterface as exc:  # its path is the state's (interfaces[N].name): name the request's
+            last = f"interfaces[{len(self.controller.read().interfaces)}].name"
+            raise MissingInterface([("interface.name" if path == last else path, reason)
+                                    for path, reason in exc.errors]) from None
         return pb2.AttachInterfaceResponse(interface=self._status(iface.name), generation=state.generation)
 
     @rpc
@@ -109,6 +116,17 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
     def ListInterfaces(self, request: Any, context: grpc.ServicerContext) -> Any:
         names = [i.name for i in self.controller.read().interfaces]
         return pb2.ListInterfacesResponse(interfaces=[self._status(n) for n in names])
+
+
+def require_attached(chains: list[tuple[str, ServiceChain]], attached: set[str]) -> None:
+    """INVALID_ARGUMENT naming each leg interface that is not attached, by its request path (the
+    desired state's own check can name only the state as a whole)."""
+    problems = [(f"{where}.{leg_name}.interfaces[{k}]",
+                 f"{name} is not attached: attach it first (InterfaceService.AttachInterface)")
+                for where, chain in chains for leg_name, leg in chain.legs()
+                for k, name in enumerate(leg.interfaces) if name not in attached]
+    if problems:
+        raise errors.InvalidArgument(problems)
 
 
 def _diff_to_proto(d: policy_ops.PolicyDiff) -> Any:
@@ -128,9 +146,13 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     def _edit(self, edit: Callable[[DesiredState], DesiredState]) -> int:
         return self.controller.change(edit).generation
 
+    def _attached(self) -> set[str]:
+        return {i.name for i in self.controller.read().interfaces}
+
     @rpc
     def ApplyPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
         policy = convert.validated(convert.policy_from_proto, request.policy, where="policy")
+        require_attached([(f"policy.chains[{i}]", c) for i, c in enumerate(policy.chains)], self._attached())
         before = self.controller.read()
         state = self.controller.change(lambda s: policy_ops.with_policy(s, policy),
                                        expected_generation=request.expected_generation,
@@ -180,6 +202,7 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     @rpc
     def AddChain(self, request: Any, context: grpc.ServicerContext) -> Any:
         chain = convert.validated(convert.service_chain_from_proto, request.chain, where="chain")
+        require_attached([("chain", chain)], self._attached())
         return pb2.AddChainResponse(generation=self._edit(policy_ops.Edit("add_chain", chain)))
 
     @rpc

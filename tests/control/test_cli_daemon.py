@@ -203,7 +203,7 @@ def test_status(d: Daemon) -> None:
 def test_attach_refusals(d: Daemon) -> None:
     assert d.refused(1, "attach", IFNAME).startswith("tidegate: ALREADY_EXISTS: interface tgc0 is attached")
     err = d.refused(1, "attach", "nope0")
-    assert err.startswith("tidegate: NOT_FOUND: interfaces[1].name: ") and "nope0" in err
+    assert err.startswith("tidegate: NOT_FOUND: interface.name: ") and "nope0" in err
     assert d.refused(1, "detach", "nope0").startswith("tidegate: NOT_FOUND: interface nope0 is not attached")
     assert [i["name"] for i in d.json("status")["interfaces"]] == [IFNAME]
 
