@@ -32,7 +32,7 @@ IPV6_HLEN = 40
 IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS = 0, 43, 44, 60
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
 IPV6_EXT = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT)
-IPV6_EXT_MAX = 4  # README: "up to 4 extension headers"
+IPV6_EXT_MAX = 6  # README: "up to 6 extension headers"; a longer chain is malformed
 L4_FIXED = {IPPROTO_TCP: 20, IPPROTO_UDP: 8, IPPROTO_SCTP: 4, IPPROTO_ICMP: 4, IPPROTO_ICMPV6: 4}
 PORT_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
 TUNNEL_HLEN = 8  # VxLAN and Geneve fixed headers
@@ -143,6 +143,10 @@ def _parse_ipv6(buf: bytes, off: int, t: Tuple5) -> int:
             length = (buf[pos + 1] + 1) * 8
         _need(buf, pos + length)
         nexthdr, pos = buf[pos], pos + length
+        if not t.l4_present:
+            break  # a non-first fragment: data follows its Fragment header
+    if t.l4_present and nexthdr in IPV6_EXT:
+        raise Stop(R.DROP_MALFORMED)  # the transport header lies past the walk: fail closed
     t.proto = nexthdr
     return pos
 

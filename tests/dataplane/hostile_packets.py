@@ -164,7 +164,7 @@ def _v6(addr: str) -> bytes:
 
 def ipv6(src: Source, proto: int, inner: list[Seg]) -> list[Seg]:
     exts = [src.choice((IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT))
-            for _ in range(src.integer(0, 6) if src.chance(0.3) else 0)]
+            for _ in range(src.integer(0, 8) if src.chance(0.3) else 0)]
     chain: list[Seg] = []
     for ext, nxt in zip(exts, [*exts[1:], proto], strict=False):
         if ext == IPPROTO_FRAGMENT:

@@ -397,6 +397,41 @@ def test_ip_length_fields_are_checked(fuzz_dp, desc, pkt, reason):
     assert outcome is not None and outcome.reason == reason, desc
 
 
+# IPv6 extension header chains: the walk stopped after 4 headers and handed the ACL whatever came
+# next as the protocol, with no ports, so a port rule could be bypassed by padding headers the
+# stack walks through; and after a non-first fragment's Fragment header it read fragment data as
+# headers. HOP, DST, RT, FRAG: the IPv6 extension headers walked.
+HOP, RT, FRAG, DST = 0, 43, 44, 60
+TCP_23 = struct.pack("!HHIIBBHHH", 40000, 23, 1, 0, 5 << 4, 0x02, 1024, 0, 0)
+
+
+def _ext_chain(kinds: list[int], last: int, frag_off: int = 0) -> bytes:
+    """Extension headers of the smallest size (8 bytes each), then the protocol `last`."""
+    out = b""
+    for kind, nxt in zip(kinds, [*kinds[1:], last], strict=True):
+        out += struct.pack("!BBHI", nxt, 0, frag_off, 7) if kind == FRAG else struct.pack("!BB6x", nxt, 0)
+    return out
+
+
+EXT_CASES = [
+    ("TCP/23 behind the longest RFC 8200 chain is judged as TCP/23",
+     _ipv6(_ext_chain([HOP, DST, RT, FRAG, DST], TCP) + TCP_23, nexthdr=HOP), abi.Reason.DROP_DENIED),
+    ("TCP/23 behind 7 destination options headers is not passed unjudged",
+     _ipv6(_ext_chain([DST] * 7, TCP) + TCP_23, nexthdr=DST), abi.Reason.DROP_MALFORMED),
+    ("a non-first fragment's data is not read as headers",
+     _ipv6(_ext_chain([FRAG], DST, frag_off=0x100) + b"\x06\xff" + bytes(14), nexthdr=FRAG),
+     abi.Reason.PASS_DEFAULT),
+]
+
+
+@pytest.mark.parametrize("desc,pkt,reason", EXT_CASES, ids=[c[0] for c in EXT_CASES])
+def test_ipv6_extension_header_chains(fuzz_dp, desc, pkt, reason):
+    fuzz_dp.apply(BASE)
+    assert xdp_expected(pkt, BASE).reason == reason, f"{desc}: the reference disagrees with the table"
+    outcome = check_xdp(fuzz_dp, BASE, pkt)
+    assert outcome is not None and outcome.reason == reason, desc
+
+
 def test_junk_past_the_udp_payload_is_not_delivered(fuzz_dp):
     fuzz_dp.apply(BASE)
     inner = _ipv4(UDP_5000)

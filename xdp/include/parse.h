@@ -26,7 +26,9 @@
 #define TG_TCP_MIN_DOFF 5
 #define TG_ICMP_MIN_LEN 4        /* type, code, checksum: all we read */
 #define TG_IPPROTO_SCTP 132      /* not in every UAPI in.h the headers fallback may ship */
-#define TG_IPV6_EXT_MAX 4        /* extension headers walked before giving up on L4 */
+/* Extension headers walked to find L4: RFC 8200 4.1's order has at most 5 of those we walk
+ * (hop-by-hop, destination, routing, fragment, destination). A longer chain is dropped. */
+#define TG_IPV6_EXT_MAX 6
 #define TG_IPV6_EXT_UNIT 8       /* hdr ext len unit (RFC 8200 4.3) */
 #define TG_IPV6_FRAG_OFFSET_MASK 0xfff8
 #define TG_IPV4_FRAG_OFFSET_MASK 0x1fff
@@ -137,7 +139,8 @@ static __always_inline int tg_ipv6_is_ext(__u8 nexthdr)
 	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT;
 }
 
-/* Walks up to TG_IPV6_EXT_MAX extension headers; returns the L4 protocol. */
+/* Walks up to TG_IPV6_EXT_MAX extension headers; returns the L4 protocol (for a non-first
+ * fragment, the Fragment header's next header: what follows it is data). */
 static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t)
 {
 	struct ipv6hdr *ip6 = c->pos;
@@ -181,7 +184,14 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 			return TG_PARSE_TRUNCATED;
 		nexthdr = ext->nexthdr;
 		c->pos += ext_len;
+		if (!t->l4_present)
+			break;
 	}
+	/* The chain goes on past what we walk. The stack would still find the transport header at
+	 * its end, so passing the packet with protocol and ports unknown to the ACL would let
+	 * padding headers slip past any port rule: fail closed. */
+	if (t->l4_present && tg_ipv6_is_ext(nexthdr))
+		return TG_PARSE_MALFORMED;
 	t->proto = nexthdr;
 	return nexthdr;
 }
