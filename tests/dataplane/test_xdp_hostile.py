@@ -273,6 +273,28 @@ def test_xdp_coverage_guided(fuzz_dp):
     assert len(seen) >= min(50, EXAMPLES // 4), f"only {len(seen)} behaviours"
 
 
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_xdp_repeated_runs_count_every_packet(fuzz_dp, data):
+    """In repeat mode the kernel reruns the program on the same buffer (a decap in one run leaves
+    the next run the inner frame), so only the totals are predictable: the reason counters move
+    by exactly the number of runs, and the last verdict is a drop or a pass."""
+    src = HypothesisSource(data)
+    fuzz_dp.configure(src)
+    pkt, how = hostile_packet(src)
+    repeat = src.integer(2, 16)
+    before = fuzz_dp.dp.maps.reason_counts()
+    try:
+        r = fuzz_dp.dp.run_xdp(pkt, repeat=repeat)
+    except OSError as err:
+        assert err.errno == errno.EINVAL and len(pkt) < ETH_HLEN, f"{err}; {how}; {pkt.hex()}"
+        return
+    after = fuzz_dp.dp.maps.reason_counts()
+    moved = sum(after[k].packets - before[k].packets for k in after)
+    assert moved == repeat, f"{moved} reasons counted for {repeat} runs; {how}; {pkt.hex()}"
+    assert r.action in (XDP_DROP, XDP_PASS), f"action {r.action}; {how}; {pkt.hex()}"
+
+
 # --- TC ------------------------------------------------------------------------------------------
 
 
