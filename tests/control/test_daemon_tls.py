@@ -183,3 +183,16 @@ def test_the_cli_without_a_valid_certificate_is_refused(port: int, pki: Pki, cli
     assert answer.returncode == 3, answer
     assert "UNAVAILABLE" in answer.stderr and "TLS handshake" in answer.stderr, answer.stderr
     assert _policy(port, pki) == before
+
+
+def test_server_only_tls_serves_clients_without_a_certificate(bpf_available: None, pki: Pki) -> None:
+    """`require_client_cert: false`, written out: encrypted, and open to whoever reaches the port
+    (which the daemon logs as a warning)."""
+    tls = {"cert": str(pki.server[0]), "key": str(pki.server[1]), "require_client_cert": False}
+    with Namespace(prefix="tgtls") as ns, \
+            DaemonProcess(ns, listen_tcp={"address": f"{DAEMON_ADDRESS}:{DAEMON_PORT}", "tls": tls}) as d, \
+            TcpForwarder(ns, DAEMON_ADDRESS, DAEMON_PORT) as fwd, _channel(fwd.port, pki, "none") as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                           timeout=RPC_TIMEOUT)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert "TLS without client certificates" in d.log_tail(200)

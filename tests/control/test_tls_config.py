@@ -112,3 +112,12 @@ def test_the_cli_takes_tls_files_from_the_environment(monkeypatch: pytest.Monkey
     assert "TLS handshake" in capsys.readouterr().err
     monkeypatch.setenv("TIDEGATE_SOCKET", "/run/nowhere.sock")  # a Unix socket ignores them
     assert cli.main(["status"]) == cli.EXIT_UNREACHABLE
+
+
+def test_serve_refuses_plaintext_tcp_before_starting(capsys: pytest.CaptureFixture[str],
+                                                     files: dict[str, Path]) -> None:
+    config = files["dir"] / "plaintext.yaml"
+    config.write_text("listen: {tcp: '0.0.0.0:50051'}\n")
+    assert cli.main(["serve", "-c", str(config)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"tidegate: {config}: listen.tcp.tls: TCP is served only with TLS" in err, err
