@@ -68,6 +68,9 @@ def runtime_config(policy: Policy) -> RuntimeConfig:
     return RuntimeConfig(**policy.settings.model_dump())
 
 
+PRUNE_SLACK = 1024  # rules whose translations may outlive them in the cache, besides a quarter
+
+
 class AclTranslations:
     """AclRule -> MatchRule, each rule translated once for as long as it stays in the policy.
 
@@ -85,17 +88,30 @@ class AclTranslations:
 
     def __call__(self, rules: Sequence[AclRule]) -> tuple[MatchRule, ...]:
         ids = list(map(id, rules))
-        new = set(ids).difference(self._match)
-        if new:
-            by_id = dict(zip(ids, rules, strict=True))
-            for key in new:
-                rule = by_id[key]
-                self._rules[key] = rule
-                self._match[key] = acl_match_rule(rule)
+        # An add appends: translate the new rules at the end, then look all up in one C pass.
+        # Rules new elsewhere (a whole policy) make the lookup fail, and all are checked.
+        index = len(rules) - 1
+        while index >= 0 and ids[index] not in self._match:
+            self._add(ids[index], rules[index])
+            index -= 1
+        try:
+            return tuple(map(self._match.__getitem__, ids))
+        except KeyError:
+            pass
+        for key, rule in zip(ids, rules, strict=True):
+            if key not in self._match:
+                self._add(key, rule)
         return tuple(map(self._match.__getitem__, ids))
 
+    def _add(self, key: int, rule: AclRule) -> None:
+        self._rules[key] = rule
+        self._match[key] = acl_match_rule(rule)
+
     def keep_only(self, rules: Sequence[AclRule]) -> None:
-        """Forgets the rules not in `rules` (after a state is applied: the old one is gone)."""
+        """Forgets the rules not in `rules` (after a state is applied: the old one is gone), once
+        they are more than a quarter of it: pruning walks every rule, a one-rule update need not."""
+        if len(self._match) - len(rules) <= len(rules) // 4 + PRUNE_SLACK:
+            return
         for key in self._match.keys() - set(map(id, rules)):
             del self._match[key], self._rules[key]
 

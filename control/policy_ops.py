@@ -56,18 +56,55 @@ def _edit_list(state: DesiredState, name: str, items: list[Any]) -> DesiredState
     return _rebuild(state, policy={**_policy_parts(state.policy), name: items})
 
 
+# Lists whose items nothing else in a state refers to, so that their one cross-field rule is a
+# unique key (Policy's validators): an edit checks that key itself, against an index of the
+# list, and builds the new state from the validated parts as they are (model_construct), in
+# time independent of the list's length bar a copy. Chains are referred to (interfaces, marks,
+# tables): their edits validate the state again.
+_KEYED_ONLY = frozenset({"acl", "tunnels"})
+# name -> (the list last made by an edit, key -> item in list order): the next edit of that
+# state finds its index here instead of walking the list
+_indexes: dict[str, tuple[list[Any], dict[Any, Any]]] = {}
+
+
+def _index(state: DesiredState, name: str, key: Callable[[Any], Any]) -> dict[Any, Any]:
+    items = getattr(state.policy, name)
+    hit = _indexes.get(name)
+    if hit is not None and hit[0] is items:
+        return hit[1]
+    return dict(zip(map(key, items), items, strict=True))
+
+
+def _edited(state: DesiredState, name: str, index: dict[Any, Any]) -> DesiredState:
+    items = list(index.values())  # a dict keeps insertion order: the list's, adds appended
+    if name not in _KEYED_ONLY:
+        return _edit_list(state, name, items)
+    policy = Policy.model_construct(**{**_policy_parts(state.policy), name: items})
+    new = DesiredState.model_construct(generation=state.generation, interfaces=state.interfaces,
+                                       policy=policy)
+    _indexes[name] = (items, index)
+    return new
+
+
 def _add(state: DesiredState, name: str, item: Any, key: Callable[[Any], Any], what: str) -> DesiredState:
-    if key(item) in set(map(key, getattr(state.policy, name))):
+    model = _EDITS[f"add_{_ITEM[name]}"].model
+    if type(item) is not model:  # an item of a state is a validated model, never a dict
+        raise TypeError(f"{what}: expected a {model.__name__}, got {type(item).__name__}")
+    index = _index(state, name, key)
+    if key(item) in index:
         raise AlreadyExists(f"{what} {key(item)} already exists; delete it first or apply a whole policy")
-    return _edit_list(state, name, [*getattr(state.policy, name), item])
+    index = index.copy()
+    index[key(item)] = item
+    return _edited(state, name, index)
 
 
 def _delete(state: DesiredState, name: str, value: Any, key: Callable[[Any], Any], what: str) -> DesiredState:
-    items = getattr(state.policy, name)
-    keys = list(map(key, items))
-    if value not in keys:
+    index = _index(state, name, key)
+    if value not in index:
         raise NotFound(f"{what} {value} does not exist")
-    return _edit_list(state, name, [x for x, k in zip(items, keys, strict=True) if k != value])
+    index = index.copy()
+    del index[value]
+    return _edited(state, name, index)
 
 
 def add_rule(state: DesiredState, rule: AclRule) -> DesiredState:
@@ -117,6 +154,7 @@ class _ListEdit:
     add: bool
 
 
+_ITEM = {"acl": "rule", "tunnels": "tunnel", "chains": "chain"}
 _EDITS = {
     "add_rule": _ListEdit("acl", _RULE_ID, AclRule, True),
     "delete_rule": _ListEdit("acl", _RULE_ID, AclRule, False),

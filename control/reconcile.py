@@ -23,7 +23,7 @@ from dataplane.acl import acl_capacity, cls_capacity
 from dataplane.config import TunnelEntry
 from dataplane.dataplane import Dataplane
 from dataplane.maps import Counter
-from dataplane.matcher import CompiledMatch, compile_rules, empty
+from dataplane.matcher import CompiledMatch, MatchCapacity, MatchRule, compile_rules, empty
 from dataplane.settings import DataplaneSettings
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ class Reconciler:
         self._translations = AclTranslations()  # each rule translated once while it is in the policy
         # The chains the kernel's policy routing was last synced to (None: unknown, sync again).
         self._routed: list[ServiceChain] | None = None
+        # (interface, "acl"/"cls") -> the CompiledMatch written to that table and its rules
+        self._sources: dict[tuple[str, str], tuple[CompiledMatch, tuple[MatchRule, ...]]] = {}
 
     def _intent(self, state: DesiredState, name: str) -> InterfaceIntent:
         return interface_intent(state, name, self._translations)
@@ -116,6 +118,8 @@ class Reconciler:
         self._notify("plane_removing", name, plane)
         del self.planes[name]
         self.intents.pop(name, None)
+        self._sources.pop((name, "acl"), None)
+        self._sources.pop((name, "cls"), None)
         if detach:
             plane.detach()
         else:
@@ -197,12 +201,23 @@ class Reconciler:
         acl_base = plane.acl.current if plane else empty()  # not loaded yet: its tables start empty
         cls_base = plane.classifiers.current if plane else empty()
         try:
-            return _Compiled(intent,
-                             compile_rules(list(intent.acl), acl_base, acl_capacity(caps), "acl"),
-                             compile_rules(list(intent.classifiers), cls_base, cls_capacity(caps), "cls"),
+            return _Compiled(intent, self._compiled(name, "acl", intent.acl, acl_base, acl_capacity(caps)),
+                             self._compiled(name, "cls", intent.classifiers, cls_base, cls_capacity(caps)),
                              acl_base, cls_base)
         except ValueError as exc:
             raise InvalidState([("policy", f"interface {name}: {exc}")]) from exc
+
+    def _compiled(self, name: str, table: str, rules: tuple[MatchRule, ...], base: CompiledMatch,
+                  capacity: MatchCapacity) -> CompiledMatch:
+        """`base` itself when it is what the table holds for these very rules (the classifiers
+        when only ACL rules changed, and the other way round), else the compile against it."""
+        source = self._sources.get((name, table))
+        if source is not None and source[0] is base and source[1] == rules:
+            return base
+        return compile_rules(list(rules), base, capacity, table)
+
+    def _applied(self, name: str, table: str, compiled: CompiledMatch, rules: tuple[MatchRule, ...]) -> None:
+        self._sources[(name, table)] = (compiled, rules)
 
     def _program(self, state: DesiredState, compiled: dict[str, _Compiled] | None) -> None:
         wanted = {i.name: i for i in state.interfaces}
@@ -214,8 +229,12 @@ class Reconciler:
             intent = done.intent
             plane.configure(intent.config)
             _sync_tunnels(plane, intent.tunnels)
-            plane.acl.apply(done.acl)
-            plane.classifiers.apply(done.classifiers)
+            if done.acl is not plane.acl.current:
+                plane.acl.apply(done.acl)
+                self._applied(name, "acl", done.acl, intent.acl)
+            if done.classifiers is not plane.classifiers.current:
+                plane.classifiers.apply(done.classifiers)
+                self._applied(name, "cls", done.classifiers, intent.classifiers)
             if plane.xdp_mode is None or (iface.mode != "auto" and plane.xdp_mode != iface.mode):
                 plane.attach(iface.mode)
             self.intents[name] = intent

@@ -7,6 +7,7 @@ policy into these calls; tests use them directly.
 
 from __future__ import annotations
 
+from functools import cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
@@ -26,9 +27,14 @@ def _net(value: str | Network | None) -> Network | None:
 def acl_rule(rule_id: int, priority: int, action: str = "deny", src: Any = None, dst: Any = None,
              proto: int | None = None, dport: tuple[int, int] | None = None, log: bool = False) -> MatchRule:
     """One ACL rule; action is "allow" or "deny"."""
-    flags = abi.define("TG_RULE_F_LOG") if log else 0
     return MatchRule(rule_id=rule_id, priority=priority, src=_net(src), dst=_net(dst), proto=proto,
-                     dport=dport, payload=(abi.Action[action.upper()], flags))
+                     dport=dport, payload=_acl_payload(action, log))
+
+
+@cache
+def _acl_payload(action: str, log: bool) -> tuple[int, int]:
+    """(action, flags): the same few values for every rule, looked up once."""
+    return (abi.Action[action.upper()], abi.define("TG_RULE_F_LOG") if log else 0)
 
 
 def classifier(classifier_id: int, priority: int, mark: int, src: Any = None, dst: Any = None,

@@ -7,8 +7,10 @@ crash, or twice, is safe; only the expected errno of each step is ignored.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import socket
+import struct
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +20,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 log = logging.getLogger(__name__)
 
 XdpMode = Literal["native", "generic", "auto"]
+# include/uapi/linux/sockios.h, if.h, if_ether.h
+SIOCGIFHWADDR = 0x8927
+IFNAMSIZ, IFREQ_SIZE, ETH_ALEN = 16, 40, 6
 # include/uapi/linux/if_link.h
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
@@ -43,9 +48,14 @@ def ifindex(ifname: str) -> int:
 
 
 def link_mac(ifname: str) -> bytes:
-    with IPRoute() as ipr:
-        link = ipr.link("get", index=ifindex(ifname))[0]
-    return bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
+    """The interface's hardware address (SIOCGIFHWADDR: read on every policy change, so one
+    ioctl rather than a netlink socket and dump)."""
+    ifindex(ifname)  # AttachError for an interface that is not there
+    request = struct.pack(f"{IFNAMSIZ}s{IFREQ_SIZE - IFNAMSIZ}x", ifname.encode())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        answer = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, request)
+    # struct ifreq: the name, then ifr_hwaddr, a struct sockaddr: sa_family (2 bytes), sa_data
+    return answer[IFNAMSIZ + 2:IFNAMSIZ + 2 + ETH_ALEN]
 
 
 def attach_xdp(ifname: str, fn: Any, mode: XdpMode = "auto") -> str:
