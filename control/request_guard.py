@@ -33,7 +33,7 @@ def _encoded_size(text: str) -> int:
 
 def bounded_details(text: str, limit: int = DETAILS_MAX_BYTES) -> str:
     """`text`, or as much of it as fits `limit` bytes once percent-encoded, marked as cut."""
-    if len(text) * 9 <= limit or _encoded_size(text) <= limit:  # 9: a 3-byte character, encoded
+    if len(text) * 12 <= limit or _encoded_size(text) <= limit:  # 12: a 4-byte character, encoded
         return text
     suffix = " ... (message cut)"
     budget, size, cut = limit - len(suffix), 0, 0
@@ -83,7 +83,9 @@ class _Undecodable:
 
 
 def _tolerant(deserialize: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
-    type_name = method.rsplit("/", 1)[-1] + "Request"
+    message_class = getattr(deserialize, "__self__", None)  # deserializers are Message.FromString
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    type_name = descriptor.name if descriptor is not None else method.rsplit("/", 1)[-1] + "Request"
 
     def parse(data: bytes) -> Any:
         try:

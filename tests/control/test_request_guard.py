@@ -76,6 +76,7 @@ def test_a_stream_request_that_does_not_parse_is_invalid_argument(
     with pytest.raises(grpc.RpcError) as info:
         list(watch(b"\xff", timeout=10))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert info.value.details().startswith("request: not a valid HealthCheckRequest message")  # type: ignore[attr-defined]
     ok = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert ok.status == health_pb2.HealthCheckResponse.SERVING
 
