@@ -65,6 +65,11 @@ class Layout:
     def field_size(self, name: str) -> int:
         return self._sizes[name]
 
+    @property
+    def format(self) -> str:
+        """The struct format the rows are packed with (padding as x)."""
+        return self._struct.format
+
     def _struct_format(self, ctype: Any) -> str:
         types = {name: t for name, t, *_ in ctype._fields_}
         order = sorted(range(len(self.fields)), key=lambda i: getattr(ctype, self.fields[i]).offset)

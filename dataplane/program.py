@@ -115,7 +115,11 @@ def compile_program(settings: DataplaneSettings, ifname: str | None = None) -> P
     if pin_dir is not None:
         state = pinned_maps_state(pin_dir)
         if state == "partial":
-            raise PinError(f"{pin_dir} holds only some of the data plane's maps; remove it to start clean")
+            missing = [n for n in map_names() if not (pin_dir / n).exists()]
+            raise PinError(f"{pin_dir} holds only some of the data plane's maps (missing: "
+                           f"{', '.join(missing)}): it was written by a version of Tidegate with other maps, "
+                           f"or half-written. Detach once (`tidegate detach {ifname}`, or remove {pin_dir}) "
+                           "and attach again; the daemon then writes its policy afresh")
         adopted = state == "all"
         if adopted:
             cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')

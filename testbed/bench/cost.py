@@ -7,7 +7,10 @@ repetition of the suite (so the ratios pair side by side):
 - parse only: Tidegate with decap off and no rules, a plain UDP packet;
 - VxLAN decap, Geneve decap with two (non-critical) options: no rules;
 - ACL with N rules (N-1 random realistic rules, testbed.bench.rules, then the probe flow's
-  own deny rule, judged last), the probe packet: three LPM lookups, then XDP_DROP;
+  own deny rule, judged last), the probe packet: one lookup per stage (source, destination,
+  port), then XDP_DROP. A stage is looked up in its fixed-depth form (a source bucket, a class's
+  destination list, an exact port: one hash probe each) once its trie holds enough entries for
+  that to be cheaper, else by walking its LPM trie (README, "ACL");
 - full pipeline: VxLAN decap, the largest ACL (the inner flow allowed by a rule of its own
   among them), 64 classifiers with one matching: XDP_PASS with a mark.
 
@@ -242,15 +245,21 @@ class Bench:
         return net, {k: Value.of(v, "ns") for k, v in direct.items()}, overhead, Value.of(floor, "ns")
 
     def lpm_profile(self) -> Table:
-        t = Table("LPM tries behind the ACL: entries and nodes the probe's lookups visit",
+        t = Table("The probe's lookups behind the ACL: trie entries and the nodes a walk of each trie "
+                  "visits; what the program looks up (a stage served by its fixed-depth form walks no "
+                  "trie node)",
                   ["rules", "acl_src entries", "nodes", "acl_dst entries", "nodes", "acl_port entries",
-                   "nodes", "nodes in all", "compiled and written in (MatchTable.replace)"])
+                   "nodes", "trie nodes walked", "the probe's lookups", "compiled and written in "
+                   "(MatchTable.replace)"])
         for n, h in self.acl.items():
             s, d, p = probe_walks(h.dp.program.table)
+            served = fixed_depth_served(h.dp.program.table, d is not None)
             dst_nodes = d.nodes if d is not None else 0
             dst_entries = d.entries if d is not None else "skipped"
-            total = s.nodes + dst_nodes + p.nodes
-            t.add(n, s.entries, s.nodes, dst_entries, dst_nodes, p.entries, p.nodes, total,
+            stages = [(w, form) for w, form in zip((s, d, p), served, strict=True) if w is not None]
+            walked = sum(w.nodes for w, form in stages if not form)
+            names = " + ".join(form or "trie" for _, form in stages)
+            t.add(n, s.entries, s.nodes, dst_entries, dst_nodes, p.entries, p.nodes, walked, names,
                   Value.of([self.write_seconds[n]], "s"))
         return t
 
@@ -273,6 +282,35 @@ def probe_walks(table: Any) -> tuple[lpm.Walk, lpm.Walk | None, lpm.Walk]:
     port = rules.PROBE_DPORT.to_bytes(2, "big")
     p = lpm.read_trie(port_t).walk(lpm.key_bytes(port_t, set=ruleset, proto=rules.UDP, port=port))
     return s, d, p
+
+def fixed_depth_served(table: Any, with_dst: bool) -> tuple[str, str, str]:
+    """For each stage, the fixed-depth form that serves the probe ("" where its trie does): the
+    form is turned on (match_flags) and holds an element for the probe (dataplane.matcher_layout)."""
+    from dataplane.matcher import KEY_BITS, SET_F_RULESET, Prefix, address_bits
+    from dataplane.matcher_layout import F_DST_LISTS, F_PORT_EXACT, F_SRC_BUCKETS, bucket_key, bucket_of
+    from dataplane.tables import ACL_TABLES
+
+    flags = table("match_flags")
+    use = int(flags[flags.Key(ACL_TABLES.table)].value)
+    s, d, _ = probe_walks(table)
+    bucket = bucket_of(Prefix(address_bits(IPv4Address(rules.PROBE_SRC)), KEY_BITS))
+    buckets = table("acl_src_bucket")
+    bk = buckets.Key()
+    if bucket is not None:
+        bk.family, addr = bucket_key(bucket)
+        bk.addr = type(bk.addr)(*addr)
+    served_src = bool(use & F_SRC_BUCKETS) and bucket is not None and buckets.get(bk) is not None
+    lists = table("acl_dst_list")
+    cls = lists.Key((s.value or 0) & ~SET_F_RULESET)
+    served_dst = with_dst and bool(use & F_DST_LISTS) and lists.get(cls) is not None
+    exact = table("acl_port_exact")
+    ek = exact.Key()
+    ek.set = ((d.value if d is not None else s.value) or 0) & ~SET_F_RULESET
+    ek.proto = rules.UDP
+    ek.port = type(ek.port)(*rules.PROBE_DPORT.to_bytes(2, "big"))
+    served_port = bool(use & F_PORT_EXACT) and exact.get(ek) is not None
+    return ("bucket" if served_src else "", "list" if served_dst else "", "exact" if served_port else "")
+
 
 def run(profile: Profile) -> Section:
     bench = Bench(profile)
@@ -392,23 +430,37 @@ def _segment(lpm_table: Table, net: dict[str, Value], cases: list[Case]) -> str:
     return f"{per(a, b):.1f} ns per node from {a:,} to {b:,} rules, {per(b, c):.1f} from {b:,} to {c:,}"
 
 
+def _int(cell: object) -> int:
+    return int(cell) if isinstance(cell, int | float | str) else 0
+
+
 def _acl_explanation(lpm_table: Table, net: dict[str, Value], acl1: Value, big: Case,
                      cases: list[Case]) -> str:
     small, large = lpm_table.rows[0], lpm_table.rows[-1]
-    slope, intercept = _per_node(lpm_table, net, cases)
     budget = 0.5 * acl1.median
     entries = " / ".join(fmt_cell(large[k]) for k in (1, 3, 5))
-    walked = (f"{small[7]} nodes at 1 rule and {large[7]} at {TARGET_ACL_SIZE:,} rules (acl_src "
-              f"{large[2]}, acl_dst {large[4]}, acl_port {large[6]} nodes over {entries} entries; "
-              "table above)")
-    return (
-        "The program makes the same LPM lookups at every size (three for this probe); what grows is how "
-        f"many trie nodes each one walks. For the probe the kernel's tries are walked through {walked}. "
-        f"Over all sizes the net cost fits {intercept:.0f} ns + {slope:.1f} ns per node visited "
-        f"({_segment(lpm_table, net, cases)}): the cost is the walk itself, a dependent load and a prefix "
-        f"comparison per node, more than cache misses. The 1.5x budget leaves {budget:.0f} ns, about "
-        f"{budget / slope:.0f} more node visits for all three stages, while a binary trie over 100,000 "
-        "random prefixes is about log2(100,000) ≈ 17 nodes deep per stage. No tuning of the writes changes "
-        "that: it needs a lookup structure whose depth does not grow with the rule count (e.g. hash tables "
-        "per prefix length, or a multibit table for the source stage)."
+    tries_alone = sum(_int(large[k]) for k in (2, 4, 6))
+    lookups = (f"At 1 rule the probe's lookups are {small[8]} ({small[7]} trie nodes walked); at "
+               f"{TARGET_ACL_SIZE:,} rules they are {large[8]} ({large[7]} trie nodes walked, where "
+               f"the tries alone, over {entries} entries, would walk {tries_alone}; table above). ")
+    if _int(large[7]) == 0:
+        cost = {c.acl_size: net[c.label].median for c in cases if c.acl_size is not None}
+        larger = {n: v for n, v in cost.items() if n > min(cost)}
+        return lookups + (
+            f"From {min(larger):,} to {max(larger):,} rules the net cost stays between "
+            f"{min(larger.values()):.0f} and {max(larger.values()):.0f} ns: it no longer grows with "
+            f"the rule count. What exceeds the 1.5x budget ({budget:.0f} ns over the 1-rule cost) is "
+            "the price of one hash probe per stage over a walk of a one-node trie, which a policy "
+            "this small still uses because there it is cheaper "
+            f"({net[big.label].median - acl1.median:.0f} ns in all): a lower 1-rule cost, not a "
+            f"higher {TARGET_ACL_SIZE:,}-rule cost."
+        )
+    slope, intercept = _per_node(lpm_table, net, cases)
+    return lookups + (
+        f"Over all sizes the net cost fits {intercept:.0f} ns + {slope:.1f} ns per trie node walked "
+        f"({_segment(lpm_table, net, cases)}): the cost is the walk itself, a dependent load and a "
+        f"prefix comparison per node. The 1.5x budget leaves {budget:.0f} ns, about "
+        f"{budget / slope:.0f} node visits for all three stages: the probe must be served by the "
+        "fixed-depth forms (a bucket holds at most 4 source prefixes, a class list at most 4 "
+        "destinations, an exact entry one port)."
     )

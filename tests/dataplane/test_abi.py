@@ -23,6 +23,12 @@ EXPECTED_LAYOUTS = {
     "acl_dst": (28, ["prefixlen", "set", "family", "addr", "reserved"], 4, None),
     "acl_port": (12, ["prefixlen", "set", "proto", "port", "reserved"], 4, None),
     "acl_rules": (4, None, 8, ["rule_id", "action", "flags", "reserved"]),
+    # The stages' fixed-depth forms (dataplane/matcher_layout.py); a list holds TG_LIST_MAX entries.
+    "acl_src_bucket": (12, ["family", "reserved", "addr"], 168, ["count", "reserved", "entries"]),
+    "acl_dst_list": (4, None, 168, ["count", "reserved", "entries"]),
+    "acl_port_exact": (8, ["set", "proto", "port", "reserved"], 4, None),
+    "match_flags": (4, None, 4, None),
+    "match_hints": (4, None, 8, None),
     "cls_rules": (4, None, 8, ["classifier_id", "mark"]),
     # The ring buffer's Leaf is the record it carries (maps.h, TG_RINGBUF).
     "policy_events": (4, None, 72, ["ts_ns", "ifindex", "rule_id", "vni", "length", "src", "dst", "sport",
@@ -46,6 +52,15 @@ def test_bcc_layout_matches_header(loaded_dataplane, name):
         assert _fields(table.Key) == key_fields
     if leaf_fields:
         assert _fields(leaf) == leaf_fields
+
+
+def test_prefix_list_entries_match_header(loaded_dataplane):
+    leaf = loaded_dataplane.program.table("acl_dst_list").Leaf
+    entry = dict(leaf._fields_)["entries"]
+    assert entry._length_ == abi.define("TG_LIST_MAX")
+    assert ctypes.sizeof(entry._type_) == 40
+    assert _fields(entry._type_) == ["addr_hi", "addr_lo", "mask_hi", "mask_lo", "value", "family",
+                                     "reserved"]
 
 
 def test_every_declared_map_is_loaded(loaded_dataplane):

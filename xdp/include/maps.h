@@ -40,17 +40,31 @@ TG_MAP("percpu_array", __u32, struct tg_counter, event_stats, TG_EVENT_MAX, 0);
 TG_RINGBUF(struct tg_event_record, policy_events, TG_EVENT_RING_PAGES);
 TG_MAP("percpu_array", __u32, struct tg_event_bucket, event_bucket, 1, 0);
 
+/* enum tg_table -> TG_MATCH_F_*: the fixed-depth forms in use (dataplane/matcher_layout.py). */
+TG_MAP("array", __u32, __u32, match_flags, TG_TABLE_MAX, 0);
+/* (table, enum tg_hint, word) -> 64 bits of hints: which buckets and exact ports exist. */
+TG_MAP("array", __u32, __u64, match_hints, TG_TABLE_MAX * TG_HINT_KINDS * TG_HINT_WORDS, 0);
+
 /* ACL: the three match stages, then slot -> rule and slot -> counters. */
 TG_MAP("lpm_trie", struct tg_src_key, __u32, acl_src, TG_ACL_SRC_MAX, TG_NO_PREALLOC);
 TG_MAP("lpm_trie", struct tg_dst_key, __u32, acl_dst, TG_ACL_DST_MAX, TG_NO_PREALLOC);
 TG_MAP("lpm_trie", struct tg_port_key, __u32, acl_port, TG_ACL_PORT_MAX, TG_NO_PREALLOC);
+/* ... and their fixed-depth forms, looked up first when match_flags says so (tidegate_abi.h).
+ * Elements are replaced, never edited in place, and not preallocated so that a reader keeps the
+ * element it found (RCU). */
+TG_MAP("hash", struct tg_bucket_key, struct tg_prefix_list, acl_src_bucket, TG_ACL_SRC_MAX, TG_NO_PREALLOC);
+TG_MAP("hash", __u32, struct tg_prefix_list, acl_dst_list, TG_ACL_DST_MAX, TG_NO_PREALLOC);
+TG_MAP("hash", struct tg_port_exact_key, __u32, acl_port_exact, TG_ACL_PORT_MAX, TG_NO_PREALLOC);
 TG_MAP("array", __u32, struct tg_acl_rule, acl_rules, TG_ACL_RULES_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_counter, acl_rule_stats, TG_ACL_RULES_MAX, 0);
 
-/* Service-chain classifiers: same three stages, slot -> mark. */
+/* Service-chain classifiers: same stages, slot -> mark. */
 TG_MAP("lpm_trie", struct tg_src_key, __u32, cls_src, TG_CLS_SRC_MAX, TG_NO_PREALLOC);
 TG_MAP("lpm_trie", struct tg_dst_key, __u32, cls_dst, TG_CLS_DST_MAX, TG_NO_PREALLOC);
 TG_MAP("lpm_trie", struct tg_port_key, __u32, cls_port, TG_CLS_PORT_MAX, TG_NO_PREALLOC);
+TG_MAP("hash", struct tg_bucket_key, struct tg_prefix_list, cls_src_bucket, TG_CLS_SRC_MAX, TG_NO_PREALLOC);
+TG_MAP("hash", __u32, struct tg_prefix_list, cls_dst_list, TG_CLS_DST_MAX, TG_NO_PREALLOC);
+TG_MAP("hash", struct tg_port_exact_key, __u32, cls_port_exact, TG_CLS_PORT_MAX, TG_NO_PREALLOC);
 TG_MAP("array", __u32, struct tg_cls_rule, cls_rules, TG_CLS_RULES_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_counter, cls_rule_stats, TG_CLS_RULES_MAX, 0);
 

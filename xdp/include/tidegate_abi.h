@@ -33,6 +33,48 @@
 #define TG_PROTO_BITS 8
 #define TG_PORT_BITS 16
 
+/* Fixed-depth forms of the stages, in front of the tries (dataplane/matcher_layout.py derives
+ * them from the trie entries; xdp/include/match.h looks them up first):
+ *   stage 1: a bucket per (family, leading TG_BUCKET_BYTES_V4/_V6 address bytes) holding every
+ *            source prefix inside it, longest first, and the longest one enclosing it;
+ *   stage 2: a list per class of its destination prefixes, longest first;
+ *   stage 3: an exact (ruleset, protocol, port) entry per single-port trie entry.
+ * The tries keep every entry, so either way gives the same answer: a hash probe costs more than
+ * walking a trie of a few entries, and user space turns each form on (match_flags) only once its
+ * trie is large enough. A list holds at most TG_LIST_MAX prefixes; a bucket or class with more
+ * is found in the trie only. */
+#define TG_LIST_MAX 4
+#define TG_BUCKET_LEN 8 /* address bytes of a bucket key */
+#define TG_BUCKET_BYTES_V4 2 /* an IPv4 bucket is a /16 */
+#define TG_BUCKET_BYTES_V6 6 /* an IPv6 bucket is a /48 */
+
+/* Hints in front of the hash probes (match_hints): a bit per 16-bit index, set when some bucket
+ * (or exact-port entry) has that index, so that an address or port no fixed-depth form holds
+ * walks the trie without a probe that must miss. A hint may be set where nothing is (then the
+ * probe misses and the trie answers), never the other way. Index: an IPv4 bucket's two bytes,
+ * an IPv6 bucket's three 16-bit words XORed, a port. Key of the u64 word holding bit i of
+ * (table, kind): ((table * TG_HINT_KINDS) + kind) * TG_HINT_WORDS + i / 64. */
+#define TG_HINT_WORDS 1024 /* 65,536 bits */
+_Static_assert(TG_BUCKET_BYTES_V4 == 2 && TG_BUCKET_BYTES_V6 == 6, "hint indexes (match.h) read these bytes");
+enum tg_hint {
+	TG_HINT_SRC_V4 = 0,
+	TG_HINT_SRC_V6 = 1,
+	TG_HINT_PORT = 2,
+	TG_HINT_KINDS = 3,
+};
+
+/* match_flags (key: enum tg_table): which fixed-depth forms the program looks up. */
+#define TG_MATCH_F_SRC_BUCKETS 0x1
+#define TG_MATCH_F_DST_LISTS 0x2
+#define TG_MATCH_F_PORT_EXACT 0x4
+
+/* The two match structures, each with its own maps (key of match_flags). */
+enum tg_table {
+	TG_TABLE_ACL = 0,
+	TG_TABLE_CLS = 1,
+	TG_TABLE_MAX = 2,
+};
+
 /* "No rule matched" in a stage-3 leaf. */
 #define TG_SLOT_NONE 0xffffffff
 
@@ -206,6 +248,45 @@ struct tg_port_key {
 	__u8 reserved;  /* never inside the prefix */
 };
 _Static_assert(sizeof(struct tg_port_key) == 12, "tg_port_key layout");
+
+/* Stage 3, fixed depth: the slot a single-port trie entry holds, found in one hash probe. */
+struct tg_port_exact_key {
+	__u32 set;     /* ruleset id */
+	__u8 proto;    /* IP protocol */
+	__u8 port[2];  /* destination port, network byte order */
+	__u8 reserved;
+};
+_Static_assert(sizeof(struct tg_port_exact_key) == 8, "tg_port_exact_key layout");
+
+/* Stage 1, fixed depth: the bucket an address falls in. */
+struct tg_bucket_key {
+	__u8 family; /* TG_FAMILY_* */
+	__u8 reserved[3];
+	__u8 addr[TG_BUCKET_LEN]; /* the first TG_BUCKET_BYTES_V4/_V6 address bytes, the rest zero */
+};
+_Static_assert(sizeof(struct tg_bucket_key) == 12, "tg_bucket_key layout");
+
+/* One prefix of a list: an address matches when its bytes, read as two native-order u64 words
+ * (bytes 0-7, 8-15) and masked, equal addr_*; family 0 matches any family (prefix length 0). */
+struct tg_prefix_entry {
+	__u64 addr_hi;
+	__u64 addr_lo;
+	__u64 mask_hi;
+	__u64 mask_lo;
+	__u32 value;  /* what the trie entry holds: class (stage 1) or ruleset (stage 2) */
+	__u8 family;  /* TG_FAMILY_*, 0: any */
+	__u8 reserved[3];
+};
+_Static_assert(sizeof(struct tg_prefix_entry) == 40, "tg_prefix_entry layout");
+
+/* The prefixes of a bucket or a class, longest first: the first that matches is the longest
+ * match. None matching means no entry of that stage covers the address. */
+struct tg_prefix_list {
+	__u32 count; /* entries used, at most TG_LIST_MAX */
+	__u32 reserved;
+	struct tg_prefix_entry entries[TG_LIST_MAX];
+};
+_Static_assert(sizeof(struct tg_prefix_list) == 8 + 40 * TG_LIST_MAX, "tg_prefix_list layout");
 
 /* What an ACL slot means (array index = slot from stage 3). */
 struct tg_acl_rule {
