@@ -34,13 +34,12 @@ class ApplyRecord:
     generation: int       # the generation it tried to apply
 
 
-# A change that allocated more container objects than this has its survivors frozen (gc.freeze)
-# rather than collected: collecting them would walk each one (about 0.1 s per million) for the
-# little cyclic garbage among them, which the next sweep (below) gets.
-FREEZE_ABOVE = 50_000
-# ... and once this many objects were frozen since the last full sweep, the next change ends with
-# one (gc.unfreeze, a full collection, gc.freeze): frozen cyclic garbage stays bounded.
-SWEEP_AFTER_FROZEN = 20_000_000
+# Objects made by changes are frozen (gc.freeze), never walked by a collection again; the little
+# cyclic garbage among them (an exception's traceback, ~30 objects a change) is collected by a
+# full sweep (gc.unfreeze, gc.collect, gc.freeze) once the changes since the last one made as
+# many objects as were alive after it (at least SWEEP_MIN): the collector's own pace, amortised
+# as CPython amortises its full collections, but never in the middle of a change.
+SWEEP_MIN = 1_000_000
 
 
 @contextmanager
@@ -50,10 +49,11 @@ def collector_held() -> Iterator[None]:
     A policy is millions of small objects that live as long as it is applied (models, parsed
     addresses, match rules, compiled keys), none of them garbage. Allocating them triggers the
     collector over and over, each full collection walking everything alive: that was more than
-    half of applying 100,000 rules, and of a one-rule update on top of 10,000. So the collector
-    is off during a change; afterwards what the change made is either collected young (a small
-    change: cheap, proportional to it) or frozen into the permanent generation (a large one),
-    where later collections never walk it again. Refcounting frees frozen objects as usual."""
+    half of applying 100,000 rules, and of a one-rule update on top of 10,000. Even a young
+    collection after a one-rule update walks the 10,000-element containers it made (~3 ms). So
+    the collector is off during a change, and what the change made is frozen into the permanent
+    generation afterwards (O(1)), where collections never walk it. Refcounting frees frozen
+    objects as usual: an old policy replaced is freed at once."""
     if not gc.isenabled():  # nested, or the collector is off anyway
         yield
         return
@@ -72,21 +72,21 @@ def collector_held() -> Iterator[None]:
         gc.enable()
 
 
-_frozen_since_sweep = 0
+_made_since_sweep = 0
+_sweep_after = SWEEP_MIN
 
 
 def _settle() -> None:
-    global _frozen_since_sweep
-    young = gc.get_count()[0]
-    if young <= FREEZE_ABOVE:
-        gc.collect(0)
-        return
-    _frozen_since_sweep += young
-    if _frozen_since_sweep > SWEEP_AFTER_FROZEN:
-        _frozen_since_sweep = 0
+    global _made_since_sweep, _sweep_after
+    _made_since_sweep += gc.get_count()[0]
+    if _made_since_sweep > _sweep_after:
         gc.unfreeze()
         gc.collect()
-    gc.freeze()
+        _made_since_sweep = 0
+        gc.freeze()
+        _sweep_after = max(SWEEP_MIN, gc.get_freeze_count())
+    else:
+        gc.freeze()
 
 
 class Busy(TimeoutError):
