@@ -1,6 +1,7 @@
 """Hostile input to the gRPC API of a real daemon: every RPC of PolicyService and
-InterfaceService gets random and mutated requests (hypothesis), random bytes through a raw
-channel, a 200,000-rule policy and a message over the size limit.
+InterfaceService gets random and mutated requests (hypothesis over the proto fields, and over the
+wire format itself: any field, any varint, negative and above 2^32 included), random and hostile
+bytes through a raw channel, a 200,000-rule policy and a message over the size limit.
 
 Properties, checked after every request:
 - a refusal has a documented code (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
@@ -114,6 +115,14 @@ class Api:
             assert after_policy.generation - before[0].generation in steps, method
         self.assert_serving(method)
         return None
+
+    def keep_attached(self) -> None:
+        """Attaches tgf0 again if a fuzzed request detached it (valid, when no chain used it), so
+        that chains can still be added."""
+        listed = self.daemon.interfaces.ListInterfaces(pb2.ListInterfacesRequest(), timeout=RPC_TIMEOUT)
+        if IFNAME not in [i.name for i in listed.interfaces]:
+            self.daemon.interfaces.AttachInterface(pb2.AttachInterfaceRequest(
+                interface=pb2.Interface(name=IFNAME, mode=pb2.XDP_MODE_GENERIC)), timeout=RPC_TIMEOUT)
 
     def assert_serving(self, method: str) -> None:
         assert self.daemon.serving(), f"the daemon stopped serving after {method}\n{self.daemon.log_tail()}"
@@ -281,6 +290,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize
 @FUZZ
 @given(data=st.data())
 def test_random_requests_are_refused_cleanly_or_applied(api: Api, method: str, data: st.DataObject) -> None:
+    api.keep_attached()
     api.call(method, data.draw(REQUESTS[method], label="request"))
 
 
@@ -300,6 +310,14 @@ def _mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
     return bytes(out)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
+
+
 methods = st.sampled_from(sorted(METHODS))
 edits = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1 << 16), st.integers(0, 255)),
                  min_size=1, max_size=4)
@@ -308,6 +326,7 @@ edits = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1 << 16), st.intege
 @settings(FUZZ, max_examples=RAW_EXAMPLES)
 @given(method=methods, data=st.one_of(st.binary(max_size=64), st.binary(min_size=200, max_size=2000)))
 def test_random_bytes_are_refused_cleanly_or_read_as_a_request(api: Api, method: str, data: bytes) -> None:
+    api.keep_attached()
     api.send(method, data)
 
 
@@ -317,15 +336,8 @@ def test_mutated_requests_are_refused_cleanly_or_applied(api: Api, data: st.Data
                                                          changes: list[tuple[int, int, int]]) -> None:
     method = data.draw(methods.filter(lambda m: m.rsplit("/", 1)[1] not in READS), label="method")
     request = data.draw(REQUESTS[method], label="request")
+    api.keep_attached()
     api.send(method, _mutate(request.SerializeToString(), changes))
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    return bytes(out + bytes([n]))
 
 
 def _nested(depth: int) -> bytes:
@@ -333,6 +345,46 @@ def _nested(depth: int) -> bytes:
     for _ in range(depth):
         data = b"\xfa\x07" + _varint(len(data)) + data  # unknown field 127, length-delimited
     return data
+
+
+# --- the wire itself: any field of the method's message (nested ones included) with any value its
+# wire type can carry: 64-bit varints (negative as int64, above 2^32 in a uint32), any text,
+# fields repeated, given twice or out of order -------------------------------------------------------
+
+WIDE = st.one_of(st.integers(-2**63, 2**64 - 1),
+                 st.sampled_from([-1, -2**31, 0, 1, 2**24, 2**31, 2**32 - 1, 2**32, 2**63, 2**64 - 1]))
+
+
+def _field(number: int, wire_type: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | wire_type) + payload
+
+
+def _wire(descriptor: Any, depth: int = 0) -> st.SearchStrategy[bytes]:
+    """Serialized messages of `descriptor`'s type, built field by field."""
+    fields: list[st.SearchStrategy[bytes]] = []
+    for f in descriptor.fields:
+        if f.type == f.TYPE_MESSAGE:
+            if depth < 4:
+                fields.append(_wire(f.message_type, depth + 1).map(
+                    lambda b, n=f.number: _field(n, 2, _varint(len(b)) + b)))
+        elif f.type == f.TYPE_STRING:
+            fields.append(TEXT.map(lambda t, n=f.number: _field(n, 2, _varint(len(t.encode())) + t.encode())))
+        else:  # uint32, uint64, bool, enums: varints
+            fields.append(WIDE.map(lambda v, n=f.number: _field(n, 0, _varint(v & (2**64 - 1)))))
+    if not fields:
+        return st.just(b"")
+    return st.lists(st.one_of(fields), max_size=6).map(b"".join)
+
+
+WIRE = {method: _wire(request.DESCRIPTOR) for method, (request, _) in METHODS.items()}
+
+
+@settings(FUZZ, max_examples=RAW_EXAMPLES)
+@given(data=st.data())
+def test_any_field_with_any_value_on_the_wire(api: Api, data: st.DataObject) -> None:
+    method = data.draw(methods.filter(lambda m: m.rsplit("/", 1)[1] not in READS), label="method")
+    api.keep_attached()
+    api.send(method, data.draw(WIRE[method], label="bytes"))
 
 
 HOSTILE_BYTES = {
