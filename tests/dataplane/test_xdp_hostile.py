@@ -63,9 +63,9 @@ from .hostile_model import (
 from .hostile_packets import HypothesisSource, RandomSource, Seed, Source, hostile_packet, mutate, valid_frame
 from .verdicts import XDP_DROP, XDP_PASS
 
-pytestmark = pytest.mark.root
-
 EXAMPLES = int(os.environ.get("TIDEGATE_FUZZ_EXAMPLES", "500"))
+# A long run outlasts the suite's per-test timeout: allow a generous 100 ms per example.
+pytestmark = [pytest.mark.root, pytest.mark.timeout(max(300, EXAMPLES // 10 * 4))]
 SEED = int(os.environ.get("TIDEGATE_FUZZ_SEED", "0"))
 TC_ACT_OK = 0
 XDP_ABORTED = 0
@@ -250,7 +250,8 @@ def test_xdp_seeded_random_packets_reach_every_verdict(fuzz_dp):
             seen["decapped"] += outcome.decapped
     unreachable = {abi.Reason.UNSPECIFIED, abi.Reason.DROP_DECAP_FAILED}
     missing = [r.name for r in abi.Reason if r not in unreachable and not seen[r]]
-    assert not missing and seen["decapped"], f"never reached: {missing}; seen {dict(seen)}"
+    if EXAMPLES >= 250:  # a smaller budget may miss a rare verdict by chance
+        assert not missing and seen["decapped"], f"never reached: {missing}; seen {dict(seen)}"
 
 
 def test_xdp_coverage_guided(fuzz_dp):
