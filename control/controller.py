@@ -7,7 +7,6 @@ fails leaves the applied state, the kernel and the file as they were.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -15,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from control.collector import collector_held
 from control.errors import NotFound
 from control.models import DesiredState
 from control.policy_ops import Edit, check_generation
@@ -32,61 +32,6 @@ class ApplyRecord:
     duration_s: float
     finished_unix: float  # time.time() when it ended
     generation: int       # the generation it tried to apply
-
-
-# Objects made by changes are frozen (gc.freeze), never walked by a collection again; the little
-# cyclic garbage among them (an exception's traceback, ~30 objects a change) is collected by a
-# full sweep (gc.unfreeze, gc.collect, gc.freeze) once the changes since the last one made as
-# many objects as were alive after it (at least SWEEP_MIN): the collector's own pace, amortised
-# as CPython amortises its full collections, but never in the middle of a change.
-SWEEP_MIN = 1_000_000
-
-
-@contextmanager
-def collector_held() -> Iterator[None]:
-    """Keeps Python's cyclic garbage collector out of a change.
-
-    A policy is millions of small objects that live as long as it is applied (models, parsed
-    addresses, match rules, compiled keys), none of them garbage. Allocating them triggers the
-    collector over and over, each full collection walking everything alive: that was more than
-    half of applying 100,000 rules, and of a one-rule update on top of 10,000. Even a young
-    collection after a one-rule update walks the 10,000-element containers it made (~3 ms). So
-    the collector is off during a change, and what the change made is frozen into the permanent
-    generation afterwards (O(1)), where collections never walk it. Refcounting frees frozen
-    objects as usual: an old policy replaced is freed at once."""
-    if not gc.isenabled():  # nested, or the collector is off anyway
-        yield
-        return
-    gc.disable()
-    failed = True
-    try:
-        yield
-        failed = False
-    finally:
-        # A failed change is not frozen: the exception's traceback holds its frames, and with
-        # them everything the change built (a refused 10k-rule policy compiled: ~60 MB), in a
-        # cycle that becomes garbage only after the caller handled it; frozen now, it would stay
-        # until a sweep (the soak, testbed.soak, grew the daemon by that much per refused apply).
-        if not failed:
-            _settle()
-        gc.enable()
-
-
-_made_since_sweep = 0
-_sweep_after = SWEEP_MIN
-
-
-def _settle() -> None:
-    global _made_since_sweep, _sweep_after
-    _made_since_sweep += gc.get_count()[0]
-    if _made_since_sweep > _sweep_after:
-        gc.unfreeze()
-        gc.collect()
-        _made_since_sweep = 0
-        gc.freeze()
-        _sweep_after = max(SWEEP_MIN, gc.get_freeze_count())
-    else:
-        gc.freeze()
 
 
 class Busy(TimeoutError):
@@ -122,7 +67,7 @@ class Controller:
 
     def start(self) -> None:
         """Restores the persisted state (adopting pinned maps a previous daemon left)."""
-        with self._lock, collector_held():
+        with collector_held(), self._lock:
             persisted = self.store.load()
             with self._recorded(persisted.generation):
                 self.reconciler.restore(persisted)
@@ -133,7 +78,7 @@ class Controller:
     def change(self, edit: Callable[[DesiredState], DesiredState], expected_generation: int = 0,
                dry_run: bool = False) -> DesiredState:
         """Applies edit(current) and returns the new state (the old one for a dry run)."""
-        with self._lock, collector_held():
+        with collector_held(), self._lock:  # in that order, as ApplyPolicy takes them
             check_generation(self.state, expected_generation)
             new = edit(self.state)
             if dry_run:

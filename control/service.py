@@ -23,6 +23,7 @@ import grpc
 
 from control import convert, errors, policy_ops
 from control.api import pb2, pb2_grpc
+from control.collector import collector_held
 from control.controller import Controller
 from control.models import DesiredState, ServiceChain
 from control.reconcile import ApplyError, InvalidState, MissingInterface
@@ -151,6 +152,10 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
 
     @rpc
     def ApplyPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with collector_held():  # the request's models are the new policy: the collector stays out
+            return self._apply_policy(request)
+
+    def _apply_policy(self, request: Any) -> Any:
         policy = convert.validated(convert.policy_from_proto, request.policy, where="policy")
         require_attached([(f"policy.chains[{i}]", c) for i, c in enumerate(policy.chains)], self._attached())
         before = self.controller.read()

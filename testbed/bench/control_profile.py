@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from control import convert, policy_ops
+from control.collector import collector_held
 from control.controller import Controller
 from control.models import Interface
 from control.netlink import NetlinkRouting
@@ -190,10 +191,11 @@ def _apply_call(controller: Controller, message: Any) -> Callable[[], Any]:
     """What PolicyService.ApplyPolicy does with a request."""
 
     def call() -> Any:
-        policy = convert.policy_from_proto(message)
-        before = controller.read()
-        controller.change(lambda s: policy_ops.with_policy(s, policy))
-        return policy_ops.diff(before.policy, policy)
+        with collector_held():
+            policy = convert.policy_from_proto(message)
+            before = controller.read()
+            controller.change(lambda s: policy_ops.with_policy(s, policy))
+            return policy_ops.diff(before.policy, policy)
 
     return call
 
