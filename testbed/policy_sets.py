@@ -15,10 +15,10 @@ and B, so a swap rewrites most of every stage). For probe i:
       B: 2200+i  deny  src 13.i.0.0/16 dst 10.61.0.1/32 udp 5001   (priority 100)
 
 The probes' sources sort after every filler source (12.x, 13.x > 11.x), so in a batch of
-stage-1 writes ordered by prefix length and then by key their /24 entries come after the
-10,000 filler /24s: were the order wrong, the window in which a probe sees the other set's
-/16 entry without its own /24 one would last the whole filler batch, long enough for the
-traffic to hit it (a test in tests/testbed/test_reliability.py says how this was checked).
+writes ordered by key their entries come after the 10,000 filler ones: were the order wrong,
+the window in which a probe sees one set's entry with the other's would last the whole filler
+batch, long enough for the traffic to hit it (tests/testbed/test_reliability.py says which
+wrong orders were tried, and what the traffic saw).
 
 A alone and B alone both allow the first flow (PASS_ALLOWED) and deny the second
 (DROP_DENIED). A packet judged by a mix gets the other verdict or none:

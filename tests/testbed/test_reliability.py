@@ -10,10 +10,14 @@ B: each allows the `allow*` flows and denies the `deny*` flows, and any mix of t
 them the other way or not at all (see that module). With only test traffic on the link
 (testbed.flow_topology), the verdict counters must move by exactly what was sent.
 
-A mutation check showed the swap test fails when the stage-1 write order is wrong: with the
-planner writing stage-1 entries shortest prefix first (dataplane/matcher_plan.py,
+Mutation checks showed the swap test fails when the write order is wrong. With the planner
+writing stage-1 entries shortest prefix first (dataplane/matcher_plan.py,
 `_by_prefixlen(src_put, False)`), six swaps lost 9-11 packets of every allowed flow and let
-9-11 packets of every denied flow through.
+9-11 packets of every denied flow through (before the fixed-depth forms; since, stage 1 is
+answered by a bucket replaced whole, and that mutation no longer matters). With the source
+buckets written before the stage-2/3 entries they name (dataplane/matcher_layout.py, "put_bucket"
+first in KINDS), six swaps lost 77-80 packets of every allowed flow, let 6-8 of every denied
+flow through and counted 1,147 DROP_DEFAULT.
 """
 
 from __future__ import annotations
