@@ -13,8 +13,9 @@ What refcounting cannot free is cyclic garbage, a few dozen objects a change (tr
 closures). A full sweep (gc.unfreeze, gc.collect, gc.freeze) collects it once the changes since
 the last sweep made as many objects as were alive after it (at least SWEEP_MIN): the pace at
 which CPython runs its own full collections. The sweep walks everything, up to a second for a
-100,000-rule policy, so it never runs inside a change: it waits until no change has started for
-SWEEP_IDLE_S, in a timer thread, and a change that starts meanwhile waits for it.
+100,000-rule policy, so it never runs inside a change: it waits until no change has run for
+SWEEP_IDLE_S (so that the last one's answer is sent first), in a timer thread, and a change
+that starts meanwhile waits for it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def collector_held() -> Iterator[None]:
             if not failed:
                 _settle()
             gc.enable()
+            _last_change = time.monotonic()  # idle counts from the end: its answer is still to send
 
 
 def _settle() -> None:
