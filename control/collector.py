@@ -9,8 +9,10 @@ the request around it) runs with the collector off, and what it made is frozen i
 permanent generation afterwards (gc.freeze, O(1)), where collections never walk it. Refcounting
 frees frozen objects as usual: an old policy replaced is freed at once.
 
-What refcounting cannot free is cyclic garbage, a few dozen objects a change (tracebacks,
-closures). A full sweep (gc.unfreeze, gc.collect, gc.freeze) collects it once the changes since
+What refcounting cannot free is cyclic garbage: a few dozen objects a successful change
+(tracebacks, closures), and all that a failed change built (its traceback holds it), which is
+not frozen but collected before the next change freezes anything. A full sweep (gc.unfreeze,
+gc.collect, gc.freeze) collects the rest once the changes since
 the last sweep made as many objects as were alive after it (at least SWEEP_MIN): the pace at
 which CPython runs its own full collections. The sweep walks everything, up to a second for a
 100,000-rule policy, so it never runs inside a change: it waits until no change has run for
@@ -37,17 +39,19 @@ _made_since_sweep = 0
 _sweep_after = SWEEP_MIN
 _last_change = 0.0
 _timer: threading.Timer | None = None
+_failed_garbage = False  # a change failed since the last collection of the unfrozen generations
 
 
 @contextmanager
 def collector_held() -> Iterator[None]:
     """Runs the block with the collector off; freezes what it made when it succeeds."""
-    global _last_change
+    global _last_change, _failed_garbage
     with _lock:
         _last_change = time.monotonic()
         if not gc.isenabled():  # nested, or the collector is off anyway
             yield
             return
+        _collect_failed()
         gc.disable()
         failed = True
         try:
@@ -61,6 +65,9 @@ def collector_held() -> Iterator[None]:
             # refused apply).
             if not failed:
                 _settle()
+            else:
+                _failed_garbage = True
+                _schedule(SWEEP_IDLE_S)
             gc.enable()
             _last_change = time.monotonic()  # idle counts from the end: its answer is still to send
 
@@ -91,7 +98,20 @@ def _sweep_when_idle() -> None:
         if idle < SWEEP_IDLE_S:
             _schedule(SWEEP_IDLE_S - idle)
             return
-        sweep()
+        _collect_failed()
+        if sweep_due():
+            sweep()
+
+
+def _collect_failed() -> None:
+    """What a failed change built is garbage once its caller has handled the exception, in a
+    cycle with the traceback; the next freeze would keep it for good (~60 MB for a refused
+    10k-rule apply), so it is collected first: when idle, or else as the next change starts.
+    The collection walks the unfrozen objects only, i.e. about what the failed change made."""
+    global _failed_garbage
+    if _failed_garbage:
+        _failed_garbage = False
+        gc.collect()
 
 
 def sweep() -> int:

@@ -66,3 +66,15 @@ def test_cyclic_garbage_of_changes_is_swept_once_idle(monkeypatch: pytest.Monkey
         time.sleep(0.05)  # the sweep runs in a timer thread: until it is done
     assert ref() is None, "the sweep collected the cycle once no change ran"
     assert not collector.sweep_due() and len(kept) == 100
+
+
+def test_what_a_failed_change_built_is_collected_before_the_next_change_freezes_it(monkeypatch):
+    monkeypatch.setattr(collector, "SWEEP_IDLE_S", 60.0)  # no idle time: the next change must do it
+    with pytest.raises(RuntimeError), collector.collector_held():
+        node = Node()
+        ref = weakref.ref(node)
+        del node
+        raise RuntimeError("refused")
+    with collector.collector_held():  # the next change, once the failure was handled
+        assert ref() is None, "collected before anything was frozen"
+    assert ref() is None
