@@ -65,10 +65,12 @@ TunnelType = _int_enum("tg_tunnel_type", "TG_TUNNEL_", "TunnelType")
 REASON_MAX = enums()["tg_reason"]["TG_REASON_MAX"]
 EVENT_MAX = enums()["tg_event"]["TG_EVENT_MAX"]
 FIRST_DROP_REASON = enums()["tg_reason"]["TG_REASON_DROP_MALFORMED"]
+LAST_DROP_REASON = enums()["tg_reason"]["TG_REASON_DROP_DECAP_FAILED"]
 SLOT_NONE = define("TG_SLOT_NONE")
 META_MAGIC = define("TG_META_MAGIC")
 
 
 def is_drop(reason: int) -> bool:
-    """Mirrors the XDP program's exit: reasons from DROP_MALFORMED on are drops."""
-    return reason >= FIRST_DROP_REASON
+    """Mirrors the XDP program's exit (TG_REASON_IS_DROP): DROP_MALFORMED .. DROP_DECAP_FAILED
+    drop; the reasons after them (PASS_TUNNEL_NOT_IP) pass."""
+    return FIRST_DROP_REASON <= reason <= LAST_DROP_REASON

@@ -13,8 +13,9 @@
 #include "match.h"
 #include "parse.h"
 
-/* Enough linear bytes for Ethernet + IPv6 with extension headers + L4 ports. */
-#define TG_TC_PULL_LEN 128
+/* Enough linear bytes for Ethernet + IPv6 with extension headers + L4 ports (128), plus the
+ * 2 VLAN tags the parser looks through (8). */
+#define TG_TC_PULL_LEN 136
 
 static __always_inline __u32 tg_tc_classify(struct __sk_buff *skb)
 {
@@ -25,7 +26,9 @@ static __always_inline __u32 tg_tc_classify(struct __sk_buff *skb)
 
 	bpf_skb_pull_data(skb, skb->len < TG_TC_PULL_LEN ? skb->len : TG_TC_PULL_LEN);
 	tg_cursor_init(&c, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len);
-	proto = tg_parse_eth(&c, &eth);
+	/* VLAN offload (or the stack's own untagging) moves the outer tag to skb->vlan_tci: the data
+	 * then starts with the ethertype behind it, and that tag counts against the XDP limit. */
+	proto = tg_parse_l2(&c, &eth, skb->vlan_present ? TG_VLAN_MAX - 1 : TG_VLAN_MAX);
 	if (proto < 0 || !tg_is_ip(proto))
 		return 0;
 	if (tg_parse_ip(&c, proto, &t) < 0)

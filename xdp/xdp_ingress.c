@@ -31,8 +31,8 @@ static __always_inline __u32 tg_parse_reason(int rc)
 	return rc == TG_PARSE_MALFORMED ? TG_REASON_DROP_MALFORMED : TG_REASON_DROP_TRUNCATED;
 }
 
-/* Strips the outer headers and parses the inner frame into *t. Returns a reason on failure
- * (or PASS_NOT_IP for a non-IP inner frame), 0 on success. */
+/* Strips the outer headers and parses the inner frame (Ethernet, VLAN tags, IP) into *t.
+ * Returns a reason on failure, 0 on success. */
 static __always_inline __u32 tg_decap(struct xdp_md *ctx, const struct tg_config *cfg,
 				      struct tg_tunnel_info *ti, struct tg_tuple *t)
 {
@@ -51,12 +51,12 @@ static __always_inline __u32 tg_decap(struct xdp_md *ctx, const struct tg_config
 
 	/* adjust_head invalidated every packet pointer: start over on the inner frame. */
 	tg_cursor_init(&c, (void *)(long)ctx->data, (void *)(long)ctx->data_end, ctx->data_end - ctx->data);
-	proto = tg_parse_eth(&c, &eth);
+	proto = tg_parse_l2(&c, &eth, TG_VLAN_MAX);
 	if (proto < 0)
-		return TG_REASON_DROP_TRUNCATED;
+		return tg_parse_reason(proto);
 	tg_rewrite_inner_dmac(eth, cfg);
 	if (!tg_is_ip(proto))
-		return TG_REASON_PASS_NOT_IP;
+		return TG_REASON_DROP_DECAP_FAILED; /* unreachable: tg_tunnel_finish checked it */
 	__builtin_memset(t, 0, sizeof(*t));
 	rc = tg_parse_ip(&c, proto, t);
 	return rc < 0 ? tg_parse_reason(rc) : 0;
@@ -118,9 +118,9 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 		reason = TG_REASON_PASS_NOT_IP; /* unreachable: an array always has entry 0 */
 		goto out;
 	}
-	proto = tg_parse_eth(&c, &eth);
+	proto = tg_parse_l2(&c, &eth, TG_VLAN_MAX);
 	if (proto < 0) {
-		reason = TG_REASON_DROP_TRUNCATED;
+		reason = tg_parse_reason(proto);
 		goto out;
 	}
 	if (!tg_is_ip(proto)) {
@@ -147,10 +147,13 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 		meta_flags |= TG_META_F_DECAPPED;
 	}
 
+	/* Judged as itself when not decapped: that is what reaches the stack. */
 	reason = tg_acl(&t, cfg, ctx->data_end - ctx->data, &rule);
 	tg_policy_event(ctx, cfg, &t, &rule, reason, ti.vni, meta_flags & TG_META_F_DECAPPED);
 	if (reason == TG_REASON_DROP_DENIED || reason == TG_REASON_DROP_DEFAULT)
 		goto out;
+	if (ti.not_ip)
+		reason = TG_REASON_PASS_TUNNEL_NOT_IP; /* passed whole: counted apart from decapped IP */
 	mark = tg_classify(&t, ctx->data_end - ctx->data);
 	if (mark) {
 		meta_flags |= TG_META_F_CLASSIFIED;
@@ -160,5 +163,5 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 
 out:
 	tg_count_reason(reason, ctx->data_end - ctx->data);
-	return reason >= TG_REASON_DROP_MALFORMED ? XDP_DROP : XDP_PASS;
+	return TG_REASON_IS_DROP(reason) ? XDP_DROP : XDP_PASS;
 }

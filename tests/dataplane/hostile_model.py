@@ -6,8 +6,8 @@ delivered, the metadata, the rule and classifier that match. It shares no code w
 reads every field from the bytes itself, so a disagreement is a bug in one of the two.
 
 Also here: `check_well_formed`, the property every decapsulated frame the XDP program passes must
-have whatever went in (Ethernet complete, an inner IP header that parses and announces no more
-bytes than were delivered), stated without reference to the parser above.
+have whatever went in (Ethernet complete, at most two VLAN tags, an inner IP header that parses
+and announces no more bytes than were delivered), stated without reference to the parser above.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ ETH_HLEN = 14
 ETH_ALEN = 6
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q, ETH_P_8021AD = 0x8100, 0x88A8
+VLAN_TPIDS = (ETH_P_8021Q, ETH_P_8021AD)
+VLAN_HLEN = 4
+VLAN_MAX = 2  # README: "up to 2 VLAN tags"; a third is malformed
 IPV4_HLEN = 20
 IPV6_HLEN = 40
 IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS = 0, 43, 44, 60
@@ -165,9 +169,25 @@ def parse_ip(buf: bytes, off: int, ethertype: int) -> tuple[Tuple5, int]:
     return t, pos + L4_FIXED[t.proto]
 
 
-def _ethertype(buf: bytes) -> int:
-    _need(buf, ETH_HLEN)
-    return int(struct.unpack_from("!H", buf, 12)[0])
+def _ethertype(buf: bytes, off: int = 0) -> int:
+    _need(buf, off + ETH_HLEN)
+    return int(struct.unpack_from("!H", buf, off + 12)[0])
+
+
+def parse_l2(buf: bytes, off: int = 0, max_tags: int = VLAN_MAX) -> tuple[int, int]:
+    """Ethernet at `off` and up to `max_tags` VLAN tags (README pipeline step 1): the ethertype
+    after them and where the packet starts. A further tag is malformed."""
+    ethertype, pos = _ethertype(buf, off), off + ETH_HLEN
+    for i in range(VLAN_MAX):
+        if ethertype not in VLAN_TPIDS:
+            return ethertype, pos
+        if i >= max_tags:
+            raise Stop(R.DROP_MALFORMED)
+        _need(buf, pos + VLAN_HLEN)
+        ethertype, pos = struct.unpack_from("!H", buf, pos + 2)[0], pos + VLAN_HLEN
+    if ethertype in VLAN_TPIDS:
+        raise Stop(R.DROP_MALFORMED)
+    return ethertype, pos
 
 
 def _vni(buf: bytes, off: int) -> int:
@@ -180,6 +200,7 @@ class _Tunnel:
     vni: int = 0
     outer_len: int = 0  # 0: not decapped
     payload_end: int = 0  # end of the outer UDP payload: the inner frame ends there
+    not_ip: bool = False  # a tunnel we terminate whose payload is not IP: left encapsulated
 
 
 def _admit(setup: Setup, tun: _Tunnel, ev: Counter[abi.Event]) -> bool:
@@ -245,7 +266,11 @@ def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Cou
         if buf[pos + 1] & GENEVE_FLAG_C:
             raise Stop(R.DROP_GENEVE_CRITICAL)
         end = _geneve_options(buf, pos + TUNNEL_HLEN, (buf[pos] & 0x3F) * 4)
-    _need(buf, end + ETH_HLEN)
+    ethertype, _ = parse_l2(buf, end)  # buf ends with the UDP payload: so must the tags
+    if ethertype not in (ETH_P_IP, ETH_P_IPV6):
+        tun.not_ip = True  # README: only IP payloads are decapped; the rest passes encapsulated
+        ev[E.TUNNEL_NOT_DECAPPED] += 1
+        return
     tun.outer_len = end
 
 
@@ -257,10 +282,10 @@ def first_match(rules: tuple[MatchRule, ...], t: Tuple5) -> MatchRule | None:
 
 def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
     """Fills x, raising Stop where the README settles the verdict early."""
-    ethertype = _ethertype(buf)
+    ethertype, l3 = parse_l2(buf)
     if ethertype not in (ETH_P_IP, ETH_P_IPV6):
         raise Stop(R.PASS_NOT_IP)
-    t, pos = parse_ip(buf, ETH_HLEN, ethertype)
+    t, pos = parse_ip(buf, l3, ethertype)
     tun = _Tunnel()
     _tunnel(buf, pos, t, setup, tun, x.events)
     x.vni = tun.vni
@@ -272,11 +297,12 @@ def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
             inner[:ETH_ALEN] = setup.if_mac
             x.events[E.INNER_DMAC_REWRITTEN] += 1
         x.data = bytes(inner)
-        ethertype = _ethertype(x.data)
-        if ethertype not in (ETH_P_IP, ETH_P_IPV6):
-            raise Stop(R.PASS_NOT_IP)
-        t, _ = parse_ip(x.data, ETH_HLEN, ethertype)
-    _acl(t, setup, x)
+        ethertype, l3 = parse_l2(x.data)
+        assert ethertype in (ETH_P_IP, ETH_P_IPV6), "checked before the decap"
+        t, _ = parse_ip(x.data, l3, ethertype)
+    _acl(t, setup, x)  # the inner packet if decapped, else the packet itself
+    if tun.not_ip and not abi.is_drop(x.reason):
+        x.reason = R.PASS_TUNNEL_NOT_IP  # the policy event (a logged rule) keeps the ACL's reason
 
 
 def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
@@ -319,10 +345,10 @@ def tc_expected_mark(buf: bytes, setup: Setup, mark_in: int) -> tuple[int, int |
     classifier matches, the mark the packet came with stays.
     """
     try:
-        ethertype = _ethertype(buf)
+        ethertype, l3 = parse_l2(buf)  # no tag in skb->vlan_tci under BPF_PROG_TEST_RUN
         if ethertype not in (ETH_P_IP, ETH_P_IPV6):
             return mark_in, None
-        t, _ = parse_ip(buf, ETH_HLEN, ethertype)
+        t, _ = parse_ip(buf, l3, ethertype)
     except Stop:
         return mark_in, None
     cls = first_match(setup.classifiers, t)
@@ -333,11 +359,18 @@ def tc_expected_mark(buf: bytes, setup: Setup, mark_in: int) -> tuple[int, int |
 
 def check_well_formed(frame: bytes) -> str | None:
     """None when `frame` is a complete Ethernet frame whose IP header parses and announces no
-    more bytes than the frame holds; else what is wrong. Non-IP frames only need Ethernet."""
+    more bytes than the frame holds, behind at most two VLAN tags; else what is wrong. A
+    decapsulated frame is always IP."""
     if len(frame) < ETH_HLEN:
         return f"{len(frame)} bytes: no complete Ethernet header"
-    ethertype = struct.unpack_from("!H", frame, 12)[0]
-    l3 = frame[ETH_HLEN:]
+    ethertype, off = struct.unpack_from("!H", frame, 12)[0], ETH_HLEN
+    for _ in range(VLAN_MAX):
+        if ethertype not in VLAN_TPIDS:
+            break
+        if len(frame) < off + VLAN_HLEN:
+            return f"VLAN tag cut at {len(frame) - off} bytes"
+        ethertype, off = struct.unpack_from("!H", frame, off + 2)[0], off + VLAN_HLEN
+    l3 = frame[off:]
     if ethertype == ETH_P_IP:
         if len(l3) < IPV4_HLEN:
             return f"IPv4 header cut at {len(l3)} bytes"
@@ -352,4 +385,6 @@ def check_well_formed(frame: bytes) -> str | None:
         payload_len = struct.unpack_from("!H", l3, 4)[0]
         if IPV6_HLEN + payload_len > len(l3):
             return f"IPv6 payload length {payload_len}: {len(l3) - IPV6_HLEN} bytes delivered"
+    else:
+        return f"ethertype {ethertype:#06x} after {(off - ETH_HLEN) // VLAN_HLEN} tags: not IP"
     return None

@@ -19,6 +19,8 @@ from typing import Any, Protocol, TypeVar
 from hypothesis import strategies as st
 
 from .hostile_model import (
+    ETH_P_8021AD,
+    ETH_P_8021Q,
     ETH_P_IP,
     ETH_P_IPV6,
     ETH_P_TEB,
@@ -39,7 +41,8 @@ from .hostile_model import (
 T = TypeVar("T")
 
 ETH_P_ARP = 0x0806
-ETH_P_8021Q = 0x8100
+ETH_P_LLDP = 0x88CC
+NON_IP_ETHERTYPES = (ETH_P_ARP, ETH_P_LLDP, 0x88E5, 0x0000, 0xFFFF)  # ARP, LLDP, MACsec, odd ones
 GRE = 47
 # Address pools: the fuzz ACL and classifiers (test_xdp_hostile.py) match some of these.
 V4_ADDRS = ("10.1.0.2", "10.2.0.1", "10.66.0.9", "192.0.2.1", "192.0.2.2", "0.0.0.0", "255.255.255.255")
@@ -188,19 +191,41 @@ def ether(dst: bytes, ethertype: int) -> Seg:
                (("dst", 0, 1), ("ethertype", 12, 2)))
 
 
+def l2(src: Source, dst: bytes, ethertype: int) -> list[Seg]:
+    """Ethernet, then (1 time in 5) 1-3 VLAN tags: 802.1Q or 802.1ad, three being one too many."""
+    tags = src.choice((1, 1, 2, 2, 3)) if src.chance(0.2) else 0
+    tpids = [src.choice((ETH_P_8021Q, ETH_P_8021AD)) for _ in range(tags)]
+    segs = [ether(dst, tpids[0] if tpids else ethertype)]
+    for i in range(tags):
+        nxt = tpids[i + 1] if i + 1 < tags else ethertype
+        segs.append(Seg("vlan", struct.pack("!HH", src.integer(0, 0xFFFF), nxt), (("ethertype", 2, 2),)))
+    return segs
+
+
+def non_ip_frame(src: Source) -> list[Seg]:
+    """An ARP request (or LLDP, or another non-IP ethertype) with random bytes behind it."""
+    ethertype = src.choice(NON_IP_ETHERTYPES)
+    if ethertype == ETH_P_ARP:
+        body = struct.pack("!HHBBH6s4s6s4s", 1, ETH_P_IP, 6, 4, 1, UNICAST_MAC, bytes((10, 1, 0, 2)),
+                           bytes(6), bytes((10, 2, 0, 1)))
+    else:
+        body = src.blob(46)
+    return [*l2(src, src.choice(MACS), ethertype), Seg("payload", body)]
+
+
 def ip_frame(src: Source, depth: int = 0) -> list[Seg]:
     """Ethernet + IPv4/IPv6 + TCP/UDP/ICMP/SCTP/other; sometimes a tunnel packet itself."""
     v6 = src.chance(0.5)
     if depth < 1 and src.chance(0.1):
         inner = tunnel_payload(src, depth + 1)  # a tunnel inside the tunnel: decapped once only
-        return [ether(src.choice(MACS), ETH_P_IPV6 if v6 else ETH_P_IP), *inner]
+        return [*l2(src, src.choice(MACS), ETH_P_IPV6 if inner[0].name == "ipv6" else ETH_P_IP), *inner]
     proto = src.choice((IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMPV6 if v6 else IPPROTO_ICMP, GRE))
     segs = l4(src, proto, src.blob(24))
     segs = ipv6(src, proto, segs) if v6 else ipv4(src, proto, segs)
     ethertype = ETH_P_IPV6 if v6 else ETH_P_IP
     if src.chance(0.05):
-        ethertype = src.choice((ETH_P_ARP, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6))
-    return [ether(src.choice(MACS), ethertype), *segs]
+        ethertype = src.choice((ETH_P_ARP, ETH_P_8021Q, ETH_P_8021AD, ETH_P_IP, ETH_P_IPV6))
+    return [*l2(src, src.choice(MACS), ethertype), *segs]
 
 
 def geneve_options(src: Source) -> bytes:
@@ -229,7 +254,7 @@ def tunnel_header(src: Source, kind: str, vni: int) -> Seg:
 def tunnel_payload(src: Source, depth: int, vnis: Sequence[int] = (100, 200, 300, 999)) -> list[Seg]:
     """IP + UDP + VxLAN/Geneve + inner frame (no outer Ethernet)."""
     kind = src.choice(("vxlan", "geneve"))
-    inner = ip_frame(src, depth)
+    inner = non_ip_frame(src) if src.chance(0.1) else ip_frame(src, depth)
     hdr = tunnel_header(src, kind, src.choice(vnis) if src.chance(0.9) else src.integer(0, (1 << 24) - 1))
     dport = 4789 if kind == "vxlan" else 6081
     if src.chance(0.05):
@@ -247,7 +272,7 @@ def valid_frame(src: Source) -> Frame:
         return Frame(ip_frame(src))
     outer = tunnel_payload(src, 0)
     ethertype = ETH_P_IPV6 if outer[0].name == "ipv6" else ETH_P_IP
-    return Frame([ether(b"\x02\x00\x00\x00\x01\x02", ethertype), *outer])
+    return Frame([*l2(src, b"\x02\x00\x00\x00\x01\x02", ethertype), *outer])
 
 
 # --- mutations ---------------------------------------------------------------------------------

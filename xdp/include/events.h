@@ -79,7 +79,7 @@ static __always_inline void tg_policy_event(struct xdp_md *ctx, const struct tg_
 	rec.sport = bpf_ntohs(t->sport);
 	rec.dport = bpf_ntohs(t->dport);
 	rec.reason = reason;
-	rec.action = reason >= TG_REASON_DROP_MALFORMED ? TG_ACTION_DENY : TG_ACTION_ALLOW;
+	rec.action = TG_REASON_IS_DROP(reason) ? TG_ACTION_DENY : TG_ACTION_ALLOW;
 	rec.family = t->family;
 	rec.proto = t->proto;
 	/* Fails only when the ring has no room for the record: the reader is behind. */

@@ -32,6 +32,13 @@
 #define TG_IPV6_EXT_UNIT 8       /* hdr ext len unit (RFC 8200 4.3) */
 #define TG_IPV6_FRAG_OFFSET_MASK 0xfff8
 #define TG_IPV4_FRAG_OFFSET_MASK 0x1fff
+/* VLAN tags between the Ethernet header and the packet: 802.1Q (C-tag) and 802.1ad (S-tag, the
+ * outer tag of QinQ). A trunk delivers them to the stack, whose VLAN subinterfaces strip them and
+ * receive the IP packet inside, so the ACL must see through them. More than TG_VLAN_MAX tags is
+ * dropped as malformed: the stack could still reach an IP packet we never judged. */
+#define TG_ETH_P_8021Q 0x8100
+#define TG_ETH_P_8021AD 0x88A8
+#define TG_VLAN_MAX 2
 
 /* SCTP common header (RFC 9260 3.1): only the ports are read. */
 struct tg_sctp_ports {
@@ -45,6 +52,12 @@ struct tg_ipv6_frag {
 	__u8 reserved;
 	__be16 frag_off;
 	__be32 identification;
+};
+
+/* A VLAN tag after the MAC addresses (IEEE 802.1Q 9.3): TCI, then the next ethertype. */
+struct tg_vlan_tag {
+	__be16 tci;
+	__be16 proto;
 };
 
 struct tg_cursor {
@@ -98,6 +111,46 @@ static __always_inline int tg_parse_eth(struct tg_cursor *c, struct ethhdr **eth
 	c->pos = h + 1;
 	*eth = h;
 	return h->h_proto; /* network byte order */
+}
+
+static __always_inline int tg_is_vlan(__be16 proto)
+{
+	return proto == bpf_htons(TG_ETH_P_8021Q) || proto == bpf_htons(TG_ETH_P_8021AD);
+}
+
+/* Skips up to max_tags (at most TG_VLAN_MAX) VLAN tags from the cursor, which is just past the
+ * ethertype `proto`; returns the ethertype after the last tag (network byte order). A tag must lie
+ * inside the frame (c->end, and c->len, which may end before it: a tunnel's UDP payload). */
+static __always_inline int tg_parse_vlans(struct tg_cursor *c, __be16 proto, int max_tags)
+{
+	int i;
+
+	for (i = 0; i < TG_VLAN_MAX; i++) {
+		struct tg_vlan_tag *tag = c->pos;
+
+		if (!tg_is_vlan(proto))
+			return proto;
+		if (i >= max_tags)
+			return TG_PARSE_MALFORMED;
+		if ((void *)(tag + 1) > c->end || (__u64)((void *)(tag + 1) - c->frame) > c->len)
+			return TG_PARSE_TRUNCATED;
+		proto = tag->proto;
+		c->pos = tag + 1;
+	}
+	/* A tag after the last we walk: the stack would strip it too and reach an unjudged packet. */
+	if (tg_is_vlan(proto))
+		return TG_PARSE_MALFORMED;
+	return proto;
+}
+
+/* Ethernet and up to max_tags VLAN tags: returns the ethertype of what follows them. */
+static __always_inline int tg_parse_l2(struct tg_cursor *c, struct ethhdr **eth, int max_tags)
+{
+	int proto = tg_parse_eth(c, eth);
+
+	if (proto < 0)
+		return proto;
+	return tg_parse_vlans(c, proto, max_tags);
 }
 
 static __always_inline void tg_addr_from_v4(__u8 *out, __be32 addr)

@@ -134,15 +134,21 @@ enum tg_reason {
 	TG_REASON_DROP_GENEVE_VERSION = 9, /* Geneve version != 0 (RFC 8926 3.4: MUST drop) */
 	TG_REASON_DROP_GENEVE_CRITICAL = 10, /* unknown critical Geneve option (RFC 8926 3.5: MUST drop) */
 	TG_REASON_DROP_DECAP_FAILED = 11,  /* bpf_xdp_adjust_head refused */
-	TG_REASON_MAX = 12,
+	TG_REASON_PASS_TUNNEL_NOT_IP = 12, /* tunnel payload not IP (ARP...): passed still encapsulated */
+	TG_REASON_MAX = 13,
 };
+
+/* The verdict of a reason: DROP_MALFORMED .. DROP_DECAP_FAILED drop, everything else passes (the
+ * enum only grows at its end, so a reason added later says which it is here and in
+ * dataplane/abi.py:is_drop; tests/dataplane/test_abi_parse.py checks them by name). */
+#define TG_REASON_IS_DROP(r) ((r) >= TG_REASON_DROP_MALFORMED && (r) <= TG_REASON_DROP_DECAP_FAILED)
 
 /* Events worth counting that are not verdicts. */
 enum tg_event {
 	TG_EVENT_DECAP_VXLAN = 0,
 	TG_EVENT_DECAP_GENEVE = 1,
 	TG_EVENT_UNKNOWN_VNI_PASSED = 2,   /* left undecapped (unknown_vni_action = pass) */
-	TG_EVENT_TUNNEL_NOT_DECAPPED = 3,  /* Geneve control (O bit) or non-Ethernet payload */
+	TG_EVENT_TUNNEL_NOT_DECAPPED = 3,  /* Geneve control (O bit), non-Ethernet or non-IP payload */
 	TG_EVENT_INNER_DMAC_REWRITTEN = 4,
 	TG_EVENT_CLASSIFIED = 5,           /* a classifier set a mark */
 	TG_EVENT_META_FAILED = 6,          /* bpf_xdp_adjust_meta refused: TC falls back */

@@ -4,7 +4,9 @@
  * header behind an outer UDP header and decides: not a tunnel, decap, leave alone, or drop.
  * The caller strips ti->outer_len bytes with bpf_xdp_adjust_head and ends the inner frame where
  * the UDP payload ends (ti->payload_end), as a VTEP's UDP socket would receive it: every tunnel
- * byte read, up to and including the inner Ethernet header, must lie inside that payload.
+ * byte read, up to and including the inner Ethernet header and its VLAN tags, must lie inside
+ * that payload. Only IPv4/IPv6 payloads are decapsulated: anything else (ARP, ...) stays
+ * encapsulated, since the stripped frame would reach the underlay's own stack unjudged.
  */
 #ifndef TG_TUNNEL_H
 #define TG_TUNNEL_H
@@ -62,6 +64,7 @@ struct tg_tunnel_info {
 	__u32 reason; /* enum tg_reason, for TG_TUN_DROP */
 	__u32 event;  /* enum tg_event, for TG_TUN_LEAVE */
 	__u8 type;    /* enum tg_tunnel_type */
+	__u8 not_ip;  /* TG_TUN_LEAVE: a tunnel we terminate, but its payload is not IP */
 };
 
 static __always_inline __u32 tg_vni(const __u8 *vni)
@@ -116,11 +119,29 @@ static __always_inline int tg_udp_payload(struct tg_cursor *c, struct tg_tunnel_
 	return TG_TUN_DECAP;
 }
 
-/* The inner Ethernet header must be there before we promise a decap. */
+/* The inner Ethernet header (and its VLAN tags) must be there before we promise a decap, and
+ * must carry IP: only an IP payload is judged by the ACL once stripped. Anything else (ARP,
+ * LLDP...) is left encapsulated, to be handled as it would be without us: by a kernel VTEP, or
+ * refused at a closed UDP port, never delivered bare to the underlay's neighbour table. */
 static __always_inline int tg_tunnel_finish(struct tg_cursor *c, void *frame, struct tg_tunnel_info *ti)
 {
+	struct tg_cursor inner = *c;
+	struct ethhdr *eth;
+	int proto;
+
 	if (c->pos + sizeof(struct ethhdr) > c->end || !tg_in_payload(c, c->pos, sizeof(struct ethhdr), ti))
 		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+	inner.len = ti->payload_end; /* the inner frame ends with the UDP payload */
+	proto = tg_parse_l2(&inner, &eth, TG_VLAN_MAX);
+	if (proto == TG_PARSE_TRUNCATED)
+		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+	if (proto < 0)
+		return tg_drop(ti, TG_REASON_DROP_MALFORMED);
+	if (!tg_is_ip(proto)) {
+		ti->not_ip = 1;
+		ti->event = TG_EVENT_TUNNEL_NOT_DECAPPED;
+		return TG_TUN_LEAVE;
+	}
 	ti->outer_len = c->pos - frame;
 	return TG_TUN_DECAP;
 }
