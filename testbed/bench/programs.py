@@ -68,20 +68,21 @@ int {name}(struct xdp_md *ctx)
 	struct tg_bench_saved *saved = tg_bench_saved.lookup(&zero);
 	void *data = (void *)(long)ctx->data;
 	long len = (long)ctx->data_end - (long)ctx->data;
-	int verdict, have = 0;
+	int verdict;
 	long stripped, meta;
 
-	if (saved && data + TG_BENCH_SAVED <= (void *)(long)ctx->data_end) {{
-		__builtin_memcpy(saved->bytes, data, TG_BENCH_SAVED);
-		have = 1;
-	}}
+	/* A probe shorter than TG_BENCH_SAVED is refused up front: one path per verdict after. */
+	if (!saved || data + TG_BENCH_SAVED > (void *)(long)ctx->data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(saved->bytes, data, TG_BENCH_SAVED);
 	verdict = {call}(ctx);
 	stripped = len - ((long)ctx->data_end - (long)ctx->data);
 	meta = (long)ctx->data - (long)ctx->data_meta;
 	bpf_xdp_adjust_meta(ctx, (int)meta);
 	bpf_xdp_adjust_head(ctx, (int)-stripped);
 	data = (void *)(long)ctx->data;
-	if (have && saved && data + TG_BENCH_SAVED <= (void *)(long)ctx->data_end)
+	saved = tg_bench_saved.lookup(&zero); /* the call's stack and registers are not ours */
+	if (saved && data + TG_BENCH_SAVED <= (void *)(long)ctx->data_end)
 		__builtin_memcpy(data, saved->bytes, TG_BENCH_SAVED);
 	return verdict;
 }}
