@@ -6,6 +6,7 @@ A small pool makes overlaps (the interesting cases: nesting, ties, wildcards) th
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 from hypothesis import strategies as st
 
@@ -27,7 +28,7 @@ def port_ranges(draw: st.DrawFn) -> tuple[int, int]:
 
 
 @st.composite
-def rules(draw: st.DrawFn, max_rules: int = 30) -> list:
+def rules(draw: st.DrawFn, max_rules: int = 30, prefixes: Sequence[str | None] = PREFIXES) -> list:
     n = draw(st.integers(min_value=0, max_value=max_rules))
     ids = draw(st.lists(st.integers(min_value=1, max_value=10_000), min_size=n, max_size=n, unique=True))
     out = []
@@ -35,15 +36,15 @@ def rules(draw: st.DrawFn, max_rules: int = 30) -> list:
         proto = draw(st.sampled_from(PROTOS))
         dport = draw(st.one_of(st.none(), port_ranges())) if proto in PORT_PROTOS else None
         out.append(acl_rule(rid, draw(st.integers(min_value=0, max_value=5)),
-                            draw(st.sampled_from(["allow", "deny"])), src=draw(st.sampled_from(PREFIXES)),
-                            dst=draw(st.sampled_from(PREFIXES)), proto=proto, dport=dport))
+                            draw(st.sampled_from(["allow", "deny"])), src=draw(st.sampled_from(prefixes)),
+                            dst=draw(st.sampled_from(prefixes)), proto=proto, dport=dport))
     return out
 
 
 @st.composite
-def probes(draw: st.DrawFn) -> tuple:
+def probes(draw: st.DrawFn, v4: Sequence[str] = V4_ADDRS, v6: Sequence[str] = V6_ADDRS) -> tuple:
     """(src, dst, proto, dport) with both addresses of one family."""
-    pool = draw(st.sampled_from([V4_ADDRS, V6_ADDRS]))
+    pool = draw(st.sampled_from([v4, v6]))
     proto = draw(st.sampled_from([6, 17, 1]))
     dport = draw(st.sampled_from(PORT_EDGES)) if proto in PORT_PROTOS else 0
     src, dst = draw(st.sampled_from(pool)), draw(st.sampled_from(pool))

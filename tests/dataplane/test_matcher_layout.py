@@ -29,7 +29,8 @@ from dataplane.matcher_layout import (
 )
 from dataplane.matcher_plan import plan
 
-from .rulegen import PORT_EDGES, PORT_PROTOS, PROTOS, port_ranges, reference
+from . import rulegen
+from .rulegen import reference
 
 CAP = MatchCapacity(slots=2048, src=8192, dst=16384, port=32768)
 # Nested prefixes, several inside one bucket (10.1/16, fd00:1::/48) so that buckets overflow too.
@@ -42,27 +43,12 @@ V6_ADDRS = ["fd00:1::5", "fd00:1::6", "fd00:1:0:1::1", "fd00:2::1", "2001:db8::1
 FLAG_SETS = [0, F_SRC_BUCKETS, F_DST_LISTS, F_PORT_EXACT, F_ALL]
 
 
-@st.composite
-def rules(draw: st.DrawFn, max_rules: int = 24) -> list:
-    n = draw(st.integers(min_value=0, max_value=max_rules))
-    ids = draw(st.lists(st.integers(min_value=1, max_value=10_000), min_size=n, max_size=n, unique=True))
-    out = []
-    for rid in ids:
-        proto = draw(st.sampled_from(PROTOS))
-        dport = draw(st.one_of(st.none(), port_ranges())) if proto in PORT_PROTOS else None
-        out.append(acl_rule(rid, draw(st.integers(min_value=0, max_value=5)),
-                            draw(st.sampled_from(["allow", "deny"])), src=draw(st.sampled_from(PREFIXES)),
-                            dst=draw(st.sampled_from(PREFIXES)), proto=proto, dport=dport))
-    return out
+def rules() -> st.SearchStrategy[list]:
+    return rulegen.rules(max_rules=24, prefixes=PREFIXES)
 
 
-@st.composite
-def probes(draw: st.DrawFn) -> tuple:
-    pool = draw(st.sampled_from([V4_ADDRS, V6_ADDRS]))
-    proto = draw(st.sampled_from([6, 17, 1]))
-    dport = draw(st.sampled_from(PORT_EDGES)) if proto in PORT_PROTOS else 0
-    src, dst = draw(st.sampled_from(pool)), draw(st.sampled_from(pool))
-    return ipaddress.ip_address(src), ipaddress.ip_address(dst), proto, dport
+def probes() -> st.SearchStrategy[tuple]:
+    return rulegen.probes(v4=V4_ADDRS, v6=V6_ADDRS)
 
 
 class Physical:
