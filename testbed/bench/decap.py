@@ -54,9 +54,9 @@ from testbed.bench.load import (
     link_stats,
     measure,
     missing_tools,
+    passing_xdp,
     rig,
 )
-from testbed.bench.programs import Noop
 from testbed.netns import add_address, add_neighbour, set_up, sysctl
 from testbed.packets import vxlan
 from testbed.vxlan import add_vxlan
@@ -123,17 +123,12 @@ def _delivered(r: Rig) -> int:
 def _window(profile: Profile, sender: Sender, path: str, dp: Dataplane) -> tuple[Window, int]:
     with rig() as r, ExitStack() as stack:
         _receiver(r)
-        fn = None
         if path == "tidegate":
             dp.configure(RuntimeConfig(), if_mac=bytes.fromhex(r.receiver_mac.replace(":", "")))
-            fn = dp.program.xdp_fn
-        elif sender == "xdp":  # veth takes redirected frames only into an XDP program (xdpgen)
-            noop = Noop()
-            stack.callback(noop.close)
-            fn = noop.fn
-        if fn is not None:
             with r.receiver.enter():
-                attach_mod.attach_xdp(r.receiver_ifname, fn, "native")
+                attach_mod.attach_xdp(r.receiver_ifname, dp.program.xdp_fn, "native")
+        elif sender == "xdp":
+            stack.enter_context(passing_xdp(r))
         vx_before = link_stats(r.receiver, VX_IF)["rx_packets"]
         w = measure(r, _frame(r), lambda: _delivered(r), profile.warmup_s, profile.window_s, sender)
         vx_moved = link_stats(r.receiver, VX_IF)["rx_packets"] - vx_before

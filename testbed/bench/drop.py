@@ -22,7 +22,6 @@ from contextlib import ExitStack
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from dataplane import attach as attach_mod
 from testbed.bench import engines as eng
 from testbed.bench import rules
 from testbed.bench.common import (
@@ -36,8 +35,7 @@ from testbed.bench.common import (
     fmt_value,
     runs_meeting,
 )
-from testbed.bench.load import Rig, Sender, Window, measure, missing_tools, rig
-from testbed.bench.programs import Noop
+from testbed.bench.load import Rig, Sender, Window, measure, missing_tools, passing_xdp, rig
 
 log = logging.getLogger(__name__)
 
@@ -160,18 +158,15 @@ def _measure_size(
 
 def _window(profile: Profile, e: eng.Engine, sender: Sender = "skb") -> Window:
     with rig() as r, ExitStack() as stack:
-        if sender == "xdp" and not e.xdp:  # veth takes redirected frames only into an XDP program
-            noop = Noop()
-            stack.callback(noop.close)
-            with r.receiver.enter():
-                attach_mod.attach_xdp(r.receiver_ifname, noop.fn, "native")
+        if sender == "xdp" and not e.xdp:
+            stack.enter_context(passing_xdp(r))
         e.enable(r)
         try:
             w = measure(r, probe_frame(r), lambda: e.dropped(r), profile.warmup_s, profile.window_s, sender)
         finally:
             e.disable(r)
     if not w.sender_ok:
-        log.warning("a trafgen process ended early", extra={"engine": e.key, "stderr": w.sender_errors})
+        log.warning("a sender process ended early", extra={"engine": e.key, "stderr": w.sender_errors})
     return w
 
 

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from dataplane.attach import attach_xdp
 from testbed import cleanup
+from testbed.bench.programs import Noop
 from testbed.netns import (
     Namespace,
     add_address,
@@ -279,6 +281,19 @@ SENDERS: dict[str, str] = {
     "skb": "trafgen (skbs: veth copies each into an XDP frame)",
     "xdp": "XDP frames (testbed.bench.xdpgen: as a NIC's driver delivers them)",
 }
+
+
+@contextmanager
+def passing_xdp(r: Rig) -> Iterator[None]:
+    """`return XDP_PASS` on the receiver's veth for the body: veth takes redirected XDP frames
+    (xdpgen's) only into an XDP program, so a path measured without one needs this."""
+    noop = Noop()
+    try:
+        with r.receiver.enter():
+            attach_xdp(r.receiver_ifname, noop.fn, "native")
+        yield
+    finally:
+        noop.close()
 
 
 @contextmanager
