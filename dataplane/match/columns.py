@@ -1,0 +1,97 @@
+"""A rule set as columns: one numpy array per field, one row per rule, in judging order.
+
+This is the one representation of a bulk rule set between the edges (decoded protobuf, YAML/JSON)
+and the bytes the map writes take; no per-rule Python objects on that path. Row i is the i-th rule
+in first-match order (already sorted by the (priority, id) the API defines); the compiler never
+reorders rows, it only reads `order` when it needs a priority to compare.
+
+Conventions (the edges translate into these once):
+- family: 0 = the rule names no address (matches IPv4 and IPv6), 4 or 6 otherwise.
+- addresses: 16 bytes in network order; an IPv4 prefix sits in the first 4 bytes, the rest zero;
+  bits past the prefix length are zero (the edges refuse host bits, naming the field).
+- proto_any: True = any IP protocol (then `proto` is 0); otherwise `proto` is the IANA number 0-255.
+- ports: inclusive ranges; 0-65535 = any (also what a protocol without ports must carry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+ADDR_BYTES = 16
+PORT_ANY = (0, 0xFFFF)
+
+# (name, dtype, trailing shape): the schema every RuleColumns holds.
+SCHEMA: tuple[tuple[str, type, tuple[int, ...]], ...] = (
+    ("rule_id", np.uint32, ()),
+    ("order", np.uint64, ()),  # (priority << 32) | id: the API's judging order, increasing
+    ("action", np.uint8, ()),  # dataplane.abi action enum value
+    ("flags", np.uint8, ()),  # per-rule flags (e.g. log), abi TG_RULE_F_*
+    ("family", np.uint8, ()),
+    ("src_addr", np.uint8, (ADDR_BYTES,)),
+    ("src_len", np.uint8, ()),
+    ("dst_addr", np.uint8, (ADDR_BYTES,)),
+    ("dst_len", np.uint8, ()),
+    ("proto_any", np.bool_, ()),
+    ("proto", np.uint8, ()),
+    ("sport_lo", np.uint16, ()),
+    ("sport_hi", np.uint16, ()),
+    ("dport_lo", np.uint16, ()),
+    ("dport_hi", np.uint16, ()),
+)
+
+
+@dataclass(frozen=True, eq=False)
+class RuleColumns:
+    """Rules as parallel arrays (see the module docstring for the conventions)."""
+
+    rule_id: npt.NDArray[np.uint32]
+    order: npt.NDArray[np.uint64]
+    action: npt.NDArray[np.uint8]
+    flags: npt.NDArray[np.uint8]
+    family: npt.NDArray[np.uint8]
+    src_addr: npt.NDArray[np.uint8]
+    src_len: npt.NDArray[np.uint8]
+    dst_addr: npt.NDArray[np.uint8]
+    dst_len: npt.NDArray[np.uint8]
+    proto_any: npt.NDArray[np.bool_]
+    proto: npt.NDArray[np.uint8]
+    sport_lo: npt.NDArray[np.uint16]
+    sport_hi: npt.NDArray[np.uint16]
+    dport_lo: npt.NDArray[np.uint16]
+    dport_hi: npt.NDArray[np.uint16]
+
+    def __post_init__(self) -> None:
+        n = len(self.rule_id)
+        for name, dtype, shape in SCHEMA:
+            column = getattr(self, name)
+            if column.dtype != dtype or column.shape != (n, *shape):
+                raise ValueError(f"column {name}: expected {np.dtype(dtype)} of shape {(n, *shape)}, "
+                                 f"got {column.dtype} of shape {column.shape}")
+
+    def __len__(self) -> int:
+        return len(self.rule_id)
+
+    @classmethod
+    def empty(cls, n: int = 0) -> RuleColumns:
+        """n rules that match everything (any family, prefix, protocol and port), action 0."""
+        columns: dict[str, Any] = {
+            name: np.zeros((n, *shape), dtype=dtype) for name, dtype, shape in SCHEMA}
+        columns["proto_any"][:] = True
+        for name in ("sport_hi", "dport_hi"):
+            columns[name][:] = PORT_ANY[1]
+        return cls(**columns)
+
+    def take(self, rows: npt.ArrayLike) -> RuleColumns:
+        """The rules at `rows` (indices or a boolean mask), in that order."""
+        return RuleColumns(**{name: getattr(self, name)[rows] for name, _, _ in SCHEMA})
+
+    @staticmethod
+    def concat(parts: list[RuleColumns]) -> RuleColumns:
+        if not parts:
+            return RuleColumns.empty()
+        return RuleColumns(**{name: np.concatenate([getattr(p, name) for p in parts])
+                              for name, _, _ in SCHEMA})
