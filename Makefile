@@ -33,6 +33,6 @@ bench: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Python gRPC modules from proto/ into control/gen/ (regenerated only when the .proto changed).
+# Python gRPC modules from proto/ into control/rpc/gen/ (regenerated only when the .proto changed).
 proto:
-	$(PY) -m control.protogen
+	$(PY) -m control.rpc.protogen

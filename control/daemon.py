@@ -25,16 +25,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control import logs, stream_service, tracing
-from control.controller import Controller
+from control.apply.controller import Controller
+from control.apply.netlink import NetlinkRouting
+from control.apply.reconcile import Reconciler
+from control.apply.state import StateStore
 from control.daemon_config import DaemonConfig, TcpListen, load_config
-from control.event_readers import EventExporter, EventPump, default_reader_factory
-from control.fanout import Fanout
-from control.netlink import NetlinkRouting
-from control.reconcile import Reconciler
-from control.request_guard import RequestGuard
-from control.service import add_services
-from control.state import StateStore
+from control.observe import logs, tracing
+from control.observe.event_readers import EventExporter, EventPump, default_reader_factory
+from control.observe.fanout import Fanout
+from control.rpc import stream_service
+from control.rpc.request_guard import RequestGuard
+from control.rpc.service import add_services
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Daemon:
         listen = self.config.metrics.listen
         if listen is None:
             return
-        from control.metrics import MetricsServer, TidegateCollector
+        from control.observe.metrics import MetricsServer, TidegateCollector
 
         collector = TidegateCollector(self.controller, self.pump, self.fanout, self.traces)
         self.metrics = MetricsServer(listen, collector)

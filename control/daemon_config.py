@@ -9,7 +9,7 @@
     state_dir: /var/lib/tidegate
     pin_root: /sys/fs/bpf/tidegate
     detach_on_exit: false                 # keep enforcing when the daemon stops (hitless restart)
-    capacities: {acl_rules: 262144, ...}  # map sizes (dataplane.settings.Capacities)
+    capacities: {acl_rules: 262144, ...}  # map sizes (dataplane.kernel.build_settings.Capacities)
     log_level: info
     events:
       export: null                        # {path: /var/log/tidegate/events.jsonl}: policy events as
@@ -27,8 +27,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from control.models import describe_errors
-from dataplane.settings import DEFAULT_PIN_ROOT, Capacities, DataplaneSettings
+from control.policy.models import describe_errors
+from dataplane.kernel.build_settings import DEFAULT_PIN_ROOT, Capacities, DataplaneSettings
 
 DEFAULT_SOCKET = Path("/run/tidegate/tidegate.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/tidegate")

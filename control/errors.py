@@ -1,4 +1,4 @@
-"""The control plane's error kinds; control.service maps each to one gRPC status code."""
+"""The control plane's error kinds; control.rpc.service maps each to one gRPC status code."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from dataplane.source import ABI_HEADER
+from dataplane.kernel.source import ABI_HEADER
 
 _ENUM = re.compile(r"enum\s+(tg_\w+)\s*\{(.*?)\};", re.S)
 _MEMBER = re.compile(r"^\s*(TG_\w+)\s*=\s*(\w+)\s*,", re.M)

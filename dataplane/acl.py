@@ -12,8 +12,8 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from dataplane import abi
+from dataplane.kernel.build_settings import Capacities
 from dataplane.matcher import MatchCapacity, MatchRule
-from dataplane.settings import Capacities
 
 Network = IPv4Network | IPv6Network
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from dataplane import abi
 from dataplane.acl import acl_rule
+from dataplane.kernel.build_settings import Capacities
 from dataplane.matcher import MatchCapacity, MatchRule, compile_rules, empty
-from dataplane.settings import Capacities
 
 UDP = 17
 TCP = 6
@@ -174,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.compile_only:
         check_compile(sizes)
         return
-    from dataplane.config import RuntimeConfig
-    from dataplane.dataplane import Dataplane
+    from dataplane.kernel.interface import Dataplane
+    from dataplane.map_config import RuntimeConfig
 
     dp = Dataplane.load()
     dp.configure(RuntimeConfig(), if_mac=bytes.fromhex("02aa00000001"))

@@ -4,7 +4,7 @@ The planner orders the operations so that every packet is judged by the old or t
 set, never a mix (see dataplane.matcher_plan), and dataplane.matcher_layout turns its trie
 entries into the writes of the tries and their fixed-depth forms (buckets, lists, exact ports);
 this adapter only translates keys into the bytes of BCC's Key/Leaf types and executes them in
-that order, each run of one kind of op as one batched write (dataplane.bulk), pausing at the
+that order, each run of one kind of op as one batched write (dataplane.kernel.bulk), pausing at the
 plan's grace point so that a packet which looked up an old stage-1 entry finishes its
 stage-2/3 lookups before those entries go away.
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from dataplane import abi
-from dataplane.bulk import Layout, MapWriter
-from dataplane.maps import Counter, DataplaneMaps
+from dataplane.kernel.bulk import Layout, MapWriter
+from dataplane.kernel.maps import Counter, DataplaneMaps
 from dataplane.matcher import (
     ADDR_BITS,
     ADDR_LEN,
@@ -264,7 +264,7 @@ class MatchTable:
         return self.apply(self.compile(rules))
 
     def _execute(self, p: Plan) -> None:
-        """Runs the plan in order, each step (the ops of one kind) as one batch (dataplane.bulk)."""
+        """Runs the plan in order, each step (the ops of one kind) as one batch (dataplane.kernel.bulk)."""
         started = time.perf_counter()
         for index, step in enumerate(p.steps):
             if index == p.grace_step:

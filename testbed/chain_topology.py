@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from control.models import Policy
+from control.policy.models import Policy
 from testbed import topology as t
 from testbed.netns import (
     Namespace,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dataplane.maps import Counter
+from dataplane.kernel.maps import Counter
 
 K = TypeVar("K")
 
@@ -110,7 +110,7 @@ class ApiSnapshot:
 
 def api_snapshot(response: Any) -> ApiSnapshot:
     """A tidegate.v1 GetStatsResponse as an ApiSnapshot."""
-    from control.api import pb2
+    from control.rpc.api import pb2
 
     def c(counter: Any) -> Counter:
         return Counter(counter.packets, counter.bytes)

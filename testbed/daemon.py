@@ -38,8 +38,8 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from control.api import pb2_grpc
-from dataplane.settings import DEFAULT_RUN_ROOT, DataplaneSettings
+from control.rpc.api import pb2_grpc
+from dataplane.kernel.build_settings import DEFAULT_RUN_ROOT, DataplaneSettings
 from testbed import cleanup
 from testbed.netns import Namespace
 from testbed.topology import remove_pin_root, unique_pin_root
@@ -53,7 +53,7 @@ RPC_TIMEOUT = 60.0    # AttachInterface compiles a data plane
 CLI_TIMEOUT = 120.0
 HEALTH_POLL = 0.1
 LOG_TAIL_LINES = 30
-STATE_FILE = "desired-state.json"  # control.state.STATE_FILE: read only to clean up after a crash
+STATE_FILE = "desired-state.json"  # control.apply.state.STATE_FILE: read only to clean up after a crash
 
 
 class DaemonError(RuntimeError):
@@ -278,7 +278,7 @@ class DaemonProcess:
             timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """`tidegate -s SOCKET [-j] ARGS...`; the exit status is the caller's to judge."""
         if not cli_available():
-            raise DaemonError("control/cli.py does not exist in this checkout: use the gRPC stubs")
+            raise DaemonError("control/cli/main.py does not exist in this checkout: use the gRPC stubs")
         flags = ["-s", str(self.socket), *(["-j"] if as_json else [])]
         cmd = [sys.executable, "-m", "control.cli", *flags, *args]
         return subprocess.run(cmd, cwd=REPO_ROOT, env=self._env(), capture_output=True, text=True,
@@ -288,7 +288,7 @@ class DaemonProcess:
         """`tidegate -s SOCKET [-j] ARGS...` left running (events, top, trace), stdout and stderr
         piped as text; the caller stops it (SIGINT is how a user would)."""
         if not cli_available():
-            raise DaemonError("control/cli.py does not exist in this checkout: use the gRPC stubs")
+            raise DaemonError("control/cli/main.py does not exist in this checkout: use the gRPC stubs")
         flags = ["-s", str(self.socket), *(["-j"] if as_json else [])]
         return subprocess.Popen([sys.executable, "-m", "control.cli", *flags, *args], cwd=REPO_ROOT,
                                 env=self._env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -340,8 +340,8 @@ class DaemonProcess:
         names = self.managed_interfaces()
         if not self.ns.exists:
             return  # its interfaces, programs and rules went with it
-        from control.netlink import NetlinkRouting
-        from dataplane.dataplane import detach_interface
+        from control.apply.netlink import NetlinkRouting
+        from dataplane.kernel.interface import detach_interface
 
         settings = DataplaneSettings(pin_root=self.pin_root)
         with self.ns.enter():

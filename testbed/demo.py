@@ -21,7 +21,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from control.api import pb2
+from control.rpc.api import pb2
 from testbed import chain_topology as c
 from testbed import cleanup, demo_dataplane
 from testbed.counters import ApiSnapshot, api_snapshot
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if not cli_available():
-        log.error("control/cli.py is missing from this checkout: the demo drives the daemon through it")
+        log.error("control/cli/main.py is missing from this checkout: the demo drives the daemon through it")
         return 2
     return cleanup.run_torn_down(run, log, (CommandFailed,))
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from dataplane import abi
 from dataplane.acl import acl_rule, classifier
-from dataplane.config import TunnelEntry
-from dataplane.dataplane import Dataplane
+from dataplane.kernel.interface import Dataplane
+from dataplane.map_config import TunnelEntry
 from testbed import cleanup
 from testbed import topology as t
 from testbed.counters import Snapshot, snapshot

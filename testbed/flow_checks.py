@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from control import convert
-from control.api import pb2
-from control.models import Policy
+from control.policy.models import Policy
+from control.rpc import convert
+from control.rpc.api import pb2
 from testbed.counters import ApiSnapshot, api_snapshot
 from testbed.daemon import RPC_TIMEOUT, DaemonProcess
 from testbed.flows import FlowCount

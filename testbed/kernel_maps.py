@@ -14,7 +14,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from dataplane.libbpf import errno_of, libbpf
+from dataplane.kernel.libbpf import errno_of, libbpf
 
 _VOID_P = ctypes.c_void_p
 

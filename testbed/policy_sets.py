@@ -40,7 +40,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from control.models import AclRule, Policy, Settings
+from control.policy.models import AclRule, Policy, Settings
 from testbed.flows import Flow
 
 DST = "10.61.0.1"

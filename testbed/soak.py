@@ -38,9 +38,9 @@ from typing import Any
 
 import grpc
 
-from control import convert
-from control.api import pb2
-from control.models import Leg, NextHop, Policy, ServiceChain
+from control.policy.models import Leg, NextHop, Policy, ServiceChain
+from control.rpc import convert
+from control.rpc.api import pb2
 from testbed import cleanup, flow_topology, policy_sets
 from testbed.daemon import RPC_TIMEOUT, DaemonError, DaemonProcess
 from testbed.flow_checks import apply, attach, describe, rss_kib, stats, verdicts

@@ -41,10 +41,10 @@ from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from dataplane.attach import XdpMode
-from dataplane.config import RuntimeConfig
-from dataplane.dataplane import Dataplane
-from dataplane.settings import DataplaneSettings
+from dataplane.kernel.attach import XdpMode
+from dataplane.kernel.build_settings import DataplaneSettings
+from dataplane.kernel.interface import Dataplane
+from dataplane.map_config import RuntimeConfig
 from testbed import cleanup
 from testbed.netns import (
     Namespace,

@@ -27,7 +27,7 @@ def bpf_available() -> None:
 @pytest.fixture(scope="session")
 def loaded_dataplane(bpf_available):  # noqa: ANN001
     """One compiled, unpinned data plane for the whole session (BCC compiles take seconds)."""
-    from dataplane.dataplane import Dataplane
+    from dataplane.kernel.interface import Dataplane
 
     dp = Dataplane.load()
     yield dp

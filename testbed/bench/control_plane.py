@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 
-from control.api import pb2, pb2_grpc
+from control.rpc.api import pb2, pb2_grpc
 from testbed.bench import control_profile, rules
 from testbed.bench.common import Profile, Section
 from testbed.bench.engines import NFT_TABLE

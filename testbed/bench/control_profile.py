@@ -3,7 +3,7 @@
 The daemon answers in gRPC worker threads, which a profiler of its main thread does not see.
 So the benchmark builds the daemon's own objects in process (control.daemon does the same:
 `Reconciler(settings, NetlinkRouting())`, `Controller(StateStore(dir), reconciler)`), attaches
-a veth in a namespace of its own, and runs what the servicer runs for each call (control/
+a veth in a namespace of its own, and runs what the servicer runs for each call (control/rpc/
 service.py: convert the request, `controller.change(...)`, the diff for the response) in the
 main thread, inside the namespace, once without and once with cProfile. Only gRPC itself is
 left out. The profile's self time is summed by where the code lives (pydantic, the rule
@@ -30,14 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from control import convert, policy_ops
-from control.collector import collector_held
-from control.controller import Controller
-from control.models import Interface
-from control.netlink import NetlinkRouting
-from control.reconcile import Reconciler
-from control.state import StateStore
-from dataplane.settings import Capacities, DataplaneSettings
+from control.apply.controller import Controller
+from control.apply.gc_guard import collector_held
+from control.apply.netlink import NetlinkRouting
+from control.apply.reconcile import Reconciler
+from control.apply.state import StateStore
+from control.policy import edits as policy_ops
+from control.policy.models import Interface
+from control.rpc import convert
+from dataplane.kernel.build_settings import Capacities, DataplaneSettings
 from testbed.bench import rules
 from testbed.netns import Namespace, veth_pair
 from testbed.topology import pin_root_owned
@@ -50,17 +51,18 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "map writes (dataplane/tables, BCC, ctypes, bpf syscalls)",
         (
             "dataplane/tables",
-            "dataplane/bulk",
-            "dataplane/libbpf",
-            "dataplane/maps",
+            "dataplane/kernel/bulk",
+            "dataplane/kernel/libbpf",
+            "dataplane/kernel/maps",
             "/bcc/",
             "ctypes",
             "_ctypes",
         ),
     ),
     ("ipaddress (parsing and formatting addresses)", ("ipaddress",)),
-    ("policy model -> match rules (control/intent, dataplane/acl)", ("control/intent", "dataplane/acl")),
-    ("state file (JSON, write, fsync)", ("json", "fsync", "control/state", "posix.write", "tempfile")),
+    ("policy model -> match rules (control/policy/intent, dataplane/acl)",
+     ("control/policy/intent", "dataplane/acl")),
+    ("state file (JSON, write, fsync)", ("json", "fsync", "control/apply/state", "posix.write", "tempfile")),
     ("protobuf", ("protobuf", "google/")),
     ("control plane (control/*)", ("control/",)),
 )

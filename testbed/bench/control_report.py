@@ -102,7 +102,8 @@ def _gc_advice(p: control_profile.Profiled) -> str:
     objects = p.counts.get("objects tracked by the collector", 0)
     return (f" The largest single part, {p.gc_seconds / p.seconds:.0%}, is Python's cyclic garbage "
             f"collector, although a change runs with it off and freezes what it made "
-            f"(control.controller.collector_held): its collections still re-scan the {objects:,} objects "
+            f"(control.apply.controller.collector_held): its collections still re-scan the {objects:,} "
+            "objects "
             "the process holds, so something outside a change allocates enough to trigger them.")
 
 

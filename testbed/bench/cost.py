@@ -35,8 +35,8 @@ from scapy.packet import Packet
 
 from dataplane import abi
 from dataplane.acl import classifier
-from dataplane.config import RuntimeConfig, TunnelEntry
-from dataplane.testrun import run_xdp
+from dataplane.kernel.testrun import run_xdp
+from dataplane.map_config import RuntimeConfig, TunnelEntry
 from testbed.bench import lpm, rules
 from testbed.bench.common import (
     Plot,

@@ -30,9 +30,9 @@ from contextlib import ExitStack
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from dataplane import attach as attach_mod
-from dataplane.config import RuntimeConfig, TunnelEntry
-from dataplane.dataplane import Dataplane
+from dataplane.kernel import attach as attach_mod
+from dataplane.kernel.interface import Dataplane
+from dataplane.map_config import RuntimeConfig, TunnelEntry
 from testbed.bench.common import (
     Plot,
     Profile,

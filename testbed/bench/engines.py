@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from dataplane import abi
-from dataplane import attach as attach_mod
-from dataplane.config import RuntimeConfig
-from dataplane.dataplane import Dataplane
+from dataplane.kernel import attach as attach_mod
+from dataplane.kernel.interface import Dataplane
+from dataplane.map_config import RuntimeConfig
 from testbed import cleanup
 from testbed.bench import rules
 from testbed.bench.load import Rig, link_stats, missing_tools

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dataplane.attach import attach_xdp
+from dataplane.kernel.attach import attach_xdp
 from testbed import cleanup
 from testbed.bench.programs import Noop
 from testbed.netns import (

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataplane.dataplane import Dataplane
-from dataplane.program import TC_FUNC, XDP_FUNC, Program
-from dataplane.settings import DataplaneSettings
-from dataplane.source import program_text
+from dataplane.kernel.build_settings import DataplaneSettings
+from dataplane.kernel.interface import Dataplane
+from dataplane.kernel.program import TC_FUNC, XDP_FUNC, Program
+from dataplane.kernel.source import program_text
 
 RESTORING_FUNC = "tg_bench_restoring"
 RESTORING_NOOP_FUNC = "tg_bench_restoring_noop"

@@ -306,7 +306,7 @@ def source_addresses(rules: Iterable[RuleSpec]) -> list[str]:
 
 def proto_rule(rule: RuleSpec) -> Any:
     """The rule as a tidegate.v1 AclRule message (what a client sends the daemon)."""
-    from control.api import pb2
+    from control.rpc.api import pb2
 
     match = pb2.Match(src=str(rule.src or ""), dst=str(rule.dst or ""))
     protocols = {TCP: pb2.PROTOCOL_TCP, UDP: pb2.PROTOCOL_UDP, ICMP: pb2.PROTOCOL_ICMP}
@@ -319,6 +319,6 @@ def proto_rule(rule: RuleSpec) -> Any:
 
 def proto_policy(rules: Iterable[RuleSpec]) -> Any:
     """A tidegate.v1 Policy holding just these ACL rules."""
-    from control.api import pb2
+    from control.rpc.api import pb2
 
     return pb2.Policy(acl=[proto_rule(r) for r in rules])

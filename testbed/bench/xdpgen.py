@@ -28,8 +28,8 @@ import socket
 import sys
 from types import FrameType
 
-from dataplane.libbpf import libbpf
-from dataplane.testrun import _TestRunOpts, _XdpMd
+from dataplane.kernel.libbpf import libbpf
+from dataplane.kernel.testrun import _TestRunOpts, _XdpMd
 from testbed.netns import NETNS_DIR, _setns
 
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1  # include/uapi/linux/bpf.h

@@ -1,4 +1,4 @@
-"""A real dataplane.events.PolicyEvent with defaults, for tests that need one without a kernel."""
+"""A real dataplane.kernel.events.PolicyEvent with defaults, for tests that need one without a kernel."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from dataplane import abi
-from dataplane.events import PolicyEvent
+from dataplane.kernel.events import PolicyEvent
 
 DEFAULTS: dict[str, Any] = {
     "ts_ns": 1_000, "ifindex": 3, "rule_id": 42, "reason": abi.Reason.DROP_DENIED, "action": abi.Action.DENY,

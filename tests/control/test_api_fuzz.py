@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from control.api import pb2
+from control.rpc.api import pb2
 from testbed.daemon import DaemonProcess
 from testbed.netns import Namespace, add_address, veth_pair
 

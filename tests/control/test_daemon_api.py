@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from control.api import pb2
+from control.rpc.api import pb2
 from testbed.daemon import DaemonProcess
 from testbed.netns import Namespace, add_address, veth_pair
 

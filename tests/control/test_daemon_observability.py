@@ -25,7 +25,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from control.api import pb2
+from control.rpc.api import pb2
 from testbed.daemon import DaemonProcess
 from testbed.netns import Namespace, add_address, add_neighbour, link_mac, veth_pair
 
@@ -38,11 +38,12 @@ UDP_PORT = 9
 METRICS = "127.0.0.1:9150"  # inside the daemon's own namespace: no clash with the host
 WAIT = 10.0
 
-needs_events = pytest.mark.skipif(importlib.util.find_spec("dataplane.events") is None,
-                                  reason="dataplane/events.py (ring-buffer policy events) is not in this "
-                                         "checkout yet")
-needs_trace = pytest.mark.skipif(importlib.util.find_spec("dataplane.trace") is None,
-                                 reason="dataplane/trace.py (packet tracers) is not in this checkout yet")
+needs_events = pytest.mark.skipif(importlib.util.find_spec("dataplane.kernel.events") is None,
+                                  reason="dataplane/kernel/events.py (ring-buffer policy events) is not in "
+                                         "this checkout yet")
+needs_trace = pytest.mark.skipif(importlib.util.find_spec("dataplane.trace.tracer") is None,
+                                 reason="dataplane/trace/tracer.py (packet tracers) is not in this checkout "
+                                        "yet")
 
 
 @pytest.fixture(scope="module")

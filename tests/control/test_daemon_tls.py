@@ -22,7 +22,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from control.api import pb2, pb2_grpc
+from control.rpc.api import pb2, pb2_grpc
 from testbed.daemon import REPO_ROOT, DaemonProcess
 from testbed.forward import TcpForwarder
 from testbed.netns import Namespace

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from control import cli
+from control.cli import main as cli
 from control.daemon_config import ConfigError, load_config
 from testbed.pki import CertificateAuthority
 

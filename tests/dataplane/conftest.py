@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dataplane.config import RuntimeConfig
+from dataplane.map_config import RuntimeConfig
 
 # A locally administered MAC for the (virtual) interface the programs believe they run on.
 IF_MAC = bytes.fromhex("02aa00000001")

@@ -8,7 +8,7 @@ import mmap
 import pytest
 
 from dataplane import abi
-from dataplane.program import map_names
+from dataplane.kernel.program import map_names
 
 pytestmark = pytest.mark.root
 

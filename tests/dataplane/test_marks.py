@@ -19,7 +19,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from dataplane import abi
 from dataplane.acl import acl_rule, classifier
-from dataplane.config import RuntimeConfig, TunnelEntry
+from dataplane.map_config import RuntimeConfig, TunnelEntry
 from testbed.vxlan import OUTER_SRC_MAC, geneve_packet, inner_frame, vxlan_packet
 
 from .conftest import IF_MAC

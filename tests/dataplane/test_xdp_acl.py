@@ -21,7 +21,7 @@ from scapy.packet import Raw
 
 from dataplane import abi
 from dataplane.acl import acl_rule
-from dataplane.config import RuntimeConfig, TunnelEntry
+from dataplane.map_config import RuntimeConfig, TunnelEntry
 from dataplane.matcher import MatchRule
 from testbed.packets import GENEVE_PORT, VXLAN_PORT
 from testbed.vxlan import OUTER_DST_MAC, OUTER_SRC_MAC, geneve_packet, inner_frame, vxlan_packet

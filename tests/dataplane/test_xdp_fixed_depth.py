@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from dataplane import abi
 from dataplane.acl import acl_rule
+from dataplane.kernel.build_settings import DataplaneSettings
+from dataplane.kernel.program import PinError, compile_program
 from dataplane.matcher import ANY, prefix_of
 from dataplane.matcher_layout import FIXED_DEPTH_MIN, LIST_MAX, EntryWords, entry_words, flags
-from dataplane.program import PinError, compile_program
-from dataplane.settings import DataplaneSettings
 from dataplane.tables import ListLayout
 
 from . import test_marks as marks

@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 
 from dataplane import abi
 from dataplane.acl import acl_rule, classifier
-from dataplane.config import RuntimeConfig, TunnelEntry
+from dataplane.map_config import RuntimeConfig, TunnelEntry
 
 from .conftest import IF_MAC
 from .hostile_model import (

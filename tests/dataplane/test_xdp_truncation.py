@@ -39,7 +39,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Ether
 
 from dataplane import abi
-from dataplane.config import TunnelEntry
+from dataplane.map_config import TunnelEntry
 from testbed.vxlan import (
     GENEVE_HEADER_LEN,
     OUTER_DST_MAC,

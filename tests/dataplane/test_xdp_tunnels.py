@@ -10,7 +10,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from dataplane import abi
-from dataplane.config import RuntimeConfig, TunnelEntry
+from dataplane.map_config import RuntimeConfig, TunnelEntry
 from testbed.packets import geneve, geneve_option, vxlan
 
 from .conftest import IF_MAC

@@ -20,7 +20,7 @@ from scapy.packet import Packet, Raw
 
 from dataplane import abi
 from dataplane.acl import acl_rule, classifier
-from dataplane.config import TunnelEntry
+from dataplane.map_config import TunnelEntry
 from testbed.packets import geneve, vxlan
 
 from .conftest import IF_MAC

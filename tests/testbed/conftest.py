@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dataplane.attach import AttachError
-from dataplane.config import RuntimeConfig, TunnelEntry
-from dataplane.dataplane import Dataplane
+from dataplane.kernel.attach import AttachError
+from dataplane.kernel.interface import Dataplane
+from dataplane.map_config import RuntimeConfig, TunnelEntry
 from testbed import cleanup, topology
 from testbed.netns import created_namespaces, list_namespaces
 

@@ -29,9 +29,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from control import convert
-from control.api import pb2
-from control.models import Policy
+from control.policy.models import Policy
+from control.rpc import convert
+from control.rpc.api import pb2
 from testbed import flow_topology, policy_sets
 from testbed.daemon import DaemonProcess
 from testbed.flow_checks import APPLY_TIMEOUT, apply, attach, current, stats

@@ -18,9 +18,9 @@ from typing import Any
 import grpc
 import pytest
 
-from control import convert
-from control.api import pb2
-from control.models import Policy
+from control.policy.models import Policy
+from control.rpc import convert
+from control.rpc.api import pb2
 from testbed import chain_topology as c
 from testbed.counters import ApiSnapshot, api_snapshot
 from testbed.daemon import RPC_TIMEOUT, DaemonProcess

@@ -15,9 +15,9 @@ import pytest
 
 from dataplane import abi
 from dataplane.acl import acl_rule, classifier
-from dataplane.attach import clsact_present, detach_xdp, tc_filter_attached, xdp_attached
-from dataplane.dataplane import detach_interface
-from dataplane.program import TC_PIN, XDP_PIN, map_names
+from dataplane.kernel.attach import clsact_present, detach_xdp, tc_filter_attached, xdp_attached
+from dataplane.kernel.interface import detach_interface
+from dataplane.kernel.program import TC_PIN, XDP_PIN, map_names
 from testbed import topology as t
 from testbed.counters import snapshot
 from testbed.netns import Namespace, veth_pair

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from control.models import DesiredState, Interface
+from control.policy.models import DesiredState, Interface
 from testbed import chain_topology as c
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from control.models import Leg, NextHop, Policy, ServiceChain
+from control.policy.models import Leg, NextHop, Policy, ServiceChain
 from testbed import flow_topology, policy_sets
 from testbed.daemon import DaemonProcess
 from testbed.flow_checks import apply, attach, current, describe, stats, verdicts

@@ -1,0 +1,121 @@
+"""The daemon's one writer: desired state in, kernel and disk brought to it, in that order.
+
+Every change (API call, start-up restore) goes through `change()`, serialised by a lock:
+validate -> reconcile (all-or-nothing, control.apply.reconcile) -> persist -> publish. A change that
+fails leaves the applied state, the kernel and the file as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from control.apply.gc_guard import collector_held
+from control.apply.reconcile import InvalidState, Reconciler, Stats
+from control.apply.state import StateStore
+from control.errors import NotFound
+from control.policy.edits import Edit, check_generation
+from control.policy.models import DesiredState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApplyRecord:
+    """How the last change (or the start-up restore) that reached the kernel went."""
+
+    ok: bool
+    duration_s: float
+    finished_unix: float  # time.time() when it ended
+    generation: int       # the generation it tried to apply
+
+
+class Busy(TimeoutError):
+    """The controller stayed locked (a long apply) for longer than the caller would wait."""
+
+
+class Controller:
+    def __init__(self, store: StateStore, reconciler: Reconciler) -> None:
+        self.store = store
+        self.reconciler = reconciler
+        self._lock = threading.RLock()
+        self.state = DesiredState()
+        self.last_apply: ApplyRecord | None = None
+        self.applies = {"ok": 0, "failed": 0}
+
+    @contextmanager
+    def _recorded(self, generation: int) -> Iterator[None]:
+        """Records how programming went; a state refused before anything was written
+        (InvalidState: the caller's error) is not an apply."""
+        started = time.monotonic()
+        try:
+            yield
+        except InvalidState:
+            raise
+        except BaseException:
+            self._record(False, started, generation)
+            raise
+        self._record(True, started, generation)
+
+    def _record(self, ok: bool, started: float, generation: int) -> None:
+        self.last_apply = ApplyRecord(ok, time.monotonic() - started, time.time(), generation)
+        self.applies["ok" if ok else "failed"] += 1
+
+    def start(self) -> None:
+        """Restores the persisted state (adopting pinned maps a previous daemon left)."""
+        with collector_held(), self._lock:
+            persisted = self.store.load()
+            with self._recorded(persisted.generation):
+                self.reconciler.restore(persisted)
+            self.state = self.reconciler.applied
+            log.info("state restored", extra={"generation": self.state.generation,
+                                              "interfaces": [i.name for i in self.state.interfaces]})
+
+    def change(self, edit: Callable[[DesiredState], DesiredState], expected_generation: int = 0,
+               dry_run: bool = False) -> DesiredState:
+        """Applies edit(current) and returns the new state (the old one for a dry run)."""
+        with collector_held(), self._lock:  # in that order, as ApplyPolicy takes them
+            check_generation(self.state, expected_generation)
+            new = edit(self.state)
+            if dry_run:
+                self.reconciler.preflight(new)
+                return new
+            new = new.model_copy(update={"generation": self.state.generation + 1})
+            with self._recorded(new.generation):
+                self.reconciler.apply(new)
+                try:
+                    self.store.save(new, edit if isinstance(edit, Edit) else None, base=self.state)
+                except Exception:
+                    log.exception("saving the state failed: putting the previous state back in the kernel")
+                    self.reconciler.apply(self.state)
+                    raise
+            self.state = new
+            log.info("state applied", extra={"generation": new.generation})
+            return new
+
+    def stats(self, interfaces: list[str] | None = None) -> Stats:
+        """Counters summed over the attached interfaces (or over the ones named)."""
+        with self._lock:
+            unknown = sorted(set(interfaces or ()) - set(self.reconciler.planes))
+            if unknown:
+                raise NotFound(f"interfaces not attached: {', '.join(unknown)}")
+            return self.reconciler.stats(interfaces or None)
+
+    def read(self) -> DesiredState:
+        with self._lock:
+            return self.state
+
+    @contextmanager
+    def locked(self, timeout: float) -> Iterator[Reconciler]:
+        """The reconciler, with no change under way, for readers of the kernel's maps (a
+        metrics scrape); Busy if a change holds the lock for longer than `timeout` seconds."""
+        if not self._lock.acquire(timeout=timeout):
+            raise Busy(f"a change has held the controller for over {timeout:g} s")
+        try:
+            yield self.reconciler
+        finally:
+            self._lock.release()

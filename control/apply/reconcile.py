@@ -1,0 +1,337 @@
+"""Makes the kernel (maps, attached programs, policy routing) match a desired state.
+
+apply() is all-or-nothing from the caller's view:
+ 1. preflight, no writes: interfaces exist, every match table compiles within its capacity,
+    the routing plan fits its band; any problem is an InvalidState naming the field;
+ 2. program: load new interfaces (pins, not attached), write config, tunnels and match tables
+    (each table switch is per-packet atomic, dataplane.matcher_plan), attach, sync routing;
+ 3. if programming fails, the previous state is programmed again and ApplyError says so.
+Nothing here calls back up into the API layer; it is handed states and reports errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from control.policy.intent import AclTranslations, InterfaceIntent, interface_intent
+from control.policy.models import DesiredState, ServiceChain
+from dataplane.acl import acl_capacity, cls_capacity
+from dataplane.kernel import attach as attach_mod
+from dataplane.kernel.build_settings import DataplaneSettings
+from dataplane.kernel.interface import Dataplane
+from dataplane.kernel.maps import Counter
+from dataplane.map_config import TunnelEntry
+from dataplane.matcher import CompiledMatch, MatchCapacity, MatchRule, compile_rules, empty
+
+log = logging.getLogger(__name__)
+
+
+class InvalidState(ValueError):
+    """The state cannot be applied on this machine; nothing was written."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
+
+
+class MissingInterface(InvalidState):
+    """An interface the state names does not exist in the daemon's network namespace."""
+
+
+class ApplyError(RuntimeError):
+    """Programming failed part-way; the previous state was programmed again."""
+
+
+class Routing(Protocol):
+    def check(self, chains: list[ServiceChain]) -> None: ...
+    def sync(self, chains: list[ServiceChain]) -> Any: ...
+    def remove_all(self) -> None: ...
+
+
+class PlaneObserver(Protocol):
+    """Told when an interface's data plane is loaded, and before it is unloaded (detached or
+    closed): whatever reads its maps or ring buffer in another thread stops there, before the
+    BPF object is gone. Observers must not raise (an error is logged and ignored)."""
+
+    def plane_added(self, name: str, plane: Dataplane) -> None: ...
+    def plane_removing(self, name: str, plane: Dataplane) -> None: ...
+
+
+@dataclass
+class _Compiled:
+    intent: InterfaceIntent
+    acl: CompiledMatch
+    classifiers: CompiledMatch
+    acl_base: CompiledMatch  # what each was compiled against: valid while the table still holds it
+    cls_base: CompiledMatch
+
+    def valid_for(self, plane: Dataplane) -> bool:
+        return plane.acl.current == self.acl_base and plane.classifiers.current == self.cls_base
+
+
+@dataclass
+class Stats:
+    rules: dict[int, Counter] = field(default_factory=dict)
+    tunnels: dict[int, Counter] = field(default_factory=dict)
+    legs: dict[tuple[str, str], Counter] = field(default_factory=dict)
+    reasons: dict[str, Counter] = field(default_factory=dict)
+    events: dict[str, Counter] = field(default_factory=dict)
+    interfaces: dict[str, Counter] = field(default_factory=dict)
+
+
+def _add(into: dict, key: Any, counter: Counter) -> None:  # type: ignore[type-arg]
+    into[key] = into.get(key, Counter()) + counter
+
+
+class Reconciler:
+    def __init__(self, settings: DataplaneSettings, routing: Routing,
+                 loader: Callable[[str, DataplaneSettings], Dataplane] = Dataplane.load) -> None:
+        self.settings = settings
+        self.routing = routing
+        self._loader = loader
+        self.planes: dict[str, Dataplane] = {}
+        self.intents: dict[str, InterfaceIntent] = {}
+        self.applied = DesiredState()
+        self.observers: list[PlaneObserver] = []
+        self._translations = AclTranslations()  # each rule translated once while it is in the policy
+        # The chains the kernel's policy routing was last synced to (None: unknown, sync again).
+        self._routed: list[ServiceChain] | None = None
+        # (interface, "acl"/"cls") -> the CompiledMatch written to that table and its rules
+        self._sources: dict[tuple[str, str], tuple[CompiledMatch, tuple[MatchRule, ...]]] = {}
+
+    def _intent(self, state: DesiredState, name: str) -> InterfaceIntent:
+        return interface_intent(state, name, self._translations)
+
+    def _notify(self, what: str, name: str, plane: Dataplane) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, what)(name, plane)
+            except Exception:  # noqa: BLE001 - an observer never decides whether the kernel is programmed
+                log.exception("plane observer failed", extra={"observer": type(observer).__name__,
+                                                             "ifname": name, "call": what})
+
+    def _unload(self, name: str, detach: bool) -> None:
+        plane = self.planes[name]
+        self._notify("plane_removing", name, plane)
+        del self.planes[name]
+        self.intents.pop(name, None)
+        self._sources.pop((name, "acl"), None)
+        self._sources.pop((name, "cls"), None)
+        if detach:
+            plane.detach()
+        else:
+            plane.close()
+
+    # --- start-up ---------------------------------------------------------------------------
+    def restore(self, state: DesiredState) -> None:
+        """Adopts what a previous daemon left pinned, then applies the persisted state."""
+        for iface in state.interfaces:
+            try:
+                attach_mod.ifindex(iface.name)
+            except attach_mod.AttachError:
+                log.warning("persisted interface is missing, skipping it", extra={"ifname": iface.name})
+                continue
+            self._load(iface.name, self._intent(state, iface.name))
+        # No rollback here: the "previous state" would be the empty one this object starts with,
+        # and programming it detaches every adopted interface, i.e. stops enforcing the policy.
+        self.apply(_without_missing(state, set(self.planes)), rollback=False)
+
+    def _load(self, name: str, intent: InterfaceIntent | None = None) -> Dataplane:
+        """Loads (or adopts the pinned maps of) an interface; `intent` says which rules the
+        pinned slots are expected to hold, so their slots and counters carry over."""
+        plane = self._loader(name, self.settings)
+        if plane.adopted:
+            plane.acl.adopt(intent.acl if intent else ())
+            plane.classifiers.adopt(intent.classifiers if intent else ())
+        self.planes[name] = plane
+        self._notify("plane_added", name, plane)
+        return plane
+
+    # --- apply --------------------------------------------------------------------------------
+    def apply(self, new: DesiredState, rollback: bool = True) -> None:
+        """Programs `new`; if that fails, programs the previous state again (unless not `rollback`)."""
+        compiled = self.preflight(new)
+        old = self.applied
+        try:
+            self._program(new, compiled)
+        except Exception as exc:
+            if not rollback:
+                log.exception("programming failed, leaving the kernel as it is", extra={"error": str(exc)})
+                raise ApplyError(f"{exc}; nothing was rolled back: the data plane keeps enforcing what "
+                                 "it held before") from exc
+            log.exception("programming failed, restoring the previous state", extra={"error": str(exc)})
+            self._routed = None  # the failure may have been half-way through routing
+            try:
+                self._program(old, None)
+            except Exception as again:
+                raise ApplyError(f"{exc}; restoring the previous state failed too: {again}") from exc
+            finally:
+                self._translations.keep_only(old.policy.acl)
+            raise ApplyError(f"{exc}; the previous state is in force again") from exc
+        self.applied = new
+        self._translations.keep_only(new.policy.acl)
+
+    def preflight(self, new: DesiredState) -> dict[str, _Compiled]:
+        """Everything that can be known before writing; raises InvalidState."""
+        errors: list[tuple[str, str]] = []
+        for index, iface in enumerate(new.interfaces):
+            try:
+                attach_mod.ifindex(iface.name)
+            except attach_mod.AttachError as exc:
+                hint = "; it vanished while attached: detach it" if iface.name in self.planes else ""
+                errors.append((f"interfaces[{index}].name", f"{exc}{hint}"))
+        errors += _missing_nexthop_devices(new.policy.chains)
+        if errors:
+            raise MissingInterface(errors)
+        try:
+            self.routing.check(new.policy.chains)
+        except ValueError as exc:
+            errors.append(("policy.chains", str(exc)))
+        if errors:
+            raise InvalidState(errors)
+        return {iface.name: self._compile(new, iface.name) for iface in new.interfaces}
+
+    def _compile(self, state: DesiredState, name: str) -> _Compiled:
+        intent = self._intent(state, name)
+        plane = self.planes.get(name)
+        caps = self.settings.capacities
+        acl_base = plane.acl.current if plane else empty()  # not loaded yet: its tables start empty
+        cls_base = plane.classifiers.current if plane else empty()
+        try:
+            return _Compiled(intent, self._compiled(name, "acl", intent.acl, acl_base, acl_capacity(caps)),
+                             self._compiled(name, "cls", intent.classifiers, cls_base, cls_capacity(caps)),
+                             acl_base, cls_base)
+        except ValueError as exc:
+            raise InvalidState([("policy", f"interface {name}: {exc}")]) from exc
+
+    def _compiled(self, name: str, table: str, rules: tuple[MatchRule, ...], base: CompiledMatch,
+                  capacity: MatchCapacity) -> CompiledMatch:
+        """`base` itself when it is what the table holds for these very rules (the classifiers
+        when only ACL rules changed, and the other way round), else the compile against it."""
+        source = self._sources.get((name, table))
+        if source is not None and source[0] is base and source[1] == rules:
+            return base
+        return compile_rules(list(rules), base, capacity, table)
+
+    def _applied(self, name: str, table: str, compiled: CompiledMatch, rules: tuple[MatchRule, ...]) -> None:
+        self._sources[(name, table)] = (compiled, rules)
+
+    def _program(self, state: DesiredState, compiled: dict[str, _Compiled] | None) -> None:
+        wanted = {i.name: i for i in state.interfaces}
+        for name, iface in wanted.items():
+            plane = self.planes.get(name) or self._load(name)
+            done = compiled.get(name) if compiled else None
+            if done is None or not done.valid_for(plane):
+                done = self._compile(state, name)
+            intent = done.intent
+            plane.configure(intent.config)
+            _sync_tunnels(plane, intent.tunnels)
+            if done.acl is not plane.acl.current:
+                plane.acl.apply(done.acl)
+                self._applied(name, "acl", done.acl, intent.acl)
+            if done.classifiers is not plane.classifiers.current:
+                plane.classifiers.apply(done.classifiers)
+                self._applied(name, "cls", done.classifiers, intent.classifiers)
+            if plane.xdp_mode is None or (iface.mode != "auto" and plane.xdp_mode != iface.mode):
+                plane.attach(iface.mode)
+            self.intents[name] = intent
+        for name in [n for n in self.planes if n not in wanted]:
+            self._unload(name, detach=True)
+        self._sync_routing(state.policy.chains)
+
+    def _sync_routing(self, chains: list[ServiceChain]) -> None:
+        """Policy routing depends on the chains alone: a change that leaves them as they were
+        (ACL rules, tunnels) skips reading the kernel's rules and routes. At start-up and after
+        any failure it is synced again."""
+        if self._routed is not None and self._routed == chains:
+            return
+        self._routed = None
+        self.routing.sync(chains)
+        self._routed = list(chains)
+
+    # --- shutdown -------------------------------------------------------------------------------
+    def close(self, detach: bool = False) -> None:
+        """Drops handles; with detach, also takes programs, pins and routing away."""
+        for name in list(self.planes):
+            self._unload(name, detach=detach)
+        if detach:
+            self._routed = None
+            self.routing.remove_all()
+
+    # --- counters -------------------------------------------------------------------------------
+    def stats(self, names: list[str] | None = None) -> Stats:
+        out = Stats()
+        for name, plane in self.planes.items():
+            if names is not None and name not in names:
+                continue
+            for rid, c in plane.acl.counts_by_rule().items():
+                _add(out.rules, rid, c)
+            for vni, c in plane.maps.tunnel_counts().items():
+                _add(out.tunnels, vni, c)
+            legs = self.intents[name].legs if name in self.intents else {}
+            for cid, c in plane.classifiers.counts_by_rule().items():
+                if cid in legs:
+                    _add(out.legs, (legs[cid].chain, legs[cid].leg), c)
+            total = Counter()
+            for reason, c in plane.maps.reason_counts().items():
+                _add(out.reasons, reason.name, c)
+                total = total + c
+            out.interfaces[name] = total
+            for event, c in plane.maps.event_counts().items():
+                _add(out.events, event.name, c)
+        return out
+
+
+def _device_exists(name: str) -> bool:
+    try:
+        attach_mod.ifindex(name)
+    except attach_mod.AttachError:
+        return False
+    return True
+
+
+def _nexthop_devices(chain: ServiceChain) -> set[str]:
+    return {hop.dev for _, leg in chain.legs() for hop in leg.nexthops if hop.dev is not None}
+
+
+def _missing_nexthop_devices(chains: list[ServiceChain]) -> list[tuple[str, str]]:
+    """Next hops naming a device this namespace lacks: refused here rather than by netlink
+    half-way through programming (which would cost a rollback of everything else)."""
+    errors = []
+    for c_index, chain in enumerate(chains):
+        for leg_name, leg in chain.legs():
+            for h_index, hop in enumerate(leg.nexthops):
+                if hop.dev is not None and not _device_exists(hop.dev):
+                    errors.append((f"policy.chains[{c_index}].{leg_name}.nexthops[{h_index}].dev",
+                                   f"interface {hop.dev!r} does not exist in this network namespace"))
+    return errors
+
+
+def _without_missing(state: DesiredState, present: set[str]) -> DesiredState:
+    """The state minus interfaces that vanished while no daemon ran, and the chains using them
+    (on a leg, or as a next hop device)."""
+    gone = {dev for c in state.policy.chains for dev in _nexthop_devices(c) if not _device_exists(dev)}
+    gone |= {i.name for i in state.interfaces} - present
+    if not gone:
+        return state
+    chains = [c for c in state.policy.chains
+              if all(i in present for _, leg in c.legs() for i in leg.interfaces)
+              and not _nexthop_devices(c) & gone]
+    log.warning("interfaces vanished: applying the state without them and the chains using them",
+                extra={"missing": sorted(gone)})
+    policy = state.policy.model_copy(update={"chains": chains})
+    return DesiredState(generation=state.generation, policy=policy,
+                        interfaces=[i for i in state.interfaces if i.name in present])
+
+
+def _sync_tunnels(plane: Dataplane, tunnels: tuple[TunnelEntry, ...]) -> None:
+    have = {t.vni: t for t in plane.maps.tunnels()}
+    want = {t.vni: t for t in tunnels}
+    for vni, t in want.items():
+        if have.get(vni) != t:
+            plane.maps.put_tunnel(t)
+    for vni in have.keys() - want.keys():
+        plane.maps.delete_tunnel(vni)

@@ -1,0 +1,380 @@
+"""Proto messages <-> policy models: the one module that translates between them.
+
+From proto, a message is turned into a plain dict of the model's shape (proto field names are
+the model's field names) and handed to pydantic, which does all of the validation: this module
+checks nothing itself, so every error comes out of the models, with the field path pydantic
+gives it. Absence is translated, never guessed:
+
+- an `optional` scalar that is not set, an enum at *_UNSPECIFIED, an empty prefix/address/dev
+  string and an unset message field are left out of the dict, so the model's default applies
+  (or pydantic reports a required field as missing, e.g. an AclRule without an action);
+- an enum number this version does not know is passed through as a number, for pydantic to
+  reject with the field's path.
+
+To proto, every field is set explicitly, defaults included, so
+`policy_from_proto(policy_to_proto(p)) == p` and a client reading a policy sees every value.
+
+Validation errors become InvalidArgument (a ValueError) with (field path, reason) pairs, paths
+written as in the proto with list indexes in brackets: `acl[3].match.dport`. The gRPC layer
+answers it with INVALID_ARGUMENT and `str(exc)` as the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from pydantic import ValidationError
+
+from control.errors import InvalidArgument
+from control.observe.fanout import EventFilter
+from control.policy.models import (
+    AclRule,
+    Interface,
+    Leg,
+    Match,
+    NextHop,
+    Policy,
+    ServiceChain,
+    Settings,
+    Tunnel,
+    describe_errors,
+)
+from control.rpc.api import pb2
+
+T = TypeVar("T")
+Dict = dict[str, Any]
+
+# The C enum tg_event starts at 0 with a real event; the proto keeps 0 for EVENT_UNSPECIFIED.
+EVENT_OFFSET = 1
+_ROOT = "(policy)"  # describe_errors' name for an error of the whole object
+
+
+def field_path(path: str, where: str = "") -> str:
+    """A describe_errors path ("acl[3].match") under the request field `where` ("policy.acl[3]...")."""
+    if path == _ROOT:
+        return where or _ROOT
+    return f"{where}.{path}" if where else path
+
+
+def validated(fn: Callable[..., T], *args: Any, where: str = "", **kwargs: Any) -> T:
+    """fn(*args, **kwargs), with a pydantic ValidationError raised as InvalidArgument.
+
+    `where` prefixes the paths with the request field that held the object ("rule", "chain").
+    """
+    try:
+        return fn(*args, **kwargs)
+    except ValidationError as exc:
+        raise InvalidArgument([(field_path(p, where), r) for p, r in describe_errors(exc)]) from exc
+    except InvalidArgument as exc:
+        if not where:
+            raise
+        raise InvalidArgument([(field_path(p, where), r) for p, r in exc.errors]) from exc
+
+
+# --- enums: by name, "PROTOCOL_TCP" <-> "tcp" ---------------------------------------------------
+
+def _name(enum: EnumTypeWrapper, prefix: str, number: int) -> str | int | None:
+    """The model's literal for an enum number; None for *_UNSPECIFIED; unknown numbers as is."""
+    if number == 0:
+        return None
+    try:
+        return enum.Name(number).removeprefix(prefix).lower()
+    except ValueError:
+        return number
+
+
+def _number(enum: EnumTypeWrapper, prefix: str, name: str | None) -> Any:
+    """The enum number of a model literal (typed Any: the stubs give each enum its own int type)."""
+    return 0 if name is None else enum.Value(prefix + name.upper())
+
+
+def _put(d: Dict, key: str, value: object) -> None:
+    if value is not None and value != "":
+        d[key] = value
+
+
+def _put_optional(d: Dict, msg: Any, field: str) -> None:
+    if msg.HasField(field):
+        d[field] = getattr(msg, field)
+
+
+# --- proto -> dict of the model's shape (no checks: pydantic does them) -------------------------
+
+def _match_dict(msg: pb2.Match) -> Dict:
+    d: Dict = {}
+    _put(d, "src", msg.src)
+    _put(d, "dst", msg.dst)
+    _put(d, "protocol", _name(pb2.Protocol, "PROTOCOL_", msg.protocol))
+    if msg.HasField("dport"):
+        d["dport"] = {"low": msg.dport.low, "high": msg.dport.high}
+    return d
+
+
+def _acl_rule_dict(msg: pb2.AclRule) -> Dict:
+    d: Dict = {"id": msg.id, "log": msg.log, "description": msg.description}
+    _put_optional(d, msg, "priority")
+    _put(d, "action", _name(pb2.Action, "ACTION_", msg.action))
+    if msg.HasField("match"):
+        d["match"] = _match_dict(msg.match)
+    return d
+
+
+def _tunnel_dict(msg: pb2.Tunnel) -> Dict:
+    d: Dict = {"vni": msg.vni}
+    _put_optional(d, msg, "vxlan")
+    _put_optional(d, msg, "geneve")
+    return d
+
+
+def _nexthop_dict(msg: pb2.NextHop) -> Dict:
+    d: Dict = {}
+    _put(d, "via", msg.via)
+    _put(d, "dev", msg.dev)
+    return d
+
+
+def _leg_dict(msg: pb2.Leg) -> Dict:
+    d: Dict = {"interfaces": list(msg.interfaces), "mark": msg.mark, "table": msg.table,
+               "nexthops": [_nexthop_dict(n) for n in msg.nexthops]}
+    if msg.HasField("match"):
+        d["match"] = _match_dict(msg.match)
+    return d
+
+
+def _chain_dict(msg: pb2.ServiceChain) -> Dict:
+    d: Dict = {"name": msg.name}
+    _put_optional(d, msg, "priority")
+    for leg in ("forward", "return_path"):
+        if msg.HasField(leg):
+            d[leg] = _leg_dict(getattr(msg, leg))
+    return d
+
+
+def _settings_dict(msg: pb2.Settings) -> Dict:
+    d: Dict = {}
+    for field in ("vxlan_port", "geneve_port", "decap", "rewrite_inner_dmac"):
+        _put_optional(d, msg, field)
+    _put(d, "unknown_vni_action",
+         _name(pb2.UnknownVniAction, "UNKNOWN_VNI_ACTION_", msg.unknown_vni_action))
+    _put(d, "default_action", _name(pb2.Action, "ACTION_", msg.default_action))
+    return d
+
+
+def _policy_dict(msg: pb2.Policy) -> Dict:
+    d: Dict = {"acl": [_acl_rule_dict(r) for r in msg.acl],
+               "tunnels": [_tunnel_dict(t) for t in msg.tunnels],
+               "chains": [_chain_dict(c) for c in msg.chains]}
+    if msg.HasField("settings"):
+        d["settings"] = _settings_dict(msg.settings)
+    return d
+
+
+def _interface_dict(msg: pb2.Interface) -> Dict:
+    d: Dict = {"name": msg.name}
+    _put(d, "mode", _name(pb2.XdpMode, "XDP_MODE_", msg.mode))
+    return d
+
+
+# --- public: proto -> model (raises InvalidArgument) --------------------------------------------
+
+def policy_from_proto(msg: pb2.Policy, where: str = "") -> Policy:
+    return validated(Policy.model_validate, _policy_dict(msg), where=where)
+
+
+def acl_rule_from_proto(msg: pb2.AclRule, where: str = "") -> AclRule:
+    return validated(AclRule.model_validate, _acl_rule_dict(msg), where=where)
+
+
+def tunnel_from_proto(msg: pb2.Tunnel, where: str = "") -> Tunnel:
+    return validated(Tunnel.model_validate, _tunnel_dict(msg), where=where)
+
+
+def service_chain_from_proto(msg: pb2.ServiceChain, where: str = "") -> ServiceChain:
+    return validated(ServiceChain.model_validate, _chain_dict(msg), where=where)
+
+
+def settings_from_proto(msg: pb2.Settings, where: str = "") -> Settings:
+    return validated(Settings.model_validate, _settings_dict(msg), where=where)
+
+
+def interface_from_proto(msg: pb2.Interface, where: str = "") -> Interface:
+    return validated(Interface.model_validate, _interface_dict(msg), where=where)
+
+
+# --- public: model -> proto (every field explicit) ----------------------------------------------
+
+def _str(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def match_to_proto(m: Match) -> pb2.Match:
+    msg = pb2.Match(src=_str(m.src), dst=_str(m.dst), protocol=_number(pb2.Protocol, "PROTOCOL_", m.protocol))
+    if m.dport is not None:
+        msg.dport.CopyFrom(pb2.PortRange(low=m.dport.low, high=m.dport.high))
+    return msg
+
+
+def acl_rule_to_proto(rule: AclRule) -> pb2.AclRule:
+    return pb2.AclRule(id=rule.id, priority=rule.priority, action=_number(pb2.Action, "ACTION_", rule.action),
+                       match=match_to_proto(rule.match), log=rule.log, description=rule.description)
+
+
+def tunnel_to_proto(tunnel: Tunnel) -> pb2.Tunnel:
+    return pb2.Tunnel(vni=tunnel.vni, vxlan=tunnel.vxlan, geneve=tunnel.geneve)
+
+
+def _nexthop_to_proto(hop: NextHop) -> pb2.NextHop:
+    return pb2.NextHop(via=_str(hop.via), dev=_str(hop.dev))
+
+
+def leg_to_proto(leg: Leg) -> pb2.Leg:
+    return pb2.Leg(interfaces=leg.interfaces, match=match_to_proto(leg.match), mark=leg.mark,
+                   table=leg.table, nexthops=[_nexthop_to_proto(n) for n in leg.nexthops])
+
+
+def service_chain_to_proto(chain: ServiceChain) -> pb2.ServiceChain:
+    msg = pb2.ServiceChain(name=chain.name, priority=chain.priority, forward=leg_to_proto(chain.forward))
+    if chain.return_path is not None:
+        msg.return_path.CopyFrom(leg_to_proto(chain.return_path))
+    return msg
+
+
+def settings_to_proto(s: Settings) -> pb2.Settings:
+    return pb2.Settings(
+        vxlan_port=s.vxlan_port, geneve_port=s.geneve_port, decap=s.decap,
+        unknown_vni_action=_number(pb2.UnknownVniAction, "UNKNOWN_VNI_ACTION_", s.unknown_vni_action),
+        default_action=_number(pb2.Action, "ACTION_", s.default_action),
+        rewrite_inner_dmac=s.rewrite_inner_dmac)
+
+
+def policy_to_proto(policy: Policy) -> pb2.Policy:
+    return pb2.Policy(settings=settings_to_proto(policy.settings),
+                      acl=[acl_rule_to_proto(r) for r in policy.acl],
+                      tunnels=[tunnel_to_proto(t) for t in policy.tunnels],
+                      chains=[service_chain_to_proto(c) for c in policy.chains])
+
+
+def interface_to_proto(interface: Interface) -> pb2.Interface:
+    return pb2.Interface(name=interface.name, mode=xdp_mode_to_proto(interface.mode))
+
+
+# --- enums of the data plane and of attach results ----------------------------------------------
+
+def xdp_mode_to_proto(mode: str | None) -> Any:
+    """"native"/"generic"/"auto" (a model literal or what attach reports) -> XdpMode; None -> 0."""
+    return _number(pb2.XdpMode, "XDP_MODE_", mode)
+
+
+def reason_to_proto(reason: int) -> Any:
+    """A tg_reason value (dataplane.abi.Reason) -> Reason: the same number, by design (typed Any:
+    the stubs give each enum its own int type)."""
+    return int(reason)
+
+
+def event_to_proto(event: int) -> Any:
+    """A tg_event value (dataplane.abi.Event) -> Event: shifted past EVENT_UNSPECIFIED."""
+    return int(event) + EVENT_OFFSET
+
+
+def event_from_proto(event: int) -> int:
+    """Event -> the tg_event value; EVENT_UNSPECIFIED has none (ValueError)."""
+    if event < EVENT_OFFSET:
+        raise ValueError(f"{pb2.Event.Name(event)} is not a data plane event")
+    return event - EVENT_OFFSET
+
+
+# --- observability: policy events, trace requests and events ------------------------------------
+
+def wall_offset_ns() -> int:
+    """Wall clock minus CLOCK_MONOTONIC (what bpf_ktime_get_ns counts), in ns."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def _wall(ts_ns: int, offset_ns: int | None) -> int:
+    return max(0, int(ts_ns) + (wall_offset_ns() if offset_ns is None else offset_ns))
+
+
+def _text(value: Any) -> str:
+    """An address, enum or name as text; None as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, enum.Enum):
+        return value.name
+    return str(value)
+
+
+_ACTION_NAMES = {"ALLOW": "ALLOW", "PASS": "ALLOW", "XDP_PASS": "ALLOW",
+                 "DENY": "DENY", "DROP": "DENY", "XDP_DROP": "DENY"}
+
+
+def action_to_proto(action: Any) -> Any:
+    """A tg_action (dataplane.abi.Action, its number, or "allow"/"deny") -> Action."""
+    from dataplane import abi
+
+    if isinstance(action, int) and not isinstance(action, enum.Enum):
+        action = abi.Action(action)
+    name = _ACTION_NAMES.get(_text(action).upper())
+    return 0 if name is None else pb2.Action.Value(f"ACTION_{name}")
+
+
+def policy_event_to_proto(interface: str, event: Any, offset_ns: int | None = None) -> pb2.PolicyEvent:
+    """A dataplane.kernel.events.PolicyEvent read on `interface` -> PolicyEvent."""
+    msg = pb2.PolicyEvent(
+        time_unix_nano=_wall(event.ts_ns, offset_ns), ts_ns=int(event.ts_ns), interface=interface,
+        ifindex=int(event.ifindex), rule_id=int(event.rule_id or 0), reason=reason_to_proto(event.reason),
+        action=action_to_proto(event.action), src=_text(event.src), dst=_text(event.dst),
+        protocol=int(event.proto or 0), sport=int(event.sport or 0), dport=int(event.dport or 0),
+        length=int(event.length or 0))
+    if event.vni is not None:
+        msg.vni = int(event.vni)
+    return msg
+
+
+def trace_event_to_proto(event: Any, offset_ns: int | None = None) -> pb2.TraceEvent:
+    """A dataplane.trace.tracer.TraceEvent -> TraceEvent."""
+    return pb2.TraceEvent(
+        time_unix_nano=_wall(event.ts_ns, offset_ns), ts_ns=int(event.ts_ns), hook=_text(event.hook),
+        ifindex=int(event.ifindex or 0), interface=_text(event.ifname), src=_text(event.src),
+        dst=_text(event.dst), protocol=int(event.proto or 0), sport=int(event.sport or 0),
+        dport=int(event.dport or 0), detail=_text(event.detail), drop_reason=_text(event.drop_reason))
+
+
+TRACE_DURATION_DEFAULT = 30.0  # dataplane.trace.spec's defaults, for a field left at 0
+TRACE_EVENTS_DEFAULT = 10_000
+
+
+def trace_spec_from_proto(msg: pb2.TraceRequest) -> Dict:
+    """The keyword arguments of dataplane.trace.tracer.TraceSpec, with the defaults for fields left at 0.
+
+    The limits (host syntax, port range, duration, event count) are TraceSpec's to check: it
+    names the field of each error, which the caller reports as INVALID_ARGUMENT."""
+    protocol = _name(pb2.Protocol, "PROTOCOL_", msg.protocol)
+    if isinstance(protocol, int):
+        raise InvalidArgument([("protocol", f"{protocol} is not a Protocol this daemon knows")])
+    return {"host": msg.host.strip() or None, "protocol": protocol, "port": msg.port or None,
+            "duration_s": msg.duration_s or TRACE_DURATION_DEFAULT,
+            "max_events": msg.max_events or TRACE_EVENTS_DEFAULT}
+
+
+def event_filter_from_proto(msg: pb2.WatchEventsRequest) -> EventFilter:
+    """WatchEventsRequest -> EventFilter; InvalidArgument naming every bad field."""
+    errors: list[tuple[str, str]] = []
+    for index, reason in enumerate(msg.reasons):
+        if reason == 0 or reason not in pb2.Reason.values():
+            errors.append((f"reasons[{index}]",
+                           f"{reason} is not a verdict reason (e.g. REASON_DROP_DENIED)"))
+    prefixes: Dict = {}
+    for name in ("src", "dst"):
+        try:
+            prefixes[name] = EventFilter.build(**{name: getattr(msg, name).strip()})
+        except ValueError as exc:
+            field, _, reason = str(exc).partition(": ")
+            errors.append((field, reason))
+    if errors:
+        raise InvalidArgument(errors)
+    return EventFilter(frozenset(msg.rule_ids), frozenset(int(r) for r in msg.reasons),
+                       frozenset(msg.interfaces), prefixes["src"].src, prefixes["dst"].dst)

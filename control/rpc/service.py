@@ -1,0 +1,271 @@
+"""gRPC servicers: translate requests (control.rpc.convert), hand edits to the controller, map errors.
+
+No policy logic lives here. Error mapping, so clients can rely on codes rather than text:
+    invalid input or a state this machine cannot hold -> INVALID_ARGUMENT (field: reason; ...)
+    (and, before a servicer runs, control.rpc.request_guard: bytes that do not parse, impossible keys)
+    unknown rule/tunnel/chain/interface               -> NOT_FOUND
+    duplicate id on an incremental add                -> ALREADY_EXISTS
+    detaching an interface a chain still names        -> FAILED_PRECONDITION
+    the kernel refused (previous state restored)      -> FAILED_PRECONDITION
+    expected_generation is stale                      -> ABORTED (read again, retry)
+    too many event streams or traces at once          -> RESOURCE_EXHAUSTED
+    a tracer this kernel cannot load                  -> FAILED_PRECONDITION
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from control import errors
+from control.apply.controller import Controller
+from control.apply.gc_guard import collector_held
+from control.apply.reconcile import ApplyError, InvalidState, MissingInterface
+from control.apply.state import StateError
+from control.policy import edits as policy_ops
+from control.policy.models import DesiredState, ServiceChain
+from control.rpc import convert
+from control.rpc.api import pb2, pb2_grpc
+from control.rpc.request_guard import bounded_details
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (MissingInterface, grpc.StatusCode.NOT_FOUND),
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidState, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.InUse, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.GenerationMismatch, grpc.StatusCode.ABORTED),
+    (errors.Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unavailable, grpc.StatusCode.FAILED_PRECONDITION),
+    (ApplyError, grpc.StatusCode.FAILED_PRECONDITION),
+    (StateError, grpc.StatusCode.INTERNAL),
+]
+
+
+def rpc(method: F) -> F:
+    """Runs a servicer method; known errors become status codes, anything else INTERNAL."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - the daemon must answer, never die
+            code = next((c for t, c in _CODES if isinstance(exc, t)), None)
+            if code is None:
+                log.exception("unexpected error in %s", method.__name__)
+                code = grpc.StatusCode.INTERNAL
+            else:
+                log.info("request refused",
+                         extra={"rpc": method.__name__, "code": code.name, "error": str(exc)})
+            context.abort(code, bounded_details(str(exc)))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def in_kernel(name: str) -> bool:
+    """Whether XDP and TC ingress programs are on the interface right now (it may have vanished)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from dataplane.kernel import attach
+
+    try:
+        return attach.xdp_attached(name) and attach.tc_filter_attached(name)
+    except (attach.AttachError, NetlinkError):  # no such interface (or it went while we asked)
+        return False
+
+
+class InterfaceService(pb2_grpc.InterfaceServiceServicer):
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def _status(self, name: str) -> Any:
+        state = self.controller.read()
+        iface = next((i for i in state.interfaces if i.name == name), None)
+        plane = self.controller.reconciler.planes.get(name)
+        # what the kernel has now, not what the last apply set: the proto promises "right now"
+        active = plane.xdp_mode if plane is not None and in_kernel(name) else None
+        return pb2.InterfaceStatus(
+            name=name,
+            requested_mode=convert.xdp_mode_to_proto(iface.mode if iface else None),
+            active_mode=convert.xdp_mode_to_proto(active),
+            attached=active is not None,
+        )
+
+    @rpc
+    def AttachInterface(self, request: Any, context: grpc.ServicerContext) -> Any:
+        iface = convert.validated(convert.interface_from_proto, request.interface, where="interface")
+        try:
+            state = self.controller.change(lambda s: policy_ops.attach(s, iface))
+        except MissingInterface as exc:  # its path is the state's (interfaces[N].name): name the request's
+            last = f"interfaces[{len(self.controller.read().interfaces)}].name"
+            raise MissingInterface([("interface.name" if path == last else path, reason)
+                                    for path, reason in exc.errors]) from None
+        return pb2.AttachInterfaceResponse(interface=self._status(iface.name), generation=state.generation)
+
+    @rpc
+    def DetachInterface(self, request: Any, context: grpc.ServicerContext) -> Any:
+        state = self.controller.change(lambda s: policy_ops.detach(s, request.name))
+        return pb2.DetachInterfaceResponse(generation=state.generation)
+
+    @rpc
+    def ListInterfaces(self, request: Any, context: grpc.ServicerContext) -> Any:
+        names = [i.name for i in self.controller.read().interfaces]
+        return pb2.ListInterfacesResponse(interfaces=[self._status(n) for n in names])
+
+
+def require_attached(chains: list[tuple[str, ServiceChain]], attached: set[str]) -> None:
+    """INVALID_ARGUMENT naming each leg interface that is not attached, by its request path (the
+    desired state's own check can name only the state as a whole)."""
+    problems = [(f"{where}.{leg_name}.interfaces[{k}]",
+                 f"{name} is not attached: attach it first (InterfaceService.AttachInterface)")
+                for where, chain in chains for leg_name, leg in chain.legs()
+                for k, name in enumerate(leg.interfaces) if name not in attached]
+    if problems:
+        raise errors.InvalidArgument(problems)
+
+
+def _diff_to_proto(d: policy_ops.PolicyDiff) -> Any:
+    def ids(x: policy_ops.Diff) -> Any:
+        return pb2.IdDiff(added=x.added, removed=x.removed, changed=x.changed)
+
+    return pb2.PolicyDiff(acl=ids(d.acl), tunnels=ids(d.tunnels),
+                          chains=pb2.NameDiff(added=d.chains.added, removed=d.chains.removed,
+                                              changed=d.chains.changed),
+                          settings_changed=d.settings_changed)
+
+
+class PolicyService(pb2_grpc.PolicyServiceServicer):
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def _edit(self, edit: Callable[[DesiredState], DesiredState]) -> int:
+        return self.controller.change(edit).generation
+
+    def _attached(self) -> set[str]:
+        return {i.name for i in self.controller.read().interfaces}
+
+    @rpc
+    def ApplyPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with collector_held():  # the request's models are the new policy: the collector stays out
+            return self._apply_policy(request)
+
+    def _apply_policy(self, request: Any) -> Any:
+        policy = convert.validated(convert.policy_from_proto, request.policy, where="policy")
+        require_attached([(f"policy.chains[{i}]", c) for i, c in enumerate(policy.chains)], self._attached())
+        before = self.controller.read()
+        state = self.controller.change(lambda s: policy_ops.with_policy(s, policy),
+                                       expected_generation=request.expected_generation,
+                                       dry_run=request.dry_run)
+        generation = before.generation if request.dry_run else state.generation
+        return pb2.ApplyPolicyResponse(generation=generation,
+                                       diff=_diff_to_proto(policy_ops.diff(before.policy, policy)))
+
+    @rpc
+    def GetPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+        state = self.controller.read()
+        return pb2.GetPolicyResponse(policy=convert.policy_to_proto(state.policy),
+                                     generation=state.generation)
+
+    @rpc
+    def AddAclRule(self, request: Any, context: grpc.ServicerContext) -> Any:
+        rule = convert.validated(convert.acl_rule_from_proto, request.rule, where="rule")
+        return pb2.AddAclRuleResponse(generation=self._edit(policy_ops.Edit("add_rule", rule)))
+
+    @rpc
+    def DeleteAclRule(self, request: Any, context: grpc.ServicerContext) -> Any:
+        generation = self._edit(policy_ops.Edit("delete_rule", request.id))
+        return pb2.DeleteAclRuleResponse(generation=generation)
+
+    @rpc
+    def ListAclRules(self, request: Any, context: grpc.ServicerContext) -> Any:
+        state = self.controller.read()
+        return pb2.ListAclRulesResponse(rules=[convert.acl_rule_to_proto(r) for r in state.policy.acl],
+                                        generation=state.generation)
+
+    @rpc
+    def AddTunnel(self, request: Any, context: grpc.ServicerContext) -> Any:
+        tunnel = convert.validated(convert.tunnel_from_proto, request.tunnel, where="tunnel")
+        return pb2.AddTunnelResponse(generation=self._edit(policy_ops.Edit("add_tunnel", tunnel)))
+
+    @rpc
+    def DeleteTunnel(self, request: Any, context: grpc.ServicerContext) -> Any:
+        generation = self._edit(policy_ops.Edit("delete_tunnel", request.vni))
+        return pb2.DeleteTunnelResponse(generation=generation)
+
+    @rpc
+    def ListTunnels(self, request: Any, context: grpc.ServicerContext) -> Any:
+        state = self.controller.read()
+        return pb2.ListTunnelsResponse(tunnels=[convert.tunnel_to_proto(t) for t in state.policy.tunnels],
+                                       generation=state.generation)
+
+    @rpc
+    def AddChain(self, request: Any, context: grpc.ServicerContext) -> Any:
+        chain = convert.validated(convert.service_chain_from_proto, request.chain, where="chain")
+        require_attached([("chain", chain)], self._attached())
+        return pb2.AddChainResponse(generation=self._edit(policy_ops.Edit("add_chain", chain)))
+
+    @rpc
+    def DeleteChain(self, request: Any, context: grpc.ServicerContext) -> Any:
+        generation = self._edit(policy_ops.Edit("delete_chain", request.name))
+        return pb2.DeleteChainResponse(generation=generation)
+
+    @rpc
+    def ListChains(self, request: Any, context: grpc.ServicerContext) -> Any:
+        state = self.controller.read()
+        return pb2.ListChainsResponse(chains=[convert.service_chain_to_proto(c) for c in state.policy.chains],
+                                      generation=state.generation)
+
+
+def _counter(c: Any) -> Any:
+    return pb2.Counter(packets=c.packets, bytes=c.bytes)
+
+
+# interfaces asked for (None = all) -> PolicyEventDelivery (control.rpc.stream_service.delivery)
+DeliveryReader = Callable[[list[str] | None], Any]
+
+
+class StatsService(pb2_grpc.StatsServiceServicer):
+    def __init__(self, controller: Controller, delivery: DeliveryReader | None = None) -> None:
+        self.controller = controller
+        self.delivery = delivery
+
+    @rpc
+    def GetStats(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from dataplane import abi
+
+        stats = self.controller.stats(list(request.interfaces))
+        delivery = self.delivery(list(request.interfaces) or None) if self.delivery else None
+        return pb2.GetStatsResponse(
+            acl_rules=[pb2.AclRuleCounter(rule_id=k, counter=_counter(c))
+                       for k, c in sorted(stats.rules.items())],
+            tunnels=[pb2.TunnelCounter(vni=k, counter=_counter(c)) for k, c in sorted(stats.tunnels.items())],
+            chain_legs=[pb2.ChainLegCounter(chain=k[0], leg=k[1], counter=_counter(c))
+                        for k, c in sorted(stats.legs.items())],
+            reasons=[pb2.ReasonCounter(reason=convert.reason_to_proto(abi.Reason[k]), counter=_counter(c))
+                     for k, c in stats.reasons.items()],
+            events=[pb2.EventCounter(event=convert.event_to_proto(abi.Event[k]), counter=_counter(c))
+                    for k, c in stats.events.items()],
+            interfaces=[pb2.InterfaceCounter(name=k, counter=_counter(c))
+                        for k, c in sorted(stats.interfaces.items())],
+            generation=self.controller.read().generation,
+            policy_events=delivery,
+        )
+
+
+def add_services(server: grpc.Server, controller: Controller,
+                 delivery: DeliveryReader | None = None) -> list[str]:
+    """Registers the unary servicers; returns their full service names (for reflection and
+    health). The streaming ones are control.rpc.stream_service's."""
+    pb2_grpc.add_InterfaceServiceServicer_to_server(InterfaceService(controller), server)
+    pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(controller), server)
+    pb2_grpc.add_StatsServiceServicer_to_server(StatsService(controller, delivery), server)
+    return [pb2.DESCRIPTOR.services_by_name[n].full_name
+            for n in ("InterfaceService", "PolicyService", "StatsService")]

@@ -1,0 +1,74 @@
+"""Build-time settings of the data plane: map capacities and where objects are pinned.
+
+Capacities become -D defines (BCC sizes maps at compile time); everything that can change at
+run time lives in the config map instead (dataplane.map_config). Defaults come from the ABI header.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dataplane import abi
+
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/tidegate")
+# bpffs holds only BPF objects, so facts about what we created (the clsact qdisc) live on tmpfs,
+# which a reboot clears together with the qdiscs they describe.
+DEFAULT_RUN_ROOT = Path("/run/tidegate/dataplane")
+_MAX_ENTRIES = 1 << 24  # beyond this a single map's memory is no longer a reasonable default
+_MAX_RING_PAGES = 1 << 16
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _cap(define: str) -> int:
+    return Field(default=abi.define(define), ge=1, le=_MAX_ENTRIES, description=f"-D{define}")
+
+
+class Capacities(BaseModel):
+    """Entries per map. An apply keeps old and new policy side by side: size for both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tunnels: int = _cap("TG_TUNNELS_MAX")
+    acl_rules: int = _cap("TG_ACL_RULES_MAX")
+    acl_src: int = _cap("TG_ACL_SRC_MAX")
+    acl_dst: int = _cap("TG_ACL_DST_MAX")
+    acl_port: int = _cap("TG_ACL_PORT_MAX")
+    cls_rules: int = _cap("TG_CLS_RULES_MAX")
+    cls_src: int = _cap("TG_CLS_SRC_MAX")
+    cls_dst: int = _cap("TG_CLS_DST_MAX")
+    cls_port: int = _cap("TG_CLS_PORT_MAX")
+    # Pages (4 KiB) of the policy event ring buffer; 65536 pages is 256 MiB, already absurd.
+    event_ring_pages: int = Field(default=abi.define("TG_EVENT_RING_PAGES"), ge=1, le=_MAX_RING_PAGES,
+                                  description="-DTG_EVENT_RING_PAGES")
+
+    @field_validator("event_ring_pages")
+    @classmethod
+    def _power_of_two(cls, pages: int) -> int:
+        if pages & (pages - 1):
+            raise ValueError(f"the kernel sizes ring buffers in powers of two pages: "
+                             f"use {_next_pow2(pages)}, not {pages}")
+        return pages
+
+    def cflags(self) -> list[str]:
+        fields = Capacities.model_fields
+        return [f"{fields[name].description}={value}" for name, value in self.model_dump().items()]
+
+
+class DataplaneSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capacities: Capacities = Capacities()
+    pin_root: Path = DEFAULT_PIN_ROOT
+    run_root: Path = DEFAULT_RUN_ROOT
+
+    def pin_dir(self, ifname: str) -> Path:
+        return self.pin_root / ifname
+
+    def run_dir(self, ifname: str) -> Path:
+        """Ownership markers of one interface, keyed by the pin root so test roots stay apart."""
+        return self.run_root / self.pin_root.name / ifname

@@ -1,0 +1,146 @@
+"""Compiles the data plane once (BCC), loads both entry programs and pins their maps.
+
+The maps are pinned under <pin_root>/<ifname>/. A later load finds them and compiles against
+the pinned maps instead of creating new ones (BCC's BPF_TABLE_PINNED only opens existing pins),
+so a restarted daemon inherits exactly the policy the kernel is enforcing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dataplane.kernel.build_settings import DataplaneSettings
+from dataplane.kernel.source import INCLUDE_DIR, program_text
+
+log = logging.getLogger(__name__)
+
+XDP_FUNC = "tg_xdp_ingress"
+TC_FUNC = "tg_tc_ingress"
+XDP_PIN = "prog_xdp_ingress"
+TC_PIN = "prog_tc_ingress"
+# TG_MAP("type", key, leaf, name, ...) and TG_RINGBUF(record, name, pages): the name.
+_MAP_DECL = re.compile(r'^TG_(?:MAP\("[^"]+",\s*[^,]+,\s*[^,]+|RINGBUF\([^,]+),\s*(\w+),', re.M)
+
+RingSink = Callable[[int, int], None]  # (address of one record, its size)
+
+
+class PinError(RuntimeError):
+    pass
+
+
+def map_names() -> tuple[str, ...]:
+    """Every map of the data plane, in declaration order (read from maps.h, their one home)."""
+    return tuple(_MAP_DECL.findall((INCLUDE_DIR / "maps.h").read_text()))
+
+
+def _bcc() -> Any:
+    import bcc  # Debian's python3-bpfcc: imported late so pure modules work without it
+
+    return bcc
+
+
+def _pin(fd: int, path: Path) -> None:
+    rc = _bcc().libbcc.lib.bpf_obj_pin(fd, str(path).encode())
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise PinError(f"cannot pin fd {fd} at {path}: rc={rc} errno={err}")
+
+
+def pinned_maps_state(pin_dir: Path) -> str:
+    """"none", "all" or "partial" (a half-written pin directory is not adopted)."""
+    present = [name for name in map_names() if (pin_dir / name).exists()]
+    if not present:
+        return "none"
+    return "all" if len(present) == len(map_names()) else "partial"
+
+
+@dataclass
+class Program:
+    bpf: Any
+    xdp_fn: Any
+    tc_fn: Any
+    pin_dir: Path | None
+    adopted: bool  # maps came from existing pins
+    _rings: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> opened RingBuf
+    _sinks: dict[str, RingSink] = field(default_factory=dict, repr=False)
+
+    def table(self, name: str) -> Any:
+        return self.bpf.get_table(name.encode())
+
+    def open_ring_buffer(self, name: str, sink: RingSink) -> None:
+        """Sends the records of ring buffer `name` to `sink` from now on (replacing any earlier sink).
+
+        Each ring is opened once per load: two libbpf consumers of one ring would share its
+        consumer position and take records from each other. Records arrive during poll_rings().
+        """
+        if name not in self._rings:
+            ring = self.table(name)
+            ring.open_ring_buffer(lambda _ctx, data, size: self._sinks[name](data, size))
+            self._rings[name] = ring  # holds BCC's ctypes callback: it must outlive the polling
+        self._sinks[name] = sink
+
+    def ring_sink(self, name: str) -> RingSink | None:
+        return self._sinks.get(name)
+
+    def poll_rings(self, timeout_ms: int) -> None:
+        """Waits up to timeout_ms (-1: forever) for records, then hands every available one to
+        its ring's sink."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def pin_programs(self) -> None:
+        if self.pin_dir is None:
+            return
+        for fn, name in ((self.xdp_fn, XDP_PIN), (self.tc_fn, TC_PIN)):
+            path = self.pin_dir / name
+            path.unlink(missing_ok=True)  # replaced by this load's program
+            _pin(fn.fd, path)
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def compile_program(settings: DataplaneSettings, ifname: str | None = None) -> Program:
+    """Compiles and loads; with an ifname, pins (or adopts pinned) maps for that interface."""
+    bcc = _bcc()
+    pin_dir = settings.pin_dir(ifname) if ifname else None
+    cflags = ["-Wno-unused-function", *settings.capacities.cflags()]
+    adopted = False
+    if pin_dir is not None:
+        state = pinned_maps_state(pin_dir)
+        if state == "partial":
+            missing = [n for n in map_names() if not (pin_dir / n).exists()]
+            raise PinError(f"{pin_dir} holds only some of the data plane's maps (missing: "
+                           f"{', '.join(missing)}): it was written by a version of Tidegate with other maps, "
+                           f"or half-written. Detach once (`tidegate detach {ifname}`, or remove {pin_dir}) "
+                           "and attach again; the daemon then writes its policy afresh")
+        adopted = state == "all"
+        if adopted:
+            cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')
+    bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)
+    xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
+    tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
+    prog = Program(bpf, xdp_fn, tc_fn, pin_dir, adopted)
+    if pin_dir is not None and not adopted:
+        pin_dir.mkdir(parents=True, exist_ok=True)
+        for name in map_names():
+            _pin(bpf.get_table(name.encode()).map_fd, pin_dir / name)
+    log.info("data plane loaded", extra={"ifname": ifname, "pin_dir": str(pin_dir), "adopted": adopted})
+    return prog
+
+
+def unpin(settings: DataplaneSettings, ifname: str) -> None:
+    """Removes the interface's pins; the kernel frees maps once nothing else holds them."""
+    pin_dir = settings.pin_dir(ifname)
+    if pin_dir.exists():
+        shutil.rmtree(pin_dir)
+    try:
+        settings.pin_root.rmdir()  # only when no other interface is pinned
+    except OSError:
+        pass

@@ -1,0 +1,59 @@
+"""Runtime configuration and tunnel entries as the maps hold them (typed, validated).
+
+These are the data plane's own shapes; the control plane's policy models translate into them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dataplane import abi
+
+VNI_MAX = (1 << 24) - 1  # 24-bit VNI (RFC 7348 5, RFC 8926 3.4)
+# An event costs NSEC_PER_SEC / event_rate of credit: above 1e9/s it would cost nothing.
+EVENT_RATE_MAX = 1_000_000_000
+EVENT_BURST_MAX = (1 << 32) - 1  # a __u32
+
+
+class RuntimeConfig(BaseModel):
+    """What struct tg_config carries, minus the interface MAC (read from the interface)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vxlan_port: int = Field(default=abi.define("TG_VXLAN_PORT_DEFAULT"), ge=1, le=65535)
+    geneve_port: int = Field(default=abi.define("TG_GENEVE_PORT_DEFAULT"), ge=1, le=65535)
+    decap: bool = True
+    unknown_vni_action: Literal["pass", "drop"] = "pass"
+    default_action: Literal["allow", "deny"] = "allow"
+    rewrite_inner_dmac: bool = True
+    # Policy events (dataplane.kernel.events), paced per CPU by a token bucket; 0 sends none (each is
+    # then counted as rate limited).
+    event_rate: int = Field(default=abi.define("TG_EVENT_RATE_DEFAULT"), ge=0, le=EVENT_RATE_MAX,
+                            description="policy events per second per CPU")
+    event_burst: int = Field(default=abi.define("TG_EVENT_BURST_DEFAULT"), ge=1, le=EVENT_BURST_MAX,
+                             description="policy events a CPU may send back to back")
+
+    def flags(self) -> int:
+        flags = 0
+        if self.decap:
+            flags |= abi.define("TG_CFG_F_DECAP")
+        if self.rewrite_inner_dmac:
+            flags |= abi.define("TG_CFG_F_REWRITE_INNER_DMAC")
+        return flags
+
+
+class TunnelEntry(BaseModel):
+    """A VNI terminated here and the encapsulations it is accepted with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vni: int = Field(ge=0, le=VNI_MAX)
+    vxlan: bool = True
+    geneve: bool = True
+
+    def flags(self) -> int:
+        return (abi.define("TG_TUNNEL_F_VXLAN") if self.vxlan else 0) | (
+            abi.define("TG_TUNNEL_F_GENEVE") if self.geneve else 0
+        )

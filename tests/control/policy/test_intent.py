@@ -1,0 +1,50 @@
+"""Translation of the policy models into what one interface's data plane holds (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from control.policy.intent import LegRef, interface_intent
+from control.policy.models import DesiredState
+from dataplane import abi
+
+STATE = DesiredState.model_validate({
+    "interfaces": [{"name": "down0"}, {"name": "svc1"}],
+    "policy": {
+        "settings": {"default_action": "deny", "vxlan_port": 8472},
+        "acl": [{"id": 5, "priority": 7, "action": "allow", "log": True,
+                 "match": {"src": "10.0.0.0/8", "protocol": "tcp", "dport": "80-90"}}],
+        "tunnels": [{"vni": 100, "geneve": False}],
+        "chains": [
+            {"name": "a", "priority": 3,
+             "forward": {"interfaces": ["down0"], "mark": 16, "table": 1001, "nexthops": [{"dev": "svc0"}],
+                         "match": {"dst": "203.0.113.0/24"}},
+             "return_path": {"interfaces": ["svc1"], "mark": 17, "table": 1002,
+                             "nexthops": [{"dev": "up0"}]}},
+            {"name": "b", "forward": {"interfaces": ["down0"], "mark": 18, "table": 1003,
+                                      "nexthops": [{"dev": "svc0"}]}},
+        ],
+    },
+})
+
+
+def test_acl_rules_carry_protocol_numbers_ports_and_the_log_flag():
+    (rule,) = interface_intent(STATE, "down0").acl
+    assert (rule.rule_id, rule.priority, rule.proto, rule.dport) == (5, 7, 6, (80, 90))
+    assert rule.src == ipaddress.ip_network("10.0.0.0/8")
+    assert rule.payload == (abi.Action.ALLOW, abi.define("TG_RULE_F_LOG"))
+
+
+def test_each_interface_gets_only_the_legs_entering_on_it():
+    down = interface_intent(STATE, "down0")
+    svc = interface_intent(STATE, "svc1")
+    assert [(c.payload, c.priority) for c in down.classifiers] == [(16, 3), (18, 1000)]
+    assert down.legs == {1: LegRef("a", "forward"), 3: LegRef("b", "forward")}
+    assert [c.payload for c in svc.classifiers] == [17]
+    assert svc.legs == {2: LegRef("a", "return_path")}
+
+
+def test_settings_and_tunnels_translate():
+    intent = interface_intent(STATE, "down0")
+    assert intent.config.default_action == "deny" and intent.config.vxlan_port == 8472
+    assert [(t.vni, t.vxlan, t.geneve) for t in intent.tunnels] == [(100, True, False)]
