@@ -82,9 +82,14 @@ static __always_inline __u32 tg_acl(const struct tg_tuple *t, const struct tg_co
 	return rule->action == TG_ACTION_DENY ? TG_REASON_DROP_DENIED : TG_REASON_PASS_ALLOWED;
 }
 
-/* Puts the mark in front of the packet for TC. Failure is counted; TC then classifies itself. */
+/* Puts the mark in front of the packet for TC. Failure is counted; TC then classifies itself.
+ * Built with TG_NO_XDP_META where the kernel refuses the helper to XDP programs at load time
+ * (dataplane/kernel/features.py probes it): TC then always classifies by itself. */
 static __always_inline void tg_write_meta(struct xdp_md *ctx, __u32 mark, __u32 vni, __u32 flags)
 {
+#ifdef TG_NO_XDP_META
+	return;
+#else
 	struct tg_meta *meta;
 
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*meta))) {
@@ -98,6 +103,7 @@ static __always_inline void tg_write_meta(struct xdp_md *ctx, __u32 mark, __u32 
 	meta->mark = mark;
 	meta->vni = vni;
 	meta->flags = flags;
+#endif
 }
 
 int tg_xdp_ingress(struct xdp_md *ctx)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.kernel.build_settings import DataplaneSettings
+from dataplane.kernel.features import build_cflags
 from dataplane.kernel.source import INCLUDE_DIR, program_text
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,17 @@ class Program:
         self.bpf.cleanup()
 
 
+def program_cflags(settings: DataplaneSettings) -> list[str]:
+    """The compiler flags of a data-plane build: capacities from the settings, feature switches
+    from what this kernel allows."""
+    return ["-Wno-unused-function", *settings.capacities.cflags(), *build_cflags()]
+
+
 def compile_program(settings: DataplaneSettings, ifname: str | None = None) -> Program:
     """Compiles and loads; with an ifname, pins (or adopts pinned) maps for that interface."""
     bcc = _bcc()
     pin_dir = settings.pin_dir(ifname) if ifname else None
-    cflags = ["-Wno-unused-function", *settings.capacities.cflags()]
+    cflags = program_cflags(settings)
     adopted = False
     if pin_dir is not None:
         state = pinned_maps_state(pin_dir)

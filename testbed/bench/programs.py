@@ -23,7 +23,7 @@ from typing import Any
 
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.interface import Dataplane
-from dataplane.kernel.program import TC_FUNC, XDP_FUNC, Program
+from dataplane.kernel.program import TC_FUNC, XDP_FUNC, Program, program_cflags
 from dataplane.kernel.source import program_text
 
 RESTORING_FUNC = "tg_bench_restoring"
@@ -117,7 +117,7 @@ class Harness:
     def __init__(self, settings: DataplaneSettings | None = None) -> None:
         bcc = _bcc()
         settings = settings or DataplaneSettings()
-        cflags = ["-Wno-unused-function", *settings.capacities.cflags()]
+        cflags = program_cflags(settings)
         bpf = bcc.BPF(text=harness_text().encode(), cflags=cflags)
         xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
         tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
