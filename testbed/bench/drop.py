@@ -84,17 +84,20 @@ def run(profile: Profile) -> Section:
             engines.append(e)
     windows: dict[tuple[str, int], list[Window]] = defaultdict(list)
     frames: dict[tuple[str, int], list[Window]] = defaultdict(list)  # the XDP-frame sender's
+    frames_allowed = True
     try:
         for n in profile.drop_sizes:
             _measure_size(profile, n, engines, windows, section)
-            if n in _frame_sizes(profile):
-                _measure_frames(profile, n, [e for e in engines if windows.get((e.key, n))], frames, section)
+            if n in _frame_sizes(profile) and frames_allowed:
+                frames_allowed = _measure_frames(
+                    profile, n, [e for e in engines if windows.get((e.key, n))], frames, section)
     finally:
         for e in engines:
             e.close()
     _report(profile, engines, windows, section)
     if frames:
-        section.tables.append(_frames_table(profile, engines, {k: _values(ws) for k, ws in frames.items()}))
+        section.tables.append(
+            _frames_table(profile, engines, {k: _values(ws) for k, ws in frames.items() if ws}))
         section.notes.append(FRAMES_NOTE)
     return section
 
@@ -105,15 +108,27 @@ def _frame_sizes(profile: Profile) -> tuple[int, ...]:
 
 
 def _measure_frames(profile: Profile, n: int, engines: list[eng.Engine],
-                    frames: dict[tuple[str, int], list[Window]], section: Section) -> None:
-    """The same rule set (prepared, and measured with skbs, by _measure_size), sent as XDP frames."""
+                    frames: dict[tuple[str, int], list[Window]], section: Section) -> bool:
+    """The same rule set (prepared, and measured with skbs, by _measure_size), sent as XDP frames.
+    False when the kernel refuses the sender itself (then no engine can be measured this way)."""
     for _ in range(profile.traffic_runs):
         for e in engines:
             try:
-                frames[(e.key, n)].append(_window(profile, e, "xdp"))
+                window = _window(profile, e, "xdp")
             except Exception as exc:  # noqa: BLE001 - one engine failing must not stop the others
+                if LIVE_FRAMES_REFUSED in str(exc):
+                    section.failures.append(
+                        "XDP frames: not measured: this kernel refuses BPF_PROG_TEST_RUN's live-frames "
+                        "mode (EPERM), which the XDP-frame sender (testbed.bench.xdpgen) needs")
+                    return False
                 log.exception("drop benchmark (XDP frames): %s with %d rules failed", e.label, n)
                 section.failures.append(f"{e.label}, {n:,} rules, XDP frames: {type(exc).__name__}: {exc}")
+            else:
+                frames[(e.key, n)].append(window)
+    return True
+
+
+LIVE_FRAMES_REFUSED = "live-frames BPF_PROG_TEST_RUN: Operation not permitted"
 
 
 def _measure_size(

@@ -69,16 +69,21 @@ int {name}(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	long len = (long)ctx->data_end - (long)ctx->data;
 	int verdict;
-	long stripped, meta;
+	long stripped, meta __attribute__((unused));
 
+	asm volatile("" : "+r"(len)); /* scalars for the verifier, never folded into pointer sums */
 	/* A probe shorter than TG_BENCH_SAVED is refused up front: one path per verdict after. */
 	if (!saved || data + TG_BENCH_SAVED > (void *)(long)ctx->data_end)
 		return XDP_ABORTED;
 	__builtin_memcpy(saved->bytes, data, TG_BENCH_SAVED);
 	verdict = {call}(ctx);
-	stripped = len - ((long)ctx->data_end - (long)ctx->data);
+	stripped = (long)ctx->data_end - (long)ctx->data;
+	asm volatile("" : "+r"(stripped));
+	stripped = len - stripped;
+#ifndef TG_NO_XDP_META /* built so where the kernel refuses the helper: no metadata to drop */
 	meta = (long)ctx->data - (long)ctx->data_meta;
 	bpf_xdp_adjust_meta(ctx, (int)meta);
+#endif
 	bpf_xdp_adjust_head(ctx, (int)-stripped);
 	data = (void *)(long)ctx->data;
 	saved = tg_bench_saved.lookup(&zero); /* the call's stack and registers are not ours */
