@@ -82,14 +82,9 @@ static __always_inline __u32 tg_acl(const struct tg_tuple *t, const struct tg_co
 	return rule->action == TG_ACTION_DENY ? TG_REASON_DROP_DENIED : TG_REASON_PASS_ALLOWED;
 }
 
-/* Puts the mark in front of the packet for TC. Failure is counted; TC then classifies itself.
- * Built with TG_NO_XDP_META where the kernel refuses the helper to XDP programs at load time
- * (dataplane/kernel/features.py probes it): TC then always classifies by itself. */
+/* Puts the mark in front of the packet for TC. Failure is counted; TC then classifies itself. */
 static __always_inline void tg_write_meta(struct xdp_md *ctx, __u32 mark, __u32 vni, __u32 flags)
 {
-#ifdef TG_NO_XDP_META
-	return;
-#else
 	struct tg_meta *meta;
 
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*meta))) {
@@ -103,7 +98,6 @@ static __always_inline void tg_write_meta(struct xdp_md *ctx, __u32 mark, __u32 
 	meta->mark = mark;
 	meta->vni = vni;
 	meta->flags = flags;
-#endif
 }
 
 int tg_xdp_ingress(struct xdp_md *ctx)
@@ -160,12 +154,17 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 		goto out;
 	if (ti.not_ip)
 		reason = TG_REASON_PASS_TUNNEL_NOT_IP; /* passed whole: counted apart from decapped IP */
+#ifndef TG_NO_XDP_META
+	/* Built without where the kernel refuses bpf_xdp_adjust_meta to XDP programs at load time
+	 * (dataplane/kernel/features.py probes it): XDP could not hand the mark over, so it leaves
+	 * classifying to TC, which then counts each packet once. */
 	mark = tg_classify(&t, ctx->data_end - ctx->data);
 	if (mark) {
 		meta_flags |= TG_META_F_CLASSIFIED;
 		tg_count_event(TG_EVENT_CLASSIFIED);
 	}
 	tg_write_meta(ctx, mark, ti.vni, meta_flags);
+#endif
 
 out:
 	tg_count_reason(reason, ctx->data_end - ctx->data);

@@ -36,6 +36,7 @@ from testbed.bench.common import (
     runs_meeting,
 )
 from testbed.bench.load import Rig, Sender, Window, measure, missing_tools, passing_xdp, rig
+from testbed.bench.xdpgen import LIVE_FRAMES_NOT_MEASURED, LIVE_FRAMES_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,7 @@ def _measure_frames(profile: Profile, n: int, engines: list[eng.Engine],
                 window = _window(profile, e, "xdp")
             except Exception as exc:  # noqa: BLE001 - one engine failing must not stop the others
                 if LIVE_FRAMES_REFUSED in str(exc):
-                    section.failures.append(
-                        "XDP frames: not measured: this kernel refuses BPF_PROG_TEST_RUN's live-frames "
-                        "mode (EPERM), which the XDP-frame sender (testbed.bench.xdpgen) needs")
+                    section.failures.append(f"XDP frames: {LIVE_FRAMES_NOT_MEASURED}")
                     return False
                 log.exception("drop benchmark (XDP frames): %s with %d rules failed", e.label, n)
                 section.failures.append(f"{e.label}, {n:,} rules, XDP frames: {type(exc).__name__}: {exc}")
@@ -127,8 +126,6 @@ def _measure_frames(profile: Profile, n: int, engines: list[eng.Engine],
                 frames[(e.key, n)].append(window)
     return True
 
-
-LIVE_FRAMES_REFUSED = "live-frames BPF_PROG_TEST_RUN: Operation not permitted"
 
 
 def _measure_size(

@@ -62,6 +62,13 @@ int {func}(struct xdp_md *ctx)
 _stopping = False
 
 
+LIVE_FRAMES_RUN = "live-frames BPF_PROG_TEST_RUN"
+# What a sender reports where the kernel refuses the mode (some sandboxes do): nothing can be sent.
+LIVE_FRAMES_REFUSED = f"{LIVE_FRAMES_RUN}: {os.strerror(1)}"
+LIVE_FRAMES_NOT_MEASURED = ("not measured: this kernel refuses BPF_PROG_TEST_RUN's live-frames mode (EPERM), "
+                            "which the XDP-frame sender (testbed.bench.xdpgen) needs")
+
+
 def _stop(_sig: int, _frame: FrameType | None) -> None:
     global _stopping
     _stopping = True
@@ -96,7 +103,7 @@ def send(ifindex: int, frame: bytes) -> int:
             err = ctypes.get_errno() or -rc
             if err == errno.EINTR:  # a stop signal arrived mid-run
                 continue
-            raise OSError(err, f"live-frames BPF_PROG_TEST_RUN: {os.strerror(err)}")
+            raise OSError(err, f"{LIVE_FRAMES_RUN}: {os.strerror(err)}")
         sent += REPEAT
     del bpf
     return sent

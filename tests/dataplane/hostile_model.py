@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from dataplane import abi
+from dataplane.kernel.features import xdp_meta_supported
 from dataplane.matcher import MatchRule
 
 R = abi.Reason
@@ -315,8 +316,8 @@ def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
         x.acl_rule = rule.rule_id
         x.reason = R.DROP_DENIED if action == abi.Action.DENY else R.PASS_ALLOWED
         x.policy_event = x.reason == R.DROP_DENIED or bool(flags & abi.define("TG_RULE_F_LOG"))
-    if abi.is_drop(x.reason):
-        return
+    if abi.is_drop(x.reason) or not xdp_meta_supported():
+        return  # XDP classifies only where it can hand TC the mark in metadata
     x.meta = True
     cls = first_match(setup.classifiers, t)
     if cls is not None:

@@ -117,8 +117,8 @@ def test_classified_packets_take_the_fwmark_route_to_the_service(dp, topo):
 
     moved = snapshot(dp) - before
     assert moved.classifier(CLASSIFIER_ID) == DATAGRAMS
-    assert moved.event(abi.Event.CLASSIFIED) == DATAGRAMS
     if xdp_meta_supported():  # XDP handed the mark to TC in metadata (no fallback on native veth)
+        assert moved.event(abi.Event.CLASSIFIED) == DATAGRAMS
         assert moved.event(abi.Event.TC_META_MARK) >= 2 * DATAGRAMS
         assert moved.event(abi.Event.TC_FALLBACK) == 0
     else:  # this kernel refuses bpf_xdp_adjust_meta to XDP: TC classified every packet itself
