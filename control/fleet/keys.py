@@ -20,7 +20,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from control.policy.models import Policy
 
 DEFAULT_PREFIX = "/tidegate/"
 _ENDPOINT = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z.-]+)"
@@ -97,6 +100,25 @@ class Layout:
             if rest.startswith(family) and _NAME.fullmatch(rest[len(family):]):
                 return family, rest[len(family):]
         return None
+
+
+def encode_policy(policy: Policy) -> bytes:
+    """A policy key's value: tidegate.v1.Policy, protobuf wire format."""
+    from control.rpc import convert
+
+    return bytes(convert.policy_to_proto(policy).SerializeToString())
+
+
+def decode_policy(value: bytes) -> Policy:
+    """The Policy of a policy key's value, validated as ApplyPolicy validates its request:
+    google.protobuf.message.DecodeError if it is not the message, InvalidArgument (each field
+    and reason, paths under "policy.") if the policy is wrong."""
+    from control.rpc import convert
+    from control.rpc.api import pb2
+
+    message = pb2.Policy()
+    message.ParseFromString(value)
+    return convert.validated(convert.policy_from_proto, message, where="policy")
 
 
 @dataclass(frozen=True)

@@ -33,16 +33,15 @@ from control.apply.reconcile import InvalidState
 from control.daemon_config import Fleet
 from control.errors import InvalidArgument
 from control.fleet.etcd import EtcdClient, EtcdTls, Kv
-from control.fleet.keys import AppliedError, Layout, NodeStatus
+from control.fleet.keys import AppliedError, Layout, NodeStatus, decode_policy
 from control.fleet.status import StatusWriter
 from control.fleet.watcher import Backoff, Watcher
 from control.policy.models import Policy
-from control.rpc import convert
-from control.rpc.api import pb2
 
 log = logging.getLogger(__name__)
 
 RETRY_START_S, RETRY_MAX_S = 2.0, 60.0
+HEALTH_SERVICE = "tidegate.fleet"  # gRPC health: SERVING while in sync with etcd
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class Refused(Exception):
         self.error, self.retry = error, retry
 
 
-def decode_policy(target: Target) -> Policy:
+def target_policy(target: Target) -> Policy:
     """The target's Policy, validated as ApplyPolicy validates its request (Refused if not)."""
     if target.policy is None:
         if target.assigned is not None:
@@ -87,15 +86,12 @@ def decode_policy(target: Target) -> Policy:
                                        "node but does not exist: push it (`tidegate fleet push`) or assign "
                                        "another; the empty policy is enforced meanwhile"), retry=False)
         return Policy()
-    message = pb2.Policy()
     try:
-        message.ParseFromString(target.policy.value)
+        return decode_policy(target.policy.value)
     except DecodeError as exc:
         raise Refused(AppliedError(target.assigned, target.revision,
                                    f"not a tidegate.v1.Policy in protobuf wire format ({exc}): write "
                                    "policies with `tidegate fleet push`"), retry=False) from None
-    try:
-        return convert.validated(convert.policy_from_proto, message, where="policy")
     except InvalidArgument as exc:
         error = AppliedError(target.assigned, target.revision, str(exc), exc.errors)
         raise Refused(error, retry=False) from None
@@ -192,7 +188,7 @@ class FleetMember:
         """Brings the data plane to `target` (Refused: it was not; the last good policy stays)."""
         self._last_target = target
         try:
-            policy = decode_policy(target)
+            policy = target_policy(target)
             self._apply_policy(target, policy)
         except Refused as exc:
             self.applies["refused"] += 1
