@@ -16,8 +16,9 @@ off from its cluster's leader ends the stream (etcd 3.4 would otherwise keep a s
 HTTP/2 keepalive pings find a connection that a partition left hanging.
 
 Endpoints are tried in turn: a call that cannot reach one (UNAVAILABLE, or no answer within
-the timeout) moves the client to the next for its next call; reads are retried there at once,
-writes are not (their outcome is unknown: the caller decides).
+the timeout) moves the client to the next. A read is then retried there at once; so is a write
+that found no connection to go out on, but not one that may have reached etcd (its outcome is
+unknown: the caller decides).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ MAX_MESSAGE_BYTES = 256 << 20  # a watch answer carries whole policies
 KEEPALIVE_MS = 6000
 KEEPALIVE_TIMEOUT_MS = 5000
 _COMPACTED = "required revision has been compacted"
+# gRPC's words for a call that found no connection to send on
+_NOT_SENT = ("failed to connect to all addresses", "Connection refused")
 _BAD_TOKEN = ("invalid auth token", "user name is empty", "authentication failed, invalid user ID")
 
 
@@ -209,9 +212,9 @@ class EtcdClient:
 
     def _call(self, what: str, fn: Callable[[grpc.Channel, list[tuple[str, str]]], T], *,
               retry: bool) -> T:
-        """fn(channel, metadata); on UNAVAILABLE the next endpoint (again at once if `retry`)."""
-        attempts = len(self.endpoints) if retry else 1
-        for attempt in range(attempts):
+        """fn(channel, metadata); when the endpoint is UNAVAILABLE the next one is tried: for a
+        read always, for a write only if it could not have been sent (no connection)."""
+        for attempt in range(len(self.endpoints)):
             channel = self.channel()
             try:
                 return fn(channel, self.metadata())
@@ -227,7 +230,8 @@ class EtcdClient:
                 if not isinstance(error, EtcdUnavailable):
                     raise error from None
                 self.failover(channel)
-                if attempt == attempts - 1:
+                unsent = any(text in details for text in _NOT_SENT)
+                if attempt == len(self.endpoints) - 1 or not (retry or unsent):
                     raise error from None
                 log.info("etcd endpoint unavailable, trying the next", extra={"error": str(error)})
         raise AssertionError("unreachable")

@@ -189,6 +189,11 @@ def test_unreachable_endpoint_fails_over_to_the_next(etcd: EtcdCluster, prefix: 
         assert revision > 0 and client.endpoint == etcd.endpoints()[0]
     finally:
         client.close()
+    writer = EtcdClient([dead, etcd.endpoints()[0]], timeout=2.0)
+    try:  # a write that found no connection was never sent: it goes to the next endpoint too
+        assert writer.put(prefix + b"w", b"1") > 0 and writer.get(prefix + b"w") is not None
+    finally:
+        writer.close()
     lone = EtcdClient([dead], timeout=1.0)
     with pytest.raises(EtcdUnavailable, match=dead):
         lone.range_prefix(prefix)
