@@ -304,10 +304,10 @@ class EtcdClient:
             raise EtcdRefused(f"etcd {self.endpoint}: lease grant: {answer.error}")
         return int(answer.ID), int(answer.TTL)
 
-    def revoke(self, lease: int) -> None:
+    def revoke(self, lease: int, timeout: float | None = None) -> None:
         def call(ch: grpc.Channel, md: list[tuple[str, str]]) -> Any:
-            return epb_grpc.LeaseStub(ch).LeaseRevoke(epb.LeaseRevokeRequest(ID=lease), timeout=self.timeout,
-                                                      metadata=md)
+            return epb_grpc.LeaseStub(ch).LeaseRevoke(epb.LeaseRevokeRequest(ID=lease),
+                                                      timeout=timeout or self.timeout, metadata=md)
 
         self._call("lease revoke", call, retry=False)
 

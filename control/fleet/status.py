@@ -54,12 +54,15 @@ class StatusWriter:
     def stop(self, revoke: bool = True) -> None:
         self._stop.set()
         self._dirty.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()  # a refresh waiting on a cut connection returns now
         if self._thread is not None:
             self._thread.join(5.0)
         self._close_stream()
-        if revoke and self.lease:
+        if revoke and self.lease and self.online:
             try:  # best effort: if etcd is away, the TTL removes the key
-                self.client.revoke(self.lease)
+                self.client.revoke(self.lease, timeout=REVOKE_TIMEOUT_S)
             except EtcdError as exc:
                 log.info("fleet status: lease not revoked", extra={"error": str(exc)})
 
