@@ -125,6 +125,7 @@ def _node(topo: FleetTopology, index: int, stack: ExitStack) -> FleetNode:
 @contextmanager
 def build(count: int) -> Iterator[FleetTopology]:
     with ExitStack() as stack:
-        topo = FleetTopology(*(stack.enter_context(Namespace(prefix=p)) for p in ("tgfh", "tgfc", "tgfs")))
+        hub, client, server = (stack.enter_context(Namespace(prefix=p)) for p in ("tgfh", "tgfc", "tgfs"))
+        topo = FleetTopology(hub, client, server)
         topo.nodes = [_node(topo, i, stack) for i in range(count)]
         yield topo

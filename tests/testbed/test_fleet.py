@@ -25,7 +25,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2
 
-from control.api import pb2
+from control.rpc.api import pb2
 from testbed import fleet_topology
 from testbed.daemon import RPC_TIMEOUT, DaemonProcess
 from testbed.etcd import EtcdCluster, ServerTls, etcd_available
@@ -349,18 +349,19 @@ def test_daemon_restarted_across_a_change_catches_up(topo: FleetTopology, cluste
 
 
 def test_push_on_a_stale_revision_is_refused(op: Operator) -> None:
-    shown = op.run("show", "--policy", "base")
-    read = shown["revision"]
-    newer = op.push("base", B, "--expected-revision", str(read))
+    first = op.push("stale", A, "--expected-revision", "0")  # 0: only if it does not exist yet
+    read = op.run("show", "--policy", "stale")["revision"]
+    assert read == first
+    newer = op.push("stale", B, "--expected-revision", str(read))
     assert newer > read
-    stale = op.run("push", "-f", op.policy_file(A), "--policy", "base", "--expected-revision", str(read),
+    stale = op.run("push", "-f", op.policy_file(C), "--policy", "stale", "--expected-revision", str(read),
                    expect=1)
     assert "ABORTED" in stale.stderr and f"revision {newer}" in stale.stderr
-    after = op.run("show", "--policy", "base")
+    after = op.run("show", "--policy", "stale")
     assert after["revision"] == newer and after["content"]["acl"][0]["match"]["dport"]["low"] == B
-    exists = op.run("push", "-f", op.policy_file(A), "--policy", "base", "--expected-revision", "0", expect=1)
+    exists = op.run("push", "-f", op.policy_file(C), "--policy", "stale", "--expected-revision", "0",
+                    expect=1)
     assert "ABORTED" in exists.stderr
-    op.converged()
 
 
 def test_tls_with_client_certificates(topo: FleetTopology, daemons: dict[str, DaemonProcess], op: Operator,
