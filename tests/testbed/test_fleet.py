@@ -229,8 +229,8 @@ def test_invalid_policy_reported_with_its_field_old_policy_kept(topo: FleetTopol
     assert op.run("status", "--wait", "1", expect=1).returncode == 1
 
     # wrong on one node only: a chain leg on an interface that node has not attached
-    chain = {"name": "fw", "forward": {"interfaces": ["fw9"], "mark": 16, "table": 100,
-                                       "nexthop": {"via": "10.81.2.1"}}}
+    chain = {"name": "fw", "forward": {"interfaces": ["fw9"], "mark": 16, "table": 1010,
+                                       "nexthops": [{"via": "10.81.2.1"}]}}
     op.run("push", "-f", op.policy_file(C, chains=[chain]), "--policy", "chainy")
     op.run("assign", "n2", "--policy", "chainy")
     op.push("base", B)  # the good base back for n0 and n1
@@ -326,8 +326,8 @@ def test_node_away_across_a_compaction_sweeps_what_was_deleted(topo: FleetTopolo
         cluster.compact()
     finally:
         topo.heal(n2)
-    status = op.converged()
-    row = {r["node"]: r for r in status["nodes"]}["n2"]
+    # unassigned and its status expired meanwhile: n2 is in the view again once it reports
+    row = wait_until("n2 back and converged", lambda: (r := op.node("n2")) and r["converged"] and r)
     assert (row["assigned"], row["policy"], row["revision"]) == (None, None, 0), row
     assert row["resyncs"] > before["resyncs"]  # it listed again: the resume was refused as compacted
     forwards_all(topo, n2)
