@@ -61,6 +61,15 @@ def _readable(path: Path, what: str) -> Path:
     return path
 
 
+def _usable_pair(cert: Path, key: Path, protocol: int) -> None:
+    """The key must be the certificate's: refused at config load, not at the first handshake."""
+    try:
+        ssl.SSLContext(protocol).load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        raise ValueError(f"cert {cert} and key {key} do not make a usable pair ({exc.reason or exc}): "
+                         "the key must be the certificate's, unencrypted") from None
+
+
 class Tls(BaseModel):
     """TLS of the TCP listener. With `require_client_cert` (the default) every client must show a
     certificate that `client_ca` signed and that has not expired, or the handshake fails and no
@@ -100,12 +109,7 @@ class Tls(BaseModel):
             raise ValueError("require_client_cert is true but client_ca is not set: give the CA that "
                              "signs client certificates (mutual TLS), or set require_client_cert: false "
                              "to let any client that reaches the port use the API over TLS")
-        try:  # the key must be the certificate's: refused here, not at the first handshake
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(self.cert), str(self.key))
-        except ssl.SSLError as exc:
-            raise ValueError(f"cert {self.cert} and key {self.key} do not make a usable pair "
-                             f"({exc.reason or exc}): the key must be the certificate's, "
-                             "unencrypted") from None
+        _usable_pair(self.cert, self.key, ssl.PROTOCOL_TLS_SERVER)
         return self
 
     def credentials_files(self) -> tuple[bytes, bytes, bytes | None]:
@@ -192,12 +196,7 @@ class FleetTls(BaseModel):
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key go together: this node's client certificate and its private key")
         if self.cert is not None and self.key is not None:
-            try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(self.cert), str(self.key))
-            except ssl.SSLError as exc:
-                raise ValueError(f"cert {self.cert} and key {self.key} do not make a usable pair "
-                                 f"({exc.reason or exc}): the key must be the certificate's, "
-                                 "unencrypted") from None
+            _usable_pair(self.cert, self.key, ssl.PROTOCOL_TLS_CLIENT)
         return self
 
     def files(self) -> tuple[bytes | None, bytes | None, bytes | None]:

@@ -32,6 +32,7 @@ from control.rpc.api import pb2
 from testbed import fleet_topology
 from testbed.bench import rules
 from testbed.bench.common import Profile, Section, Table, Target, Value
+from testbed.bench.control_report import percentile
 from testbed.daemon import DaemonProcess
 from testbed.etcd import EtcdCluster, etcd_available
 
@@ -44,11 +45,6 @@ TARGET_NODES, TARGET_RULES, TARGET_P99_S = 20, 10, 1.0
 REPO_ROOT = fleet_topology.REPO_ROOT
 FLEET = "etcd (fleet push, until every status key shows it)"
 GRPC = "gRPC ApplyPolicy to each daemon in turn"
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 class Bench:
