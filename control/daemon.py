@@ -4,7 +4,10 @@ Start-up: config -> the events exporter's file (if configured) -> restore the pe
 (adopting pinned maps, so enforcement never stops across a restart; a policy event reader starts
 per interface) -> listen (Unix socket 0600 by default; TCP only when configured, and then only
 with TLS, mutual by default: control.daemon_config.Tls) -> the metrics endpoint (if configured)
--> health SERVING. SIGTERM/SIGINT: health NOT_SERVING, event streams and
+-> health SERVING. A fleet member (config `fleet:`) starts watching etcd right after the restore,
+before the socket opens (so no local policy write gets in first); it does not wait for etcd:
+health "tidegate.fleet" says whether it is in sync (control.fleet.member).
+SIGTERM/SIGINT: health NOT_SERVING, the fleet member stops (its status key goes), event streams and
 traces end (traces unload their tracers), finish in-flight calls, stop; the data plane stays
 attached unless `detach_on_exit` (a restarted daemon takes it over where it was).
 """
@@ -64,6 +67,17 @@ class Daemon:
         export = config.events.export
         self.exporter = EventExporter(export.path, self.fanout) if export is not None else None
         self.metrics: Any = None
+        self.fleet: Any = None
+        if config.fleet is not None:
+            from control.fleet.member import FleetMember
+
+            self.fleet = FleetMember(config.fleet, self.controller, on_health=self._fleet_health)
+
+    def _fleet_health(self, in_sync: bool) -> None:
+        from control.fleet.member import HEALTH_SERVICE
+
+        serving = health_pb2.HealthCheckResponse
+        self.health.set(HEALTH_SERVICE, serving.SERVING if in_sync else serving.NOT_SERVING)
 
     def start(self) -> None:
         if self.exporter is not None:
@@ -73,6 +87,8 @@ class Daemon:
                 raise RuntimeError(f"events.export.path {self.exporter.path}: {exc.strerror or exc}: "
                                    "choose a writable file, or '-' for stdout") from exc
         self.controller.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self.server, self.tcp_port = self._create_server()
         old_umask = os.umask(0o177)  # the socket is born 0600: no window for other users
         try:
@@ -93,6 +109,10 @@ class Daemon:
 
         collector = TidegateCollector(self.controller, self.pump, self.fanout, self.traces)
         self.metrics = MetricsServer(listen, collector)
+        if self.fleet is not None:
+            from control.fleet.metrics import FleetCollector
+
+            self.metrics.registry.register(FleetCollector(self.fleet))
         try:
             self.metrics.start()
         except OSError as exc:
@@ -136,6 +156,8 @@ class Daemon:
         """Safe after a failed or partial start."""
         self.stopping.set()
         self.health.enter_graceful_shutdown()
+        if self.fleet is not None:
+            self.fleet.stop()               # no apply after this; the status key is revoked
         self.traces.stop_all()              # their streams send TraceEnded and end
         self.fanout.close(kind="watch")     # event streams end with OK
         if self.server is not None:

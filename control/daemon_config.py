@@ -16,6 +16,13 @@
                                           # JSON lines ("-" = stdout); null = not exported
     metrics:
       listen: null                        # "127.0.0.1:9150": Prometheus /metrics; null = off
+    fleet: null                           # a fleet member: the policy comes from etcd (docs/fleet.md)
+      # endpoints: ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+      # prefix: /tidegate/                # keys: PREFIXpolicies/NAME, PREFIXnodes/NODE, PREFIXstatus/NODE
+      # node: edge-1                      # default: the host name
+      # tls: {ca: etcd-ca.pem, cert: node.pem, key: node.key}     # client certificate for etcd
+      # user: tidegate                    # etcd authentication (password_file: its password)
+      # status_ttl: 10                    # seconds a dead node's status key outlives it
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from control.fleet.keys import DEFAULT_PREFIX, NAME_PATTERN, check_name, parse_endpoint
 from control.policy.models import describe_errors
 from dataplane.kernel.build_settings import DEFAULT_PIN_ROOT, Capacities, DataplaneSettings
 
@@ -51,6 +59,15 @@ def _readable(path: Path, what: str) -> Path:
     if b"-----BEGIN " not in head:
         raise ValueError(f"{path}: not a PEM file (no -----BEGIN line): write the {what} in PEM")
     return path
+
+
+def _usable_pair(cert: Path, key: Path, protocol: int) -> None:
+    """The key must be the certificate's: refused at config load, not at the first handshake."""
+    try:
+        ssl.SSLContext(protocol).load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        raise ValueError(f"cert {cert} and key {key} do not make a usable pair ({exc.reason or exc}): "
+                         "the key must be the certificate's, unencrypted") from None
 
 
 class Tls(BaseModel):
@@ -92,12 +109,7 @@ class Tls(BaseModel):
             raise ValueError("require_client_cert is true but client_ca is not set: give the CA that "
                              "signs client certificates (mutual TLS), or set require_client_cert: false "
                              "to let any client that reaches the port use the API over TLS")
-        try:  # the key must be the certificate's: refused here, not at the first handshake
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(self.cert), str(self.key))
-        except ssl.SSLError as exc:
-            raise ValueError(f"cert {self.cert} and key {self.key} do not make a usable pair "
-                             f"({exc.reason or exc}): the key must be the certificate's, "
-                             "unencrypted") from None
+        _usable_pair(self.cert, self.key, ssl.PROTOCOL_TLS_SERVER)
         return self
 
     def credentials_files(self) -> tuple[bytes, bytes, bytes | None]:
@@ -157,6 +169,94 @@ class Metrics(BaseModel):
     listen: str | None = Field(default=None, pattern=_HOST_PORT)
 
 
+def _host_name() -> str:
+    import socket
+
+    return socket.gethostname().split(".")[0]
+
+
+class FleetTls(BaseModel):
+    """TLS towards etcd: the CA that signed etcd's certificate, and this node's client
+    certificate (etcd started with --client-cert-auth accepts only clients its CA signed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca: Path | None = None    # null: the system's trusted CAs
+    cert: Path | None = None  # this node's client certificate (PEM)
+    key: Path | None = None   # its private key (PEM, unencrypted)
+    server_name: str | None = None  # the name in etcd's certificate, if not the endpoint's host
+
+    @field_validator("ca", "cert", "key")
+    @classmethod
+    def _pem_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else _readable(value, "PEM file")
+
+    @model_validator(mode="after")
+    def _pair(self) -> FleetTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: this node's client certificate and its private key")
+        if self.cert is not None and self.key is not None:
+            _usable_pair(self.cert, self.key, ssl.PROTOCOL_TLS_CLIENT)
+        return self
+
+    def files(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """(ca, cert, key) contents, read now."""
+        return tuple(None if p is None else p.read_bytes() for p in (self.ca, self.cert, self.key))  # type: ignore[return-value]
+
+
+class Fleet(BaseModel):
+    """Fleet mode (docs/fleet.md): the policy is the one etcd assigns to this node; local policy
+    changes are refused. Interfaces stay local (attach them with `tidegate attach`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoints: list[str] = Field(min_length=1)  # HOST:PORT, http://HOST:PORT or https://HOST:PORT
+    prefix: str = Field(default=DEFAULT_PREFIX, pattern=r"^/?[A-Za-z0-9_./-]*/$", max_length=200)
+    node: str = Field(default_factory=_host_name, pattern=NAME_PATTERN)
+    tls: FleetTls | None = None
+    user: str | None = Field(default=None, min_length=1)
+    password_file: Path | None = None  # the etcd user's password (first line)
+    status_ttl: int = Field(default=10, ge=2, le=3600)
+    timeout: float = Field(default=5.0, gt=0, le=300)  # seconds per etcd request
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        parsed = [parse_endpoint(e) for e in value]
+        if len({https for _, https in parsed if https is not None}) > 1:
+            raise ValueError("mixes http:// and https:// endpoints: one cluster speaks one of them")
+        return value
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, value: str) -> str:
+        return check_name(value, "node")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Fleet:
+        if any(parse_endpoint(e)[1] is False for e in self.endpoints) and self.tls is not None:
+            raise ValueError("tls is set but the endpoints say http://: write https:// (or HOST:PORT)")
+        if (self.user is None) != (self.password_file is None):
+            raise ValueError("user and password_file go together (with client certificates alone, "
+                             "etcd takes the user from the certificate's common name: set neither)")
+        if self.password_file is not None:
+            try:
+                self.password_file.read_text()
+            except OSError as exc:
+                raise ValueError(f"password_file {self.password_file}: {exc.strerror or exc}") from None
+        return self
+
+    def password(self) -> str | None:
+        if self.password_file is None:
+            return None
+        lines = self.password_file.read_text().splitlines()
+        return lines[0] if lines else ""
+
+    def describe(self) -> str:
+        """Where the policy comes from, for messages: etcd's endpoints and this node's key."""
+        return f"the fleet (etcd {', '.join(self.endpoints)}, key {self.prefix}nodes/{self.node})"
+
+
 class DaemonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -169,6 +269,7 @@ class DaemonConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     events: Events = Events()
     metrics: Metrics = Metrics()
+    fleet: Fleet | None = None
 
     @field_validator("events", "metrics", mode="before")
     @classmethod

@@ -40,5 +40,9 @@ class Exhausted(RuntimeError):
     """A limit of concurrent streams or tracers is reached: retry when one ends."""
 
 
+class PolicyOwned(RuntimeError):
+    """The policy has another source (fleet mode: etcd): local policy changes are refused."""
+
+
 class Unavailable(RuntimeError):
     """A facility this daemon or kernel cannot provide (e.g. a tracer that does not load)."""

@@ -12,13 +12,23 @@ log() { printf '[setup] %s\n' "$*"; }
 
 # Debian packages: BCC (not on PyPI), kernel headers, iproute2 and the traffic/baseline tools.
 APT_PKGS=(python3-bpfcc python3-venv libbpf1 linux-headers-amd64 iproute2 netsniff-ng
-          iptables nftables xdp-tools tcpdump make)
+          iptables nftables xdp-tools tcpdump make etcd-server etcd-client)
 
 missing_apt() {
   local p
   for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
   done
+}
+
+# Fleet mode's tests and benchmark start their own etcd members (loopback or namespaces, their
+# own ports and data dirs). Installing etcd-server also enables and starts Debian's etcd service
+# (127.0.0.1:2379, data in /var/lib/etcd): when this run installed it, stop and disable it again,
+# so no stray member keeps running here. An etcd service that was there before is left alone.
+quiet_etcd_service() {
+  command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ] || return 0
+  log "stopping and disabling the etcd service Debian's package started (tests run their own members)"
+  systemctl disable --now etcd >/dev/null 2>&1 || true
 }
 
 install_apt() {
@@ -30,6 +40,7 @@ install_apt() {
   apt-get update -qq
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends $need >/dev/null
+  case " $(echo $need) " in *" etcd-server "*) quiet_etcd_service ;; esac
 }
 
 # BCC compiles against /lib/modules/$(uname -r)/build. Kernels without their own headers

@@ -71,10 +71,12 @@ class DaemonProcess:
     def __init__(self, ns: Namespace, *, detach_on_exit: bool = True, pin_root: Path | None = None,
                  capacities: Mapping[str, int] | None = None, log_level: str = "info",
                  metrics_listen: str | None = None, events_export: str | Path | None = None,
-                 listen_tcp: Mapping[str, Any] | None = None) -> None:
+                 listen_tcp: Mapping[str, Any] | None = None, fleet: Mapping[str, Any] | None = None) -> None:
         """`metrics_listen`: the config's metrics.listen (HOST:PORT, in the daemon's namespace);
         `listen_tcp`: listen.tcp ({address, tls: {cert, key, client_ca, ...}}, in its namespace);
-        `events_export`: events.export.path (a file, or "-" for the daemon's log)."""
+        `events_export`: events.export.path (a file, or "-" for the daemon's log);
+        `fleet`: the fleet: section ({endpoints, node, prefix, tls, ...}); the attribute of the
+        same name may be changed between a stop and a start."""
         self.ns = ns
         self.detach_on_exit = detach_on_exit
         self.capacities = dict(capacities or {})
@@ -82,6 +84,7 @@ class DaemonProcess:
         self.metrics_listen = metrics_listen
         self.listen_tcp = None if listen_tcp is None else dict(listen_tcp)
         self.events_export = None if events_export is None else str(events_export)
+        self.fleet = None if fleet is None else dict(fleet)
         self.workdir = Path(tempfile.mkdtemp(prefix="tidegate-daemon-"))
         self.pin_root = pin_root or unique_pin_root()
         self.socket = self.workdir / "tidegate.sock"
@@ -213,6 +216,8 @@ class DaemonProcess:
             config["metrics"] = {"listen": self.metrics_listen}
         if self.events_export is not None:
             config["events"] = {"export": {"path": self.events_export}}
+        if self.fleet is not None:
+            config["fleet"] = self.fleet
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _command(self) -> list[str]:

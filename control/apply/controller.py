@@ -3,6 +3,10 @@
 Every change (API call, start-up restore) goes through `change()`, serialised by a lock:
 validate -> reconcile (all-or-nothing, control.apply.reconcile) -> persist -> publish. A change that
 fails leaves the applied state, the kernel and the file as they were.
+
+A whole policy is replaced through `apply_policy()`, for ApplyPolicy and for fleet mode alike.
+When the policy has another source (`policy_source`, set by a fleet member), only that source
+may change it: local policy edits and applies are refused (PolicyOwned), interfaces stay local.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from dataclasses import dataclass
 from control.apply.gc_guard import collector_held
 from control.apply.reconcile import InvalidState, Reconciler, Stats
 from control.apply.state import StateStore
-from control.errors import NotFound
-from control.policy.edits import Edit, check_generation
-from control.policy.models import DesiredState
+from control.errors import NotFound, PolicyOwned
+from control.policy.edits import Edit, check_generation, replace_policy
+from control.policy.models import DesiredState, Policy
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ class Controller:
         self.state = DesiredState()
         self.last_apply: ApplyRecord | None = None
         self.applies = {"ok": 0, "failed": 0}
+        # who alone may change the policy (a description, e.g. the fleet's etcd and key), or None
+        self.policy_source: str | None = None
 
     @contextmanager
     def _recorded(self, generation: int) -> Iterator[None]:
@@ -75,9 +81,27 @@ class Controller:
             log.info("state restored", extra={"generation": self.state.generation,
                                               "interfaces": [i.name for i in self.state.interfaces]})
 
+    def _check_source(self, source: str | None) -> None:
+        if self.policy_source is not None and source != self.policy_source:
+            raise PolicyOwned(f"this daemon's policy comes from {self.policy_source}: local policy changes "
+                              "are refused so that two writers never fight; change it there (`tidegate "
+                              "fleet push` / `tidegate fleet assign`), or remove the daemon config's "
+                              "fleet: section and restart it to manage it locally")
+
+    def apply_policy(self, policy: Policy, expected_generation: int = 0, dry_run: bool = False,
+                     source: str | None = None) -> DesiredState:
+        """Replaces the whole policy (validated as a model already); `source` must be the
+        policy's owner when it has one (a dry run changes nothing and is always allowed)."""
+        if not dry_run:
+            self._check_source(source)
+        return self.change(lambda s: replace_policy(s, policy), expected_generation, dry_run)
+
     def change(self, edit: Callable[[DesiredState], DesiredState], expected_generation: int = 0,
                dry_run: bool = False) -> DesiredState:
-        """Applies edit(current) and returns the new state (the old one for a dry run)."""
+        """Applies edit(current) and returns the new state (the old one for a dry run).
+        Policy list edits (Edit) are refused while the policy has another source."""
+        if isinstance(edit, Edit) and not dry_run:
+            self._check_source(None)
         with collector_held(), self._lock:  # in that order, as ApplyPolicy takes them
             check_generation(self.state, expected_generation)
             new = edit(self.state)

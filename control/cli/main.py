@@ -20,6 +20,9 @@
                                           rates per interface, reason and rule, redrawn every second
     trace [--host H] [--protocol P] [--port N] [--duration S] [--max-events N] | trace --capabilities
                                           load a packet tracer for the duration and print what it sees
+    fleet push -f FILE --policy NAME [--expected-revision N] | fleet assign NODE... --policy NAME
+    fleet unassign NODE... | fleet status [--wait S] | fleet show --policy NAME
+                                          policy for many daemons through etcd (control/cli/fleet.py)
 
 Global options (before the command, or after it):
     -s SOCKET   the daemon's socket: a path (or unix:PATH), or HOST:PORT for its TCP listener
@@ -570,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     from control.cli import follow as cli_follow  # it uses this module's Rpc and CliError
 
     cli_follow.add_commands(commands)
+    from control.cli import fleet as cli_fleet  # it uses this module's Out, CliError and load_model
+
+    cli_fleet.add_commands(commands)
     return parser
 
 
@@ -578,6 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     if args.handler is cmd_serve:
         return cmd_serve(args)
+    if getattr(args.handler, "etcd", False):  # `fleet`: etcd, not the daemon
+        out = args.handler(args)
+        print(fmt.to_json(out.data) if args.json else out.text)
+        return EXIT_OK
     socket = args.socket or os.environ.get(SOCKET_ENV) or str(DEFAULT_SOCKET)
     rpc = Rpc(socket, args.timeout, client_tls(args, socket))
     try:

@@ -60,6 +60,24 @@ def with_policy(state: DesiredState, policy: Policy) -> DesiredState:
     return _rebuild(state, policy=policy)
 
 
+def require_attached(chains: list[tuple[str, ServiceChain]], attached: set[str]) -> None:
+    """InvalidArgument naming each leg interface that is not attached, by its request path (the
+    desired state's own check can name only the state as a whole)."""
+    problems = [(f"{where}.{leg_name}.interfaces[{k}]",
+                 f"{name} is not attached: attach it first (InterfaceService.AttachInterface)")
+                for where, chain in chains for leg_name, leg in chain.legs()
+                for k, name in enumerate(leg.interfaces) if name not in attached]
+    if problems:
+        raise InvalidArgument(problems)
+
+
+def replace_policy(state: DesiredState, policy: Policy, where: str = "policy") -> DesiredState:
+    """The whole policy replaced (ApplyPolicy, fleet mode); chain interfaces must be attached."""
+    require_attached([(f"{where}.chains[{i}]", c) for i, c in enumerate(policy.chains)],
+                     {i.name for i in state.interfaces})
+    return with_policy(state, policy)
+
+
 def _edit_list(state: DesiredState, name: str, items: list[Any]) -> DesiredState:
     return _rebuild(state, policy={**_policy_parts(state.policy), name: items})
 

@@ -6,6 +6,7 @@ No policy logic lives here. Error mapping, so clients can rely on codes rather t
     unknown rule/tunnel/chain/interface               -> NOT_FOUND
     duplicate id on an incremental add                -> ALREADY_EXISTS
     detaching an interface a chain still names        -> FAILED_PRECONDITION
+    a local policy change on a fleet member            -> FAILED_PRECONDITION (names the source)
     the kernel refused (previous state restored)      -> FAILED_PRECONDITION
     expected_generation is stale                      -> ABORTED (read again, retry)
     too many event streams or traces at once          -> RESOURCE_EXHAUSTED
@@ -27,7 +28,7 @@ from control.apply.gc_guard import collector_held
 from control.apply.reconcile import ApplyError, InvalidState, MissingInterface
 from control.apply.state import StateError
 from control.policy import edits as policy_ops
-from control.policy.models import DesiredState, ServiceChain
+from control.policy.models import DesiredState
 from control.rpc import convert
 from control.rpc.api import pb2, pb2_grpc
 from control.rpc.request_guard import bounded_details
@@ -45,6 +46,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.GenerationMismatch, grpc.StatusCode.ABORTED),
     (errors.Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.PolicyOwned, grpc.StatusCode.FAILED_PRECONDITION),
     (ApplyError, grpc.StatusCode.FAILED_PRECONDITION),
     (StateError, grpc.StatusCode.INTERNAL),
 ]
@@ -121,17 +123,6 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
         return pb2.ListInterfacesResponse(interfaces=[self._status(n) for n in names])
 
 
-def require_attached(chains: list[tuple[str, ServiceChain]], attached: set[str]) -> None:
-    """INVALID_ARGUMENT naming each leg interface that is not attached, by its request path (the
-    desired state's own check can name only the state as a whole)."""
-    problems = [(f"{where}.{leg_name}.interfaces[{k}]",
-                 f"{name} is not attached: attach it first (InterfaceService.AttachInterface)")
-                for where, chain in chains for leg_name, leg in chain.legs()
-                for k, name in enumerate(leg.interfaces) if name not in attached]
-    if problems:
-        raise errors.InvalidArgument(problems)
-
-
 def _diff_to_proto(d: policy_ops.PolicyDiff) -> Any:
     def ids(x: policy_ops.Diff) -> Any:
         return pb2.IdDiff(added=x.added, removed=x.removed, changed=x.changed)
@@ -159,11 +150,9 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
 
     def _apply_policy(self, request: Any) -> Any:
         policy = convert.validated(convert.policy_from_proto, request.policy, where="policy")
-        require_attached([(f"policy.chains[{i}]", c) for i, c in enumerate(policy.chains)], self._attached())
         before = self.controller.read()
-        state = self.controller.change(lambda s: policy_ops.with_policy(s, policy),
-                                       expected_generation=request.expected_generation,
-                                       dry_run=request.dry_run)
+        state = self.controller.apply_policy(policy, expected_generation=request.expected_generation,
+                                             dry_run=request.dry_run)
         generation = before.generation if request.dry_run else state.generation
         return pb2.ApplyPolicyResponse(generation=generation,
                                        diff=_diff_to_proto(policy_ops.diff(before.policy, policy)))
@@ -209,7 +198,7 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     @rpc
     def AddChain(self, request: Any, context: grpc.ServicerContext) -> Any:
         chain = convert.validated(convert.service_chain_from_proto, request.chain, where="chain")
-        require_attached([("chain", chain)], self._attached())
+        policy_ops.require_attached([("chain", chain)], self._attached())
         return pb2.AddChainResponse(generation=self._edit(policy_ops.Edit("add_chain", chain)))
 
     @rpc

@@ -33,6 +33,10 @@ class Profile:
     update_base: int  # rules in place under the single-rule updates
     update_samples: int
     update_budget_s: float  # ...or as many as fit in this long
+    fleet_nodes: tuple[int, ...] = (1, 5, 20)  # daemons following one policy in etcd
+    fleet_rules: tuple[int, ...] = (10, 10_000)  # rules of each pushed policy
+    fleet_runs: int = 30  # pushes per (daemons, rules) up to 1,000 rules...
+    fleet_runs_large: int = 5  # ...and above
 
     @classmethod
     def full(cls) -> Profile:
@@ -68,6 +72,10 @@ class Profile:
             update_base=1_000,
             update_samples=10,
             update_budget_s=5.0,
+            fleet_nodes=(1, 2),
+            fleet_rules=(10, 1_000),
+            fleet_runs=3,
+            fleet_runs_large=2,
         )
 
 
