@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 # Everything: unit, BPF (BPF_PROG_TEST_RUN) and namespace tests. Needs root.
-test: setup
+test: setup proto
 	$(PY) -m ruff check dataplane control testbed tests
 	$(PY) -m mypy dataplane control testbed
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -20,7 +20,7 @@ test: setup
 test-fast:
 	$(PY) -m pytest -q -p no:cacheprovider -m "not root" $(PYTEST_ARGS)
 
-lint:
+lint: proto
 	$(PY) -m ruff check dataplane control testbed tests
 	$(PY) -m mypy dataplane control testbed
 
