@@ -26,7 +26,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from control.apply.controller import Controller
 from control.apply.netlink import NetlinkRouting
@@ -37,6 +36,7 @@ from control.observe import logs, tracing
 from control.observe.event_readers import EventExporter, EventPump, default_reader_factory
 from control.observe.fanout import Fanout
 from control.rpc import stream_service
+from control.rpc.reflection import enable_reflection
 from control.rpc.request_guard import RequestGuard
 from control.rpc.service import add_services
 
@@ -135,7 +135,7 @@ class Daemon:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in names:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        enable_reflection([*names, health.SERVICE_NAME], server)
         listen = self.config.listen
         if listen.unix is not None:
             listen.unix.parent.mkdir(parents=True, exist_ok=True, mode=SOCKET_DIR_MODE)
