@@ -2,7 +2,8 @@
 error message may be.
 
 - Request bytes that do not parse as the method's message (random bytes, a truncated or
-  corrupted message, invalid UTF-8 in a string) are answered INVALID_ARGUMENT naming `request`;
+  corrupted message, invalid UTF-8 in a string) are answered INVALID_ARGUMENT naming `request`
+  (in the message and in a google.rpc.BadRequest, as every INVALID_ARGUMENT: control.rpc.status_details);
   grpc's own handling answers INTERNAL ("Exception deserializing request!") and logs a traceback.
 - A key that can never name anything (DeleteAclRule id 0, DeleteTunnel VNI above 2^24-1,
   DeleteChain or DetachInterface with a name the models would refuse) is INVALID_ARGUMENT naming
@@ -21,6 +22,7 @@ from typing import Any
 import grpc
 
 from control.policy.models import IFNAME_RE, NAME_RE, U32_MAX, VNI_MAX, shown
+from control.rpc.status_details import abort_invalid
 
 # The grpc-message trailer after percent-encoding (printable ASCII but '%' = 1 byte, else 3),
 # well below the 8 KiB a client accepts beside the other headers.
@@ -98,7 +100,9 @@ def _tolerant(deserialize: Callable[[bytes], Any], method: str) -> Callable[[byt
 
 
 def _refuse(context: grpc.ServicerContext, message: str) -> None:
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded_details(message))
+    """INVALID_ARGUMENT with `message` ("field: reason") and the BadRequest naming the field."""
+    field, _, reason = message.partition(": ")
+    abort_invalid(context, [(field, reason)], bounded_details(message))
 
 
 KeyCheck = Callable[[Any], str | None]

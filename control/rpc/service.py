@@ -1,7 +1,8 @@
 """gRPC servicers: translate requests (control.rpc.convert), hand edits to the controller, map errors.
 
 No policy logic lives here. Error mapping, so clients can rely on codes rather than text:
-    invalid input or a state this machine cannot hold -> INVALID_ARGUMENT (field: reason; ...)
+    invalid input or a state this machine cannot hold -> INVALID_ARGUMENT (field: reason; ...),
+                                                         with a google.rpc.BadRequest in the details
     (and, before a servicer runs, control.rpc.request_guard: bytes that do not parse, impossible keys)
     unknown rule/tunnel/chain/interface               -> NOT_FOUND
     duplicate id on an incremental add                -> ALREADY_EXISTS
@@ -32,6 +33,7 @@ from control.policy.models import DesiredState
 from control.rpc import convert
 from control.rpc.api import pb2, pb2_grpc
 from control.rpc.request_guard import bounded_details
+from control.rpc.status_details import abort_invalid
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,6 +69,9 @@ def rpc(method: F) -> F:
             else:
                 log.info("request refused",
                          extra={"rpc": method.__name__, "code": code.name, "error": str(exc)})
+            errors = getattr(exc, "errors", None)
+            if code == grpc.StatusCode.INVALID_ARGUMENT and errors:
+                abort_invalid(context, errors, bounded_details(str(exc)))  # + BadRequest details
             context.abort(code, bounded_details(str(exc)))
 
     return wrapper  # type: ignore[return-value]
