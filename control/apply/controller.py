@@ -22,7 +22,7 @@ from control.apply.gc_guard import collector_held
 from control.apply.reconcile import InvalidState, Reconciler, Stats
 from control.apply.state import StateStore
 from control.errors import NotFound, PolicyOwned
-from control.policy.edits import Edit, check_generation, replace_policy
+from control.policy.edits import Edit, PolicyDiff, check_generation, diff, replace_policy
 from control.policy.models import DesiredState, Policy
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,19 @@ class ApplyRecord:
     duration_s: float
     finished_unix: float  # time.time() when it ended
     generation: int       # the generation it tried to apply
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """What apply_policy did: the state now (the current one for a dry run, or when the policy
+    was the one in force) and the diff from the policy in force to the one applied."""
+
+    state: DesiredState
+    diff: PolicyDiff
+
+    @property
+    def unchanged(self) -> bool:
+        return self.diff.empty
 
 
 class Busy(TimeoutError):
@@ -89,22 +102,35 @@ class Controller:
                               "fleet: section and restart it to manage it locally")
 
     def apply_policy(self, policy: Policy, expected_generation: int = 0, dry_run: bool = False,
-                     source: str | None = None) -> DesiredState:
+                     source: str | None = None) -> PolicyChange:
         """Replaces the whole policy (validated as a model already); `source` must be the
-        policy's owner when it has one (a dry run changes nothing and is always allowed)."""
+        policy's owner when it has one (a dry run changes nothing and is always allowed). The
+        policy in force again is no change: the generation stays (PolicyChange.unchanged)."""
         if not dry_run:
             self._check_source(source)
-        return self.change(lambda s: replace_policy(s, policy), expected_generation, dry_run)
+        found: list[PolicyDiff] = []
+
+        def edit(state: DesiredState) -> DesiredState:
+            found.append(diff(state.policy, policy))  # against the state it edits, under the lock
+            return state if found[-1].empty else replace_policy(state, policy)
+
+        state = self.change(edit, expected_generation, dry_run)
+        return PolicyChange(state, found[-1])
 
     def change(self, edit: Callable[[DesiredState], DesiredState], expected_generation: int = 0,
                dry_run: bool = False) -> DesiredState:
         """Applies edit(current) and returns the new state (the old one for a dry run).
-        Policy list edits (Edit) are refused while the policy has another source."""
+        Policy list edits (Edit) are refused while the policy has another source. An edit that
+        returns the current state itself (`is`) changes nothing: nothing is programmed or saved,
+        and the generation stays."""
         if isinstance(edit, Edit) and not dry_run:
             self._check_source(None)
         with collector_held(), self._lock:  # in that order, as ApplyPolicy takes them
             check_generation(self.state, expected_generation)
             new = edit(self.state)
+            if new is self.state:  # the edit found nothing to change: no apply, the generation stays
+                log.info("state unchanged", extra={"generation": new.generation})
+                return new
             if dry_run:
                 self.reconciler.preflight(new)
                 return new

@@ -188,19 +188,19 @@ def apply_data(msg: pb2.ApplyPolicyResponse, dry_run: bool) -> Data:
     d = msg.diff
     sections = {name: {k: list(getattr(part, k)) for k in ("added", "removed", "changed")}
                 for name, part in (("acl", d.acl), ("tunnels", d.tunnels), ("chains", d.chains))}
-    return {"generation": msg.generation, "dry_run": dry_run,
+    return {"generation": msg.generation, "dry_run": dry_run, "unchanged": msg.unchanged,
             "diff": {**sections, "settings_changed": d.settings_changed}}
 
 
 def apply_text(data: Data, source: str) -> str:
     diff = data["diff"]
-    changed = diff["settings_changed"] or any(
-        diff[s][k] for s in ("acl", "tunnels", "chains") for k in ("added", "removed", "changed"))
     if data["dry_run"]:
-        head = (f"dry run of {source}: " + ("would change" if changed else "would change nothing")
+        head = (f"dry run of {source}: " + ("would change nothing" if data["unchanged"] else "would change")
                 + f" (generation stays {data['generation']})")
+    elif data["unchanged"]:
+        head = f"{source} is the policy in force: nothing applied (generation stays {data['generation']})"
     else:
-        head = f"applied {source}: generation {data['generation']}" + ("" if changed else " (no changes)")
+        head = f"applied {source}: generation {data['generation']}"
     rows = [(s, _ids(diff[s]["added"]), _ids(diff[s]["removed"]), _ids(diff[s]["changed"]))
             for s in ("acl", "tunnels", "chains")]
     settings = "settings:  " + ("changed" if diff["settings_changed"] else "unchanged")

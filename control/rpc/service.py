@@ -155,12 +155,10 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
 
     def _apply_policy(self, request: Any) -> Any:
         policy = convert.validated(convert.policy_from_proto, request.policy, where="policy")
-        before = self.controller.read()
-        state = self.controller.apply_policy(policy, expected_generation=request.expected_generation,
-                                             dry_run=request.dry_run)
-        generation = before.generation if request.dry_run else state.generation
-        return pb2.ApplyPolicyResponse(generation=generation,
-                                       diff=_diff_to_proto(policy_ops.diff(before.policy, policy)))
+        change = self.controller.apply_policy(policy, expected_generation=request.expected_generation,
+                                              dry_run=request.dry_run)
+        return pb2.ApplyPolicyResponse(generation=change.state.generation, diff=_diff_to_proto(change.diff),
+                                       unchanged=change.unchanged)
 
     @rpc
     def GetPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -316,6 +316,16 @@ def test_apply_text_lists_the_diff() -> None:
     assert lines[4].split() == ["chains", "-", "web", "-"]
 
 
+def test_apply_text_says_an_identical_policy_changed_nothing() -> None:
+    msg = pb2.ApplyPolicyResponse(generation=4, diff=pb2.PolicyDiff(), unchanged=True)
+    data = fmt.apply_data(msg, dry_run=False)
+    assert data["unchanged"] and data["generation"] == 4
+    head = fmt.apply_text(data, "p.yaml").splitlines()[0]
+    assert head == "p.yaml is the policy in force: nothing applied (generation stays 4)"
+    dry = fmt.apply_text(fmt.apply_data(msg, dry_run=True), "p.yaml").splitlines()[0]
+    assert dry == "dry run of p.yaml: would change nothing (generation stays 4)"
+
+
 def test_policy_yaml_reads_back() -> None:
     policy = Policy.model_validate({"acl": [{"id": 1, "action": "deny", "match": {"protocol": "tcp",
                                                                                   "dport": "80-90"}}],
