@@ -107,7 +107,8 @@ class Daemon:
             return
         from control.observe.metrics import MetricsServer, TidegateCollector
 
-        collector = TidegateCollector(self.controller, self.pump, self.fanout, self.traces)
+        collector = TidegateCollector(self.controller, self.pump, self.fanout, self.traces,
+                                      top_rules=self.config.metrics.top_rules)
         self.metrics = MetricsServer(listen, collector)
         if self.fleet is not None:
             from control.fleet.metrics import FleetCollector

@@ -16,6 +16,8 @@
                                           # JSON lines ("-" = stdout); null = not exported
     metrics:
       listen: null                        # "127.0.0.1:9150": Prometheus /metrics; null = off
+      top_rules: 0                        # also per-rule series for the N busiest rules (0: only
+                                          # the rules marked `metrics: true`)
     fleet: null                           # a fleet member: the policy comes from etcd (docs/fleet.md)
       # endpoints: ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
       # prefix: /tidegate/                # keys: PREFIXpolicies/NAME, PREFIXnodes/NODE, PREFIXstatus/NODE
@@ -161,12 +163,19 @@ class Events(BaseModel):
     export: EventsExport | None = None
 
 
+TOP_RULES_MAX = 1000
+
+
 class Metrics(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # HOST:PORT of the Prometheus endpoint (no TLS, no auth: keep it on loopback or a management
     # network); null = no endpoint
     listen: str | None = Field(default=None, pattern=_HOST_PORT)
+    # Per-rule series (tidegate_acl_rule_*) exist for the rules marked `metrics: true` in the
+    # policy, and, with top_rules N > 0, for the N rules of each interface that matched the most
+    # packets (a scrape then reads every rule's counters: ~20 us per rule). 0 = marked rules only.
+    top_rules: int = Field(default=0, ge=0, le=TOP_RULES_MAX)
 
 
 def _host_name() -> str:

@@ -15,7 +15,7 @@ import ctypes
 import logging
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -381,10 +381,12 @@ class MatchTable:
         self._write(self.names.port, _PORT_FIELDS, self._port_rows(keys), None)
 
     # --- counters ----------------------------------------------------------------------
-    def counts_by_rule(self) -> dict[int, Counter]:
-        """Per rule id (a rule rewritten with new fields gets a new slot, and new counters)."""
+    def counts_by_rule(self, rule_ids: Collection[int] | None = None) -> dict[int, Counter]:
+        """Per rule id (a rule rewritten with new fields gets a new slot, and new counters);
+        only the rules in `rule_ids` when given (their slots alone are read from the kernel)."""
         slots = self.current.slots
-        per_slot = self._maps.slot_counts(self.names.stats, list(slots))
+        wanted = list(slots) if rule_ids is None else [s for s, r in slots.items() if r.rule_id in rule_ids]
+        per_slot = self._maps.slot_counts(self.names.stats, wanted)
         out: dict[int, Counter] = {}
         for slot, counter in per_slot.items():
             rid = slots[slot].rule_id

@@ -65,6 +65,7 @@ class Controller:
         self.applies = {"ok": 0, "failed": 0}
         # who alone may change the policy (a description, e.g. the fleet's etcd and key), or None
         self.policy_source: str | None = None
+        self._metric_rules: tuple[DesiredState, frozenset[int]] | None = None
 
     @contextmanager
     def _recorded(self, generation: int) -> Iterator[None]:
@@ -158,6 +159,22 @@ class Controller:
     def read(self) -> DesiredState:
         with self._lock:
             return self.state
+
+    def kernel_memory(self) -> dict[str, dict[str, int]]:
+        """{interface: {map: bytes}} of the loaded data planes: the kernel's own figures."""
+        with self._lock:
+            return {name: plane.map_memory() for name, plane in self.reconciler.planes.items()}
+
+    def metric_rules(self) -> frozenset[int]:
+        """Ids of the ACL rules marked `metrics: true` in the applied policy (what the metrics
+        endpoint exports per rule); computed once per state."""
+        state = self.read()
+        cached = self._metric_rules
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        ids = frozenset(r.id for r in state.policy.acl if r.metrics)
+        self._metric_rules = (state, ids)
+        return ids
 
     @contextmanager
     def locked(self, timeout: float) -> Iterator[Reconciler]:

@@ -12,14 +12,24 @@ data plane while it reads). A change that holds the lock for longer than SCRAPE_
 start from zero when the rule, tunnel or leg is (re)created, as in GetStats.
 
 Map occupancy is computed from what the daemon wrote (the compiled match tables and the
-tunnels of each interface), not by walking the maps.
+tunnels of each interface), not by walking the maps; kernel memory per map is the kernel's own
+figure (dataplane.kernel.memory).
+
+Series are bounded by what is configured, not by the size of the policy: per-rule series exist
+only for the rules marked `metrics: true` (their counters alone are read) and, with
+`metrics.top_rules: N`, the N busiest rules of each interface; everything else is a fixed set
+per interface (reasons, events, maps) or per tunnel and chain leg. Nothing is exported twice:
+the policy-event counts of the data plane's event counters are tidegate_policy_events_*, an
+interface's total is `sum by (interface) (tidegate_reason_packets_total)` and whether the
+daemon is up is Prometheus' own `up`.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -58,6 +68,21 @@ def _verdict(reason: str) -> str:
     return "drop" if abi.is_drop(abi.Reason[reason]) else "pass"
 
 
+# Data plane events that tidegate_policy_events_{sent,lost}_total report (the same kernel
+# counters): left out of tidegate_dataplane_events_total so no count is exported twice.
+POLICY_EVENT_COUNTS = frozenset({"POLICY_SENT", "POLICY_RATE_LIMITED", "POLICY_RINGBUF_FULL"})
+
+
+def chosen_rules(counts: dict[int, Any], marked: Collection[int], top: int) -> dict[int, Any]:
+    """The rules that get series: those in `marked`, and the `top` with the most packets (only
+    rules that matched something); `counts` maps rule id -> Counter."""
+    out = {rid: c for rid, c in counts.items() if rid in marked}
+    if top:
+        busiest = heapq.nlargest(top, ((c.packets, rid) for rid, c in counts.items() if c.packets))
+        out.update((rid, counts[rid]) for _, rid in busiest)
+    return out
+
+
 class _Families:
     """A packets and a bytes counter family over the same labels."""
 
@@ -79,12 +104,13 @@ class TidegateCollector(Collector):
     with the same attributes): a Controller, an EventPump, a Fanout and a TraceManager."""
 
     def __init__(self, controller: Any, pump: Any, fanout: Any, traces: Any,
-                 lock_timeout: float = SCRAPE_LOCK_TIMEOUT_S) -> None:
+                 lock_timeout: float = SCRAPE_LOCK_TIMEOUT_S, top_rules: int = 0) -> None:
         self.controller = controller
         self.pump = pump
         self.fanout = fanout
         self.traces = traces
         self.lock_timeout = lock_timeout
+        self.top_rules = top_rules  # config metrics.top_rules
 
     def describe(self) -> list[Metric]:
         return []  # names are not known before a scrape; the registry must not collect to find them
@@ -108,7 +134,6 @@ class TidegateCollector(Collector):
 
     def _health(self) -> Iterator[Metric]:
         c = self.controller
-        yield GaugeMetricFamily("tidegate_up", "1 while the daemon runs", value=1)
         yield GaugeMetricFamily("tidegate_policy_generation", "Generation of the applied desired state",
                                 value=c.state.generation)
         last = c.last_apply
@@ -134,31 +159,39 @@ class TidegateCollector(Collector):
         attached = GaugeMetricFamily("tidegate_interface_attached",
                                      "1 if the data plane's programs are attached to the interface",
                                      labels=iface)
-        totals = _Families("interface", "the XDP program saw", iface)
-        reasons = _Families("reason", "by verdict reason", [*iface, "reason", "verdict"])
-        rules = _Families("acl_rule", "that matched the ACL rule", [*iface, "rule_id"])
+        reasons = _Families("reason", "by verdict reason (every packet the XDP program saw, once)",
+                            [*iface, "reason", "verdict"])
+        rules = _Families("acl_rule", "that matched the ACL rule (rules marked `metrics: true`, and "
+                          "the busiest with metrics.top_rules)", [*iface, "rule_id"])
         tunnels = _Families("tunnel", "decapsulated per VNI", [*iface, "vni"])
         legs = _Families("chain_leg", "marked by the service chain leg", [*iface, "chain", "leg"])
         events = CounterMetricFamily("tidegate_dataplane_events", "Data plane events (decaps, marks, ...)",
                                      labels=[*iface, "event"])
+        memory = GaugeMetricFamily("tidegate_kernel_memory_bytes",
+                                   "Kernel memory of the interface's BPF maps, per map (the kernel's "
+                                   "memlock figure)", labels=[*iface, "map"])
+        marked = self.controller.metric_rules()
         for name, plane in sorted(reconciler.planes.items()):
             attached.add_metric([name], int(plane.xdp_mode is not None))
-            stats = reconciler.stats([name])
-            totals.add([name], stats.interfaces.get(name, _ZERO))
+            stats = reconciler.stats([name], rule_ids=None if self.top_rules else marked)
             for reason, c in stats.reasons.items():
                 reasons.add([name, reason, _verdict(reason)], c)
-            for rule_id, c in sorted(stats.rules.items()):
+            for rule_id, c in sorted(chosen_rules(stats.rules, marked, self.top_rules).items()):
                 rules.add([name, str(rule_id)], c)
             for vni, c in sorted(stats.tunnels.items()):
                 tunnels.add([name, str(vni)], c)
             for (chain, leg), c in sorted(stats.legs.items()):
                 legs.add([name, chain, leg], c)
             for event, c in stats.events.items():
-                events.add_metric([name, event], c.packets)
+                if event not in POLICY_EVENT_COUNTS:  # tidegate_policy_events_* has them
+                    events.add_metric([name, event], c.packets)
+            for map_name, size in plane.map_memory().items():
+                memory.add_metric([name, map_name], size)
         yield attached
-        for families in (totals, reasons, rules, tunnels, legs):
+        for families in (reasons, rules, tunnels, legs):
             yield from families
         yield events
+        yield memory
         entries = GaugeMetricFamily("tidegate_map_entries", "Entries the daemon wrote to a map",
                                     labels=[*iface, "map"])
         capacity = GaugeMetricFamily("tidegate_map_capacity", "Entries a map can hold (max_entries)",
@@ -193,14 +226,6 @@ class TidegateCollector(Collector):
         yield from (sent, lost, read, dropped)
         yield GaugeMetricFamily("tidegate_policy_event_watchers", "WatchEvents streams open now",
                                 value=self.fanout.count("watch"))
-
-
-class _Zero:
-    packets = 0
-    bytes = 0
-
-
-_ZERO = _Zero()
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -220,7 +220,8 @@ class Match(Model):
 
 
 class AclRule(Model):
-    """First match by (priority, id) wins; `log` reports allowed matches as events too."""
+    """First match by (priority, id) wins; `log` reports allowed matches as events too;
+    `metrics` exports the rule's counters as Prometheus series (off: chosen, not one per rule)."""
 
     id: int = Field(ge=1, le=U32_MAX)
     priority: int = Field(default=1000, ge=0, le=U32_MAX)
@@ -228,6 +229,7 @@ class AclRule(Model):
     match: Match = Match()
     log: bool = False
     description: str = Field(default="", max_length=256)
+    metrics: bool = False
 
 
 class Tunnel(Model):

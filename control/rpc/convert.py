@@ -115,7 +115,7 @@ def _match_dict(msg: pb2.Match) -> Dict:
 
 
 def _acl_rule_dict(msg: pb2.AclRule) -> Dict:
-    d: Dict = {"id": msg.id, "log": msg.log, "description": msg.description}
+    d: Dict = {"id": msg.id, "log": msg.log, "description": msg.description, "metrics": msg.metrics}
     _put_optional(d, msg, "priority")
     _put(d, "action", _name(pb2.Action, "ACTION_", msg.action))
     if msg.HasField("match"):
@@ -220,7 +220,8 @@ def match_to_proto(m: Match) -> pb2.Match:
 
 def acl_rule_to_proto(rule: AclRule) -> pb2.AclRule:
     return pb2.AclRule(id=rule.id, priority=rule.priority, action=_number(pb2.Action, "ACTION_", rule.action),
-                       match=match_to_proto(rule.match), log=rule.log, description=rule.description)
+                       match=match_to_proto(rule.match), log=rule.log, description=rule.description,
+                       metrics=rule.metrics)
 
 
 def tunnel_to_proto(tunnel: Tunnel) -> pb2.Tunnel:

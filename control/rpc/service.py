@@ -93,18 +93,21 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
 
-    def _status(self, name: str) -> Any:
+    def _status(self, name: str, memory: dict[str, dict[str, int]]) -> Any:
         state = self.controller.read()
         iface = next((i for i in state.interfaces if i.name == name), None)
         plane = self.controller.reconciler.planes.get(name)
         # what the kernel has now, not what the last apply set: the proto promises "right now"
         active = plane.xdp_mode if plane is not None and in_kernel(name) else None
-        return pb2.InterfaceStatus(
+        status = pb2.InterfaceStatus(
             name=name,
             requested_mode=convert.xdp_mode_to_proto(iface.mode if iface else None),
             active_mode=convert.xdp_mode_to_proto(active),
             attached=active is not None,
         )
+        if name in memory:
+            status.kernel_memory_bytes = sum(memory[name].values())
+        return status
 
     @rpc
     def AttachInterface(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -115,7 +118,8 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
             last = f"interfaces[{len(self.controller.read().interfaces)}].name"
             raise MissingInterface([("interface.name" if path == last else path, reason)
                                     for path, reason in exc.errors]) from None
-        return pb2.AttachInterfaceResponse(interface=self._status(iface.name), generation=state.generation)
+        status = self._status(iface.name, self.controller.kernel_memory())
+        return pb2.AttachInterfaceResponse(interface=status, generation=state.generation)
 
     @rpc
     def DetachInterface(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -125,7 +129,8 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
     @rpc
     def ListInterfaces(self, request: Any, context: grpc.ServicerContext) -> Any:
         names = [i.name for i in self.controller.read().interfaces]
-        return pb2.ListInterfacesResponse(interfaces=[self._status(n) for n in names])
+        memory = self.controller.kernel_memory()
+        return pb2.ListInterfacesResponse(interfaces=[self._status(n, memory) for n in names])
 
 
 def _diff_to_proto(d: policy_ops.PolicyDiff) -> Any:

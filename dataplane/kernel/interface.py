@@ -17,6 +17,7 @@ import shutil
 
 from dataplane.acl import acl_capacity, cls_capacity
 from dataplane.kernel import attach as attach_mod
+from dataplane.kernel import memory
 from dataplane.kernel import program as program_mod
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.maps import DataplaneMaps
@@ -68,6 +69,11 @@ class Dataplane:
         ifname = self._require_ifname("detach")
         detach_interface(ifname, self.settings)
         self.close()
+
+    def map_memory(self) -> dict[str, int]:
+        """Kernel memory of each of this data plane's maps, in bytes (the kernel's own figure:
+        dataplane.kernel.memory)."""
+        return memory.map_memory(self.program)
 
     def close(self) -> None:
         """Drops this process's handles; attached programs and pinned maps stay in the kernel."""

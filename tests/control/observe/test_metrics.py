@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,7 +22,7 @@ from control.apply.controller import Controller
 from control.apply.reconcile import ApplyError, InvalidState, Stats
 from control.apply.state import StateStore
 from control.observe.fanout import EventFilter, Fanout
-from control.observe.metrics import MetricsServer, TidegateCollector, occupancy, parse_listen
+from control.observe.metrics import MetricsServer, TidegateCollector, chosen_rules, occupancy, parse_listen
 from control.policy.intent import interface_intent
 from control.policy.models import DesiredState
 from dataplane.acl import acl_capacity, acl_rule
@@ -41,6 +42,9 @@ class FakePlane:
         self.classifiers = SimpleNamespace(current=empty())
         self.xdp_mode: str | None = "native"
 
+    def map_memory(self) -> dict[str, int]:
+        return {"acl_rules": 4096, "acl_rule_stats": 8192}
+
 
 class FakeReconciler:
     """A Reconciler's surface as the controller and the collector use it, without BPF."""
@@ -53,6 +57,7 @@ class FakeReconciler:
         self.counts: dict[str, Stats] = {}
         self.fail_next: BaseException | None = None
         self.delay = 0.0
+        self.asked: list[Any] = []  # the rule_ids of each stats() call
 
     def restore(self, state: DesiredState) -> None:
         self.apply(state)
@@ -71,9 +76,13 @@ class FakeReconciler:
             self.planes[iface.name] = FakePlane(list(intent.acl))
             self.intents[iface.name] = intent
 
-    def stats(self, names: list[str] | None = None) -> Stats:
+    def stats(self, names: list[str] | None = None, rule_ids: Any = None) -> Stats:
         (name,) = names or [None]
-        return self.counts.get(name, Stats())
+        self.asked.append(rule_ids)
+        found = self.counts.get(name, Stats())
+        if rule_ids is None:
+            return found
+        return replace(found, rules={r: c for r, c in found.rules.items() if r in rule_ids})
 
 
 class FakePump:
@@ -116,7 +125,7 @@ def with_policy(controller: Controller) -> None:
     def edit(s: DesiredState) -> DesiredState:
         return DesiredState.model_validate({
             "interfaces": [{"name": "eth0"}],
-            "policy": {"acl": [{"id": 5, "action": "deny", "match": {"src": "10.0.0.0/8"}},
+            "policy": {"acl": [{"id": 5, "action": "deny", "match": {"src": "10.0.0.0/8"}, "metrics": True},
                                {"id": 6, "action": "allow", "match": {"protocol": "udp", "dport": 53}}],
                        "tunnels": [{"vni": 100}, {"vni": 200}]}})
     controller.change(edit)
@@ -126,13 +135,17 @@ def test_counters_are_read_at_scrape_time_with_labels(parts: Any) -> None:
     controller, reconciler, pump, fanout, collector = parts
     with_policy(controller)
     reconciler.counts["eth0"] = Stats(
-        rules={5: Counter(3, 300)}, tunnels={100: Counter(2, 200)},
+        rules={5: Counter(3, 300), 6: Counter(9, 900)}, tunnels={100: Counter(2, 200)},
         legs={("web", "forward"): Counter(4, 400)},
         reasons={"DROP_DENIED": Counter(3, 300), "PASS_ALLOWED": Counter(7, 700)},
-        events={"DECAP_VXLAN": Counter(2, 200)}, interfaces={"eth0": Counter(10, 1000)})
+        events={"DECAP_VXLAN": Counter(2, 200), "POLICY_SENT": Counter(5, 500)},
+        interfaces={"eth0": Counter(10, 1000)})
     s = scrape(collector)
     assert value(s, "tidegate_acl_rule_packets_total", interface="eth0", rule_id="5") == 3
     assert value(s, "tidegate_acl_rule_bytes_total", interface="eth0", rule_id="5") == 300
+    # rule 6 is not marked `metrics: true`: counted, but no series; only rule 5's counters were read
+    assert not [k for k in s if k[0].startswith("tidegate_acl_rule") and ("rule_id", "6") in k[1]]
+    assert reconciler.asked[-1] == {5}
     assert value(s, "tidegate_tunnel_packets_total", interface="eth0", vni="100") == 2
     assert value(s, "tidegate_chain_leg_packets_total", interface="eth0", chain="web", leg="forward") == 4
     assert value(s, "tidegate_reason_packets_total", interface="eth0", reason="DROP_DENIED",
@@ -140,11 +153,34 @@ def test_counters_are_read_at_scrape_time_with_labels(parts: Any) -> None:
     assert value(s, "tidegate_reason_packets_total", interface="eth0", reason="PASS_ALLOWED",
                  verdict="pass") == 7
     assert value(s, "tidegate_dataplane_events_total", interface="eth0", event="DECAP_VXLAN") == 2
-    assert value(s, "tidegate_interface_packets_total", interface="eth0") == 10
     assert value(s, "tidegate_interface_attached", interface="eth0") == 1
+    assert value(s, "tidegate_kernel_memory_bytes", interface="eth0", map="acl_rule_stats") == 8192
+    # no count twice: policy events are tidegate_policy_events_*, totals are sums over reasons
+    assert value(s, "tidegate_dataplane_events_total", interface="eth0", event="POLICY_SENT") is None
+    assert not [k for k in s if k[0].startswith(("tidegate_interface_packets", "tidegate_up"))]
 
     reconciler.counts["eth0"] = Stats(rules={5: Counter(8, 800)})  # no polling loop: a scrape reads anew
     assert value(scrape(collector), "tidegate_acl_rule_packets_total", interface="eth0", rule_id="5") == 8
+
+
+def test_top_rules_adds_the_busiest_rules_reading_every_rule(parts: Any) -> None:
+    controller, reconciler, pump, fanout, _ = parts
+    with_policy(controller)
+    reconciler.counts["eth0"] = Stats(rules={5: Counter(1, 100), 6: Counter(9, 900)})
+    collector = TidegateCollector(controller, pump, fanout, SimpleNamespace(active=lambda: 0), top_rules=1)
+    s = scrape(collector)
+    assert reconciler.asked[-1] is None  # the busiest can only be found among all of them
+    assert value(s, "tidegate_acl_rule_packets_total", interface="eth0", rule_id="6") == 9  # busiest
+    assert value(s, "tidegate_acl_rule_packets_total", interface="eth0", rule_id="5") == 1  # marked
+
+
+def test_chosen_rules() -> None:
+    counts = {1: Counter(0, 0), 2: Counter(5, 50), 3: Counter(7, 70), 4: Counter(1, 10)}
+    assert chosen_rules(counts, {1}, 0) == {1: counts[1]}
+    assert chosen_rules(counts, set(), 2) == {3: counts[3], 2: counts[2]}
+    assert chosen_rules(counts, {4}, 1) == {4: counts[4], 3: counts[3]}
+    assert chosen_rules({1: Counter(0, 0)}, set(), 5) == {}  # idle rules are not "busiest"
+    assert chosen_rules(counts, {99}, 0) == {}  # marked, but not on this interface
 
 
 def test_map_occupancy_comes_from_the_compiled_tables_and_tunnels(parts: Any) -> None:
@@ -178,7 +214,7 @@ def test_occupancy_of_a_bigger_table() -> None:
 def test_health_generation_and_last_apply(parts: Any) -> None:
     controller, reconciler, _, _, collector = parts
     s = scrape(collector)
-    assert value(s, "tidegate_up") == 1 and value(s, "tidegate_scrape_complete") == 1
+    assert value(s, "tidegate_scrape_complete") == 1
     assert value(s, "tidegate_policy_generation") == 0
     assert value(s, "tidegate_last_apply_success") == 1  # the start-up restore
     assert value(s, "tidegate_applies_total", result="ok") == 1
@@ -232,7 +268,7 @@ def test_a_scrape_during_a_long_change_answers_health_only(parts: Any) -> None:
     s = scrape(collector)
     assert time.monotonic() - started < 1.0  # the lock timeout (0.3 s), not the change
     changing.join()
-    assert value(s, "tidegate_scrape_complete") == 0 and value(s, "tidegate_up") == 1
+    assert value(s, "tidegate_scrape_complete") == 0 and value(s, "tidegate_policy_generation") == 1
     assert not any(name.startswith("tidegate_acl_rule") for name, _ in s)
     assert value(scrape(collector), "tidegate_scrape_complete") == 1
 
@@ -245,7 +281,7 @@ def test_the_endpoint_serves_over_http(parts: Any) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as answer:
             text = answer.read().decode()
         assert answer.status == 200
-        assert "tidegate_up 1.0" in text and "process_cpu_seconds_total" in text
+        assert "tidegate_scrape_complete 1.0" in text and "process_cpu_seconds_total" in text
     finally:
         server.stop()
 
