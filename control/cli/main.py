@@ -7,7 +7,8 @@
     detach IFNAME
     status                                health, policy generation, interfaces
     acl add --id N [--priority P] --action allow|deny [--src PREFIX] [--dst PREFIX]
-            [--protocol tcp|udp|sctp|icmp|icmpv6] [--dport 80|80-90] [--log] [--description TEXT]
+            [--protocol tcp|udp|sctp|icmp|icmpv6] [--dport 80|80-90] [--log] [--metrics]
+            [--description TEXT]
     acl del ID | acl list
     policy apply -f FILE [--dry-run] [--expected-generation N]    FILE: YAML or JSON, '-' = stdin
     policy show                           YAML (the model's JSON with -j)
@@ -34,7 +35,9 @@ Global options (before the command, or after it):
                 client certificates (mutual TLS); default $TIDEGATE_CERT, $TIDEGATE_KEY
     --tls-server-name NAME
                 (TCP) the name to expect in the daemon's certificate, when it is not HOST
-    -j          print one JSON object instead of tables
+    -j          print one JSON object instead of tables; listings (acl/tunnel/chain list, policy
+                show) in the shape of the policy file plus "generation", which `policy apply`
+                takes back (e.g. `tidegate -j acl list > acl.json`)
     --timeout   seconds to wait for an answer (default 120: big policies take a while to apply)
 
 Exit codes, for scripts:
@@ -287,13 +290,15 @@ def load_document(path: str) -> tuple[Any, str]:
     return _parse_yaml(text, name), name
 
 
-def load_model(path: str, model: Any, what: str) -> Any:
-    """A file validated as `model`; exit 2 naming the file and each bad field otherwise."""
+def load_model(path: str, model: Any, what: str, informational: tuple[str, ...] = ()) -> Any:
+    """A file validated as `model`; exit 2 naming the file and each bad field otherwise.
+    Top-level keys in `informational` are dropped first (a listing's "generation")."""
     data, name = load_document(path)
     if data is None:
         raise CliError(EXIT_USAGE, f"{name}: empty document: write {what} (an empty policy is `{{}}`)")
     if not isinstance(data, dict):
         raise CliError(EXIT_USAGE, f"{name}: expected a mapping ({what}), found a {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k not in informational}
     try:
         return convert.validated(model.model_validate, data)
     except InvalidArgument as exc:
@@ -338,7 +343,7 @@ def cmd_acl_add(args: argparse.Namespace, rpc: Rpc) -> Out:
     if args.dport is not None:
         match.dport.CopyFrom(pb2.PortRange(low=args.dport[0], high=args.dport[1]))
     rule = pb2.AclRule(id=args.id, action=pb2.Action.Value(f"ACTION_{args.action.upper()}"), match=match,
-                       log=args.log, description=args.description)
+                       log=args.log, metrics=args.metrics, description=args.description)
     if args.priority is not None:
         rule.priority = args.priority
     answer = rpc.call(rpc.policy.AddAclRule, pb2.AddAclRuleRequest(rule=rule))
@@ -356,7 +361,9 @@ def cmd_acl_list(args: argparse.Namespace, rpc: Rpc) -> Out:
 
 
 def cmd_policy_apply(args: argparse.Namespace, rpc: Rpc) -> Out:
-    policy: Policy = load_model(args.file, Policy, "a policy: settings, acl, tunnels, chains")
+    # "generation" is what listings and `policy show -j` carry: informational, not a condition
+    policy: Policy = load_model(args.file, Policy, "a policy: settings, acl, tunnels, chains",
+                                informational=("generation",))
     request = pb2.ApplyPolicyRequest(policy=convert.policy_to_proto(policy), dry_run=args.dry_run,
                                      expected_generation=args.expected_generation or 0)
     data = fmt.apply_data(rpc.call(rpc.policy.ApplyPolicy, request), args.dry_run)
@@ -366,7 +373,7 @@ def cmd_policy_apply(args: argparse.Namespace, rpc: Rpc) -> Out:
 def cmd_policy_show(args: argparse.Namespace, rpc: Rpc) -> Out:
     answer = rpc.call(rpc.policy.GetPolicy, pb2.GetPolicyRequest())
     policy = convert.policy_from_proto(answer.policy)
-    return Out(fmt.policy_data(policy), fmt.policy_yaml(policy, answer.generation))
+    return Out(fmt.policy_data(policy, answer.generation), fmt.policy_yaml(policy, answer.generation))
 
 
 def cmd_tunnel_add(args: argparse.Namespace, rpc: Rpc) -> Out:
@@ -523,6 +530,8 @@ def _policy_commands(commands: _Commands) -> None:
     p.add_argument("--protocol", choices=["tcp", "udp", "sctp", "icmp", "icmpv6"])
     p.add_argument("--dport", type=ports, metavar="PORT[-PORT]", help="destination port or range")
     p.add_argument("--log", action="store_true", help="also report allowed matches as events")
+    p.add_argument("--metrics", action="store_true",
+                   help="export the rule's counters on the metrics endpoint (tidegate_acl_rule_*)")
     p.add_argument("--description", default="", metavar="TEXT")
     acl.add("del", cmd_acl_del, "delete one ACL rule").add_argument("rule_id", type=u32, metavar="ID")
     acl.add("list", cmd_acl_list, "list the ACL rules in policy order")
@@ -533,7 +542,7 @@ def _policy_commands(commands: _Commands) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate and show the diff, change nothing")
     p.add_argument("--expected-generation", type=u64, metavar="N",
                    help="apply only if the policy is still at generation N (else ABORTED)")
-    policy.add("show", cmd_policy_show, "print the policy (YAML; the model's JSON with -j)")
+    policy.add("show", cmd_policy_show, "print the policy (YAML; with -j its JSON and generation)")
 
     tunnel = commands.group("tunnel", "VxLAN/Geneve VNIs terminated here")
     p = tunnel.add("add", cmd_tunnel_add, "terminate one VNI")

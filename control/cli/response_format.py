@@ -1,9 +1,12 @@
 """Output of the `tidegate` CLI: responses as JSON-ready dicts, and those dicts as text tables.
 
 Every command builds one dict (`*_data`), which `-j` prints as one JSON object and the default
-mode renders as aligned tables (`*_text`). Rules, tunnels and chains are rendered in the shape
-of the policy models (control.policy.models), so `tidegate -j acl list` output reads like the `acl`
-section of a policy file. Pure functions: no gRPC calls, no I/O.
+mode renders as aligned tables (`*_text`). Listings are in the shape of the policy file: `tidegate
+-j acl list` is `{"generation": N, "acl": [...]}`, `tunnel list` `{"generation", "tunnels"}`,
+`chain list` `{"generation", "chains"}`, `policy show` the whole policy plus its generation,
+each item as the policy models (control.policy.models) dump it, so any listing is a policy file that
+`tidegate policy apply -f` takes back (it ignores `generation`). Pure functions: no gRPC calls,
+no I/O.
 """
 
 from __future__ import annotations
@@ -67,17 +70,25 @@ def _ids(values: Iterable[object]) -> str:
 # --- interfaces and status ----------------------------------------------------------------------
 
 def interface_data(msg: pb2.InterfaceStatus) -> Data:
+    memory = msg.kernel_memory_bytes if msg.HasField("kernel_memory_bytes") else None
     return {"name": msg.name,
             "requested_mode": _enum(pb2.XdpMode, "XDP_MODE_", msg.requested_mode),
             "active_mode": _enum(pb2.XdpMode, "XDP_MODE_", msg.active_mode),
-            "attached": msg.attached}
+            "attached": msg.attached,
+            "kernel_memory_bytes": memory}
+
+
+def mebibytes(size: int | None) -> str | None:
+    """12345678 -> "11.8 MiB"; None stays None (an empty cell)."""
+    return None if size is None else f"{size / (1 << 20):.1f} MiB"
 
 
 def interfaces_table(interfaces: Sequence[Data]) -> str:
     if not interfaces:
         return "no interfaces attached (tidegate attach IFNAME)"
-    return table(["INTERFACE", "REQUESTED", "ACTIVE", "ATTACHED"],
-                 [(i["name"], i["requested_mode"], i["active_mode"], i["attached"]) for i in interfaces])
+    return table(["INTERFACE", "REQUESTED", "ACTIVE", "ATTACHED", "KERNEL MEMORY"],
+                 [(i["name"], i["requested_mode"], i["active_mode"], i["attached"],
+                   mebibytes(i["kernel_memory_bytes"])) for i in interfaces])
 
 
 def status_data(health: str, interfaces: pb2.ListInterfacesResponse, policy: pb2.GetPolicyResponse) -> Data:
@@ -106,7 +117,7 @@ def _dump(model: Any) -> Data:
 
 
 def rules_data(msg: pb2.ListAclRulesResponse) -> Data:
-    return {"generation": msg.generation, "rules": [_dump(convert.acl_rule_from_proto(r)) for r in msg.rules]}
+    return {"generation": msg.generation, "acl": [_dump(convert.acl_rule_from_proto(r)) for r in msg.rules]}
 
 
 def _match_cells(m: Match) -> list[object]:
@@ -114,11 +125,12 @@ def _match_cells(m: Match) -> list[object]:
 
 
 def rules_text(data: Data) -> str:
-    rules = [AclRule.model_validate(r) for r in data["rules"]]
+    rules = [AclRule.model_validate(r) for r in data["acl"]]
     if not rules:
         return f"no ACL rules (generation {data['generation']})"
-    return table(["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "DPORT", "LOG", "DESCRIPTION"],
-                 [(r.id, r.priority, r.action, *_match_cells(r.match), r.log, r.description) for r in rules])
+    return table(["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "DPORT", "LOG", "METRICS", "DESCRIPTION"],
+                 [(r.id, r.priority, r.action, *_match_cells(r.match), r.log, r.metrics, r.description)
+                  for r in rules])
 
 
 def tunnels_data(msg: pb2.ListTunnelsResponse) -> Data:
@@ -160,9 +172,11 @@ def chains_text(data: Data) -> str:
 
 # --- policy -----------------------------------------------------------------------------------
 
-def policy_data(policy: Policy) -> Data:
-    """The model's own JSON shape: `tidegate policy apply -f` takes it back unchanged."""
-    return _dump(policy)
+def policy_data(policy: Policy, generation: int | None = None) -> Data:
+    """The model's own JSON shape, after the generation when given (a daemon's policy):
+    `tidegate policy apply -f` takes it back unchanged (ignoring `generation`)."""
+    head = {} if generation is None else {"generation": generation}
+    return {**head, **_dump(policy)}
 
 
 def _short_ports(value: Any) -> Any:

@@ -261,19 +261,23 @@ def _rules() -> pb2.ListAclRulesResponse:
     return pb2.ListAclRulesResponse(generation=3, rules=[
         pb2.AclRule(id=1, action=pb2.ACTION_DENY, match=pb2.Match(src="10.0.0.0/8", protocol=pb2.PROTOCOL_TCP,
                                                                   dport=pb2.PortRange(low=80, high=90))),
-        pb2.AclRule(id=20, priority=5, action=pb2.ACTION_ALLOW, log=True, description="dns")])
+        pb2.AclRule(id=20, priority=5, action=pb2.ACTION_ALLOW, log=True, metrics=True, description="dns")])
 
 
 def test_rules_as_json_and_table() -> None:
     data = fmt.rules_data(_rules())
     assert json.loads(fmt.to_json(data)) == data
-    assert data["rules"][0]["match"] == {"src": "10.0.0.0/8", "dst": None, "protocol": "tcp",
-                                         "dport": {"low": 80, "high": 90}}
-    assert Policy.model_validate({"acl": data["rules"]})  # the same shape as a policy file
+    assert set(data) == {"generation", "acl"}  # a policy file's section, and its generation
+    assert data["acl"][0]["match"] == {"src": "10.0.0.0/8", "dst": None, "protocol": "tcp",
+                                       "dport": {"low": 80, "high": 90}}
+    assert [r["metrics"] for r in data["acl"]] == [False, True]
+    listed = Policy.model_validate({k: v for k, v in data.items() if k != "generation"})
+    assert [r.id for r in listed.acl] == [1, 20] and listed.acl[1].metrics
     lines = fmt.rules_text(data).splitlines()
-    assert lines[0].split() == ["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "DPORT", "LOG", "DESCRIPTION"]
-    assert lines[1].split() == ["1", "1000", "deny", "10.0.0.0/8", "any", "tcp", "80-90", "no", "-"]
-    assert lines[2].split() == ["20", "5", "allow", "any", "any", "any", "-", "yes", "dns"]
+    assert lines[0].split() == ["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "DPORT", "LOG", "METRICS",
+                                "DESCRIPTION"]
+    assert lines[1].split() == ["1", "1000", "deny", "10.0.0.0/8", "any", "tcp", "80-90", "no", "no", "-"]
+    assert lines[2].split() == ["20", "5", "allow", "any", "any", "any", "-", "yes", "yes", "dns"]
     assert lines[1].index("deny") == lines[2].index("allow")  # aligned
 
 
@@ -333,7 +337,8 @@ def test_policy_yaml_reads_back() -> None:
     text = fmt.policy_yaml(policy, 12)
     assert text.startswith("# generation: 12\n") and "dport: 80-90" in text
     assert Policy.model_validate(yaml.safe_load(text)) == policy
-    assert Policy.model_validate(fmt.policy_data(policy)) == policy
+    data = fmt.policy_data(policy, 12)
+    assert data.pop("generation") == 12 and Policy.model_validate(data) == policy
 
 
 # --- against the real servicers, with a fake kernel -----------------------------------------------
@@ -362,7 +367,8 @@ class FakeReconciler:
         self.preflight(new)
         time.sleep(self.delay)
         self.applied = new
-        self.planes = {i.name: SimpleNamespace(xdp_mode="generic" if i.mode == "generic" else "native")
+        self.planes = {i.name: SimpleNamespace(xdp_mode="generic" if i.mode == "generic" else "native",
+                                               map_memory=lambda: {"acl_rules": 1 << 20, "config": 336})
                        for i in new.interfaces}
 
     def stats(self, names: list[str] | None = None) -> Stats:
@@ -401,12 +407,14 @@ def test_round_trip_against_servicers(capsys: pytest.CaptureFixture[str],
                        "--dport", "22")
     assert (code, out.strip()) == (0, "added ACL rule 5 (generation 2)")
     code, out, _ = run(capsys, "-s", sock, "-j", "acl", "list")
-    assert code == 0 and [r["id"] for r in json.loads(out)["rules"]] == [5]
+    assert code == 0 and [r["id"] for r in json.loads(out)["acl"]] == [5]
     code, out, _ = run(capsys, "-s", sock, "-j", "status")
     status = json.loads(out)
     assert status["health"] == "SERVING" and status["generation"] == 2
     assert status["interfaces"] == [{"name": "eth0", "requested_mode": "auto", "active_mode": "native",
-                                     "attached": True}]
+                                     "attached": True, "kernel_memory_bytes": (1 << 20) + 336}]
+    code, out, _ = run(capsys, "-s", sock, "status")
+    assert out.splitlines()[-2].split()[-2:] == ["KERNEL", "MEMORY"] and out.rstrip().endswith("1.0 MiB")
     code, out, _ = run(capsys, "-s", sock, "-j", "stats", "--interface", "eth0")
     assert code == 0 and json.loads(out)["interfaces"] == {"eth0": {"packets": 2, "bytes": 200}}
     code, out, _ = run(capsys, "-s", sock, "policy", "show")
