@@ -74,3 +74,19 @@ def policy_maps_digest(pin_dir: Path, prefix: str = "acl_") -> dict[str, tuple[i
     per-CPU counters (`*_stats`): the ACL's tries, rule slots and whatever lookup aids exist."""
     return {p.name: map_digest(p) for p in sorted(pin_dir.iterdir())
             if p.name.startswith(prefix) and not p.name.endswith("_stats")}
+
+
+def pinned_memlock(path: Path) -> int:
+    """The kernel's memory figure (fdinfo `memlock:`) of the map pinned at `path`, read through a
+    descriptor of this process (not the daemon's)."""
+    fd = _lib().bpf_obj_get(str(path).encode())
+    if fd < 0:
+        err = errno_of(fd)
+        raise OSError(err, f"{path}: {os.strerror(err)}")
+    try:
+        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+            if line.startswith("memlock:"):
+                return int(line.split(":", 1)[1])
+        raise OSError(f"{path}: the kernel reports no memlock for it")
+    finally:
+        os.close(fd)
