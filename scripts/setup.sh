@@ -10,9 +10,12 @@ STAMP=$VENV/.tidegate-deps
 
 log() { printf '[setup] %s\n' "$*"; }
 
-# Debian packages: BCC (not on PyPI), kernel headers, iproute2 and the traffic/baseline tools.
+# Debian packages: BCC (not on PyPI), kernel headers, iproute2 and the traffic/baseline tools;
+# prometheus for promtool (the tests lint the live /metrics with it; its server stays off, see
+# quiet_prometheus), systemd for systemd-analyze (the tests verify the unit `make install` puts).
 APT_PKGS=(python3-bpfcc python3-venv libbpf1 linux-headers-amd64 iproute2 netsniff-ng
-          iptables nftables xdp-tools tcpdump make etcd-server etcd-client)
+          iptables nftables xdp-tools tcpdump make etcd-server etcd-client prometheus systemd)
+NODE_DIR=$ROOT/tests/node  # a Node.js gRPC client of the tests (package.json, package-lock.json)
 
 missing_apt() {
   local p
@@ -32,15 +35,52 @@ quiet_etcd_service() {
 }
 
 install_apt() {
-  local need
+  local need held=""
   need=$(missing_apt)
+  command -v node >/dev/null && command -v npm >/dev/null || need="$need nodejs npm"
   [ -z "$need" ] && { log "Debian packages present"; return; }
   log "installing Debian packages: $(echo $need)"
   export DEBIAN_FRONTEND=noninteractive
+  # No service a package brings may start while it installs (prometheus would listen on :9090):
+  # invoke-rc.d asks policy-rc.d, and 101 means "not now". One already in place is left alone.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    held=yes
+  fi
   apt-get update -qq
   # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $need >/dev/null
+  apt-get install -y -qq --no-install-recommends $need >/dev/null || { [ -n "$held" ] && rm -f /usr/sbin/policy-rc.d; exit 1; }
+  [ -n "$held" ] && rm -f /usr/sbin/policy-rc.d
   case " $(echo $need) " in *" etcd-server "*) quiet_etcd_service ;; esac
+  return 0
+}
+
+# Only promtool is wanted from the prometheus package: its server is stopped if anything started
+# it, and disabled for systemd and for sysvinit, so it neither runs nor starts at boot.
+quiet_prometheus() {
+  dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed" || return 0
+  if [ "$(systemctl is-enabled prometheus.service 2>/dev/null)" != "disabled" ]; then
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    else
+      systemctl disable prometheus.service >/dev/null 2>&1 || true
+    fi
+    update-rc.d prometheus disable >/dev/null 2>&1 || true
+    log "prometheus server disabled (only promtool is used)"
+  fi
+  if pgrep -x prometheus >/dev/null; then
+    service prometheus stop >/dev/null 2>&1 || true
+  fi
+}
+
+# The Node.js client of the tests: its exact dependency tree from package-lock.json.
+node_modules() {
+  local stamp=$NODE_DIR/node_modules/.tidegate-lock want
+  want=$(sha256sum < "$NODE_DIR/package-lock.json" | cut -c1-16)
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return
+  log "installing the Node.js test client's packages (npm ci)"
+  npm ci --prefix "$NODE_DIR" --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null
+  echo "$want" > "$stamp"
 }
 
 # BCC compiles against /lib/modules/$(uname -r)/build. Kernels without their own headers
@@ -87,7 +127,9 @@ make_venv() {
 }
 
 install_apt
+quiet_prometheus
 link_headers
 mount_bpffs
 make_venv
+node_modules
 log "ready"
