@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint demo bench clean proto
+.PHONY: setup test test-fast lint demo bench clean proto install uninstall
 
 setup:
 	@bash scripts/setup.sh
@@ -36,3 +36,22 @@ clean:
 # Python gRPC modules from proto/ into control/rpc/gen/ (regenerated only when the .proto changed).
 proto:
 	$(PY) -m control.rpc.protogen
+
+# The daemon as a systemd service (scripts/install.sh; docs/operations.md): code and a venv in
+# $(LIBDIR), `tidegate` in $(BINDIR), tidegate.service in $(UNITDIR), config in
+# $(SYSCONFDIR)/tidegate/. DESTDIR=DIR stages it for packaging. Needs no `make setup`.
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib/tidegate
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= /etc/systemd/system
+SYSCONFDIR ?= /etc
+STATEDIR ?= /var/lib/tidegate
+INSTALL_VARS = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" LIBDIR="$(LIBDIR)" BINDIR="$(BINDIR)" \
+	UNITDIR="$(UNITDIR)" SYSCONFDIR="$(SYSCONFDIR)" STATEDIR="$(STATEDIR)"
+
+install:
+	@$(INSTALL_VARS) bash scripts/install.sh install
+
+# Keeps $(SYSCONFDIR)/tidegate and $(STATEDIR) unless PURGE=1.
+uninstall:
+	@$(INSTALL_VARS) PURGE="$(PURGE)" bash scripts/install.sh uninstall

@@ -4,12 +4,13 @@ Start-up: config -> the events exporter's file (if configured) -> restore the pe
 (adopting pinned maps, so enforcement never stops across a restart; a policy event reader starts
 per interface) -> listen (Unix socket 0600 by default; TCP only when configured, and then only
 with TLS, mutual by default: control.daemon_config.Tls) -> the metrics endpoint (if configured)
--> health SERVING. A fleet member (config `fleet:`) starts watching etcd right after the restore,
-before the socket opens (so no local policy write gets in first); it does not wait for etcd:
-health "tidegate.fleet" says whether it is in sync (control.fleet.member).
-SIGTERM/SIGINT: health NOT_SERVING, the fleet member stops (its status key goes), event streams and
-traces end (traces unload their tracers), finish in-flight calls, stop; the data plane stays
-attached unless `detach_on_exit` (a restarted daemon takes it over where it was).
+-> health SERVING -> READY=1 to a service manager ($NOTIFY_SOCKET: control.sd_notify; and
+WATCHDOG=1 pings when it asks). A fleet member (config `fleet:`) starts watching etcd right after
+the restore, before the socket opens (so no local policy write gets in first); it does not wait
+for etcd: health "tidegate.fleet" says whether it is in sync (control.fleet.member).
+SIGTERM/SIGINT: STOPPING=1, health NOT_SERVING, the fleet member stops (its status key goes),
+event streams and traces end (traces unload their tracers), finish in-flight calls, stop; the
+data plane stays attached unless `detach_on_exit` (a restarted daemon takes it over where it was).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from control.rpc import stream_service
 from control.rpc.reflection import enable_reflection
 from control.rpc.request_guard import RequestGuard
 from control.rpc.service import add_services
+from control.sd_notify import Watchdog, notify
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class Daemon:
         export = config.events.export
         self.exporter = EventExporter(export.path, self.fanout) if export is not None else None
         self.metrics: Any = None
+        self.watchdog: Watchdog | None = None
         self.fleet: Any = None
         if config.fleet is not None:
             from control.fleet.member import FleetMember
@@ -86,6 +89,7 @@ class Daemon:
             except OSError as exc:
                 raise RuntimeError(f"events.export.path {self.exporter.path}: {exc.strerror or exc}: "
                                    "choose a writable file, or '-' for stdout") from exc
+        notify("STATUS=restoring the persisted state (a data plane compile per interface)")
         self.controller.start()
         if self.fleet is not None:
             self.fleet.start()
@@ -98,8 +102,14 @@ class Daemon:
         self._check_socket()
         self._start_metrics()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        state = self.controller.read()
         log.info("ready", extra={"unix": str(self.config.listen.unix), "tcp_port": self.tcp_port,
-                                 "generation": self.controller.read().generation})
+                                 "generation": state.generation})
+        notify("READY=1", f"STATUS=serving: generation {state.generation}, "
+                          f"{len(state.interfaces)} interfaces")
+        self.watchdog = Watchdog.from_env()
+        if self.watchdog is not None:
+            self.watchdog.start()
 
     def _start_metrics(self) -> None:
         listen = self.config.metrics.listen
@@ -155,6 +165,8 @@ class Daemon:
 
     def stop(self) -> None:
         """Safe after a failed or partial start."""
+        keeps = "detaching the data plane" if self.config.detach_on_exit else "the data plane stays attached"
+        notify("STOPPING=1", f"STATUS=stopping: {keeps}")
         self.stopping.set()
         self.health.enter_graceful_shutdown()
         if self.fleet is not None:
@@ -172,6 +184,8 @@ class Daemon:
             self.exporter.close()           # after the readers: what they read is written
         if self.config.listen.unix is not None:
             self.config.listen.unix.unlink(missing_ok=True)
+        if self.watchdog is not None:
+            self.watchdog.stop()  # pinging until here: a stop that hangs is the manager's to end
         log.info("stopped", extra={"detached": self.config.detach_on_exit})
 
 
@@ -231,6 +245,9 @@ def serve(config_path: Path | None, netns: str | None = None) -> int:
     try:
         daemon.start()
         stop.wait()
+    except BaseException as exc:
+        notify(f"STATUS=failed: {exc}"[:1024])  # what `systemctl status` shows beside the exit
+        raise
     finally:
         daemon.stop()
     return 0

@@ -71,12 +71,14 @@ class DaemonProcess:
     def __init__(self, ns: Namespace, *, detach_on_exit: bool = True, pin_root: Path | None = None,
                  capacities: Mapping[str, int] | None = None, log_level: str = "info",
                  metrics_listen: str | None = None, events_export: str | Path | None = None,
-                 listen_tcp: Mapping[str, Any] | None = None, fleet: Mapping[str, Any] | None = None) -> None:
+                 listen_tcp: Mapping[str, Any] | None = None, fleet: Mapping[str, Any] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         """`metrics_listen`: the config's metrics.listen (HOST:PORT, in the daemon's namespace);
         `listen_tcp`: listen.tcp ({address, tls: {cert, key, client_ca, ...}}, in its namespace);
         `events_export`: events.export.path (a file, or "-" for the daemon's log);
         `fleet`: the fleet: section ({endpoints, node, prefix, tls, ...}); the attribute of the
-        same name may be changed between a stop and a start."""
+        same name may be changed between a stop and a start; `env`: more environment for the
+        daemon process (e.g. NOTIFY_SOCKET, as systemd would set it)."""
         self.ns = ns
         self.detach_on_exit = detach_on_exit
         self.capacities = dict(capacities or {})
@@ -85,6 +87,7 @@ class DaemonProcess:
         self.listen_tcp = None if listen_tcp is None else dict(listen_tcp)
         self.events_export = None if events_export is None else str(events_export)
         self.fleet = None if fleet is None else dict(fleet)
+        self.extra_env = dict(env or {})
         self.workdir = Path(tempfile.mkdtemp(prefix="tidegate-daemon-"))
         self.pin_root = pin_root or unique_pin_root()
         self.socket = self.workdir / "tidegate.sock"
@@ -139,8 +142,9 @@ class DaemonProcess:
         self._register()  # again, in case close() ran before this start
         self.workdir.mkdir(mode=0o700, exist_ok=True)
         self._write_config()
+        env = {**self._env(), **self.extra_env}
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(self._command(), cwd=REPO_ROOT, env=self._env(),
+            self.proc = subprocess.Popen(self._command(), cwd=REPO_ROOT, env=env,
                                          stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
         log.info("daemon started", extra={"pid": self.proc.pid, "netns": self.ns.name,
                                           "detach_on_exit": self.detach_on_exit})
