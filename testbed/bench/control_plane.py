@@ -9,6 +9,8 @@ is driven through gRPC as a client would:
 - update: AddAclRule, one new rule at a time on top of `update_base` rules: latency per call,
   p50/p99, `update_samples` of them or as many as fit in `update_budget_s` (at least 10);
   beside it `nft add rule` and `iptables -A` on top of the same rules;
+- metrics: a Prometheus scrape of the daemon holding the largest policy, with no rule, 1,000
+  rules and every rule marked `metrics: true` (testbed.bench.scrape): series, bytes, time;
 - the daemon: time from process start to health SERVING (fresh, and restarting into an
   attached interface with the update test's policy: compile, adopt the pins, apply), and its
   memory (VmRSS, VmHWM from /proc/PID/status) idle, attached, after the largest apply;
@@ -31,7 +33,7 @@ from typing import Any
 import grpc
 
 from control.rpc.api import pb2, pb2_grpc
-from testbed.bench import control_profile, rules
+from testbed.bench import control_profile, rules, scrape
 from testbed.bench.common import Profile, Section
 from testbed.bench.engines import NFT_TABLE
 from testbed.bench.load import PREFIX, missing_tools
@@ -104,6 +106,7 @@ class Bench:
         self.ready: dict[str, list[float]] = defaultdict(list)
         self.rss: dict[str, dict[str, float]] = {}
         self.steps: tuple[control_profile.Profiled, control_profile.Profiled] | None = None
+        self.scrapes: list[scrape.Scrape] = []
 
     # --- the daemon ---------------------------------------------------------------------------
     def daemon_runs(self) -> None:
@@ -119,7 +122,7 @@ class Bench:
         with ExitStack() as stack:
             ns = stack.enter_context(Namespace(prefix=f"{PREFIX}c"))
             veth_pair(ns, IFACE, ns, PEER)
-            d = DaemonProcess(ns, capacities=CAPACITIES)
+            d = DaemonProcess(ns, capacities=CAPACITIES, metrics_listen=scrape.METRICS)
             d.health_poll = 0.01
             stack.callback(d.close)
             d.start()
@@ -139,6 +142,7 @@ class Bench:
             policy = pb2_grpc.PolicyServiceStub(channel)
             self._applies(policy)
             self.rss[f"after {max(self.profile.control_sizes):,} rules"] = _rss(d.proc.pid)  # type: ignore[union-attr]
+            self._scrapes(ns, policy)
             self._updates(policy)
             rule_count = self.profile.update_base + len(self.updates[TIDEGATE_UPDATE])
             for _ in range(self.profile.control_runs):
@@ -155,6 +159,18 @@ class Bench:
                     _timed(partial(policy.ApplyPolicy, request, timeout=RPC_TIMEOUT))
                 )
                 self._baseline_applies(n)
+
+    def _scrapes(self, ns: Namespace, policy: Any) -> None:
+        largest = rules.proto_policy(self.specs[max(self.profile.control_sizes)])  # what _applies left
+
+        def apply(p: Any) -> None:
+            policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=p), timeout=RPC_TIMEOUT)
+
+        try:
+            self.scrapes = scrape.run(ns, largest, apply)
+        except Exception as exc:  # noqa: BLE001 - the report says what could not be measured
+            log.exception("metrics scrape benchmark failed")
+            self.section.failures.append(f"metrics scrapes: {type(exc).__name__}: {exc}")
 
     def _updates(self, policy: Any) -> None:
         base = self.specs[self.profile.update_base]

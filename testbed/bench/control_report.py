@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING
 
-from testbed.bench import control_profile
+from testbed.bench import control_profile, scrape
 from testbed.bench.common import Plot, Series, Table, Target, Value, fmt_value
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ def percentile(samples: list[float], q: float) -> float:
 def report(bench: Bench) -> None:
     s = bench.section
     s.tables += [_apply_table(bench), _update_table(bench), _daemon_table(bench)]
+    if bench.scrapes:
+        s.tables.append(_scrape_table(bench))
     if bench.steps is not None:
         s.tables += [_profile_table(p) for p in bench.steps]
     _plots(bench)
@@ -80,6 +82,18 @@ def _daemon_table(bench: Bench) -> Table:
         t.add(f"start to SERVING, {label}", Value.of(samples, "s"))
     for label, mem in bench.rss.items():
         t.add(f"memory, {label}", f"VmRSS {mem['VmRSS']:,.0f} MiB, VmHWM {mem['VmHWM']:,.0f} MiB")
+    return t
+
+
+def _scrape_table(bench: Bench) -> Table:
+    n = max(bench.profile.control_sizes)
+    t = Table(f"A Prometheus scrape of /metrics with {n:,} rules applied, by the rules marked "
+              f"`metrics: true` (median of {scrape.SCRAPES}): series are bounded by what is chosen, not by "
+              "the policy",
+              ["per-rule series for", "series", "of them per rule", "size", "scrape time"])
+    for s in bench.scrapes:
+        size = f"{s.size / 1024:,.0f} KiB"
+        t.add(s.marked, f"{s.samples:,}", f"{s.per_rule:,}", size, Value.of(s.seconds, "s"))
     return t
 
 
