@@ -384,8 +384,15 @@ class MatchTable:
     def counts_by_rule(self, rule_ids: Collection[int] | None = None) -> dict[int, Counter]:
         """Per rule id (a rule rewritten with new fields gets a new slot, and new counters);
         only the rules in `rule_ids` when given (their slots alone are read from the kernel)."""
-        slots = self.current.slots
-        wanted = list(slots) if rule_ids is None else [s for s, r in slots.items() if r.rule_id in rule_ids]
+        current = self.current
+        slots = current.slots
+        if rule_ids is None:
+            wanted = list(slots)
+        elif current.state is not None:  # the compile's index: rule id -> slot, no walk of the slots
+            index = current.state.rule_ids
+            wanted = [index[r] for r in rule_ids if r in index]
+        else:  # adopted from the pins, not compiled yet
+            wanted = [s for s, r in slots.items() if r.rule_id in rule_ids]
         per_slot = self._maps.slot_counts(self.names.stats, wanted)
         out: dict[int, Counter] = {}
         for slot, counter in per_slot.items():
