@@ -8,7 +8,8 @@ Properties, checked after every request:
   FAILED_PRECONDITION, ABORTED; RESOURCE_EXHAUSTED only for an oversized message), never
   UNKNOWN or INTERNAL, and INVALID_ARGUMENT names the field (`policy.acl[3].match.src: ...`);
 - the policy, its generation and the interfaces are exactly what they were before a refusal;
-  an accepted change moves the generation by one (none for reads and dry runs);
+  an accepted change moves the generation by one (none for reads, dry runs and an ApplyPolicy of
+  the policy in force, which says `unchanged`);
 - the daemon keeps serving (health SERVING).
 
 Requests are bounded (hypothesis max_examples below) so the file runs in about a minute;
@@ -109,11 +110,14 @@ class Api:
             return str(details)
         else:
             _count(f"{name}: OK")
-            METHODS[method][1].FromString(answer)  # a well-formed response
+            response = METHODS[method][1].FromString(answer)  # a well-formed response
             after_policy = self.snapshot()[0]
             dry = name == "ApplyPolicy" and pb2.ApplyPolicyRequest.FromString(data).dry_run
-            steps = {0} if name in READS or dry else {1}
+            same = name == "ApplyPolicy" and response.unchanged  # the policy in force, again
+            steps = {0} if name in READS or dry or same else {1}
             assert after_policy.generation - before[0].generation in steps, method
+            if same:
+                assert after_policy == before[0], f"{method} said unchanged, yet the policy moved"
         self.assert_serving(method)
         return None
 
