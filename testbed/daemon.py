@@ -40,9 +40,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from control.rpc.api import pb2_grpc
 from dataplane.kernel.build_settings import DEFAULT_RUN_ROOT, DataplaneSettings
+from dataplane.kernel.owner import owned_dirs
 from testbed import cleanup
 from testbed.netns import Namespace
-from testbed.topology import remove_pin_root, unique_pin_root
+from testbed.topology import find_pin_dir, remove_pin_root, unique_pin_root
 
 log = logging.getLogger(__name__)
 
@@ -340,9 +341,12 @@ class DaemonProcess:
             names |= {i["name"] for i in data.get("interfaces", [])}
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             pass
-        if self.pin_root.is_dir():
-            names |= {p.name for p in self.pin_root.iterdir() if p.is_dir()}
+        names |= {record.ifname for _, record in owned_dirs(self.pin_root) if record is not None}
         return sorted(names)
+
+    def pin_dir(self, ifname: str) -> Path | None:
+        """The pin directory of its interface `ifname` (keyed by namespace and ifindex), if any."""
+        return find_pin_dir(self.pin_root, ifname)
 
     def _scrub_kernel(self) -> None:
         """Detach programs and remove Tidegate's routing in the namespace (idempotent)."""

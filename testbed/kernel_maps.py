@@ -1,6 +1,6 @@
 """What a pinned map holds, read straight from the kernel (not through the daemon).
 
-    digest = map_digest(pin_root / "eth0" / "acl_src")   # (entries, sha256 of every key and value)
+    digest = map_digest(daemon.pin_dir("eth0") / "acl_src")   # (entries, sha256 of every key and value)
 
 For checks such as "a refused policy wrote nothing": the daemon's own view (GetStats, metrics)
 comes from what it compiled, so only the kernel's maps can show that nothing reached them.
@@ -14,24 +14,14 @@ import hashlib
 import os
 from pathlib import Path
 
+from dataplane.kernel.bpf_info import map_info
 from dataplane.kernel.libbpf import errno_of, libbpf
 
 _VOID_P = ctypes.c_void_p
 
 
-class _MapInfo(ctypes.Structure):
-    """The head of struct bpf_map_info (include/uapi/linux/bpf.h); the kernel fills what fits."""
-
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
-                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16)]
-
-
 def _lib() -> ctypes.CDLL:
     lib = libbpf()
-    lib.bpf_obj_get.restype, lib.bpf_obj_get.argtypes = ctypes.c_int, [ctypes.c_char_p]
-    lib.bpf_obj_get_info_by_fd.restype = ctypes.c_int
-    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, _VOID_P, ctypes.POINTER(ctypes.c_uint32)]
     lib.bpf_map_get_next_key.restype = ctypes.c_int
     lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, _VOID_P, _VOID_P]
     lib.bpf_map_lookup_elem.restype = ctypes.c_int
@@ -47,11 +37,7 @@ def map_digest(path: Path) -> tuple[int, str]:
         err = errno_of(fd)
         raise OSError(err, f"{path}: {os.strerror(err)}")
     try:
-        info = _MapInfo()
-        size = ctypes.c_uint32(ctypes.sizeof(info))
-        rc = lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
-        if rc < 0:
-            raise OSError(errno_of(rc), f"{path}: cannot read the map's info")
+        info = map_info(fd)
         key = ctypes.create_string_buffer(info.key_size)
         nxt = ctypes.create_string_buffer(info.key_size)
         value = ctypes.create_string_buffer(info.value_size)

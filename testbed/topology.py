@@ -44,6 +44,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from dataplane.kernel.attach import XdpMode
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.interface import Dataplane
+from dataplane.kernel.owner import owned_dirs
 from dataplane.map_config import RuntimeConfig
 from testbed import cleanup
 from testbed.netns import (
@@ -253,6 +254,15 @@ def link_rx_packets(ns: Namespace, ifname: str) -> int:
 def unique_pin_root() -> Path:
     """A pin root of its own: bpffs is shared by every namespace, and ifnames repeat across runs."""
     return Path(f"{PIN_ROOT_PREFIX}{secrets.token_hex(4)}")
+
+
+def find_pin_dir(pin_root: Path, ifname: str) -> Path | None:
+    """The pin directory of the interface named `ifname` under a root of the caller's own (pins
+    are keyed by namespace and ifindex: dataplane.kernel.owner), None when there is none."""
+    found = [d for d, record in owned_dirs(pin_root) if record is not None and record.ifname == ifname]
+    if len(found) > 1:
+        raise AssertionError(f"{pin_root}: several pin directories for {ifname}: {found}")
+    return found[0] if found else None
 
 
 def remove_pin_root(pin_root: Path) -> None:

@@ -7,10 +7,14 @@ run time lives in the config map instead (dataplane.map_config). Defaults come f
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dataplane import abi
+
+if TYPE_CHECKING:
+    from dataplane.kernel.owner import InterfaceKey
 
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/tidegate")
 # bpffs holds only BPF objects, so facts about what we created (the clsact qdisc) live on tmpfs,
@@ -65,10 +69,14 @@ class DataplaneSettings(BaseModel):
     capacities: Capacities = Capacities()
     pin_root: Path = DEFAULT_PIN_ROOT
     run_root: Path = DEFAULT_RUN_ROOT
+    # The daemon's state directory, written into the owner record of each pin directory
+    # (dataplane.kernel.owner); None for a data plane that no daemon runs (tests, benchmarks).
+    state_dir: Path | None = None
 
-    def pin_dir(self, ifname: str) -> Path:
-        return self.pin_root / ifname
+    def pin_dir(self, key: InterfaceKey) -> Path:
+        """<pin_root>/netns-<inode>/if<ifindex>-<ifname> (dataplane.kernel.owner)."""
+        return self.pin_root / key.relative
 
-    def run_dir(self, ifname: str) -> Path:
+    def run_dir(self, key: InterfaceKey) -> Path:
         """Ownership markers of one interface, keyed by the pin root so test roots stay apart."""
-        return self.run_root / self.pin_root.name / ifname
+        return self.run_root / self.pin_root.name / key.relative

@@ -1,26 +1,32 @@
 """One interface's data plane: the loaded programs, their maps, and attach/detach.
 
-    dp = Dataplane.load("eth1")          # compile once; pin (or adopt pinned) maps
+    dp = Dataplane.load("eth1")          # compile once; pin (or adopt this interface's pinned) maps
     dp.configure(RuntimeConfig())        # ports, default actions, this interface's MAC
     dp.acl.replace([...MatchRule...])    # compiled into the LPM stages, applied consistently
     dp.attach("auto")                    # XDP native (else generic) + TC clsact ingress
-    dp.detach()                          # programs off, pins gone; idempotent
+    dp.verify()                          # the attached programs use the maps written here
+    dp.detach()                          # our programs off, our pins gone; idempotent
 
-Works in the current network namespace. Without an ifname nothing is pinned: that is the form
-the BPF_PROG_TEST_RUN tests and benchmarks use.
+Works in the calling thread's network namespace: the interface is the one of that namespace
+(dataplane.kernel.owner keys pins by namespace and ifindex), and attach, verify and detach refuse to
+run from another namespace. Without an ifname nothing is pinned: that is the form the
+BPF_PROG_TEST_RUN tests and benchmarks use.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 from dataplane.acl import acl_capacity, cls_capacity
 from dataplane.kernel import attach as attach_mod
-from dataplane.kernel import memory
+from dataplane.kernel import bpf_info, memory, owner
 from dataplane.kernel import program as program_mod
+from dataplane.kernel import verify as verify_mod
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.maps import DataplaneMaps
+from dataplane.kernel.owner import InterfaceKey
 from dataplane.kernel.testrun import SkbResult, XdpResult, run_skb, run_xdp
 from dataplane.map_config import RuntimeConfig
 from dataplane.tables import ACL_SLOT, ACL_TABLES, CLS_SLOT, CLS_TABLES, MatchTable
@@ -29,9 +35,11 @@ log = logging.getLogger(__name__)
 
 
 class Dataplane:
-    def __init__(self, program: program_mod.Program, ifname: str | None, settings: DataplaneSettings) -> None:
+    def __init__(self, program: program_mod.Program, key: InterfaceKey | None,
+                 settings: DataplaneSettings) -> None:
         self.program = program
-        self.ifname = ifname
+        self.key = key
+        self.ifname = key.ifname if key is not None else None
         self.settings = settings
         self.maps = DataplaneMaps(program.table)
         caps = settings.capacities
@@ -41,8 +49,10 @@ class Dataplane:
 
     @classmethod
     def load(cls, ifname: str | None = None, settings: DataplaneSettings | None = None) -> Dataplane:
+        """Loads for `ifname` of the calling thread's namespace (AttachError if it has none)."""
         settings = settings or DataplaneSettings()
-        return cls(program_mod.compile_program(settings, ifname), ifname, settings)
+        key = InterfaceKey.of(ifname) if ifname is not None else None
+        return cls(program_mod.compile_program(settings, key), key, settings)
 
     @property
     def adopted(self) -> bool:
@@ -57,17 +67,34 @@ class Dataplane:
         self.maps.write_config(cfg, if_mac)
 
     def attach(self, mode: attach_mod.XdpMode = "auto") -> str:
-        ifname = self._require_ifname("attach")
-        attach_mod.attach_tc(ifname, self.program.tc_fn, self.settings.run_dir(ifname))
-        self.xdp_mode = attach_mod.attach_xdp(ifname, self.program.xdp_fn, mode)
+        key = self._require_key("attach")
+        attach_mod.attach_tc(key.ifname, self.program.tc_fn, self.settings.run_dir(key))
+        self.xdp_mode = attach_mod.attach_xdp(key.ifname, self.program.xdp_fn, mode)
         self.program.pin_programs()
-        log.info("data plane attached", extra={"ifname": ifname, "xdp_mode": self.xdp_mode})
+        log.info("data plane attached", extra={"ifname": key.ifname, "xdp_mode": self.xdp_mode})
         return self.xdp_mode
 
+    def verify(self) -> None:
+        """Mismatch unless the programs attached to the interface use the very maps this data
+        plane writes (dataplane.kernel.verify: program and map ids read back from the kernel)."""
+        key = self._require_key("verify")
+        names = {*program_mod.map_names(), *self.program.opened}
+        try:
+            problems = verify_mod.check(key, {"xdp": self.program.xdp_fn, "tc": self.program.tc_fn},
+                                        {name: self.program.map_fd(name) for name in names},
+                                        self.program.pin_dir)
+        except OSError as exc:
+            problems = [f"cannot read what the kernel runs: {exc}"]
+        if problems:
+            raise verify_mod.Mismatch(key.ifname, problems)
+
     def detach(self) -> None:
-        """Programs off the interface, pins removed. Safe to call twice or after a crash."""
-        ifname = self._require_ifname("detach")
-        detach_interface(ifname, self.settings)
+        """Our programs off the interface, our pins removed. Safe to call twice or after a crash."""
+        key = self._require_key("detach")
+        ours = set()
+        if self.program is not None:  # (None: detached or closed before)
+            ours = {bpf_info.prog_info(fn.fd).id for fn in (self.program.xdp_fn, self.program.tc_fn)}
+        _detach(key, self.settings, ours)
         self.close()
 
     def map_memory(self) -> dict[str, int]:
@@ -88,28 +115,71 @@ class Dataplane:
     def run_tc(self, packet: bytes, mark: int = 0, repeat: int = 1) -> SkbResult:
         return run_skb(self.program.tc_fn.fd, packet, mark, repeat)
 
-    def _require_ifname(self, what: str) -> str:
-        if self.ifname is None:
+    def _require_key(self, what: str) -> InterfaceKey:
+        if self.key is None:
             raise ValueError(f"{what}: this data plane was loaded without an interface")
-        return self.ifname
+        _require_netns(self.key, what)
+        return self.key
+
+
+def _require_netns(key: InterfaceKey, what: str) -> None:
+    """Interfaces are looked up by name in the calling thread's namespace: from another one,
+    the same name would be another namespace's interface."""
+    here = owner.netns_inode()
+    if here != key.netns_inode:
+        raise attach_mod.AttachError(f"{what} {key}: called from network namespace {here}; enter the "
+                                     "interface's namespace first")
 
 
 def detach_interface(ifname: str, settings: DataplaneSettings | None = None) -> None:
-    """Detaches whatever Tidegate left on `ifname` (also from a process that died)."""
+    """Detaches what Tidegate left on `ifname` of the calling thread's namespace (also from a
+    process that died): the programs pinned in its directory, if they are the ones attached,
+    and its pins. Pins of another interface or namespace are left alone."""
     settings = settings or DataplaneSettings()
-    run_dir = settings.run_dir(ifname)
     try:
-        attach_mod.detach_xdp(ifname)
-        attach_mod.detach_tc(ifname, run_dir)
-    except attach_mod.AttachError:
+        key = InterfaceKey.of(ifname)
+    except attach_mod.AttachError:  # the interface is gone, and its programs with it
+        for pin_dir in owner.stale_dirs(settings.pin_root, ifname):
+            record = owner.read_owner(pin_dir)
+            if record is not None:
+                _detach(record.key, settings, set())
+        return
+    _detach(key, settings, set())
+
+
+def _pinned_programs(pin_dir: Path) -> set[int]:
+    ids = set()
+    for name in (program_mod.XDP_PIN, program_mod.TC_PIN):
+        try:
+            ids.add(bpf_info.pinned_id(pin_dir / name))
+        except OSError:
+            pass
+    return ids
+
+
+def _detach(key: InterfaceKey, settings: DataplaneSettings, ours: set[int]) -> None:
+    """Takes off the interface those of its programs that are `ours` or pinned in its directory
+    (another's program stays, with a warning), then removes its pins and markers."""
+    pin_dir, run_dir = settings.pin_dir(key), settings.run_dir(key)
+    if pin_dir.is_dir() and owner.releasable(pin_dir, key):
+        ours = ours | _pinned_programs(pin_dir)
+    try:
+        attached = verify_mod.attached_ids(key)
+        if attached.get("xdp") in ours:
+            attach_mod.detach_xdp(key.ifname)
+        if attached.get("tc") in ours or attached.get("tc") is None:  # (None: the clsact we added, if any)
+            attach_mod.detach_tc(key.ifname, run_dir)
+        for hook, prog_id in attached.items():
+            if prog_id is not None and prog_id not in ours:
+                log.warning("leaving another's program attached", extra={"ifname": key.ifname,
+                                                                          "hook": hook, "prog_id": prog_id})
+    except (attach_mod.AttachError, OSError):
         pass  # the interface is gone, and its programs with it
-    program_mod.unpin(settings, ifname)
+    program_mod.unpin(settings, key)
     shutil.rmtree(run_dir, ignore_errors=True)
-    for parent in (run_dir.parent, settings.run_root):
+    for parent in (run_dir.parent, run_dir.parent.parent, settings.run_root):
         try:
             parent.rmdir()  # only when no other interface of this root is attached
         except OSError:
             pass
-    log.info("data plane detached", extra={"ifname": ifname})
-
-
+    log.info("data plane detached", extra={"ifname": key.ifname})

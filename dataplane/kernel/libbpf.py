@@ -1,7 +1,8 @@
 """Debian's libbpf1 through ctypes: the few calls BCC's Python API lacks.
 
-BCC has no wrapper for BPF_PROG_TEST_RUN (dataplane.kernel.testrun) and writes maps one element per
-call (dataplane.kernel.bulk batches them). libbpf >= 1.0 returns -errno and sets errno.
+BCC has no wrapper for BPF_PROG_TEST_RUN (dataplane.kernel.testrun), writes maps one element per
+call (dataplane.kernel.bulk batches them) and reads neither object info nor what is attached where
+(dataplane.kernel.bpf_info). libbpf >= 1.0 returns -errno and sets errno.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "bpf_map_delete_elem": (_INT, [_INT, _VOID_P]),
     # int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts) (dataplane.kernel.testrun)
     "bpf_prog_test_run_opts": (_INT, [_INT, _VOID_P]),
+    # int bpf_obj_get_info_by_fd(int fd, void *info, __u32 *info_len) (dataplane.kernel.bpf_info)
+    "bpf_obj_get_info_by_fd": (_INT, [_INT, _VOID_P, _U32_P]),
+    # int bpf_prog_get_fd_by_id(__u32 id); int bpf_obj_get(const char *pathname)
+    "bpf_prog_get_fd_by_id": (_INT, [ctypes.c_uint32]),
+    "bpf_obj_get": (_INT, [ctypes.c_char_p]),
+    # int bpf_xdp_query_id(int ifindex, int flags, __u32 *prog_id)
+    "bpf_xdp_query_id": (_INT, [_INT, _INT, _U32_P]),
+    # int bpf_tc_query(const struct bpf_tc_hook *hook, struct bpf_tc_opts *opts)
+    "bpf_tc_query": (_INT, [_VOID_P, _VOID_P]),
 }
 
 

@@ -1,8 +1,10 @@
 """Compiles the data plane once (BCC), loads both entry programs and pins their maps.
 
-The maps are pinned under <pin_root>/<ifname>/. A later load finds them and compiles against
-the pinned maps instead of creating new ones (BCC's BPF_TABLE_PINNED only opens existing pins),
-so a restarted daemon inherits exactly the policy the kernel is enforcing.
+The maps are pinned in the interface's own directory, <pin_root>/netns-<inode>/if<ifindex>-<ifname>/,
+which records its owner (dataplane.kernel.owner). A later load for the same interface of the same
+namespace finds them and compiles against the pinned maps instead of creating new ones (BCC's
+BPF_TABLE_PINNED only opens existing pins), so a restarted daemon inherits exactly the policy the
+kernel is enforcing; pins of another interface or namespace are refused, never adopted.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataplane.kernel import owner
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.features import build_cflags
+from dataplane.kernel.owner import InterfaceKey, PinError
 from dataplane.kernel.source import INCLUDE_DIR, program_text
 
 log = logging.getLogger(__name__)
@@ -32,8 +36,7 @@ _MAP_DECL = re.compile(r'^TG_(?:MAP\("[^"]+",\s*[^,]+,\s*[^,]+|RINGBUF\([^,]+),\
 RingSink = Callable[[int, int], None]  # (address of one record, its size)
 
 
-class PinError(RuntimeError):
-    pass
+__all__ = ["PinError", "Program", "compile_program", "map_names", "unpin"]
 
 
 def map_names() -> tuple[str, ...]:
@@ -54,12 +57,18 @@ def _pin(fd: int, path: Path) -> None:
         raise PinError(f"cannot pin fd {fd} at {path}: rc={rc} errno={err}")
 
 
-def pinned_maps_state(pin_dir: Path) -> str:
-    """"none", "all" or "partial" (a half-written pin directory is not adopted)."""
+def pinned_maps_state(pin_dir: Path, key: InterfaceKey) -> str:
+    """"none" or "all"; a half-written pin directory is refused (PinError), not adopted."""
     present = [name for name in map_names() if (pin_dir / name).exists()]
     if not present:
         return "none"
-    return "all" if len(present) == len(map_names()) else "partial"
+    if len(present) == len(map_names()):
+        return "all"
+    missing = [n for n in map_names() if n not in present]
+    raise PinError(f"{pin_dir} holds only some of the data plane's maps (missing: {', '.join(missing)}): "
+                   "it was written by a version of Tidegate with other maps, or half-written. Detach "
+                   f"once (`tidegate detach {key.ifname}`, or remove {pin_dir}) and attach again; the "
+                   "daemon then writes its policy afresh")
 
 
 @dataclass
@@ -71,9 +80,18 @@ class Program:
     adopted: bool  # maps came from existing pins
     _rings: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> opened RingBuf
     _sinks: dict[str, RingSink] = field(default_factory=dict, repr=False)
+    opened: set[str] = field(default_factory=set, repr=False)  # every table handed out: the maps used
 
     def table(self, name: str) -> Any:
+        self.opened.add(name)
         return self.bpf.get_table(name.encode())
+
+    def map_fd(self, name: str) -> int:
+        """The fd of map `name`, the one the programs were loaded with (no table object made)."""
+        fd = int(_bcc().libbcc.lib.bpf_table_fd(self.bpf.module, name.encode()))
+        if fd < 0:
+            raise KeyError(f"the data plane has no map {name!r}")
+        return fd
 
     def open_ring_buffer(self, name: str, sink: RingSink) -> None:
         """Sends the records of ring buffer `name` to `sink` from now on (replacing any earlier sink).
@@ -113,41 +131,40 @@ def program_cflags(settings: DataplaneSettings) -> list[str]:
     return ["-Wno-unused-function", *settings.capacities.cflags(), *build_cflags()]
 
 
-def compile_program(settings: DataplaneSettings, ifname: str | None = None) -> Program:
-    """Compiles and loads; with an ifname, pins (or adopts pinned) maps for that interface."""
+def compile_program(settings: DataplaneSettings, key: InterfaceKey | None = None) -> Program:
+    """Compiles and loads; with a key, pins (or adopts pinned) maps for that interface."""
     bcc = _bcc()
-    pin_dir = settings.pin_dir(ifname) if ifname else None
+    pin_dir = _claim(settings, key) if key is not None else None
     cflags = program_cflags(settings)
-    adopted = False
-    if pin_dir is not None:
-        state = pinned_maps_state(pin_dir)
-        if state == "partial":
-            missing = [n for n in map_names() if not (pin_dir / n).exists()]
-            raise PinError(f"{pin_dir} holds only some of the data plane's maps (missing: "
-                           f"{', '.join(missing)}): it was written by a version of Tidegate with other maps, "
-                           f"or half-written. Detach once (`tidegate detach {ifname}`, or remove {pin_dir}) "
-                           "and attach again; the daemon then writes its policy afresh")
-        adopted = state == "all"
-        if adopted:
-            cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')
+    adopted = pin_dir is not None and key is not None and pinned_maps_state(pin_dir, key) == "all"
+    if adopted:
+        cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')
     bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)
     xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
     tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
     prog = Program(bpf, xdp_fn, tc_fn, pin_dir, adopted)
     if pin_dir is not None and not adopted:
-        pin_dir.mkdir(parents=True, exist_ok=True)
         for name in map_names():
             _pin(bpf.get_table(name.encode()).map_fd, pin_dir / name)
-    log.info("data plane loaded", extra={"ifname": ifname, "pin_dir": str(pin_dir), "adopted": adopted})
+    log.info("data plane loaded", extra={"ifname": key.ifname if key else None, "pin_dir": str(pin_dir),
+                                         "adopted": adopted})
     return prog
 
 
-def unpin(settings: DataplaneSettings, ifname: str) -> None:
-    """Removes the interface's pins; the kernel frees maps once nothing else holds them."""
-    pin_dir = settings.pin_dir(ifname)
-    if pin_dir.exists():
+def _claim(settings: DataplaneSettings, key: InterfaceKey) -> Path:
+    legacy = settings.pin_root / key.ifname  # before pins were keyed by namespace and ifindex
+    if legacy.is_dir() and any((legacy / name).exists() for name in map_names()):
+        log.warning("pins of an earlier Tidegate, keyed by the interface name only, are not adopted: "
+                    "whose they are is unknown (any namespace's interface of that name). The data plane "
+                    "starts afresh; remove them once nothing uses them",
+                    extra={"legacy_pin_dir": str(legacy), "ifname": key.ifname})
+    return owner.claim(settings.pin_root, key, settings.state_dir)
+
+
+def unpin(settings: DataplaneSettings, key: InterfaceKey) -> None:
+    """Removes the interface's pins (only when their owner record names it); the kernel frees the
+    maps once nothing else holds them."""
+    pin_dir = settings.pin_dir(key)
+    if pin_dir.is_dir() and owner.releasable(pin_dir, key):
         shutil.rmtree(pin_dir)
-    try:
-        settings.pin_root.rmdir()  # only when no other interface is pinned
-    except OSError:
-        pass
+    owner.remove_empty_parents(pin_dir, settings.pin_root)

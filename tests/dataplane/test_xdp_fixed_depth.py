@@ -14,8 +14,6 @@ from hypothesis import strategies as st
 
 from dataplane import abi
 from dataplane.acl import acl_rule
-from dataplane.kernel.build_settings import DataplaneSettings
-from dataplane.kernel.program import PinError, compile_program
 from dataplane.matcher import ANY, prefix_of
 from dataplane.matcher_layout import FIXED_DEPTH_MIN, LIST_MAX, EntryWords, entry_words, flags
 from dataplane.tables import ListLayout
@@ -101,13 +99,3 @@ def test_prefix_lists_are_packed_as_the_program_reads_them(dp):
     for e, (prefix, value) in zip(leaf.entries, entries, strict=False):
         assert EntryWords(*(int(getattr(e, f)) for f in EntryWords._fields)) == entry_words(prefix, value)
     assert layout.pack([()]) == bytes(ctypes.sizeof(leaf_type))
-
-
-def test_pins_of_a_version_with_other_maps_are_refused_saying_to_detach_once(tmp_path):
-    settings = DataplaneSettings(pin_root=tmp_path)
-    old = settings.pin_dir("eth9")
-    old.mkdir()
-    for name in ("acl_src", "acl_dst", "acl_port"):  # an earlier version's maps, without the new ones
-        (old / name).touch()
-    with pytest.raises(PinError, match=r"missing: .*acl_src_bucket.*Detach once \(`tidegate detach eth9`"):
-        compile_program(settings, "eth9")

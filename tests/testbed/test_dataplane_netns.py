@@ -178,7 +178,7 @@ def test_detach_is_clean_and_idempotent(bpf_available, pin_root):
     with Namespace(prefix="tgdet") as ns:
         veth_pair(ns, IFNAME, ns, IFNAME_PEER)
         with t.tidegate(ns, IFNAME, mode="native", pin_root=pin_root) as dp:
-            pin_dir = dp.settings.pin_dir(IFNAME)
+            pin_dir = dp.settings.pin_dir(dp.key)
             assert dp.xdp_mode == "native"
             with ns.enter():
                 assert xdp_attached(IFNAME) and tc_filter_attached(IFNAME)
@@ -191,7 +191,7 @@ def test_detach_is_clean_and_idempotent(bpf_available, pin_root):
                 assert not tc_filter_attached(IFNAME)
                 assert not clsact_present(IFNAME), "the qdisc tidegate created is removed with it"
             assert not pin_dir.exists()
-            assert not dp.settings.run_dir(IFNAME).exists()
+            assert not dp.settings.run_dir(dp.key).exists()
             assert not pin_root.exists()  # the root held only this interface: removed too
 
             with ns.enter():

@@ -202,7 +202,8 @@ def test_an_apply_the_kernel_refuses_part_way_leaves_the_old_set_under_traffic(l
 def test_a_policy_over_the_configured_capacity_is_refused_and_writes_nothing(live, topo):
     apply(live, set_a())
     policy_before, generation_before = current(live)
-    pin_dir = live.pin_root / IFNAME
+    pin_dir = live.pin_dir(IFNAME)
+    assert pin_dir is not None
     kernel_before = policy_maps_digest(pin_dir)
     before = stats(live)
     too_big = policy_sets.swap_policy("B", PROBES, filler=TOO_MANY)

@@ -31,6 +31,7 @@ from control.policy.models import Policy
 from control.rpc.api import pb2, pb2_grpc
 from testbed import cleanup
 from testbed.netns import Namespace, add_address, add_neighbour, link_mac, veth_pair
+from testbed.topology import find_pin_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
 
@@ -403,12 +404,13 @@ def test_stop_detaches_and_removes_the_socket(bpf_available: None) -> None:
     with running_daemon() as d:
         d.ok("attach", IFNAME, "--mode", "generic")
         d.ok("acl", "add", "--id", "1", "--action", "deny", "--protocol", "udp", "--dport", "9")
-        assert _xdp_attached(d.ns) and (d.pin_root / IFNAME).exists()
+        pin_dir = find_pin_dir(d.pin_root, IFNAME)
+        assert _xdp_attached(d.ns) and pin_dir is not None and pin_dir.exists()
         assert d.stop() == 0, d.logs()
         assert not d.sock.exists()
         assert not _xdp_attached(d.ns)
         assert d.ns.run(["tc", "filter", "show", "dev", IFNAME, "ingress"]).stdout.strip() == ""
-        assert not (d.pin_root / IFNAME).exists()
+        assert not pin_dir.exists() and find_pin_dir(d.pin_root, IFNAME) is None
         err = d.refused(3, "status")
         assert err.startswith(f"tidegate: UNAVAILABLE: no daemon socket at {d.sock}")
         assert "tidegate serve" in err

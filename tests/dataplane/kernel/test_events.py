@@ -240,7 +240,7 @@ def test_config_round_trips_the_event_settings(dp):
 
 def test_events_written_before_a_restart_are_read_after_it(bpf_available):
     """The ring buffer is pinned with the other maps: a restarted daemon reads the backlog."""
-    ifname = "tg-events0"  # only names the pin directory: nothing is attached
+    ifname = "lo"  # only names the pin directory (under a root of its own): nothing is attached
     with pin_root_owned() as root:
         settings = DataplaneSettings(pin_root=root)
         first = Dataplane.load(ifname, settings)
@@ -258,4 +258,4 @@ def test_events_written_before_a_restart_are_read_after_it(bpf_available):
             assert EventReader(second).counts().sent == 1
         finally:
             second.close()
-            unpin(settings, ifname)
+            unpin(settings, second.key)

@@ -1,0 +1,138 @@
+"""What the kernel says about BPF objects: ids, the maps a program uses, what is attached where.
+
+Read through libbpf (dataplane.kernel.libbpf) rather than BCC, which has no call for any of it:
+
+    map_id(fd)              the id of the map behind an fd (a BCC table's map_fd, a pin)
+    prog_info(fd)           id, name and the ids of the maps the program uses
+    prog_info_by_id(id)     the same for a program the caller holds no fd of
+    pinned_id(path)         the id of whatever object is pinned at path
+    xdp_prog_id(ifindex)    the XDP program on an interface (None: none)
+    tc_prog_id(ifindex, handle, priority)   the TC ingress filter's program (None: none)
+
+The interface queries open a netlink socket in the calling thread's network namespace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataplane.kernel.libbpf import errno_of, libbpf
+
+_MAX_MAP_IDS = 64  # more maps than any program of ours uses; the kernel reports the real count
+BPF_TC_INGRESS = 1  # enum bpf_tc_attach_point
+
+
+class MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info (include/uapi/linux/bpf.h); the kernel fills what fits."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16)]
+
+
+class _ProgInfo(ctypes.Structure):
+    """The head of struct bpf_prog_info, up to the name."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+                ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+                ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
+                ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
+                ("name", ctypes.c_char * 16)]
+
+
+class _TcHook(ctypes.Structure):
+    # struct bpf_tc_hook (libbpf >= 0.4): sz, ifindex, attach_point, parent
+    _fields_ = [("sz", ctypes.c_size_t), ("ifindex", ctypes.c_int), ("attach_point", ctypes.c_int),
+                ("parent", ctypes.c_uint32)]
+
+
+class _TcOpts(ctypes.Structure):
+    # struct bpf_tc_opts: sz, prog_fd, flags, prog_id, handle, priority
+    _fields_ = [("sz", ctypes.c_size_t), ("prog_fd", ctypes.c_int), ("flags", ctypes.c_uint32),
+                ("prog_id", ctypes.c_uint32), ("handle", ctypes.c_uint32), ("priority", ctypes.c_uint32)]
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    id: int
+    name: str
+    map_ids: frozenset[int]
+
+
+def _info(fd: int, info: ctypes.Structure, what: str) -> None:
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    rc = libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
+    if rc < 0:
+        err = errno_of(rc)
+        raise OSError(err, f"cannot read the info of {what}: {os.strerror(err)}")
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    _info(fd, info, f"map fd {fd}")
+    return info
+
+
+def map_id(fd: int) -> int:
+    return int(map_info(fd).id)
+
+
+def prog_info(fd: int) -> ProgInfo:
+    ids = (ctypes.c_uint32 * _MAX_MAP_IDS)()
+    info = _ProgInfo(nr_map_ids=_MAX_MAP_IDS, map_ids=ctypes.addressof(ids))
+    _info(fd, info, f"program fd {fd}")
+    count = min(int(info.nr_map_ids), _MAX_MAP_IDS)
+    if info.nr_map_ids > _MAX_MAP_IDS:
+        raise OSError(errno.E2BIG, f"program {info.id} uses {info.nr_map_ids} maps, more than "
+                                   f"{_MAX_MAP_IDS} this reader expects")
+    return ProgInfo(int(info.id), info.name.decode(errors="replace"), frozenset(ids[:count]))
+
+
+def prog_info_by_id(prog_id: int) -> ProgInfo:
+    fd = libbpf().bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        err = errno_of(fd)
+        raise OSError(err, f"program id {prog_id}: {os.strerror(err)}")
+    try:
+        return prog_info(fd)
+    finally:
+        os.close(fd)
+
+
+def pinned_id(path: Path) -> int:
+    """The id of the map or program pinned at `path` (both infos start with type, id)."""
+    fd = libbpf().bpf_obj_get(str(path).encode())
+    if fd < 0:
+        err = errno_of(fd)
+        raise OSError(err, f"{path}: {os.strerror(err)}")
+    try:
+        return map_id(fd)  # struct bpf_map_info and bpf_prog_info both begin with type, id
+    finally:
+        os.close(fd)
+
+
+def xdp_prog_id(ifindex: int) -> int | None:
+    prog_id = ctypes.c_uint32(0)
+    rc = libbpf().bpf_xdp_query_id(ifindex, 0, ctypes.byref(prog_id))
+    if rc < 0:
+        err = errno_of(rc)
+        raise OSError(err, f"ifindex {ifindex}: cannot query its XDP program: {os.strerror(err)}")
+    return int(prog_id.value) or None
+
+
+def tc_prog_id(ifindex: int, handle: int, priority: int) -> int | None:
+    """The program of the clsact ingress filter with this handle and priority (protocol all)."""
+    hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=BPF_TC_INGRESS)
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
+    rc = libbpf().bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
+    if rc < 0:
+        err = errno_of(rc)
+        if err in (errno.ENOENT, errno.EINVAL):  # no such filter (EINVAL: no clsact qdisc)
+            return None
+        raise OSError(err, f"ifindex {ifindex}: cannot query its TC ingress filter: {os.strerror(err)}")
+    return int(opts.prog_id) or None

@@ -1,0 +1,104 @@
+"""Checks, against the kernel, that the maps a data plane writes are the ones its attached programs use.
+
+Read back from the kernel, never from what this process believes it did:
+  - the programs on the interface now: the XDP program (netlink, bpf_xdp_query_id) and the TC
+    ingress filter in Tidegate's band (bpf_tc_query);
+  - the maps each of them uses (bpf_prog_info.map_ids), compared with the maps of the program
+    this process loaded for that hook, i.e. the maps it writes: every map of the program, whatever
+    the maps are (no map name is assumed here);
+  - every map this process has opened (each BCC table it reads or writes) is one of those;
+  - every map and program pinned in the interface's directory is the one in use (a restarted
+    daemon adopts what is pinned).
+Any difference is a Mismatch naming the interface, the hook and the ids, for the caller to report
+(the daemon: an error, and health NOT_SERVING), never to repair silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from dataplane.kernel import attach as attach_mod
+from dataplane.kernel import bpf_info
+from dataplane.kernel.owner import OWNER, OWNER_TMP, InterfaceKey
+from dataplane.kernel.program import TC_PIN, XDP_PIN
+
+
+class Mismatch(RuntimeError):
+    """The kernel runs programs that do not use the maps this process writes."""
+
+    def __init__(self, ifname: str, problems: list[str]) -> None:
+        self.ifname = ifname
+        self.problems = problems
+        super().__init__(f"{ifname}: " + "; ".join(problems))
+
+
+def attached_ids(key: InterfaceKey) -> dict[str, int | None]:
+    """{"xdp": prog id or None, "tc": prog id or None} on the interface now (calling thread's
+    namespace, which must be the key's)."""
+    return {"xdp": bpf_info.xdp_prog_id(key.ifindex),
+            "tc": bpf_info.tc_prog_id(key.ifindex, attach_mod.TC_HANDLE, attach_mod.TC_PRIO)}
+
+
+def _ids(ids: Iterable[int]) -> str:
+    """"5-9,12": ids as ranges (a program's maps are usually created in a row)."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs) or "none"
+
+
+def _hook_problems(hook: str, attached: int | None, loaded: bpf_info.ProgInfo) -> list[str]:
+    if attached is None:
+        return [f"no {hook} program is attached (this daemon's is id {loaded.id})"]
+    if attached == loaded.id:
+        return []
+    info = bpf_info.prog_info_by_id(attached)
+    if info.map_ids == loaded.map_ids:
+        return []  # a previous load's program over the same (adopted) maps: the same data plane
+    return [f"the {hook} program attached (id {attached}, {info.name!r}) uses maps {_ids(info.map_ids)}, "
+            f"this daemon writes maps {_ids(loaded.map_ids)} (its program id {loaded.id})"]
+
+
+def _pin_problems(pin_dir: Path, programs: dict[str, int], maps: frozenset[int]) -> list[str]:
+    """Every object pinned in the directory must be in use: a program pin the program attached
+    there (`programs`: pin name -> id), any other pin one of the maps the programs use."""
+    problems = []
+    for path in sorted(pin_dir.iterdir()):
+        if path.name == OWNER or path.name.startswith(OWNER_TMP):
+            continue
+        try:
+            obj_id = bpf_info.pinned_id(path)
+        except OSError as exc:
+            problems.append(f"{path}: cannot read it ({exc.strerror})")
+            continue
+        want = programs.get(path.name)
+        if want is not None and obj_id != want:
+            problems.append(f"{path} is program id {obj_id}, the one attached is {want}")
+        elif want is None and path.name not in (XDP_PIN, TC_PIN) and obj_id not in maps:
+            problems.append(f"{path} is map id {obj_id}, which the attached programs do not use "
+                            f"(they use {_ids(maps)})")
+    return problems
+
+
+def check(key: InterfaceKey, fns: dict[str, Any], map_fds: dict[str, int], pin_dir: Path | None) -> list[str]:
+    """The problems (empty: none) of the data plane of `key`, whose loaded programs are `fns`
+    ({"xdp": fn, "tc": fn}, BCC functions) and whose maps, the ones it writes and reads, are
+    `map_fds` (name -> fd)."""
+    loaded = {hook: bpf_info.prog_info(fn.fd) for hook, fn in fns.items()}
+    attached = attached_ids(key)
+    problems = [p for hook in fns for p in _hook_problems(hook, attached[hook], loaded[hook])]
+    used: frozenset[int] = frozenset().union(*(info.map_ids for info in loaded.values()))
+    for name, fd in sorted(map_fds.items()):
+        map_id = bpf_info.map_id(fd)
+        if map_id not in used:
+            problems.append(f"map {name!r} (id {map_id}) is written but no program of this daemon "
+                            f"uses it (they use {_ids(used)})")
+    if pin_dir is not None:
+        pins = {XDP_PIN: attached["xdp"], TC_PIN: attached["tc"]}
+        problems += _pin_problems(pin_dir, {k: v for k, v in pins.items() if v is not None}, used)
+    return problems
