@@ -286,7 +286,7 @@ class DaemonConfig(BaseModel):
         return {} if value is None else value  # `metrics: null` reads as "off", like `listen: null`
 
     def dataplane_settings(self) -> DataplaneSettings:
-        return DataplaneSettings(capacities=self.capacities, pin_root=self.pin_root)
+        return DataplaneSettings(capacities=self.capacities, pin_root=self.pin_root, state_dir=self.state_dir)
 
 
 def load_config(path: Path | None) -> DaemonConfig:

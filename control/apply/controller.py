@@ -7,6 +7,10 @@ fails leaves the applied state, the kernel and the file as they were.
 A whole policy is replaced through `apply_policy()`, for ApplyPolicy and for fleet mode alike.
 When the policy has another source (`policy_source`, set by a fleet member), only that source
 may change it: local policy edits and applies are refused (PolicyOwned), interfaces stay local.
+
+After the start and after every change, `on_verified` (the daemon's health) is told what the
+reconciler's verification found: interface -> problem, empty when the kernel's programs use the
+maps this daemon writes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from control.apply.gc_guard import collector_held
-from control.apply.reconcile import InvalidState, Reconciler, Stats
+from control.apply.reconcile import DataplaneMismatch, InvalidState, Reconciler, Stats
 from control.apply.state import StateStore
 from control.errors import NotFound, PolicyOwned
 from control.policy.edits import Edit, PolicyDiff, check_generation, diff, replace_policy
@@ -66,6 +70,7 @@ class Controller:
         # who alone may change the policy (a description, e.g. the fleet's etcd and key), or None
         self.policy_source: str | None = None
         self._metric_rules: tuple[DesiredState, frozenset[int]] | None = None
+        self.on_verified: Callable[[dict[str, str]], None] = lambda mismatches: None
 
     @contextmanager
     def _recorded(self, generation: int) -> Iterator[None]:
@@ -87,13 +92,27 @@ class Controller:
 
     def start(self) -> None:
         """Restores the persisted state (adopting pinned maps a previous daemon left)."""
-        with collector_held(), self._lock:
+        with collector_held(), self._lock, self._verification_published():
             persisted = self.store.load()
-            with self._recorded(persisted.generation):
-                self.reconciler.restore(persisted)
+            try:
+                with self._recorded(persisted.generation):
+                    self.reconciler.restore(persisted)
+            except DataplaneMismatch:  # programmed, but not what the kernel runs: serve, NOT_SERVING
+                log.exception("the restored state is not what the kernel enforces")
             self.state = self.reconciler.applied
             log.info("state restored", extra={"generation": self.state.generation,
                                               "interfaces": [i.name for i in self.state.interfaces]})
+
+    @contextmanager
+    def _verification_published(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            mismatches = dict(self.reconciler.mismatches)
+            try:
+                self.on_verified(mismatches)
+            except Exception:  # noqa: BLE001 - the listener never decides a change's outcome
+                log.exception("publishing the verification failed")
 
     def _check_source(self, source: str | None) -> None:
         if self.policy_source is not None and source != self.policy_source:
@@ -123,17 +142,21 @@ class Controller:
         """Applies edit(current) and returns the new state (the old one for a dry run).
         Policy list edits (Edit) are refused while the policy has another source. An edit that
         returns the current state itself (`is`) changes nothing: nothing is programmed or saved,
-        and the generation stays."""
+        and the generation stays, once the kernel is verified to run what this daemon writes
+        (DataplaneMismatch otherwise: never a silent "no changes")."""
         if isinstance(edit, Edit) and not dry_run:
             self._check_source(None)
-        with collector_held(), self._lock:  # in that order, as ApplyPolicy takes them
+        # collector, then lock: in that order, as ApplyPolicy takes them
+        with collector_held(), self._lock, self._verification_published():
             check_generation(self.state, expected_generation)
             new = edit(self.state)
             if new is self.state:  # the edit found nothing to change: no apply, the generation stays
+                self.reconciler.verify_kept(new)  # "unchanged" only while the kernel runs what we write
                 log.info("state unchanged", extra={"generation": new.generation})
                 return new
             if dry_run:
                 self.reconciler.preflight(new)
+                self.reconciler.verify_kept(new)  # "would change nothing" only when the maps are in use
                 return new
             new = new.model_copy(update={"generation": self.state.generation + 1})
             with self._recorded(new.generation):

@@ -3,9 +3,14 @@
 apply() is all-or-nothing from the caller's view:
  1. preflight, no writes: interfaces exist, every match table compiles within its capacity,
     the routing plan fits its band; any problem is an InvalidState naming the field;
- 2. program: load new interfaces (pins, not attached), write config, tunnels and match tables
+ 2. verify, no writes: the programs attached to the interfaces that stay use the maps this
+    daemon writes (dataplane.verify, read back from the kernel); else DataplaneMismatch;
+ 3. program: load new interfaces (pins, not attached), write config, tunnels and match tables
     (each table switch is per-packet atomic, dataplane.matcher_plan), attach, sync routing;
- 3. if programming fails, the previous state is programmed again and ApplyError says so.
+    then verify every interface again;
+ 4. if programming or that verification fails, the previous state is programmed again and
+    ApplyError (DataplaneMismatch) says so.
+`mismatches` holds what the last verification of each interface found, for the daemon's health.
 Nothing here calls back up into the API layer; it is handed states and reports errors.
 """
 
@@ -23,6 +28,7 @@ from dataplane.kernel import attach as attach_mod
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.interface import Dataplane
 from dataplane.kernel.maps import Counter
+from dataplane.kernel.verify import Mismatch
 from dataplane.map_config import TunnelEntry
 from dataplane.matcher import CompiledMatch, MatchCapacity, MatchRule, compile_rules, empty
 
@@ -43,6 +49,19 @@ class MissingInterface(InvalidState):
 
 class ApplyError(RuntimeError):
     """Programming failed part-way; the previous state was programmed again."""
+
+
+class DataplaneMismatch(RuntimeError):
+    """The programs attached to interfaces do not use the maps this daemon writes (another
+    process replaced them, or pins were swapped): what it writes is not enforced."""
+
+    def __init__(self, failures: list[Mismatch], outcome: str) -> None:
+        self.failures = failures
+        detail = "; ".join(str(f) for f in failures)
+        names = ", ".join(f.ifname for f in failures)
+        super().__init__(f"the kernel's programs do not use the maps this daemon writes ({detail}); "
+                         f"{outcome}. Find what replaced them (bpftool net, in the daemon's namespace), "
+                         f"then detach and attach {names} again, or restart the daemon")
 
 
 class Routing(Protocol):
@@ -101,6 +120,7 @@ class Reconciler:
         self._routed: list[ServiceChain] | None = None
         # (interface, "acl"/"cls") -> the CompiledMatch written to that table and its rules
         self._sources: dict[tuple[str, str], tuple[CompiledMatch, tuple[MatchRule, ...]]] = {}
+        self.mismatches: dict[str, str] = {}  # interface -> what its last verification found
 
     def _intent(self, state: DesiredState, name: str) -> InterfaceIntent:
         return interface_intent(state, name, self._translations)
@@ -118,6 +138,7 @@ class Reconciler:
         self._notify("plane_removing", name, plane)
         del self.planes[name]
         self.intents.pop(name, None)
+        self.mismatches.pop(name, None)
         self._sources.pop((name, "acl"), None)
         self._sources.pop((name, "cls"), None)
         if detach:
@@ -154,12 +175,19 @@ class Reconciler:
     def apply(self, new: DesiredState, rollback: bool = True) -> None:
         """Programs `new`; if that fails, programs the previous state again (unless not `rollback`)."""
         compiled = self.preflight(new)
+        self.verify_kept(new)
         old = self.applied
         try:
             self._program(new, compiled)
+            failures = self._verify(list(self.planes))
+            if failures:
+                raise DataplaneMismatch(failures, "found after programming")
         except Exception as exc:
             if not rollback:
                 log.exception("programming failed, leaving the kernel as it is", extra={"error": str(exc)})
+                if isinstance(exc, DataplaneMismatch):
+                    self.applied = new  # programmed as asked; what is wrong is what the kernel runs
+                    raise DataplaneMismatch(exc.failures, "the state is written to the maps") from exc
                 raise ApplyError(f"{exc}; nothing was rolled back: the data plane keeps enforcing what "
                                  "it held before") from exc
             log.exception("programming failed, restoring the previous state", extra={"error": str(exc)})
@@ -170,9 +198,43 @@ class Reconciler:
                 raise ApplyError(f"{exc}; restoring the previous state failed too: {again}") from exc
             finally:
                 self._translations.keep_only(old.policy.acl)
+            if isinstance(exc, DataplaneMismatch):
+                raise DataplaneMismatch(exc.failures, "the previous state is written to the maps again") \
+                    from exc
             raise ApplyError(f"{exc}; the previous state is in force again") from exc
         self.applied = new
         self._translations.keep_only(new.policy.acl)
+
+    def verify_kept(self, new: DesiredState) -> None:
+        """Before writing `new` (or answering that it changes nothing): DataplaneMismatch when
+        an interface it keeps runs programs that do not use this daemon's maps."""
+        failures = self._verify([i.name for i in new.interfaces])
+        if failures:
+            raise DataplaneMismatch(failures, "nothing was written")
+
+    def verify(self) -> None:
+        """Checks every attached interface now; DataplaneMismatch for those that fail."""
+        failures = self._verify(list(self.planes))
+        if failures:
+            raise DataplaneMismatch(failures, "found on checking")
+
+    def _verify(self, names: list[str]) -> list[Mismatch]:
+        """Checks the named interfaces this daemon has attached (others are skipped: a plane
+        loaded but not attached yet runs nothing to check), recording each in `mismatches`."""
+        failures = []
+        for name in names:
+            plane = self.planes.get(name)
+            if plane is None or plane.xdp_mode is None:
+                continue
+            try:
+                plane.verify()
+            except Mismatch as exc:
+                log.error("data plane mismatch", extra={"ifname": name, "problems": exc.problems})
+                self.mismatches[name] = str(exc)
+                failures.append(exc)
+            else:
+                self.mismatches.pop(name, None)
+        return failures
 
     def preflight(self, new: DesiredState) -> dict[str, _Compiled]:
         """Everything that can be known before writing; raises InvalidState."""

@@ -9,6 +9,7 @@ No policy logic lives here. Error mapping, so clients can rely on codes rather t
     detaching an interface a chain still names        -> FAILED_PRECONDITION
     a local policy change on a fleet member            -> FAILED_PRECONDITION (names the source)
     the kernel refused (previous state restored)      -> FAILED_PRECONDITION
+    the attached programs do not use our maps         -> FAILED_PRECONDITION (health NOT_SERVING)
     expected_generation is stale                      -> ABORTED (read again, retry)
     too many event streams or traces at once          -> RESOURCE_EXHAUSTED
     a tracer this kernel cannot load                  -> FAILED_PRECONDITION
@@ -26,7 +27,7 @@ import grpc
 from control import errors
 from control.apply.controller import Controller
 from control.apply.gc_guard import collector_held
-from control.apply.reconcile import ApplyError, InvalidState, MissingInterface
+from control.apply.reconcile import ApplyError, DataplaneMismatch, InvalidState, MissingInterface
 from control.apply.state import StateError
 from control.policy import edits as policy_ops
 from control.policy.models import DesiredState
@@ -50,6 +51,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.Unavailable, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.PolicyOwned, grpc.StatusCode.FAILED_PRECONDITION),
     (ApplyError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DataplaneMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (StateError, grpc.StatusCode.INTERNAL),
 ]
 

@@ -1,4 +1,5 @@
-"""The reconciler at start-up and with next hops naming missing devices, against fakes.
+"""The reconciler at start-up, with next hops naming missing devices, and when the kernel's
+programs do not use its maps (verification), against fakes.
 
 No BPF and no root: data planes are fakes, routing is a fake that can fail, and the only kernel
 access is netlink link dumps of the test's own namespace ("lo" exists, "nosuch0" does not).
@@ -8,9 +9,18 @@ from __future__ import annotations
 
 import pytest
 
-from control.apply.reconcile import ApplyError, MissingInterface, Reconciler, _without_missing
+from control.apply.controller import Controller
+from control.apply.reconcile import (
+    ApplyError,
+    DataplaneMismatch,
+    MissingInterface,
+    Reconciler,
+    _without_missing,
+)
+from control.apply.state import StateStore
 from control.policy.models import DesiredState, Interface, Policy, ServiceChain
 from dataplane.kernel.build_settings import DataplaneSettings
+from dataplane.kernel.verify import Mismatch
 from dataplane.matcher import empty
 
 
@@ -47,8 +57,15 @@ class FakePlane:
         self.acl, self.classifiers, self.maps = FakeTable(), FakeTable(), FakeMaps()
         self.xdp_mode: str | None = None
         self.detached = False
+        self.foreign = False  # another's program is attached: verify() says so
+        self.writes = 0
 
-    def configure(self, config: object) -> None: ...
+    def configure(self, config: object) -> None:
+        self.writes += 1
+
+    def verify(self) -> None:
+        if self.foreign:
+            raise Mismatch("lo", ["the xdp program attached (id 9) uses maps 1-3, this daemon writes maps 4-6"])
 
     def attach(self, mode: str) -> None:
         self.xdp_mode = "native" if mode == "auto" else mode
@@ -126,3 +143,52 @@ def test_a_restart_drops_the_chains_whose_next_hop_device_vanished():
     assert restored.generation == 3
     kept = state("lo")
     assert _without_missing(kept, present={"lo"}) is kept
+
+
+# --- verification: the maps written must be the ones the attached programs use -----------------
+
+def test_an_apply_onto_programs_that_do_not_use_our_maps_is_refused_before_writing(reconciler, planes):
+    before = state(chained=False)
+    reconciler.restore(before)
+    planes["lo"].foreign = True
+    writes = planes["lo"].writes
+    with pytest.raises(DataplaneMismatch, match="nothing was written.*detach and attach lo again") as refused:
+        reconciler.apply(before.model_copy(update={"generation": 4}))  # the very same policy
+    assert "uses maps 1-3" in str(refused.value)
+    assert planes["lo"].writes == writes and reconciler.applied == before
+    assert set(reconciler.mismatches) == {"lo"}
+    planes["lo"].foreign = False  # the operator removed what replaced ours
+    reconciler.apply(before.model_copy(update={"generation": 4}))
+    assert reconciler.mismatches == {}
+
+
+def test_a_mismatch_found_after_programming_puts_the_previous_state_back(reconciler, planes):
+    before = state(chained=False)
+    reconciler.restore(before)
+
+    class Replaced(FakePlane):
+        def attach(self, mode: str) -> None:  # attached, and at once replaced by another's program
+            super().attach(mode)
+            self.foreign = True
+
+    planes["lo"].__class__ = Replaced
+    planes["lo"].xdp_mode = None  # attached again by the next apply
+    with pytest.raises(DataplaneMismatch, match="previous state is written to the maps again"):
+        reconciler.apply(state(chained=False, generation=4))
+    assert reconciler.applied == before and set(reconciler.mismatches) == {"lo"}
+
+
+def test_the_controller_reports_mismatches_to_its_listener(tmp_path, reconciler, planes):
+    controller = Controller(StateStore(tmp_path), reconciler)
+    heard: list[dict[str, str]] = []
+    controller.on_verified = heard.append
+    controller.start()
+    controller.change(lambda s: s.model_copy(update={"interfaces": [Interface(name="lo")]}))
+    assert heard == [{}, {}]
+    planes["lo"].foreign = True
+    with pytest.raises(DataplaneMismatch):
+        controller.change(lambda s: s, dry_run=True)  # a dry run does not say "would change nothing"
+    with pytest.raises(DataplaneMismatch):
+        controller.change(lambda s: s)
+    assert [set(h) for h in heard[2:]] == [{"lo"}, {"lo"}]
+    assert controller.read().generation == 1  # nothing applied

@@ -352,10 +352,13 @@ class FakeReconciler:
     def __init__(self) -> None:
         self.applied = DesiredState()
         self.planes: dict[str, SimpleNamespace] = {}
+        self.mismatches: dict[str, str] = {}
         self.delay = 0.0
 
     def restore(self, state: DesiredState) -> None:
         self.apply(state)
+
+    def verify_kept(self, new: DesiredState) -> None: ...
 
     def preflight(self, new: DesiredState) -> None:
         missing = [(f"interfaces[{i}].name", f"interface {iface.name!r} does not exist")

@@ -58,9 +58,12 @@ class FakeReconciler:
         self.fail_next: BaseException | None = None
         self.delay = 0.0
         self.asked: list[Any] = []  # the rule_ids of each stats() call
+        self.mismatches: dict[str, str] = {}
 
     def restore(self, state: DesiredState) -> None:
         self.apply(state)
+
+    def verify_kept(self, new: DesiredState) -> None: ...
 
     def preflight(self, state: DesiredState) -> None:
         pass

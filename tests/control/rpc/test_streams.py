@@ -83,6 +83,7 @@ class Reconciler:
     def __init__(self) -> None:
         self.applied = DesiredState()
         self.planes: dict[str, Any] = {}
+        self.mismatches: dict[str, str] = {}
         self.rule_packets = 0
 
     def restore(self, state: DesiredState) -> None:
