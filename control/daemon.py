@@ -1,16 +1,22 @@
 """`tidegate serve`: the control daemon.
 
-Start-up: config -> the events exporter's file (if configured) -> restore the persisted state
+Start-up: config -> the state directory's lock (control.daemon_lock: one daemon per state
+directory; a second `serve` exits 2 naming the first's pid, having touched nothing) -> the
+events exporter's file (if configured) -> restore the persisted state
 (adopting pinned maps, so enforcement never stops across a restart; a policy event reader starts
 per interface) -> listen (Unix socket 0600 by default; TCP only when configured, and then only
 with TLS, mutual by default: control.daemon_config.Tls) -> the metrics endpoint (if configured)
--> health SERVING -> READY=1 to a service manager ($NOTIFY_SOCKET: control.sd_notify; and
+-> health SERVING (NOT_SERVING instead while what the kernel runs is not what this daemon writes:
+control.apply.reconcile verifies that on start and on every change, and health follows until a
+change verifies again) -> READY=1 to a service manager ($NOTIFY_SOCKET: control.sd_notify; and
 WATCHDOG=1 pings when it asks). A fleet member (config `fleet:`) starts watching etcd right after
 the restore, before the socket opens (so no local policy write gets in first); it does not wait
 for etcd: health "tidegate.fleet" says whether it is in sync (control.fleet.member).
 SIGTERM/SIGINT: STOPPING=1, health NOT_SERVING, the fleet member stops (its status key goes),
 event streams and traces end (traces unload their tracers), finish in-flight calls, stop; the
 data plane stays attached unless `detach_on_exit` (a restarted daemon takes it over where it was).
+A socket path where a daemon answers is refused, never taken over; on the way out only the socket
+this process created is removed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import stat
 import threading
 from concurrent import futures
@@ -28,6 +35,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from control import daemon_lock
 from control.apply.controller import Controller
 from control.apply.netlink import NetlinkRouting
 from control.apply.reconcile import Reconciler
@@ -49,6 +57,7 @@ MAX_MESSAGE_BYTES = 256 << 20  # a 100k-rule policy is tens of MiB of protobuf
 STOP_GRACE_SECONDS = 5.0
 SOCKET_MODE = 0o600
 SOCKET_DIR_MODE = 0o700
+SOCKET_PROBE_SECONDS = 1.0
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
 
@@ -75,6 +84,10 @@ class Daemon:
             from control.fleet.member import FleetMember
 
             self.fleet = FleetMember(config.fleet, self.controller, on_health=self._fleet_health)
+        self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we created
+        self._health_names: list[str] = [""]
+        self._serving = False
+        self.controller.on_verified = self._verified
 
     def _fleet_health(self, in_sync: bool) -> None:
         from control.fleet.member import HEALTH_SERVICE
@@ -101,15 +114,30 @@ class Daemon:
             os.umask(old_umask)
         self._check_socket()
         self._start_metrics()
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        self._verified(dict(self.reconciler.mismatches))
         state = self.controller.read()
         log.info("ready", extra={"unix": str(self.config.listen.unix), "tcp_port": self.tcp_port,
-                                 "generation": state.generation})
-        notify("READY=1", f"STATUS=serving: generation {state.generation}, "
+                                 "generation": state.generation,
+                                 "mismatches": sorted(self.reconciler.mismatches)})
+        serving = "serving" if not self.reconciler.mismatches else (
+            "NOT_SERVING: the kernel does not run what this daemon writes on "
+            + ", ".join(sorted(self.reconciler.mismatches)))
+        notify("READY=1", f"STATUS={serving}: generation {state.generation}, "
                           f"{len(state.interfaces)} interfaces")
         self.watchdog = Watchdog.from_env()
         if self.watchdog is not None:
             self.watchdog.start()
+
+    def _verified(self, mismatches: dict[str, str]) -> None:
+        """Health follows verification: NOT_SERVING while an interface's programs do not use
+        the maps this daemon writes (the reasons are in the log and in the failing calls)."""
+        if not self._serving or self.stopping.is_set():
+            return
+        status = (health_pb2.HealthCheckResponse.NOT_SERVING if mismatches
+                  else health_pb2.HealthCheckResponse.SERVING)
+        for name in self._health_names:
+            self.health.set(name, status)
 
     def _start_metrics(self) -> None:
         listen = self.config.metrics.listen
@@ -146,11 +174,12 @@ class Daemon:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in names:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._health_names = ["", *names]
         enable_reflection([*names, health.SERVICE_NAME], server)
         listen = self.config.listen
         if listen.unix is not None:
             listen.unix.parent.mkdir(parents=True, exist_ok=True, mode=SOCKET_DIR_MODE)
-            listen.unix.unlink(missing_ok=True)  # a stale socket of a daemon that died
+            remove_stale_socket(listen.unix)
             server.add_insecure_port(f"unix:{listen.unix}")
         port = add_tcp_listener(server, listen.tcp) if listen.tcp is not None else None
         return server, port
@@ -159,8 +188,9 @@ class Daemon:
         path = self.config.listen.unix
         if path is None:
             return
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode != SOCKET_MODE:
+        st = path.stat()
+        self._socket_id = (st.st_dev, st.st_ino)
+        if stat.S_IMODE(st.st_mode) != SOCKET_MODE:
             os.chmod(path, SOCKET_MODE)
 
     def stop(self) -> None:
@@ -182,11 +212,45 @@ class Daemon:
         self.pump.close()
         if self.exporter is not None:
             self.exporter.close()           # after the readers: what they read is written
-        if self.config.listen.unix is not None:
-            self.config.listen.unix.unlink(missing_ok=True)
+        self._remove_own_socket()
         if self.watchdog is not None:
             self.watchdog.stop()  # pinging until here: a stop that hangs is the manager's to end
         log.info("stopped", extra={"detached": self.config.detach_on_exit})
+
+    def _remove_own_socket(self) -> None:
+        """Only the socket this process created, and only while the path still is that socket."""
+        path = self.config.listen.unix
+        if path is None or self._socket_id is None:
+            return
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == self._socket_id:
+            path.unlink(missing_ok=True)
+
+
+def remove_stale_socket(path: Path) -> None:
+    """Removes the socket a daemon that died left at `path`; RuntimeError when a daemon answers
+    there, or when the path is something other than a socket (neither is ours to remove)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise RuntimeError(f"listen.unix {path}: exists and is not a socket; remove it or choose "
+                           "another path")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(SOCKET_PROBE_SECONDS)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # nobody listens: a socket of a daemon that died
+            return
+        except OSError:
+            pass  # it exists and did not refuse: treat it as in use
+    raise RuntimeError(f"listen.unix {path}: a daemon is listening there; give this one a socket of its "
+                       "own (listen.unix), or stop that one first")
 
 
 def add_tcp_listener(server: grpc.Server, tcp: TcpListen) -> int:
@@ -234,7 +298,10 @@ def enter_netns(name: str) -> None:
 
 
 def serve(config_path: Path | None, netns: str | None = None) -> int:
+    """Runs the daemon until SIGTERM/SIGINT/SIGHUP. AlreadyRunning (before anything is touched)
+    when another daemon holds the state directory."""
     config = load_config(config_path)
+    lock_fd = daemon_lock.acquire(config.state_dir)  # first: a second daemon stops here, having done nothing
     logs.setup(config.log_level)
     if netns or config.netns:
         enter_netns(netns or config.netns)  # type: ignore[arg-type]
@@ -250,4 +317,5 @@ def serve(config_path: Path | None, netns: str | None = None) -> int:
         raise
     finally:
         daemon.stop()
+        os.close(lock_fd)  # the lock goes with it
     return 0

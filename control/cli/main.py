@@ -46,7 +46,8 @@ Exit codes, for scripts:
        e.g. `tidegate: INVALID_ARGUMENT: policy.acl[3].match.dport: ...` (also DEADLINE_EXCEEDED
        when no answer came within --timeout; `serve` returns 1 when the daemon fails)
     2  usage error, or a local file (policy, chain, daemon config) that does not parse or
-       validate; stderr names the file and the field, and nothing was sent
+       validate; stderr names the file and the field, and nothing was sent (also `serve` when
+       another daemon runs with the same state_dir: stderr names its pid)
     3  the daemon cannot be reached (no socket, nobody listening, no permission); stderr names
        the socket and says how to start the daemon (`tidegate serve`)
 
@@ -430,9 +431,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(EXIT_USAGE, f"--netns {netns}: no namespace {NETNS_DIR}/{netns} "
                                    f"(create it with `ip netns add {netns}`)")
     from control import daemon  # imports BCC: only the daemon needs it
+    from control.daemon_lock import AlreadyRunning
 
     try:
         return daemon.serve(config_path, args.netns)
+    except AlreadyRunning as exc:
+        raise CliError(EXIT_USAGE, f"serve: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - report it as the daemon's failure, with the trace logged
         import logging
 
