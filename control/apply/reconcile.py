@@ -52,14 +52,14 @@ class ApplyError(RuntimeError):
 
 
 class DataplaneMismatch(RuntimeError):
-    """The programs attached to interfaces do not use the maps this daemon writes (another
-    process replaced them, or pins were swapped): what it writes is not enforced."""
+    """The programs attached to interfaces are not this daemon's, or other programs share its
+    maps, or its pins were swapped (dataplane.verify): what it writes is not what is enforced."""
 
     def __init__(self, failures: list[Mismatch], outcome: str) -> None:
         self.failures = failures
         detail = "; ".join(str(f) for f in failures)
         names = ", ".join(f.ifname for f in failures)
-        super().__init__(f"the kernel's programs do not use the maps this daemon writes ({detail}); "
+        super().__init__(f"what the kernel runs is not what this daemon writes ({detail}); "
                          f"{outcome}. Find what replaced them (bpftool net, in the daemon's namespace), "
                          f"then detach and attach {names} again, or restart the daemon")
 

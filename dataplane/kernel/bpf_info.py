@@ -6,6 +6,7 @@ Read through libbpf (dataplane.kernel.libbpf) rather than BCC, which has no call
     prog_info(fd)           id, name and the ids of the maps the program uses
     prog_info_by_id(id)     the same for a program the caller holds no fd of
     pinned_id(path)         the id of whatever object is pinned at path
+    prog_ids()              every program loaded on the host
     xdp_prog_id(ifindex)    the XDP program on an interface (None: none)
     tc_prog_id(ifindex, handle, priority)   the TC ingress filter's program (None: none)
 
@@ -102,6 +103,38 @@ def prog_info_by_id(prog_id: int) -> ProgInfo:
         return prog_info(fd)
     finally:
         os.close(fd)
+
+
+def prog_ids() -> list[int]:
+    """The ids of every program loaded on the host, in id order."""
+    ids: list[int] = []
+    next_id = ctypes.c_uint32(0)
+    while True:
+        rc = libbpf().bpf_prog_get_next_id(ids[-1] if ids else 0, ctypes.byref(next_id))
+        if rc < 0:
+            err = errno_of(rc)
+            if err == errno.ENOENT:  # the last one
+                return ids
+            raise OSError(err, f"cannot list the host's programs: {os.strerror(err)}")
+        ids.append(int(next_id.value))
+
+
+def users_of(map_ids: frozenset[int], skip: set[int]) -> dict[int, ProgInfo]:
+    """The programs (not in `skip`) that use any of the maps `map_ids`: id -> info. A program
+    unloaded while this looks is passed over."""
+    users = {}
+    for prog_id in prog_ids():
+        if prog_id in skip:
+            continue
+        try:
+            info = prog_info_by_id(prog_id)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                continue
+            raise
+        if info.map_ids & map_ids:
+            users[prog_id] = info
+    return users
 
 
 def pinned_id(path: Path) -> int:

@@ -33,6 +33,10 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     # int bpf_prog_get_fd_by_id(__u32 id); int bpf_obj_get(const char *pathname)
     "bpf_prog_get_fd_by_id": (_INT, [ctypes.c_uint32]),
     "bpf_obj_get": (_INT, [ctypes.c_char_p]),
+    # int bpf_prog_get_next_id(__u32 start_id, __u32 *next_id)
+    "bpf_prog_get_next_id": (_INT, [ctypes.c_uint32, _U32_P]),
+    # int bpf_obj_pin(int fd, const char *pathname)
+    "bpf_obj_pin": (_INT, [_INT, ctypes.c_char_p]),
     # int bpf_xdp_query_id(int ifindex, int flags, __u32 *prog_id)
     "bpf_xdp_query_id": (_INT, [_INT, _INT, _U32_P]),
     # int bpf_tc_query(const struct bpf_tc_hook *hook, struct bpf_tc_opts *opts)

@@ -3,10 +3,11 @@
 Read back from the kernel, never from what this process believes it did:
   - the programs on the interface now: the XDP program (netlink, bpf_xdp_query_id) and the TC
     ingress filter in Tidegate's band (bpf_tc_query);
-  - the maps each of them uses (bpf_prog_info.map_ids), compared with the maps of the program
-    this process loaded for that hook, i.e. the maps it writes: every map of the program, whatever
-    the maps are (no map name is assumed here);
-  - every map this process has opened (each BCC table it reads or writes) is one of those;
+  - each must be the very program this process loaded for that hook (so it uses the maps this
+    process writes: every map of the program, whatever the maps are; no map name is assumed);
+  - every map this process has opened (each BCC table it reads or writes) is one its programs
+    use (bpf_prog_info.map_ids);
+  - no other program on the host uses any of those maps (another daemon that adopted them);
   - every map and program pinned in the interface's directory is the one in use (a restarted
     daemon adopts what is pinned).
 Any difference is a Mismatch naming the interface, the hook and the ids, for the caller to report
@@ -15,6 +16,7 @@ Any difference is a Mismatch naming the interface, the hook and the ids, for the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ from dataplane.kernel import attach as attach_mod
 from dataplane.kernel import bpf_info
 from dataplane.kernel.owner import OWNER, OWNER_TMP, InterfaceKey
 from dataplane.kernel.program import TC_PIN, XDP_PIN
+
+SHARING_GRACE = 1.0  # seconds a program sharing our maps may take to be freed (see _sharing_problems)
+SHARING_POLL = 0.02
 
 
 class Mismatch(RuntimeError):
@@ -57,11 +62,28 @@ def _hook_problems(hook: str, attached: int | None, loaded: bpf_info.ProgInfo) -
         return [f"no {hook} program is attached (this daemon's is id {loaded.id})"]
     if attached == loaded.id:
         return []
-    info = bpf_info.prog_info_by_id(attached)
-    if info.map_ids == loaded.map_ids:
-        return []  # a previous load's program over the same (adopted) maps: the same data plane
-    return [f"the {hook} program attached (id {attached}, {info.name!r}) uses maps {_ids(info.map_ids)}, "
-            f"this daemon writes maps {_ids(loaded.map_ids)} (its program id {loaded.id})"]
+    try:
+        info = bpf_info.prog_info_by_id(attached)
+        what = f"id {attached}, {info.name!r}, using maps {_ids(info.map_ids)}"
+    except OSError:
+        what = f"id {attached}"
+    return [f"the {hook} program attached is not this daemon's ({what}); this daemon's is id {loaded.id}, "
+            f"using maps {_ids(loaded.map_ids)}"]
+
+
+def _sharing_problems(used: frozenset[int], ours: set[int]) -> list[str]:
+    """Programs other than ours that use our maps. A program just replaced on a hook may still be
+    on its way out (TC frees the old filter's program after an RCU grace period): each gets
+    SHARING_GRACE seconds to go before it counts."""
+    deadline = time.monotonic() + SHARING_GRACE
+    while True:
+        users = bpf_info.users_of(used, ours)
+        if not users or time.monotonic() >= deadline:
+            break
+        time.sleep(SHARING_POLL)
+    return [f"program id {prog_id} ({info.name!r}) also uses maps {_ids(info.map_ids & used)} of this "
+            "daemon (another daemon or tool shares them, or holds them pinned)"
+            for prog_id, info in sorted(users.items())]
 
 
 def _pin_problems(pin_dir: Path, programs: dict[str, int], maps: frozenset[int]) -> list[str]:
@@ -93,6 +115,7 @@ def check(key: InterfaceKey, fns: dict[str, Any], map_fds: dict[str, int], pin_d
     attached = attached_ids(key)
     problems = [p for hook in fns for p in _hook_problems(hook, attached[hook], loaded[hook])]
     used: frozenset[int] = frozenset().union(*(info.map_ids for info in loaded.values()))
+    problems += _sharing_problems(used, {info.id for info in loaded.values()})
     for name, fd in sorted(map_fds.items()):
         map_id = bpf_info.map_id(fd)
         if map_id not in used:
