@@ -16,6 +16,10 @@ then SIGKILL) and removes all of that, and whatever a daemon that did not detach
 kernel: programs on the interfaces it managed, its policy routing, its pins. The same undo is
 registered with testbed.cleanup, so a SIGTERM of the test run stops it too. `stop(keep=True)`
 and `kill()` keep state dir and pin root for a restart.
+
+Several daemons may share a pin root (as daemons with the default one do): pass the same
+`pin_root` to each. The root is then the caller's (testbed.topology.pin_root_owned): each daemon
+removes only the pin directories whose owner record names its state directory.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from dataplane.kernel.build_settings import DEFAULT_RUN_ROOT, DataplaneSettings
 from dataplane.kernel.owner import owned_dirs
 from testbed import cleanup
 from testbed.netns import Namespace
-from testbed.topology import find_pin_dir, remove_pin_root, unique_pin_root
+from testbed.topology import remove_pin_root, unique_pin_root
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,7 @@ class DaemonProcess:
         self.fleet = None if fleet is None else dict(fleet)
         self.extra_env = dict(env or {})
         self.workdir = Path(tempfile.mkdtemp(prefix="tidegate-daemon-"))
+        self.owns_pin_root = pin_root is None
         self.pin_root = pin_root or unique_pin_root()
         self.socket = self.workdir / "tidegate.sock"
         self.state_dir = self.workdir / "state"
@@ -111,7 +116,8 @@ class DaemonProcess:
     def _register(self) -> None:
         """The safety net: the registry stops the daemon and removes its pins if nothing else does."""
         cleanup.install()
-        cleanup.REGISTRY.add(f"bpffs:{self.pin_root}", lambda: remove_pin_root(self.pin_root))
+        if self.owns_pin_root:
+            cleanup.REGISTRY.add(f"bpffs:{self.pin_root}", lambda: remove_pin_root(self.pin_root))
         cleanup.REGISTRY.add(self._key, self._emergency_stop)
 
     def __repr__(self) -> str:
@@ -134,8 +140,10 @@ class DaemonProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, *, detach_on_exit: bool | None = None, timeout: float = START_TIMEOUT) -> None:
-        """Start (again, with the same state dir and pin root) and wait for health SERVING."""
+    def start(self, *, detach_on_exit: bool | None = None, timeout: float = START_TIMEOUT,
+              expect: str = "SERVING") -> None:
+        """Start (again, with the same state dir and pin root) and wait for health `expect`
+        ("NOT_SERVING": a daemon that started but found the kernel not running what it writes)."""
         if self.running:
             raise DaemonError(f"{self!r} is already running")
         if detach_on_exit is not None:
@@ -150,7 +158,7 @@ class DaemonProcess:
         log.info("daemon started", extra={"pid": self.proc.pid, "netns": self.ns.name,
                                           "detach_on_exit": self.detach_on_exit})
         self._connect()
-        self._await_serving(timeout)
+        self._await_serving(timeout, expect)
 
     def stop(self, *, keep: bool = False, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`. Without `keep`, everything is removed after."""
@@ -183,7 +191,8 @@ class DaemonProcess:
             self.stop(keep=False)
         finally:
             cleanup.REGISTRY.discard(self._key)
-            cleanup.REGISTRY.discard(f"bpffs:{self.pin_root}")
+            if self.owns_pin_root:
+                cleanup.REGISTRY.discard(f"bpffs:{self.pin_root}")
 
     def _terminate(self, timeout: float) -> int | None:
         self._close_channel()
@@ -256,7 +265,8 @@ class DaemonProcess:
             self.channel.close()
             self.channel = None
 
-    def _await_serving(self, timeout: float) -> None:
+    def _await_serving(self, timeout: float, expect: str = "SERVING") -> None:
+        want = health_pb2.HealthCheckResponse.ServingStatus.Value(expect)
         deadline = time.monotonic() + timeout
         request = health_pb2.HealthCheckRequest(service="")
         while time.monotonic() < deadline:
@@ -267,11 +277,11 @@ class DaemonProcess:
                 status = self.health.Check(request, timeout=1.0).status
             except grpc.RpcError:
                 status = None
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                log.info("daemon serving", extra={"socket": str(self.socket)})
+            if status == want:
+                log.info("daemon started", extra={"socket": str(self.socket), "health": expect})
                 return
             time.sleep(self.health_poll)
-        raise DaemonError(f"the daemon was not SERVING after {timeout:.0f} s\n{self.log_tail()}")
+        raise DaemonError(f"the daemon was not {expect} after {timeout:.0f} s\n{self.log_tail()}")
 
     # --- clients ----------------------------------------------------------------------------------
     def serving(self) -> bool:
@@ -318,9 +328,14 @@ class DaemonProcess:
             if self._left_something():
                 self._scrub_kernel()
         finally:
-            remove_pin_root(self.pin_root)
             run_dir = DataplaneSettings(pin_root=self.pin_root).run_root / self.pin_root.name
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if self.owns_pin_root:
+                remove_pin_root(self.pin_root)
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:  # a shared root: only this daemon's directories (their namespace may be gone)
+                for pin_dir in self._own_pin_dirs():
+                    shutil.rmtree(pin_dir, ignore_errors=True)
+                    shutil.rmtree(run_dir / pin_dir.relative_to(self.pin_root), ignore_errors=True)
             for parent in (DEFAULT_RUN_ROOT,):
                 try:
                     parent.rmdir()  # only if no other pin root has markers there
@@ -328,10 +343,14 @@ class DaemonProcess:
                     pass
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def _own_pin_dirs(self) -> list[Path]:
+        return [d for d, record in owned_dirs(self.pin_root)
+                if record is not None and record.state_dir == str(self.state_dir)]
+
     def _left_something(self) -> bool:
         """False only after a clean exit of a daemon that detached on exit (and removed its pins)."""
         clean = self.proc is None or (self.detach_on_exit and self.proc.returncode == 0)
-        return not clean or self.pin_root.exists()
+        return not clean or bool(self._own_pin_dirs())
 
     def managed_interfaces(self) -> list[str]:
         """Interfaces the daemon had loaded: its persisted state and its pin directories."""
@@ -341,12 +360,15 @@ class DaemonProcess:
             names |= {i["name"] for i in data.get("interfaces", [])}
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             pass
-        names |= {record.ifname for _, record in owned_dirs(self.pin_root) if record is not None}
+        names |= {record.ifname for _, record in owned_dirs(self.pin_root)
+                  if record is not None and record.state_dir == str(self.state_dir)}
         return sorted(names)
 
     def pin_dir(self, ifname: str) -> Path | None:
         """The pin directory of its interface `ifname` (keyed by namespace and ifindex), if any."""
-        return find_pin_dir(self.pin_root, ifname)
+        found = [d for d, record in owned_dirs(self.pin_root) if record is not None
+                 and record.state_dir == str(self.state_dir) and record.ifname == ifname]
+        return found[0] if len(found) == 1 else None
 
     def _scrub_kernel(self) -> None:
         """Detach programs and remove Tidegate's routing in the namespace (idempotent)."""

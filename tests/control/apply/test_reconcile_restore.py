@@ -65,7 +65,7 @@ class FakePlane:
 
     def verify(self) -> None:
         if self.foreign:
-            raise Mismatch("lo", ["the xdp program attached (id 9) uses maps 1-3, this daemon writes maps 4-6"])
+            raise Mismatch("lo", ["the xdp program attached is not this daemon's (id 9, using maps 1-3)"])
 
     def attach(self, mode: str) -> None:
         self.xdp_mode = "native" if mode == "auto" else mode
@@ -154,7 +154,7 @@ def test_an_apply_onto_programs_that_do_not_use_our_maps_is_refused_before_writi
     writes = planes["lo"].writes
     with pytest.raises(DataplaneMismatch, match="nothing was written.*detach and attach lo again") as refused:
         reconciler.apply(before.model_copy(update={"generation": 4}))  # the very same policy
-    assert "uses maps 1-3" in str(refused.value)
+    assert "using maps 1-3" in str(refused.value)
     assert planes["lo"].writes == writes and reconciler.applied == before
     assert set(reconciler.mismatches) == {"lo"}
     planes["lo"].foreign = False  # the operator removed what replaced ours
