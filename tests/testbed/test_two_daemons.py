@@ -14,6 +14,7 @@ second's traffic, and the second's detach deleted the first's pins.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -282,3 +283,37 @@ def test_a_second_daemon_in_the_same_namespace_cannot_take_the_interface(two, pi
         assert policy_maps_digest(dir_a) == kernel_a
         assert read_owner(dir_a).pid == a.proc.pid  # type: ignore[union-attr]
         assert apply(a, POLICY_A) > 0 and a.serving()  # A's programs still use A's maps
+
+
+# --- 4. what docs/multiple-daemons.md tells operators to run ------------------------------------
+
+
+def bpftool(ns: Namespace, *args: str) -> object:
+    """`nsenter --net=/run/netns/NS bpftool -j ARGS` (as the docs say), its JSON."""
+    done = subprocess.run(["nsenter", f"--net={ns.path}", "bpftool", "-j", *args], capture_output=True,
+                          text=True, timeout=30, check=True)
+    return json.loads(done.stdout)
+
+
+def test_bpftool_in_the_namespace_shows_the_pinned_programs_attached_over_the_pinned_maps(two, pin_root):
+    if shutil.which("bpftool") is None or shutil.which("nsenter") is None:
+        pytest.skip("bpftool (Debian: bpftool) or nsenter is not installed")
+    topo, _ = two
+    with DaemonProcess(topo.receiver, pin_root=pin_root) as a:
+        attach_or_skip(a)
+        pin_dir = a.pin_dir(IFNAME)
+        assert pin_dir is not None
+        net = bpftool(a.ns, "net", "show", "dev", IFNAME)
+        assert isinstance(net, list)
+        xdp = [p["id"] for entry in net for p in entry.get("xdp", [])]
+        tc = [p["id"] for entry in net for p in entry.get("tc", []) if p.get("name") == "tg_tc_ingress"]
+        maps = {bpftool(a.ns, "map", "show", "pinned", str(p))["id"]  # type: ignore[index]
+                for p in pin_dir.iterdir() if p.name not in ("owner", "prog_xdp_ingress", "prog_tc_ingress")}
+        for attached, pin in ((xdp, "prog_xdp_ingress"), (tc, "prog_tc_ingress")):
+            prog = bpftool(a.ns, "prog", "show", "pinned", str(pin_dir / pin))
+            assert isinstance(prog, dict)
+            assert attached == [prog["id"]]
+            assert set(prog["map_ids"]) <= maps
+        # `ip netns exec` remounts /sys for the namespace: the pins cannot be seen from there
+        hidden = a.ns.run(["ls", str(pin_dir)], check=False)  # Namespace.run is `ip netns exec`
+        assert hidden.returncode != 0
