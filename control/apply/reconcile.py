@@ -4,7 +4,7 @@ apply() is all-or-nothing from the caller's view:
  1. preflight, no writes: interfaces exist, every match table compiles within its capacity,
     the routing plan fits its band; any problem is an InvalidState naming the field;
  2. verify, no writes: the programs attached to the interfaces that stay use the maps this
-    daemon writes (dataplane.verify, read back from the kernel); else DataplaneMismatch;
+    daemon writes (dataplane.kernel.verify, read back from the kernel); else DataplaneMismatch;
  3. program: load new interfaces (pins, not attached), write config, tunnels and match tables
     (each table switch is per-packet atomic, dataplane.matcher_plan), attach, sync routing;
     then verify every interface again;
@@ -53,7 +53,7 @@ class ApplyError(RuntimeError):
 
 class DataplaneMismatch(RuntimeError):
     """The programs attached to interfaces are not this daemon's, or other programs share its
-    maps, or its pins were swapped (dataplane.verify): what it writes is not what is enforced."""
+    maps, or its pins were swapped (dataplane.kernel.verify): what it writes is not what is enforced."""
 
     def __init__(self, failures: list[Mismatch], outcome: str) -> None:
         self.failures = failures
