@@ -52,7 +52,7 @@ from testbed.topology import remove_pin_root, unique_pin_root
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 60.0  # a restart compiles one data plane per interface before SERVING (~3 s each)
+START_TIMEOUT = 60.0  # a restart compiles the data plane once before SERVING (seconds; more under load)
 STOP_TIMEOUT = 10.0   # the daemon's own grace for in-flight calls is 5 s
 RPC_TIMEOUT = 60.0    # AttachInterface compiles a data plane
 CLI_TIMEOUT = 120.0

@@ -63,6 +63,7 @@ class ProgInfo:
     id: int
     name: str
     map_ids: frozenset[int]
+    tag: bytes = b""  # the kernel's hash of the instructions, map references left out
 
 
 def _info(fd: int, info: ctypes.Structure, what: str) -> None:
@@ -91,7 +92,7 @@ def prog_info(fd: int) -> ProgInfo:
     if info.nr_map_ids > _MAX_MAP_IDS:
         raise OSError(errno.E2BIG, f"program {info.id} uses {info.nr_map_ids} maps, more than "
                                    f"{_MAX_MAP_IDS} this reader expects")
-    return ProgInfo(int(info.id), info.name.decode(errors="replace"), frozenset(ids[:count]))
+    return ProgInfo(int(info.id), info.name.decode(errors="replace"), frozenset(ids[:count]), bytes(info.tag))
 
 
 def prog_info_by_id(prog_id: int) -> ProgInfo:

@@ -35,6 +35,9 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "bpf_obj_get": (_INT, [ctypes.c_char_p]),
     # int bpf_prog_get_next_id(__u32 start_id, __u32 *next_id)
     "bpf_prog_get_next_id": (_INT, [ctypes.c_uint32, _U32_P]),
+    # int bpf_map_create(type, const char *name, key_size, value_size, max_entries, opts) (clone)
+    "bpf_map_create": (_INT, [_INT, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
+                              _VOID_P]),
     # int bpf_obj_pin(int fd, const char *pathname)
     "bpf_obj_pin": (_INT, [_INT, ctypes.c_char_p]),
     # int bpf_xdp_query_id(int ifindex, int flags, __u32 *prog_id)

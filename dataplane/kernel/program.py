@@ -1,5 +1,11 @@
 """Compiles the data plane once (BCC), loads both entry programs and pins their maps.
 
+One compile per build: the first load with a given set of compile flags compiles (clang, seconds)
+and keeps the BCC object as the process's build for those flags; later loads, for other
+interfaces, are copies of it (dataplane.kernel.clone: their own maps, the build's instructions,
+a fraction of a second). The build lives while a load that uses it does: the first load's maps
+stay in the kernel until the last copy closes, even if its interface was detached.
+
 The maps are pinned in the interface's own directory, <pin_root>/netns-<inode>/if<ifindex>-<ifname>/,
 which records its owner (dataplane.kernel.owner). A later load for the same interface of the same
 namespace finds them and compiles against the pinned maps instead of creating new ones (BCC's
@@ -13,12 +19,13 @@ import ctypes
 import logging
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataplane.kernel import owner
+from dataplane.kernel import clone, owner
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.features import build_cflags
 from dataplane.kernel.owner import InterfaceKey, PinError
@@ -81,6 +88,7 @@ class Program:
     _rings: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> opened RingBuf
     _sinks: dict[str, RingSink] = field(default_factory=dict, repr=False)
     opened: set[str] = field(default_factory=set, repr=False)  # every table handed out: the maps used
+    build_flags: tuple[str, ...] | None = None  # the shared build this load uses (released on close)
 
     def table(self, name: str) -> Any:
         self.opened.add(name)
@@ -88,6 +96,8 @@ class Program:
 
     def map_fd(self, name: str) -> int:
         """The fd of map `name`, the one the programs were loaded with (no table object made)."""
+        if isinstance(self.bpf, clone.Copy):
+            return self.bpf.table_fd(name)
         fd = int(_bcc().libbcc.lib.bpf_table_fd(self.bpf.module, name.encode()))
         if fd < 0:
             raise KeyError(f"the data plane has no map {name!r}")
@@ -122,7 +132,10 @@ class Program:
             _pin(fn.fd, path)
 
     def close(self) -> None:
-        self.bpf.cleanup()
+        if self.build_flags is None:
+            self.bpf.cleanup()
+        else:
+            _release(self.build_flags, self.bpf)
 
 
 def program_cflags(settings: DataplaneSettings) -> list[str]:
@@ -131,24 +144,72 @@ def program_cflags(settings: DataplaneSettings) -> list[str]:
     return ["-Wno-unused-function", *settings.capacities.cflags(), *build_cflags()]
 
 
+@dataclass
+class _Build:
+    bpf: Any  # the BCC object of the first load with these flags
+    fns: dict[str, tuple[Any, int]]  # entry function -> (its BCC function, program type)
+    users: int = 1
+
+
+_BUILDS: dict[tuple[str, ...], _Build] = {}
+_BUILDS_LOCK = threading.Lock()  # also serialises compiles
+
+
+def _release(flags: tuple[str, ...], bpf: Any) -> None:
+    with _BUILDS_LOCK:
+        build = _BUILDS[flags]
+        if isinstance(bpf, clone.Copy):
+            bpf.cleanup()
+        build.users -= 1
+        if build.users == 0:
+            del _BUILDS[flags]
+            build.bpf.cleanup()
+
+
 def compile_program(settings: DataplaneSettings, key: InterfaceKey | None = None) -> Program:
-    """Compiles and loads; with a key, pins (or adopts pinned) maps for that interface."""
-    bcc = _bcc()
+    """Loads the data plane (compiling it only when no load of this process has these flags);
+    with a key, pins (or adopts pinned) maps for that interface."""
     pin_dir = _claim(settings, key) if key is not None else None
-    cflags = program_cflags(settings)
     adopted = pin_dir is not None and key is not None and pinned_maps_state(pin_dir, key) == "all"
-    if adopted:
-        cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')
-    bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)
-    xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
-    tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
-    prog = Program(bpf, xdp_fn, tc_fn, pin_dir, adopted)
+    flags = tuple(program_cflags(settings))
+    with _BUILDS_LOCK:
+        build = _BUILDS.get(flags)
+        if build is None:
+            prog = _compile(list(flags), pin_dir if adopted else None)
+            _BUILDS[flags] = _Build(prog.bpf, {XDP_FUNC: (prog.xdp_fn, _bcc().BPF.XDP),
+                                               TC_FUNC: (prog.tc_fn, _bcc().BPF.SCHED_CLS)})
+        else:
+            build.users += 1
+    if build is not None:
+        try:
+            copy, fns = clone.load_copy(build.bpf, build.fns, map_names(), pin_dir, adopted,
+                                        {XDP_FUNC: XDP_PIN, TC_FUNC: TC_PIN})
+        except BaseException:
+            _release(flags, None)
+            raise
+        prog = Program(copy, fns[XDP_FUNC], fns[TC_FUNC], pin_dir, adopted)
+    prog.pin_dir, prog.adopted, prog.build_flags = pin_dir, adopted, flags
     if pin_dir is not None and not adopted:
         for name in map_names():
-            _pin(bpf.get_table(name.encode()).map_fd, pin_dir / name)
+            _pin(prog.map_fd(name), pin_dir / name)
     log.info("data plane loaded", extra={"ifname": key.ifname if key else None, "pin_dir": str(pin_dir),
-                                         "adopted": adopted})
+                                         "adopted": adopted, "compiled": build is None})
     return prog
+
+
+def _compile(cflags: list[str], pin_dir: Path | None) -> Program:
+    """BCC's compile and load, over the maps pinned in `pin_dir` when given."""
+    bcc = _bcc()
+    if pin_dir is not None:
+        cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')
+    bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)
+    try:
+        xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
+        tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
+    except BaseException:
+        bpf.cleanup()
+        raise
+    return Program(bpf, xdp_fn, tc_fn, pin_dir, pin_dir is not None)
 
 
 def _claim(settings: DataplaneSettings, key: InterfaceKey) -> Path:
