@@ -11,9 +11,11 @@ is driven through gRPC as a client would:
   beside it `nft add rule` and `iptables -A` on top of the same rules;
 - metrics: a Prometheus scrape of the daemon holding the largest policy, with no rule, 1,000
   rules and every rule marked `metrics: true` (testbed.bench.scrape): series, bytes, time;
-- the daemon: time from process start to health SERVING (fresh, and restarting into an
-  attached interface with the update test's policy: compile, adopt the pins, apply), and its
-  memory (VmRSS, VmHWM from /proc/PID/status) idle, attached, after the largest apply;
+- the daemon: time from process start to health SERVING (fresh, and restarting into two
+  attached interfaces with the update test's policy: one compile, the pins adopted, apply), the
+  AttachInterface call for a first interface (a compile) and a second one (a copy of that build,
+  dataplane.kernel.clone), and its memory (VmRSS, VmHWM from /proc/PID/status) idle, attached,
+  after the largest apply;
 - profile: the daemon's own controller and reconciler run in process (no gRPC) for the
   largest apply and for single updates, timed, then once more under cProfile
   (testbed.bench.control_profile).
@@ -46,6 +48,7 @@ NAME = "control"
 TITLE = "Control plane: applying rules, single updates, the daemon"
 CAPACITIES = {"acl_rules": 262_144, "acl_src": 262_144, "acl_dst": 1 << 20, "acl_port": 1 << 20}
 IFACE, PEER = "c0", "c1"
+IFACE_2, PEER_2 = "c2", "c3"  # the second interface: a copy of the first one's build
 RPC_TIMEOUT = 600.0
 MAX_MESSAGE = 256 << 20
 TARGET_APPLY_SIZE, TARGET_APPLY_S = 100_000, 2.0
@@ -104,6 +107,7 @@ class Bench:
         self.apply: dict[tuple[str, int], list[float]] = defaultdict(list)
         self.updates: dict[str, list[float]] = {}
         self.ready: dict[str, list[float]] = defaultdict(list)
+        self.attach: dict[str, list[float]] = defaultdict(list)
         self.rss: dict[str, dict[str, float]] = {}
         self.steps: tuple[control_profile.Profiled, control_profile.Profiled] | None = None
         self.scrapes: list[scrape.Scrape] = []
@@ -122,14 +126,17 @@ class Bench:
         with ExitStack() as stack:
             ns = stack.enter_context(Namespace(prefix=f"{PREFIX}c"))
             veth_pair(ns, IFACE, ns, PEER)
+            veth_pair(ns, IFACE_2, ns, PEER_2)
             d = DaemonProcess(ns, capacities=CAPACITIES, metrics_listen=scrape.METRICS)
             d.health_poll = 0.01
             stack.callback(d.close)
             d.start()
-            d.interfaces.AttachInterface(
-                pb2.AttachInterfaceRequest(interface=pb2.Interface(name=IFACE, mode=pb2.XDP_MODE_NATIVE)),
-                timeout=RPC_TIMEOUT,
-            )
+            for label, ifname in (("first interface (compiles)", IFACE),
+                                  ("second interface (a copy of the build)", IFACE_2)):
+                request = pb2.AttachInterfaceRequest(interface=pb2.Interface(name=ifname,
+                                                                             mode=pb2.XDP_MODE_NATIVE))
+                self.attach[label].append(
+                    _timed(partial(d.interfaces.AttachInterface, request, timeout=RPC_TIMEOUT)))
             self.rss["attached"] = _rss(d.proc.pid)  # type: ignore[union-attr]
             channel = grpc.insecure_channel(
                 f"unix:{d.socket}",
@@ -147,7 +154,7 @@ class Bench:
             rule_count = self.profile.update_base + len(self.updates[TIDEGATE_UPDATE])
             for _ in range(self.profile.control_runs):
                 d.stop(keep=True)
-                self.ready[f"restart: 1 interface, {rule_count:,} rules"].append(_timed(d.start))
+                self.ready[f"restart: 2 interfaces, {rule_count:,} rules"].append(_timed(d.start))
 
     def _applies(self, policy: Any) -> None:
         empty = pb2.ApplyPolicyRequest(policy=pb2.Policy())

@@ -80,6 +80,8 @@ def _daemon_table(bench: Bench) -> Table:
     t = Table("The daemon", ["what", "value"])
     for label, samples in bench.ready.items():
         t.add(f"start to SERVING, {label}", Value.of(samples, "s"))
+    for label, samples in bench.attach.items():
+        t.add(f"AttachInterface, {label}", Value.of(samples, "s"))
     for label, mem in bench.rss.items():
         t.add(f"memory, {label}", f"VmRSS {mem['VmRSS']:,.0f} MiB, VmHWM {mem['VmHWM']:,.0f} MiB")
     return t
