@@ -34,6 +34,7 @@ from control.policy.models import Policy
 from control.rpc.api import pb2
 from control.rpc.status_details import field_violations
 from dataplane.kernel.build_settings import Capacities
+from dataplane.kernel.owner import OWNER
 from testbed.daemon import DaemonProcess
 from testbed.kernel_maps import pinned_memlock
 from testbed.netns import Namespace, add_address, add_neighbour, link_mac, veth_pair
@@ -312,8 +313,10 @@ def test_per_rule_series_only_for_marked_rules_and_nothing_twice(d: DaemonProces
 
 def test_kernel_memory_is_the_kernels_figure_for_the_pinned_maps(d: DaemonProcess) -> None:
     [status] = cli_json(d, "status")["interfaces"]
-    pins = sorted((d.pin_root / IFNAME).iterdir())
-    maps = {p.name: pinned_memlock(p) for p in pins if not p.name.startswith("prog_")}
+    pin_dir = d.pin_dir(IFNAME)
+    assert pin_dir is not None
+    pins = sorted(pin_dir.iterdir())
+    maps = {p.name: pinned_memlock(p) for p in pins if not p.name.startswith("prog_") and p.name != OWNER}
     assert status["kernel_memory_bytes"] == sum(maps.values())
     samples = _samples(scrape_text(d))
     per_map = {dict(lb)["map"]: v for (n, lb), v in samples.items() if n == "tidegate_kernel_memory_bytes"}
