@@ -24,6 +24,8 @@
     fleet push -f FILE --policy NAME [--expected-revision N] | fleet assign NODE... --policy NAME
     fleet unassign NODE... | fleet status [--wait S] | fleet show --policy NAME
                                           policy for many daemons through etcd (control/cli/fleet.py)
+    import [--iptables F] [--ip6tables F] [--nft F] [--ipset F] [--live] [--interface IF] [--apply]
+                                          an iptables/nftables policy as Tidegate's (docs/migration.md)
 
 Global options (before the command, or after it):
     -s SOCKET   the daemon's socket: a path (or unix:PATH), or HOST:PORT for its TCP listener
@@ -583,12 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add("stats", cmd_stats, "counters per reason, rule, tunnel, chain leg, event, interface")
     p.add_argument("--interface", action="extend", nargs="+", metavar="IF",
                    help="only these interfaces (repeatable; default all attached)")
-    from control.cli import follow as cli_follow  # it uses this module's Rpc and CliError
+    from control.cli import fleet as cli_fleet  # it uses this module's Out, CliError and load_model
+    from control.cli import follow as cli_follow  # they use this module's Rpc and CliError
+    from control.cli import migration as cli_migration
 
     cli_follow.add_commands(commands)
-    from control.cli import fleet as cli_fleet  # it uses this module's Out, CliError and load_model
-
     cli_fleet.add_commands(commands)
+    cli_migration.add_commands(commands)
     return parser
 
 

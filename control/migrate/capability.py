@@ -1,0 +1,197 @@
+"""What the Tidegate policy model can express, and how a match becomes its rules.
+
+The translator asks this module one question per rule: "write these packets (a list of boxes)
+as Tidegate matches, or say which feature is missing". The baseline is what control.policy.models
+holds: one source prefix, one destination prefix, a protocol among tcp/udp/sctp/icmp/icmpv6
+and one destination port range per rule, actions allow and deny, a default action. Every other
+feature has a row in CAPABILITIES and an emitter slot in EMITTERS: when the model gains the
+field (the branches of issues 11 and 14), enabling it is that row set to True plus its emitter.
+Until then a rule needing it stays in netfilter with the reason "not yet supported by
+Tidegate: <feature>".
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from control.migrate import intervals as iv
+from control.migrate import names
+from control.migrate.ir import Box
+
+NAMED_PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}  # models.PROTOCOLS
+
+
+class Feature(StrEnum):
+    SPORT = "source ports"
+    PROTOCOL_NUMBER = "any protocol number"
+    ICMP_TYPE = "ICMP type/code"
+    TCP_SYN = "TCP SYN match"
+    REJECT = "reject action"
+    ESTABLISHED = "allow_established"
+
+
+# What the model expresses today beyond the baseline. One line per feature: set it to True
+# when the model has the field and EMITTERS has its emitter (tests check both).
+CAPABILITIES: dict[Feature, bool] = {
+    Feature.SPORT: False,            # issue 11: Match.sport
+    Feature.PROTOCOL_NUMBER: False,  # issue 11: Match.protocol_number
+    Feature.ICMP_TYPE: False,        # issue 14: ICMP/ICMPv6 type and code
+    Feature.TCP_SYN: False,          # issue 14: TCP SYN without ACK
+    Feature.REJECT: False,           # issue 14: action reject
+    Feature.ESTABLISHED: False,      # issue 14: Settings.allow_established
+}
+
+Fragment = dict[str, Any]  # part of a models.Match, e.g. {"dport": {"low": 80, "high": 90}}
+# A field emitter: the values of one Box field (and the protocol chosen) -> alternatives, each a
+# Fragment; NotExpressible when this model cannot say it.
+Emitter = Callable[[iv.Ivs, int], list[Fragment]]
+EMITTERS: dict[Feature, Emitter | None] = {
+    Feature.SPORT: None,
+    Feature.PROTOCOL_NUMBER: None,
+    Feature.ICMP_TYPE: None,
+    Feature.TCP_SYN: None,
+}
+# Actions beyond allow/deny: feature -> the models.AclRule action it needs.
+ACTIONS = {Feature.REJECT: "reject"}
+
+
+class NotExpressible(Exception):
+    """Why a set of packets cannot be written as Tidegate rules; `feature` when it is one of the
+    features landing in the model (the report says "not yet supported by Tidegate")."""
+
+    def __init__(self, why: str, feature: Feature | None = None) -> None:
+        super().__init__(why)
+        self.feature = feature
+
+    @property
+    def reason(self) -> str:
+        return f"not yet supported by Tidegate: {self.feature}" if self.feature else str(self)
+
+
+def enabled(feature: Feature, capabilities: dict[Feature, bool] | None = None) -> bool:
+    return (capabilities if capabilities is not None else CAPABILITIES).get(feature, False)
+
+
+def _feature(feature: Feature, values: iv.Ivs, proto: int, caps: dict[Feature, bool]) -> list[Fragment]:
+    emitter = EMITTERS.get(feature)
+    if not enabled(feature, caps) or emitter is None:
+        raise NotExpressible(str(feature), feature)
+    return emitter(values, proto)
+
+
+def _prefixes(values: iv.Ivs | None, family: int, key: str) -> list[Fragment]:
+    if values is None:
+        return [{}]
+    return [{key: p} for p in iv.prefixes(values, family)]
+
+
+def _family_pin(box: Box) -> Fragment:
+    """A rule naming no address matches both families in Tidegate; `0.0.0.0/0` (or `::/0`)
+    keeps it to the box's family (dataplane.matcher: "0.0.0.0/0 matches all IPv4 only")."""
+    return {"src": "0.0.0.0/0" if box.family == 4 else "::/0"}
+
+
+def _protocols(box: Box, caps: dict[Feature, bool], limit: int) -> list[int | None]:
+    if box.proto is None:
+        return [None]
+    if iv.size(box.proto) > limit:
+        raise NotExpressible(f"{iv.size(box.proto)} protocols (negated -p) would take one rule each, "
+                             f"above the limit of {limit}")
+    return [p for low, high in box.proto for p in range(low, high + 1)]
+
+
+def _protocol(proto: int | None, caps: dict[Feature, bool]) -> list[Fragment]:
+    if proto is None:
+        return [{}]
+    if proto in NAMED_PROTOCOLS:
+        return [{"protocol": NAMED_PROTOCOLS[proto]}]
+    return _feature(Feature.PROTOCOL_NUMBER, iv.span(proto, proto), proto, caps)
+
+
+def _ports(values: iv.Ivs | None, proto: int | None, key: str, caps: dict[Feature, bool]) -> list[Fragment]:
+    if values is None:
+        return [{}]
+    if proto not in names.PORT_PROTOCOLS:
+        raise NotExpressible(f"ports of protocol {proto} (Tidegate matches ports of tcp, udp and sctp)")
+    if key == "sport":
+        return _feature(Feature.SPORT, values, proto, caps)
+    return [{key: {"low": low, "high": high}} for low, high in values]
+
+
+def box_matches(box: Box, caps: dict[Feature, bool] | None = None, limit: int = 1024) -> list[Fragment]:
+    """Every Tidegate Match (as a dict) that together select exactly the packets of `box`."""
+    caps = CAPABILITIES if caps is None else caps
+    out: list[Fragment] = []
+    for proto in _protocols(box, caps, limit):
+        parts = [_protocol(proto, caps),
+                 _prefixes(box.src, box.family, "src"),
+                 _prefixes(box.dst, box.family, "dst"),
+                 _ports(box.dport, proto, "dport", caps),
+                 _ports(box.sport, proto, "sport", caps)]
+        if box.icmp is not None:
+            if proto not in (names.ICMP, names.ICMPV6):
+                raise NotExpressible("ICMP type/code without protocol icmp")
+            parts.append(_feature(Feature.ICMP_TYPE, box.icmp, proto, caps))
+        if box.flags is not None:
+            if proto != names.TCP:
+                raise NotExpressible("TCP flags without protocol tcp")
+            parts.append(_feature(Feature.TCP_SYN, box.flags, proto, caps))
+        count = 1
+        for p in parts:
+            count *= len(p)
+        if len(out) + count > limit:
+            raise NotExpressible(f"would take more than {limit} Tidegate rules (--max-expansion)")
+        for combo in itertools.product(*parts):
+            match: Fragment = {}
+            for fragment in combo:
+                match.update(fragment)
+            if "src" not in match and "dst" not in match:
+                match.update(_family_pin(box))
+            out.append(match)
+    return out
+
+
+def region_matches(region: list[Box], caps: dict[Feature, bool] | None = None,
+                   limit: int = 1024) -> list[Fragment]:
+    """The matches of a union of boxes; boxes the same but for the family and naming no
+    address become one rule for both families."""
+    out: list[Fragment] = []
+    seen: set[str] = set()
+    both = _family_free(region)
+    for box in region:
+        for match in box_matches(box, caps, limit - len(out)):
+            key = repr(sorted(match.items()))
+            if box in both:
+                match = {k: v for k, v in match.items() if k != "src"}
+                key = repr(sorted(match.items()))
+            if key not in seen:
+                seen.add(key)
+                out.append(match)
+    return out
+
+
+def _family_free(region: list[Box]) -> set[Box]:
+    """Boxes naming no address whose twin of the other family is in the region too."""
+    from dataclasses import replace
+
+    out = set()
+    for box in region:
+        if box.src is None and box.dst is None:
+            twin = replace(box, family=6 if box.family == 4 else 4)
+            if twin in region:
+                out.add(box)
+    return out
+
+
+def action_for(kind: str, caps: dict[Feature, bool] | None = None) -> str:
+    """"allow"/"deny", or the feature's action when it is enabled; NotExpressible otherwise."""
+    if kind in ("allow", "deny"):
+        return kind
+    if kind == "reject":
+        if not enabled(Feature.REJECT, caps):
+            raise NotExpressible("reject", Feature.REJECT)
+        return ACTIONS[Feature.REJECT]
+    raise NotExpressible(f"action {kind}")
