@@ -107,7 +107,7 @@ class Entry:
     copy: Copy | None = None
     families: frozenset[int] = frozenset()
     catch_all: bool = False  # the whole domain of its family, at the end of X
-    region: list[Box] = field(default_factory=list)  # what it selects (after the entries before it)
+    region: list[Box] = field(default_factory=list)  # what its matches select
 
 
 @dataclass
@@ -222,6 +222,9 @@ class _Translator:
         region = region_of(flat, domain, attached, limit, why)
         # FORWARD rules are written without their domain: the guard before them leaves only it
         emit = region_of(flat, None, attached, limit, why) if section == "fwd" else region
+        if not region.hi:
+            self._copy(flat, Copy(Status.KEPT, _empty_reason(section)))
+            return
         scope = _scope(section, flat, domain)
         want = outcome(flat)
         kind = flat.target.kind
@@ -263,7 +266,7 @@ class _Translator:
             return
         copy = Copy(Status.MIRRORED, "allowed in XDP; netfilter keeps it and still judges what XDP passes",
                     scope=scope)
-        self._emit(Entry("allow", matches, _describe(flat), copy, region=region.exact), flat)
+        self._emit(Entry("allow", matches, _describe(flat), copy, region=emit.exact), flat)
         self.passes.append((index, region.exact))
 
     def _deny(self, index: int, section: str, flat: FlatRule, region: Region, emit: Region, scope: str,
@@ -292,7 +295,7 @@ class _Translator:
             copy = Copy(Status.MIRRORED, "denied in XDP; netfilter keeps it too: an accept of an earlier "
                                          "chain passes part of it to netfilter", scope=scope)
         self._emit(Entry(action, matches, _describe(flat), copy, catch_all=_is_catch_all(flat, emit),
-                         region=region.exact), flat)
+                         region=emit.exact), flat)
 
     def _keep(self, index: int, section: str, flat: FlatRule, region: Region, want: str, effect: bool,
               reason: str = "") -> None:
@@ -375,6 +378,14 @@ def _overlap(a: list[Box], b: list[Box]) -> bool:
     from control.migrate.ir import region_overlaps
 
     return region_overlaps(a, b)
+
+
+def _empty_reason(section: str) -> str:
+    if section == "local":
+        return "never matches a packet for this host, all INPUT sees (its destinations are not local)"
+    if section == "fwd":
+        return "never matches a forwarded packet (its destinations are this host's)"
+    return "matches no packet (its RETURNs take all of it)"
 
 
 def _is_catch_all(flat: FlatRule, region: Region) -> bool:
