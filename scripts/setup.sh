@@ -14,7 +14,7 @@ log() { printf '[setup] %s\n' "$*"; }
 # prometheus for promtool (the tests lint the live /metrics with it; its server stays off, see
 # quiet_prometheus), systemd for systemd-analyze (the tests verify the unit `make install` puts).
 APT_PKGS=(python3-bpfcc python3-venv libbpf1 linux-headers-amd64 iproute2 netsniff-ng
-          iptables nftables xdp-tools tcpdump make etcd-server etcd-client prometheus systemd bpftool)
+          iptables nftables ipset xdp-tools tcpdump make etcd-server etcd-client prometheus systemd bpftool)
 NODE_DIR=$ROOT/tests/node  # a Node.js gRPC client of the tests (package.json, package-lock.json)
 
 missing_apt() {

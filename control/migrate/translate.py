@@ -289,13 +289,27 @@ class _Translator:
             self.blockers.add(Blocker(region.hi, flat, index, want, False))
             return
         shadowed = next((s for s, r in self.passes if s != index and _overlap(r, region.exact)), None)
-        if shadowed is None:
-            copy = Copy(Status.MOVED, "", removable=not flat.implicit, scope=scope)
-        else:
+        if shadowed is not None:
             copy = Copy(Status.MIRRORED, "denied in XDP; netfilter keeps it too: an accept of an earlier "
                                          "chain passes part of it to netfilter", scope=scope)
+        elif self._multicast(section, flat):
+            why = ("denied in XDP; netfilter keeps it too, for multicast destinations (XDP leaves those to "
+                   "netfilter when the host forwards)")
+            copy = Copy(Status.MIRRORED, why, scope=scope)
+        else:
+            copy = Copy(Status.MOVED, "", removable=not flat.implicit, scope=scope)
         self._emit(Entry(action, matches, _describe(flat), copy, catch_all=_is_catch_all(flat, emit),
                          region=emit.exact), flat)
+
+    def _multicast(self, section: str, flat: FlatRule) -> bool:
+        """Multicast may reach INPUT (a joined group) and FORWARD (multicast routing) at once, so
+        when the family forwards, XDP leaves it to netfilter: a rule that matches some of it
+        must stay there for it."""
+        if section == "pre":
+            return False
+        return any(self.host.forwarding[b.family] and
+                   (b.dst is None or iv.overlaps(b.dst, iv.prefix_span(MULTICAST[b.family])))
+                   for b in flat.path.boxes)
 
     def _keep(self, index: int, section: str, flat: FlatRule, region: Region, want: str, effect: bool,
               reason: str = "") -> None:

@@ -1,0 +1,140 @@
+"""A reference evaluator for the import's equivalence tests, independent of the translator.
+
+It walks the parsed chains as netfilter does (jumps, gotos, RETURN, policies, hooks in priority
+order, INPUT for local destinations and FORWARD for the rest) for one packet, and judges a
+Tidegate policy first-match as the data plane does. Conditions the import cannot read
+(`Unsupported`: a length, a packet type) are decided by `Packet.coin`, an arbitrary but fixed
+function of the packet and the condition: whatever it decides, the import must be right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+
+from control.migrate import intervals as iv
+from control.migrate.ir import Box, Chain, Cond, Kind, Ruleset
+from control.policy.models import Match, Policy
+
+PORTED = {6, 17, 132, 136, 33}
+PATHS = {"local": ("ingress", "prerouting", "input"), "fwd": ("ingress", "prerouting", "forward")}
+
+
+@dataclass(frozen=True)
+class Packet:
+    family: int
+    proto: int
+    src: int
+    dst: int
+    sport: int = 0
+    dport: int = 0
+    icmp: int = 0
+    flags: int = 0
+    iif: str = "t0"
+    oif: str = "t1"
+    ctstate: str = "new"
+    salt: int = 0
+
+    def coin(self, what: str) -> bool:
+        digest = hashlib.sha256(f"{what}|{self}".encode()).digest()
+        return digest[0] & 1 == 1
+
+
+def in_box(box: Box, p: Packet) -> bool:
+    if box.family != p.family:
+        return False
+    checks = [("proto", p.proto), ("src", p.src), ("dst", p.dst)]
+    for dim, value in checks:
+        values = box.get(dim)
+        if values is not None and not iv.contains(values, iv.span(value, value)):
+            return False
+    for dim, value, ok in (("sport", p.sport, p.proto in PORTED), ("dport", p.dport, p.proto in PORTED),
+                           ("icmp", p.icmp, p.proto in (1, 58)), ("flags", p.flags, p.proto == 6)):
+        values = box.get(dim)
+        if values is not None and (not ok or not iv.contains(values, iv.span(value, value))):
+            return False
+    return True
+
+
+def matches(cond: Cond, p: Packet) -> bool:
+    if not any(in_box(b, p) for b in cond.boxes):
+        return False
+    if not all(i.matches(p.iif) for i in cond.iif) or not all(o.matches(p.oif) for o in cond.oif):
+        return False
+    if cond.ctstate is not None and p.ctstate not in cond.ctstate:
+        return False
+    return all(p.coin(f"{u.what} {u.text}") for u in cond.unsupported)
+
+
+@dataclass
+class Trace:
+    logged: list[str] = field(default_factory=list)  # the LOG rules that saw the packet
+
+
+def _chain(ruleset: Ruleset, chain: Chain, p: Packet, trace: Trace, depth: int = 0) -> str:
+    assert depth < 64
+    for rule in chain.rules:
+        if not matches(rule.cond, p):
+            continue
+        kind = rule.target.kind
+        if kind is Kind.RETURN:
+            return "return"
+        if kind in (Kind.JUMP, Kind.GOTO):
+            sub = ruleset.chains[(chain.origin, chain.table, rule.target.name)]
+            got = _chain(ruleset, sub, p, trace, depth + 1)
+            if kind is Kind.GOTO or got != "return":
+                return got
+            continue
+        if kind is Kind.SIDE:
+            trace.logged.append(f"{rule.chain}:{rule.text.split(' -j ')[0]}")
+            continue
+        if kind in (Kind.NONE, Kind.MODIFY):
+            continue
+        if kind is Kind.REJECT:
+            return f"reject:{rule.target.detail}"
+        return kind.value
+    return "return"
+
+
+def netfilter(ruleset: Ruleset, p: Packet, local: bool, forwarding: bool) -> tuple[str, Trace]:
+    """The packet's end in these rules: "accept", "drop", "reject:...", and what logged it."""
+    trace = Trace()
+    if not local and not forwarding:
+        return "drop", trace  # no route for it
+    hooks = PATHS["local" if local else "fwd"]
+    chains = sorted((c for c in ruleset.base_chains() if c.hook in hooks and p.family in c.families
+                     and (c.device is None or c.device == p.iif)),
+                    key=lambda c: (hooks.index(c.hook or ""), c.priority))
+    for chain in chains:
+        got = _chain(ruleset, chain, p, trace)
+        if got == "return":
+            got = chain.policy
+        if got != "accept":
+            return got, trace
+    return "accept", trace
+
+
+def _net_has(network: object, family: int, value: int) -> bool:
+    if network is None:
+        return True
+    net = ipaddress.ip_network(str(network))
+    return net.version == family and int(net.network_address) <= value <= int(net.broadcast_address)
+
+
+def _match(m: Match, p: Packet) -> bool:
+    for network, value in ((m.src, p.src), (m.dst, p.dst)):
+        if not _net_has(network, p.family, value):
+            return False
+    if m.protocol_number is not None and m.protocol_number != p.proto:
+        return False
+    if m.dport is not None and not (p.proto in (6, 17, 132) and m.dport.low <= p.dport <= m.dport.high):
+        return False
+    return True
+
+
+def tidegate(policy: Policy, p: Packet) -> str:
+    for rule in sorted(policy.acl, key=lambda r: (r.priority, r.id)):
+        if _match(rule.match, p):
+            return rule.action
+    return policy.settings.default_action
