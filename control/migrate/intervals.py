@@ -9,6 +9,7 @@ negations (`! -s 10.0.0.0/8`) and address ranges (`-m iprange`) into covering pr
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 
 Ivs = tuple[tuple[int, int], ...]
@@ -134,6 +135,23 @@ def prefixes(a: Ivs, family: int) -> list[str]:
 def prefix_count(a: Ivs, family: int) -> int:
     bits = ADDR_BITS[family]
     return sum(len(range_prefixes(low, high, bits)) for low, high in a)
+
+
+def parse_prefix(text: str, family: int) -> Ivs | None:
+    """"10.0.0.0/8" or "10.1.2.3" (host bits allowed, as iptables takes them) of `family`, parsed
+    with inet_pton; None for anything else (the caller's slower path says what is wrong)."""
+    address, _, length = text.partition("/")
+    bits = ADDR_BITS[family]
+    if length and not (length.isdigit() and int(length) <= bits):
+        return None
+    try:
+        packed = socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, address)
+    except (OSError, ValueError):
+        return None
+    plen = int(length) if length else bits
+    host = (1 << (bits - plen)) - 1
+    low = int.from_bytes(packed, "big") & ~host
+    return ((low, low | host),)
 
 
 def address_text(value: int, family: int) -> str:

@@ -130,7 +130,7 @@ def _line(state: _State, line: str, number: int) -> None:
         _chain(state, parts[0], parts[1] if len(parts) > 1 else "-")
         return
     line = _COUNTERS.sub("", line)
-    words = shlex.split(line)
+    words = shlex.split(line) if '"' in line or "'" in line or "\\" in line else line.split()
     verb = words[0]
     if verb in ("-A", "--append", "-I", "--insert"):
         _rule(state, words, line, number)
@@ -174,8 +174,9 @@ def _rule(state: _State, words: list[str], line: str, number: int) -> None:
     state.ruleset.rules.append(rule)
     if insert_at is None:
         chain.rules.append(rule)
-    else:
-        chain.rules.insert(insert_at, rule)
+        rule.position = len(chain.rules)
+        return
+    chain.rules.insert(insert_at, rule)
     for position, each in enumerate(chain.rules, 1):
         each.position = position
 
@@ -242,6 +243,10 @@ def _addresses(text: str, family: int) -> iv.Ivs | None:
     """"10.0.0.0/8", "1.2.3.4", a comma list (restore files); None for a non-contiguous mask."""
     out: iv.Ivs = iv.EMPTY
     for part in text.split(","):
+        quick = iv.parse_prefix(part, family)
+        if quick is not None:
+            out = iv.union(out, quick)
+            continue
         try:
             network = ipaddress.ip_network(part, strict=False)
         except ValueError:

@@ -15,7 +15,7 @@ protocol first, never produces "port 22 of any protocol".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 
 from control.migrate import intervals as iv
@@ -23,6 +23,7 @@ from control.migrate.intervals import Ivs
 
 PROTO_TOP, PORT_TOP, ICMP_TOP, FLAGS_TOP = 255, 65535, 65535, 255
 DIMS = ("proto", "src", "dst", "sport", "dport", "icmp", "flags")  # subtraction order
+_INDEX = {d: n for n, d in enumerate(DIMS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,9 @@ class Box:
         new = values if current is None else iv.intersect(current, values)
         if not new:
             return None
-        return replace(self, **{dim: None if iv.is_full(new, top) else new})  # type: ignore[arg-type]
+        fields = [self.proto, self.src, self.dst, self.sport, self.dport, self.icmp, self.flags]
+        fields[_INDEX[dim]] = None if iv.is_full(new, top) else new
+        return Box(self.family, *fields)
 
     @property
     def is_everything(self) -> bool:

@@ -58,4 +58,5 @@ def _short(rule: dict[str, Any]) -> dict[str, Any]:
 def policy_yaml(policy: Policy) -> str:
     data = policy.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
     data["acl"] = [_short(r) for r in data["acl"]]
-    return HEADER + yaml.safe_dump(data, sort_keys=False, width=200)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: ~10x quicker for big ACLs
+    return HEADER + yaml.dump(data, Dumper=dumper, sort_keys=False, width=200)

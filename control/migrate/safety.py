@@ -20,9 +20,13 @@ types and TCP flags (ir.Box); every other condition is taken as "could match".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from control.migrate.flatten import Excl, FlatRule
+from control.migrate.intervals import Ivs
 from control.migrate.ir import Box, Iface, Kind, region_and, region_overlaps, region_subtract
 
 CONTINUE = "continue"
@@ -74,27 +78,113 @@ def blocks(b: Blocker, stage: int, wanted: str, reads: frozenset[str] = frozense
     return b.outcome not in (wanted, CONTINUE, "accept")
 
 
-class BlockerIndex:
-    """Blockers in first-match order, with a quick bounding test before the exact one."""
+class _Rows:
+    """Bounding rows (numpy) of boxes, with the index of the region each belongs to."""
+
+    COLUMNS = 11  # family, src lo/hi, dst lo/hi, proto lo/hi, sport lo/hi, dport lo/hi
 
     def __init__(self) -> None:
-        self.items: list[Blocker] = []
-        self._bounds: list[tuple[int, int, int, int, int]] = []  # family, src lo/hi, dst lo/hi
+        self.rows = np.zeros((16, self.COLUMNS), dtype=np.uint64)
+        self.owner = np.zeros(16, dtype=np.int64)
+        self.n = 0
+
+    def add(self, row: tuple[int, ...], owner: int) -> None:
+        if self.n == len(self.rows):
+            self.rows = np.concatenate([self.rows, np.zeros_like(self.rows)])
+            self.owner = np.concatenate([self.owner, np.zeros_like(self.owner)])
+        self.rows[self.n] = row
+        self.owner[self.n] = owner
+        self.n += 1
+
+    def hits(self, q: np.ndarray) -> np.ndarray:
+        rows = self.rows[:self.n]
+        m = rows[:, 0] == q[0]
+        for lo in range(1, self.COLUMNS, 2):
+            m &= (rows[:, lo] <= q[lo + 1]) & (q[lo] <= rows[:, lo + 1])
+        return self.owner[:self.n][m]
+
+
+class RegionIndex:
+    """Regions in first-match order, for "the first one overlapping this region (and passing a
+    test)". Boxes are bucketed twice, by the /8 (IPv6: /16) their source lies in and by the one
+    their destination lies in ("wide" when they span more); a query looks in the buckets of the
+    side where it is narrow, and a bounding test on those rows at once (numpy: family, address,
+    protocol and port ranges, IPv6 by the top 64 bits) leaves the exact test a few candidates."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[list[Box], object]] = []
+        self._by: dict[str, dict[tuple[int, int | None], _Rows]] = {"src": {}, "dst": {}}
+
+    def add(self, region: list[Box], item: object) -> None:
+        if not region:
+            return
+        owner = len(self.items)
+        self.items.append((region, item))
+        for box in region:
+            row = _row(box)
+            for side in ("src", "dst"):
+                key = (box.family, _bucket(box, side))
+                self._by[side].setdefault(key, _Rows()).add(row, owner)
+
+    def candidates(self, region: list[Box]) -> list[int]:
+        """Owners whose bounds meet a box of `region`, in the order they were added."""
+        found: list[np.ndarray] = []
+        for box in region:
+            q = np.array(_row(box), dtype=np.uint64)
+            side = "src" if _bucket(box, "src") is not None else "dst"
+            key = _bucket(box, side)
+            buckets = self._by[side]
+            if key is None:
+                groups = [rows for (family, _), rows in buckets.items() if family == box.family]
+            else:
+                groups = [g for g in (buckets.get((box.family, key)), buckets.get((box.family, None))) if g]
+            found += [g.hits(q) for g in groups]
+        if not found:
+            return []
+        return [int(i) for i in np.unique(np.concatenate(found))]
+
+    def first(self, region: list[Box], test: Callable[[object], bool]) -> object | None:
+        for owner in self.candidates(region):
+            boxes, item = self.items[owner]
+            if test(item) and region_overlaps(boxes, region):
+                return item
+        return None
+
+
+def _bucket(box: Box, side: str) -> int | None:
+    values = box.get(side)
+    if values is None:
+        return None
+    shift = 24 if box.family == 4 else 112
+    low, high = values[0][0] >> shift, values[-1][1] >> shift
+    return low if low == high else None
+
+
+def _span(values: Ivs | None, top: int, shift: int = 0) -> tuple[int, int]:
+    if values is None:
+        return 0, top >> shift
+    return values[0][0] >> shift, values[-1][1] >> shift
+
+
+def _row(box: Box) -> tuple[int, ...]:
+    shift = 64 if box.family == 6 else 0
+    top = box.top("src")
+    return (box.family, *_span(box.src, top, shift), *_span(box.dst, top, shift), *_span(box.proto, 255),
+            *_span(box.sport, 65535), *_span(box.dport, 65535))
+
+
+class BlockerIndex:
+    """Blockers (rules that stay in netfilter) in first-match order."""
+
+    def __init__(self) -> None:
+        self.index = RegionIndex()
 
     def add(self, b: Blocker) -> None:
-        if not b.region:
-            return
-        self.items.append(b)
-        self._bounds.append(_bounds(b.region))
+        self.index.add(b.region, b)
 
     def first(self, region: list[Box], stage: int, wanted: str, reads: frozenset[str]) -> Blocker | None:
-        want = _bounds(region)
-        for b, bound in zip(self.items, self._bounds, strict=True):
-            if not _may_overlap(bound, want):
-                continue
-            if blocks(b, stage, wanted, reads) and region_overlaps(b.region, region):
-                return b
-        return None
+        found = self.index.first(region, lambda b: blocks(b, stage, wanted, reads))  # type: ignore[arg-type]
+        return found  # type: ignore[return-value]
 
 
 def reads(region: list[Box], domain_restricted: bool) -> frozenset[str]:
@@ -105,22 +195,6 @@ def reads(region: list[Box], domain_restricted: bool) -> frozenset[str]:
     if domain_restricted or any(b.dst is not None or b.dport is not None for b in region):
         out.add("dst")
     return frozenset(out)
-
-
-def _bounds(region: list[Box]) -> tuple[int, int, int, int, int]:
-    families = {b.family for b in region}
-    family = families.pop() if len(families) == 1 else 0
-    lo_s = min((b.src[0][0] if b.src else 0) for b in region)
-    hi_s = max((b.src[-1][1] if b.src else 1 << 128) for b in region)
-    lo_d = min((b.dst[0][0] if b.dst else 0) for b in region)
-    hi_d = max((b.dst[-1][1] if b.dst else 1 << 128) for b in region)
-    return family, lo_s, hi_s, lo_d, hi_d
-
-
-def _may_overlap(a: tuple[int, int, int, int, int], b: tuple[int, int, int, int, int]) -> bool:
-    if a[0] and b[0] and a[0] != b[0]:
-        return False
-    return a[1] <= b[2] and b[1] <= a[2] and a[3] <= b[4] and b[3] <= a[4]
 
 
 @dataclass(slots=True)

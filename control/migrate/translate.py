@@ -23,10 +23,19 @@ from enum import StrEnum
 from control.migrate import capability as cap
 from control.migrate import intervals as iv
 from control.migrate.capability import Feature, NotExpressible
-from control.migrate.flatten import POLICY, FlatRule, Path, Stage, flatten
+from control.migrate.flatten import POLICY, FlatRule, Stage, flatten
 from control.migrate.host import MULTICAST, Host
-from control.migrate.ir import Box, Cond, Kind, Ruleset, SourceRule, Target
-from control.migrate.safety import Blocker, BlockerIndex, Region, iface_status, outcome, reads, region_of
+from control.migrate.ir import Box, Kind, Ruleset, SourceRule
+from control.migrate.safety import (
+    Blocker,
+    BlockerIndex,
+    Region,
+    RegionIndex,
+    iface_status,
+    outcome,
+    reads,
+    region_of,
+)
 
 SECTION_OF = {"ingress": "pre", "prerouting": "pre", "input": "local", "forward": "fwd"}
 HOOK_ORDER = {"ingress": 0, "prerouting": 1, "input": 2, "forward": 2}
@@ -159,7 +168,7 @@ class _Translator:
         self.fates = {r.number: Fate(r) for r in ruleset.rules}
         self.entries: list[Entry] = []
         self.blockers = BlockerIndex()
-        self.passes: list[tuple[int, list[Box]]] = []  # (stage index, region) of X's passes
+        self.passes: dict[int, RegionIndex] = {}  # X's passes, by stage
         self.notes: list[str] = list(ruleset.notes)
 
     def run(self) -> Plan:
@@ -267,7 +276,7 @@ class _Translator:
         copy = Copy(Status.MIRRORED, "allowed in XDP; netfilter keeps it and still judges what XDP passes",
                     scope=scope)
         self._emit(Entry("allow", matches, _describe(flat), copy, region=emit.exact), flat)
-        self.passes.append((index, region.exact))
+        self.passes.setdefault(index, RegionIndex()).add(region.exact, index)
 
     def _deny(self, index: int, section: str, flat: FlatRule, region: Region, emit: Region, scope: str,
               want: str) -> None:
@@ -288,7 +297,8 @@ class _Translator:
             self._copy(flat, copy)
             self.blockers.add(Blocker(region.hi, flat, index, want, False))
             return
-        shadowed = next((s for s, r in self.passes if s != index and _overlap(r, region.exact)), None)
+        shadowed = next((s for s, passes in self.passes.items()
+                         if s != index and passes.first(region.exact, lambda _: True) is not None), None)
         if shadowed is not None:
             copy = Copy(Status.MIRRORED, "denied in XDP; netfilter keeps it too: an accept of an earlier "
                                          "chain passes part of it to netfilter", scope=scope)
@@ -344,18 +354,18 @@ class _Translator:
         """Drop the passes no later deny needs: XDP passes what nothing denies anyway."""
         if default == "deny":
             return
-        denies = BlockerIndex()
+        denies = RegionIndex()
         keep: list[Entry] = []
         for entry in reversed(self.entries):
             if entry.action == "allow":
-                if denies.first(entry.region, -1, "", frozenset()) is None:
+                if denies.first(entry.region, lambda _: True) is None:
                     if entry.copy is not None:
                         entry.copy.status = Status.KEPT
                         entry.copy.reason = "an accept, and no deny after it in XDP: XDP passes it anyway"
                         entry.copy.scope = ""
                     continue
             elif entry.action != "allow":
-                denies.add(Blocker(entry.region, _NO_FLAT, -1, "deny", True))
+                denies.add(entry.region, entry)
             keep.append(entry)
         self.entries = keep[::-1]
 
@@ -377,21 +387,11 @@ class _Translator:
         return "deny"
 
 
-_NONE = Target(Kind.NONE)
-_NO_FLAT = FlatRule(SourceRule(0, "", "", "", 0, 0, "", Cond([]), _NONE), Path([]), _NONE)
-
-
 def _only_family(flat: FlatRule, family: int) -> FlatRule:
     from dataclasses import replace
 
     path = replace(flat.path, boxes=[b for b in flat.path.boxes if b.family == family])
     return FlatRule(flat.rule, path, flat.target, flat.implicit)
-
-
-def _overlap(a: list[Box], b: list[Box]) -> bool:
-    from control.migrate.ir import region_overlaps
-
-    return region_overlaps(a, b)
 
 
 def _empty_reason(section: str) -> str:

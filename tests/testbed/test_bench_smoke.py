@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow,
               pytest.mark.timeout(QUICK_BUDGET_S + CLEANUP_GRACE_S + 60)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("Per-packet cost", "Drop rate", "Decapsulation throughput", "Control plane", "Fleet mode")
+SECTIONS = ("Per-packet cost", "Drop rate", "Decapsulation throughput", "Control plane", "Fleet mode",
+            "Import")
 # a table cell holding a measured number with its unit
 NUMBER = re.compile(r"\|\s*[\d.,]+\s*(?:ns|µs|ms|s|Mpps|kpps|pps|x|rules/s)(?:\s*\[[^\]]*\])?\s*\|")
 XDP_FILTER_PINS = Path("/sys/fs/bpf/xdp-filter")
