@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from control.migrate import intervals as iv
 from control.migrate.flatten import Excl, FlatRule
 from control.migrate.intervals import Ivs
 from control.migrate.ir import Box, Iface, Kind, region_and, region_overlaps, region_subtract
@@ -106,14 +107,18 @@ class _Rows:
 
 class RegionIndex:
     """Regions in first-match order, for "the first one overlapping this region (and passing a
-    test)". Boxes are bucketed twice, by the /8 (IPv6: /16) their source lies in and by the one
-    their destination lies in ("wide" when they span more); a query looks in the buckets of the
-    side where it is narrow, and a bounding test on those rows at once (numpy: family, address,
+    test)". Each box is filed under the narrowest of a few aligned address blocks (IPv4 /8, /16,
+    /24; IPv6 /16, /32, /48) that holds its source, and again for its destination ("wide" when
+    neither fits); a query looks, on the side where it is narrower, in the blocks that contain
+    it or lie inside it, and a bounding test on those rows at once (numpy: family, addresses,
     protocol and port ranges, IPv6 by the top 64 bits) leaves the exact test a few candidates."""
 
     def __init__(self) -> None:
         self.items: list[tuple[list[Box], object]] = []
-        self._by: dict[str, dict[tuple[int, int | None], _Rows]] = {"src": {}, "dst": {}}
+        # side -> (family, level, block) -> rows; level 0 = wide
+        self._by: dict[str, dict[tuple[int, int, int], _Rows]] = {"src": {}, "dst": {}}
+        self._children: dict[str, dict[tuple[int, int, int], set[tuple[int, int, int]]]] = {
+            "src": {}, "dst": {}}
 
     def add(self, region: list[Box], item: object) -> None:
         if not region:
@@ -123,22 +128,29 @@ class RegionIndex:
         for box in region:
             row = _row(box)
             for side in ("src", "dst"):
-                key = (box.family, _bucket(box, side))
-                self._by[side].setdefault(key, _Rows()).add(row, owner)
+                key = _block(box, side)
+                if key not in self._by[side]:
+                    self._by[side][key] = _Rows()
+                    for parent in _parents(key):
+                        self._children[side].setdefault(parent, set()).add(key)
+                self._by[side][key].add(row, owner)
+
+    def _groups(self, box: Box) -> list[_Rows]:
+        keys = {side: _block(box, side) for side in ("src", "dst")}
+        side = "src" if keys["src"][1] >= keys["dst"][1] else "dst"
+        key = keys[side]
+        by = self._by[side]
+        if key[1] == 0:  # wide on both sides: every block of the family
+            return [rows for (family, _, _), rows in by.items() if family == box.family]
+        wanted = {*_parents(key), (box.family, 0, 0), key, *self._children[side].get(key, ())}
+        return [by[k] for k in wanted if k in by]
 
     def candidates(self, region: list[Box]) -> list[int]:
         """Owners whose bounds meet a box of `region`, in the order they were added."""
         found: list[np.ndarray] = []
         for box in region:
             q = np.array(_row(box), dtype=np.uint64)
-            side = "src" if _bucket(box, "src") is not None else "dst"
-            key = _bucket(box, side)
-            buckets = self._by[side]
-            if key is None:
-                groups = [rows for (family, _), rows in buckets.items() if family == box.family]
-            else:
-                groups = [g for g in (buckets.get((box.family, key)), buckets.get((box.family, None))) if g]
-            found += [g.hits(q) for g in groups]
+            found += [g.hits(q) for g in self._groups(box)]
         if not found:
             return []
         return [int(i) for i in np.unique(np.concatenate(found))]
@@ -151,13 +163,27 @@ class RegionIndex:
         return None
 
 
-def _bucket(box: Box, side: str) -> int | None:
+LEVELS = {4: (8, 16, 24), 6: (16, 32, 48)}
+
+
+def _block(box: Box, side: str) -> tuple[int, int, int]:
+    """(family, level, block): the narrowest block of LEVELS bits holding this side's values."""
     values = box.get(side)
+    bits = iv.ADDR_BITS[box.family]
+    found = (box.family, 0, 0)
     if values is None:
-        return None
-    shift = 24 if box.family == 4 else 112
-    low, high = values[0][0] >> shift, values[-1][1] >> shift
-    return low if low == high else None
+        return found
+    low, high = values[0][0], values[-1][1]
+    for level in LEVELS[box.family]:
+        if low >> (bits - level) != high >> (bits - level):
+            break
+        found = (box.family, level, low >> (bits - level))
+    return found
+
+
+def _parents(key: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    family, level, block = key
+    return [(family, up, block >> (level - up)) for up in LEVELS[family] if up < level]
 
 
 def _span(values: Ivs | None, top: int, shift: int = 0) -> tuple[int, int]:

@@ -7,6 +7,7 @@ import ipaddress
 import random
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,7 +17,7 @@ from control.migrate import intervals as iv
 from control.migrate.capability import CAPABILITIES, EMITTERS, Feature, NotExpressible
 from control.migrate.ir import Box, box_subtract
 from control.migrate.report import id_ranges
-from control.policy.models import AclRule, Match
+from control.policy.models import AclRule, Match, Policy
 
 TOP = 63
 ranges = st.lists(st.tuples(st.integers(0, TOP), st.integers(0, TOP)), max_size=5).map(iv.normalize)
@@ -133,5 +134,8 @@ def test_cli_writes_policy_and_report(tmp_path, capsys: pytest.CaptureFixture[st
     assert "moved" in text and "blocked by rule 2" in text
     policy = out.read_text()
     assert "192.0.2.0/24" in policy and "198.18.0.0/15" not in policy
+    loaded = Policy.model_validate(yaml.safe_load(policy))
+    got = [(r.action, str(r.match.src), r.match.protocol) for r in loaded.acl]
+    assert got == [("deny", "192.0.2.0/24", "tcp")]
     kept = (tmp_path / "kept" / "kept.v4").read_text()
     assert "-A INPUT ! -i eth0 -s 192.0.2.0/24" in kept and "-A INPUT -s 198.18.0.0/15 -j DROP" in kept
