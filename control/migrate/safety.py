@@ -119,6 +119,7 @@ class RegionIndex:
         self._by: dict[str, dict[tuple[int, int, int], _Rows]] = {"src": {}, "dst": {}}
         self._children: dict[str, dict[tuple[int, int, int], set[tuple[int, int, int]]]] = {
             "src": {}, "dst": {}}
+        self._all: dict[int, _Rows] = {4: _Rows(), 6: _Rows()}  # per family, for broad queries
 
     def add(self, region: list[Box], item: object) -> None:
         if not region:
@@ -127,6 +128,7 @@ class RegionIndex:
         self.items.append((region, item))
         for box in region:
             row = _row(box)
+            self._all[box.family].add(row, owner)
             for side in ("src", "dst"):
                 key = _block(box, side)
                 if key not in self._by[side]:
@@ -140,10 +142,13 @@ class RegionIndex:
         side = "src" if keys["src"][1] >= keys["dst"][1] else "dst"
         key = keys[side]
         by = self._by[side]
-        if key[1] == 0:  # wide on both sides: every block of the family
-            return [rows for (family, _, _), rows in by.items() if family == box.family]
+        if key[1] == 0:  # wide on both sides
+            return [self._all[box.family]]
         wanted = {*_parents(key), (box.family, 0, 0), key, *self._children[side].get(key, ())}
-        return [by[k] for k in wanted if k in by]
+        groups = [by[k] for k in wanted if k in by]
+        if len(groups) > MAX_GROUPS:  # many small blocks: one pass over all is quicker
+            return [self._all[box.family]]
+        return groups
 
     def candidates(self, region: list[Box]) -> list[int]:
         """Owners whose bounds meet a box of `region`, in the order they were added."""
@@ -164,6 +169,7 @@ class RegionIndex:
 
 
 LEVELS = {4: (8, 16, 24), 6: (16, 32, 48)}
+MAX_GROUPS = 16
 
 
 def _block(box: Box, side: str) -> tuple[int, int, int]:
