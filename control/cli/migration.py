@@ -32,13 +32,15 @@ from control.policy.models import Policy
 from control.rpc import convert
 from control.rpc.api import pb2
 
-KEPT_FILES = {"iptables": "kept.v4", "ip6tables": "kept.v6"}
+KEPT_FILES = {"iptables": "kept.v4", "ip6tables": "kept.v6", "iptables-legacy": "kept-legacy.v4",
+              "ip6tables-legacy": "kept-legacy.v6"}
+IPTABLES = (("iptables", 4), ("ip6tables", 6), ("iptables-legacy", 4), ("ip6tables-legacy", 6))
 
 
 def _inputs(args: argparse.Namespace) -> dict[str, str]:
     texts: dict[str, str] = {}
-    for key in ("iptables", "ip6tables", "nft", "ipset"):
-        path = getattr(args, key)
+    for key in ("iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy", "nft", "ipset"):
+        path = getattr(args, key.replace("-", "_"))
         if path:
             texts[key] = _read(path)[0]
     if args.live:
@@ -48,7 +50,7 @@ def _inputs(args: argparse.Namespace) -> dict[str, str]:
             raise CliError(EXIT_USAGE, f"--live: {exc}") from None
         for key, text in live.items():
             texts.setdefault(key, text)
-    if not any(k in texts for k in ("iptables", "ip6tables", "nft")):
+    if not any(k in texts for k in ("nft", *(k for k, _ in IPTABLES))):
         raise CliError(EXIT_USAGE, "nothing to import: give --iptables, --ip6tables or --nft (files the "
                                    "tools printed), or --live to read this machine's rules")
     return texts
@@ -59,9 +61,9 @@ def read_ruleset(texts: dict[str, str], names: dict[str, str] | None = None) -> 
     try:
         sets = ipset.parse(texts["ipset"], names.get("ipset", "ipset save")) if "ipset" in texts else None
         ruleset = Ruleset()
-        for key, family in (("iptables", 4), ("ip6tables", 6)):
+        for key, family in IPTABLES:
             if key in texts:
-                iptables.parse(texts[key], family, ruleset, sets, names.get(key, key))
+                iptables.parse(texts[key], family, ruleset, sets, names.get(key, key), origin=key)
         if "nft" in texts:
             nft.parse(texts["nft"], ruleset, names.get("nft", "nft -j"), skip=_iptables_tables(ruleset))
     except (ipset.IpsetError, iptables.IptablesError, nft.NftError) as exc:
@@ -70,7 +72,8 @@ def read_ruleset(texts: dict[str, str], names: dict[str, str] | None = None) -> 
 
 
 def _iptables_tables(ruleset: Ruleset) -> set[str]:
-    """nft tables iptables-nft keeps ("ip filter"): read from iptables-save already."""
+    """nft tables iptables-nft keeps ("ip filter"): read from iptables-save already (nft.parse
+    skips them only if they have iptables' built-in chains)."""
     return {f"{'ip' if c.origin == 'iptables' else 'ip6'} {c.table}" for c in ruleset.chains.values()
             if c.origin in ("iptables", "ip6tables")}
 
@@ -193,6 +196,9 @@ def add_commands(commands: _Commands) -> None:
                                            "rule, and report each rule's fate")
     p.add_argument("--iptables", metavar="FILE", help="iptables-save output ('-' = stdin)")
     p.add_argument("--ip6tables", metavar="FILE", help="ip6tables-save output")
+    p.add_argument("--iptables-legacy", metavar="FILE",
+                   help="iptables-legacy-save output, when both backends hold rules")
+    p.add_argument("--ip6tables-legacy", metavar="FILE", help="ip6tables-legacy-save output")
     p.add_argument("--nft", metavar="FILE", help="nft -j list ruleset output")
     p.add_argument("--ipset", metavar="FILE", help="ipset save output (for -m set)")
     p.add_argument("--live", action="store_true", help="read the machine's rules (in --netns if given)")

@@ -86,15 +86,24 @@ def read_forwarding(netns: str | None = None) -> dict[int, bool]:
     return {family: _run(["cat", path], netns).strip() == "1" for family, path in paths.items()}
 
 
+LIVE = (("iptables", ["iptables-save"]), ("ip6tables", ["ip6tables-save"]),
+        ("iptables-legacy", ["iptables-legacy-save"]), ("ip6tables-legacy", ["ip6tables-legacy-save"]),
+        ("nft", ["nft", "-j", "list", "ruleset"]), ("ipset", ["ipset", "save"]))
+
+
 def read_live(netns: str | None = None) -> dict[str, str]:
-    """The machine's rule sets, as the tools print them; a tool that is missing is left out."""
+    """The machine's rule sets, as the tools print them: both iptables backends (their tables are
+    all in the kernel at once), nftables, ipsets; a tool that is missing is left out, and so is
+    the legacy backend when it holds no table."""
     out: dict[str, str] = {}
-    for key, cmd in (("iptables", ["iptables-save"]), ("ip6tables", ["ip6tables-save"]),
-                     ("nft", ["nft", "-j", "list", "ruleset"]), ("ipset", ["ipset", "save"])):
+    for key, cmd in LIVE:
         try:
-            out[key] = _run(cmd, netns)
+            text = _run(cmd, netns)
         except HostError as exc:
             if "not installed" in str(exc):
                 continue
             raise
+        if key.endswith("-legacy") and not any(line.startswith("*") for line in text.splitlines()):
+            continue
+        out[key] = text
     return out

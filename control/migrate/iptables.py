@@ -91,9 +91,10 @@ class _State:
 
 
 def parse(text: str, family: int, ruleset: Ruleset | None = None, ipsets: Ipsets | None = None,
-          name: str | None = None) -> Ruleset:
-    """Every table of one iptables-save (family 4) or ip6tables-save (family 6) output."""
-    origin = "iptables" if family == 4 else "ip6tables"
+          name: str | None = None, origin: str | None = None) -> Ruleset:
+    """Every table of one iptables-save (family 4) or ip6tables-save (family 6) output.
+    `origin` tells two rule sets of one family apart (iptables-legacy beside iptables-nft)."""
+    origin = origin or ("iptables" if family == 4 else "ip6tables")
     state = _State(family, origin, ruleset if ruleset is not None else Ruleset(), ipsets)
     state.ruleset.sources[origin] = text
     shown = name or origin

@@ -54,7 +54,7 @@ def parse(text: str, ruleset: Ruleset | None = None, name: str = "nft -j",
         if not isinstance(item, dict) or len(item) != 1:
             raise NftError(f"{name}: nftables[{n}]: expected one object per entry")
     skipped: set[str] = set()
-    shared = set(skip or ())
+    shared = {t for t in (skip or ()) if _iptables_made(items, t)}
     items = [i for i in items if not _in(i, shared)]
     for item in items:
         _declare(doc, item, skipped)
@@ -71,6 +71,15 @@ def parse(text: str, ruleset: Ruleset | None = None, name: str = "nft -j",
         doc.ruleset.notes.append(f"nft table {table} is not read (only ip, ip6, inet and netdev tables "
                                  "judge what Tidegate's ACL judges)")
     return doc.ruleset
+
+
+IPTABLES_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
+
+def _iptables_made(items: list[dict[str, Any]], table: str) -> bool:
+    """Whether `table` holds a base chain named as iptables names its built-in chains."""
+    return any("chain" in i and _table_key(i["chain"]) == table and "hook" in i["chain"]
+               and i["chain"]["name"] in IPTABLES_CHAINS for i in items)
 
 
 def _in(item: dict[str, Any], tables: set[str]) -> bool:

@@ -173,6 +173,7 @@ class Case:
     nft: str = ""
     ipset: str = ""
     forwarding: bool = False
+    live: bool = False  # `import --live` in the original's namespace instead of saved files
     # flows the target opens itself: (family, src, sport, dst, dport)
     own_traffic: list[tuple[int, str, int, str, int]] = field(default_factory=list)
     extra: list[Probe] = field(default_factory=list)
@@ -245,17 +246,23 @@ def run_case(bed: Bed, case: Case, seed: int = 1) -> Outcome:
     saved = _save(bed.orig, case)
     where = bed.workdir / case.name
     where.mkdir(parents=True, exist_ok=True)
-    args = ["import", "--interface", "t0", "--netns", bed.tg.t.name, "--apply",
-            "--kept-dir", str(where / "kept")]
-    for key, flag in (("v4", "--iptables"), ("v6", "--ip6tables"), ("nft", "--nft"), ("ipset", "--ipset")):
-        if key in saved:
-            (where / key).write_text(saved[key])
-            args += [flag, str(where / key)]
+    args = ["import", "--interface", "t0", "--apply", "--kept-dir", str(where / "kept")]
+    if case.live:
+        args += ["--live", "--netns", bed.orig.t.name]  # its facts are the other bed's too
+    else:
+        args += ["--netns", bed.tg.t.name]
+        flags = (("v4", "--iptables"), ("v6", "--ip6tables"), ("nft", "--nft"), ("ipset", "--ipset"))
+        for key, flag in flags:
+            if key in saved:
+                (where / key).write_text(saved[key])
+                args += [flag, str(where / key)]
     got = bed.daemon.cli(*args, as_json=True)
     assert got.returncode == 0, got.stderr
     result = json.loads(got.stdout)
+    assert result["dry_run"]["dry_run"] and result["applied"]["generation"] > result["dry_run"]["generation"]
     kept_dir = where / "kept"
-    kept = {"v4": _read(kept_dir / "kept.v4"), "v6": _read(kept_dir / "kept.v6"),
+    suffix = "-legacy" if case.live and case.backend == "legacy" else ""
+    kept = {"v4": _read(kept_dir / f"kept{suffix}.v4"), "v6": _read(kept_dir / f"kept{suffix}.v6"),
             "nft": _read(kept_dir / "kept.json"), "ipset": saved.get("ipset", "")}
     _load(bed.tg, case, kept)
     names = {"v4": "iptables", "v6": "ip6tables", "nft": "nft", "ipset": "ipset"}
@@ -318,8 +325,10 @@ REPLIES = [Probe(4, 17, "198.19.5.5", LOCAL4, 53, 5353, why="reply to the target
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
 def test_host_firewall(bed: Bed, backend: str) -> None:
-    """Established, loopback, ssh, ping, drop; blocklists in front that can move."""
-    case = Case(f"host-{backend}", backend, v4=HOST4, v6=HOST6, own_traffic=OWN, extra=REPLIES)
+    """Established, loopback, ssh, ping, drop; blocklists in front that can move. The legacy
+    variant is read live (`import --live`: both backends, nft, ipsets) from the namespace."""
+    case = Case(f"host-{backend}", backend, v4=HOST4, v6=HOST6, own_traffic=OWN, extra=REPLIES,
+                live=backend == "legacy")
     outcome = run_case(bed, case)
     _check(outcome, min_moved=3)
     replies = outcome.tg[-3:]
