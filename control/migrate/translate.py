@@ -307,7 +307,9 @@ class _Translator:
                    "netfilter when the host forwards)")
             copy = Copy(Status.MIRRORED, why, scope=scope)
         else:
-            copy = Copy(Status.MOVED, "", removable=not flat.implicit, scope=scope)
+            # netfilter's copy can say "not from IF" (! -i IF) for one attach interface
+            removable = not flat.implicit and len(self.host.interfaces) == 1
+            copy = Copy(Status.MOVED, "", removable=removable, scope=scope)
         self._emit(Entry(action, matches, _describe(flat), copy, catch_all=_is_catch_all(flat, emit),
                          region=emit.exact), flat)
 
