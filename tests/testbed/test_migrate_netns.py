@@ -259,7 +259,8 @@ def run_case(bed: Bed, case: Case, seed: int = 1) -> Outcome:
     got = bed.daemon.cli(*args, as_json=True)
     assert got.returncode == 0, got.stderr
     result = json.loads(got.stdout)
-    assert result["dry_run"]["dry_run"] and result["applied"]["generation"] > result["dry_run"]["generation"]
+    assert result["dry_run"]["dry_run"] and not result["applied"]["dry_run"]
+    assert result["applied"]["generation"] >= result["dry_run"]["generation"]  # same policy: no change
     kept_dir = where / "kept"
     suffix = "-legacy" if case.live and case.backend == "legacy" else ""
     kept = {"v4": _read(kept_dir / f"kept{suffix}.v4"), "v6": _read(kept_dir / f"kept{suffix}.v6"),
