@@ -20,6 +20,7 @@
 static __always_inline __u32 tg_tc_classify(struct __sk_buff *skb)
 {
 	struct tg_tuple t = {};
+	struct tg_scratch *s;
 	struct tg_cursor c;
 	struct ethhdr *eth;
 	int proto;
@@ -33,7 +34,12 @@ static __always_inline __u32 tg_tc_classify(struct __sk_buff *skb)
 		return 0;
 	if (tg_parse_ip(&c, proto, &t) < 0)
 		return 0;
-	return tg_classify(&t, skb->len);
+	s = tg_scratch_of(TG_HOOK_TC);
+	if (!s)
+		return 0; /* unreachable: an array always has its entries */
+	tg_probe_init(&s->p, &t);
+	tg_forget(); /* the search reads the probe from the scratch (match.h) */
+	return tg_classify(s, skb->len);
 }
 
 int tg_tc_ingress(struct __sk_buff *skb)
