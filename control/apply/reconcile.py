@@ -6,7 +6,7 @@ apply() is all-or-nothing from the caller's view:
  2. verify, no writes: the programs attached to the interfaces that stay use the maps this
     daemon writes (dataplane.kernel.verify, read back from the kernel); else DataplaneMismatch;
  3. program: load new interfaces (pins, not attached), write config, tunnels and match tables
-    (each table switch is per-packet atomic, dataplane.matcher_plan), attach, sync routing;
+    (each table switch is per-packet atomic, dataplane.match.table), attach, sync routing;
     then verify every interface again;
  4. if programming or that verification fails, the previous state is programmed again and
     ApplyError (DataplaneMismatch) says so.
@@ -30,7 +30,7 @@ from dataplane.kernel.interface import Dataplane
 from dataplane.kernel.maps import Counter
 from dataplane.kernel.verify import Mismatch
 from dataplane.map_config import TunnelEntry
-from dataplane.matcher import CompiledMatch, MatchCapacity, MatchRule, compile_rules, empty
+from dataplane.match.adapter import CompiledMatch, Live, MatchCapacity, MatchRule, compile_rules, empty
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,13 @@ class PlaneObserver(Protocol):
 @dataclass
 class _Compiled:
     intent: InterfaceIntent
-    acl: CompiledMatch
-    classifiers: CompiledMatch
-    acl_base: CompiledMatch  # what each was compiled against: valid while the table still holds it
-    cls_base: CompiledMatch
+    acl: CompiledMatch | Live  # Live: the table's current content itself (nothing to write)
+    classifiers: CompiledMatch | Live
+    acl_base: Live  # what each was compiled against: valid while the table still holds it
+    cls_base: Live
 
     def valid_for(self, plane: Dataplane) -> bool:
-        return plane.acl.current == self.acl_base and plane.classifiers.current == self.cls_base
+        return plane.acl.current is self.acl_base and plane.classifiers.current is self.cls_base
 
 
 @dataclass
@@ -118,8 +118,8 @@ class Reconciler:
         self._translations = AclTranslations()  # each rule translated once while it is in the policy
         # The chains the kernel's policy routing was last synced to (None: unknown, sync again).
         self._routed: list[ServiceChain] | None = None
-        # (interface, "acl"/"cls") -> the CompiledMatch written to that table and its rules
-        self._sources: dict[tuple[str, str], tuple[CompiledMatch, tuple[MatchRule, ...]]] = {}
+        # (interface, "acl"/"cls") -> what that table held after its rules were last written
+        self._sources: dict[tuple[str, str], tuple[Live, tuple[MatchRule, ...]]] = {}
         self.mismatches: dict[str, str] = {}  # interface -> what its last verification found
 
     def _intent(self, state: DesiredState, name: str) -> InterfaceIntent:
@@ -269,8 +269,8 @@ class Reconciler:
         except ValueError as exc:
             raise InvalidState([("policy", f"interface {name}: {exc}")]) from exc
 
-    def _compiled(self, name: str, table: str, rules: tuple[MatchRule, ...], base: CompiledMatch,
-                  capacity: MatchCapacity) -> CompiledMatch:
+    def _compiled(self, name: str, table: str, rules: tuple[MatchRule, ...], base: Live,
+                  capacity: MatchCapacity) -> CompiledMatch | Live:
         """`base` itself when it is what the table holds for these very rules (the classifiers
         when only ACL rules changed, and the other way round), else the compile against it."""
         source = self._sources.get((name, table))
@@ -278,8 +278,8 @@ class Reconciler:
             return base
         return compile_rules(list(rules), base, capacity, table)
 
-    def _applied(self, name: str, table: str, compiled: CompiledMatch, rules: tuple[MatchRule, ...]) -> None:
-        self._sources[(name, table)] = (compiled, rules)
+    def _applied(self, name: str, table: str, held: Live, rules: tuple[MatchRule, ...]) -> None:
+        self._sources[(name, table)] = (held, rules)
 
     def _program(self, state: DesiredState, compiled: dict[str, _Compiled] | None) -> None:
         wanted = {i.name: i for i in state.interfaces}
@@ -291,12 +291,12 @@ class Reconciler:
             intent = done.intent
             plane.configure(intent.config)
             _sync_tunnels(plane, intent.tunnels)
-            if done.acl is not plane.acl.current:
+            if not isinstance(done.acl, Live):
                 plane.acl.apply(done.acl)
-                self._applied(name, "acl", done.acl, intent.acl)
-            if done.classifiers is not plane.classifiers.current:
+                self._applied(name, "acl", plane.acl.current, intent.acl)
+            if not isinstance(done.classifiers, Live):
                 plane.classifiers.apply(done.classifiers)
-                self._applied(name, "cls", done.classifiers, intent.classifiers)
+                self._applied(name, "cls", plane.classifiers.current, intent.classifiers)
             if plane.xdp_mode is None or (iface.mode != "auto" and plane.xdp_mode != iface.mode):
                 plane.attach(iface.mode)
             self.intents[name] = intent

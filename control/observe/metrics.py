@@ -39,7 +39,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from control.apply.controller import Busy
 from dataplane import abi
-from dataplane.acl import acl_capacity, cls_capacity
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +51,9 @@ def occupancy(reconciler: Any) -> dict[tuple[str, str], tuple[int, int]]:
     caps = reconciler.settings.capacities
     out: dict[tuple[str, str], tuple[int, int]] = {}
     for name, plane in reconciler.planes.items():
-        for prefix, table, cap in (("acl", plane.acl, acl_capacity(caps)),
-                                   ("cls", plane.classifiers, cls_capacity(caps))):
-            current = table.current
-            out[(name, f"{prefix}_rules")] = (len(current.slots), cap.slots)
-            out[(name, f"{prefix}_src")] = (len(current.src), cap.src)
-            out[(name, f"{prefix}_dst")] = (len(current.dst), cap.dst)
-            out[(name, f"{prefix}_port")] = (len(current.port), cap.port)
+        for table in (plane.acl, plane.classifiers):
+            for map_name, used in table.occupancy().items():
+                out[(name, map_name)] = used
         intent = reconciler.intents.get(name)
         out[(name, "tunnels")] = (len(intent.tunnels) if intent is not None else 0, caps.tunnels)
     return out

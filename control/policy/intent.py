@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from control.policy.models import AclRule, DesiredState, Leg, Match, Policy, ServiceChain
 from dataplane.acl import acl_rule, classifier
 from dataplane.map_config import RuntimeConfig, TunnelEntry
-from dataplane.matcher import MatchRule
+from dataplane.match.adapter import MatchRule
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,7 @@ class AclTranslations:
     up by object identity (id(), which the table keeps valid by holding the rule): hashing a
     model hashes all its fields in Python, which for 10,000 rules costs more than a whole
     one-rule update. An edit keeps the instances of the rules it does not touch, so it
-    translates only its new rules, and the compiler, which also matches rules by identity
-    (dataplane.matcher_incremental), gets back the very MatchRules it compiled before.
+    translates only its new rules.
     """
 
     def __init__(self) -> None:

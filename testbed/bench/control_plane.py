@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 NAME = "control"
 TITLE = "Control plane: applying rules, single updates, the daemon"
-CAPACITIES = {"acl_rules": 262_144, "acl_src": 262_144, "acl_dst": 1 << 20, "acl_port": 1 << 20}
+CAPACITIES = {"acl_rules": 262_144, "acl_buckets": 524_288}
 IFACE, PEER = "c0", "c1"
 IFACE_2, PEER_2 = "c2", "c3"  # the second interface: a copy of the first one's build
 RPC_TIMEOUT = 600.0

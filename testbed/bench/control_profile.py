@@ -46,11 +46,13 @@ from testbed.topology import pin_root_owned
 # (category, substrings of "file:function" that put a profile entry in it), first match wins
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pydantic (validating and dumping models)", ("pydantic",)),
-    ("rule compiler (dataplane/matcher*)", ("dataplane/matcher",)),
+    ("rule compiler (dataplane/match: columns, tuples, compiler, edits, planner, adapter)",
+     ("dataplane/match/columns", "dataplane/match/tuples", "dataplane/match/compiler",
+      "dataplane/match/edits", "dataplane/match/planner", "dataplane/match/adapter")),
     (
-        "map writes (dataplane/tables, BCC, ctypes, bpf syscalls)",
+        "map writes (dataplane/match/table, BCC, ctypes, bpf syscalls)",
         (
-            "dataplane/tables",
+            "dataplane/match/table",
             "dataplane/kernel/bulk",
             "dataplane/kernel/libbpf",
             "dataplane/kernel/maps",

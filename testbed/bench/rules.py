@@ -9,8 +9,8 @@ The shape is that of a real edge ACL: mostly narrow sources (/24../32) spread ov
 IPv4 space, a few broad ones (/8../16), TCP/UDP with a well-known port or a port range, some
 ICMP and any-protocol rules, allow and deny mixed. Every generated rule is checked not to match
 the benchmark's probe flow, so the probe is judged by its own rule however many others come
-first. Broad *sources* are kept rare: Tidegate repeats a rule under every narrower source it
-covers (README, "ACL"), so an ACL made mostly of any-source rules is a different benchmark.
+first. (The ClassBench sets, testbed/classbench.py, are the benchmark for wildcard-heavy
+policies.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from dataplane.acl import acl_rule
-from dataplane.matcher import MatchRule
+from dataplane.match.adapter import MatchRule
 
 SEED = 20240605
 TCP, UDP, ICMP = 6, 17, 1
