@@ -102,8 +102,8 @@ static __always_inline void tg_scan_bucket(enum tg_table table, const struct tg_
 			break;
 		slot = b->slots[j];
 		r = tg_rule_at(table, &slot);
-		if (!r || r->order >= s->best)
-			break;
+		if (!r || r->order > s->best)
+			break; /* orders are unique: only a rule before the best so far can win */
 		if (!tg_rule_misses(r, &s->p)) {
 			s->best = r->order;
 			s->slot = slot;
@@ -134,7 +134,7 @@ static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 		const struct tg_subtable *st = &set->tables[i];
 
 		tg_forget();
-		if (i >= set->count || st->best >= s->best)
+		if (i >= set->count || st->best > s->best)
 			break; /* what is left cannot beat the match found */
 		k.src[0] = s->p.src[0] & st->src_mask[0];
 		k.src[1] = s->p.src[1] & st->src_mask[1];

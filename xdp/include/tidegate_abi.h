@@ -39,7 +39,9 @@
 #define TG_SUBTABLES_MAX 32 /* per bank: the outer loop's bound */
 #define TG_BUCKET_MAX 16    /* candidates per bucket: the inner loop's bound */
 #define TG_BANKS 2
-#define TG_ORDER_NONE 0xffffffffffffffff /* "no match yet": after every rule's order */
+/* "No match yet": no order comes after it (a rule may have it: priority and id both 2^32-1, so
+ * the search compares with > and never skips a rule of that order). */
+#define TG_ORDER_NONE 0xffffffffffffffff
 
 /* The two match structures, each with its own maps (key of match_bank). */
 enum tg_table {
