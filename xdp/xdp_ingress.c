@@ -170,6 +170,7 @@ static __always_inline __u32 tg_judge(struct xdp_md *ctx, const struct tg_config
 int tg_xdp_ingress(struct xdp_md *ctx)
 {
 	struct tg_tuple t = {};
+	struct tg_reader *reader;
 	struct tg_scratch *s;
 	struct tg_cursor c;
 	struct ethhdr *eth;
@@ -214,7 +215,9 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 		goto out;
 	/* Judged as itself when not decapped: that is what reaches the stack. */
 	tg_forget();
+	reader = tg_read_begin(TG_HOOK_XDP);
 	reason = tg_judge(ctx, cfg, s);
+	tg_read_end(reader);
 
 out:
 	tg_count_reason(reason, ctx->data_end - ctx->data);

@@ -224,7 +224,8 @@ def _limit(family: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
 
 def assign_slots(recs: Array, base: Live, capacity: int, table: str
                  ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.bool_], npt.NDArray[np.uint32]]:
-    """(slot per row, rows with a new record, base slots freed). Unchanged records keep theirs."""
+    """(slot per row, rows with a new record, base slots freed). Unchanged records keep their
+    slots; fresh ones take slots no rule holds."""
     old = dict(zip(base.records.view(f"V{RULE.itemsize}").tolist(), base.slots.tolist(), strict=True))
     found = np.array([old.get(r, -1) for r in recs.view(f"V{RULE.itemsize}").tolist()], dtype=np.int64)
     fresh = found < 0
@@ -292,7 +293,7 @@ def compile_full(cols: RuleColumns, base: Live, capacity: Capacity, table: str =
                  | None = None) -> Compiled:
     """`cols` (in judging order) as the next policy of a table holding `base`, written to the
     other bank. Pure: raises ValueError, naming the rule or the capacity setting, before anything
-    is written. `slotted`: (records, slots, fresh, freed) when the caller has them already."""
+    is written. `slotted`: assign_slots' answer with the records, when the caller has them."""
     if slotted is None:
         check(cols, table)
         recs = records(cols)

@@ -12,8 +12,12 @@ rule set or the new one (docs/classifier.md, "Edits"):
     which answers as the old set or as the new one;
  3. the removed rules, latest first, the same way (the mirror image);
  4. the subtables element without subtables left empty;
- 5. after a grace period (a packet that read a bucket is done with it), the freed records are
-    zeroed (TG_RULE_F_LIVE clear: a zeroed slot never matches).
+ 5. once every search that began before is over, the removed rules' records are zeroed (a
+    zeroed record never matches) and their slots free.
+
+A write that replaces or deletes an element waits, before the next write to that map, until
+every search that could still hold the old element is over (dataplane.match.table): the kernel
+gives a freed element's memory to the next update at once.
 
 Rules keep their orders (the API's (priority, id), 64 bits), so an insert never renumbers
 anything. An edit that cannot be placed (every subtable a rule fits has a full bucket for it

@@ -2,17 +2,27 @@
 
 A full compile goes to the bank the program does not search, then one write of match_bank
 switches every packet from then on (a packet reads the bank once: it is judged by one bank
-entirely), then, after a grace period, the old bank is removed:
+entirely):
 
  1. rule records at slots no bucket of the live bank names (their counters zeroed first);
  2. the new bank's buckets, then its subtables element;
  3. match_bank[table] = new bank;
- 4. grace: a packet that read the old bank finishes its search;
- 5. the old bank's buckets and subtables element go, the freed records are zeroed.
+ 4. wait until every search that began before is over (`quiesce`);
+ 5. the old bank's buckets and subtables element go, the freed records are zeroed (a zeroed
+    record never matches).
 
-An edit of the live bank (dataplane.match.edits) writes in its own safe order. Capacity is
-checked by the compile, before any of this. Each run of writes to one map is one batched
-syscall (dataplane.kernel.bulk); values are packed from the ABI layouts (dataplane.abi).
+An edit of the live bank (dataplane.match.edits) writes in its own safe order.
+
+Why `quiesce`, and not a sleep or RCU alone: the kernel gives the memory of a replaced or
+deleted hash element to the next update of that map at once (its BPF allocator recycles
+without waiting for readers), so a search holding the old element could read another one's
+contents. Every search marks itself in match_readers (per CPU and hook: since which
+match_epoch it runs, xdp/include/match.h); `quiesce` advances match_epoch and waits until
+every CPU's mark is idle or newer, typically at once (searches take nanoseconds; a preempted
+test run, longer). A write that may free an element is followed by one before the next write
+to a map (and before freed records are zeroed). Capacity is checked by the compile, before
+any of this. Each run of writes to one map is one batched syscall (dataplane.kernel.bulk);
+values are packed from the ABI layouts (dataplane.abi).
 """
 
 from __future__ import annotations
@@ -35,9 +45,12 @@ from dataplane.match.columns import RuleColumns
 
 log = logging.getLogger(__name__)
 
-# An XDP program runs for microseconds under rcu_read_lock; a millisecond is far past that.
-GRACE_SECONDS = 0.001
 BANK_MAP = "match_bank"
+EPOCH_MAP, READERS_MAP = "match_epoch", "match_readers"
+READER = abi.struct_dtype("tg_reader")
+HOOKS = abi.enums()["tg_hook"]["TG_HOOK_MAX"]
+QUIESCE_POLL = 20e-6  # seconds between looks at the readers' marks
+QUIESCE_WARN = 1.0  # a search this long is worth a log line (a stopped test run, a debugger)
 _TABLE = abi.enums()["tg_table"]
 _U32 = np.dtype("=u4")
 
@@ -79,6 +92,7 @@ class MatchTable:
         self.capacity = capacity
         self.current = cp.Live()
         self._writers: dict[str, MapWriter] = {}
+        self._dirty: set[str] = set()  # maps written since the last quiesce (an element may be held)
 
     # --- compiling (pure: nothing is written) -------------------------------------------------
     def compile(self, cols: RuleColumns | Sequence[Any]) -> cp.Compiled:
@@ -122,27 +136,63 @@ class MatchTable:
                                                  "edit": compiled.edit is not None,
                                                  "seconds": time.perf_counter() - started})
 
+    def quiesce(self) -> None:
+        """Returns once every search that had begun when it was called is over (module docstring)."""
+        epochs = self._writer(EPOCH_MAP)
+        _, value = epochs.read_all()
+        epoch = int(np.frombuffer(value, dtype="=u8")[0]) + 1
+        epochs.update(_u32([0]), np.array([epoch], dtype="=u8").tobytes())
+        readers, started = self._writer(READERS_MAP), time.perf_counter()
+        warned = False
+        while True:
+            _, marks = readers.read_all()
+            per_cpu = np.frombuffer(marks, dtype=READER)
+            if not ((per_cpu["active"] != 0) & (per_cpu["epoch"] < epoch)).any():
+                break
+            if not warned and time.perf_counter() - started > QUIESCE_WARN:
+                log.warning("waiting for a search that began long ago", extra={"table": self.names.kind})
+                warned = True
+            time.sleep(QUIESCE_POLL)
+        self._dirty.clear()
+
+    def _update(self, name: str, keys: bytes, values: bytes) -> None:
+        """An update of a hash map: may free the element it replaces (a quiesce first if an
+        earlier write to the map may have freed one a search still holds)."""
+        if name in self._dirty:
+            self.quiesce()
+        self._writer(name).update(keys, values)
+        self._dirty.add(name)
+
+    def _delete(self, name: str, keys: bytes) -> None:
+        if name in self._dirty:
+            self.quiesce()
+        self._writer(name).delete(keys)
+        self._dirty.add(name)
+
     def _put_records(self, slots: np.ndarray, records: bytes) -> None:
+        """Records at slots nothing names yet (arrays: written in place, never freed)."""
         stats = self._writer(self.names.stats)
         keys = _u32(slots)
         stats.update(keys, bytes(stats.value_size * len(slots)))  # a slot's counters start from zero
         self._writer(self.names.rules).update(keys, records)
 
-    def _free_records(self, slots: Sequence[int] | np.ndarray) -> None:
-        rules = self._writer(self.names.rules)
-        rules.update(_u32(slots), bytes(rules.value_size * len(slots)))  # TG_RULE_F_LIVE clear
+    def _zero_records(self, slots: Sequence[int] | np.ndarray) -> None:
+        """After a quiesce: no search can still read these slots."""
+        if len(slots):
+            rules = self._writer(self.names.rules)
+            rules.update(_u32(slots), bytes(rules.value_size * len(slots)))  # TG_RULE_F_LIVE clear
 
     def _apply_full(self, c: cp.Compiled) -> None:
         base, bank = c.base, c.bank
         assert bank is not None
-        buckets = self._writer(self.names.buckets)
-        if len(base.stale):
-            buckets.delete(base.stale.tobytes())
+        if len(base.stale):  # what a failed change left in the bank about to be written
+            self._delete(self.names.buckets, base.stale.tobytes())
+            base.stale = cp.empty_keys()
         rows = np.flatnonzero(c.fresh)
         try:
             self._put_records(c.slots[rows], c.records[rows].tobytes())
-            buckets.update(bank.keys.tobytes(), bank.buckets.tobytes())
-            self._writer(self.names.subtables).update(_u32([bank.number]), bank.subtables.tobytes())
+            self._update(self.names.buckets, bank.keys.tobytes(), bank.buckets.tobytes())
+            self._update(self.names.subtables, _u32([bank.number]), bank.subtables.tobytes())
             self._writer(BANK_MAP).update(_u32([self.names.table]), _u32([bank.number]))
         except OSError:
             # The live bank is untouched: what went into the other one is removed with the next change.
@@ -151,33 +201,29 @@ class MatchTable:
         live = c.live()
         self.current = cp.Live(live.bank, live.records, live.slots, live.keys, live.buckets, live.tables,
                                stale=base.keys)
-        time.sleep(GRACE_SECONDS)
-        buckets.delete(base.keys.tobytes())
+        self.quiesce()  # no search is in the old bank any more: nothing there is held
+        self._writer(self.names.buckets).delete(base.keys.tobytes())
         self._writer(self.names.subtables).delete(_u32([base.bank]))
         self.current.stale = cp.empty_keys()
-        if len(c.freed):
-            self._free_records(c.freed)
+        self._zero_records(c.freed)
 
     def _apply_edit(self, c: cp.Compiled) -> None:
         e = c.edit
         bank = _u32([c.base.bank])
-        subtables, buckets = self._writer(self.names.subtables), self._writer(self.names.buckets)
         if e.records:
             self._put_records(np.array([s for s, _ in e.records]), b"".join(r for _, r in e.records))
         if e.tables_before is not None:
-            subtables.update(bank, e.tables_before)
-        if e.gains:
-            buckets.update(b"".join(k for k, _ in e.gains), _bucket_values([v for _, v in e.gains]))
-        for key, content in e.losses:  # in order: puts and deletes interleave
+            self._update(self.names.subtables, bank, e.tables_before)
+        for key, content in [*e.gains, *e.losses]:  # one element at a time, in order (edits.py)
             if content:
-                buckets.update(key, _bucket_values([content]))
+                self._update(self.names.buckets, key, _bucket_values([content]))
             else:
-                buckets.delete(key)
+                self._delete(self.names.buckets, key)
         if e.tables_after is not None:
-            subtables.update(bank, e.tables_after)
+            self._update(self.names.subtables, bank, e.tables_after)
         if e.freed:
-            time.sleep(GRACE_SECONDS)
-            self._free_records(e.freed)
+            self.quiesce()
+            self._zero_records(e.freed)
         self.current = c.live()
 
     # --- reading back ---------------------------------------------------------------------------
@@ -191,10 +237,15 @@ class MatchTable:
         bank = banks.get(self.names.table, 0) & 1
         _, recs = self._writer(self.names.rules).read_all()
         records = np.frombuffer(recs, dtype=cp.RULE)
-        live = np.flatnonzero(records["flags"] & cp.F_LIVE)
         k, v = self._writer(self.names.buckets).read_all()
         bucket_keys, bucket_values = np.frombuffer(k, dtype=cp.KEY), np.frombuffer(v, dtype=cp.BUCKET)
         mine = bucket_keys["bank"] == bank
+        # The live rules are those the live bank's buckets name (a record left live by a change
+        # that died half-way is not one: its slot is simply free).
+        named = bucket_values[mine]
+        in_use = np.zeros(len(records), dtype=bool)
+        in_use[named["slots"][np.arange(named["slots"].shape[1])[None, :] < named["count"][:, None]]] = True
+        live = np.flatnonzero(in_use & (records["flags"] & cp.F_LIVE != 0))
         tables = np.zeros(0, dtype=cp.SUBTABLE)
         k, v = self._writer(self.names.subtables).read_all()
         elements = np.frombuffer(v, dtype=cp.SUBTABLES)

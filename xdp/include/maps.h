@@ -41,6 +41,10 @@ TG_MAP("percpu_array", __u32, struct tg_counter, event_stats, TG_EVENT_MAX, 0);
 TG_RINGBUF(struct tg_event_record, policy_events, TG_EVENT_RING_PAGES);
 TG_MAP("percpu_array", __u32, struct tg_event_bucket, event_bucket, 1, 0);
 
+/* 0 -> the epoch user space advances before it waits for searches to end (struct tg_reader). */
+TG_MAP("array", __u32, __u64, match_epoch, 1, 0);
+/* enum tg_hook -> this CPU's reader: inside a search since which epoch. */
+TG_MAP("percpu_array", __u32, struct tg_reader, match_readers, TG_HOOK_MAX, 0);
 /* enum tg_hook -> this CPU's scratch of the packet being judged (match.h). */
 TG_MAP("percpu_array", __u32, struct tg_scratch, match_scratch, TG_HOOK_MAX, 0);
 /* enum tg_table -> the bank (0 or 1) of subtables and buckets the program searches. */

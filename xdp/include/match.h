@@ -50,6 +50,30 @@ static __always_inline void tg_forget(void)
 	asm volatile("" ::: "memory");
 }
 
+/* Marks this CPU's `hook` as searching (struct tg_reader), before anything of the classifier is
+ * read: the atomic add orders the mark before those reads, so user space, which advances
+ * match_epoch and then reads the marks, never misses a search that could hold an element it is
+ * about to reuse. Returns what tg_read_end takes. */
+static __always_inline struct tg_reader *tg_read_begin(enum tg_hook hook)
+{
+	__u32 key = hook, zero = 0;
+	struct tg_reader *r = match_readers.lookup(&key);
+	__u64 *epoch = match_epoch.lookup(&zero);
+
+	if (!r || !epoch)
+		return r; /* unreachable: arrays always have their entries */
+	if (!r->active)
+		r->epoch = *epoch; /* the outermost search on this CPU sets it */
+	__sync_fetch_and_add(&r->active, 1);
+	return r;
+}
+
+static __always_inline void tg_read_end(struct tg_reader *r)
+{
+	if (r)
+		__sync_fetch_and_add(&r->active, -1);
+}
+
 static __always_inline struct tg_scratch *tg_scratch_of(enum tg_hook hook)
 {
 	__u32 key = hook;

@@ -301,6 +301,17 @@ struct tg_scratch {
 };
 _Static_assert(sizeof(struct tg_scratch) == 80, "tg_scratch layout");
 
+/* Which programs are inside a search, per CPU and hook (match_readers): user space waits until
+ * every CPU's reader has left, or entered after it advanced match_epoch, before it reuses
+ * anything a search may still hold (dataplane/match/table.py, docs/classifier.md: the kernel
+ * hands a replaced or deleted hash element's memory to the next update at once). */
+struct tg_reader {
+	__u64 epoch;  /* match_epoch when the outermost search on this CPU and hook began */
+	__u32 active; /* searches under way (a process-context test run can be interrupted) */
+	__u32 reserved;
+};
+_Static_assert(sizeof(struct tg_reader) == 16, "tg_reader layout");
+
 /* XDP metadata in front of the packet, read by the TC ingress program. */
 struct tg_meta {
 	__u32 magic; /* TG_META_MAGIC */
