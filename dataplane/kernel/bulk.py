@@ -104,6 +104,14 @@ class MapWriter:
             if rc != 0 and errno_of(rc) != errno.ENOENT:
                 raise self._error(errno_of(rc), "delete", i, count)
 
+    def lookup(self, key: bytes) -> bytes:
+        """The value of one element (for a per-CPU map: every CPU's, back to back)."""
+        value = ctypes.create_string_buffer(self.value_size)
+        rc = libbpf().bpf_map_lookup_elem(self.fd, key, value)
+        if rc != 0:
+            raise self._error(errno_of(rc), "lookup", 0, 1)
+        return value.raw
+
     def read_all(self, chunk: int = 4096) -> tuple[bytes, bytes]:
         """(keys, values) of every element, back to back, in one pass of batched lookups (element
         by element where the kernel has no batch op). For an array: every index."""

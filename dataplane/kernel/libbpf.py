@@ -73,35 +73,3 @@ def errno_of(rc: int) -> int:
     """The errno of a failed call: libbpf returns -errno (and sets errno too)."""
     return -rc if rc < 0 else ctypes.get_errno()
 
-
-class _ProgInfo(ctypes.Structure):
-    # struct bpf_prog_info (UAPI) up to verified_insns (Linux >= 5.16); the kernel fills what it has.
-    _fields_ = [
-        ("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
-        ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
-        ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
-        ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
-        ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
-        ("gpl_compatible", ctypes.c_uint32), ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
-        ("nr_jited_ksyms", ctypes.c_uint32), ("nr_jited_func_lens", ctypes.c_uint32),
-        ("jited_ksyms", ctypes.c_uint64), ("jited_func_lens", ctypes.c_uint64), ("btf_id", ctypes.c_uint32),
-        ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
-        ("nr_func_info", ctypes.c_uint32), ("nr_line_info", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
-        ("jited_line_info", ctypes.c_uint64), ("nr_jited_line_info", ctypes.c_uint32),
-        ("line_info_rec_size", ctypes.c_uint32), ("jited_line_info_rec_size", ctypes.c_uint32),
-        ("nr_prog_tags", ctypes.c_uint32), ("prog_tags", ctypes.c_uint64), ("run_time_ns", ctypes.c_uint64),
-        ("run_cnt", ctypes.c_uint64), ("recursion_misses", ctypes.c_uint64),
-        ("verified_insns", ctypes.c_uint32),
-        ("attach_btf_obj_id", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32), ("pad", ctypes.c_uint32),
-    ]
-
-
-def verified_insns(prog_fd: int) -> int:
-    """Instructions the verifier processed to accept the program (bpf_prog_info.verified_insns;
-    Debian's bpftool 7.1 does not print it). 0 when the kernel does not report it."""
-    info = _ProgInfo()
-    size = ctypes.c_uint32(ctypes.sizeof(info))
-    rc = libbpf().bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size))
-    if rc != 0:
-        raise OSError(errno_of(rc), f"bpf_obj_get_info_by_fd({prog_fd}) failed")
-    return int(info.verified_insns) if size.value > _ProgInfo.verified_insns.offset else 0

@@ -30,7 +30,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,19 +258,24 @@ class MatchTable:
                                                "buckets": int(mine.sum()), "bank": bank})
         return self.current
 
-    def counts_by_rule(self) -> dict[int, Counter]:
-        """Packets and bytes per rule id, summed over the CPUs."""
-        _, values = self._writer(self.names.stats).read_all()
+    def counts_by_rule(self, rule_ids: Collection[int] | None = None) -> dict[int, Counter]:
+        """Packets and bytes per rule id, summed over the CPUs; only the rules in `rule_ids` when
+        given (their slots alone are read from the kernel)."""
         stats = self._writer(self.names.stats)
-        per_slot = np.frombuffer(values, dtype=np.uint64).reshape(-1, stats.value_size // 8)
-        per_slot = per_slot.reshape(len(per_slot), -1, 2).sum(axis=1)  # (slot, [packets, bytes])
         live = self.current
-        slots = live.slots.astype(np.intp)
-        out: dict[int, Counter] = {}
-        counts = per_slot[slots].tolist()
-        for rid, (packets, nbytes) in zip(live.records["rule_id"].tolist(), counts, strict=True):
-            out[rid] = Counter(packets, nbytes)
-        return out
+        slots, ids = live.slots.astype(np.intp), live.records["rule_id"]
+        if rule_ids is not None:
+            chosen = np.isin(ids, np.fromiter(rule_ids, dtype=np.uint32))
+            slots, ids = slots[chosen], ids[chosen]
+            raw = b"".join(stats.lookup(_u32([s])) for s in slots.tolist())
+            per_slot = np.frombuffer(raw, dtype=np.uint64)
+        else:
+            _, values = stats.read_all()
+            per_slot = np.frombuffer(values, dtype=np.uint64).reshape(-1, stats.value_size // 8)[slots]
+        # (slot, [packets, bytes]) summed over the CPUs: a per-CPU value is a tg_counter per CPU
+        totals = per_slot.reshape(len(slots), stats.value_size // 16, 2).sum(axis=1)
+        return {rid: Counter(packets, nbytes)
+                for rid, (packets, nbytes) in zip(ids.tolist(), totals.tolist(), strict=True)}
 
     def occupancy(self) -> dict[str, tuple[int, int]]:
         """Map name -> (entries used, capacity) of this table."""
