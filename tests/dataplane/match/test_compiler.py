@@ -14,6 +14,7 @@ from dataplane.match import compiler as cp
 from dataplane.match import planner
 from dataplane.match import tuples as tp
 from dataplane.match.adapter import MatchRule, to_columns
+from dataplane.match.explain import Probe, Searcher
 
 from ..reference_matcher import Packet, first_match, first_match_slow
 from ..rulegen import probes, reference, rules
@@ -128,6 +129,18 @@ def test_a_rule_whose_order_is_the_largest_there_is_still_matches():
     added = planner.add_rules(to_columns([last]), live, CAP)  # into a subtable of its own
     maps.write(added)
     assert winner(maps, probe) == 2**32 - 1
+
+
+@SLOW
+@given(rule_set=rules(max_rules=40), packets=st.lists(probes(), min_size=1, max_size=12))
+def test_explain_finds_what_the_reference_finds(rule_set, packets):
+    live, _ = load(rule_set)
+    searcher = Searcher(live)
+    for p in packets:
+        found = searcher(Probe(p.family, p.src, p.dst, p.proto, p.sport if p.ports else 0,
+                               p.dport if p.ports else 0, p.ports))
+        assert found.rule_id == rid(reference(rule_set, p))
+        assert found.subtables <= len(live.tables) and found.candidates <= found.subtables * tp.BUCKET_MAX
 
 
 def test_adding_a_rule_with_an_id_held_replaces_it():

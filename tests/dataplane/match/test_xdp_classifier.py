@@ -247,7 +247,7 @@ def test_a_restarted_process_adopts_the_maps_and_writes_nothing_for_the_same_rul
     probe = frame(tunnel_free(edge_probes(cols)[5]))
     with pin_root_owned() as root:
         settings = DataplaneSettings(pin_root=root)
-        first = Dataplane.load("lo", settings)  # only names the pin directory (its own root): nothing attached
+        first = Dataplane.load("lo", settings)  # names the pin directory (its own root): nothing attached
         try:
             first.acl.replace(cols)
             first.run_xdp(probe)
