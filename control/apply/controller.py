@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from control.apply.gc_guard import collector_held
 from control.apply.reconcile import DataplaneMismatch, InvalidState, Reconciler, Stats
 from control.apply.state import StateStore
 from control.errors import NotFound, PolicyOwned
@@ -92,7 +91,7 @@ class Controller:
 
     def start(self) -> None:
         """Restores the persisted state (adopting pinned maps a previous daemon left)."""
-        with collector_held(), self._lock, self._verification_published():
+        with self._lock, self._verification_published():
             persisted = self.store.load()
             try:
                 with self._recorded(persisted.generation):
@@ -146,8 +145,7 @@ class Controller:
         (DataplaneMismatch otherwise: never a silent "no changes")."""
         if isinstance(edit, Edit) and not dry_run:
             self._check_source(None)
-        # collector, then lock: in that order, as ApplyPolicy takes them
-        with collector_held(), self._lock, self._verification_published():
+        with self._lock, self._verification_published():
             check_generation(self.state, expected_generation)
             new = edit(self.state)
             if new is self.state:  # the edit found nothing to change: no apply, the generation stays

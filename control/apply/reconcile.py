@@ -21,7 +21,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from control.policy.intent import AclTranslations, InterfaceIntent, interface_intent
+from control.apply.acl_compile import AclCompiler
+from control.policy.acl_table import AclTable
+from control.policy.intent import InterfaceIntent, interface_intent
 from control.policy.models import DesiredState, ServiceChain
 from dataplane.acl import acl_capacity, cls_capacity
 from dataplane.kernel import attach as attach_mod
@@ -115,15 +117,19 @@ class Reconciler:
         self.intents: dict[str, InterfaceIntent] = {}
         self.applied = DesiredState()
         self.observers: list[PlaneObserver] = []
-        self._translations = AclTranslations()  # each rule translated once while it is in the policy
+        self._acl = AclCompiler()
         # The chains the kernel's policy routing was last synced to (None: unknown, sync again).
         self._routed: list[ServiceChain] | None = None
-        # (interface, "acl"/"cls") -> what that table held after its rules were last written
-        self._sources: dict[tuple[str, str], tuple[Live, tuple[MatchRule, ...]]] = {}
+        # (interface, "acl"/"cls") -> what that table held after it was last written, and what
+        # it was compiled from (the ACL's table, the classifiers' rules)
+        self._sources: dict[tuple[str, str], tuple[Live, Any]] = {}
         self.mismatches: dict[str, str] = {}  # interface -> what its last verification found
+        # interface -> the tunnels its map was last synced to (reading the map costs a syscall
+        # per entry; a change that leaves the tunnels alone skips it)
+        self._tunnels: dict[str, tuple[TunnelEntry, ...]] = {}
 
     def _intent(self, state: DesiredState, name: str) -> InterfaceIntent:
-        return interface_intent(state, name, self._translations)
+        return interface_intent(state, name)
 
     def _notify(self, what: str, name: str, plane: Dataplane) -> None:
         for observer in self.observers:
@@ -141,6 +147,7 @@ class Reconciler:
         self.mismatches.pop(name, None)
         self._sources.pop((name, "acl"), None)
         self._sources.pop((name, "cls"), None)
+        self._tunnels.pop(name, None)
         if detach:
             plane.detach()
         else:
@@ -161,12 +168,13 @@ class Reconciler:
         self.apply(_without_missing(state, set(self.planes)), rollback=False)
 
     def _load(self, name: str, intent: InterfaceIntent | None = None) -> Dataplane:
-        """Loads (or adopts the pinned maps of) an interface; `intent` says which rules the
-        pinned slots are expected to hold, so their slots and counters carry over."""
+        """Loads (or adopts the pinned maps of) an interface. Adopting writes nothing: the pinned
+        records say which rule each slot holds, so the compile of the persisted policy that
+        follows finds those rules where they are (slots and counters kept)."""
         plane = self._loader(name, self.settings)
         if plane.adopted:
-            plane.acl.adopt(intent.acl if intent else ())
-            plane.classifiers.adopt(intent.classifiers if intent else ())
+            plane.acl.adopt()
+            plane.classifiers.adopt()
         self.planes[name] = plane
         self._notify("plane_added", name, plane)
         return plane
@@ -196,14 +204,11 @@ class Reconciler:
                 self._program(old, None)
             except Exception as again:
                 raise ApplyError(f"{exc}; restoring the previous state failed too: {again}") from exc
-            finally:
-                self._translations.keep_only(old.policy.acl)
             if isinstance(exc, DataplaneMismatch):
                 raise DataplaneMismatch(exc.failures, "the previous state is written to the maps again") \
                     from exc
             raise ApplyError(f"{exc}; the previous state is in force again") from exc
         self.applied = new
-        self._translations.keep_only(new.policy.acl)
 
     def verify_kept(self, new: DesiredState) -> None:
         """Before writing `new` (or answering that it changes nothing): DataplaneMismatch when
@@ -269,17 +274,20 @@ class Reconciler:
         except ValueError as exc:
             raise InvalidState([("policy", f"interface {name}: {exc}")]) from exc
 
-    def _compiled(self, name: str, table: str, rules: tuple[MatchRule, ...], base: Live,
+    def _compiled(self, name: str, table: str, source: AclTable | tuple[MatchRule, ...], base: Live,
                   capacity: MatchCapacity) -> CompiledMatch | Live:
-        """`base` itself when it is what the table holds for these very rules (the classifiers
+        """`base` itself when it is what the table holds for this very source (the classifiers
         when only ACL rules changed, and the other way round), else the compile against it."""
-        source = self._sources.get((name, table))
-        if source is not None and source[0] is base and source[1] == rules:
+        done = self._sources.get((name, table))
+        if done is not None and done[0] is base and (done[1] is source or done[1] == source):
             return base
-        return compile_rules(list(rules), base, capacity, table)
+        if isinstance(source, AclTable):
+            previous = done[1] if done is not None and done[0] is base else None  # what base was made from
+            return self._acl.compile(source, base, capacity, previous)
+        return compile_rules(list(source), base, capacity, table)
 
-    def _applied(self, name: str, table: str, held: Live, rules: tuple[MatchRule, ...]) -> None:
-        self._sources[(name, table)] = (held, rules)
+    def _applied(self, name: str, table: str, held: Live, source: Any) -> None:
+        self._sources[(name, table)] = (held, source)
 
     def _program(self, state: DesiredState, compiled: dict[str, _Compiled] | None) -> None:
         wanted = {i.name: i for i in state.interfaces}
@@ -290,7 +298,10 @@ class Reconciler:
                 done = self._compile(state, name)
             intent = done.intent
             plane.configure(intent.config)
-            _sync_tunnels(plane, intent.tunnels)
+            if self._tunnels.get(name) != intent.tunnels:
+                self._tunnels.pop(name, None)  # unknown until the sync below completes
+                _sync_tunnels(plane, intent.tunnels)
+                self._tunnels[name] = intent.tunnels
             if not isinstance(done.acl, Live):
                 plane.acl.apply(done.acl)
                 self._applied(name, "acl", plane.acl.current, intent.acl)

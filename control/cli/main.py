@@ -7,8 +7,8 @@
     detach IFNAME
     status                                health, policy generation, interfaces
     acl add --id N [--priority P] --action allow|deny [--src PREFIX] [--dst PREFIX]
-            [--protocol tcp|udp|sctp|icmp|icmpv6] [--dport 80|80-90] [--log] [--metrics]
-            [--description TEXT]
+            [--protocol tcp|udp|sctp|icmp|icmpv6|0-255] [--sport 53|1024-65535] [--dport 80|80-90]
+            [--log] [--metrics] [--description TEXT]
     acl del ID | acl list
     policy apply -f FILE [--dry-run] [--expected-generation N]    FILE: YAML or JSON, '-' = stdin
     policy show                           YAML (the model's JSON with -j)
@@ -87,6 +87,7 @@ DEFAULT_TIMEOUT = 120.0
 MAX_MESSAGE_BYTES = 256 << 20  # as control.daemon: a 100k-rule policy is tens of MiB of protobuf
 U32_MAX, U64_MAX = (1 << 32) - 1, (1 << 64) - 1
 ERRORS_SHOWN = 20
+PACKED_FROM = 10_000  # rules from which `policy apply` sends the ACL as columns (AclColumns)
 NETNS_DIR = "/run/netns"
 _TCP_TARGET = re.compile(r"^\[?[0-9A-Za-z.:-]+\]?:\d{1,5}$")
 _PORTS = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
@@ -341,10 +342,15 @@ def _changed(what: str, answer: Any) -> Out:
 
 
 def cmd_acl_add(args: argparse.Namespace, rpc: Rpc) -> Out:
-    protocol: Any = pb2.Protocol.Value(f"PROTOCOL_{args.protocol.upper()}") if args.protocol else 0
-    match = pb2.Match(src=args.src or "", dst=args.dst or "", protocol=protocol)
-    if args.dport is not None:
-        match.dport.CopyFrom(pb2.PortRange(low=args.dport[0], high=args.dport[1]))
+    match = pb2.Match(src=args.src or "", dst=args.dst or "")
+    if isinstance(args.protocol, int):
+        match.protocol_number = args.protocol
+    elif args.protocol:
+        match.protocol = pb2.Protocol.Value(f"PROTOCOL_{args.protocol.upper()}")
+    for side in ("sport", "dport"):
+        ports_given = getattr(args, side)
+        if ports_given is not None:
+            getattr(match, side).CopyFrom(pb2.PortRange(low=ports_given[0], high=ports_given[1]))
     rule = pb2.AclRule(id=args.id, action=pb2.Action.Value(f"ACTION_{args.action.upper()}"), match=match,
                        log=args.log, metrics=args.metrics, description=args.description)
     if args.priority is not None:
@@ -367,7 +373,9 @@ def cmd_policy_apply(args: argparse.Namespace, rpc: Rpc) -> Out:
     # "generation" is what listings and `policy show -j` carry: informational, not a condition
     policy: Policy = load_model(args.file, Policy, "a policy: settings, acl, tunnels, chains",
                                 informational=("generation",))
-    request = pb2.ApplyPolicyRequest(policy=convert.policy_to_proto(policy), dry_run=args.dry_run,
+    packed = len(policy.acl) >= PACKED_FROM  # the ACL as columns: many times quicker to decode
+    request = pb2.ApplyPolicyRequest(policy=convert.policy_to_proto(policy, acl_columns=packed),
+                                     dry_run=args.dry_run,
                                      expected_generation=args.expected_generation or 0)
     data = fmt.apply_data(rpc.call(rpc.policy.ApplyPolicy, request), args.dry_run)
     return Out(data, fmt.apply_text(data, "<stdin>" if args.file == "-" else args.file))
@@ -472,6 +480,19 @@ def ports(text: str) -> tuple[int, int]:
     return low, high
 
 
+PROTOCOL_NAMES = ("tcp", "udp", "sctp", "icmp", "icmpv6")
+
+
+def protocol(text: str) -> str | int:
+    """A protocol name, or a number (the daemon judges its range: 0-255)."""
+    if text.lower() in PROTOCOL_NAMES:
+        return text.lower()
+    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= U32_MAX:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a protocol: write {', '.join(PROTOCOL_NAMES)} or a "
+                                     "number 0-255 (47 GRE, 50 ESP, 89 OSPF, ...)")
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)
@@ -533,7 +554,9 @@ def _policy_commands(commands: _Commands) -> None:
     p.add_argument("--action", choices=["allow", "deny"], required=True)
     p.add_argument("--src", metavar="PREFIX", help="source prefix (default any)")
     p.add_argument("--dst", metavar="PREFIX", help="destination prefix (default any)")
-    p.add_argument("--protocol", choices=["tcp", "udp", "sctp", "icmp", "icmpv6"])
+    p.add_argument("--protocol", type=protocol, metavar="NAME|NUMBER",
+                   help="tcp, udp, sctp, icmp, icmpv6, or an IP protocol number (47 GRE, 50 ESP, ...)")
+    p.add_argument("--sport", type=ports, metavar="PORT[-PORT]", help="source port or range")
     p.add_argument("--dport", type=ports, metavar="PORT[-PORT]", help="destination port or range")
     p.add_argument("--log", action="store_true", help="also report allowed matches as events")
     p.add_argument("--metrics", action="store_true",

@@ -414,10 +414,12 @@ def _protocol_text(number: int) -> str | int | None:
     return None if number == PROTO_ANY else PROTOCOL_NAMES.get(number, number)
 
 
-def _check_ports(errors: _Errors, raw: RawRules, side: str, proto_ok: npt.NDArray[np.bool_]) -> None:
+def _check_ports(errors: _Errors, raw: RawRules, side: str, proto_ok: npt.NDArray[np.bool_]) -> Any:
+    """Flags the ports of one side; returns the mask of rules with an error there."""
     given, low, high = raw.ports[side]
     ok = _range(errors, low, f"match.{side}.low", 0, PORT_MAX, "port", given)
     ok &= _range(errors, high, f"match.{side}.high", 0, PORT_MAX, "port", given)
+    out_of_range = given & ~ok
     ok &= given
     reversed_ = ok & (low > high)
     errors.add(reversed_, f"match.{side}", lambda r: f"low {low[r]} is above high {high[r]}")
@@ -429,6 +431,7 @@ def _check_ports(errors: _Errors, raw: RawRules, side: str, proto_ok: npt.NDArra
         return ports_error(side, ports, _protocol_text(int(raw.protocol[r])))
 
     errors.add(refused, f"match.{side}", refusal)
+    return out_of_range | reversed_ | refused
 
 
 def check(raw: RawRules, src: Addresses, dst: Addresses) -> list[tuple[int | None, str, str]]:
@@ -448,10 +451,8 @@ def check(raw: RawRules, src: Addresses, dst: Addresses) -> list[tuple[int | Non
         errors.note(row, name, message)
         match_bad[row] = True
     proto_ok = raw.protocol != PROTO_BAD
-    before = errors.bad.copy()
     for side in PORTS:
-        _check_ports(errors, raw, side, proto_ok)
-    match_bad |= errors.bad & ~before
+        match_bad |= _check_ports(errors, raw, side, proto_ok)
     mixed = ~match_bad & src.given & dst.given & (src.version != dst.version)
     errors.add(mixed, "match", lambda r: f"src {src.text(r)} and dst {dst.text(r)} are of different IP "
                                          "families: such a rule can never match")

@@ -62,7 +62,8 @@ class Block:
         return cls(RuleColumns.empty(), np.zeros(0, np.uint8), np.zeros(0, np.uint64),
                    np.zeros(0, dtype=object))
 
-    def take(self, rows: npt.ArrayLike) -> Block:
+    def take(self, rows: Any) -> Block:
+        """The rows at `rows` (indices, a boolean mask or a slice), in that order."""
         return Block(self.rules.take(rows), self.given[rows], self.seq[rows], self.description[rows])
 
     @staticmethod

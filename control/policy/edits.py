@@ -281,7 +281,7 @@ def replay(state: DesiredState, edits: Sequence[Edit]) -> DesiredState:
     if not lists:
         return state
     parts = _policy_parts(state.policy)
-    edited = {name: list(items.values()) for name, items in lists.items() if name != "acl"}
+    edited: dict[str, Any] = {name: list(items.values()) for name, items in lists.items() if name != "acl"}
     if "acl" in lists:
         edited["acl"] = state.policy.acl.edited(acl_removed, list(lists["acl"].values()))
     return _rebuild(state, policy={**parts, **edited})
@@ -340,9 +340,9 @@ def _acl_diff(old: AclTable, new: AclTable) -> Diff:
     a, b = old.whole(), new.whole()
     common, ia, ib = np.intersect1d(a.rules.rule_id, b.rules.rule_id, assume_unique=True, return_indices=True)
     changed = common[~a.take(ia).same_rows(b.take(ib))]
-    return Diff(added=np.setdiff1d(b.rules.rule_id, common, assume_unique=True).tolist(),
-                removed=np.setdiff1d(a.rules.rule_id, common, assume_unique=True).tolist(),
-                changed=changed.tolist())
+    return Diff(added=np.sort(np.setdiff1d(b.rules.rule_id, common, assume_unique=True)).tolist(),
+                removed=np.sort(np.setdiff1d(a.rules.rule_id, common, assume_unique=True)).tolist(),
+                changed=changed.tolist())  # intersect1d sorts
 
 
 def diff(old: Policy, new: Policy) -> PolicyDiff:

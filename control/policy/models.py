@@ -38,6 +38,7 @@ from control.policy.rule_model import (
     Network,
     PortRange,
     describe_errors,
+    protocol_conflict,
     protocol_error,
     shown,
 )
@@ -50,7 +51,8 @@ RULE_PRIORITY_MIN, RULE_PRIORITY_MAX = 10000, 10999
 
 # Re-exported: the rule-level models are part of the policy models.
 __all__ = ["IFNAME_RE", "PORT_MAX", "PORT_PROTOCOLS", "PROTOCOL_MAX", "PROTOCOLS", "U32_MAX", "AclRule",
-           "Address", "IfName", "Match", "Network", "PortRange", "describe_errors", "protocol_error", "shown"]
+           "Address", "IfName", "Match", "Network", "PortRange", "describe_errors", "protocol_conflict",
+           "protocol_error", "shown"]
 
 
 class Tunnel(Model):

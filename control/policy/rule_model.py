@@ -218,6 +218,12 @@ def _protocol(value: object) -> object:
 ProtocolSpec = Annotated[str | int, BeforeValidator(_protocol)]
 
 
+def protocol_conflict(named: int, number: int) -> str:
+    """The wire's two forms of a protocol (Match.protocol, Match.protocol_number) disagree."""
+    return (f"{number} is not the protocol that `protocol` names ({named}): set one of the two, "
+            "or both to the same number")
+
+
 def ports_error(field: str, ports: PortRange, protocol: str | int | None) -> str:
     """Ports other than any need a protocol whose header has them."""
     named = f"protocol {protocol}" if isinstance(protocol, int) else protocol

@@ -41,7 +41,7 @@ from control.policy.acl_table import (
     AclTable,
     Block,
 )
-from control.policy.rule_model import PROTOCOL_MAX, protocol_error
+from control.policy.rule_model import PROTOCOL_MAX, protocol_conflict, protocol_error
 from control.rpc.api import pb2
 from dataplane.match.columns import ADDR_BYTES, PORT_ANY
 
@@ -66,22 +66,20 @@ def _protocols(raw: RawRules, matches: Sequence[Any]) -> None:
     """Match.protocol (open enum: any number) and protocol_number (0-255; must agree)."""
     n = len(matches)
     named = _ints(map(_PROTOCOL, matches), n)
-    protocol = np.where(named == 0, PROTO_ANY, named)
+    value = named.copy()  # the protocol as sent: 0 any (unless a number is given)
     has_number = np.fromiter(map(_HAS_NUMBER, matches), bool, n)
     rows = np.flatnonzero(has_number)
+    conflict = np.zeros(n, bool)
     if len(rows):
-        numbers = _ints((matches[r].protocol_number for r in rows), len(rows))
-        protocol[rows] = numbers
-        for r in rows[(named[rows] != 0) & (named[rows] != numbers)].tolist():
-            raw.notes[(r, "match.protocol_number")] = (
-                f"{protocol[r]} is not the protocol that `protocol` names ({named[r]}): set one of the "
-                "two, or both to the same number")
-            protocol[r] = PROTO_BAD
-    for r in np.flatnonzero((protocol != PROTO_BAD) & ((protocol < PROTO_ANY) | (protocol > PROTOCOL_MAX))):
+        numbers = _ints((matches[r].protocol_number for r in rows.tolist()), len(rows))
+        value[rows] = numbers
+        conflict[rows] = (named[rows] != 0) & (named[rows] != numbers)
+    refused = conflict | (value < 0) | (value > PROTOCOL_MAX)
+    for r in np.flatnonzero(refused).tolist():
         name = "match.protocol_number" if has_number[r] else "match.protocol"
-        raw.notes[(int(r), name)] = protocol_error(int(protocol[r]))
-        protocol[r] = PROTO_BAD
-    raw.protocol = protocol
+        raw.notes[(r, name)] = (protocol_conflict(int(named[r]), int(value[r])) if conflict[r]
+                                else protocol_error(int(value[r])))
+    raw.protocol = np.where(refused, PROTO_BAD, np.where((value == 0) & ~has_number, PROTO_ANY, value))
 
 
 def raw_from_messages(acl: Sequence[Any]) -> RawRules:
@@ -187,10 +185,10 @@ def _column(msg: Any, name: str, n: int, default: int | None, errors: list[tuple
 
 def _bytes_column(msg: Any, name: str, n: int, width: int, errors: list[tuple[str, str]]) -> Any:
     data = getattr(msg, name)
-    if len(data) == n * width or (not data and name != "family"):
+    if len(data) == n * width or not data:
         return np.frombuffer(data, np.uint8).reshape(n, width) if data else None
-    errors.append((name, f"{len(data):,} bytes for {n:,} rules (the length of id): give {width} per rule"
-                   + (", or none" if name != "family" else "")))
+    errors.append((name, f"{len(data):,} bytes for {n:,} rules (the length of id): give {width} per rule, "
+                   "or none"))
     return None
 
 

@@ -45,6 +45,7 @@ from control.policy.models import (
     Settings,
     Tunnel,
     describe_errors,
+    protocol_conflict,
     protocol_error,
 )
 from control.rpc import acl_wire
@@ -109,32 +110,37 @@ def _put_optional(d: Dict, msg: Any, field: str) -> None:
 
 # --- proto -> dict of the model's shape (no checks: pydantic does them) -------------------------
 
-def protocol_conflict(named: int, number: int) -> str:
-    return (f"{number} is not the protocol that `protocol` names ({named}): set one of the two, "
-            "or both to the same number")
+# Errors of wire fields the models do not have (Match.protocol_number): the model is handed an
+# invalid value in the field the wire field stands for, so that it checks what it checks when
+# that field is refused, and its error there is replaced by the wire field's. model path ->
+# (wire path, reason), paths relative to the object converted.
+Wire = dict[str, tuple[str, str]]
+_REFUSED_PROTOCOL = -1  # a protocol the model refuses
 
 
-def _protocol(msg: pb2.Match, where: str) -> int | str | None:
+def _protocol(msg: pb2.Match, where: str, wire: Wire) -> int | str | None:
     """The model's protocol of a Match: by name when the enum has one, else the number (the enum
-    is open, and protocol_number says any number 0-255); a conflict of the two is the one check
-    made here (the model has one protocol field, the wire two)."""
+    is open, and protocol_number says any number 0-255, which must agree with the enum)."""
     named = _name(pb2.Protocol, "PROTOCOL_", msg.protocol)
     if not msg.HasField("protocol_number"):
         return named
     number = msg.protocol_number
+    reason = None
     if msg.protocol and msg.protocol != number:
-        raise InvalidArgument([(field_path("protocol_number", where),
-                                protocol_conflict(msg.protocol, number))])
-    if number > PROTOCOL_MAX:
-        raise InvalidArgument([(field_path("protocol_number", where), protocol_error(number))])
+        reason = protocol_conflict(msg.protocol, number)
+    elif number > PROTOCOL_MAX:
+        reason = protocol_error(number)
+    if reason is not None:
+        wire[field_path("protocol", where)] = (field_path("protocol_number", where), reason)
+        return _REFUSED_PROTOCOL
     return _name(pb2.Protocol, "PROTOCOL_", number) if number else 0
 
 
-def _match_dict(msg: pb2.Match, where: str = "match") -> Dict:
+def _match_dict(msg: pb2.Match, wire: Wire, where: str = "match") -> Dict:
     d: Dict = {}
     _put(d, "src", msg.src)
     _put(d, "dst", msg.dst)
-    protocol = _protocol(msg, where)
+    protocol = _protocol(msg, where, wire)
     if protocol is not None:
         d["protocol"] = protocol
     for field in ("dport", "sport"):
@@ -144,12 +150,12 @@ def _match_dict(msg: pb2.Match, where: str = "match") -> Dict:
     return d
 
 
-def _acl_rule_dict(msg: pb2.AclRule) -> Dict:
+def _acl_rule_dict(msg: pb2.AclRule, wire: Wire) -> Dict:
     d: Dict = {"id": msg.id, "log": msg.log, "description": msg.description, "metrics": msg.metrics}
     _put_optional(d, msg, "priority")
     _put(d, "action", _name(pb2.Action, "ACTION_", msg.action))
     if msg.HasField("match"):
-        d["match"] = _match_dict(msg.match)
+        d["match"] = _match_dict(msg.match, wire)
     return d
 
 
@@ -167,20 +173,20 @@ def _nexthop_dict(msg: pb2.NextHop) -> Dict:
     return d
 
 
-def _leg_dict(msg: pb2.Leg, where: str) -> Dict:
+def _leg_dict(msg: pb2.Leg, where: str, wire: Wire) -> Dict:
     d: Dict = {"interfaces": list(msg.interfaces), "mark": msg.mark, "table": msg.table,
                "nexthops": [_nexthop_dict(n) for n in msg.nexthops]}
     if msg.HasField("match"):
-        d["match"] = _match_dict(msg.match, field_path("match", where))
+        d["match"] = _match_dict(msg.match, wire, field_path("match", where))
     return d
 
 
-def _chain_dict(msg: pb2.ServiceChain, where: str = "") -> Dict:
+def _chain_dict(msg: pb2.ServiceChain, wire: Wire, where: str = "") -> Dict:
     d: Dict = {"name": msg.name}
     _put_optional(d, msg, "priority")
     for leg in ("forward", "return_path"):
         if msg.HasField(leg):
-            d[leg] = _leg_dict(getattr(msg, leg), field_path(leg, where))
+            d[leg] = _leg_dict(getattr(msg, leg), field_path(leg, where), wire)
     return d
 
 
@@ -211,10 +217,10 @@ def _acl(msg: pb2.Policy) -> AclTable | AclErrors:
         return exc
 
 
-def _policy_dict(msg: pb2.Policy) -> Dict:
+def _policy_dict(msg: pb2.Policy, wire: Wire) -> Dict:
     d: Dict = {"acl": _acl(msg),
                "tunnels": [_tunnel_dict(t) for t in msg.tunnels],
-               "chains": [_chain_dict(c, f"chains[{i}]") for i, c in enumerate(msg.chains)]}
+               "chains": [_chain_dict(c, wire, f"chains[{i}]") for i, c in enumerate(msg.chains)]}
     if msg.HasField("settings"):
         d["settings"] = _settings_dict(msg.settings)
     return d
@@ -228,8 +234,14 @@ def _interface_dict(msg: pb2.Interface) -> Dict:
 
 # --- public: proto -> model (raises InvalidArgument) --------------------------------------------
 
-def _model(model: type[T], to_dict: Callable[[Any], Dict], msg: Any) -> T:
-    return model.model_validate(to_dict(msg))  # type: ignore[attr-defined, no-any-return]
+def _model(model: type[T], to_dict: Callable[[Any, Wire], Dict], msg: Any) -> T:
+    wire: Wire = {}
+    data = to_dict(msg, wire)
+    try:
+        return model.model_validate(data)  # type: ignore[attr-defined, no-any-return]
+    except ValidationError as exc:
+        errors = [wire.get(path, (path, reason)) for path, reason in describe_errors(exc)]
+        raise InvalidArgument(errors) from exc
 
 
 def policy_from_proto(msg: pb2.Policy, where: str = "") -> Policy:

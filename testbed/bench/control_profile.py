@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from control.apply.controller import Controller
-from control.apply.gc_guard import collector_held
 from control.apply.netlink import NetlinkRouting
 from control.apply.reconcile import Reconciler
 from control.apply.state import StateStore
@@ -46,9 +45,13 @@ from testbed.topology import pin_root_owned
 # (category, substrings of "file:function" that put a profile entry in it), first match wins
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pydantic (validating and dumping models)", ("pydantic",)),
-    ("rule compiler (dataplane/match: columns, tuples, compiler, edits, planner, adapter)",
+    ("ACL columns: decoding, checks, edits (control/policy/acl_*, control/rpc/acl_wire)",
+     ("control/policy/acl_", "control/rpc/acl_wire", "control/apply/acl_snapshot")),
+    ("rule compiler (dataplane/match: columns, tuples, compiler, edits, planner, adapter; "
+     "control/apply/acl_compile)",
      ("dataplane/match/columns", "dataplane/match/tuples", "dataplane/match/compiler",
-      "dataplane/match/edits", "dataplane/match/planner", "dataplane/match/adapter")),
+      "dataplane/match/edits", "dataplane/match/planner", "dataplane/match/adapter",
+      "control/apply/acl_compile")),
     (
         "map writes (dataplane/match/table, BCC, ctypes, bpf syscalls)",
         (
@@ -195,11 +198,10 @@ def _apply_call(controller: Controller, message: Any) -> Callable[[], Any]:
     """What PolicyService.ApplyPolicy does with a request."""
 
     def call() -> Any:
-        with collector_held():
-            policy = convert.policy_from_proto(message)
-            before = controller.read()
-            controller.change(lambda s: policy_ops.with_policy(s, policy))
-            return policy_ops.diff(before.policy, policy)
+        policy = convert.policy_from_proto(message)
+        before = controller.read()
+        controller.change(lambda s: policy_ops.with_policy(s, policy))
+        return policy_ops.diff(before.policy, policy)
 
     return call
 

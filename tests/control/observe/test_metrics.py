@@ -28,7 +28,9 @@ from control.policy.models import DesiredState
 from dataplane.acl import acl_capacity, acl_rule, cls_capacity
 from dataplane.kernel.build_settings import Capacities, DataplaneSettings
 from dataplane.kernel.maps import Counter
+from dataplane.match import planner
 from dataplane.match.adapter import compile_rules, empty
+from dataplane.match.columns import RuleColumns
 from dataplane.match.table import ACL_TABLES, CLS_TABLES, MatchTable
 
 CAPS = Capacities(acl_rules=64, acl_buckets=128, tunnels=16)
@@ -37,10 +39,12 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 class FakePlane:
-    def __init__(self, rules: list[Any]) -> None:
+    def __init__(self, rules: Any) -> None:
+        """`rules`: RuleColumns (a policy's ACL) or MatchRules."""
         no_maps = SimpleNamespace  # occupancy reads what the table holds, not its maps
         self.acl = MatchTable(no_maps, ACL_TABLES, acl_capacity(CAPS))
-        self.acl.current = compile_rules(rules, empty(), acl_capacity(CAPS), "acl").live()
+        compile = planner.compile_rules if isinstance(rules, RuleColumns) else compile_rules
+        self.acl.current = compile(rules, empty(), acl_capacity(CAPS), "acl").live()
         self.classifiers = MatchTable(no_maps, CLS_TABLES, cls_capacity(CAPS))
         self.xdp_mode: str | None = "native"
 
@@ -78,7 +82,7 @@ class FakeReconciler:
         self.applied = state
         for iface in state.interfaces:
             intent = interface_intent(state, iface.name)
-            self.planes[iface.name] = FakePlane(list(intent.acl))
+            self.planes[iface.name] = FakePlane(intent.acl.columns)
             self.intents[iface.name] = intent
 
     def stats(self, names: list[str] | None = None, rule_ids: Any = None) -> Stats:

@@ -84,8 +84,13 @@ def test_diff_names_what_changed():
 
 def test_diff_orders_numbers_as_numbers():
     old = Policy()
-    new = Policy.model_validate({"acl": [{"id": i, "action": "deny"} for i in (10, 9, 100)]})
-    assert ops.diff(old, new).acl.added == [9, 10, 100]
+    new = Policy.model_validate({"acl": [{"id": i, "priority": 999 - i, "action": "deny"}
+                                         for i in (10, 9, 100)]})
+    assert ops.diff(old, new).acl.added == [9, 10, 100]  # judged 100 first: still listed by number
+    assert ops.diff(new, old).acl.removed == [9, 10, 100]
+    changed = Policy.model_validate({"acl": [{"id": i, "priority": 999 - i, "action": "allow"}
+                                             for i in (10, 9, 100)]})
+    assert ops.diff(new, changed).acl.changed == [9, 10, 100]
 
 
 # --- validated once: an edit keeps the instances it does not touch, and is still never laxer ---

@@ -55,12 +55,15 @@ def matches(draw) -> dict:
     for key in ("src", "dst"):
         if draw(st.booleans()):
             d[key] = draw(networks(version))
-    protocol = draw(st.none() | st.sampled_from(sorted(PROTOCOLS)))
+    protocol = draw(st.none() | st.sampled_from(sorted(PROTOCOLS)) | st.integers(0, 255))
     if protocol is not None:
         d["protocol"] = protocol
-    if protocol in PORT_PROTOCOLS and draw(st.booleans()):
-        low = draw(st.integers(0, PORT_MAX))
-        d["dport"] = {"low": low, "high": draw(st.integers(low, PORT_MAX))}
+    for side in ("dport", "sport"):
+        if (protocol in PORT_PROTOCOLS or protocol in (6, 17, 132)) and draw(st.booleans()):
+            low = draw(st.integers(0, PORT_MAX))
+            d[side] = {"low": low, "high": draw(st.integers(low, PORT_MAX))}
+        elif draw(st.integers(0, 9)) == 0:
+            d[side] = {"low": 0, "high": PORT_MAX}  # any: allowed with every protocol
     return d
 
 
