@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -103,8 +104,12 @@ def _split(block: Block) -> list[Block]:
 class AclTable(Sequence[AclRule]):
     """An immutable ACL (see the module docstring)."""
 
-    def __init__(self, blocks: Sequence[Block] = (), next_seq: int | None = None) -> None:
+    def __init__(self, blocks: Sequence[Block] = (), next_seq: int | None = None,
+                 step: tuple[AclTable, Block | None, int | None] | None = None) -> None:
         self._blocks = tuple(b for b in blocks if len(b))
+        # what made this table from another: (that table, the rule added, the rule id deleted),
+        # the other held weakly (a chain of edits must not keep every earlier table alive)
+        self._step = None if step is None else (weakref.ref(step[0]), step[1], step[2])
         self._firsts = [int(b.rules.order[0]) for b in self._blocks]
         self._len = sum(len(b) for b in self._blocks)
         if next_seq is None:
@@ -196,11 +201,11 @@ class AclTable(Sequence[AclRule]):
         at = max(0, bisect.bisect_right(self._firsts, order) - 1)
         blocks = list(self._blocks)
         if not blocks:
-            return AclTable([one], self._next_seq + 1)
+            return AclTable([one], self._next_seq + 1, (self, one, None))
         target = blocks[at]
         row = int(np.searchsorted(target.rules.order, order))
         blocks[at:at + 1] = _split(_insert(target, row, one))
-        return AclTable(blocks, self._next_seq + 1)
+        return AclTable(blocks, self._next_seq + 1, (self, one, None))
 
     def edited(self, removed: set[int], added: Sequence[AclRule]) -> AclTable:
         """The table without the rules of ids `removed`, with `added` after the rest (list
@@ -220,7 +225,15 @@ class AclTable(Sequence[AclRule]):
         keep = np.ones(len(blocks[at]), dtype=bool)
         keep[row] = False
         blocks[at] = blocks[at].take(keep)
-        return AclTable(blocks, self._next_seq)
+        return AclTable(blocks, self._next_seq, (self, None, rule_id))
+
+    def edit_from(self, other: AclTable) -> tuple[RuleColumns | None, int | None] | None:
+        """(the rule added, the id deleted) when this table is `other` with one rule added or
+        deleted (by add() or remove()); None otherwise. What lets the classifier edit in place."""
+        if self._step is None or self._step[0]() is not other:
+            return None
+        _, added, removed = self._step
+        return (None if added is None else added.rules), removed
 
 
 def _insert(block: Block, row: int, one: Block) -> Block:

@@ -88,11 +88,15 @@ class Program:
     _rings: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> opened RingBuf
     _sinks: dict[str, RingSink] = field(default_factory=dict, repr=False)
     opened: set[str] = field(default_factory=set, repr=False)  # every table handed out: the maps used
+    _tables: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> the table handed out
     build_flags: tuple[str, ...] | None = None  # the shared build this load uses (released on close)
 
     def table(self, name: str) -> Any:
         self.opened.add(name)
-        return self.bpf.get_table(name.encode())
+        table = self._tables.get(name)
+        if table is None:  # kept: BCC's get_table decodes the ctypes types anew (~ms) each call
+            table = self._tables[name] = self.bpf.get_table(name.encode())
+        return table
 
     def map_fd(self, name: str) -> int:
         """The fd of map `name`, the one the programs were loaded with (no table object made)."""

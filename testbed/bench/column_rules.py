@@ -16,7 +16,7 @@ import numpy as np
 from dataplane import abi
 from dataplane.match.columns import PORT_ANY, RuleColumns
 
-DENY = int(abi.Action.DENY)
+DENY = int(abi.Action["DENY"])
 NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp"}
 PORTED = (6, 17, 132)
 

@@ -322,3 +322,36 @@ def proto_policy(rules: Iterable[RuleSpec]) -> Any:
     from control.rpc.api import pb2
 
     return pb2.Policy(acl=[proto_rule(r) for r in rules])
+
+
+def columns(rules: Iterable[RuleSpec]) -> Any:
+    """The rules as RuleColumns (dataplane.match.columns), in first-match order."""
+    import numpy as np
+
+    from dataplane import abi
+    from dataplane.match.columns import RuleColumns
+
+    ordered = in_order(rules)
+    cols = RuleColumns.empty(len(ordered))
+    for i, r in enumerate(ordered):
+        cols.rule_id[i], cols.order[i] = r.rule_id, r.priority << 32 | r.rule_id
+        cols.action[i] = abi.Action[r.action.upper()]
+        for side, net in (("src", r.src), ("dst", r.dst)):
+            if net is not None:
+                getattr(cols, f"{side}_addr")[i, :4] = np.frombuffer(net.network_address.packed, np.uint8)
+                getattr(cols, f"{side}_len")[i] = net.prefixlen
+        cols.family[i] = 4 if (r.src or r.dst) is not None else 0
+        if r.proto is not None:
+            cols.proto_any[i], cols.proto[i] = False, r.proto
+        if r.dport is not None:
+            cols.dport_lo[i], cols.dport_hi[i] = r.dport
+    return cols
+
+
+def packed_policy(rules: Iterable[RuleSpec]) -> Any:
+    """A tidegate.v1 Policy holding these ACL rules as one packed AclColumns."""
+    from control.rpc.api import pb2
+    from testbed.bench.column_rules import packed
+
+    return pb2.Policy(acl_columns=packed(columns(rules)))
+

@@ -369,3 +369,15 @@ def test_edits_of_a_table_are_edits_of_the_list() -> None:
     assert table == decode_dicts(model)
     order = table.columns.order
     assert bool(np.all(order[1:] > order[:-1])), "judging order kept"
+
+
+def test_a_table_knows_the_one_edit_that_made_it() -> None:
+    table = decode_dicts(_valid_rules(random.Random(4), 50))
+    rule = AclRule(id=999, priority=3, action="allow", match={"protocol": 47})
+    added = table.add(rule)
+    one, gone = added.edit_from(table)  # type: ignore[misc]
+    assert gone is None and one is not None and one.rule_id.tolist() == [999] and one.proto.tolist() == [47]
+    removed = added.remove(7)
+    assert removed.edit_from(added) == (None, 7)
+    assert removed.edit_from(table) is None, "two edits away: no single step"
+    assert decode_dicts(list(table)).edit_from(table) is None, "a table decoded anew is no edit"
