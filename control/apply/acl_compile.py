@@ -1,3 +1,6 @@
+"""The reconciler's one door to the classifier's compiler (dataplane.match.planner) for the ACL.
+
+A table (control.policy.acl_table) is compiled against what the maps hold (`base`), handed the
 table last written there (`previous`): a table one edit away from it (AclTable.edit_from: what
 AddAclRule and DeleteAclRule make) is compiled as that edit, which costs the rule added or
 deleted, not the rule set; anything else (a whole policy, a replayed journal) is compiled whole,
@@ -25,6 +28,3 @@ class AclCompiler:
             if removed is not None:
                 return planner.delete_rules([removed], base, capacity, TABLE)
         return planner.compile_rules(table.columns, base, capacity, TABLE)
-diff --git a/control/apply/reconcile.py b/control/apply/reconcile.py
-index cff4d86..6940691 100644
---- a/control/apply/reconcile.py
