@@ -381,3 +381,26 @@ def test_a_table_knows_the_one_edit_that_made_it() -> None:
     assert removed.edit_from(added) == (None, 7)
     assert removed.edit_from(table) is None, "two edits away: no single step"
     assert decode_dicts(list(table)).edit_from(table) is None, "a table decoded anew is no edit"
+
+
+def test_yaml_round_trips_through_the_columns() -> None:
+    """A policy file -> columns -> `tidegate policy show` YAML -> columns: the same rules."""
+    import yaml
+
+    from control.cli import response_format as fmt
+
+    text = """
+acl:
+  - {id: 3, priority: 2000, action: deny, match: {src: 10.0.0.0/8, protocol: tcp, sport: 1024-2047, dport: 9}}
+  - {id: 1, action: allow, match: {dst: "2001:db8::/32", protocol: 50}, log: true, description: esp}
+  - {id: 2, action: deny, match: {protocol: 0}}
+  - {id: 4, action: allow, match: {protocol: udp, dport: {low: 53, high: 53}, sport: 0-65535}}
+"""
+    policy = Policy.model_validate(yaml.safe_load(text))
+    assert policy.acl.columns.rule_id.tolist() == [1, 2, 4, 3], "columns in judging order"
+    assert policy.acl.columns.sport_lo.tolist() == [0, 0, 0, 1024]
+    shown = fmt.policy_yaml(policy, 1)
+    again = Policy.model_validate(yaml.safe_load(shown))
+    assert again == policy
+    assert "sport: 1024-2047" in shown and "protocol: 50" in shown and "protocol: 0" in shown
+    assert [r.id for r in again.acl] == [3, 1, 2, 4], "list order kept"
