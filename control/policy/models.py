@@ -21,7 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from control.policy.acl_decode import AclErrors, decode_dicts
+from control.policy.acl_decode import AclErrors
+from control.policy.acl_mappings import decode_dicts
 from control.policy.acl_table import AclTable
 from control.policy.rule_model import (
     IFNAME_RE,

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from control.apply import acl_snapshot
 from control.errors import InvalidArgument
-from control.policy.acl_decode import AclErrors, decode_dicts
+from control.policy.acl_decode import AclErrors
+from control.policy.acl_mappings import decode_dicts
 from control.policy.acl_table import AclTable
 from control.policy.models import AclRule, Policy, describe_errors
 from control.rpc import acl_wire, convert
