@@ -45,7 +45,7 @@ from dataplane.match.columns import PORT_ANY, SCHEMA
 
 FORMAT = "columns/1"
 ERRORS_SHOWN = 5
-_EXTRA = (("given", np.uint8, ()), ("seq", np.uint64, ()))
+_EXTRA = (("given", np.uint8, ()), ("seq", np.uint64, ()), ("metrics", np.bool_, ()))
 _GIVEN = {"src": GIVEN_SRC, "dst": GIVEN_DST, "sport": GIVEN_SPORT, "dport": GIVEN_DPORT}
 
 
@@ -60,7 +60,7 @@ def _little(dtype: Any) -> np.dtype[Any]:
 def _arrays(table: AclTable) -> dict[str, npt.NDArray[Any]]:
     whole = table.whole()
     out = {name: getattr(whole.rules, name) for name, _, _ in SCHEMA}
-    out["given"], out["seq"] = whole.given, whole.seq
+    out["given"], out["seq"], out["metrics"] = whole.given, whole.seq, whole.metrics
     return out
 
 
@@ -117,6 +117,7 @@ def _checked(a: dict[str, Any], descriptions: list[str]) -> AclTable:
     raw.action = action
     raw.log = (a["flags"] & FLAG_LOG) != 0
     raw.description = descriptions
+    raw.metrics = a["metrics"]
     raw.protocol = np.where(a["proto_any"], PROTO_ANY, a["proto"].astype(np.int64))
     given = a["given"]
     problems = [f"acl row {r}: order does not hold the rule's id" for r in
@@ -134,4 +135,5 @@ def _checked(a: dict[str, Any], descriptions: list[str]) -> AclTable:
         more = f" (and {len(problems) - ERRORS_SHOWN} more)" if len(problems) > ERRORS_SHOWN else ""
         raise ValueError("; ".join(problems[:ERRORS_SHOWN]) + more)
     rebuilt = block(raw, src, dst)
-    return AclTable.from_block(Block(rebuilt.rules, rebuilt.given, a["seq"], rebuilt.description))
+    return AclTable.from_block(Block(rebuilt.rules, rebuilt.given, a["seq"], rebuilt.description,
+                                     rebuilt.metrics))

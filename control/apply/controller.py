@@ -193,7 +193,7 @@ class Controller:
         cached = self._metric_rules
         if cached is not None and cached[0] is state:
             return cached[1]
-        ids = frozenset(r.id for r in state.policy.acl if r.metrics)
+        ids = state.policy.acl.metric_ids()
         self._metric_rules = (state, ids)
         return ids
 

@@ -58,7 +58,7 @@ PORTS = ("dport", "sport")
 RANK = {"id": 0, "priority": 1, "action": 2, "match.src": 3, "match.dst": 4, "match.protocol": 5,
         "match.protocol_number": 5, "match.dport.low": 6, "match.dport.high": 7, "match.dport": 8,
         "match.sport.low": 9, "match.sport.high": 10, "match.sport": 11, "match": 12, "log": 13,
-        "description": 14}
+        "description": 14, "metrics": 15}
 
 
 def _model_message(data: dict[str, Any], path: str) -> str:
@@ -95,6 +95,7 @@ class RawRules:
     action: npt.NDArray[np.int8]  # ACTION_*
     log: npt.NDArray[np.bool_]
     description: list[str]
+    metrics: npt.NDArray[np.bool_]
     src: list[str | None]  # text as written; None: not given
     dst: list[str | None]
     protocol: I64  # 0-255, PROTO_ANY, or PROTO_BAD (its message in `notes`)
@@ -110,7 +111,8 @@ class RawRules:
     @classmethod
     def sized(cls, n: int) -> RawRules:
         return cls(np.zeros(n, np.int64), np.full(n, DEFAULT_PRIORITY, np.int64), np.zeros(n, np.int8),
-                   np.zeros(n, bool), [""] * n, [None] * n, [None] * n, np.full(n, PROTO_ANY, np.int64),
+                   np.zeros(n, bool), [""] * n, np.zeros(n, bool), [None] * n, [None] * n,
+                   np.full(n, PROTO_ANY, np.int64),
                    {p: (np.zeros(n, bool), np.zeros(n, np.int64), np.full(n, PORT_MAX, np.int64))
                     for p in PORTS})
 
@@ -368,7 +370,7 @@ def block(raw: RawRules, src: Addresses, dst: Addresses) -> Block:
         given |= np.where(ports_given, bit, 0).astype(np.uint8)
     description = np.empty(n, dtype=object)
     description[:] = raw.description
-    return Block(RuleColumns(**cols), given, np.arange(n, dtype=np.uint64), description)
+    return Block(RuleColumns(**cols), given, np.arange(n, dtype=np.uint64), description, raw.metrics.copy())
 
 
 def decode(raw: RawRules) -> AclTable:

@@ -99,10 +99,10 @@ def _read_mapping(raw: RawRules, row: int, d: object) -> None:
     if action is not None and type(action) is not str:
         raise _Odd
     raw.action[row] = ACTION_MISSING if action is None else _ACTIONS.get(action, ACTION_INVALID)
-    log, description = d.get("log", False), d.get("description", "")
-    if type(log) is not bool or type(description) is not str:
+    log, description, metrics = d.get("log", False), d.get("description", ""), d.get("metrics", False)
+    if type(log) is not bool or type(description) is not str or type(metrics) is not bool:
         raise _Odd
-    raw.log[row], raw.description[row] = log, description
+    raw.log[row], raw.description[row], raw.metrics[row] = log, description, metrics
     match = d.get("match", {})
     if type(match) is not dict or not match.keys() <= MATCH_KEYS:
         raise _Odd
@@ -120,7 +120,7 @@ def _read_model(raw: RawRules, row: int, rule: AclRule) -> None:
     m = rule.match
     raw.ids[row], raw.priority[row] = rule.id, rule.priority
     raw.action[row] = _ACTIONS[rule.action]
-    raw.log[row], raw.description[row] = rule.log, rule.description
+    raw.log[row], raw.description[row], raw.metrics[row] = rule.log, rule.description, rule.metrics
     raw.src[row] = None if m.src is None else str(m.src)
     raw.dst[row] = None if m.dst is None else str(m.dst)
     number = m.protocol_number
@@ -159,6 +159,7 @@ def _neutral(raw: RawRules, row: int) -> None:
     (then its errors are the model's, and no column check may find more)."""
     raw.ids[row], raw.priority[row], raw.action[row] = 1, DEFAULT_PRIORITY, ACTION_ALLOW
     raw.log[row], raw.description[row], raw.src[row], raw.dst[row] = False, "", None, None
+    raw.metrics[row] = False
     raw.protocol[row] = PROTO_ANY
     for side in PORTS:
         raw.ports[side][0][row] = False

@@ -8,7 +8,7 @@ and an operator reads back:
   (`dst: 0.0.0.0/0` is not the same text as no dst, `dport: 0-65535` not the same as none);
 - `seq`: the rule's place in the policy's list order (what ApplyPolicy sent, then each added
   rule after the rest), which ListAclRules and GetPolicy answer in;
-- `description`: the operator's text.
+- `description`: the operator's text, and `metrics`: whether its counters are Prometheus series.
 
 A table is immutable. It is cut into blocks of about BLOCK_ROWS rules in judging order, so that
 adding or deleting one rule copies one block, not the whole table: with 100,000 rules a copy of
@@ -54,6 +54,7 @@ class Block:
     given: npt.NDArray[np.uint8]
     seq: npt.NDArray[np.uint64]
     description: npt.NDArray[np.object_]  # str per rule
+    metrics: npt.NDArray[np.bool_]  # the rule's counters exported as Prometheus series
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -61,11 +62,12 @@ class Block:
     @classmethod
     def empty(cls) -> Block:
         return cls(RuleColumns.empty(), np.zeros(0, np.uint8), np.zeros(0, np.uint64),
-                   np.zeros(0, dtype=object))
+                   np.zeros(0, dtype=object), np.zeros(0, bool))
 
     def take(self, rows: Any) -> Block:
         """The rows at `rows` (indices, a boolean mask or a slice), in that order."""
-        return Block(self.rules.take(rows), self.given[rows], self.seq[rows], self.description[rows])
+        return Block(self.rules.take(rows), self.given[rows], self.seq[rows], self.description[rows],
+                     self.metrics[rows])
 
     @staticmethod
     def concat(blocks: Sequence[Block]) -> Block:
@@ -75,7 +77,8 @@ class Block:
             return Block.empty()
         return Block(RuleColumns.concat([b.rules for b in blocks]),
                      np.concatenate([b.given for b in blocks]), np.concatenate([b.seq for b in blocks]),
-                     np.concatenate([b.description for b in blocks]))
+                     np.concatenate([b.description for b in blocks]),
+                     np.concatenate([b.metrics for b in blocks]))
 
     def sorted(self) -> Block:
         """In judging order (order is unique: it holds the rule id)."""
@@ -90,7 +93,8 @@ class Block:
         for name, _, shape in SCHEMA:
             a, b = getattr(self.rules, name), getattr(other.rules, name)
             same &= (a == b).all(axis=1) if shape else a == b
-        return same & (self.given == other.given) & (self.description == other.description)
+        return (same & (self.given == other.given) & (self.description == other.description)
+                & (self.metrics == other.metrics))
 
 
 def _split(block: Block) -> list[Block]:
@@ -145,6 +149,11 @@ class AclTable(Sequence[AclRule]):
     def list_order(self) -> npt.NDArray[np.intp]:
         """Rows of whole() in list order."""
         return np.argsort(self.whole().seq, kind="stable")
+
+    def metric_ids(self) -> frozenset[int]:
+        """Ids of the rules marked `metrics: true`."""
+        whole = self.whole()
+        return frozenset(whole.rules.rule_id[whole.metrics].tolist())
 
     def ids(self) -> list[int]:
         """Rule ids in list order."""
@@ -276,7 +285,8 @@ def block_of(rules: Sequence[AclRule], seq_start: int = 0) -> Block:
     description = np.empty(n, dtype=object)
     description[:] = [r.description for r in rules]
     seq = np.arange(seq_start, seq_start + n, dtype=np.uint64)
-    return Block(RuleColumns(**cols), given, seq, description)
+    metrics = np.fromiter((r.metrics for r in rules), bool, n)
+    return Block(RuleColumns(**cols), given, seq, description, metrics)
 
 
 def _network(family: int, addr: npt.NDArray[np.uint8], plen: int) -> Network:
@@ -294,7 +304,7 @@ def rules_of(block: Block, rows: Sequence[int] | npt.NDArray[np.intp]) -> list[A
     r = block.rules
     out = []
     columns = {name: getattr(r, name)[rows] for name, _, _ in SCHEMA}
-    given, description = block.given[rows], block.description[rows]
+    given, description, metrics = block.given[rows], block.description[rows], block.metrics[rows]
     for i in range(len(given)):
         g = int(given[i])
         family = int(columns["family"][i])
@@ -309,5 +319,5 @@ def rules_of(block: Block, rows: Sequence[int] | npt.NDArray[np.intp]) -> list[A
         out.append(AclRule.model_construct(
             id=int(columns["rule_id"][i]), priority=order >> 32, action=_ACTION_OF[int(columns["action"][i])],
             match=Match.model_construct(**match), log=bool(columns["flags"][i] & FLAG_LOG),
-            description=description[i]))
+            description=description[i], metrics=bool(metrics[i])))
     return out

@@ -45,8 +45,8 @@ from control.policy.rule_model import PROTOCOL_MAX, protocol_conflict, protocol_
 from control.rpc.api import pb2
 from dataplane.match.columns import ADDR_BYTES, PORT_ANY
 
-_ID, _PRIORITY, _ACTION, _LOG, _DESCRIPTION, _MATCH = map(
-    attrgetter, ("id", "priority", "action", "log", "description", "match"))
+_ID, _PRIORITY, _ACTION, _LOG, _DESCRIPTION, _METRICS, _MATCH = map(
+    attrgetter, ("id", "priority", "action", "log", "description", "metrics", "match"))
 _SRC, _DST, _PROTOCOL, _NUMBER, _LOW, _HIGH = map(
     attrgetter, ("src", "dst", "protocol", "protocol_number", "low", "high"))
 _HAS_PRIORITY, _HAS_NUMBER = methodcaller("HasField", "priority"), methodcaller("HasField", "protocol_number")
@@ -93,6 +93,7 @@ def raw_from_messages(acl: Sequence[Any]) -> RawRules:
     raw.action = np.where(np.isin(actions, [0, 1, 2]), actions, ACTION_INVALID).astype(np.int8)
     raw.log = np.fromiter(map(_LOG, acl), bool, n)
     raw.description = list(map(_DESCRIPTION, acl))
+    raw.metrics = np.fromiter(map(_METRICS, acl), bool, n)
     matches = list(map(_MATCH, acl))  # an unset match reads as the empty Match: any
     raw.src = [s or None for s in map(_SRC, matches)]
     raw.dst = [s or None for s in map(_DST, matches)]
@@ -135,6 +136,7 @@ def messages_from_table(table: AclTable) -> list[Any]:
     actions = [_ACTION_OF_VALUE[a] for a in r.action[rows].tolist()]
     logs = (r.flags[rows] & FLAG_LOG).astype(bool).tolist()
     descriptions = whole.description[rows].tolist()
+    metrics = whole.metrics[rows].tolist()
     out = []
     for i in range(len(rows)):
         match = pb2.Match(src=texts["src"][i], dst=texts["dst"][i])
@@ -144,7 +146,7 @@ def messages_from_table(table: AclTable) -> list[Any]:
             if given[i] & bit:
                 getattr(match, side).CopyFrom(pb2.PortRange(low=ports[side][0][i], high=ports[side][1][i]))
         out.append(pb2.AclRule(id=order[i] & 0xFFFFFFFF, priority=order[i] >> 32, action=actions[i],
-                               match=match, log=logs[i], description=descriptions[i]))
+                               match=match, log=logs[i], description=descriptions[i], metrics=metrics[i]))
     return out
 
 
@@ -161,7 +163,8 @@ _PACKED_PATHS = {"id": "id", "priority": "priority", "action": "action", "match.
                  "match.dst": "dst_addr", "match.protocol": "protocol", "match.protocol_number": "protocol",
                  "match.dport.low": "dport_low", "match.dport.high": "dport_high", "match.dport": "dport_low",
                  "match.sport.low": "sport_low", "match.sport.high": "sport_high", "match.sport": "sport_low",
-                 "match": "family", "log": "log", "description": "description"}
+                 "match": "family", "log": "log", "description": "description",
+                 "metrics": "metrics"}
 
 
 class PackedErrors(ValueError):
@@ -214,6 +217,7 @@ def table_from_packed(msg: Any) -> AclTable:
     actions = _column(msg, "action", n, None, errors)
     raw.action = np.where(np.isin(actions, [0, 1, 2]), actions, ACTION_INVALID).astype(np.int8)
     raw.log = _column(msg, "log", n, 0, errors).astype(bool)
+    raw.metrics = _column(msg, "metrics", n, 0, errors).astype(bool)
     raw.description = list(msg.description) if len(msg.description) == n else [""] * n
     if len(msg.description) not in (0, n):
         errors.append(("description", f"{len(msg.description):,} entries for {n:,} rules: give one per "
@@ -262,7 +266,7 @@ def packed_from_table(table: AclTable) -> Any:
                          family=r.family[rows].tobytes(),
                          protocol=protocol.tolist(),
                          log=(r.flags[rows] & FLAG_LOG).astype(bool).tolist(),
-                         description=whole.description[rows].tolist())
+                         description=whole.description[rows].tolist(), metrics=whole.metrics[rows].tolist())
     for side, bit in (("src", GIVEN_SRC), ("dst", GIVEN_DST)):
         has = given & bit != 0
         setattr(msg, f"{side}_addr", getattr(r, f"{side}_addr")[rows].tobytes())

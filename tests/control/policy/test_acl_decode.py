@@ -78,6 +78,8 @@ def _rule(rng: random.Random, rule_id: int, bad: float) -> Any:
         r["log"] = rng.choice(["yes", 1]) if rng.random() < bad else rng.choice([True, False])
     if rng.random() < 0.2:
         r["description"] = "d" * (300 if rng.random() < bad else rng.randrange(40))
+    if rng.random() < 0.2:
+        r["metrics"] = rng.choice(["on", 2]) if rng.random() < bad else rng.choice([True, False])
     if rng.random() < bad / 4:
         r["comment"] = "extra"
     return r
@@ -198,7 +200,7 @@ def _message(rng: random.Random, rule_id: int, bad: float) -> pb2.AclRule:
     action = rng.choice([0, 1, 2, 9] if rng.random() < bad else [1, 2])
     description = "x" * (300 if rng.random() < bad / 2 else rng.randrange(9))
     r = pb2.AclRule(id=0 if rng.random() < bad else rule_id, action=action, log=rng.random() < 0.2,
-                    description=description)
+                    description=description, metrics=rng.random() < 0.2)
     if rng.random() < 0.5:
         r.priority = rng.randrange(U32)
     if rng.random() < 0.9:
