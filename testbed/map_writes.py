@@ -63,12 +63,12 @@ class MapWrites:
     def __enter__(self) -> MapWrites:
         from bcc import BPF
 
-        self._bpf = BPF(text=BPF_TEXT)
+        self._bpf = BPF(text=BPF_TEXT.encode())
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._bpf is not None
-        table = self._bpf["writes"]
+        table = self._bpf[b"writes"]
         self.counts = Counter({(int(k.tgid), int(k.fd)): int(v.value) for k, v in table.items()})
         self._bpf.cleanup()
         self._bpf = None

@@ -87,6 +87,10 @@ class Block:
             return self
         return self.take(np.argsort(order, kind="stable"))
 
+    @cached_property
+    def ids(self) -> frozenset[int]:
+        return frozenset(self.rules.rule_id.tolist())
+
     def same_rows(self, other: Block) -> npt.NDArray[np.bool_]:
         """Row by row (same length): whether the rules are the same, list order aside."""
         same = np.ones(len(self), dtype=bool)
@@ -194,9 +198,8 @@ class AclTable(Sequence[AclRule]):
     def find(self, rule_id: int) -> tuple[int, int] | None:
         """(block, row) of the rule with this id, or None."""
         for index, block in enumerate(self._blocks):
-            rows = np.flatnonzero(block.rules.rule_id == rule_id)
-            if len(rows):
-                return index, int(rows[0])
+            if rule_id in block.ids:  # a set per block, made once: an edit remakes one block's
+                return index, int(np.flatnonzero(block.rules.rule_id == rule_id)[0])
         return None
 
     def __contains__(self, rule: object) -> bool:
