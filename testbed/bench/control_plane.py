@@ -14,7 +14,8 @@ is driven through gRPC as a client would:
 - metrics: a Prometheus scrape of the daemon holding the largest policy, with no rule, 1,000
   rules and every rule marked `metrics: true` (testbed.bench.scrape): series, bytes, time;
 - the daemon: time from process start to health SERVING (fresh; restarting gracefully into two
-  attached interfaces with the update test's policy; and after SIGKILL with the largest update
+  attached interfaces with the update test's policy (the daemon does not detach on exit); and
+  after SIGKILL with the largest update
   base in place: the pinned programs and maps adopted as they stand), the AttachInterface call
   for a first interface (a compile) and a second one (a copy of that build,
   dataplane.kernel.clone), and its memory (VmRSS, VmHWM) idle, attached, after the largest apply;
@@ -153,7 +154,7 @@ class Bench:
             ns = stack.enter_context(Namespace(prefix=f"{PREFIX}c"))
             veth_pair(ns, IFACE, ns, PEER)
             veth_pair(ns, IFACE_2, ns, PEER_2)
-            d = DaemonProcess(ns, capacities=CAPACITIES, metrics_listen=scrape.METRICS)
+            d = DaemonProcess(ns, capacities=CAPACITIES, metrics_listen=scrape.METRICS, detach_on_exit=False)
             d.health_poll = 0.01
             stack.callback(d.close)
             d.start()
