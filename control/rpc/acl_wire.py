@@ -49,7 +49,7 @@ _ID, _PRIORITY, _ACTION, _LOG, _DESCRIPTION, _METRICS, _MATCH = map(
     attrgetter, ("id", "priority", "action", "log", "description", "metrics", "match"))
 _SRC, _DST, _PROTOCOL, _NUMBER, _LOW, _HIGH = map(
     attrgetter, ("src", "dst", "protocol", "protocol_number", "low", "high"))
-_HAS_PRIORITY, _HAS_NUMBER = methodcaller("HasField", "priority"), methodcaller("HasField", "protocol_number")
+_HAS_NUMBER = methodcaller("HasField", "protocol_number")
 # proto Action -> RawRules.action (the same numbers: 0 unset, 1 allow, 2 deny), others invalid
 _WIRE_ACTIONS = {pb2.ACTION_ALLOW: 1, pb2.ACTION_DENY: 2}
 _ACTION_OF_VALUE = {int(v): pb2.Action.Value(f"ACTION_{a.upper()}") for v, a in zip(ACTION_VALUES, ACTIONS,
@@ -87,8 +87,10 @@ def raw_from_messages(acl: Sequence[Any]) -> RawRules:
     n = len(acl)
     raw = RawRules.sized(n)
     raw.ids = _ints(map(_ID, acl), n)
-    has_priority = np.fromiter(map(_HAS_PRIORITY, acl), bool, n)
-    raw.priority = np.where(has_priority, _ints(map(_PRIORITY, acl), n), raw.priority)
+    priority = _ints(map(_PRIORITY, acl), n)
+    unset = np.flatnonzero(priority == 0)  # 0 is a priority too: absent only when not present
+    priority[unset[[not acl[r].HasField("priority") for r in unset.tolist()]]] = DEFAULT_PRIORITY
+    raw.priority = priority
     actions = _ints(map(_ACTION, acl), n)
     raw.action = np.where(np.isin(actions, [0, 1, 2]), actions, ACTION_INVALID).astype(np.int8)
     raw.log = np.fromiter(map(_LOG, acl), bool, n)

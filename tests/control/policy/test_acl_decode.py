@@ -407,3 +407,11 @@ acl:
     assert again == policy
     assert "sport: 1024-2047" in shown and "protocol: 50" in shown and "protocol: 0" in shown
     assert [r.id for r in again.acl] == [3, 1, 2, 4], "list order kept"
+
+
+def test_priority_zero_is_kept_and_an_absent_one_is_the_default() -> None:
+    zero = pb2.AclRule(id=1, priority=0, action=pb2.ACTION_DENY)
+    absent = pb2.AclRule(id=2, action=pb2.ACTION_DENY)
+    assert zero.HasField("priority") and not absent.HasField("priority")
+    table = acl_wire.table_from_messages([zero, absent])
+    assert [(r.id, r.priority) for r in table] == [(1, 0), (2, 1000)]
