@@ -46,6 +46,8 @@ from dataplane.match.columns import PORT_ANY, SCHEMA
 FORMAT = "columns/1"
 ERRORS_SHOWN = 5
 _EXTRA = (("given", np.uint8, ()), ("seq", np.uint64, ()), ("metrics", np.bool_, ()))
+# Columns a file may lack (written before they existed): all zero then.
+_OPTIONAL = frozenset({"mark"})
 _GIVEN = {"src": GIVEN_SRC, "dst": GIVEN_DST, "sport": GIVEN_SPORT, "dport": GIVEN_DPORT}
 
 
@@ -88,6 +90,9 @@ def load(data: dict[str, Any]) -> AclTable:
     crc = 0
     for name, dtype, shape in (*SCHEMA, *_EXTRA):
         text = columns.get(name)
+        if text is None and name in _OPTIONAL:
+            arrays[name] = np.zeros((n, *shape), dtype)
+            continue
         if not isinstance(text, str):
             raise ValueError(f"acl.columns.{name} is missing")
         raw = base64.b64decode(text, validate=True)
@@ -122,6 +127,8 @@ def _checked(a: dict[str, Any], descriptions: list[str]) -> AclTable:
     given = a["given"]
     problems = [f"acl row {r}: order does not hold the rule's id" for r in
                 np.flatnonzero((a["order"] & np.uint64(0xFFFFFFFF)) != a["rule_id"]).tolist()]
+    problems += [f"acl row {r}: mark is not 0 (ACL rules set no mark)"
+                 for r in np.flatnonzero(a["mark"]).tolist()]
     for side in PORTS:
         has = (given & _GIVEN[side]) != 0
         low, high = a[f"{side}_lo"].astype(np.int64), a[f"{side}_hi"].astype(np.int64)

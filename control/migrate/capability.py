@@ -36,7 +36,7 @@ class Feature(StrEnum):
 # What the model expresses today beyond the baseline. One line per feature: set it to True
 # when the model has the field and EMITTERS has its emitter (tests check both).
 CAPABILITIES: dict[Feature, bool] = {
-    Feature.SPORT: False,            # issue 11: Match.sport (on once the data plane matches them)
+    Feature.SPORT: True,             # issue 11: Match.sport (the classifier matches source ports)
     Feature.PROTOCOL_NUMBER: True,   # issue 11: Match.protocol as any number 0-255
     Feature.ICMP_TYPE: False,        # issue 14: ICMP/ICMPv6 type and code
     Feature.TCP_SYN: False,          # issue 14: TCP SYN without ACK

@@ -9,7 +9,6 @@ drops never reaches it), and the daemon's own counters, which say which rule jud
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import time
 from collections.abc import Iterator
@@ -32,9 +31,6 @@ SEND_IF, RECV_IF = "pt0", "pr0"
 RECV_ADDR = "10.63.0.1"
 ETH_P_ALL = 0x0003
 SILENCE = 0.4  # a frame not seen by then was dropped
-# The interim adapter to the three-stage matcher (control.apply.acl_adapter) cannot hold source
-# ports; the columnar classifier can.
-SPORT_PENDING = importlib.util.find_spec("control.apply.acl_adapter") is not None
 
 GRE_SRC_DENIED, GRE_SRC_OTHER = "10.70.1.5", "10.70.2.5"
 
@@ -166,13 +162,8 @@ def test_a_policy_read_back_names_the_protocol_numbers(daemon: DaemonProcess) ->
     assert numbers == {10: (47, 47), 11: (50, 50), 12: (89, 89), 13: (0, 0), 14: (17, 17)}
 
 
-@pytest.mark.xfail(SPORT_PENDING, strict=True, raises=AssertionError,
-                   reason="the interim matcher adapter refuses source ports (the classifier brings them)")
 def test_source_port_ranges_judge_real_packets(daemon: DaemonProcess, wire: Wire) -> None:
-    try:
-        apply(daemon, pb2.Policy(acl=SPORT_RULES))
-    except Exception as exc:  # noqa: BLE001 - the interim data plane refuses: say so as a failed check
-        raise AssertionError(f"the daemon refused source ports: {exc}") from exc
+    apply(daemon, pb2.Policy(acl=SPORT_RULES))
     before = stats(daemon)
     frames = {
         "udp-5353": _ip("10.71.0.5") / UDP(sport=5353, dport=9),

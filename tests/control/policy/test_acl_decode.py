@@ -343,6 +343,20 @@ def test_a_damaged_snapshot_is_refused() -> None:
         acl_snapshot.load(damaged)
 
 
+def test_a_snapshot_from_before_the_mark_column_loads_and_a_mark_is_refused() -> None:
+    import base64
+
+    table = decode_dicts([{"id": 1, "action": "deny", "match": {"src": "10.0.0.0/8"}}])
+    data = acl_snapshot.dump(table)
+    older = {**data, "columns": {k: v for k, v in data["columns"].items() if k != "mark"}}
+    older["crc32"] = _crc(older)
+    assert acl_snapshot.load(older) == table
+    marked = {**data, "columns": {**data["columns"], "mark": base64.b64encode(b"\x10\0\0\0").decode()}}
+    marked["crc32"] = _crc(marked)
+    with pytest.raises(ValueError, match="acl row 0: mark is not 0"):
+        acl_snapshot.load(marked)
+
+
 def _crc(data: dict[str, Any]) -> int:
     import base64
     import zlib
