@@ -27,16 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from control.cli import response_format as fmt
-from control.cli.main import (
-    EXIT_REFUSED,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    CliError,
-    Out,
-    _Commands,
-    load_model,
-    seconds,
-)
+from control.cli.args import Commands, seconds
+from control.cli.client import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Out
+from control.cli.files import load_model
 from control.policy.models import Policy
 
 ENV = {"endpoints": "TIDEGATE_ETCD_ENDPOINTS", "prefix": "TIDEGATE_ETCD_PREFIX", "ca": "TIDEGATE_ETCD_CA",
@@ -216,7 +209,7 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--etcd-password-file", metavar="FILE", help="the etcd user's password")
 
 
-def add_commands(commands: _Commands) -> None:
+def add_commands(commands: Commands) -> None:
     from control.fleet.keys import check_name
 
     def name(text: str) -> str:

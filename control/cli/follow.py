@@ -28,7 +28,8 @@ import grpc
 
 from control.cli import response_format as fmt
 from control.cli import stream_format as ff
-from control.cli.main import EXIT_UNREACHABLE, CliError, Out, Rpc, _Commands, seconds, u32
+from control.cli.args import Commands, seconds, u32
+from control.cli.client import EXIT_UNREACHABLE, CliError, Out, Rpc
 from control.rpc.api import pb2
 
 ANSI_HOME_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: redraw in place
@@ -176,7 +177,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_commands(commands: _Commands) -> None:
+def add_commands(commands: Commands) -> None:
     p = commands.add("events", cmd_events, "follow policy events (denied packets, logged allows)")
     p.add_argument("--rule", type=u32, action="append", metavar="N", help="only this rule id (repeatable)")
     p.add_argument("--reason", type=reason, action="append", metavar="NAME",

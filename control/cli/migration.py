@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from control.cli import response_format as fmt
-from control.cli.main import EXIT_USAGE, CliError, Out, Rpc, _Commands, _read
+from control.cli.args import Commands
+from control.cli.client import EXIT_USAGE, CliError, Out, Rpc
+from control.cli.files import read_input
 from control.migrate import host as hostmod
 from control.migrate import ipset, iptables, nft, output, report, residual, translate
 from control.migrate.flatten import FlattenError
@@ -42,7 +44,7 @@ def _inputs(args: argparse.Namespace) -> dict[str, str]:
     for key in ("iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy", "nft", "ipset"):
         path = getattr(args, key.replace("-", "_"))
         if path:
-            texts[key] = _read(path)[0]
+            texts[key] = read_input(path)[0]
     if args.live:
         try:
             live = hostmod.read_live(args.netns)
@@ -191,7 +193,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def add_commands(commands: _Commands) -> None:
+def add_commands(commands: Commands) -> None:
     p = commands.add("import", cmd_import, "translate an iptables/nftables policy into Tidegate's, rule by "
                                            "rule, and report each rule's fate")
     p.add_argument("--iptables", metavar="FILE", help="iptables-save output ('-' = stdin)")

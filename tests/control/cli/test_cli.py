@@ -29,6 +29,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from control.apply.controller import Controller
 from control.apply.reconcile import MissingInterface, Stats
 from control.apply.state import StateStore
+from control.cli import args as cli_args
+from control.cli import client
 from control.cli import main as cli
 from control.cli import response_format as fmt
 from control.policy.models import DesiredState, Policy
@@ -54,11 +56,11 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 def test_global_options_default_and_may_follow_the_command() -> None:
     parser = cli.build_parser()
     args = parser.parse_args(["acl", "list"])
-    assert (args.socket, args.json, args.timeout) == (None, False, cli.DEFAULT_TIMEOUT)
+    assert (args.socket, args.json, args.timeout) == (None, False, client.DEFAULT_TIMEOUT)
     args = parser.parse_args(["-s", "/x.sock", "-j", "--timeout", "5", "acl", "list"])
     assert (args.socket, args.json, args.timeout) == ("/x.sock", True, 5.0)
     args = parser.parse_args(["acl", "list", "-j", "-s", "/y.sock"])
-    assert (args.socket, args.json, args.timeout) == ("/y.sock", True, cli.DEFAULT_TIMEOUT)
+    assert (args.socket, args.json, args.timeout) == ("/y.sock", True, client.DEFAULT_TIMEOUT)
     assert parser.parse_args(["-j", "acl", "list"]).json  # not reset by the command's own -j default
 
 
@@ -90,7 +92,7 @@ def test_acl_add_arguments() -> None:
 ])
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     code, out, err = run(capsys, *argv)
-    assert code == cli.EXIT_USAGE
+    assert code == client.EXIT_USAGE
     assert "usage: tidegate" in err and out == ""
 
 
@@ -100,11 +102,11 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_ports_syntax_only() -> None:
-    assert cli.ports("80") == (80, 80)
-    assert cli.ports(" 80 - 90 ") == (80, 90)
-    assert cli.ports("70000") == (70000, 70000)  # out of range: the daemon says so, naming the field
+    assert cli_args.ports("80") == (80, 80)
+    assert cli_args.ports(" 80 - 90 ") == (80, 90)
+    assert cli_args.ports("70000") == (70000, 70000)  # out of range: the daemon says so, naming the field
     with pytest.raises(Exception, match="not a port"):
-        cli.ports("80-")
+        cli_args.ports("80-")
 
 
 def test_stats_interfaces_repeat_and_extend() -> None:
@@ -114,12 +116,12 @@ def test_stats_interfaces_repeat_and_extend() -> None:
 
 
 def test_resolve_target() -> None:
-    assert cli.resolve_target("/run/t.sock") == ("unix:/run/t.sock", Path("/run/t.sock"))
-    assert cli.resolve_target("unix:/run/t.sock") == ("unix:/run/t.sock", Path("/run/t.sock"))
-    assert cli.resolve_target("unix:///run/t.sock") == ("unix:/run/t.sock", Path("/run/t.sock"))
-    assert cli.resolve_target("127.0.0.1:50051") == ("127.0.0.1:50051", None)
-    assert cli.resolve_target("[::1]:50051") == ("[::1]:50051", None)
-    target, path = cli.resolve_target("rel.sock")
+    assert client.resolve_target("/run/t.sock") == ("unix:/run/t.sock", Path("/run/t.sock"))
+    assert client.resolve_target("unix:/run/t.sock") == ("unix:/run/t.sock", Path("/run/t.sock"))
+    assert client.resolve_target("unix:///run/t.sock") == ("unix:/run/t.sock", Path("/run/t.sock"))
+    assert client.resolve_target("127.0.0.1:50051") == ("127.0.0.1:50051", None)
+    assert client.resolve_target("[::1]:50051") == ("[::1]:50051", None)
+    target, path = client.resolve_target("rel.sock")
     assert path is not None and path.is_absolute() and target == f"unix:{path}"
 
 
@@ -128,17 +130,17 @@ def test_resolve_target() -> None:
 def test_missing_socket_exits_3_naming_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     sock = tmp_path / "none.sock"
     code, out, err = run(capsys, "-s", str(sock), "acl", "list")
-    assert code == cli.EXIT_UNREACHABLE and out == ""
+    assert code == client.EXIT_UNREACHABLE and out == ""
     assert err.startswith("tidegate: UNAVAILABLE: ") and str(sock) in err and "tidegate serve" in err
 
 
 def test_socket_from_environment(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cli.SOCKET_ENV, str(tmp_path / "env.sock"))
+    monkeypatch.setenv(client.SOCKET_ENV, str(tmp_path / "env.sock"))
     code, _, err = run(capsys, "status")
-    assert code == cli.EXIT_UNREACHABLE and "env.sock" in err
+    assert code == client.EXIT_UNREACHABLE and "env.sock" in err
     code, _, err = run(capsys, "-s", str(tmp_path / "flag.sock"), "status")
-    assert code == cli.EXIT_UNREACHABLE and "flag.sock" in err  # -s wins over the environment
+    assert code == client.EXIT_UNREACHABLE and "flag.sock" in err  # -s wins over the environment
 
 
 def test_nobody_listening_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,7 +153,7 @@ def test_nobody_listening_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     finally:
         stale.close()
         shutil.rmtree(directory)
-    assert code == cli.EXIT_UNREACHABLE
+    assert code == client.EXIT_UNREACHABLE
     assert err.startswith("tidegate: UNAVAILABLE: cannot reach the daemon at ") and str(path) in err
 
 
@@ -161,14 +163,14 @@ def test_socket_without_permission_exits_3(capsys: pytest.CaptureFixture[str], t
     path = tmp_path / "root-only.sock"
     path.touch(mode=0o000)
     code, _, err = run(capsys, "-s", str(path), "status")
-    assert code == cli.EXIT_UNREACHABLE and "no permission" in err and str(path) in err
+    assert code == client.EXIT_UNREACHABLE and "no permission" in err and str(path) in err
 
 
 def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "control.cli", "-s", str(tmp_path / "x.sock"), "acl", "list"]
     done = subprocess.run(argv, cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True,
                           timeout=60)
-    assert done.returncode == cli.EXIT_UNREACHABLE and "x.sock" in done.stderr
+    assert done.returncode == client.EXIT_UNREACHABLE and "x.sock" in done.stderr
 
 
 # --- exit 2: local files, checked before anything is sent ------------------------------------------
@@ -177,7 +179,7 @@ def test_invalid_field_names_file_and_field(capsys: pytest.CaptureFixture[str], 
     path = write(tmp_path, "p.yaml", "acl:\n  - id: 1\n    action: allow\n"
                                      "    match: {protocol: tcp, dport: 90-80}\n  - {id: 2, action: maybe}\n")
     code, out, err = run(capsys, "-s", str(tmp_path / "none.sock"), "policy", "apply", "-f", path)
-    assert code == cli.EXIT_USAGE and out == ""  # exit 2, not 3: the socket was never looked at
+    assert code == client.EXIT_USAGE and out == ""  # exit 2, not 3: the socket was never looked at
     lines = err.splitlines()
     assert lines[0] == f"tidegate: {path}: acl[0].match.dport: low 90 is above high 80"
     assert lines[1].startswith(f"tidegate: {path}: acl[1].action: ")
@@ -198,20 +200,20 @@ def test_policy_file_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                             name: str, text: str, expected: str) -> None:
     path = write(tmp_path, name, text)
     code, _, err = run(capsys, "policy", "apply", "-f", path, "--dry-run")
-    assert code == cli.EXIT_USAGE
+    assert code == client.EXIT_USAGE
     assert err.startswith(f"tidegate: {path}: ") and expected in err
 
 
 def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "chain", "add", "-f", str(tmp_path / "nope.yaml"))
-    assert code == cli.EXIT_USAGE and "nope.yaml: cannot read it: No such file or directory" in err
+    assert code == client.EXIT_USAGE and "nope.yaml: cannot read it: No such file or directory" in err
 
 
 def test_chain_file_errors_name_the_field(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = write(tmp_path, "c.yaml", "name: web\nforward: {interfaces: [eth0], mark: 0, table: 1000, "
                                      "nexthops: [{via: 10.0.0.300}]}\n")
     code, _, err = run(capsys, "chain", "add", "-f", path)
-    assert code == cli.EXIT_USAGE
+    assert code == client.EXIT_USAGE
     assert f"tidegate: {path}: forward.mark: Input should be greater than or equal to 1" in err
     assert f"tidegate: {path}: forward.nexthops[0].via: " in err
 
@@ -220,7 +222,7 @@ def test_stdin_is_read_for_dash(capsys: pytest.CaptureFixture[str], monkeypatch:
     text = '{"tunnels": [{"vni": 1, "vxlan": false, "geneve": false}]}'
     monkeypatch.setattr("sys.stdin", io.StringIO(text))
     code, _, err = run(capsys, "policy", "apply", "-f", "-")
-    assert code == cli.EXIT_USAGE
+    assert code == client.EXIT_USAGE
     assert err.startswith("tidegate: <stdin>: tunnels[0]: tunnel 1: enable vxlan, geneve or both")
 
 
@@ -234,18 +236,18 @@ def test_load_model_accepts_yaml_and_json(tmp_path: Path) -> None:
 def test_serve_config_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     cfg = write(tmp_path, "d.yaml", "listen: {unix: /x.sock}\ndetach_on_exit: maybe\n")
     code, _, err = run(capsys, "serve", "-c", cfg)
-    assert code == cli.EXIT_USAGE and f"{cfg}: detach_on_exit: " in err
+    assert code == client.EXIT_USAGE and f"{cfg}: detach_on_exit: " in err
     good = write(tmp_path, "g.yaml", f"listen: {{unix: {tmp_path}/d.sock}}\n")
     code, _, err = run(capsys, "serve", "-c", good, "--netns", "tg-no-such-ns")
-    assert code == cli.EXIT_USAGE and "/run/netns/tg-no-such-ns" in err
+    assert code == client.EXIT_USAGE and "/run/netns/tg-no-such-ns" in err
     code, _, err = run(capsys, "-s", "/elsewhere.sock", "serve", "-c", good)
-    assert code == cli.EXIT_USAGE and "listen.unix" in err
+    assert code == client.EXIT_USAGE and "listen.unix" in err
 
 
 def test_message_limit_matches_the_daemon() -> None:
     from control import daemon
 
-    assert cli.MAX_MESSAGE_BYTES == daemon.MAX_MESSAGE_BYTES
+    assert client.MAX_MESSAGE_BYTES == daemon.MAX_MESSAGE_BYTES
 
 
 # --- formatting helpers ---------------------------------------------------------------------------
@@ -444,7 +446,7 @@ def test_refusals_exit_1_with_the_status_code(capsys: pytest.CaptureFixture[str]
                                               argv: list[str], expected: str) -> None:
     sock, _ = fake_daemon
     code, out, err = run(capsys, "-s", sock, *argv)
-    assert code == cli.EXIT_REFUSED and out == ""
+    assert code == client.EXIT_REFUSED and out == ""
     assert err.startswith(expected), err
 
 
@@ -453,7 +455,7 @@ def test_duplicate_is_already_exists(capsys: pytest.CaptureFixture[str],
     sock, _ = fake_daemon
     assert run(capsys, "-s", sock, "tunnel", "add", "100")[0] == 0
     code, _, err = run(capsys, "-s", sock, "tunnel", "add", "100", "--no-geneve")
-    assert code == cli.EXIT_REFUSED
+    assert code == client.EXIT_REFUSED
     assert err.startswith("tidegate: ALREADY_EXISTS: tunnel VNI 100 already exists")
 
 
@@ -462,7 +464,7 @@ def test_deadline_exceeded_exits_1(capsys: pytest.CaptureFixture[str],
     sock, reconciler = fake_daemon
     reconciler.delay = 1.0
     code, _, err = run(capsys, "-s", sock, "--timeout", "0.2", "tunnel", "add", "5")
-    assert code == cli.EXIT_REFUSED
+    assert code == client.EXIT_REFUSED
     assert err.startswith("tidegate: DEADLINE_EXCEEDED: ") and "--timeout" in err
     deadline = time.monotonic() + 5
     while not reconciler.applied.policy.tunnels and time.monotonic() < deadline:

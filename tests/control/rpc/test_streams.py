@@ -25,6 +25,7 @@ import pytest
 from control.apply.controller import Controller
 from control.apply.reconcile import Stats
 from control.apply.state import StateStore
+from control.cli import client
 from control.cli import main as cli
 from control.observe.fanout import Fanout
 from control.observe.tracing import Backend, TraceManager
@@ -307,15 +308,15 @@ def test_cli_events_exits_3_when_the_daemon_ends_the_stream(daemon: Daemon,
 
     threading.Thread(target=stop, daemon=True).start()
     code, out, err = run(capsys, "-s", daemon.sock, "events")
-    assert code == cli.EXIT_UNREACHABLE and out == ""
+    assert code == client.EXIT_UNREACHABLE and out == ""
     assert err == "tidegate: UNAVAILABLE: the daemon ended the event stream: it is stopping\n"
 
 
 def test_cli_events_usage_and_refusals(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "-s", daemon.sock, "events", "--reason", "denied")
-    assert code == cli.EXIT_USAGE and "is not a verdict reason: one of PASS_NOT_IP" in err
+    assert code == client.EXIT_USAGE and "is not a verdict reason: one of PASS_NOT_IP" in err
     code, out, err = run(capsys, "-s", daemon.sock, "events", "--dst", "10.0.0.1/8")
-    assert code == cli.EXIT_REFUSED and out == "" and err.startswith("tidegate: INVALID_ARGUMENT: dst: ")
+    assert code == client.EXIT_REFUSED and out == "" and err.startswith("tidegate: INVALID_ARGUMENT: dst: ")
 
 
 def test_cli_events_ctrl_c_exits_0(daemon: Daemon) -> None:
