@@ -98,9 +98,9 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
     def _status(self, name: str, memory: dict[str, dict[str, int]]) -> Any:
         state = self.controller.read()
         iface = next((i for i in state.interfaces if i.name == name), None)
-        plane = self.controller.reconciler.planes.get(name)
+        mode = self.controller.xdp_mode(name)
         # what the kernel has now, not what the last apply set: the proto promises "right now"
-        active = plane.xdp_mode if plane is not None and in_kernel(name) else None
+        active = mode if mode is not None and in_kernel(name) else None
         status = pb2.InterfaceStatus(
             name=name,
             requested_mode=convert.xdp_mode_to_proto(iface.mode if iface else None),

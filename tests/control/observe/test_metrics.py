@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from control.apply.controller import Controller
-from control.apply.reconcile import ApplyError, InvalidState, Stats
+from control.apply.reconcile import ApplyError, InvalidState, Stats, occupancy
 from control.apply.state import StateStore
 from control.observe.fanout import EventFilter, Fanout
-from control.observe.metrics import MetricsServer, TidegateCollector, chosen_rules, occupancy, parse_listen
+from control.observe.metrics import MetricsServer, TidegateCollector, chosen_rules, parse_listen
 from control.policy.intent import interface_intent
 from control.policy.models import DesiredState
 from dataplane.acl import acl_capacity, acl_rule
