@@ -30,6 +30,7 @@ from control.cli import response_format as fmt
 from control.cli import stream_format as ff
 from control.cli.args import Commands, seconds, u32
 from control.cli.client import EXIT_UNREACHABLE, CliError, Out, Rpc
+from control.observe import event_format
 from control.rpc.api import pb2
 
 ANSI_HOME_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: redraw in place
@@ -94,13 +95,13 @@ def cmd_events(args: argparse.Namespace, rpc: Rpc) -> None:
             follow(rpc, rpc.events.WatchEvents, request) as messages:
         for msg in messages:
             if msg.HasField("event"):
-                data = ff.policy_event_data(msg.event)
+                data = event_format.policy_event_data(msg.event)
                 emit(json.dumps(data) if args.json else ff.policy_event_text(data))
                 shown += 1
                 if args.count and shown >= args.count:
                     return
             elif msg.HasField("loss"):
-                data = ff.event_loss_data(msg.loss)
+                data = event_format.event_loss_data(msg.loss)
                 if args.json:
                     emit(json.dumps(data))
                 elif any(data[k] for k in ("dropped", "rate_limited", "ringbuf_full")):

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from control.cli.stream_format import policy_event_data, policy_event_text
+from control.cli.stream_format import policy_event_text
 from control.errors import InvalidArgument
+from control.observe.event_format import policy_event_data
 from control.observe.event_readers import EventExporter, EventPump
 from control.observe.fanout import EventFilter, Fanout
 from control.rpc import convert
