@@ -63,7 +63,7 @@ def created_namespaces() -> list[str]:
     return [key.removeprefix("netns:") for key in cleanup.REGISTRY.history() if key.startswith("netns:")]
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
     """setns(2) for the calling thread only: network namespaces are per thread, not per process."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -160,13 +160,13 @@ class Namespace:
         try:
             target = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # fails if deleted: no re-create
             try:
-                _setns(target)
+                setns(target)
             finally:
                 os.close(target)
             try:
                 yield
             finally:
-                _setns(saved)
+                setns(saved)
         finally:
             os.close(saved)
 

@@ -67,8 +67,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from control.cli import fleet, follow, migration
-from control.cli import response_format as fmt
+from control.cli import fleet, follow, migration, response_format
 from control.cli.args import Commands, global_options, ports, u32, u64
 from control.cli.client import (
     EXIT_OK,
@@ -95,7 +94,7 @@ NETNS_DIR = "/run/netns"
 def cmd_attach(args: argparse.Namespace, rpc: Rpc) -> Out:
     iface = pb2.Interface(name=args.ifname, mode=convert.xdp_mode_to_proto(args.mode))
     answer = rpc.call(rpc.interfaces.AttachInterface, pb2.AttachInterfaceRequest(interface=iface))
-    data = {"interface": fmt.interface_data(answer.interface), "generation": answer.generation}
+    data = {"interface": response_format.interface_data(answer.interface), "generation": answer.generation}
     i = data["interface"]
     return Out(data, f"attached {i['name']}: requested {i['requested_mode']}, active {i['active_mode']} "
                      f"(generation {answer.generation})")
@@ -110,8 +109,8 @@ def cmd_status(args: argparse.Namespace, rpc: Rpc) -> Out:
     health = rpc.health()
     interfaces = rpc.call(rpc.interfaces.ListInterfaces, pb2.ListInterfacesRequest())
     policy = rpc.call(rpc.policy.GetPolicy, pb2.GetPolicyRequest())
-    data = fmt.status_data(health, interfaces, policy)
-    return Out(data, fmt.status_text(data))
+    data = response_format.status_data(health, interfaces, policy)
+    return Out(data, response_format.status_text(data))
 
 
 def _changed(what: str, answer: Any) -> Out:
@@ -137,8 +136,8 @@ def cmd_acl_del(args: argparse.Namespace, rpc: Rpc) -> Out:
 
 
 def cmd_acl_list(args: argparse.Namespace, rpc: Rpc) -> Out:
-    data = fmt.rules_data(rpc.call(rpc.policy.ListAclRules, pb2.ListAclRulesRequest()))
-    return Out(data, fmt.rules_text(data))
+    data = response_format.rules_data(rpc.call(rpc.policy.ListAclRules, pb2.ListAclRulesRequest()))
+    return Out(data, response_format.rules_text(data))
 
 
 def cmd_policy_apply(args: argparse.Namespace, rpc: Rpc) -> Out:
@@ -147,14 +146,15 @@ def cmd_policy_apply(args: argparse.Namespace, rpc: Rpc) -> Out:
                                 informational=("generation",))
     request = pb2.ApplyPolicyRequest(policy=convert.policy_to_proto(policy), dry_run=args.dry_run,
                                      expected_generation=args.expected_generation or 0)
-    data = fmt.apply_data(rpc.call(rpc.policy.ApplyPolicy, request), args.dry_run)
-    return Out(data, fmt.apply_text(data, "<stdin>" if args.file == "-" else args.file))
+    data = response_format.apply_data(rpc.call(rpc.policy.ApplyPolicy, request), args.dry_run)
+    return Out(data, response_format.apply_text(data, "<stdin>" if args.file == "-" else args.file))
 
 
 def cmd_policy_show(args: argparse.Namespace, rpc: Rpc) -> Out:
     answer = rpc.call(rpc.policy.GetPolicy, pb2.GetPolicyRequest())
     policy = convert.policy_from_proto(answer.policy)
-    return Out(fmt.policy_data(policy, answer.generation), fmt.policy_yaml(policy, answer.generation))
+    return Out(response_format.policy_data(policy, answer.generation),
+               response_format.policy_yaml(policy, answer.generation))
 
 
 def cmd_tunnel_add(args: argparse.Namespace, rpc: Rpc) -> Out:
@@ -169,8 +169,8 @@ def cmd_tunnel_del(args: argparse.Namespace, rpc: Rpc) -> Out:
 
 
 def cmd_tunnel_list(args: argparse.Namespace, rpc: Rpc) -> Out:
-    data = fmt.tunnels_data(rpc.call(rpc.policy.ListTunnels, pb2.ListTunnelsRequest()))
-    return Out(data, fmt.tunnels_text(data))
+    data = response_format.tunnels_data(rpc.call(rpc.policy.ListTunnels, pb2.ListTunnelsRequest()))
+    return Out(data, response_format.tunnels_text(data))
 
 
 def cmd_chain_add(args: argparse.Namespace, rpc: Rpc) -> Out:
@@ -185,14 +185,14 @@ def cmd_chain_del(args: argparse.Namespace, rpc: Rpc) -> Out:
 
 
 def cmd_chain_list(args: argparse.Namespace, rpc: Rpc) -> Out:
-    data = fmt.chains_data(rpc.call(rpc.policy.ListChains, pb2.ListChainsRequest()))
-    return Out(data, fmt.chains_text(data))
+    data = response_format.chains_data(rpc.call(rpc.policy.ListChains, pb2.ListChainsRequest()))
+    return Out(data, response_format.chains_text(data))
 
 
 def cmd_stats(args: argparse.Namespace, rpc: Rpc) -> Out:
     request = pb2.GetStatsRequest(interfaces=args.interface or [])
-    data = fmt.stats_data(rpc.call(rpc.stats.GetStats, request))
-    return Out(data, fmt.stats_text(data))
+    data = response_format.stats_data(rpc.call(rpc.stats.GetStats, request))
+    return Out(data, response_format.stats_text(data))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -297,7 +297,7 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_serve(args)
     if getattr(args.handler, "etcd", False):  # `fleet`: etcd, not the daemon
         out = args.handler(args)
-        print(fmt.to_json(out.data) if args.json else out.text)
+        print(response_format.to_json(out.data) if args.json else out.text)
         return EXIT_OK
     socket = args.socket or os.environ.get(SOCKET_ENV) or str(DEFAULT_SOCKET)
     rpc = Rpc(socket, args.timeout, client_tls(args, socket))
@@ -306,7 +306,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         rpc.close()
     if out is not None:  # the following commands (events, top, trace) print as they go
-        print(fmt.to_json(out.data) if args.json else out.text)
+        print(response_format.to_json(out.data) if args.json else out.text)
     return EXIT_OK
 
 

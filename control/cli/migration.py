@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from control.cli import response_format as fmt
+from control.cli import response_format
 from control.cli.args import Commands
 from control.cli.client import EXIT_USAGE, CliError, Out, Rpc
 from control.cli.files import read_input
@@ -140,7 +140,7 @@ def _apply(rpc: Rpc, policy_of: Any) -> tuple[dict[str, Any], dict[str, Any], Po
                                                                   expected_generation=current.generation))
     done = rpc.call(rpc.policy.ApplyPolicy, pb2.ApplyPolicyRequest(policy=message,
                                                                    expected_generation=current.generation))
-    return fmt.apply_data(dry, True), fmt.apply_data(done, False), policy
+    return response_format.apply_data(dry, True), response_format.apply_data(done, False), policy
 
 
 def cmd_import(args: argparse.Namespace, rpc: Rpc) -> Out | None:
@@ -165,12 +165,12 @@ def cmd_import(args: argparse.Namespace, rpc: Rpc) -> Out | None:
         Path(args.output).write_text(text_policy)
     data = report.data(plan)
     if args.json:
-        body = {"report": data, "policy": fmt.policy_data(policy), "kept": kept, **applied}
+        body = {"report": data, "policy": response_format.policy_data(policy), "kept": kept, **applied}
         return Out(body, "")
-    lines = [fmt.table(report.HEADERS, report.rows(plan)), *report.summary_lines(plan)]
+    lines = [response_format.table(report.HEADERS, report.rows(plan)), *report.summary_lines(plan)]
     if applied:
-        lines += ["", fmt.apply_text(applied["dry_run"], "the import"),
-                  fmt.apply_text(applied["applied"], "the import")]
+        lines += ["", response_format.apply_text(applied["dry_run"], "the import"),
+                  response_format.apply_text(applied["applied"], "the import")]
     text = "\n".join(lines)
     if args.output or args.apply:
         if args.output == "-":

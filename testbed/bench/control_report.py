@@ -25,6 +25,7 @@ class Bench(Protocol):
     apply: dict[tuple[str, int], list[float]]  # (how, rules) -> seconds per run
     updates: dict[str, list[float]]            # how -> seconds per single update
     ready: dict[str, list[float]]              # start kind -> seconds to SERVING
+    attach: dict[str, list[float]]             # first / second interface -> seconds to attach
     rss: dict[str, dict[str, float]]           # moment -> VmRSS/VmHWM in MiB
     steps: tuple[control_profile.Profiled, control_profile.Profiled] | None
     scrapes: list[scrape.Scrape]                # metrics scrapes of the largest policy

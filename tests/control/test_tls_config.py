@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from control.cli import client
-from control.cli import main as cli
+from control.cli import client, main
 from control.daemon_config import ConfigError, load_config
 from testbed.pki import CertificateAuthority
 
@@ -81,7 +80,7 @@ def test_a_tcp_listener_without_usable_tls_is_refused_naming_the_field(
 
 def test_the_cli_refuses_tls_options_for_a_unix_socket(capsys: pytest.CaptureFixture[str],
                                                        files: dict[str, Path]) -> None:
-    code = cli.main(["-s", "/run/nowhere.sock", "--ca", str(files["ca"]), "status"])
+    code = main.main(["-s", "/run/nowhere.sock", "--ca", str(files["ca"]), "status"])
     assert code == client.EXIT_USAGE
     assert "--ca: TLS options are for a daemon's TCP listener" in capsys.readouterr().err
 
@@ -95,7 +94,7 @@ def test_the_cli_refuses_tls_options_for_a_unix_socket(capsys: pytest.CaptureFix
 def test_the_cli_checks_its_tls_files_before_connecting(
         capsys: pytest.CaptureFixture[str], files: dict[str, Path], args: list[str], says: str) -> None:
     args = [a.format(**files) for a in args]
-    code = cli.main(["-s", "127.0.0.1:1", *args, "status"])
+    code = main.main(["-s", "127.0.0.1:1", *args, "status"])
     assert code == client.EXIT_USAGE
     assert says in capsys.readouterr().err
 
@@ -104,21 +103,21 @@ def test_the_cli_takes_tls_files_from_the_environment(monkeypatch: pytest.Monkey
                                                       capsys: pytest.CaptureFixture[str],
                                                       files: dict[str, Path]) -> None:
     monkeypatch.setenv("TIDEGATE_CERT", str(files["cert"]))
-    code = cli.main(["-s", "127.0.0.1:1", "status"])
+    code = main.main(["-s", "127.0.0.1:1", "status"])
     assert code == client.EXIT_USAGE and "--cert and --key go together" in capsys.readouterr().err
     monkeypatch.setenv("TIDEGATE_KEY", str(files["key"]))
     monkeypatch.setenv("TIDEGATE_CA", str(files["ca"]))
-    code = cli.main(["-s", "127.0.0.1:1", "--timeout", "2", "status"])  # nobody listens on port 1
+    code = main.main(["-s", "127.0.0.1:1", "--timeout", "2", "status"])  # nobody listens on port 1
     assert code == client.EXIT_UNREACHABLE
     assert "TLS handshake" in capsys.readouterr().err
     monkeypatch.setenv("TIDEGATE_SOCKET", "/run/nowhere.sock")  # a Unix socket ignores them
-    assert cli.main(["status"]) == client.EXIT_UNREACHABLE
+    assert main.main(["status"]) == client.EXIT_UNREACHABLE
 
 
 def test_serve_refuses_plaintext_tcp_before_starting(capsys: pytest.CaptureFixture[str],
                                                      files: dict[str, Path]) -> None:
     config = files["dir"] / "plaintext.yaml"
     config.write_text("listen: {tcp: '0.0.0.0:50051'}\n")
-    assert cli.main(["serve", "-c", str(config)]) == client.EXIT_USAGE
+    assert main.main(["serve", "-c", str(config)]) == client.EXIT_USAGE
     err = capsys.readouterr().err
     assert f"tidegate: {config}: listen.tcp.tls: TCP is served only with TLS" in err, err

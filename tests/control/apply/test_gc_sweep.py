@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 
-from control.apply import gc_guard as collector
+from control.apply import gc_guard
 
 
 class Node:
@@ -20,16 +20,16 @@ class Node:
 
 @pytest.fixture(autouse=True)
 def _clean(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202
-    monkeypatch.setattr(collector, "SWEEP_IDLE_S", 0.2)
+    monkeypatch.setattr(gc_guard, "SWEEP_IDLE_S", 0.2)
     yield
     gc.enable()
 
 
 def test_a_change_runs_without_the_collector_and_what_it_made_is_frozen():
     frozen = gc.get_freeze_count()
-    with collector.collector_held():
+    with gc_guard.collector_held():
         assert not gc.isenabled()
-        with collector.collector_held():  # nested: the outer one settles
+        with gc_guard.collector_held():  # nested: the outer one settles
             kept = [{"rule": i} for i in range(5000)]
         assert not gc.isenabled()
     assert gc.isenabled()
@@ -39,7 +39,7 @@ def test_a_change_runs_without_the_collector_and_what_it_made_is_frozen():
 def test_a_failed_change_is_not_frozen_and_its_cycles_are_collected():
     frozen = gc.get_freeze_count()
     ref = None
-    with pytest.raises(RuntimeError), collector.collector_held():
+    with pytest.raises(RuntimeError), gc_guard.collector_held():
         node = Node()
         ref = weakref.ref(node)
         del node
@@ -50,31 +50,31 @@ def test_a_failed_change_is_not_frozen_and_its_cycles_are_collected():
 
 
 def test_cyclic_garbage_of_changes_is_swept_once_idle(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(collector, "_sweep_after", 10)
-    with collector.collector_held():
+    monkeypatch.setattr(gc_guard, "_sweep_after", 10)
+    with gc_guard.collector_held():
         node = Node()
         ref = weakref.ref(node)
         del node
         kept = [[] for _ in range(100)]  # enough objects made for a sweep to be due
     assert ref() is not None, "frozen with the change: no collection walked it"
-    assert collector.sweep_due()
-    with collector.collector_held():  # another change restarts the idle wait
+    assert gc_guard.sweep_due()
+    with gc_guard.collector_held():  # another change restarts the idle wait
         pass
     assert ref() is not None
     deadline = time.monotonic() + 5
-    while (ref() is not None or collector.sweep_due()) and time.monotonic() < deadline:
+    while (ref() is not None or gc_guard.sweep_due()) and time.monotonic() < deadline:
         time.sleep(0.05)  # the sweep runs in a timer thread: until it is done
     assert ref() is None, "the sweep collected the cycle once no change ran"
-    assert not collector.sweep_due() and len(kept) == 100
+    assert not gc_guard.sweep_due() and len(kept) == 100
 
 
 def test_what_a_failed_change_built_is_collected_before_the_next_change_freezes_it(monkeypatch):
-    monkeypatch.setattr(collector, "SWEEP_IDLE_S", 60.0)  # no idle time: the next change must do it
-    with pytest.raises(RuntimeError), collector.collector_held():
+    monkeypatch.setattr(gc_guard, "SWEEP_IDLE_S", 60.0)  # no idle time: the next change must do it
+    with pytest.raises(RuntimeError), gc_guard.collector_held():
         node = Node()
         ref = weakref.ref(node)
         del node
         raise RuntimeError("refused")
-    with collector.collector_held():  # the next change, once the failure was handled
+    with gc_guard.collector_held():  # the next change, once the failure was handled
         assert ref() is None, "collected before anything was frozen"
     assert ref() is None

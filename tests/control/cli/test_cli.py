@@ -30,9 +30,7 @@ from control.apply.controller import Controller
 from control.apply.reconcile import MissingInterface, Stats
 from control.apply.state import StateStore
 from control.cli import args as cli_args
-from control.cli import client
-from control.cli import main as cli
-from control.cli import response_format as fmt
+from control.cli import client, main, response_format
 from control.policy.models import DesiredState, Policy
 from control.rpc.api import pb2
 from control.rpc.service import add_services
@@ -40,7 +38,7 @@ from dataplane.kernel.maps import Counter
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
+    code = main.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -54,7 +52,7 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 # --- arguments ------------------------------------------------------------------------------------
 
 def test_global_options_default_and_may_follow_the_command() -> None:
-    parser = cli.build_parser()
+    parser = main.build_parser()
     args = parser.parse_args(["acl", "list"])
     assert (args.socket, args.json, args.timeout) == (None, False, client.DEFAULT_TIMEOUT)
     args = parser.parse_args(["-s", "/x.sock", "-j", "--timeout", "5", "acl", "list"])
@@ -65,13 +63,13 @@ def test_global_options_default_and_may_follow_the_command() -> None:
 
 
 def test_acl_add_arguments() -> None:
-    args = cli.build_parser().parse_args(
+    args = main.build_parser().parse_args(
         ["acl", "add", "--id", "7", "--priority", "10", "--action", "deny", "--src", "10.0.0.0/8",
          "--dst", "192.0.2.0/24", "--protocol", "tcp", "--dport", "8000-8080", "--log", "--description", "x"])
     assert (args.id, args.priority, args.action, args.protocol) == (7, 10, "deny", "tcp")
     assert args.dport == (8000, 8080) and args.log and args.description == "x"
-    assert args.handler is cli.cmd_acl_add
-    single = cli.build_parser().parse_args(["acl", "add", "--id", "1", "--action", "allow", "--dport", "80"])
+    assert args.handler is main.cmd_acl_add
+    single = main.build_parser().parse_args(["acl", "add", "--id", "1", "--action", "allow", "--dport", "80"])
     assert single.dport == (80, 80) and single.priority is None and single.src is None
 
 
@@ -110,9 +108,9 @@ def test_ports_syntax_only() -> None:
 
 
 def test_stats_interfaces_repeat_and_extend() -> None:
-    args = cli.build_parser().parse_args(["stats", "--interface", "a", "b", "--interface", "c"])
+    args = main.build_parser().parse_args(["stats", "--interface", "a", "b", "--interface", "c"])
     assert args.interface == ["a", "b", "c"]
-    assert cli.build_parser().parse_args(["stats"]).interface is None
+    assert main.build_parser().parse_args(["stats"]).interface is None
 
 
 def test_resolve_target() -> None:
@@ -230,7 +228,7 @@ def test_load_model_accepts_yaml_and_json(tmp_path: Path) -> None:
     y = write(tmp_path, "p.yaml", "acl:\n  - {id: 1, action: deny, match: {protocol: tcp, dport: 80-90}}\n")
     j = write(tmp_path, "p.json", json.dumps({"acl": [{"id": 1, "action": "deny",
                                                        "match": {"protocol": "tcp", "dport": "80-90"}}]}))
-    assert cli.load_model(y, Policy, "a policy") == cli.load_model(j, Policy, "a policy")
+    assert main.load_model(y, Policy, "a policy") == main.load_model(j, Policy, "a policy")
 
 
 def test_serve_config_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -253,7 +251,7 @@ def test_message_limit_matches_the_daemon() -> None:
 # --- formatting helpers ---------------------------------------------------------------------------
 
 def test_table_aligns_columns() -> None:
-    text = fmt.table(["ID", "NAME", "NOTE"], [(5, "web", None), (1000, "a", "")])
+    text = response_format.table(["ID", "NAME", "NOTE"], [(5, "web", None), (1000, "a", "")])
     assert text.splitlines() == ["  ID  NAME  NOTE",
                                  "   5  web   -",
                                  "1000  a     -"]
@@ -267,15 +265,15 @@ def _rules() -> pb2.ListAclRulesResponse:
 
 
 def test_rules_as_json_and_table() -> None:
-    data = fmt.rules_data(_rules())
-    assert json.loads(fmt.to_json(data)) == data
+    data = response_format.rules_data(_rules())
+    assert json.loads(response_format.to_json(data)) == data
     assert set(data) == {"generation", "acl"}  # a policy file's section, and its generation
     assert data["acl"][0]["match"] == {"src": "10.0.0.0/8", "dst": None, "protocol": "tcp",
                                        "dport": {"low": 80, "high": 90}}
     assert [r["metrics"] for r in data["acl"]] == [False, True]
     listed = Policy.model_validate({k: v for k, v in data.items() if k != "generation"})
     assert [r.id for r in listed.acl] == [1, 20] and listed.acl[1].metrics
-    lines = fmt.rules_text(data).splitlines()
+    lines = response_format.rules_text(data).splitlines()
     assert lines[0].split() == ["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "DPORT", "LOG", "METRICS",
                                 "DESCRIPTION"]
     assert lines[1].split() == ["1", "1000", "deny", "10.0.0.0/8", "any", "tcp", "80-90", "no", "no", "-"]
@@ -284,9 +282,10 @@ def test_rules_as_json_and_table() -> None:
 
 
 def test_empty_lists_say_so() -> None:
-    assert "no ACL rules" in fmt.rules_text(fmt.rules_data(pb2.ListAclRulesResponse(generation=1)))
-    assert "no tunnels" in fmt.tunnels_text(fmt.tunnels_data(pb2.ListTunnelsResponse()))
-    assert "no service chains" in fmt.chains_text(fmt.chains_data(pb2.ListChainsResponse()))
+    f = response_format
+    assert "no ACL rules" in f.rules_text(f.rules_data(pb2.ListAclRulesResponse(generation=1)))
+    assert "no tunnels" in f.tunnels_text(f.tunnels_data(pb2.ListTunnelsResponse()))
+    assert "no service chains" in f.chains_text(f.chains_data(pb2.ListChainsResponse()))
 
 
 def test_stats_json_is_keyed_by_section() -> None:
@@ -299,14 +298,14 @@ def test_stats_json_is_keyed_by_section() -> None:
         events=[pb2.EventCounter(event=pb2.EVENT_CLASSIFIED, counter=c)],
         interfaces=[pb2.InterfaceCounter(name="eth0", counter=c)],
         policy_events=pb2.PolicyEventDelivery(sent=7, rate_limited=2, read=6, watch_dropped=1, watchers=1))
-    data = json.loads(fmt.to_json(fmt.stats_data(msg)))
+    data = json.loads(response_format.to_json(response_format.stats_data(msg)))
     counted = {"packets": 3, "bytes": 300}
     assert data == {"generation": 9, "reasons": {"DROP_DENIED": counted}, "acl_rules": {"5": counted},
                     "tunnels": {"100": counted}, "chain_legs": {"web": {"forward": counted}},
                     "events": {"CLASSIFIED": counted}, "interfaces": {"eth0": counted},
                     "policy_events": {"sent": 7, "rate_limited": 2, "ringbuf_full": 0, "read": 6,
                                       "watch_dropped": 1, "export_dropped": 0, "watchers": 1}}
-    text = fmt.stats_text(data)
+    text = response_format.stats_text(data)
     assert "DROP_DENIED" in text and "web    forward" in text
     assert "POLICY EVENTS" in text and "rate_limited" in text
 
@@ -314,9 +313,9 @@ def test_stats_json_is_keyed_by_section() -> None:
 def test_apply_text_lists_the_diff() -> None:
     msg = pb2.ApplyPolicyResponse(generation=4, diff=pb2.PolicyDiff(
         acl=pb2.IdDiff(added=[9, 10], changed=[3]), chains=pb2.NameDiff(removed=["web"])))
-    data = fmt.apply_data(msg, dry_run=True)
+    data = response_format.apply_data(msg, dry_run=True)
     assert data["diff"]["acl"] == {"added": [9, 10], "removed": [], "changed": [3]}
-    lines = fmt.apply_text(data, "p.yaml").splitlines()
+    lines = response_format.apply_text(data, "p.yaml").splitlines()
     assert lines[0] == "dry run of p.yaml: would change (generation stays 4)"
     assert lines[2].split() == ["acl", "9,10", "-", "3"]
     assert lines[4].split() == ["chains", "-", "web", "-"]
@@ -324,11 +323,11 @@ def test_apply_text_lists_the_diff() -> None:
 
 def test_apply_text_says_an_identical_policy_changed_nothing() -> None:
     msg = pb2.ApplyPolicyResponse(generation=4, diff=pb2.PolicyDiff(), unchanged=True)
-    data = fmt.apply_data(msg, dry_run=False)
+    data = response_format.apply_data(msg, dry_run=False)
     assert data["unchanged"] and data["generation"] == 4
-    head = fmt.apply_text(data, "p.yaml").splitlines()[0]
+    head = response_format.apply_text(data, "p.yaml").splitlines()[0]
     assert head == "p.yaml is the policy in force: nothing applied (generation stays 4)"
-    dry = fmt.apply_text(fmt.apply_data(msg, dry_run=True), "p.yaml").splitlines()[0]
+    dry = response_format.apply_text(response_format.apply_data(msg, dry_run=True), "p.yaml").splitlines()[0]
     assert dry == "dry run of p.yaml: would change nothing (generation stays 4)"
 
 
@@ -336,10 +335,10 @@ def test_policy_yaml_reads_back() -> None:
     policy = Policy.model_validate({"acl": [{"id": 1, "action": "deny", "match": {"protocol": "tcp",
                                                                                   "dport": "80-90"}}],
                                     "tunnels": [{"vni": 7, "geneve": False}]})
-    text = fmt.policy_yaml(policy, 12)
+    text = response_format.policy_yaml(policy, 12)
     assert text.startswith("# generation: 12\n") and "dport: 80-90" in text
     assert Policy.model_validate(yaml.safe_load(text)) == policy
-    data = fmt.policy_data(policy, 12)
+    data = response_format.policy_data(policy, 12)
     assert data.pop("generation") == 12 and Policy.model_validate(data) == policy
 
 

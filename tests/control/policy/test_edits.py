@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from control.errors import AlreadyExists, GenerationMismatch, InUse, InvalidArgument, NotFound
-from control.policy import edits as ops
+from control.policy import edits
 from control.policy.models import AclRule, DesiredState, Interface, Policy, ServiceChain, Tunnel
 
 CHAIN = {"name": "fw", "forward": {"interfaces": ["eth0"], "mark": 16, "table": 1001,
@@ -23,21 +23,21 @@ def _base() -> DesiredState:
 
 def test_add_and_delete_a_rule():
     rule = AclRule(id=2, action="allow")
-    added = ops.add_rule(_base(), rule)
+    added = edits.add_rule(_base(), rule)
     assert [r.id for r in added.policy.acl] == [1, 2]
-    assert [r.id for r in ops.delete_rule(added, 1).policy.acl] == [2]
+    assert [r.id for r in edits.delete_rule(added, 1).policy.acl] == [2]
 
 
 def test_adding_a_taken_id_is_already_exists():
     with pytest.raises(AlreadyExists, match="ACL rule 1"):
-        ops.add_rule(_base(), AclRule(id=1, action="allow"))
+        edits.add_rule(_base(), AclRule(id=1, action="allow"))
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda s: ops.delete_rule(s, 9), "ACL rule 9"),
-    (lambda s: ops.delete_tunnel(s, 9), "tunnel VNI 9"),
-    (lambda s: ops.delete_chain(s, "nope"), "chain nope"),
-    (lambda s: ops.detach(s, "eth9"), "interface eth9"),
+    (lambda s: edits.delete_rule(s, 9), "ACL rule 9"),
+    (lambda s: edits.delete_tunnel(s, 9), "tunnel VNI 9"),
+    (lambda s: edits.delete_chain(s, "nope"), "chain nope"),
+    (lambda s: edits.detach(s, "eth9"), "interface eth9"),
 ])
 def test_deleting_what_is_not_there_is_not_found(edit, message):
     with pytest.raises(NotFound, match=message):
@@ -48,44 +48,44 @@ def test_a_chain_naming_an_unattached_interface_is_invalid():
     chain = ServiceChain.model_validate({**CHAIN, "name": "fw2", "forward": {**CHAIN["forward"],
                                          "interfaces": ["eth1"], "mark": 17, "table": 1002}})
     with pytest.raises(InvalidArgument, match="eth1"):
-        ops.add_chain(_base(), chain)
+        edits.add_chain(_base(), chain)
 
 
 def test_detaching_an_interface_a_chain_uses_is_refused():
     with pytest.raises(InUse, match="fw"):
-        ops.detach(_base(), "eth0")
+        edits.detach(_base(), "eth0")
 
 
 def test_attaching_twice_is_already_exists():
     with pytest.raises(AlreadyExists, match="detach it first"):
-        ops.attach(_base(), Interface(name="eth0", mode="generic"))
+        edits.attach(_base(), Interface(name="eth0", mode="generic"))
 
 
 def test_edits_keep_the_generation_for_the_controller_to_bump():
     state = _base().model_copy(update={"generation": 7})
-    assert ops.add_tunnel(state, Tunnel(vni=5)).generation == 7
+    assert edits.add_tunnel(state, Tunnel(vni=5)).generation == 7
 
 
 def test_generation_check():
-    ops.check_generation(_base(), 0)  # 0 = do not check
+    edits.check_generation(_base(), 0)  # 0 = do not check
     with pytest.raises(GenerationMismatch, match="generation 0, not 4"):
-        ops.check_generation(_base(), 4)
+        edits.check_generation(_base(), 4)
 
 
 def test_diff_names_what_changed():
     old = _base().policy
     new = Policy.model_validate({"acl": [{"id": 1, "action": "allow"}, {"id": 3, "action": "deny"}],
                                  "tunnels": [{"vni": 7}], "settings": {"default_action": "deny"}})
-    d = ops.diff(old, new)
+    d = edits.diff(old, new)
     assert (d.acl.added, d.acl.changed, d.acl.removed) == ([3], [1], [])
     assert d.tunnels.added == [7] and d.chains.removed == ["fw"] and d.settings_changed
-    assert ops.diff(old, old).empty
+    assert edits.diff(old, old).empty
 
 
 def test_diff_orders_numbers_as_numbers():
     old = Policy()
     new = Policy.model_validate({"acl": [{"id": i, "action": "deny"} for i in (10, 9, 100)]})
-    assert ops.diff(old, new).acl.added == [9, 10, 100]
+    assert edits.diff(old, new).acl.added == [9, 10, 100]
 
 
 # --- validated once: an edit keeps the instances it does not touch, and is still never laxer ---
@@ -137,11 +137,11 @@ def _naive(state: DesiredState, op: str, arg: Any) -> dict[str, Any]:
 
 def _edit(state: DesiredState, op: str, arg: Any) -> DesiredState:
     if op == "attach":
-        return ops.attach(state, Interface(name=arg))
+        return edits.attach(state, Interface(name=arg))
     if op == "detach":
-        return ops.detach(state, arg)
+        return edits.detach(state, arg)
     model = {"add_rule": AclRule, "add_tunnel": Tunnel, "add_chain": ServiceChain}.get(op)
-    return ops.Edit(op, model.model_validate(arg) if model else arg)(state)
+    return edits.Edit(op, model.model_validate(arg) if model else arg)(state)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -175,13 +175,13 @@ def test_a_duplicate_slipped_past_the_edit_is_still_refused():
     """The cross-field checks run on every edit, not only the edit's own lookup."""
     state = _base()
     with pytest.raises(InvalidArgument, match="id 1 is used by both"):
-        ops._edit_list(state, "acl", [*state.policy.acl, AclRule(id=1, action="allow")])
+        edits._edit_list(state, "acl", [*state.policy.acl, AclRule(id=1, action="allow")])
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_replay_is_the_edits_one_after_another(seed):
     rng = random.Random(seed)
-    state, edits = _base(), []
+    state, done = _base(), []
     for _ in range(40):
         op, arg = _random_edit(rng)
         if op in ("attach", "detach"):
@@ -190,11 +190,11 @@ def test_replay_is_the_edits_one_after_another(seed):
             new = _edit(state, op, arg)
         except (InvalidArgument, AlreadyExists, NotFound, InUse):
             continue
-        edit = ops.Edit.from_record(ops.Edit(op, new.policy.acl[-1] if op == "add_rule" else
+        edit = edits.Edit.from_record(edits.Edit(op, new.policy.acl[-1] if op == "add_rule" else
                                              _edit_arg(op, arg)).record())
-        edits.append(edit)
+        done.append(edit)
         state = new
-    assert ops.replay(_base(), edits) == state
+    assert edits.replay(_base(), done) == state
 
 
 def _edit_arg(op: str, arg: Any) -> Any:
@@ -204,6 +204,6 @@ def _edit_arg(op: str, arg: Any) -> Any:
 
 def test_replay_refuses_what_a_single_edit_refuses():
     with pytest.raises(NotFound):
-        ops.replay(_base(), [ops.Edit("delete_rule", 9)])
+        edits.replay(_base(), [edits.Edit("delete_rule", 9)])
     with pytest.raises(AlreadyExists):
-        ops.replay(_base(), [ops.Edit("add_rule", AclRule(id=1, action="allow"))])
+        edits.replay(_base(), [edits.Edit("add_rule", AclRule(id=1, action="allow"))])

@@ -25,8 +25,7 @@ import pytest
 from control.apply.controller import Controller
 from control.apply.reconcile import Stats
 from control.apply.state import StateStore
-from control.cli import client
-from control.cli import main as cli
+from control.cli import client, main
 from control.observe.fanout import Fanout
 from control.observe.tracing import Backend, TraceManager
 from control.policy.models import DesiredState
@@ -268,7 +267,7 @@ def test_daemon_stop_ends_a_trace_saying_so(daemon: Daemon) -> None:
 # --- the CLI ----------------------------------------------------------------------------------------
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
+    code = main.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dataplane.trace import kernel_support as trace_kernel
+from dataplane.trace import kernel_support
 from dataplane.trace.btf import VMLINUX, Btf, BtfError, Kind, vmlinux
 
 needs_vmlinux = pytest.mark.skipif(not VMLINUX.exists(),
@@ -122,7 +122,7 @@ def test_drop_reasons_start_where_the_kernel_says() -> None:
     assert reasons["SKB_CONSUMED"] == 1
     assert reasons["SKB_DROP_REASON_NOT_SPECIFIED"] == 2
     assert reasons["SKB_DROP_REASON_NO_SOCKET"] == 3
-    names = trace_kernel.drop_reason_names()
+    names = kernel_support.drop_reason_names()
     assert names[2] == "NOT_SPECIFIED" and names[1] == "CONSUMED"
     assert "IP_INNOROUTES" in names.values()
 
@@ -133,11 +133,11 @@ def test_drop_reason_names_match_the_kfree_skb_tracepoint() -> None:
     if os.geteuid() != 0:
         pytest.skip("reading (and perhaps mounting) tracefs needs root")
     try:
-        printed = trace_kernel.print_fmt_symbols("skb:kfree_skb")
-    except (trace_kernel.TracefsError, FileNotFoundError) as exc:
+        printed = kernel_support.print_fmt_symbols("skb:kfree_skb")
+    except (kernel_support.TracefsError, FileNotFoundError) as exc:
         pytest.skip(f"no kfree_skb tracepoint format to compare with: {exc}")
     assert len(printed) > 50
-    names = trace_kernel.drop_reason_names()
+    names = kernel_support.drop_reason_names()
     assert {v: names.get(v) for v in printed} == printed
 
 
@@ -148,13 +148,13 @@ def test_uapi_enums_have_their_fixed_values() -> None:
     assert btf.enum("xdp_action") == {"XDP_ABORTED": 0, "XDP_DROP": 1, "XDP_PASS": 2, "XDP_TX": 3,
                                       "XDP_REDIRECT": 4}
     assert btf.enum("bpf_prog_type")["BPF_PROG_TYPE_XDP"] == 6
-    assert btf.enum("bpf_prog_type")["BPF_PROG_TYPE_TRACING"] == trace_kernel.BPF_PROG_TYPE_TRACING
+    assert btf.enum("bpf_prog_type")["BPF_PROG_TYPE_TRACING"] == kernel_support.BPF_PROG_TYPE_TRACING
     attach = btf.enum("bpf_attach_type")
-    assert attach["BPF_TRACE_FENTRY"] == trace_kernel.BPF_TRACE_FENTRY
-    assert attach["BPF_TRACE_FEXIT"] == trace_kernel.BPF_TRACE_FEXIT
+    assert attach["BPF_TRACE_FENTRY"] == kernel_support.BPF_TRACE_FENTRY
+    assert attach["BPF_TRACE_FEXIT"] == kernel_support.BPF_TRACE_FEXIT
     cmd = btf.enum("bpf_cmd")
-    assert cmd["BPF_PROG_LOAD"] == trace_kernel.BPF_PROG_LOAD
-    assert cmd["BPF_PROG_GET_FD_BY_ID"] == trace_kernel.BPF_PROG_GET_FD_BY_ID
+    assert cmd["BPF_PROG_LOAD"] == kernel_support.BPF_PROG_LOAD
+    assert cmd["BPF_PROG_GET_FD_BY_ID"] == kernel_support.BPF_PROG_GET_FD_BY_ID
 
 
 @needs_vmlinux
@@ -182,6 +182,6 @@ def test_kernel_structs_the_tracer_reads() -> None:
     assert btf.member("sk_buff", "network_header").size == 2
     assert btf.member("sk_buff", "tc_at_ingress").bit_size == 1
     assert btf.member("net_device", "name").size == 16
-    flags = trace_kernel.kernel_cflags(["tc", "xdp_generic"])
+    flags = kernel_support.kernel_cflags(["tc", "xdp_generic"])
     assert any(f.startswith("-DTT_OFF_SKB_HEAD=") for f in flags)
     assert any(f.startswith("-DTT_OFF_XDP_RXQ=") for f in flags)

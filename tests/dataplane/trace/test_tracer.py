@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dataplane.trace import kernel_support as tk
+from dataplane.trace import kernel_support
 from dataplane.trace.spec import MAX_DURATION_S, TraceEvent, TraceSpecError, filter_cflags
 from dataplane.trace.tracer import HOOK_NAMES, Tracer, TraceSpec, compile_tracer
 from testbed.netns import (
@@ -99,7 +99,7 @@ def test_filter_defines_compare_masked_words_as_the_cpu_loads_them() -> None:
 
 
 def test_hook_names_match_the_c_enum() -> None:
-    assert sorted(tk.hook_ids().values()) == sorted(HOOK_NAMES)
+    assert sorted(kernel_support.hook_ids().values()) == sorted(HOOK_NAMES)
     assert len(set(HOOK_NAMES)) == len(HOOK_NAMES)
 
 
@@ -115,8 +115,8 @@ print fmt: "x", __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 3, "NO_S
 
 
 def test_tracepoint_format_parsing() -> None:
-    fields = tk.parse_format(FIB6_FORMAT)
-    assert fields["src"] == tk.TpField("src", 31, 16, False)  # unaligned: read with probe_read
+    fields = kernel_support.parse_format(FIB6_FORMAT)
+    assert fields["src"] == kernel_support.TpField("src", 31, 16, False)  # unaligned: read with probe_read
     assert fields["name"].offset == 20 and fields["err"].signed
 
 
@@ -140,7 +140,7 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def trace_ready(bpf_available: None) -> Iterator[None]:
-    support = {s.hook.name: s for s in tk.probe_hooks()}
+    support = {s.hook.name: s for s in kernel_support.probe_hooks()}
     for needed in ("kfree_skb", "netif_receive_skb", "fib"):
         if not support[needed].supported:
             pytest.skip(f"this kernel lacks the {needed} hook: {support[needed].reason}")
@@ -195,9 +195,9 @@ def bpf_fds() -> int:
 
 def assert_unloaded(ids: list[int]) -> None:
     deadline = time.monotonic() + UNLOAD_S
-    while any(tk.prog_loaded(i) for i in ids) and time.monotonic() < deadline:
+    while any(kernel_support.prog_loaded(i) for i in ids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [i for i in ids if tk.prog_loaded(i)] == []
+    assert [i for i in ids if kernel_support.prog_loaded(i)] == []
 
 
 # --- kernel: the tests -----------------------------------------------------------------------------------
@@ -206,11 +206,11 @@ def assert_unloaded(ids: list[int]) -> None:
 @pytest.mark.root
 def test_capabilities_are_detected(trace_ready: None) -> None:
     caps = Tracer.capabilities()
-    assert set(caps) == {h.key for h in tk.HOOKS}
-    for hook in tk.HOOKS:
+    assert set(caps) == {h.key for h in kernel_support.HOOKS}
+    for hook in kernel_support.HOOKS:
         if hook.kind == "tracepoint":
             category, event = hook.target.split(":")
-            present = (tk.TRACEFS / "events" / category / event / "format").exists()
+            present = (kernel_support.TRACEFS / "events" / category / event / "format").exists()
             assert caps[hook.key] == present, hook.key
     reasons = {s.hook.name: s.reason for s in Tracer.hook_support() if not s.supported}
     assert all(reasons.values())
@@ -219,7 +219,8 @@ def test_capabilities_are_detected(trace_ready: None) -> None:
 @pytest.mark.root
 def test_every_hook_compiles_and_the_record_is_the_abi(trace_ready: None) -> None:
     """Also the fentry/fexit programs a kernel without trampolines never loads."""
-    everything = [tk.HookSupport(s.hook, True, "", s.cflags) for s in tk.probe_hooks()]
+    everything = [kernel_support.HookSupport(s.hook, True, "", s.cflags)
+                  for s in kernel_support.probe_hooks()]
     bpf = compile_tracer(TraceSpec(host="2001:db8::/32", protocol="tcp", port=80), everything)
     try:
         leaf = bpf[b"tt_events"].Leaf
@@ -290,7 +291,7 @@ def test_stop_leaves_nothing_loaded(pair: Pair) -> None:
     attached = tracer.start()
     assert "kfree_skb" in attached and set(attached) <= set(HOOK_NAMES)
     ids = tracer.program_ids()
-    assert len(ids) == len(attached) and all(tk.prog_loaded(i) for i in ids)
+    assert len(ids) == len(attached) and all(kernel_support.prog_loaded(i) for i in ids)
     assert bpf_fds() > before
     tracer.stop()
     tracer.stop()  # idempotent
