@@ -32,9 +32,9 @@ from control.cli.client import EXIT_UNREACHABLE, CliError, Out, Rpc
 from control.cli.response_format import Data
 from control.observe import event_format
 from control.rpc.api import pb2
+from dataplane import protocols
 
 ANSI_HOME_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: redraw in place
-PROTOCOLS = ["tcp", "udp", "sctp", "icmp", "icmpv6"]
 REASONS = [str(n).removeprefix("REASON_") for n, v in pb2.Reason.items() if v]
 
 
@@ -199,7 +199,7 @@ def add_commands(commands: Commands) -> None:
 
     p = commands.add("trace", cmd_trace, "trace packets through the kernel's hooks for a while")
     p.add_argument("--host", metavar="ADDR", help="only packets from or to this address or prefix")
-    p.add_argument("--protocol", choices=PROTOCOLS)
+    p.add_argument("--protocol", choices=list(protocols.NUMBERS))
     p.add_argument("--port", type=u32, metavar="N", help="only packets from or to this port")
     p.add_argument("--duration", type=seconds, metavar="SECONDS", help="how long (default 30, at most 600)")
     p.add_argument("--max-events", type=_positive_int, metavar="N",

@@ -85,6 +85,7 @@ from control.daemon_config import DEFAULT_SOCKET
 from control.policy.models import Policy, ServiceChain
 from control.rpc import convert
 from control.rpc.api import pb2
+from dataplane import protocols
 
 NETNS_DIR = "/run/netns"
 
@@ -232,7 +233,7 @@ def _policy_commands(commands: Commands) -> None:
     p.add_argument("--action", choices=["allow", "deny"], required=True)
     p.add_argument("--src", metavar="PREFIX", help="source prefix (default any)")
     p.add_argument("--dst", metavar="PREFIX", help="destination prefix (default any)")
-    p.add_argument("--protocol", choices=["tcp", "udp", "sctp", "icmp", "icmpv6"])
+    p.add_argument("--protocol", choices=list(protocols.NUMBERS))
     p.add_argument("--dport", type=ports, metavar="PORT[-PORT]", help="destination port or range")
     p.add_argument("--log", action="store_true", help="also report allowed matches as events")
     p.add_argument("--metrics", action="store_true",

@@ -11,8 +11,7 @@ from __future__ import annotations
 from control.cli.response_format import NONE, table
 from control.observe.event_format import Data, enum_name, iso_time, protocol_name
 from control.rpc.api import pb2
-
-_PORTED = {"tcp", "udp", "sctp"}
+from dataplane import protocols
 
 
 def _clock(iso: str) -> str:
@@ -21,7 +20,7 @@ def _clock(iso: str) -> str:
 
 
 def _endpoint(addr: str, port: int, protocol: str) -> str:
-    if protocol not in _PORTED:
+    if protocol not in protocols.PORTED:
         return addr or NONE
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 

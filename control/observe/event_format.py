@@ -9,11 +9,10 @@ import datetime as dt
 from typing import Any
 
 from control.rpc.api import pb2
+from dataplane import protocols
 
 Data = dict[str, Any]
 
-# IANA protocol numbers the API names (the Protocol enum); any other is shown by number
-PROTOCOL_NAMES = {int(v): str(n).removeprefix("PROTOCOL_").lower() for n, v in pb2.Protocol.items() if v}
 
 
 def enum_name(enum: Any, prefix: str, number: int) -> str:
@@ -25,7 +24,8 @@ def enum_name(enum: Any, prefix: str, number: int) -> str:
 
 
 def protocol_name(number: int) -> str:
-    return PROTOCOL_NAMES.get(number, str(number))
+    """A protocol the API names by its name; any other by its number."""
+    return protocols.NAMES.get(number, str(number))
 
 
 def iso_time(unix_ns: int) -> str:

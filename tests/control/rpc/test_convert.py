@@ -14,8 +14,6 @@ from control.policy.models import (
     IFNAME_RE,
     NAME_RE,
     PORT_MAX,
-    PORT_PROTOCOLS,
-    PROTOCOLS,
     TABLE_MAX,
     TABLE_MIN,
     U32_MAX,
@@ -34,6 +32,7 @@ from control.policy.models import (
 from control.rpc import convert
 from control.rpc.api import pb2
 from control.rpc.convert import InvalidArgument
+from dataplane import protocols
 
 # --- strategies: valid policies, built as dicts and validated by the models ---------------------
 
@@ -55,10 +54,10 @@ def matches(draw) -> dict:
     for key in ("src", "dst"):
         if draw(st.booleans()):
             d[key] = draw(networks(version))
-    protocol = draw(st.none() | st.sampled_from(sorted(PROTOCOLS)))
+    protocol = draw(st.none() | st.sampled_from(sorted(protocols.NUMBERS)))
     if protocol is not None:
         d["protocol"] = protocol
-    if protocol in PORT_PROTOCOLS and draw(st.booleans()):
+    if protocol in protocols.PORTED and draw(st.booleans()):
         low = draw(st.integers(0, PORT_MAX))
         d["dport"] = {"low": low, "high": draw(st.integers(low, PORT_MAX))}
     return d
@@ -255,9 +254,10 @@ def test_explicit_zero_is_not_absent():
     assert (match.dport.low, match.dport.high) == (0, 0)
 
 
-def test_protocol_enum_is_the_iana_number():
-    for name, number in PROTOCOLS.items():
-        assert pb2.Protocol.Value(f"PROTOCOL_{name.upper()}") == number
+def test_protocol_enum_mirrors_dataplane_protocols():
+    proto = {str(n).removeprefix("PROTOCOL_").lower(): v for n, v in pb2.Protocol.items()}
+    assert proto.pop("unspecified") == 0
+    assert proto == protocols.NUMBERS
 
 
 def test_xdp_modes():
