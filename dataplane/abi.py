@@ -67,6 +67,7 @@ EVENT_MAX = enums()["tg_event"]["TG_EVENT_MAX"]
 FIRST_DROP_REASON = enums()["tg_reason"]["TG_REASON_DROP_MALFORMED"]
 LAST_DROP_REASON = enums()["tg_reason"]["TG_REASON_DROP_DECAP_FAILED"]
 SLOT_NONE = define("TG_SLOT_NONE")
+VNI_MAX = define("TG_VNI_MAX")
 META_MAGIC = define("TG_META_MAGIC")
 
 

@@ -31,10 +31,9 @@ from pydantic import (
     model_validator,
 )
 
-from dataplane import protocols
+from dataplane import abi, protocols
 
 U32_MAX = (1 << 32) - 1
-VNI_MAX = (1 << 24) - 1
 PORT_MAX = 65535
 IFNAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$"  # IFNAMSIZ - 1 characters, no '/' or spaces
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,31}$"
@@ -237,7 +236,7 @@ class AclRule(Model):
 class Tunnel(Model):
     """A VNI terminated here, and with which encapsulations."""
 
-    vni: int = Field(ge=0, le=VNI_MAX)
+    vni: int = Field(ge=0, le=abi.VNI_MAX)
     vxlan: bool = True
     geneve: bool = True
 

@@ -24,3 +24,7 @@ def test_unknown_define_names_the_header():
 
     with pytest.raises(KeyError, match="tidegate_abi.h"):
         abi.define("TG_NOT_A_THING")
+
+
+def test_the_largest_vni_is_24_bits():
+    assert abi.VNI_MAX == (1 << 24) - 1  # RFC 7348 5, RFC 8926 3.4

@@ -14,6 +14,8 @@
 /* IANA-assigned UDP ports; the defaults of the runtime config (struct tg_config). */
 #define TG_VXLAN_PORT_DEFAULT 4789
 #define TG_GENEVE_PORT_DEFAULT 6081
+/* The largest VNI: VxLAN's and Geneve's are 24 bits (RFC 7348 5, RFC 8926 3.4). */
+#define TG_VNI_MAX 0xffffff
 
 /* Match keys carry a family byte, then the address left-aligned in 16 bytes (IPv4 in the first
  * four). One set of tries serves both families, a "/0 any family" wildcard is prefixlen 0, and

@@ -17,7 +17,6 @@ from control.policy.models import (
     TABLE_MAX,
     TABLE_MIN,
     U32_MAX,
-    VNI_MAX,
     AclRule,
     Interface,
     Leg,
@@ -32,7 +31,7 @@ from control.policy.models import (
 from control.rpc import convert
 from control.rpc.api import pb2
 from control.rpc.convert import InvalidArgument
-from dataplane import protocols
+from dataplane import abi, protocols
 
 # --- strategies: valid policies, built as dicts and validated by the models ---------------------
 
@@ -82,7 +81,8 @@ def acl_rules(draw, rule_id: int | None = None) -> dict:
 @st.composite
 def tunnels(draw, vni: int | None = None) -> dict:
     vxlan, geneve = draw(st.sampled_from([(True, True), (True, False), (False, True)]))
-    return {"vni": draw(st.integers(0, VNI_MAX)) if vni is None else vni, "vxlan": vxlan, "geneve": geneve}
+    vni = draw(st.integers(0, abi.VNI_MAX)) if vni is None else vni
+    return {"vni": vni, "vxlan": vxlan, "geneve": geneve}
 
 
 nexthops = st.one_of(
@@ -127,7 +127,7 @@ def settings_dicts(draw) -> dict:
 @st.composite
 def policies(draw) -> Policy:
     ids = draw(st.lists(st.integers(1, U32_MAX), unique=True, max_size=6))
-    vnis = draw(st.lists(st.integers(0, VNI_MAX), unique=True, max_size=4))
+    vnis = draw(st.lists(st.integers(0, abi.VNI_MAX), unique=True, max_size=4))
     names = draw(st.lists(st.from_regex(NAME_RE, fullmatch=True), unique=True, max_size=3))
     n_legs = 2 * len(names)
     marks = draw(st.lists(st.integers(1, U32_MAX), unique=True, min_size=n_legs, max_size=n_legs))
@@ -200,7 +200,7 @@ EXPLICIT = [
                 {"id": 3, "action": "deny", "match": {"protocol": "sctp", "dport": 0}},
                 {"id": 4, "action": "allow", "match": {"dst": "::/0", "protocol": "icmpv6"}},
                 {"id": 5, "action": "deny", "description": "vagues \U0001F30A ünïcode"}],
-        "tunnels": [{"vni": 0}, {"vni": VNI_MAX, "geneve": False}, {"vni": 42, "vxlan": False}],
+        "tunnels": [{"vni": 0}, {"vni": abi.VNI_MAX, "geneve": False}, {"vni": 42, "vxlan": False}],
         "chains": [{"name": "fw", "priority": 0,
                     "forward": {"interfaces": ["eth0", "eth1"], "match": {"dst": "192.0.2.0/24"}, "mark": 1,
                                 "table": TABLE_MIN, "nexthops": [{"via": "198.51.100.1"}, {"via": "fe80::1",
