@@ -12,6 +12,7 @@ and announces no more bytes than were delivered), stated without reference to th
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import struct
 from collections import Counter
@@ -46,7 +47,7 @@ VXLAN_FLAG_I = 0x08
 GENEVE_FLAG_O, GENEVE_FLAG_C = 0x80, 0x40
 GENEVE_OPT_CRITICAL = 0x80
 ETH_P_TEB = 0x6558
-META_LEN = 16  # struct tg_meta: magic, mark, vni, flags
+META_LEN = ctypes.sizeof(abi.Meta)  # struct tg_meta
 F_DECAPPED = abi.define("TG_META_F_DECAPPED")
 F_CLASSIFIED = abi.define("TG_META_F_CLASSIFIED")
 POLICY_EVENTS = (E.POLICY_SENT, E.POLICY_RATE_LIMITED, E.POLICY_RINGBUF_FULL)

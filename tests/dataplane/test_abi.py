@@ -54,6 +54,25 @@ def test_bcc_layout_matches_header(loaded_dataplane, name):
         assert _fields(leaf) == leaf_fields
 
 
+# map -> the struct its leaf is, read by abi.struct from the header: both readings must agree
+PARSED_LEAVES = {"config": "tg_config", "tunnels": "tg_tunnel", "acl_rules": "tg_acl_rule",
+                 "cls_rules": "tg_cls_rule", "policy_events": "tg_event_record",
+                 "event_bucket": "tg_event_bucket"}
+
+
+def _offsets(t: type) -> list[tuple[str, int, int]]:
+    return [(name, getattr(t, name).offset, getattr(t, name).size) for name in _fields(t)]
+
+
+@pytest.mark.parametrize("name", sorted(PARSED_LEAVES))
+def test_abi_struct_reads_the_layout_bcc_generates(loaded_dataplane, name):
+    table = loaded_dataplane.program.table(name)
+    leaf = getattr(table, "sLeaf", table.Leaf)
+    parsed = abi.struct(PARSED_LEAVES[name])
+    assert ctypes.sizeof(parsed) == ctypes.sizeof(leaf)
+    assert _offsets(parsed) == _offsets(leaf)
+
+
 def test_prefix_list_entries_match_header(loaded_dataplane):
     leaf = loaded_dataplane.program.table("acl_dst_list").Leaf
     entry = dict(leaf._fields_)["entries"]

@@ -28,3 +28,21 @@ def test_unknown_define_names_the_header():
 
 def test_the_largest_vni_is_24_bits():
     assert abi.VNI_MAX == (1 << 24) - 1  # RFC 7348 5, RFC 8926 3.4
+
+
+def test_tg_meta_is_read_from_the_header():
+    import ctypes
+
+    assert [name for name, _ in abi.Meta._fields_] == ["magic", "mark", "vni", "flags"]
+    assert ctypes.sizeof(abi.Meta) == 16  # the header's _Static_assert, checked by abi.struct too
+    raw = bytes(abi.Meta(magic=abi.META_MAGIC, mark=7, vni=100, flags=3))
+    assert abi.Meta.from_buffer_copy(raw).vni == 100
+
+
+def test_a_struct_abi_cannot_read_says_so():
+    import pytest
+
+    with pytest.raises(ValueError, match="tg_prefix_list: cannot read the field 'struct tg_prefix_entry"):
+        abi.struct("tg_prefix_list")
+    with pytest.raises(KeyError, match="struct tg_nothing is not in"):
+        abi.struct("tg_nothing")

@@ -12,7 +12,7 @@ packet itself with the same maps, sets skb->mark when a classifier matches, and 
 
 from __future__ import annotations
 
-import struct
+import ctypes
 
 import pytest
 from scapy.layers.l2 import ARP, Ether
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.root
 TC_ACT_OK = 0  # linux/pkt_cls.h
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
-META_LEN = 16  # struct tg_meta
+META_LEN = ctypes.sizeof(abi.Meta)
 ETH_HLEN = 14
 IPV4_HLEN = 20
 TCP_HLEN = 20
@@ -75,7 +75,7 @@ def run_tc(dp, packet: bytes, mark: int = 0):
 
 def meta_magic(v: Verdict) -> int:
     require_meta()
-    return struct.unpack("=I", v.meta[:4])[0]
+    return int(abi.Meta.from_buffer_copy(v.meta[:META_LEN]).magic)
 
 
 # --- XDP: the mark in metadata ------------------------------------------------------------------

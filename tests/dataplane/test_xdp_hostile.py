@@ -214,7 +214,8 @@ def _output_problems(x: Expected, r: Any, setup: Setup) -> list[str]:
         return out
     if len(r.meta) != META_LEN:
         return [*out, f"metadata of {len(r.meta)} bytes"]
-    magic, mark, vni, flags = struct.unpack("=IIII", r.meta)
+    meta = abi.Meta.from_buffer_copy(r.meta)
+    magic, mark, vni, flags = meta.magic, meta.mark, meta.vni, meta.flags
     want = (abi.META_MAGIC, x.mark, x.vni, meta_flags(x))
     if (magic, mark, vni, flags) != want:
         out.append(f"metadata {(magic, mark, vni, flags)}, expected {want}")
@@ -333,7 +334,8 @@ def tc_may_refuse(pkt: bytes) -> bool:
 
 def _fake_meta(src: Source) -> bytes:
     """What XDP metadata looks like, as packet bytes: TC must not take it for metadata."""
-    return struct.pack("=IIII", abi.META_MAGIC, src.integer(1, 0xFFFFFFFF), src.integer(0, 1 << 24), 3)
+    return bytes(abi.Meta(magic=abi.META_MAGIC, mark=src.integer(1, 0xFFFFFFFF), vni=src.integer(0, 1 << 24),
+                          flags=3))
 
 
 @FUZZ_SETTINGS

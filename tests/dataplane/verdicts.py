@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,23 +32,24 @@ class Verdict:
     data: bytes
     meta: bytes
 
-    def _meta_field(self, index: int) -> int:
+    def _meta(self) -> Any:
+        """The struct tg_meta in front of the packet (all zero when there is none)."""
         require_meta()
-        if len(self.meta) < 16:
-            return 0
-        return struct.unpack("=IIII", self.meta[:16])[index]
+        if len(self.meta) < ctypes.sizeof(abi.Meta):
+            return abi.Meta()
+        return abi.Meta.from_buffer_copy(self.meta[:ctypes.sizeof(abi.Meta)])
 
     @property
     def meta_mark(self) -> int:
-        return self._meta_field(1)
+        return int(self._meta().mark)
 
     @property
     def meta_vni(self) -> int:
-        return self._meta_field(2)
+        return int(self._meta().vni)
 
     @property
     def meta_flags(self) -> int:
-        return self._meta_field(3)
+        return int(self._meta().flags)
 
 
 def judge(dp: Any, packet: bytes) -> Verdict:
