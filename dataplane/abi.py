@@ -20,6 +20,8 @@ _ENUM = re.compile(r"enum\s+(tg_\w+)\s*\{(.*?)\};", re.S)
 _MEMBER = re.compile(r"^\s*(TG_\w+)\s*=\s*(\w+)\s*,", re.M)
 _DEFINE = re.compile(r"^#define\s+(TG_\w+)\s+(0x[0-9a-fA-F]+|\d+)\s*(?:/\*.*)?$", re.M)
 _COMMENT = re.compile(r"/\*.*?\*/", re.S)
+_DROPS = re.compile(r"^#define\s+TG_REASON_DROPS\s*\(((?:[^()]|\([^()]*\))*)\)", re.M)
+_REASON_BIT = re.compile(r"TG_REASON_BIT\((TG_REASON_\w+)\)")
 _STRUCT = re.compile(r"struct\s+(tg_\w+)\s*\{(.*?)\};", re.S)
 _FIELD = re.compile(r"^\s*(__u8|__u16|__u32|__u64)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?\s*;\s*$")
 _SIZE_ASSERT = re.compile(r"_Static_assert\(sizeof\(struct\s+(tg_\w+)\)\s*==\s*(\d+)\s*,")
@@ -99,15 +101,25 @@ TunnelType = _int_enum("tg_tunnel_type", "TG_TUNNEL_", "TunnelType")
 
 REASON_MAX = enums()["tg_reason"]["TG_REASON_MAX"]
 EVENT_MAX = enums()["tg_event"]["TG_EVENT_MAX"]
-FIRST_DROP_REASON = enums()["tg_reason"]["TG_REASON_DROP_MALFORMED"]
-LAST_DROP_REASON = enums()["tg_reason"]["TG_REASON_DROP_DECAP_FAILED"]
 SLOT_NONE = define("TG_SLOT_NONE")
 VNI_MAX = define("TG_VNI_MAX")
 META_MAGIC = define("TG_META_MAGIC")
 Meta = struct("tg_meta")  # XDP metadata in front of the packet: magic, mark, vni, flags
 
 
+def _drop_reasons() -> frozenset[int]:
+    """The reasons TG_REASON_DROPS lists (each as TG_REASON_BIT(TG_REASON_X))."""
+    found = _DROPS.search(_header_text())
+    if found is None:
+        raise KeyError(f"#define TG_REASON_DROPS is not in {ABI_HEADER}")
+    names = _REASON_BIT.findall(found.group(1))
+    return frozenset(Reason[name.removeprefix("TG_REASON_")] for name in names)
+
+
+DROP_REASONS = _drop_reasons()
+
+
 def is_drop(reason: int) -> bool:
-    """Mirrors the XDP program's exit (TG_REASON_IS_DROP): DROP_MALFORMED .. DROP_DECAP_FAILED
-    drop; the reasons after them (PASS_TUNNEL_NOT_IP) pass."""
-    return FIRST_DROP_REASON <= reason <= LAST_DROP_REASON
+    """Whether the XDP program drops a packet with this reason (TG_REASON_IS_DROP): the header
+    states it per reason, in TG_REASON_DROPS."""
+    return reason in DROP_REASONS
