@@ -13,6 +13,7 @@ life, so no fork per call is needed and nothing is created by accident (pyroute2
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import os
@@ -21,6 +22,7 @@ import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -328,3 +330,37 @@ def enable_forwarding(ns: Namespace) -> None:
     sysctl(ns, "net.ipv6.conf.all.forwarding", 1)
     for scope in ("all", "default"):
         sysctl(ns, f"net.ipv4.conf.{scope}.rp_filter", 0)
+
+
+# --- two namespaces joined by a veth -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """One veth as linked_namespaces made it: `ifname` in `ns`, `peer_ifname` in `peer` (which is
+    `ns` itself when the test needs no second namespace)."""
+
+    ns: Namespace
+    peer: Namespace
+    ifname: str
+    peer_ifname: str
+    addr: str               # ifname's address, without the prefix length
+    peer_addr: str | None   # the peer end's; None: it has none
+
+
+@contextmanager
+def linked_namespaces(prefix: str, ifname: str, peer_ifname: str, addr: str, peer_addr: str | None = None,
+                      *, prefix_len: int = 24, peer_namespace: bool = True) -> Iterator[Link]:
+    """A namespace and a peer namespace joined by a veth, both removed on leaving: `addr` on
+    `ifname`, `peer_addr` on the peer end, and each side the other's MAC as a static neighbour
+    (no ARP: only the test's own packets cross). With peer_namespace=False both ends are in the
+    one namespace and the peer end has no address (a link to attach to, nothing behind it)."""
+    with Namespace(prefix=prefix) as ns, \
+            (Namespace(prefix=f"{prefix}p") if peer_namespace else contextlib.nullcontext(ns)) as peer:
+        veth_pair(ns, ifname, peer, peer_ifname)
+        add_address(ns, ifname, f"{addr}/{prefix_len}")
+        if peer_namespace and peer_addr is not None:
+            add_address(peer, peer_ifname, f"{peer_addr}/{prefix_len}")
+            add_neighbour(ns, ifname, peer_addr, link_mac(peer, peer_ifname))
+            add_neighbour(peer, peer_ifname, addr, link_mac(ns, ifname))
+        yield Link(ns, peer, ifname, peer_ifname, addr, peer_addr if peer_namespace else None)

@@ -33,13 +33,13 @@ from hypothesis.control import currently_in_test_context
 
 from control.rpc.api import pb2
 from testbed.daemon import DaemonProcess
-from testbed.netns import Namespace, add_address, veth_pair
+from testbed.netns import linked_namespaces
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
 
 # tgf0 is attached; tgf1 exists and is kept out of generated names (an attach compiles for seconds)
 IFNAME, PEER_IFNAME = "tgf0", "tgf1"
-ADDR = "10.91.0.1/24"
+ADDR = "10.91.0.1"
 CAPACITIES = {"acl_rules": 4096, "acl_src": 4096, "acl_dst": 8192, "acl_port": 8192}
 RPC_TIMEOUT = 60.0
 # examples per typed RPC, and of random and of mutated bytes over all methods; a longer hunt:
@@ -147,15 +147,11 @@ BASELINE = pb2.Policy(
 
 
 @pytest.fixture(scope="module")
-def api(bpf_available: None) -> Iterator[Api]:
-    with Namespace(prefix="tgfuzz") as ns:
-        veth_pair(ns, IFNAME, ns, PEER_IFNAME)
-        add_address(ns, IFNAME, ADDR)
-        with DaemonProcess(ns, capacities=CAPACITIES) as daemon:
-            daemon.interfaces.AttachInterface(pb2.AttachInterfaceRequest(
-                interface=pb2.Interface(name=IFNAME, mode=pb2.XDP_MODE_GENERIC)), timeout=RPC_TIMEOUT)
-            daemon.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=BASELINE), timeout=RPC_TIMEOUT)
-            yield Api(daemon)
+def api(daemon_on_veth: Any) -> Iterator[Api]:
+    with linked_namespaces("tgfuzz", IFNAME, PEER_IFNAME, ADDR, peer_namespace=False) as link, \
+            daemon_on_veth(link.ns, IFNAME, mode="generic", capacities=CAPACITIES) as daemon:
+        daemon.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=BASELINE), timeout=RPC_TIMEOUT)
+        yield Api(daemon)
 
 
 # --- strategies over the proto fields --------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -13,25 +14,21 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from control.rpc.api import pb2
 from testbed.daemon import DaemonProcess
-from testbed.netns import Namespace, add_address, veth_pair
+from testbed.netns import linked_namespaces
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
 
 IFNAME, PEER_IFNAME = "tga0", "tga1"
-ADDR = "10.88.0.1/24"
+ADDR = "10.88.0.1"
 REACHABLE_VIA = "10.88.0.2"
 UNREACHABLE_VIA = "10.99.0.2"  # no route to it in the namespace: the kernel refuses the route
 
 
 @pytest.fixture(scope="module")
-def daemon(bpf_available: None) -> Iterator[DaemonProcess]:
-    with Namespace(prefix="tgapi") as ns:
-        veth_pair(ns, IFNAME, ns, PEER_IFNAME)
-        add_address(ns, IFNAME, ADDR)
-        with DaemonProcess(ns, detach_on_exit=True) as d:
-            d.interfaces.AttachInterface(pb2.AttachInterfaceRequest(
-                interface=pb2.Interface(name=IFNAME, mode=pb2.XDP_MODE_NATIVE)))
-            yield d
+def daemon(daemon_on_veth: Any) -> Iterator[DaemonProcess]:
+    with linked_namespaces("tgapi", IFNAME, PEER_IFNAME, ADDR, peer_namespace=False) as link, \
+            daemon_on_veth(link.ns, IFNAME) as d:
+        yield d
 
 
 def _policy(deny_src: str, via: str, rule_id: int = 1) -> pb2.Policy:

@@ -37,7 +37,7 @@ from dataplane.kernel.build_settings import Capacities
 from dataplane.kernel.owner import OWNER
 from testbed.daemon import DaemonProcess
 from testbed.kernel_maps import pinned_memlock
-from testbed.netns import Namespace, add_address, add_neighbour, link_mac, veth_pair
+from testbed.netns import Link, linked_namespaces
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
 
@@ -69,18 +69,16 @@ chains:
 
 
 @pytest.fixture(scope="module")
-def daemon(bpf_available: None) -> Iterator[DaemonProcess]:
-    with Namespace(prefix="tgeco") as ns, Namespace(prefix="tgecp") as peer:
-        veth_pair(ns, IFNAME, peer, PEER_IFNAME)
-        add_address(ns, IFNAME, f"{ADDR}/24")
-        add_address(peer, PEER_IFNAME, f"{PEER_ADDR}/24")
-        add_neighbour(ns, IFNAME, PEER_ADDR, link_mac(peer, PEER_IFNAME))
-        add_neighbour(peer, PEER_IFNAME, ADDR, link_mac(ns, IFNAME))
-        with DaemonProcess(ns, detach_on_exit=True, metrics_listen=METRICS) as d:
-            d.peer = peer  # type: ignore[attr-defined]
-            d.interfaces.AttachInterface(pb2.AttachInterfaceRequest(
-                interface=pb2.Interface(name=IFNAME, mode=pb2.XDP_MODE_NATIVE)), timeout=RPC_TIMEOUT)
-            yield d
+def link() -> Iterator[Link]:
+    with linked_namespaces("tgeco", IFNAME, PEER_IFNAME, ADDR, PEER_ADDR) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def daemon(link: Link, daemon_on_veth: Any) -> Iterator[DaemonProcess]:
+    with daemon_on_veth(link.ns, IFNAME, metrics_listen=METRICS) as d:
+        d.peer = link.peer  # type: ignore[attr-defined]
+        yield d
 
 
 @pytest.fixture

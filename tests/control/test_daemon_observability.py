@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from control.rpc.api import pb2
 from testbed.daemon import DaemonProcess
-from testbed.netns import Namespace, add_address, add_neighbour, link_mac, veth_pair
+from testbed.netns import Link, linked_namespaces
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
 
@@ -47,28 +47,25 @@ needs_trace = pytest.mark.skipif(importlib.util.find_spec("dataplane.trace.trace
 
 
 @pytest.fixture(scope="module")
-def daemon(bpf_available: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+def link() -> Iterator[Link]:
+    with linked_namespaces("tgobs", IFNAME, PEER_IFNAME, ADDR, PEER_ADDR) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def daemon(link: Link, daemon_on_veth: Any,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     export = tmp_path_factory.mktemp("export") / "events.jsonl"
-    with Namespace(prefix="tgobs") as ns, Namespace(prefix="tgobp") as peer:
-        veth_pair(ns, IFNAME, peer, PEER_IFNAME)
-        add_address(ns, IFNAME, f"{ADDR}/24")
-        add_address(peer, PEER_IFNAME, f"{PEER_ADDR}/24")
-        add_neighbour(ns, IFNAME, PEER_ADDR, link_mac(peer, PEER_IFNAME))
-        add_neighbour(peer, PEER_IFNAME, ADDR, link_mac(ns, IFNAME))
-        with DaemonProcess(ns, detach_on_exit=True, metrics_listen=METRICS, events_export=export) as d:
-            d.peer = peer  # type: ignore[attr-defined]
-            d.export_path = export  # type: ignore[attr-defined]
-            d.interfaces.AttachInterface(pb2.AttachInterfaceRequest(
-                interface=pb2.Interface(name=IFNAME, mode=pb2.XDP_MODE_NATIVE)))
-            rule = pb2.AclRule(id=DENY_RULE, action=pb2.ACTION_DENY, metrics=True, match=pb2.Match(
-                protocol=pb2.PROTOCOL_UDP, dport=pb2.PortRange(low=UDP_PORT, high=UDP_PORT)))
-            d.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=pb2.Policy(acl=[rule])))
-            yield d
+    with daemon_on_veth(link.ns, IFNAME, metrics_listen=METRICS, events_export=export) as d:
+        rule = pb2.AclRule(id=DENY_RULE, action=pb2.ACTION_DENY, metrics=True, match=pb2.Match(
+            protocol=pb2.PROTOCOL_UDP, dport=pb2.PortRange(low=UDP_PORT, high=UDP_PORT)))
+        d.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=pb2.Policy(acl=[rule])))
+        yield d
 
 
-def send_denied(d: DaemonProcess, count: int = 3) -> None:
+def send_denied(link: Link, count: int = 3) -> None:
     """UDP datagrams from the peer that rule DENY_RULE drops at XDP."""
-    with d.peer.enter():  # type: ignore[attr-defined]
+    with link.peer.enter():
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with s:
         for _ in range(count):
@@ -101,7 +98,7 @@ def until(check: Any, what: str, timeout: float = WAIT) -> Any:
 
 # --- metrics and top (no events module needed) ------------------------------------------------------
 
-def test_metrics_endpoint_counters_move_with_traffic(daemon: DaemonProcess) -> None:
+def test_metrics_endpoint_counters_move_with_traffic(daemon: DaemonProcess, link: Link) -> None:
     before = scrape(daemon)
     assert sample(before, "tidegate_scrape_complete") == 1
     assert sample(before, "tidegate_last_apply_success") == 1
@@ -110,7 +107,7 @@ def test_metrics_endpoint_counters_move_with_traffic(daemon: DaemonProcess) -> N
     assert sample(before, "tidegate_map_entries", interface=IFNAME, map="acl_rules") == 1
     assert sample(before, "tidegate_map_capacity", interface=IFNAME, map="acl_rules") > 1
 
-    send_denied(daemon, 5)
+    send_denied(link, 5)
 
     def moved() -> bool:
         after = scrape(daemon)
@@ -137,13 +134,13 @@ def test_top_once_prints_rates(daemon: DaemonProcess) -> None:
 # --- policy events ----------------------------------------------------------------------------------
 
 @needs_events
-def test_a_denied_packet_shows_up_in_watch_events(daemon: DaemonProcess) -> None:
+def test_a_denied_packet_shows_up_in_watch_events(daemon: DaemonProcess, link: Link) -> None:
     stream = daemon.events.WatchEvents(pb2.WatchEventsRequest(rule_ids=[DENY_RULE], interfaces=[IFNAME]),
                                        timeout=30)
     try:
         first = next(stream)
         assert first.WhichOneof("kind") == "loss"  # the subscription is in place
-        send_denied(daemon)
+        send_denied(link)
         event = next(m.event for m in stream if m.WhichOneof("kind") == "event")
     finally:
         stream.cancel()
@@ -154,14 +151,14 @@ def test_a_denied_packet_shows_up_in_watch_events(daemon: DaemonProcess) -> None
 
 
 @needs_events
-def test_cli_events_json_prints_the_event(daemon: DaemonProcess) -> None:
+def test_cli_events_json_prints_the_event(daemon: DaemonProcess, link: Link) -> None:
     proc = daemon.cli_popen("events", "--rule", str(DENY_RULE), "--reason", "drop_denied", "--count", "1",
                             as_json=True)
     try:
         assert proc.stdout is not None
         ready = json.loads(proc.stdout.readline())
         assert ready["type"] == "loss"
-        send_denied(daemon)
+        send_denied(link)
         out, err = proc.communicate(timeout=WAIT)
     finally:
         proc.kill() if proc.poll() is None else None
@@ -187,9 +184,10 @@ def test_cli_events_ends_cleanly_on_ctrl_c(daemon: DaemonProcess) -> None:
 
 
 @needs_events
-def test_the_exporter_writes_json_lines_and_stats_count_delivery(daemon: DaemonProcess) -> None:
-    send_denied(daemon)
-    path: Path = daemon.export_path  # type: ignore[attr-defined]
+def test_the_exporter_writes_json_lines_and_stats_count_delivery(daemon: DaemonProcess, link: Link) -> None:
+    send_denied(link)
+    assert daemon.events_export is not None
+    path = Path(daemon.events_export)
 
     def exported() -> list[dict[str, Any]]:
         if not path.exists():
@@ -251,7 +249,7 @@ def test_a_cancelled_trace_leaves_no_tracer_loaded(daemon: DaemonProcess) -> Non
 
 
 @needs_trace
-def test_cli_trace_runs_for_its_duration(daemon: DaemonProcess) -> None:
+def test_cli_trace_runs_for_its_duration(daemon: DaemonProcess, link: Link) -> None:
     caps = daemon.trace.TraceCapabilities(pb2.TraceCapabilitiesRequest(), timeout=60)
     if not any(c.supported for c in caps.capabilities):
         pytest.skip("this kernel supports none of the tracer's hooks")
@@ -259,7 +257,7 @@ def test_cli_trace_runs_for_its_duration(daemon: DaemonProcess) -> None:
 
     def traffic() -> None:
         while not stop.wait(0.2):
-            send_denied(daemon, 1)
+            send_denied(link, 1)
 
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()

@@ -34,7 +34,7 @@ from control.daemon_config import load_config
 from control.rpc.api import pb2
 from testbed import cleanup
 from testbed.daemon import DaemonProcess
-from testbed.netns import Namespace, add_address, add_neighbour, link_mac, veth_pair
+from testbed.netns import Namespace, linked_namespaces
 from testbed.topology import remove_pin_root, unique_pin_root
 
 pytestmark = [pytest.mark.slow]
@@ -268,12 +268,8 @@ def test_a_restart_keeps_enforcing_and_notifies_each_step(bpf_available: None, t
     listener = NotifyListener(tmp_path)
     env = {"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "400000"}
     try:
-        with Namespace(prefix="tgrst") as ns, Namespace(prefix="tgrsp") as peer:
-            veth_pair(ns, IFNAME, peer, PEER_IFNAME)
-            add_address(ns, IFNAME, f"{ADDR}/24")
-            add_address(peer, PEER_IFNAME, f"{PEER_ADDR}/24")
-            add_neighbour(ns, IFNAME, PEER_ADDR, link_mac(peer, PEER_IFNAME))
-            add_neighbour(peer, PEER_IFNAME, ADDR, link_mac(ns, IFNAME))
+        with linked_namespaces("tgrst", IFNAME, PEER_IFNAME, ADDR, PEER_ADDR) as link:
+            ns, peer = link.ns, link.peer
             dropped, passed = _udp_receiver(ns, DROPPED_PORT), _udp_receiver(ns, PASSED_PORT)
             with dropped, passed, DaemonProcess(ns, detach_on_exit=False, env=env) as d:
                 first = listener.wait_for("READY=1")

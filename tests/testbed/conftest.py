@@ -15,7 +15,8 @@ import pytest
 from dataplane.kernel.attach import AttachError
 from dataplane.kernel.interface import Dataplane
 from dataplane.map_config import RuntimeConfig, TunnelEntry
-from testbed import cleanup, topology
+from testbed import cleanup, flow_topology, policy_sets, topology
+from testbed.daemon import DaemonProcess
 from testbed.netns import created_namespaces, list_namespaces
 
 
@@ -38,6 +39,23 @@ def no_leftovers() -> Iterator[None]:
 def topo(bpf_available: None) -> Iterator[topology.Topology]:
     with topology.build() as t:
         yield t
+
+
+@pytest.fixture(scope="module")
+def flow_topo(bpf_available: None) -> Iterator[flow_topology.FlowTopology]:
+    """A sender and a receiver namespace (testbed.flow_topology) for sequence-numbered flows to
+    policy_sets.DST, for the module."""
+    with flow_topology.build([policy_sets.DST]) as t:
+        yield t
+
+
+@pytest.fixture
+def live(daemon: DaemonProcess) -> DaemonProcess:
+    """The module's `daemon` fixture, started again (same state dir and pin root) if a test left
+    it stopped or killed it."""
+    if not daemon.running:
+        daemon.start()
+    return daemon
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
-import grpc
 import pytest
 
 from control.policy.models import Policy
@@ -34,7 +34,7 @@ from control.rpc import convert
 from control.rpc.api import pb2
 from testbed import flow_topology, policy_sets
 from testbed.daemon import DaemonProcess
-from testbed.flow_checks import APPLY_TIMEOUT, apply, attach, current, stats
+from testbed.flow_checks import APPLY_TIMEOUT, apply, current, stats
 from testbed.flows import Flow
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
@@ -49,20 +49,8 @@ PROBE_TIME = 0.25
 
 
 @pytest.fixture(scope="module")
-def topo(bpf_available: None) -> Iterator[flow_topology.FlowTopology]:
-    with flow_topology.build([policy_sets.DST]) as t:
-        yield t
-
-
-@pytest.fixture(scope="module")
-def daemon(topo: flow_topology.FlowTopology) -> Iterator[DaemonProcess]:
-    with DaemonProcess(topo.receiver, detach_on_exit=True) as d:
-        try:
-            attach(d, IFNAME)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                pytest.skip(f"this kernel refuses native XDP on veth: {exc.details()}")
-            raise
+def daemon(flow_topo: flow_topology.FlowTopology, daemon_on_veth: Any) -> Iterator[DaemonProcess]:
+    with daemon_on_veth(flow_topo.receiver, IFNAME) as d:
         yield d
 
 
@@ -81,9 +69,10 @@ def new_policy(seed: int) -> Policy:
 FLOWS = [policy_sets.extra_flow("x", X_NET), policy_sets.extra_flow("y", Y_NET)]
 
 
-def what_arrives(topo: flow_topology.FlowTopology, flows: list[Flow] = FLOWS) -> dict[str, tuple[int, int]]:
+def what_arrives(flow_topo: flow_topology.FlowTopology,
+                 flows: list[Flow] = FLOWS) -> dict[str, tuple[int, int]]:
     """flow name -> (sent, received) for a short burst of each flow."""
-    with topo.traffic(flows, PROBE_RATE) as traffic:
+    with flow_topo.traffic(flows, PROBE_RATE) as traffic:
         time.sleep(PROBE_TIME)
         report = traffic.stop()
     return {name: (c.sent, c.received) for name, c in report.items()}
@@ -100,7 +89,7 @@ def kernel_holds(arrived: dict[str, tuple[int, int]]) -> str:
     return "mixed"
 
 
-def test_a_kill_at_any_point_of_an_apply_restarts_into_the_old_or_the_new_policy(daemon, topo):
+def test_a_kill_at_any_point_of_an_apply_restarts_into_the_old_or_the_new_policy(daemon, flow_topo):
     seed = int(os.environ.get("TIDEGATE_CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     policies = {"old": old_policy(10), "new": new_policy(20)}
@@ -126,7 +115,7 @@ def test_a_kill_at_any_point_of_an_apply_restarts_into_the_old_or_the_new_policy
         time.sleep(delay)
         acknowledged = future.done() and future.exception() is None
         daemon.kill(signal.SIGKILL)
-        held = kernel_holds(what_arrives(topo))
+        held = kernel_holds(what_arrives(flow_topo))
         while_dead = {side: "the previous policy", target: "the applied policy"}.get(held, held)
 
         daemon.start(detach_on_exit=True)
@@ -143,7 +132,7 @@ def test_a_kill_at_any_point_of_an_apply_restarts_into_the_old_or_the_new_policy
 
         # the kernel enforces what the daemon reports, counted by that policy's rules
         before = stats(daemon)
-        arrived = what_arrives(topo)
+        arrived = what_arrives(flow_topo)
         moved = stats(daemon) - before
         allowed, denied = ("x", "y") if now == "old" else ("y", "x")
         assert arrived[allowed][1] == arrived[allowed][0] > 0, (now, arrived)

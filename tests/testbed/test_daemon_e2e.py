@@ -56,35 +56,18 @@ def topo(bpf_available: None) -> Iterator[c.ChainTopology]:
 
 
 @pytest.fixture(scope="module")
-def module_daemon(topo: c.ChainTopology) -> Iterator[DaemonProcess]:
-    """One daemon for the module, attached natively to ul0 and fw1 through the API."""
-    with DaemonProcess(topo.appliance, detach_on_exit=True) as daemon:
-        for ifname in topo.attached:
-            try:
-                request = pb2.AttachInterfaceRequest(interface=pb2.Interface(name=ifname,
-                                                                             mode=pb2.XDP_MODE_NATIVE))
-                daemon.interfaces.AttachInterface(request, timeout=RPC_TIMEOUT)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    pytest.skip(f"this kernel refuses native XDP on veth: {exc.details()}")
-                raise
+def daemon(topo: c.ChainTopology, daemon_on_veth: Any) -> Iterator[DaemonProcess]:
+    """One daemon for the module, attached natively to ul0 and fw1 through the API (tests take
+    it as `live`: started again if a test left it stopped)."""
+    with daemon_on_veth(topo.appliance, topo.attached) as daemon:
         yield daemon
-    assert not daemon.running, "the daemon process outlived its fixture"
 
 
 @pytest.fixture
-def daemon(module_daemon: DaemonProcess) -> DaemonProcess:
-    """The module's daemon, started again (same state and pins) if a test left it stopped."""
-    if not module_daemon.running:
-        module_daemon.start()
-    return module_daemon
-
-
-@pytest.fixture
-def policy(daemon: DaemonProcess) -> Policy:
+def policy(live: DaemonProcess) -> Policy:
     """examples/policy.yaml applied as a whole (so each test starts from it)."""
     model = c.load_example_policy()
-    daemon.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=convert.policy_to_proto(model)),
+    live.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=convert.policy_to_proto(model)),
                               timeout=RPC_TIMEOUT)
     return model
 
@@ -145,35 +128,35 @@ def current_policy(daemon: DaemonProcess) -> tuple[Any, int]:
 # --- 1. decap --------------------------------------------------------------------------------------
 
 
-def test_tunnelled_traffic_is_decapped_by_tidegate(daemon, topo, policy):
+def test_tunnelled_traffic_is_decapped_by_tidegate(live, topo, policy):
     kernel_before = c.kernel_decapped(topo)
-    before = stats(daemon)
+    before = stats(live)
 
     assert ping(topo.peer, c.APP_INNER, src=c.PEER_HOST, count=PINGS).ok  # answered through vx100
     assert_arrives(to_upstream(topo, c.PEER_HOST, payloads("decap")), payloads("decap"), c.PEER_HOST,
                    c.TTL_CHAINED)
 
-    moved = stats(daemon) - before
+    moved = stats(live) - before
     tunnelled = PINGS + DATAGRAMS
     assert moved.tunnel(c.VNI) == tunnelled
     assert moved.event("DECAP_VXLAN") == tunnelled
     assert moved.event("INNER_DMAC_REWRITTEN") == tunnelled
     # Tidegate decapped them on ul0, not the appliance's own vxlan device (it only sends replies)
-    assert (stats(daemon, c.UNDERLAY) - before).tunnel(c.VNI) == tunnelled
+    assert (stats(live, c.UNDERLAY) - before).tunnel(c.VNI) == tunnelled
     assert c.kernel_decapped(topo) == kernel_before
 
 
 # --- 2. deny at XDP --------------------------------------------------------------------------------
 
 
-def test_denied_prefix_is_dropped_at_xdp_and_never_reaches_the_service(daemon, topo, policy):
+def test_denied_prefix_is_dropped_at_xdp_and_never_reaches_the_service(live, topo, policy):
     service_before = c.service_packets(topo)
-    before = stats(daemon)
+    before = stats(live)
 
     assert to_upstream(topo, c.PEER_DENIED, payloads("denied")) == []
     assert not ping(topo.peer, c.APP_INNER, src=c.PEER_DENIED, count=1, timeout=SILENCE).ok
 
-    moved = stats(daemon) - before
+    moved = stats(live) - before
     assert c.service_packets(topo) == service_before
     assert moved.reason("DROP_DENIED") == DATAGRAMS + 1
     assert moved.acl_rule(c.DENY_RULE) == DATAGRAMS + 1
@@ -184,11 +167,11 @@ def test_denied_prefix_is_dropped_at_xdp_and_never_reaches_the_service(daemon, t
 # --- 3. the chain ----------------------------------------------------------------------------------
 
 
-def test_allowed_traffic_is_chained_through_the_service_and_answered(daemon, topo, policy):
+def test_allowed_traffic_is_chained_through_the_service_and_answered(live, topo, policy):
     assert any("fwmark 0x10 lookup 1010" in line for line in tidegate_routing(topo))
     assert any("fwmark 0x11 lookup 1011" in line for line in tidegate_routing(topo))
     service_before = c.service_packets(topo)
-    before = stats(daemon)
+    before = stats(live)
 
     sent = payloads("chained")
     assert_arrives(to_upstream(topo, c.PEER_HOST, sent), sent, c.PEER_HOST, c.TTL_CHAINED)
@@ -196,12 +179,12 @@ def test_allowed_traffic_is_chained_through_the_service_and_answered(daemon, top
 
     requests = 2 * DATAGRAMS  # the one-way flow and the echo requests; replies skip the chain
     assert c.service_packets(topo) - service_before == requests
-    moved = stats(daemon) - before
+    moved = stats(live) - before
     assert moved.leg(c.CHAIN, "forward") == requests
     assert moved.leg(c.CHAIN, "return_path") == requests
     assert moved.acl_rule(c.ALLOW_RULE) == 2 * requests  # judged on ul0, and again on fw1
     # each leg is installed on its own interface only
-    on_return_link = stats(daemon, c.SERVICE_OUT.app_if) - before
+    on_return_link = stats(live, c.SERVICE_OUT.app_if) - before
     assert on_return_link.leg(c.CHAIN, "forward") == 0
     assert on_return_link.leg(c.CHAIN, "return_path") == requests
     if xdp_meta_supported():  # the mark reached TC in XDP metadata
@@ -215,21 +198,21 @@ def test_allowed_traffic_is_chained_through_the_service_and_answered(daemon, top
 # --- 4. removing the chain -------------------------------------------------------------------------
 
 
-def test_deleting_the_chain_restores_the_plain_path(daemon, topo, policy):
-    generation = daemon.policy.DeleteChain(pb2.DeleteChainRequest(name=c.CHAIN),
+def test_deleting_the_chain_restores_the_plain_path(live, topo, policy):
+    generation = live.policy.DeleteChain(pb2.DeleteChainRequest(name=c.CHAIN),
                                            timeout=RPC_TIMEOUT).generation
-    assert current_policy(daemon)[1] == generation
-    assert list(daemon.policy.ListChains(pb2.ListChainsRequest(), timeout=RPC_TIMEOUT).chains) == []
+    assert current_policy(live)[1] == generation
+    assert list(live.policy.ListChains(pb2.ListChainsRequest(), timeout=RPC_TIMEOUT).chains) == []
     assert tidegate_routing(topo) == []
     service_before = c.service_packets(topo)
-    before = stats(daemon)
+    before = stats(live)
 
     sent = payloads("plain")
     assert_arrives(to_upstream(topo, c.PEER_HOST, sent), sent, c.PEER_HOST, c.TTL_DIRECT)
     assert echoed(topo, c.PEER_HOST) == DATAGRAMS
 
     assert c.service_packets(topo) == service_before
-    moved = stats(daemon) - before
+    moved = stats(live) - before
     assert moved.legs == {}
     assert moved.tunnel(c.VNI) == 2 * DATAGRAMS  # still decapped by Tidegate
     assert moved.event("CLASSIFIED") == 0
@@ -238,11 +221,11 @@ def test_deleting_the_chain_restores_the_plain_path(daemon, topo, policy):
 # --- 5. a daemon crash does not stop the data plane -----------------------------------------------
 
 
-def test_data_plane_keeps_forwarding_across_a_daemon_crash_and_restart(daemon, topo, policy):
-    policy_before, generation_before = current_policy(daemon)
-    before = stats(daemon)
-    daemon.kill(signal.SIGKILL)
-    assert not daemon.running
+def test_data_plane_keeps_forwarding_across_a_daemon_crash_and_restart(live, topo, policy):
+    policy_before, generation_before = current_policy(live)
+    before = stats(live)
+    live.kill(signal.SIGKILL)
+    assert not live.running
 
     service_before = c.service_packets(topo)
     assert to_upstream(topo, c.PEER_DENIED, payloads("denied-while-down")) == []
@@ -251,37 +234,37 @@ def test_data_plane_keeps_forwarding_across_a_daemon_crash_and_restart(daemon, t
     assert echoed(topo, c.PEER_HOST) == DATAGRAMS
     assert c.service_packets(topo) - service_before == 2 * DATAGRAMS
 
-    daemon.start(detach_on_exit=False)  # same state dir and pin root: adopts the pinned maps
-    assert current_policy(daemon) == (policy_before, generation_before)
-    listed = daemon.interfaces.ListInterfaces(pb2.ListInterfacesRequest(), timeout=RPC_TIMEOUT).interfaces
+    live.start(detach_on_exit=False)  # same state dir and pin root: adopts the pinned maps
+    assert current_policy(live) == (policy_before, generation_before)
+    listed = live.interfaces.ListInterfaces(pb2.ListInterfacesRequest(), timeout=RPC_TIMEOUT).interfaces
     assert [(i.name, i.active_mode, i.attached) for i in listed] == \
         [(name, pb2.XDP_MODE_NATIVE, True) for name in topo.attached]
     # the verdict counters live in the pinned maps: what happened while no daemon ran is there
-    assert (stats(daemon) - before).reason("DROP_DENIED") == DATAGRAMS
+    assert (stats(live) - before).reason("DROP_DENIED") == DATAGRAMS
 
-    after_restart = stats(daemon)
+    after_restart = stats(live)
     sent = payloads("after-restart")
     assert_arrives(to_upstream(topo, c.PEER_HOST, sent), sent, c.PEER_HOST, c.TTL_CHAINED)
     assert to_upstream(topo, c.PEER_DENIED, payloads("denied-after-restart")) == []
-    moved = stats(daemon) - after_restart
+    moved = stats(live) - after_restart
     assert moved.acl_rule(c.DENY_RULE) == DATAGRAMS
     assert moved.leg(c.CHAIN, "forward") == moved.leg(c.CHAIN, "return_path") == DATAGRAMS
 
 
-def test_per_rule_counters_survive_a_daemon_restart(daemon, topo, policy):
+def test_per_rule_counters_survive_a_daemon_restart(live, topo, policy):
     """The adopted slots are kept for the rules they hold, so their counters carry over."""
     assert to_upstream(topo, c.PEER_DENIED, payloads("denied")) == []
-    before = stats(daemon)
+    before = stats(live)
     assert before.acl_rule(c.DENY_RULE) >= DATAGRAMS
-    daemon.kill(signal.SIGKILL)
-    daemon.start(detach_on_exit=False)
-    after = stats(daemon)
+    live.kill(signal.SIGKILL)
+    live.start(detach_on_exit=False)
+    after = stats(live)
     assert after.reason("DROP_DENIED") >= before.reason("DROP_DENIED")
     assert after.acl_rule(c.DENY_RULE) >= before.acl_rule(c.DENY_RULE)
     assert after.leg(c.CHAIN, "forward") >= before.leg(c.CHAIN, "forward")
 
 
-def test_single_edits_survive_a_daemon_crash(daemon, topo, policy):
+def test_single_edits_survive_a_daemon_crash(live, topo, policy):
     """AddAclRule/DeleteAclRule/AddTunnel are journaled (not a rewrite of the whole state): a
     SIGKILLed daemon restarts into exactly the policy and generation it acknowledged."""
     add = [pb2.AclRule(id=9000 + i, priority=50 + i, action=pb2.ACTION_DENY,
@@ -289,21 +272,21 @@ def test_single_edits_survive_a_daemon_crash(daemon, topo, policy):
                                        dport=pb2.PortRange(low=53, high=53)))
            for i in range(3)]
     for rule in add:
-        daemon.policy.AddAclRule(pb2.AddAclRuleRequest(rule=rule), timeout=RPC_TIMEOUT)
-    daemon.policy.DeleteAclRule(pb2.DeleteAclRuleRequest(id=9001), timeout=RPC_TIMEOUT)
-    daemon.policy.AddTunnel(pb2.AddTunnelRequest(tunnel=pb2.Tunnel(vni=4242)), timeout=RPC_TIMEOUT)
-    before, generation = current_policy(daemon)
+        live.policy.AddAclRule(pb2.AddAclRuleRequest(rule=rule), timeout=RPC_TIMEOUT)
+    live.policy.DeleteAclRule(pb2.DeleteAclRuleRequest(id=9001), timeout=RPC_TIMEOUT)
+    live.policy.AddTunnel(pb2.AddTunnelRequest(tunnel=pb2.Tunnel(vni=4242)), timeout=RPC_TIMEOUT)
+    before, generation = current_policy(live)
     assert [r.id for r in before.acl][-2:] == [9000, 9002] and 4242 in [t.vni for t in before.tunnels]
-    assert (daemon.state_dir / "desired-state.journal").exists(), "the edits were journaled"
+    assert (live.state_dir / "desired-state.journal").exists(), "the edits were journaled"
 
-    daemon.kill(signal.SIGKILL)
-    daemon.start(detach_on_exit=False)
-    assert current_policy(daemon) == (before, generation)
-    daemon.policy.DeleteAclRule(pb2.DeleteAclRuleRequest(id=9000), timeout=RPC_TIMEOUT)  # and it goes on
-    after, generation_after = current_policy(daemon)
-    daemon.kill(signal.SIGKILL)
-    daemon.start(detach_on_exit=False)
-    assert current_policy(daemon) == (after, generation + 1) == (after, generation_after)
+    live.kill(signal.SIGKILL)
+    live.start(detach_on_exit=False)
+    assert current_policy(live) == (before, generation)
+    live.policy.DeleteAclRule(pb2.DeleteAclRuleRequest(id=9000), timeout=RPC_TIMEOUT)  # and it goes on
+    after, generation_after = current_policy(live)
+    live.kill(signal.SIGKILL)
+    live.start(detach_on_exit=False)
+    assert current_policy(live) == (after, generation + 1) == (after, generation_after)
     assert 9000 not in [r.id for r in after.acl]
 
 
@@ -345,15 +328,15 @@ BAD_REQUESTS: list[Any] = [
 
 
 @pytest.mark.parametrize("call,code,mentions", BAD_REQUESTS)
-def test_bad_input_is_refused_and_the_policy_stays(daemon, topo, policy, call: Callable[[Any], Any],
+def test_bad_input_is_refused_and_the_policy_stays(live, topo, policy, call: Callable[[Any], Any],
                                                    code: grpc.StatusCode, mentions: str):
-    before = current_policy(daemon)
+    before = current_policy(live)
     with pytest.raises(grpc.RpcError) as refused:
-        call(daemon)
+        call(live)
     assert refused.value.code() == code, refused.value.details()
     assert mentions in refused.value.details()
-    assert daemon.serving()
-    assert current_policy(daemon) == before
+    assert live.serving()
+    assert current_policy(live) == before
     assert len(tidegate_routing(topo)) == 2 * 2 + 2  # fw's two legs: a rule per family, an IPv4 route
 
 
@@ -364,23 +347,23 @@ def _xdp_attached(topo: c.ChainTopology, ifname: str) -> bool:
     return "xdp" in topo.appliance.run(["ip", "-d", "link", "show", ifname]).stdout
 
 
-def test_sigterm_keeps_the_data_plane_unless_told_to_detach(daemon, topo, policy):
-    if daemon.detach_on_exit:
-        daemon.restart(detach_on_exit=False)
-    daemon.stop(keep=True)  # SIGTERM, detach_on_exit false: a hitless upgrade's first half
+def test_sigterm_keeps_the_data_plane_unless_told_to_detach(live, topo, policy):
+    if live.detach_on_exit:
+        live.restart(detach_on_exit=False)
+    live.stop(keep=True)  # SIGTERM, detach_on_exit false: a hitless upgrade's first half
     assert all(_xdp_attached(topo, i) for i in topo.attached)
     sent = payloads("after-sigterm")
     assert_arrives(to_upstream(topo, c.PEER_HOST, sent), sent, c.PEER_HOST, c.TTL_CHAINED)
     assert to_upstream(topo, c.PEER_DENIED, payloads("denied-after-sigterm")) == []
 
-    daemon.start(detach_on_exit=True)
-    daemon.stop(keep=True)  # SIGTERM, detach_on_exit true: nothing of Tidegate may remain
+    live.start(detach_on_exit=True)
+    live.stop(keep=True)  # SIGTERM, detach_on_exit true: nothing of Tidegate may remain
     assert not any(_xdp_attached(topo, i) for i in topo.attached)
     for ifname in topo.attached:
         filters = topo.appliance.run(["tc", "filter", "show", "dev", ifname, "ingress"]).stdout
         assert "bpf" not in filters
     assert tidegate_routing(topo) == []
-    assert not daemon.pin_root.exists()
+    assert not live.pin_root.exists()
     # with Tidegate gone the appliance's own vxlan device decaps, and nothing denies any more
     sent = payloads("detached")
     assert_arrives(to_upstream(topo, c.PEER_DENIED, sent), sent, c.PEER_DENIED, c.TTL_DIRECT)

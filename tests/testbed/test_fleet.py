@@ -64,21 +64,12 @@ def fleet_config(node: FleetNode, cluster: EtcdCluster, **extra: Any) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def daemons(topo: FleetTopology, cluster: EtcdCluster) -> Iterator[dict[str, DaemonProcess]]:
-    with ExitStack() as stack:
-        out = {}
-        for node in topo.nodes:
-            daemon = stack.enter_context(DaemonProcess(node.ns, fleet=fleet_config(node, cluster)))
-            iface = pb2.Interface(name=INGRESS, mode=pb2.XDP_MODE_NATIVE)
-            request = pb2.AttachInterfaceRequest(interface=iface)
-            try:  # interfaces stay local on a fleet member: attaching is allowed
-                daemon.interfaces.AttachInterface(request, timeout=RPC_TIMEOUT)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    pytest.skip(f"this kernel refuses native XDP on veth: {exc.details()}")
-                raise
-            out[node.name] = daemon
-        yield out
+def daemons(topo: FleetTopology, cluster: EtcdCluster,
+            daemon_on_veth: Any) -> Iterator[dict[str, DaemonProcess]]:
+    with ExitStack() as stack:  # interfaces stay local on a fleet member: attaching is allowed
+        yield {node.name: stack.enter_context(daemon_on_veth(node.ns, INGRESS,
+                                                             fleet=fleet_config(node, cluster)))
+               for node in topo.nodes}
 
 
 class Operator:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -32,7 +33,7 @@ import pytest
 from control.policy.models import Leg, NextHop, Policy, ServiceChain
 from testbed import flow_topology, policy_sets
 from testbed.daemon import DaemonProcess
-from testbed.flow_checks import apply, attach, current, describe, stats, verdicts
+from testbed.flow_checks import apply, current, describe, stats, verdicts
 from testbed.flows import interface_drops
 from testbed.kernel_maps import policy_maps_digest
 
@@ -51,29 +52,9 @@ UNREACHABLE_VIA = "10.99.0.2"  # no route to it: the kernel refuses the chain's 
 
 
 @pytest.fixture(scope="module")
-def topo(bpf_available: None) -> Iterator[flow_topology.FlowTopology]:
-    with flow_topology.build([policy_sets.DST]) as t:
-        yield t
-
-
-@pytest.fixture(scope="module")
-def daemon(topo: flow_topology.FlowTopology) -> Iterator[DaemonProcess]:
-    with DaemonProcess(topo.receiver, detach_on_exit=True, capacities=CAPACITIES) as d:
-        try:
-            attach(d, IFNAME)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                pytest.skip(f"this kernel refuses native XDP on veth: {exc.details()}")
-            raise
+def daemon(flow_topo: flow_topology.FlowTopology, daemon_on_veth: Any) -> Iterator[DaemonProcess]:
+    with daemon_on_veth(flow_topo.receiver, IFNAME, capacities=CAPACITIES) as d:
         yield d
-    assert not d.running
-
-
-@pytest.fixture
-def live(daemon: DaemonProcess) -> DaemonProcess:
-    if not daemon.running:
-        daemon.start()
-    return daemon
 
 
 def set_a(filler: int = policy_sets.FILLER, seed: int | None = None) -> Policy:
@@ -81,9 +62,9 @@ def set_a(filler: int = policy_sets.FILLER, seed: int | None = None) -> Policy:
     return policy_sets.swap_policy("A", PROBES, filler, seed=seed, extra=extra)
 
 
-def assert_policy_held(report: dict, drops_before: dict, topo: flow_topology.FlowTopology) -> None:
+def assert_policy_held(report: dict, drops_before: dict, flow_topo: flow_topology.FlowTopology) -> None:
     v = verdicts(report)
-    now = interface_drops(topo.receiver, topo.recv_if)
+    now = interface_drops(flow_topo.receiver, flow_topo.recv_if)
     testbed_drops = {k: now[k] - drops_before[k] for k in drops_before}
     print(f"\n{v}; testbed drops {testbed_drops}")
     assert v.allowed_sent > 0 and v.denied_sent > 0
@@ -94,14 +75,14 @@ def assert_policy_held(report: dict, drops_before: dict, topo: flow_topology.Flo
 # --- 1. hitless restart -----------------------------------------------------------------------------
 
 
-def test_sigkill_under_traffic_loses_no_allowed_packet_and_counters_continue(live, topo):
+def test_sigkill_under_traffic_loses_no_allowed_packet_and_counters_continue(live, flow_topo):
     apply(live, set_a(filler=1000))
     policy_before, generation_before = current(live)
     before = stats(live)
-    drops = interface_drops(topo.receiver, topo.recv_if)
+    drops = interface_drops(flow_topo.receiver, flow_topo.recv_if)
     old_pid = live.proc.pid if live.proc else None
 
-    with topo.traffic(policy_sets.probe_flows(PROBES), RATE) as traffic:
+    with flow_topo.traffic(policy_sets.probe_flows(PROBES), RATE) as traffic:
         time.sleep(0.5)
         live.kill(signal.SIGKILL)
         at_kill = verdicts(traffic.report())
@@ -114,7 +95,7 @@ def test_sigkill_under_traffic_loses_no_allowed_packet_and_counters_continue(liv
     assert live.proc is not None and live.proc.pid != old_pid
     print(f"\nsent while no daemon served: {at_serving.allowed_sent - at_kill.allowed_sent} allowed, "
           f"{at_serving.denied_sent - at_kill.denied_sent} denied")
-    assert_policy_held(report, drops, topo)
+    assert_policy_held(report, drops, flow_topo)
     assert current(live) == (policy_before, generation_before)
     # per-rule counters carried on through the crash: every packet is in its rule's counter
     moved = stats(live) - before
@@ -129,15 +110,15 @@ def test_sigkill_under_traffic_loses_no_allowed_packet_and_counters_continue(liv
 # --- 2. atomic policy swap under traffic -------------------------------------------------------------
 
 
-def test_swapping_10k_rule_sets_under_traffic_never_mixes_them(live, topo):
+def test_swapping_10k_rule_sets_under_traffic_never_mixes_them(live, flow_topo):
     sets = {"A": set_a(), "B": policy_sets.swap_policy("B", PROBES)}
     assert all(len(p.acl) > policy_sets.FILLER for p in sets.values())
     apply(live, sets["A"])
     before = stats(live)
-    drops = interface_drops(topo.receiver, topo.recv_if)
+    drops = interface_drops(flow_topo.receiver, flow_topo.recv_if)
     durations = []
 
-    with topo.traffic(policy_sets.probe_flows(PROBES), RATE) as traffic:
+    with flow_topo.traffic(policy_sets.probe_flows(PROBES), RATE) as traffic:
         time.sleep(SETTLE)
         for n in range(SWAPS):
             side = "B" if n % 2 == 0 else "A"
@@ -156,7 +137,7 @@ def test_swapping_10k_rule_sets_under_traffic_never_mixes_them(live, topo):
     v = verdicts(report)
     print(f"\n{SWAPS} swaps of {len(sets['A'].acl)}/{len(sets['B'].acl)} rules, "
           f"{min(durations):.2f}-{max(durations):.2f} s each")
-    assert_policy_held(report, drops, topo)
+    assert_policy_held(report, drops, flow_topo)
     # every packet judged by a whole set: exactly the allowed passed, the denied denied, no misses
     assert moved.reason("DROP_DEFAULT") == 0
     assert (moved.reason("PASS_ALLOWED"), moved.reason("DROP_DENIED")) == (v.allowed_sent, v.denied_sent)
@@ -165,25 +146,25 @@ def test_swapping_10k_rule_sets_under_traffic_never_mixes_them(live, topo):
 # --- failed applies leave the old set in force -------------------------------------------------------
 
 
-def _extra_arrives(live: DaemonProcess, topo: flow_topology.FlowTopology) -> tuple[int, int, int]:
+def _extra_arrives(live: DaemonProcess, flow_topo: flow_topology.FlowTopology) -> tuple[int, int, int]:
     """(sent, received, rule EXTRA_RULE's counter moved) for the flow only set A allows."""
     before = stats(live)
-    with topo.traffic([policy_sets.extra_flow()], 1000) as traffic:
+    with flow_topo.traffic([policy_sets.extra_flow()], 1000) as traffic:
         time.sleep(0.3)
         report = traffic.stop()
     count = report["extra"]
     return count.sent, count.received, (stats(live) - before).acl_rule(EXTRA_RULE)
 
 
-def test_an_apply_the_kernel_refuses_part_way_leaves_the_old_set_under_traffic(live, topo):
+def test_an_apply_the_kernel_refuses_part_way_leaves_the_old_set_under_traffic(live, flow_topo):
     apply(live, set_a())
     policy_before, generation_before = current(live)
     chain = ServiceChain(name="svc", forward=Leg(interfaces=[IFNAME], mark=0x30, table=1030,
                                                  nexthops=[NextHop(via=UNREACHABLE_VIA)]))
     refused = policy_sets.swap_policy("B", PROBES).model_copy(update={"chains": [chain]})
-    drops = interface_drops(topo.receiver, topo.recv_if)
+    drops = interface_drops(flow_topo.receiver, flow_topo.recv_if)
 
-    with topo.traffic(policy_sets.probe_flows(PROBES), RATE) as traffic:
+    with flow_topo.traffic(policy_sets.probe_flows(PROBES), RATE) as traffic:
         time.sleep(SETTLE)
         with pytest.raises(grpc.RpcError) as info:
             apply(live, refused)  # B's maps are written, then the route fails: A comes back
@@ -192,14 +173,14 @@ def test_an_apply_the_kernel_refuses_part_way_leaves_the_old_set_under_traffic(l
 
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
     assert "previous state is in force again" in info.value.details()
-    assert_policy_held(report, drops, topo)  # A, then B, then A again: each judges the probes alike
+    assert_policy_held(report, drops, flow_topo)  # A, then B, then A again: each judges the probes alike
     assert current(live) == (policy_before, generation_before)
     assert live.ns.run(["ip", "route", "show", "table", "1030"]).stdout == ""
-    sent, received, counted = _extra_arrives(live, topo)  # A allows it, B would not
+    sent, received, counted = _extra_arrives(live, flow_topo)  # A allows it, B would not
     assert sent > 0 and received == sent == counted
 
 
-def test_a_policy_over_the_configured_capacity_is_refused_and_writes_nothing(live, topo):
+def test_a_policy_over_the_configured_capacity_is_refused_and_writes_nothing(live, flow_topo):
     apply(live, set_a())
     policy_before, generation_before = current(live)
     pin_dir = live.pin_dir(IFNAME)
@@ -207,9 +188,9 @@ def test_a_policy_over_the_configured_capacity_is_refused_and_writes_nothing(liv
     kernel_before = policy_maps_digest(pin_dir)
     before = stats(live)
     too_big = policy_sets.swap_policy("B", PROBES, filler=TOO_MANY)
-    drops = interface_drops(topo.receiver, topo.recv_if)
+    drops = interface_drops(flow_topo.receiver, flow_topo.recv_if)
 
-    with topo.traffic(policy_sets.probe_flows(PROBES), RATE) as traffic:
+    with flow_topo.traffic(policy_sets.probe_flows(PROBES), RATE) as traffic:
         time.sleep(SETTLE)
         with pytest.raises(grpc.RpcError) as info:
             apply(live, too_big)
@@ -219,7 +200,7 @@ def test_a_policy_over_the_configured_capacity_is_refused_and_writes_nothing(liv
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
     details = info.value.details()
     assert "capacities.acl_rules" in details and str(CAPACITIES["acl_rules"]) in details, details
-    assert_policy_held(report, drops, topo)
+    assert_policy_held(report, drops, flow_topo)
     assert current(live) == (policy_before, generation_before)
     assert policy_maps_digest(pin_dir) == kernel_before  # not one entry of it reached the kernel
     moved = stats(live) - before  # and no rule was recreated: the counters went on

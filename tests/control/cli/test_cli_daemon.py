@@ -1,25 +1,20 @@
 """`tidegate` against a real daemon: `tidegate serve --netns` in a fresh namespace, driven as a user would.
 
-The daemon runs as a subprocess that setns()es itself into the namespace (not `ip netns exec`,
-which remounts /sys and so hides bpffs), with its own socket, state directory and pin root. A
-veth pair joins it to a peer namespace, whose UDP packets give the counters something to count.
-Everything is removed whatever happens: daemon stopped (interface detached first), namespaces,
-pin root, state directory, socket.
+The daemon is the one harness's (the `daemon_on_veth` fixture: testbed.daemon.DaemonProcess, a
+subprocess that setns()es itself into the namespace, with its own socket, state directory and pin
+root). A veth pair joins it to a peer namespace, whose UDP packets give the counters something to
+count. Everything is removed whatever happens: daemon stopped, namespaces, pin root, state
+directory, socket.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,35 +24,43 @@ import yaml
 
 from control.policy.models import Policy
 from control.rpc.api import pb2, pb2_grpc
-from testbed import cleanup
-from testbed.netns import Namespace, add_address, add_neighbour, link_mac, veth_pair
+from testbed.daemon import REPO_ROOT, DaemonProcess
+from testbed.netns import Link, Namespace, linked_namespaces, veth_pair
 from testbed.topology import find_pin_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[3]
 IFNAME, PEER_IFNAME = "tgc0", "tgc1"  # names inside our own namespaces: no clash with the host
 ADDR, PEER_ADDR = "10.77.0.1", "10.77.0.2"
-PREFIX_LEN = 24
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
 CLI_TIMEOUT = 120.0
 UDP_PORT = 9  # discard: nobody listens, the packets only need to reach XDP
 
 
 @dataclass
 class Daemon:
-    ns: Namespace
-    peer: Namespace
-    sock: Path
-    pin_root: Path
-    workdir: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
+    """The harness's daemon and its link, with the checks of a user at the command line."""
+
+    process: DaemonProcess
+    link: Link
+
+    @property
+    def ns(self) -> Namespace:
+        return self.link.ns
+
+    @property
+    def peer(self) -> Namespace:
+        return self.link.peer
+
+    @property
+    def sock(self) -> Path:
+        return self.process.socket
+
+    @property
+    def pin_root(self) -> Path:
+        return self.process.pin_root
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "control.cli", "-s", str(self.sock), *args],
-                              cwd=REPO, input=stdin, capture_output=True, text=True, timeout=CLI_TIMEOUT)
+        return self.process.cli(*args, stdin=stdin)
 
     def ok(self, *args: str, stdin: str | None = None) -> str:
         done = self.cli(*args, stdin=stdin)
@@ -75,98 +78,23 @@ class Daemon:
         return done.stderr
 
     def write(self, name: str, text: str) -> str:
-        path = self.workdir / name
+        path = self.process.workdir / name
         path.write_text(text)
         return str(path)
 
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
     def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT. Idempotent; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
-        return self.proc.returncode
+        """SIGTERM (SIGKILL if it hangs); state dir, socket path and pin root stay to be looked at."""
+        return self.process.stop(keep=True)
 
 
-def _owned(stack: ExitStack, key: str, undo) -> None:  # type: ignore[no-untyped-def]
-    """`undo` runs on leaving the stack, and from testbed.cleanup on SIGTERM/exit if that never comes."""
-    cleanup.install()
-    cleanup.REGISTRY.add(key, undo)
-
-    def once() -> None:
-        cleanup.REGISTRY.discard(key)
-        undo()
-
-    stack.callback(once)
-
-
-def _config(workdir: Path, sock: Path, pin_root: Path) -> Path:
-    path = workdir / "tidegate.yaml"
-    path.write_text(yaml.safe_dump({
-        "listen": {"unix": str(sock)}, "state_dir": str(workdir / "state"), "pin_root": str(pin_root),
-        "detach_on_exit": True, "log_level": "info"}))
-    return path
-
-
-def _network(stack: ExitStack) -> tuple[Namespace, Namespace]:
-    """The daemon's namespace and a peer, joined by IFNAME <-> PEER_IFNAME, with static neighbours."""
-    ns = stack.enter_context(Namespace())
-    peer = stack.enter_context(Namespace())
-    veth_pair(ns, IFNAME, peer, PEER_IFNAME)
-    add_address(ns, IFNAME, f"{ADDR}/{PREFIX_LEN}")
-    add_address(peer, PEER_IFNAME, f"{PEER_ADDR}/{PREFIX_LEN}")
-    add_neighbour(ns, IFNAME, PEER_ADDR, link_mac(peer, PEER_IFNAME))
-    add_neighbour(peer, PEER_IFNAME, ADDR, link_mac(ns, IFNAME))
-    return ns, peer
-
-
-def _wait_ready(d: Daemon) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if d.proc.poll() is not None:
-            pytest.fail(f"the daemon exited with {d.proc.returncode}:\n{d.logs()}")
-        if d.sock.exists() and d.cli("status").returncode == 0:
-            return
-        time.sleep(0.2)
-    pytest.fail(f"the daemon did not answer within {START_TIMEOUT} s:\n{d.logs()}")
-
-
-@contextmanager
-def running_daemon() -> Iterator[Daemon]:
-    with ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="tgcli-"))  # short: a socket path has 107 bytes at most
-        _owned(stack, f"dir:{workdir}", lambda: shutil.rmtree(workdir, ignore_errors=True))
-        pin_root = Path(f"/sys/fs/bpf/tidegate-test-{secrets.token_hex(4)}")
-        _owned(stack, f"bpffs:{pin_root}", lambda: shutil.rmtree(pin_root, ignore_errors=True))
-        ns, peer = _network(stack)
-        sock = workdir / "tidegate.sock"
-        log = workdir / "daemon.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "control.cli", "serve", "-c",
-                                     str(_config(workdir, sock, pin_root)), "--netns", ns.name],
-                                    cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        d = Daemon(ns, peer, sock, pin_root, workdir, proc, log)
-        _owned(stack, f"proc:{proc.pid}", d.stop)  # stopped before the namespaces go (LIFO)
-        _wait_ready(d)
-        yield d
+def _link() -> AbstractContextManager[Link]:
+    return linked_namespaces("tgcli", IFNAME, PEER_IFNAME, ADDR, PEER_ADDR)
 
 
 @pytest.fixture(scope="module")
-def daemon(bpf_available: None) -> Iterator[Daemon]:
-    with running_daemon() as d:
-        attached = d.json("attach", IFNAME)
-        assert attached["interface"]["attached"], attached
-        try:
-            yield d
-        finally:
-            d.cli("detach", IFNAME)  # nothing stays attached, whatever detach_on_exit does
-            d.stop()
+def daemon(daemon_on_veth) -> Iterator[Daemon]:  # noqa: ANN001
+    with _link() as link, daemon_on_veth(link.ns, IFNAME, mode="auto") as process:
+        yield Daemon(process, link)
 
 
 @pytest.fixture
@@ -394,19 +322,20 @@ def test_stats_count_denied_packets(d: Daemon) -> None:
 
 def test_usage_and_unreachable_exit_codes(d: Daemon) -> None:
     assert d.refused(2, "acl", "add", "--id", "1").startswith("usage:")
-    done = subprocess.run([sys.executable, "-m", "control.cli", "-s", str(d.workdir / "none.sock"), "status"],
-                          cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    done = subprocess.run([sys.executable, "-m", "control.cli", "-s", str(d.process.workdir / "none.sock"),
+                           "status"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=CLI_TIMEOUT)
     assert done.returncode == 3 and "tidegate serve" in done.stderr and "none.sock" in done.stderr
 
 
-def test_stop_detaches_and_removes_the_socket(bpf_available: None) -> None:
+def test_stop_detaches_and_removes_the_socket(daemon_on_veth) -> None:  # noqa: ANN001
     """SIGTERM with detach_on_exit: exit 0, programs and pins gone, and the CLI then says exit 3."""
-    with running_daemon() as d:
+    with _link() as link, daemon_on_veth(link.ns) as process:
+        d = Daemon(process, link)
         d.ok("attach", IFNAME, "--mode", "generic")
         d.ok("acl", "add", "--id", "1", "--action", "deny", "--protocol", "udp", "--dport", "9")
         pin_dir = find_pin_dir(d.pin_root, IFNAME)
         assert _xdp_attached(d.ns) and pin_dir is not None and pin_dir.exists()
-        assert d.stop() == 0, d.logs()
+        assert d.stop() == 0, process.log_tail()
         assert not d.sock.exists()
         assert not _xdp_attached(d.ns)
         assert d.ns.run(["tc", "filter", "show", "dev", IFNAME, "ingress"]).stdout.strip() == ""
