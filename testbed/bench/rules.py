@@ -10,7 +10,7 @@ IPv4 space, a few broad ones (/8../16), TCP/UDP with a well-known port or a port
 ICMP and any-protocol rules, allow and deny mixed. Every generated rule is checked not to match
 the benchmark's probe flow, so the probe is judged by its own rule however many others come
 first. Broad *sources* are kept rare: Tidegate repeats a rule under every narrower source it
-covers (README, "ACL"), so an ACL made mostly of any-source rules is a different benchmark.
+covers (docs/dataplane.md, "ACL"), so an ACL made mostly of any-source rules is a different benchmark.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""A reference of the XDP and TC programs, in Python, from the README's description alone.
+"""A reference of the XDP and TC programs, in Python, from docs/dataplane.md alone.
 
 Used by the fuzz tests (test_xdp_hostile.py): any byte string goes in, and out comes what the
-README says the programs do with it: the one reason it is counted under, the events, the frame
+docs/dataplane.md says the programs do with it: the one reason it is counted under, the events, the frame
 delivered, the metadata, the rule and classifier that match. It shares no code with the C and
 reads every field from the bytes itself, so a disagreement is a bug in one of the two.
 
@@ -32,13 +32,13 @@ ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q, ETH_P_8021AD = 0x8100, 0x88A8
 VLAN_TPIDS = (ETH_P_8021Q, ETH_P_8021AD)
 VLAN_HLEN = 4
-VLAN_MAX = 2  # README: "up to 2 VLAN tags"; a third is malformed
+VLAN_MAX = 2  # docs/dataplane.md: "up to 2 VLAN tags"; a third is malformed
 IPV4_HLEN = 20
 IPV6_HLEN = 40
 IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS = 0, 43, 44, 60
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
 IPV6_EXT = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT)
-IPV6_EXT_MAX = 6  # README: "up to 6 extension headers"; a longer chain is malformed
+IPV6_EXT_MAX = 6  # docs/dataplane.md: "up to 6 extension headers"; a longer chain is malformed
 L4_FIXED = {IPPROTO_TCP: 20, IPPROTO_UDP: 8, IPPROTO_SCTP: 4, IPPROTO_ICMP: 4, IPPROTO_ICMPV6: 4}
 PORT_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
 TUNNEL_HLEN = 8  # VxLAN and Geneve fixed headers
@@ -74,7 +74,7 @@ class Tuple5:
 
 @dataclass(frozen=True)
 class Setup:
-    """What the maps hold for a fuzz run (README: runtime config, tunnels, ACL, classifiers)."""
+    """What the maps hold for a fuzz run (docs/dataplane.md: runtime config, tunnels, ACL, classifiers)."""
 
     default_action: str = "allow"
     unknown_vni_action: str = "pass"
@@ -177,7 +177,7 @@ def _ethertype(buf: bytes, off: int = 0) -> int:
 
 
 def parse_l2(buf: bytes, off: int = 0, max_tags: int = VLAN_MAX) -> tuple[int, int]:
-    """Ethernet at `off` and up to `max_tags` VLAN tags (README pipeline step 1): the ethertype
+    """Ethernet at `off` and up to `max_tags` VLAN tags (docs/dataplane.md, pipeline step 1): the ethertype
     after them and where the packet starts. A further tag is malformed."""
     ethertype, pos = _ethertype(buf, off), off + ETH_HLEN
     for i in range(VLAN_MAX):
@@ -239,7 +239,7 @@ def _udp_payload_end(buf: bytes, pos: int, t: Tuple5) -> int:
 
 
 def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Counter[abi.Event]) -> None:
-    """README "Tunnels": sets tun.outer_len when the packet is to be decapped. Everything read
+    """docs/dataplane.md, "Tunnels": sets tun.outer_len when the packet is to be decapped. Everything read
     from the tunnel header to the inner Ethernet header must lie inside the UDP payload."""
     if not setup.decap or t.proto != IPPROTO_UDP or not t.l4_present:
         return
@@ -270,7 +270,7 @@ def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Cou
         end = _geneve_options(buf, pos + TUNNEL_HLEN, (buf[pos] & 0x3F) * 4)
     ethertype, _ = parse_l2(buf, end)  # buf ends with the UDP payload: so must the tags
     if ethertype not in (ETH_P_IP, ETH_P_IPV6):
-        tun.not_ip = True  # README: only IP payloads are decapped; the rest passes encapsulated
+        tun.not_ip = True  # docs/dataplane.md: only IP payloads are decapped; the rest passes encapsulated
         ev[E.TUNNEL_NOT_DECAPPED] += 1
         return
     tun.outer_len = end
@@ -283,7 +283,7 @@ def first_match(rules: tuple[MatchRule, ...], t: Tuple5) -> MatchRule | None:
 
 
 def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
-    """Fills x, raising Stop where the README settles the verdict early."""
+    """Fills x, raising Stop where docs/dataplane.md settles the verdict early."""
     ethertype, l3 = parse_l2(buf)
     if ethertype not in (ETH_P_IP, ETH_P_IPV6):
         raise Stop(R.PASS_NOT_IP)
@@ -327,7 +327,7 @@ def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
 
 
 def xdp_expected(buf: bytes, setup: Setup) -> Expected:
-    """What the README says the XDP program does with `buf`."""
+    """What docs/dataplane.md says the XDP program does with `buf`."""
     x = Expected(reason=R.UNSPECIFIED, data=buf)
     try:
         _judge(buf, setup, x)
@@ -341,7 +341,7 @@ def meta_flags(x: Expected) -> int:
 
 
 def tc_expected_mark(buf: bytes, setup: Setup, mark_in: int) -> tuple[int, int | None]:
-    """TC without metadata (README pipeline step 5): (skb mark after, classifier that matched).
+    """TC without metadata (docs/dataplane.md, pipeline step 5): (skb mark after, classifier that matched).
 
     TC classifies the packet as it is (no decap) when its headers parse; otherwise, or when no
     classifier matches, the mark the packet came with stays.

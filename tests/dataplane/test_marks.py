@@ -1,6 +1,6 @@
 """Service-chain classifiers: the mark in XDP metadata, and TC's fallback into skb->mark.
 
-XDP (README, pipeline steps 4-5): an allowed packet is classified, first match by (priority,
+XDP (docs/dataplane.md, pipeline steps 4-5): an allowed packet is classified, first match by (priority,
 classifier id); the mark goes into struct tg_meta in front of the packet with
 TG_META_F_CLASSIFIED. A dropped packet is never classified. A decapped packet is classified on
 its inner headers.

@@ -1,6 +1,6 @@
 """ACL first-match semantics through the real XDP program (BPF_PROG_TEST_RUN).
 
-The reference is the rule's own meaning (`MatchRule.matches`) and the README's ordering: the
+The reference is the rule's own meaning (`MatchRule.matches`) and docs/dataplane.md's ordering: the
 matching rule with the smallest (priority, rule id) wins; when none matches, the configured
 default action applies. Randomized rule sets (hypothesis) are checked against that reference,
 then a table of hand-picked cases pins the edges a reader would ask about.
@@ -68,7 +68,7 @@ class Flow:
 
     @property
     def matched_port(self) -> int:
-        """Port-less protocols are matched with destination port 0 (README, ACL)."""
+        """Port-less protocols are matched with destination port 0 (docs/dataplane.md, ACL)."""
         return self.dport if self.l4 in ("tcp", "udp") else 0
 
     def frame(self) -> bytes:

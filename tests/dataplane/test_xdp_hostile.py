@@ -11,7 +11,7 @@ VxLAN-only, Geneve-only and unknown VNIs, and the runtime config, are drawn too.
 Properties checked for every input against the programs' own maps and counters:
   - the kernel runs it (frames under 14 bytes may be refused, moving nothing) and the verdict is
     XDP_PASS or XDP_DROP as its reason implies, never XDP_ABORTED or anything else;
-  - exactly one reason counter moves, by one, and it is the reason the README predicts
+  - exactly one reason counter moves, by one, and it is the reason docs/dataplane.md predicts
     (hostile_model.py: truncated, malformed, unknown VNI, Geneve version/critical, denied...);
   - the events, the per-tunnel, per-rule and per-classifier counters and the policy-event
     accounting move exactly as predicted;

@@ -1,7 +1,7 @@
 """Every truncation of every frame shape through the real XDP program (BPF_PROG_TEST_RUN).
 
 Each frame below is cut at every byte offset n (the first n bytes are run) and judged. The
-documented verdict (README, "Verdicts and counters": DROP_TRUNCATED when "the frame ends inside
+documented verdict (docs/dataplane.md, "Verdicts and counters": DROP_TRUNCATED when "the frame ends inside
 any header Tidegate must read, outer or inner") by region of the cut, with no ACL rules, the
 default allow, and the tunnel's VNI configured:
 

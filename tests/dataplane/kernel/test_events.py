@@ -1,6 +1,6 @@
 """Policy events through the real XDP program (BPF_PROG_TEST_RUN) and the ring buffer.
 
-What is reported (README, "Policy events"): every packet denied by a rule or by the default
+What is reported (docs/dataplane.md, "Policy events"): every packet denied by a rule or by the default
 action, and every packet allowed by a rule with `log`; nothing else. Each event is counted exactly
 once as sent, rate limited (per-CPU token bucket) or ring buffer full.
 """
