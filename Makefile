@@ -22,9 +22,10 @@ test: setup proto
 	$(LINT)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# Pure-Python tests only: no root, no kernel.
+# The unit tier only (tests/unit/): pure Python, no root, no kernel. The others: tests/bpf/
+# (BPF_PROG_TEST_RUN) and tests/integration/ (namespaces, daemons).
 test-fast:
-	$(PY) -m pytest -q -p no:cacheprovider -m "not root" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/unit
 
 lint: proto
 	$(LINT)

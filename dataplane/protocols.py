@@ -3,7 +3,7 @@ IPv6 next header) and which of them carry ports the data plane reads.
 
 The one place for these in Python: the policy models, the tracer's filter, the CLI and the event
 formatting read them here; the API's Protocol enum (proto/) mirrors them, checked by
-tests/control/rpc/test_proto_abi.py.
+tests/unit/control/rpc/test_proto_abi.py.
 """
 
 from __future__ import annotations

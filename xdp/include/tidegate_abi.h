@@ -142,7 +142,7 @@ enum tg_reason {
 
 /* The verdict of each reason, stated per reason: the reasons listed here drop the packet, every
  * other reason passes it. A new reason that drops is added to the list (dataplane/abi.py reads it
- * for is_drop; tests/dataplane/test_abi_parse.py checks it against the reasons' names). */
+ * for is_drop; tests/unit/dataplane/test_abi_parse.py checks it against the reasons' names). */
 #define TG_REASON_BIT(r) (1u << (r))
 #define TG_REASON_DROPS ( \
 	TG_REASON_BIT(TG_REASON_DROP_MALFORMED) | \
