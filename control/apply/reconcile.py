@@ -350,6 +350,23 @@ class Reconciler:
         return out
 
 
+def occupancy(reconciler: Reconciler) -> dict[tuple[str, str], tuple[int, int]]:
+    """(interface, map) -> (entries, capacity), from the compiled tables and the tunnels."""
+    caps = reconciler.settings.capacities
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for name, plane in reconciler.planes.items():
+        for prefix, table, cap in (("acl", plane.acl, acl_capacity(caps)),
+                                   ("cls", plane.classifiers, cls_capacity(caps))):
+            current = table.current
+            out[(name, f"{prefix}_rules")] = (len(current.slots), cap.slots)
+            out[(name, f"{prefix}_src")] = (len(current.src), cap.src)
+            out[(name, f"{prefix}_dst")] = (len(current.dst), cap.dst)
+            out[(name, f"{prefix}_port")] = (len(current.port), cap.port)
+        intent = reconciler.intents.get(name)
+        out[(name, "tunnels")] = (len(intent.tunnels) if intent is not None else 0, caps.tunnels)
+    return out
+
+
 def _device_exists(name: str) -> bool:
     try:
         attach_mod.ifindex(name)

@@ -31,16 +31,16 @@ from pydantic import (
     model_validator,
 )
 
+from dataplane import abi, protocols
+
 U32_MAX = (1 << 32) - 1
-VNI_MAX = (1 << 24) - 1
 PORT_MAX = 65535
 IFNAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$"  # IFNAMSIZ - 1 characters, no '/' or spaces
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 # Routing tables and ip-rule priorities Tidegate owns: it creates and deletes only inside these.
 TABLE_MIN, TABLE_MAX = 1000, 1999
 RULE_PRIORITY_MIN, RULE_PRIORITY_MAX = 10000, 10999
-PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
-PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
+_PORTED_NAMES = [name for name in protocols.NUMBERS if name in protocols.PORTED]
 _ID = attrgetter("id")
 
 
@@ -202,13 +202,14 @@ class Match(Model):
 
     src: Network | None = None
     dst: Network | None = None
-    protocol: Literal["tcp", "udp", "sctp", "icmp", "icmpv6"] | None = None
+    protocol: protocols.ProtocolName | None = None
     dport: Ports | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Match:
-        if self.dport is not None and self.protocol not in PORT_PROTOCOLS:
-            raise ValueError(f"dport needs protocol tcp, udp or sctp (got {self.protocol})")
+        if self.dport is not None and self.protocol not in protocols.PORTED:
+            raise ValueError(f"dport needs protocol {', '.join(_PORTED_NAMES[:-1])} or {_PORTED_NAMES[-1]} "
+                             f"(got {self.protocol})")
         if self.src is not None and self.dst is not None and self.src.version != self.dst.version:
             raise ValueError(f"src {self.src} and dst {self.dst} are of different IP families: "
                              "such a rule can never match")
@@ -216,7 +217,7 @@ class Match(Model):
 
     @property
     def protocol_number(self) -> int | None:
-        return None if self.protocol is None else PROTOCOLS[self.protocol]
+        return None if self.protocol is None else protocols.NUMBERS[self.protocol]
 
 
 class AclRule(Model):
@@ -235,7 +236,7 @@ class AclRule(Model):
 class Tunnel(Model):
     """A VNI terminated here, and with which encapsulations."""
 
-    vni: int = Field(ge=0, le=VNI_MAX)
+    vni: int = Field(ge=0, le=abi.VNI_MAX)
     vxlan: bool = True
     geneve: bool = True
 

@@ -37,6 +37,7 @@ import grpc
 from control.rpc.api import pb2, pb2_grpc
 from testbed.bench import control_profile, rules, scrape
 from testbed.bench.common import Profile, Section
+from testbed.bench.control_report import TIDEGATE_APPLY, TIDEGATE_UPDATE, report
 from testbed.bench.engines import NFT_TABLE
 from testbed.bench.load import PREFIX, missing_tools
 from testbed.daemon import DaemonProcess
@@ -51,13 +52,9 @@ IFACE, PEER = "c0", "c1"
 IFACE_2, PEER_2 = "c2", "c3"  # the second interface: a copy of the first one's build
 RPC_TIMEOUT = 600.0
 MAX_MESSAGE = 256 << 20
-TARGET_APPLY_SIZE, TARGET_APPLY_S = 100_000, 2.0
-TARGET_P99_MS = 10.0
 UPDATE_FIRST_ID = 900_000
 MIN_UPDATE_SAMPLES = 10
 PROFILED_UPDATES = 5  # timed in process without the profiler, then one under it
-TIDEGATE_APPLY = "Tidegate ApplyPolicy (gRPC)"
-TIDEGATE_UPDATE = "Tidegate AddAclRule (gRPC)"
 
 
 def _rss(pid: int) -> dict[str, float]:
@@ -92,11 +89,6 @@ def _nft_add(rule: rules.RuleSpec) -> list[str]:
 def _iptables_add(rule: rules.RuleSpec) -> list[str]:
     match = rules.iptables_match(rule).split()
     return ["iptables", "-t", "raw", "-A", "PREROUTING", *match, "-j", "ACCEPT"]
-
-
-def _percentile(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 class Bench:
@@ -238,8 +230,6 @@ class Bench:
 
 
 def run(profile: Profile) -> Section:
-    from testbed.bench.control_report import report
-
     bench = Bench(profile)
     bench.daemon_runs()
     bench.profile_steps()

@@ -35,7 +35,7 @@ from control.apply.gc_guard import collector_held
 from control.apply.netlink import NetlinkRouting
 from control.apply.reconcile import Reconciler
 from control.apply.state import StateStore
-from control.policy import edits as policy_ops
+from control.policy import edits
 from control.policy.models import Interface
 from control.rpc import convert
 from dataplane.kernel.build_settings import Capacities, DataplaneSettings
@@ -181,7 +181,7 @@ def daemon_in_process(capacities: dict[str, int], ifname: str, peer: str) -> Ite
                 reconciler = Reconciler(settings, NetlinkRouting())
                 controller = Controller(StateStore(statedir), reconciler)
                 try:
-                    controller.change(lambda s: policy_ops.attach(s, Interface(name=ifname, mode="native")))
+                    controller.change(lambda s: edits.attach(s, Interface(name=ifname, mode="native")))
                     yield controller
                 finally:
                     reconciler.close(detach=True)
@@ -196,8 +196,8 @@ def _apply_call(controller: Controller, message: Any) -> Callable[[], Any]:
         with collector_held():
             policy = convert.policy_from_proto(message)
             before = controller.read()
-            controller.change(lambda s: policy_ops.with_policy(s, policy))
-            return policy_ops.diff(before.policy, policy)
+            controller.change(lambda s: edits.with_policy(s, policy))
+            return edits.diff(before.policy, policy)
 
     return call
 
@@ -207,13 +207,13 @@ def _add_call(controller: Controller, message: Any) -> Callable[[], Any]:
 
     def call() -> Any:
         rule = convert.acl_rule_from_proto(message)
-        return controller.change(policy_ops.Edit("add_rule", rule))
+        return controller.change(edits.Edit("add_rule", rule))
 
     return call
 
 
 def _empty(controller: Controller) -> None:
-    controller.change(lambda s: policy_ops.with_policy(s, convert.policy_from_proto(rules.proto_policy([]))))
+    controller.change(lambda s: edits.with_policy(s, convert.policy_from_proto(rules.proto_policy([]))))
 
 
 def profile(
@@ -234,7 +234,7 @@ def profile(
 
         _empty(controller)
         controller.change(
-            lambda s: policy_ops.with_policy(s, convert.policy_from_proto(rules.proto_policy(base)))
+            lambda s: edits.with_policy(s, convert.policy_from_proto(rules.proto_policy(base)))
         )
         first, *rest = [rules.proto_rule(r) for r in extra]
         added = _timed([_add_call(controller, m) for m in rest], f"AddAclRule on top of {len(base):,} rules")

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from testbed.bench import control_profile, scrape
-from testbed.bench.common import Plot, Series, Table, Target, Value, fmt_value
-
-if TYPE_CHECKING:
-    from testbed.bench.control_plane import Bench
+from testbed.bench.common import Plot, Profile, Section, Series, Table, Target, Value, fmt_value
 
 TARGET_APPLY_SIZE, TARGET_APPLY_S = 100_000, 2.0
 TARGET_P99_MS = 10.0
 TARGET_UPDATE_BASE = 10_000
 BASELINE_APPLY = "iptables-restore"
 BASELINE_UPDATE = "nft add rule"
+TIDEGATE_APPLY = "Tidegate ApplyPolicy (gRPC)"
+TIDEGATE_UPDATE = "Tidegate AddAclRule (gRPC)"
+
+
+class Bench(Protocol):
+    """What testbed.bench.control_plane measured (its Bench), as the report reads it."""
+
+    section: Section
+    profile: Profile
+    apply: dict[tuple[str, int], list[float]]  # (how, rules) -> seconds per run
+    updates: dict[str, list[float]]            # how -> seconds per single update
+    ready: dict[str, list[float]]              # start kind -> seconds to SERVING
+    attach: dict[str, list[float]]             # first / second interface -> seconds to attach
+    rss: dict[str, dict[str, float]]           # moment -> VmRSS/VmHWM in MiB
+    steps: tuple[control_profile.Profiled, control_profile.Profiled] | None
+    scrapes: list[scrape.Scrape]                # metrics scrapes of the largest policy
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -175,8 +188,6 @@ def _plots(bench: Bench) -> None:
 
 
 def _targets(bench: Bench) -> None:
-    from testbed.bench.control_plane import TIDEGATE_APPLY, TIDEGATE_UPDATE
-
     s, p = bench.section, bench.profile
     goal = f"{TARGET_APPLY_SIZE:,} rules applied in < {TARGET_APPLY_S:g} s"
     samples = bench.apply.get((TIDEGATE_APPLY, TARGET_APPLY_SIZE))
