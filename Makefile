@@ -4,6 +4,13 @@ SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The static checks, run by `make lint` and first thing in `make test`: style, types, and the
+# import layering (testbed -> control -> dataplane; see scripts/check_imports.py).
+define LINT
+$(PY) -m ruff check dataplane control testbed tests scripts
+$(PY) -m mypy dataplane control testbed scripts/check_imports.py
+$(PY) scripts/check_imports.py
+endef
 
 .PHONY: setup test test-fast lint demo bench clean proto install uninstall
 
@@ -12,17 +19,16 @@ setup:
 
 # Everything: unit, BPF (BPF_PROG_TEST_RUN) and namespace tests. Needs root.
 test: setup proto
-	$(PY) -m ruff check dataplane control testbed tests
-	$(PY) -m mypy dataplane control testbed
+	$(LINT)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# Pure-Python tests only: no root, no kernel.
+# The unit tier only (tests/unit/): pure Python, no root, no kernel. The others: tests/bpf/
+# (BPF_PROG_TEST_RUN) and tests/integration/ (namespaces, daemons).
 test-fast:
-	$(PY) -m pytest -q -p no:cacheprovider -m "not root" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/unit
 
 lint: proto
-	$(PY) -m ruff check dataplane control testbed tests
-	$(PY) -m mypy dataplane control testbed
+	$(LINT)
 
 demo: setup
 	$(PY) -m testbed.demo

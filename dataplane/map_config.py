@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dataplane import abi
 
-VNI_MAX = (1 << 24) - 1  # 24-bit VNI (RFC 7348 5, RFC 8926 3.4)
 # An event costs NSEC_PER_SEC / event_rate of credit: above 1e9/s it would cost nothing.
 EVENT_RATE_MAX = 1_000_000_000
 EVENT_BURST_MAX = (1 << 32) - 1  # a __u32
@@ -49,7 +48,7 @@ class TunnelEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    vni: int = Field(ge=0, le=VNI_MAX)
+    vni: int = Field(ge=0, le=abi.VNI_MAX)
     vxlan: bool = True
     geneve: bool = True
 

@@ -297,15 +297,16 @@ class DaemonProcess:
             return False
         return bool(status == health_pb2.HealthCheckResponse.SERVING)
 
-    def cli(self, *args: str, as_json: bool = False,
+    def cli(self, *args: str, as_json: bool = False, stdin: str | None = None,
             timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-        """`tidegate -s SOCKET [-j] ARGS...`; the exit status is the caller's to judge."""
+        """`tidegate -s SOCKET [-j] ARGS...` (`stdin`: its input, for `-f -`); the exit status is
+        the caller's to judge."""
         if not cli_available():
             raise DaemonError("control/cli/main.py does not exist in this checkout: use the gRPC stubs")
         flags = ["-s", str(self.socket), *(["-j"] if as_json else [])]
         cmd = [sys.executable, "-m", "control.cli", *flags, *args]
-        return subprocess.run(cmd, cwd=REPO_ROOT, env=self._env(), capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return subprocess.run(cmd, cwd=REPO_ROOT, env=self._env(), input=stdin, capture_output=True,
+                              text=True, timeout=timeout, check=False)
 
     def cli_popen(self, *args: str, as_json: bool = False) -> subprocess.Popen[str]:
         """`tidegate -s SOCKET [-j] ARGS...` left running (events, top, trace), stdout and stderr

@@ -13,6 +13,7 @@ life, so no fork per call is needed and nothing is created by accident (pyroute2
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import os
@@ -21,6 +22,7 @@ import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -63,7 +65,7 @@ def created_namespaces() -> list[str]:
     return [key.removeprefix("netns:") for key in cleanup.REGISTRY.history() if key.startswith("netns:")]
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
     """setns(2) for the calling thread only: network namespaces are per thread, not per process."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -160,13 +162,13 @@ class Namespace:
         try:
             target = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # fails if deleted: no re-create
             try:
-                _setns(target)
+                setns(target)
             finally:
                 os.close(target)
             try:
                 yield
             finally:
-                _setns(saved)
+                setns(saved)
         finally:
             os.close(saved)
 
@@ -328,3 +330,37 @@ def enable_forwarding(ns: Namespace) -> None:
     sysctl(ns, "net.ipv6.conf.all.forwarding", 1)
     for scope in ("all", "default"):
         sysctl(ns, f"net.ipv4.conf.{scope}.rp_filter", 0)
+
+
+# --- two namespaces joined by a veth -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """One veth as linked_namespaces made it: `ifname` in `ns`, `peer_ifname` in `peer` (which is
+    `ns` itself when the test needs no second namespace)."""
+
+    ns: Namespace
+    peer: Namespace
+    ifname: str
+    peer_ifname: str
+    addr: str               # ifname's address, without the prefix length
+    peer_addr: str | None   # the peer end's; None: it has none
+
+
+@contextmanager
+def linked_namespaces(prefix: str, ifname: str, peer_ifname: str, addr: str, peer_addr: str | None = None,
+                      *, prefix_len: int = 24, peer_namespace: bool = True) -> Iterator[Link]:
+    """A namespace and a peer namespace joined by a veth, both removed on leaving: `addr` on
+    `ifname`, `peer_addr` on the peer end, and each side the other's MAC as a static neighbour
+    (no ARP: only the test's own packets cross). With peer_namespace=False both ends are in the
+    one namespace and the peer end has no address (a link to attach to, nothing behind it)."""
+    with Namespace(prefix=prefix) as ns, \
+            (Namespace(prefix=f"{prefix}p") if peer_namespace else contextlib.nullcontext(ns)) as peer:
+        veth_pair(ns, ifname, peer, peer_ifname)
+        add_address(ns, ifname, f"{addr}/{prefix_len}")
+        if peer_namespace and peer_addr is not None:
+            add_address(peer, peer_ifname, f"{peer_addr}/{prefix_len}")
+            add_neighbour(ns, ifname, peer_addr, link_mac(peer, peer_ifname))
+            add_neighbour(peer, peer_ifname, addr, link_mac(ns, ifname))
+        yield Link(ns, peer, ifname, peer_ifname, addr, peer_addr if peer_namespace else None)

@@ -17,7 +17,7 @@ and B, so a swap rewrites most of every stage). For probe i:
 The probes' sources sort after every filler source (12.x, 13.x > 11.x), so in a batch of
 writes ordered by key their entries come after the 10,000 filler ones: were the order wrong,
 the window in which a probe sees one set's entry with the other's would last the whole filler
-batch, long enough for the traffic to hit it (tests/testbed/test_reliability.py says which
+batch, long enough for the traffic to hit it (tests/integration/testbed/test_reliability.py says which
 wrong orders were tried, and what the traffic saw).
 
 A alone and B alone both allow the first flow (PASS_ALLOWED) and deny the second

@@ -6,7 +6,7 @@
         proxy.mend()                                # accepts again
 
 Threads only, no root: for the tests of the etcd client and watcher that run without a
-namespace (tests/control/fleet/). The namespace tests cut a real link instead.
+namespace (tests/integration/control/fleet/). The namespace tests cut a real link instead.
 """
 
 from __future__ import annotations

@@ -23,11 +23,11 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
+from dataplane import abi
 from testbed import packets
 from testbed.netns import Namespace, add_address, lookup_ifindex, set_up
 from testbed.packets import ETH_P_TEB, GENEVE_PORT, VXLAN_FLAG_I, VXLAN_PORT
 
-VNI_MAX = (1 << 24) - 1
 ALL_ZEROS_MAC = "00:00:00:00:00:00"
 GENEVE_OPT_DATA_MAX = 31 * 4  # 5-bit Len in 4-byte words
 GENEVE_OPT_LEN_MAX = 63  # 6-bit Opt Len in 4-byte words
@@ -46,7 +46,7 @@ Proto = Literal["udp", "tcp", "icmp"]
 
 
 def _check_vni(vni: int) -> None:
-    if not 0 <= vni <= VNI_MAX:
+    if not 0 <= vni <= abi.VNI_MAX:
         raise ValueError(f"VNI {vni} is not a 24-bit value")
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import pytest
 
@@ -32,3 +35,47 @@ def loaded_dataplane(bpf_available):  # noqa: ANN001
     dp = Dataplane.load()
     yield dp
     dp.close()
+
+
+@contextmanager
+def _daemon_on_veth(ns: Any, ifnames: str | Sequence[str] = (), mode: str = "native",
+                    **options: Any) -> Iterator[Any]:
+    import grpc
+
+    from control.rpc import convert
+    from control.rpc.api import pb2
+    from testbed.daemon import RPC_TIMEOUT, DaemonProcess
+
+    names = [ifnames] if isinstance(ifnames, str) else list(ifnames)
+    with DaemonProcess(ns, **options) as daemon:
+        for name in names:
+            request = pb2.AttachInterfaceRequest(interface=pb2.Interface(
+                name=name, mode=convert.xdp_mode_to_proto(mode)))
+            try:
+                daemon.interfaces.AttachInterface(request, timeout=RPC_TIMEOUT)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    pytest.skip(f"this kernel refuses {mode} XDP on veth: {exc.details()}")
+                raise
+        yield daemon
+    assert not daemon.running, "the daemon process outlived its block"
+
+
+DaemonFactory = Callable[..., AbstractContextManager[Any]]
+
+
+@pytest.fixture(scope="session")
+def daemon_on_veth(bpf_available: None) -> DaemonFactory:
+    """The one daemon harness: a factory of daemons attached to veths in namespaces, for the
+    (module-scoped) fixtures of tests that drive a real daemon process.
+
+        with daemon_on_veth(ns, "eth0", mode="native", capacities={...}) as daemon:
+
+    gives a testbed.daemon.DaemonProcess managing namespace `ns` (keyword arguments other than
+    `mode` are DaemonProcess's), SERVING, with each interface of the second argument (a name or
+    a list; none by default) attached through AttachInterface in `mode` (native, generic or
+    auto). The test is skipped where this kernel refuses that mode on veth. Leaving the block
+    stops the daemon and removes whatever it left (programs, pins, routing, files). The
+    namespaces are the caller's: testbed.netns.linked_namespaces, or a topology.
+    """
+    return _daemon_on_veth

@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from control.apply.reconcile import DataplaneMismatch, InvalidState, Reconciler, Stats
+from control.apply.reconcile import DataplaneMismatch, InvalidState, Reconciler, Stats, occupancy
 from control.apply.state import StateStore
 from control.errors import NotFound, PolicyOwned
 from control.policy.edits import Edit, PolicyDiff, check_generation, diff, replace_policy
@@ -56,6 +56,30 @@ class PolicyChange:
 
 class Busy(TimeoutError):
     """The controller stayed locked (a long apply) for longer than the caller would wait."""
+
+
+class DataplaneView:
+    """What a reader of the kernel's maps (a metrics scrape) may ask about the loaded data planes,
+    while it holds the controller (Controller.locked): no change loads or unloads one meanwhile."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self._reconciler = reconciler
+
+    def attached(self) -> dict[str, bool]:
+        """Every interface with a loaded data plane -> whether its programs are attached."""
+        return {name: plane.xdp_mode is not None for name, plane in self._reconciler.planes.items()}
+
+    def stats(self, name: str, rule_ids: Collection[int] | None = None) -> Stats:
+        """The counters of one loaded interface (of only `rule_ids` among the rules, when given)."""
+        return self._reconciler.stats([name], rule_ids=rule_ids)
+
+    def map_memory(self, name: str) -> dict[str, int]:
+        """{map: bytes} of one loaded interface: the kernel's own figures."""
+        return dict(self._reconciler.planes[name].map_memory())
+
+    def occupancy(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(interface, map) -> (entries written, capacity)."""
+        return occupancy(self._reconciler)
 
 
 class Controller:
@@ -197,13 +221,19 @@ class Controller:
         self._metric_rules = (state, ids)
         return ids
 
+    def xdp_mode(self, name: str) -> str | None:
+        """The XDP mode the interface's programs were attached in by the last change; None when
+        no data plane is loaded there (whether they are still in the kernel is the caller's to ask)."""
+        plane = self.reconciler.planes.get(name)
+        return plane.xdp_mode if plane is not None else None
+
     @contextmanager
-    def locked(self, timeout: float) -> Iterator[Reconciler]:
-        """The reconciler, with no change under way, for readers of the kernel's maps (a
+    def locked(self, timeout: float) -> Iterator[DataplaneView]:
+        """The loaded data planes, with no change under way, for readers of the kernel's maps (a
         metrics scrape); Busy if a change holds the lock for longer than `timeout` seconds."""
         if not self._lock.acquire(timeout=timeout):
             raise Busy(f"a change has held the controller for over {timeout:g} s")
         try:
-            yield self.reconciler
+            yield DataplaneView(self.reconciler)
         finally:
             self._lock.release()

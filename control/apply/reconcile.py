@@ -361,6 +361,19 @@ class Reconciler:
         return out
 
 
+def occupancy(reconciler: Reconciler) -> dict[tuple[str, str], tuple[int, int]]:
+    """(interface, map) -> (entries, capacity), from the compiled tables and the tunnels."""
+    caps = reconciler.settings.capacities
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for name, plane in reconciler.planes.items():
+        for table in (plane.acl, plane.classifiers):
+            for map_name, used in table.occupancy().items():
+                out[(name, map_name)] = used
+        intent = reconciler.intents.get(name)
+        out[(name, "tunnels")] = (len(intent.tunnels) if intent is not None else 0, caps.tunnels)
+    return out
+
+
 def _device_exists(name: str) -> bool:
     try:
         attach_mod.ifindex(name)

@@ -26,17 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control.cli import response_format as fmt
-from control.cli.main import (
-    EXIT_REFUSED,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    CliError,
-    Out,
-    _Commands,
-    load_model,
-    seconds,
-)
+from control.cli import response_format
+from control.cli.args import Commands, seconds
+from control.cli.client import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Out
+from control.cli.files import load_model
 from control.policy.models import Policy
 
 ENV = {"endpoints": "TIDEGATE_ETCD_ENDPOINTS", "prefix": "TIDEGATE_ETCD_PREFIX", "ca": "TIDEGATE_ETCD_CA",
@@ -151,8 +144,8 @@ def cmd_show(args: argparse.Namespace, client: Any, layout: Any) -> Out:
     from control.fleet.operator import read_policy
 
     policy, revision = read_policy(client, layout, args.policy)
-    data = {"policy": args.policy, "revision": revision, "content": fmt.policy_data(policy)}
-    body = fmt.policy_yaml(policy, 0).split("\n", 1)[1]  # without its "# generation" line
+    data = {"policy": args.policy, "revision": revision, "content": response_format.policy_data(policy)}
+    body = response_format.policy_yaml(policy, 0).split("\n", 1)[1]  # without its "# generation" line
     return Out(data, f"# policy {args.policy}, revision {revision}: push changes with "
                      f"--expected-revision {revision}\n{body}")
 
@@ -199,7 +192,7 @@ def status_text(data: dict[str, Any]) -> str:
     if not rows:
         return head + "\nno nodes: assign a policy (`tidegate fleet assign NODE --policy NAME`)"
     headers = ["NODE", "ASSIGNED", "LATEST", "ENFORCES", "CONVERGED", "HEALTH", "PROBLEM"]
-    return head + "\n" + fmt.table(headers, rows)
+    return head + "\n" + response_format.table(headers, rows)
 
 
 def _connection_options(p: argparse.ArgumentParser) -> None:
@@ -216,7 +209,7 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--etcd-password-file", metavar="FILE", help="the etcd user's password")
 
 
-def add_commands(commands: _Commands) -> None:
+def add_commands(commands: Commands) -> None:
     from control.fleet.keys import check_name
 
     def name(text: str) -> str:

@@ -26,13 +26,15 @@ from typing import Any
 
 import grpc
 
-from control.cli import response_format as fmt
-from control.cli import stream_format as ff
-from control.cli.main import EXIT_UNREACHABLE, CliError, Out, Rpc, _Commands, seconds, u32
+from control.cli import response_format, stream_format
+from control.cli.args import Commands, seconds, u32
+from control.cli.client import EXIT_UNREACHABLE, CliError, Out, Rpc
+from control.cli.response_format import Data
+from control.observe import event_format
 from control.rpc.api import pb2
+from dataplane import protocols
 
 ANSI_HOME_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: redraw in place
-PROTOCOLS = ["tcp", "udp", "sctp", "icmp", "icmpv6"]
 REASONS = [str(n).removeprefix("REASON_") for n, v in pb2.Reason.items() if v]
 
 
@@ -93,17 +95,17 @@ def cmd_events(args: argparse.Namespace, rpc: Rpc) -> None:
             follow(rpc, rpc.events.WatchEvents, request) as messages:
         for msg in messages:
             if msg.HasField("event"):
-                data = ff.policy_event_data(msg.event)
-                emit(json.dumps(data) if args.json else ff.policy_event_text(data))
+                data = event_format.policy_event_data(msg.event)
+                emit(json.dumps(data) if args.json else stream_format.policy_event_text(data))
                 shown += 1
                 if args.count and shown >= args.count:
                     return
             elif msg.HasField("loss"):
-                data = ff.event_loss_data(msg.loss)
+                data = event_format.event_loss_data(msg.loss)
                 if args.json:
                     emit(json.dumps(data))
                 elif any(data[k] for k in ("dropped", "rate_limited", "ringbuf_full")):
-                    emit(f"tidegate: {ff.event_loss_text(data)}", err=True)
+                    emit(f"tidegate: {stream_format.event_loss_text(data)}", err=True)
         # the stream never ends by itself: the daemon is stopping
         raise CliError(EXIT_UNREACHABLE, "UNAVAILABLE: the daemon ended the event stream: it is stopping")
 
@@ -113,8 +115,8 @@ def cmd_events(args: argparse.Namespace, rpc: Rpc) -> None:
 def cmd_top(args: argparse.Namespace, rpc: Rpc) -> None:
     request = pb2.GetStatsRequest(interfaces=args.interface or [])
 
-    def sample() -> tuple[fmt.Data, float]:
-        return fmt.stats_data(rpc.call(rpc.stats.GetStats, request)), time.monotonic()
+    def sample() -> tuple[Data, float]:
+        return response_format.stats_data(rpc.call(rpc.stats.GetStats, request)), time.monotonic()
 
     frames = 1 if args.once else args.count
     redraw = sys.stdout.isatty() and not args.json
@@ -124,11 +126,11 @@ def cmd_top(args: argparse.Namespace, rpc: Rpc) -> None:
         while frames is None or shown < frames:
             time.sleep(max(0.0, taken + args.interval - time.monotonic()))
             now, now_taken = sample()
-            frame = ff.top_data(before, now, now_taken - taken, args.rows)
+            frame = stream_format.top_data(before, now, now_taken - taken, args.rows)
             if args.json:
                 emit(json.dumps(frame))
             else:
-                text = ff.top_text(frame, clock=time.strftime("%H:%M:%S"))
+                text = stream_format.top_text(frame, clock=time.strftime("%H:%M:%S"))
                 emit(ANSI_HOME_CLEAR + text if redraw else text + "\n")
             before, taken = now, now_taken
             shown += 1
@@ -141,16 +143,16 @@ def cmd_trace(args: argparse.Namespace, rpc: Rpc) -> Out | None:
         answer = rpc.call(rpc.trace.TraceCapabilities, pb2.TraceCapabilitiesRequest())
         data = {"capabilities": {c.hook: c.supported for c in answer.capabilities},
                 "active_traces": answer.active_traces}
-        return Out(data, ff.capabilities_text(answer))
+        return Out(data, stream_format.capabilities_text(answer))
     protocol: Any = pb2.Protocol.Value(f"PROTOCOL_{args.protocol.upper()}") if args.protocol else 0
     request = pb2.TraceRequest(host=args.host or "", protocol=protocol, port=args.port or 0,
                                duration_s=args.duration or 0.0, max_events=args.max_events or 0)
     # loading the tracer compiles it (seconds), then it runs for the duration (30 s by default)
     deadline = (args.duration or 30.0) + args.timeout
-    printers: dict[str, tuple[Callable[[Any], fmt.Data], Callable[[fmt.Data], str], bool]] = {
-        "started": (ff.trace_started_data, ff.trace_started_text, True),
-        "event": (ff.trace_event_data, ff.trace_event_text, False),
-        "ended": (ff.trace_ended_data, ff.trace_ended_text, True),
+    printers: dict[str, tuple[Callable[[Any], Data], Callable[[Data], str], bool]] = {
+        "started": (stream_format.trace_started_data, stream_format.trace_started_text, True),
+        "event": (stream_format.trace_event_data, stream_format.trace_event_text, False),
+        "ended": (stream_format.trace_ended_data, stream_format.trace_ended_text, True),
     }
     with interruptible(), contextlib.suppress(KeyboardInterrupt), \
             follow(rpc, rpc.trace.Trace, request, deadline) as messages:
@@ -176,7 +178,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_commands(commands: _Commands) -> None:
+def add_commands(commands: Commands) -> None:
     p = commands.add("events", cmd_events, "follow policy events (denied packets, logged allows)")
     p.add_argument("--rule", type=u32, action="append", metavar="N", help="only this rule id (repeatable)")
     p.add_argument("--reason", type=reason, action="append", metavar="NAME",
@@ -197,7 +199,7 @@ def add_commands(commands: _Commands) -> None:
 
     p = commands.add("trace", cmd_trace, "trace packets through the kernel's hooks for a while")
     p.add_argument("--host", metavar="ADDR", help="only packets from or to this address or prefix")
-    p.add_argument("--protocol", choices=PROTOCOLS)
+    p.add_argument("--protocol", choices=list(protocols.NUMBERS))
     p.add_argument("--port", type=u32, metavar="N", help="only packets from or to this port")
     p.add_argument("--duration", type=seconds, metavar="SECONDS", help="how long (default 30, at most 600)")
     p.add_argument("--max-events", type=_positive_int, metavar="N",

@@ -61,256 +61,34 @@ judged by the daemon, whose INVALID_ARGUMENT names the field (e.g. `rule.match.d
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-import yaml
-
-from control.cli import response_format as fmt
+from control.cli import fleet, follow, migration, response_format
+from control.cli.args import Commands, global_options, ports, protocol_arg, u32, u64
+from control.cli.client import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    SOCKET_ENV,
+    CliError,
+    Out,
+    Rpc,
+    client_tls,
+    resolve_target,
+)
+from control.cli.files import load_model
 from control.daemon_config import DEFAULT_SOCKET
-from control.errors import InvalidArgument
 from control.policy.models import Policy, ServiceChain
 from control.rpc import convert
-from control.rpc.api import pb2, pb2_grpc
+from control.rpc.api import pb2
+from dataplane import protocols
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-SOCKET_ENV = "TIDEGATE_SOCKET"
-TLS_ENV = {"ca": "TIDEGATE_CA", "cert": "TIDEGATE_CERT", "key": "TIDEGATE_KEY"}
-DEFAULT_TIMEOUT = 120.0
-MAX_MESSAGE_BYTES = 256 << 20  # as control.daemon: a 100k-rule policy is tens of MiB of protobuf
-U32_MAX, U64_MAX = (1 << 32) - 1, (1 << 64) - 1
-ERRORS_SHOWN = 20
 PACKED_FROM = 10_000  # rules from which `policy apply` sends the ACL as columns (AclColumns)
 NETNS_DIR = "/run/netns"
-_TCP_TARGET = re.compile(r"^\[?[0-9A-Za-z.:-]+\]?:\d{1,5}$")
-_PORTS = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
-
-
-class CliError(Exception):
-    """Ends the command: `lines` go to stderr, each as `tidegate: <line>`, and `code` is the exit."""
-
-    def __init__(self, code: int, *lines: str) -> None:
-        super().__init__(lines[0] if lines else "")
-        self.code = code
-        self.lines = list(lines)
-
-
-@dataclass
-class Out:
-    """What a command prints: `data` as JSON with -j, else `text`."""
-
-    data: dict[str, Any]
-    text: str
-
-
-# --- the connection -------------------------------------------------------------------------------
-
-def resolve_target(socket: str) -> tuple[str, Path | None]:
-    """(gRPC target, socket path or None for TCP) of a -s value."""
-    if socket.startswith("unix:"):
-        path = socket.removeprefix("unix:")
-        path = "/" + path.lstrip("/") if path.startswith("//") else path  # unix:///abs
-    elif "/" not in socket and _TCP_TARGET.fullmatch(socket):
-        return socket, None
-    else:
-        path = socket
-    absolute = Path(os.path.abspath(path))
-    return f"unix:{absolute}", absolute
-
-
-_START_HINT = "start the daemon with `tidegate serve` (or point -s / $TIDEGATE_SOCKET at its socket)"
-_TLS_HINT = ("is the daemon listening there? If it is, the TLS handshake failed: --ca must be the CA that "
-             "signed the daemon's certificate, whose names must include HOST (else --tls-server-name), "
-             "and --cert/--key a client certificate that the daemon's client_ca signed, not expired")
-
-
-@dataclass(frozen=True)
-class ClientTls:
-    """PEM contents for a TCP connection (None: not given)."""
-
-    ca: bytes | None = None
-    cert: bytes | None = None
-    key: bytes | None = None
-    server_name: str | None = None
-
-
-def _pem(path: str, option: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CliError(EXIT_USAGE, f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
-    if b"-----BEGIN " not in data:
-        raise CliError(EXIT_USAGE, f"{option} {path}: not a PEM file (no -----BEGIN line)")
-    return data
-
-
-def client_tls(args: argparse.Namespace, socket: str) -> ClientTls | None:
-    """The TLS material of the command line (and $TIDEGATE_CA/_CERT/_KEY) for a TCP target;
-    None for a Unix socket, where TLS options are a usage error."""
-    given = {"ca": args.ca, "cert": args.cert, "key": args.key}
-    if resolve_target(socket)[1] is not None:
-        flags = [f"--{k}" for k, v in given.items() if v]
-        flags += ["--tls-server-name"] if args.tls_server_name else []
-        if flags:
-            raise CliError(EXIT_USAGE, f"{', '.join(flags)}: TLS options are for a daemon's TCP listener "
-                                       f"(-s HOST:PORT), not the Unix socket {socket}")
-        return None
-    paths = {k: v or os.environ.get(TLS_ENV[k]) or None for k, v in given.items()}
-    if (paths["cert"] is None) != (paths["key"] is None):
-        raise CliError(EXIT_USAGE, "--cert and --key go together: this client's certificate and its "
-                                   "private key")
-    files = {k: None if v is None else _pem(v, f"--{k}") for k, v in paths.items()}
-    return ClientTls(ca=files["ca"], cert=files["cert"], key=files["key"], server_name=args.tls_server_name)
-
-
-class Rpc:
-    """Stubs of the daemon's services over one channel; every call has a deadline.
-
-    Nothing touches the socket before the first call, so a command validates its files first.
-    A TCP target is always reached over TLS (`tls`: the CA, client certificate and key to use).
-    """
-
-    def __init__(self, socket: str, timeout: float, tls: ClientTls | None = None) -> None:
-        self.socket = socket
-        self.timeout = timeout
-        self.target, self.path = resolve_target(socket)
-        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                          ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-        if self.path is not None:
-            self.channel = grpc.insecure_channel(self.target, options=options)
-        else:  # the daemon serves TCP only with TLS
-            tls = tls or ClientTls()
-            if tls.server_name:
-                options.append(("grpc.ssl_target_name_override", tls.server_name))
-            credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
-                                                       certificate_chain=tls.cert)
-            self.channel = grpc.secure_channel(self.target, credentials, options=options)
-        self.interfaces = pb2_grpc.InterfaceServiceStub(self.channel)
-        self.policy = pb2_grpc.PolicyServiceStub(self.channel)
-        self.stats = pb2_grpc.StatsServiceStub(self.channel)
-        self.events = pb2_grpc.EventServiceStub(self.channel)
-        self.trace = pb2_grpc.TraceServiceStub(self.channel)
-
-    def _check_socket(self) -> None:
-        path = self.path
-        if path is None:
-            return
-        if not path.exists():
-            raise CliError(EXIT_UNREACHABLE, f"UNAVAILABLE: no daemon socket at {path}: {_START_HINT}")
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise CliError(EXIT_UNREACHABLE, f"UNAVAILABLE: no permission to use the daemon socket {path} "
-                                             "(mode 0600, owned by the daemon's user): run as that user")
-
-    def call(self, method: Callable[..., Any], request: Any) -> Any:
-        self._check_socket()
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise self.error(exc) from None
-
-    def stream(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
-        """A server stream (no deadline unless given); iterate it with `follow`."""
-        self._check_socket()
-        return method(request, timeout=timeout)
-
-    def error(self, exc: grpc.RpcError) -> CliError:
-        code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
-        where = self.path or self.target
-        if code == grpc.StatusCode.UNAVAILABLE:
-            hint = _START_HINT if self.path is not None else _TLS_HINT
-            return CliError(EXIT_UNREACHABLE, f"UNAVAILABLE: cannot reach the daemon at {where} "
-                                              f"({details}): {hint}")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return CliError(EXIT_REFUSED, f"DEADLINE_EXCEEDED: no answer from the daemon at {where} within "
-                                          f"{self.timeout:g} s; a change may still be under way: check with "
-                                          "`tidegate status`, and raise --timeout for big policies")
-        return CliError(EXIT_REFUSED, f"{code.name}: {details}")
-
-    def health(self) -> str:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        self._check_socket()
-        try:
-            answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
-                return "UNKNOWN"
-            raise self.error(exc) from None
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-# --- local files ---------------------------------------------------------------------------------
-
-def _read(path: str) -> tuple[str, str]:
-    """(text, name to show) of a file, or of stdin for '-'."""
-    name = "<stdin>" if path == "-" else path
-    try:
-        return (sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")), name
-    except OSError as exc:
-        raise CliError(EXIT_USAGE, f"{name}: cannot read it: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise CliError(EXIT_USAGE, f"{name}: not UTF-8 text (byte {exc.start})") from None
-
-
-def _parse_json(text: str, name: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CliError(EXIT_USAGE, f"{name}: line {exc.lineno}, column {exc.colno}: not valid JSON: "
-                                   f"{exc.msg}") from None
-
-
-def _parse_yaml(text: str, name: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise CliError(EXIT_USAGE, f"{name}: {where}not valid YAML: {problem}") from None
-
-
-def load_document(path: str) -> tuple[Any, str]:
-    """(parsed content, name to show): JSON for *.json, YAML otherwise (JSON text is tried first)."""
-    text, name = _read(path)
-    if path.endswith(".json"):
-        return _parse_json(text, name), name
-    if text.lstrip().startswith(("{", "[")):
-        try:
-            return json.loads(text), name
-        except json.JSONDecodeError:
-            pass  # YAML flow style, or broken: YAML says where
-    return _parse_yaml(text, name), name
-
-
-def load_model(path: str, model: Any, what: str, informational: tuple[str, ...] = ()) -> Any:
-    """A file validated as `model`; exit 2 naming the file and each bad field otherwise.
-    Top-level keys in `informational` are dropped first (a listing's "generation")."""
-    data, name = load_document(path)
-    if data is None:
-        raise CliError(EXIT_USAGE, f"{name}: empty document: write {what} (an empty policy is `{{}}`)")
-    if not isinstance(data, dict):
-        raise CliError(EXIT_USAGE, f"{name}: expected a mapping ({what}), found a {type(data).__name__}")
-    data = {k: v for k, v in data.items() if k not in informational}
-    try:
-        return convert.validated(model.model_validate, data)
-    except InvalidArgument as exc:
-        lines = [f"{name}: {path_.replace('(policy)', '(top level)')}: {reason}"
-                 for path_, reason in exc.errors[:ERRORS_SHOWN]]
-        if len(exc.errors) > ERRORS_SHOWN:
-            lines.append(f"{name}: and {len(exc.errors) - ERRORS_SHOWN} more errors")
-        raise CliError(EXIT_USAGE, *lines) from None
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -318,7 +96,7 @@ def load_model(path: str, model: Any, what: str, informational: tuple[str, ...] 
 def cmd_attach(args: argparse.Namespace, rpc: Rpc) -> Out:
     iface = pb2.Interface(name=args.ifname, mode=convert.xdp_mode_to_proto(args.mode))
     answer = rpc.call(rpc.interfaces.AttachInterface, pb2.AttachInterfaceRequest(interface=iface))
-    data = {"interface": fmt.interface_data(answer.interface), "generation": answer.generation}
+    data = {"interface": response_format.interface_data(answer.interface), "generation": answer.generation}
     i = data["interface"]
     return Out(data, f"attached {i['name']}: requested {i['requested_mode']}, active {i['active_mode']} "
                      f"(generation {answer.generation})")
@@ -333,8 +111,8 @@ def cmd_status(args: argparse.Namespace, rpc: Rpc) -> Out:
     health = rpc.health()
     interfaces = rpc.call(rpc.interfaces.ListInterfaces, pb2.ListInterfacesRequest())
     policy = rpc.call(rpc.policy.GetPolicy, pb2.GetPolicyRequest())
-    data = fmt.status_data(health, interfaces, policy)
-    return Out(data, fmt.status_text(data))
+    data = response_format.status_data(health, interfaces, policy)
+    return Out(data, response_format.status_text(data))
 
 
 def _changed(what: str, answer: Any) -> Out:
@@ -365,8 +143,8 @@ def cmd_acl_del(args: argparse.Namespace, rpc: Rpc) -> Out:
 
 
 def cmd_acl_list(args: argparse.Namespace, rpc: Rpc) -> Out:
-    data = fmt.rules_data(rpc.call(rpc.policy.ListAclRules, pb2.ListAclRulesRequest()))
-    return Out(data, fmt.rules_text(data))
+    data = response_format.rules_data(rpc.call(rpc.policy.ListAclRules, pb2.ListAclRulesRequest()))
+    return Out(data, response_format.rules_text(data))
 
 
 def cmd_policy_apply(args: argparse.Namespace, rpc: Rpc) -> Out:
@@ -377,14 +155,15 @@ def cmd_policy_apply(args: argparse.Namespace, rpc: Rpc) -> Out:
     request = pb2.ApplyPolicyRequest(policy=convert.policy_to_proto(policy, acl_columns=packed),
                                      dry_run=args.dry_run,
                                      expected_generation=args.expected_generation or 0)
-    data = fmt.apply_data(rpc.call(rpc.policy.ApplyPolicy, request), args.dry_run)
-    return Out(data, fmt.apply_text(data, "<stdin>" if args.file == "-" else args.file))
+    data = response_format.apply_data(rpc.call(rpc.policy.ApplyPolicy, request), args.dry_run)
+    return Out(data, response_format.apply_text(data, "<stdin>" if args.file == "-" else args.file))
 
 
 def cmd_policy_show(args: argparse.Namespace, rpc: Rpc) -> Out:
     answer = rpc.call(rpc.policy.GetPolicy, pb2.GetPolicyRequest())
     policy = convert.policy_from_proto(answer.policy)
-    return Out(fmt.policy_data(policy, answer.generation), fmt.policy_yaml(policy, answer.generation))
+    return Out(response_format.policy_data(policy, answer.generation),
+               response_format.policy_yaml(policy, answer.generation))
 
 
 def cmd_tunnel_add(args: argparse.Namespace, rpc: Rpc) -> Out:
@@ -399,8 +178,8 @@ def cmd_tunnel_del(args: argparse.Namespace, rpc: Rpc) -> Out:
 
 
 def cmd_tunnel_list(args: argparse.Namespace, rpc: Rpc) -> Out:
-    data = fmt.tunnels_data(rpc.call(rpc.policy.ListTunnels, pb2.ListTunnelsRequest()))
-    return Out(data, fmt.tunnels_text(data))
+    data = response_format.tunnels_data(rpc.call(rpc.policy.ListTunnels, pb2.ListTunnelsRequest()))
+    return Out(data, response_format.tunnels_text(data))
 
 
 def cmd_chain_add(args: argparse.Namespace, rpc: Rpc) -> Out:
@@ -415,14 +194,14 @@ def cmd_chain_del(args: argparse.Namespace, rpc: Rpc) -> Out:
 
 
 def cmd_chain_list(args: argparse.Namespace, rpc: Rpc) -> Out:
-    data = fmt.chains_data(rpc.call(rpc.policy.ListChains, pb2.ListChainsRequest()))
-    return Out(data, fmt.chains_text(data))
+    data = response_format.chains_data(rpc.call(rpc.policy.ListChains, pb2.ListChainsRequest()))
+    return Out(data, response_format.chains_text(data))
 
 
 def cmd_stats(args: argparse.Namespace, rpc: Rpc) -> Out:
     request = pb2.GetStatsRequest(interfaces=args.interface or [])
-    data = fmt.stats_data(rpc.call(rpc.stats.GetStats, request))
-    return Out(data, fmt.stats_text(data))
+    data = response_format.stats_data(rpc.call(rpc.stats.GetStats, request))
+    return Out(data, response_format.stats_text(data))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -454,99 +233,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(EXIT_REFUSED, f"serve: {exc}") from None
 
 
-# --- arguments -----------------------------------------------------------------------------------
-
-def _uint(limit: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not 0 <= value <= limit:
-            raise argparse.ArgumentTypeError(f"{value} is not {what} (0 to {limit})")
-        return value
-    return parse
-
-
-def ports(text: str) -> tuple[int, int]:
-    """"80" or "80-90" -> (low, high). Ranges are the daemon's to judge; only the syntax is checked."""
-    m = _PORTS.fullmatch(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port or a low-high range (e.g. 80 or 8000-8080)")
-    low = int(m.group(1))
-    high = int(m.group(2)) if m.group(2) else low
-    if max(low, high) > U32_MAX:
-        raise argparse.ArgumentTypeError(f"{text!r}: ports go up to 65535")
-    return low, high
-
-
-PROTOCOL_NAMES = ("tcp", "udp", "sctp", "icmp", "icmpv6")
-
-
-def protocol(text: str) -> str | int:
-    """A protocol name, or a number (the daemon judges its range: 0-255)."""
-    if text.lower() in PROTOCOL_NAMES:
-        return text.lower()
-    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= U32_MAX:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"{text!r} is not a protocol: write {', '.join(PROTOCOL_NAMES)} or a "
-                                     "number 0-255 (47 GRE, 50 ESP, 89 OSPF, ...)")
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the timeout must be above 0")
-    return value
-
-
-u32 = _uint(U32_MAX, "a 32-bit unsigned number")
-u64 = _uint(U64_MAX, "a 64-bit unsigned number")
-
-
-def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
-    """-s/-j/--timeout on the top parser, and again (without defaults) on every command."""
-    def default(value: Any) -> Any:
-        return value if top else argparse.SUPPRESS
-
-    parser.add_argument("-s", "--socket", default=default(None), metavar="SOCKET",
-                        help=f"daemon socket (default: ${SOCKET_ENV}, else {DEFAULT_SOCKET})")
-    parser.add_argument("-j", "--json", action="store_true", default=default(False),
-                        help="print one JSON object instead of tables")
-    parser.add_argument("--timeout", type=seconds, default=default(DEFAULT_TIMEOUT), metavar="SECONDS",
-                        help=f"deadline of each request (default {DEFAULT_TIMEOUT:g})")
-    parser.add_argument("--ca", default=default(None), metavar="FILE",
-                        help=f"TCP: the CA of the daemon's certificate (default ${TLS_ENV['ca']}, "
-                             "else the system's CAs)")
-    parser.add_argument("--cert", default=default(None), metavar="FILE",
-                        help=f"TCP: this client's certificate, for mutual TLS (default ${TLS_ENV['cert']})")
-    parser.add_argument("--key", default=default(None), metavar="FILE",
-                        help=f"TCP: the client certificate's private key (default ${TLS_ENV['key']})")
-    parser.add_argument("--tls-server-name", default=default(None), metavar="NAME",
-                        help="TCP: the name the daemon's certificate must have, when it is not HOST")
-
-
-class _Commands:
-    """Adds leaf commands to a subparsers object, each with the global options and a handler."""
-
-    def __init__(self, subparsers: Any) -> None:
-        self.subparsers = subparsers
-
-    def add(self, name: str, handler: Callable[..., Any], help_: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = self.subparsers.add_parser(name, help=help_, description=help_)
-        _global_options(parser, top=False)
-        parser.set_defaults(handler=handler)
-        return parser
-
-    def group(self, name: str, help_: str) -> _Commands:
-        parser = self.subparsers.add_parser(name, help=help_, description=help_)
-        return _Commands(parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND"))
-
-
-def _policy_commands(commands: _Commands) -> None:
+def _policy_commands(commands: Commands) -> None:
     acl = commands.group("acl", "ACL rules, one at a time")
     p = acl.add("add", cmd_acl_add, "add one ACL rule")
     p.add_argument("--id", type=u32, required=True, help="rule id, unique (1 to 2^32-1)")
@@ -554,8 +241,8 @@ def _policy_commands(commands: _Commands) -> None:
     p.add_argument("--action", choices=["allow", "deny"], required=True)
     p.add_argument("--src", metavar="PREFIX", help="source prefix (default any)")
     p.add_argument("--dst", metavar="PREFIX", help="destination prefix (default any)")
-    p.add_argument("--protocol", type=protocol, metavar="NAME|NUMBER",
-                   help="tcp, udp, sctp, icmp, icmpv6, or an IP protocol number (47 GRE, 50 ESP, ...)")
+    p.add_argument("--protocol", type=protocol_arg, metavar="NAME|NUMBER",
+                   help=f"{', '.join(protocols.NUMBERS)}, or an IP protocol number (47 GRE, 50 ESP, ...)")
     p.add_argument("--sport", type=ports, metavar="PORT[-PORT]", help="source port or range")
     p.add_argument("--dport", type=ports, metavar="PORT[-PORT]", help="destination port or range")
     p.add_argument("--log", action="store_true", help="also report allowed matches as events")
@@ -593,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tidegate", description="Control the Tidegate daemon (or run it: tidegate serve).",
         epilog="exit codes: 0 ok, 1 refused by the daemon, 2 usage or bad file, 3 daemon unreachable",
     )
-    _global_options(parser, top=True)
-    commands = _Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    global_options(parser, top=True)
+    commands = Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     p = commands.add("serve", cmd_serve, "run the daemon in the foreground")
     p.add_argument("-c", "--config", metavar="CONFIG", help="daemon config (YAML; default: built-in)")
     p.add_argument("--netns", metavar="NAME", help="manage the named network namespace /run/netns/NAME")
@@ -608,13 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add("stats", cmd_stats, "counters per reason, rule, tunnel, chain leg, event, interface")
     p.add_argument("--interface", action="extend", nargs="+", metavar="IF",
                    help="only these interfaces (repeatable; default all attached)")
-    from control.cli import fleet as cli_fleet  # it uses this module's Out, CliError and load_model
-    from control.cli import follow as cli_follow  # they use this module's Rpc and CliError
-    from control.cli import migration as cli_migration
-
-    cli_follow.add_commands(commands)
-    cli_fleet.add_commands(commands)
-    cli_migration.add_commands(commands)
+    follow.add_commands(commands)
+    fleet.add_commands(commands)
+    migration.add_commands(commands)
     return parser
 
 
@@ -625,7 +308,7 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_serve(args)
     if getattr(args.handler, "etcd", False):  # `fleet`: etcd, not the daemon
         out = args.handler(args)
-        print(fmt.to_json(out.data) if args.json else out.text)
+        print(response_format.to_json(out.data) if args.json else out.text)
         return EXIT_OK
     socket = args.socket or os.environ.get(SOCKET_ENV) or str(DEFAULT_SOCKET)
     rpc = Rpc(socket, args.timeout, client_tls(args, socket))
@@ -634,7 +317,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         rpc.close()
     if out is not None:  # the following commands (events, top, trace) print as they go
-        print(fmt.to_json(out.data) if args.json else out.text)
+        print(response_format.to_json(out.data) if args.json else out.text)
     return EXIT_OK
 
 

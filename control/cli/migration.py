@@ -21,8 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from control.cli import response_format as fmt
-from control.cli.main import EXIT_USAGE, CliError, Out, Rpc, _Commands, _read
+from control.cli import response_format
+from control.cli.args import Commands
+from control.cli.client import EXIT_USAGE, CliError, Out, Rpc
+from control.cli.files import read_input
 from control.migrate import host as hostmod
 from control.migrate import ipset, iptables, nft, output, report, residual, translate
 from control.migrate.flatten import FlattenError
@@ -42,7 +44,7 @@ def _inputs(args: argparse.Namespace) -> dict[str, str]:
     for key in ("iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy", "nft", "ipset"):
         path = getattr(args, key.replace("-", "_"))
         if path:
-            texts[key] = _read(path)[0]
+            texts[key] = read_input(path)[0]
     if args.live:
         try:
             live = hostmod.read_live(args.netns)
@@ -138,7 +140,7 @@ def _apply(rpc: Rpc, policy_of: Any) -> tuple[dict[str, Any], dict[str, Any], Po
                                                                   expected_generation=current.generation))
     done = rpc.call(rpc.policy.ApplyPolicy, pb2.ApplyPolicyRequest(policy=message,
                                                                    expected_generation=current.generation))
-    return fmt.apply_data(dry, True), fmt.apply_data(done, False), policy
+    return response_format.apply_data(dry, True), response_format.apply_data(done, False), policy
 
 
 def cmd_import(args: argparse.Namespace, rpc: Rpc) -> Out | None:
@@ -163,12 +165,12 @@ def cmd_import(args: argparse.Namespace, rpc: Rpc) -> Out | None:
         Path(args.output).write_text(text_policy)
     data = report.data(plan)
     if args.json:
-        body = {"report": data, "policy": fmt.policy_data(policy), "kept": kept, **applied}
+        body = {"report": data, "policy": response_format.policy_data(policy), "kept": kept, **applied}
         return Out(body, "")
-    lines = [fmt.table(report.HEADERS, report.rows(plan)), *report.summary_lines(plan)]
+    lines = [response_format.table(report.HEADERS, report.rows(plan)), *report.summary_lines(plan)]
     if applied:
-        lines += ["", fmt.apply_text(applied["dry_run"], "the import"),
-                  fmt.apply_text(applied["applied"], "the import")]
+        lines += ["", response_format.apply_text(applied["dry_run"], "the import"),
+                  response_format.apply_text(applied["applied"], "the import")]
     text = "\n".join(lines)
     if args.output or args.apply:
         if args.output == "-":
@@ -191,7 +193,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def add_commands(commands: _Commands) -> None:
+def add_commands(commands: Commands) -> None:
     p = commands.add("import", cmd_import, "translate an iptables/nftables policy into Tidegate's, rule by "
                                            "rule, and report each rule's fate")
     p.add_argument("--iptables", metavar="FILE", help="iptables-save output ('-' = stdin)")

@@ -1,41 +1,17 @@
-"""Output of the commands that follow the daemon (`tidegate events`, `trace`, `top`), and of the
-events exporter: messages as JSON-ready dicts, and those dicts as one text line (or a frame).
+"""Output of the commands that follow the daemon (`tidegate events`, `trace`, `top`): messages as
+JSON-ready dicts, and those dicts as one text line (or a frame).
 
-One shape everywhere: `tidegate events -j` prints exactly the lines the daemon's exporter
-(config `events.export`) writes. Every dict has a "type" ("event", "loss", "started", "ended",
-"top"). Pure functions: no gRPC calls, no I/O.
+Policy events and losses take their dicts from control.observe.event_format, the shape the
+daemon's exporter (config `events.export`) writes too. Every dict has a "type" ("event", "loss",
+"started", "ended", "top"). Pure functions: no gRPC calls, no I/O.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
-
 from control.cli.response_format import NONE, table
+from control.observe.event_format import Data, enum_name, iso_time, protocol_name
 from control.rpc.api import pb2
-
-Data = dict[str, Any]
-
-# IANA protocol numbers the API names (the Protocol enum); any other is shown by number
-PROTOCOL_NAMES = {int(v): str(n).removeprefix("PROTOCOL_").lower() for n, v in pb2.Protocol.items() if v}
-_PORTED = {"tcp", "udp", "sctp"}
-
-
-def _enum_name(enum: Any, prefix: str, number: int) -> str:
-    try:
-        return str(enum.Name(number)).removeprefix(prefix)
-    except ValueError:
-        return str(number)
-
-
-def protocol_name(number: int) -> str:
-    return PROTOCOL_NAMES.get(number, str(number))
-
-
-def iso_time(unix_ns: int) -> str:
-    """"2024-05-01T12:00:00.123456Z" (UTC, microseconds)."""
-    t = dt.datetime.fromtimestamp(unix_ns / 1e9, tz=dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+from dataplane import protocols
 
 
 def _clock(iso: str) -> str:
@@ -44,32 +20,12 @@ def _clock(iso: str) -> str:
 
 
 def _endpoint(addr: str, port: int, protocol: str) -> str:
-    if protocol not in _PORTED:
+    if protocol not in protocols.PORTED:
         return addr or NONE
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 # --- policy events ------------------------------------------------------------------------------
-
-def policy_event_data(msg: pb2.PolicyEvent) -> Data:
-    return {
-        "type": "event",
-        "time": iso_time(msg.time_unix_nano),
-        "ts_ns": msg.ts_ns,
-        "interface": msg.interface,
-        "ifindex": msg.ifindex,
-        "rule_id": msg.rule_id,
-        "reason": _enum_name(pb2.Reason, "REASON_", msg.reason),
-        "action": _enum_name(pb2.Action, "ACTION_", msg.action).lower(),
-        "vni": msg.vni if msg.HasField("vni") else None,
-        "src": msg.src,
-        "dst": msg.dst,
-        "protocol": protocol_name(msg.protocol),
-        "sport": msg.sport,
-        "dport": msg.dport,
-        "length": msg.length,
-    }
-
 
 def policy_event_text(d: Data) -> str:
     """"12:00:00.123456 eth0 DROP_DENIED rule 42 deny udp 10.0.0.2:5000 -> 10.0.0.1:9 len 60"."""
@@ -79,11 +35,6 @@ def policy_event_text(d: Data) -> str:
     vni = f" vni {d['vni']}" if d["vni"] is not None else ""
     return (f"{_clock(d['time'])} {d['interface']} {d['reason']} {rule} {d['action']} {flow} "
             f"len {d['length']}{vni}")
-
-
-def event_loss_data(msg: pb2.EventLoss) -> Data:
-    return {"type": "loss", "dropped": msg.dropped, "rate_limited": msg.rate_limited,
-            "ringbuf_full": msg.ringbuf_full}
 
 
 def event_loss_text(d: Data) -> str:
@@ -128,7 +79,7 @@ def trace_event_text(d: Data) -> str:
 
 
 def trace_ended_data(msg: pb2.TraceEnded) -> Data:
-    reason = _enum_name(pb2.TraceEndReason, "TRACE_END_REASON_", msg.reason).lower()
+    reason = enum_name(pb2.TraceEndReason, "TRACE_END_REASON_", msg.reason).lower()
     return {"type": "ended", "reason": reason, "events": msg.events, "dropped": msg.dropped}
 
 

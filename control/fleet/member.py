@@ -118,6 +118,9 @@ class FleetMember:
         self.applies = {"ok": 0, "refused": 0, "unchanged": 0}
         self._pending: Target | None = None
         self._cond = threading.Condition()
+        # The watcher's thread and the applier both publish: a status must be computed and handed
+        # to the writer in one step, or an older snapshot can overwrite a newer one.
+        self._publish_lock = threading.Lock()
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -236,5 +239,6 @@ class FleetMember:
             reconnects=stats.reconnects, last_outage=self.last_outage)
 
     def _publish(self) -> None:
-        self.status.publish(self.node_status())
+        with self._publish_lock:
+            self.status.publish(self.node_status())
 

@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from control.observe import event_format
 from control.observe.fanout import EventFilter, Fanout, Subscription
+from control.rpc import convert
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +200,6 @@ class EventExporter:
         return self
 
     def _run(self) -> None:
-        from control.cli import stream_format as follow_format
-        from control.rpc import convert
-
         assert self._sub is not None and self._out is not None
         reported = 0
         while True:
@@ -214,7 +213,7 @@ class EventExporter:
             offset = convert.wall_offset_ns()
             for interface, event in batch:
                 msg = convert.policy_event_to_proto(interface, event, offset)
-                lines.append(json.dumps(follow_format.policy_event_data(msg)))
+                lines.append(json.dumps(event_format.policy_event_data(msg)))
             if lines:
                 try:
                     self._out.write("\n".join(lines) + "\n")

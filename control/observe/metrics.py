@@ -37,26 +37,13 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from control.apply.controller import Busy
+from control.apply.controller import Busy, DataplaneView
 from dataplane import abi
 
 log = logging.getLogger(__name__)
 
 SCRAPE_LOCK_TIMEOUT_S = 2.0
 _LISTEN = re.compile(r"^\[?(?P<host>[0-9A-Za-z.:-]+?)\]?:(?P<port>\d{1,5})$")
-
-
-def occupancy(reconciler: Any) -> dict[tuple[str, str], tuple[int, int]]:
-    """(interface, map) -> (entries, capacity), from the compiled tables and the tunnels."""
-    caps = reconciler.settings.capacities
-    out: dict[tuple[str, str], tuple[int, int]] = {}
-    for name, plane in reconciler.planes.items():
-        for table in (plane.acl, plane.classifiers):
-            for map_name, used in table.occupancy().items():
-                out[(name, map_name)] = used
-        intent = reconciler.intents.get(name)
-        out[(name, "tunnels")] = (len(intent.tunnels) if intent is not None else 0, caps.tunnels)
-    return out
 
 
 def _verdict(reason: str) -> str:
@@ -114,8 +101,8 @@ class TidegateCollector(Collector):
         yield from self._health()
         complete, read = 1, []
         try:
-            with self.controller.locked(self.lock_timeout) as reconciler:
-                read = [*self._dataplane(reconciler), *self._policy_events()]
+            with self.controller.locked(self.lock_timeout) as view:
+                read = [*self._dataplane(view), *self._policy_events()]
         except Busy:
             complete = 0
             log.warning("metrics scrape answered without counters: a change holds the controller")
@@ -149,7 +136,7 @@ class TidegateCollector(Collector):
         yield GaugeMetricFamily("tidegate_traces_active", "Packet traces running now",
                                 value=self.traces.active())
 
-    def _dataplane(self, reconciler: Any) -> Iterator[Metric]:
+    def _dataplane(self, view: DataplaneView) -> Iterator[Metric]:
         iface = ["interface"]
         attached = GaugeMetricFamily("tidegate_interface_attached",
                                      "1 if the data plane's programs are attached to the interface",
@@ -166,9 +153,9 @@ class TidegateCollector(Collector):
                                    "Kernel memory of the interface's BPF maps, per map (the kernel's "
                                    "memlock figure)", labels=[*iface, "map"])
         marked = self.controller.metric_rules()
-        for name, plane in sorted(reconciler.planes.items()):
-            attached.add_metric([name], int(plane.xdp_mode is not None))
-            stats = reconciler.stats([name], rule_ids=None if self.top_rules else marked)
+        for name, is_attached in sorted(view.attached().items()):
+            attached.add_metric([name], int(is_attached))
+            stats = view.stats(name, rule_ids=None if self.top_rules else marked)
             for reason, c in stats.reasons.items():
                 reasons.add([name, reason, _verdict(reason)], c)
             for rule_id, c in sorted(chosen_rules(stats.rules, marked, self.top_rules).items()):
@@ -180,7 +167,7 @@ class TidegateCollector(Collector):
             for event, c in stats.events.items():
                 if event not in POLICY_EVENT_COUNTS:  # tidegate_policy_events_* has them
                     events.add_metric([name, event], c.packets)
-            for map_name, size in plane.map_memory().items():
+            for map_name, size in view.map_memory(name).items():
                 memory.add_metric([name, map_name], size)
         yield attached
         for families in (reasons, rules, tunnels, legs):
@@ -191,7 +178,7 @@ class TidegateCollector(Collector):
                                     labels=[*iface, "map"])
         capacity = GaugeMetricFamily("tidegate_map_capacity", "Entries a map can hold (max_entries)",
                                      labels=[*iface, "map"])
-        for (name, map_name), (used, cap) in sorted(occupancy(reconciler).items()):
+        for (name, map_name), (used, cap) in sorted(view.occupancy().items()):
             entries.add_metric([name, map_name], used)
             capacity.add_metric([name, map_name], cap)
         yield entries

@@ -43,8 +43,8 @@ from control.policy.rule_model import (
     protocol_error,
     shown,
 )
+from dataplane import abi
 
-VNI_MAX = (1 << 24) - 1
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 # Routing tables and ip-rule priorities Tidegate owns: it creates and deletes only inside these.
 TABLE_MIN, TABLE_MAX = 1000, 1999
@@ -59,7 +59,7 @@ __all__ = ["IFNAME_RE", "PORT_MAX", "PORT_PROTOCOLS", "PROTOCOL_MAX", "PROTOCOLS
 class Tunnel(Model):
     """A VNI terminated here, and with which encapsulations."""
 
-    vni: int = Field(ge=0, le=VNI_MAX)
+    vni: int = Field(ge=0, le=abi.VNI_MAX)
     vxlan: bool = True
     geneve: bool = True
 

@@ -30,15 +30,20 @@ from pydantic import (
     model_validator,
 )
 
+from dataplane import protocols
+
 U32_MAX = (1 << 32) - 1
 PORT_MAX = 65535
 IFNAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$"  # IFNAMSIZ - 1 characters, no '/' or spaces
-PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
-PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
-PROTOCOL_MAX = 255
-PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
+PROTOCOLS = protocols.NUMBERS
+PROTOCOL_NAMES = protocols.NAMES
+PROTOCOL_MAX = protocols.NUMBER_MAX
+PORT_PROTOCOLS = protocols.PORTED
 PORT_PROTOCOL_NUMBERS = frozenset(PROTOCOLS[p] for p in PORT_PROTOCOLS)
 PORTS_ANY = (0, PORT_MAX)
+_NAMES = ", ".join(PROTOCOLS)
+_PORTED_NAMES = [name for name in PROTOCOLS if name in PORT_PROTOCOLS]
+_PORTED_TEXT = f"{', '.join(_PORTED_NAMES[:-1])} or {_PORTED_NAMES[-1]}"
 
 
 SHOWN_MAX = 40  # characters of a refused value quoted back in a message
@@ -197,7 +202,7 @@ Ports = Annotated[PortRange, BeforeValidator(port_range)]
 
 def protocol_error(value: object) -> str:
     text = shown(value) if isinstance(value, str) else repr(value)
-    return f"{text} is not an IP protocol: write tcp, udp, sctp, icmp, icmpv6 or a number 0-{PROTOCOL_MAX}"
+    return f"{text} is not an IP protocol: write {_NAMES} or a number 0-{PROTOCOL_MAX}"
 
 
 def _protocol(value: object) -> object:
@@ -228,7 +233,7 @@ def ports_error(field: str, ports: PortRange, protocol: str | int | None) -> str
     """Ports other than any need a protocol whose header has them."""
     named = f"protocol {protocol}" if isinstance(protocol, int) else protocol
     got = "the rule names none" if protocol is None else f"{named} has no ports"
-    return f"{field} {ports} needs protocol tcp, udp or sctp ({got}): name one, or leave {field} out"
+    return f"{field} {ports} needs protocol {_PORTED_TEXT} ({got}): name one, or leave {field} out"
 
 
 class Match(Model):

@@ -54,8 +54,6 @@ from control.rpc.api import pb2
 T = TypeVar("T")
 Dict = dict[str, Any]
 
-# The C enum tg_event starts at 0 with a real event; the proto keeps 0 for EVENT_UNSPECIFIED.
-EVENT_OFFSET = 1
 _ROOT = "(policy)"  # describe_errors' name for an error of the whole object
 
 
@@ -353,15 +351,8 @@ def reason_to_proto(reason: int) -> Any:
 
 
 def event_to_proto(event: int) -> Any:
-    """A tg_event value (dataplane.abi.Event) -> Event: shifted past EVENT_UNSPECIFIED."""
-    return int(event) + EVENT_OFFSET
-
-
-def event_from_proto(event: int) -> int:
-    """Event -> the tg_event value; EVENT_UNSPECIFIED has none (ValueError)."""
-    if event < EVENT_OFFSET:
-        raise ValueError(f"{pb2.Event.Name(event)} is not a data plane event")
-    return event - EVENT_OFFSET
+    """A tg_event value (dataplane.abi.Event) -> Event: the same number, by design."""
+    return int(event)
 
 
 # --- observability: policy events, trace requests and events ------------------------------------

@@ -21,8 +21,9 @@ from typing import Any
 
 import grpc
 
-from control.policy.models import IFNAME_RE, NAME_RE, U32_MAX, VNI_MAX, shown
+from control.policy.models import IFNAME_RE, NAME_RE, U32_MAX, shown
 from control.rpc.status_details import abort_invalid
+from dataplane import abi
 
 # The grpc-message trailer after percent-encoding (printable ASCII but '%' = 1 byte, else 3),
 # well below the 8 KiB a client accepts beside the other headers.
@@ -69,7 +70,7 @@ def _number(field: str, low: int, high: int, what: str) -> Callable[[Any], str |
 _SERVICE = "/tidegate.v1."
 KEY_CHECKS: dict[str, Callable[[Any], str | None]] = {
     _SERVICE + "PolicyService/DeleteAclRule": _number("id", 1, U32_MAX, "an ACL rule"),
-    _SERVICE + "PolicyService/DeleteTunnel": _number("vni", 0, VNI_MAX, "a tunnel"),
+    _SERVICE + "PolicyService/DeleteTunnel": _number("vni", 0, abi.VNI_MAX, "a tunnel"),
     _SERVICE + "PolicyService/DeleteChain": _name("name", NAME_RE, "a chain"),
     _SERVICE + "InterfaceService/DetachInterface": _name("name", IFNAME_RE, "an interface"),
 }

@@ -28,7 +28,7 @@ from control import errors
 from control.apply.controller import Controller
 from control.apply.reconcile import ApplyError, DataplaneMismatch, InvalidState, MissingInterface
 from control.apply.state import StateError
-from control.policy import edits as policy_ops
+from control.policy import edits
 from control.policy.models import DesiredState
 from control.rpc import acl_wire, convert
 from control.rpc.api import pb2, pb2_grpc
@@ -97,9 +97,9 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
     def _status(self, name: str, memory: dict[str, dict[str, int]]) -> Any:
         state = self.controller.read()
         iface = next((i for i in state.interfaces if i.name == name), None)
-        plane = self.controller.reconciler.planes.get(name)
+        mode = self.controller.xdp_mode(name)
         # what the kernel has now, not what the last apply set: the proto promises "right now"
-        active = plane.xdp_mode if plane is not None and in_kernel(name) else None
+        active = mode if mode is not None and in_kernel(name) else None
         status = pb2.InterfaceStatus(
             name=name,
             requested_mode=convert.xdp_mode_to_proto(iface.mode if iface else None),
@@ -114,7 +114,7 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
     def AttachInterface(self, request: Any, context: grpc.ServicerContext) -> Any:
         iface = convert.validated(convert.interface_from_proto, request.interface, where="interface")
         try:
-            state = self.controller.change(lambda s: policy_ops.attach(s, iface))
+            state = self.controller.change(lambda s: edits.attach(s, iface))
         except MissingInterface as exc:  # its path is the state's (interfaces[N].name): name the request's
             last = f"interfaces[{len(self.controller.read().interfaces)}].name"
             raise MissingInterface([("interface.name" if path == last else path, reason)
@@ -124,7 +124,7 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
 
     @rpc
     def DetachInterface(self, request: Any, context: grpc.ServicerContext) -> Any:
-        state = self.controller.change(lambda s: policy_ops.detach(s, request.name))
+        state = self.controller.change(lambda s: edits.detach(s, request.name))
         return pb2.DetachInterfaceResponse(generation=state.generation)
 
     @rpc
@@ -134,8 +134,8 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
         return pb2.ListInterfacesResponse(interfaces=[self._status(n, memory) for n in names])
 
 
-def _diff_to_proto(d: policy_ops.PolicyDiff) -> Any:
-    def ids(x: policy_ops.Diff) -> Any:
+def _diff_to_proto(d: edits.PolicyDiff) -> Any:
+    def ids(x: edits.Diff) -> Any:
         return pb2.IdDiff(added=x.added, removed=x.removed, changed=x.changed)
 
     return pb2.PolicyDiff(acl=ids(d.acl), tunnels=ids(d.tunnels),
@@ -171,11 +171,11 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     @rpc
     def AddAclRule(self, request: Any, context: grpc.ServicerContext) -> Any:
         rule = convert.validated(convert.acl_rule_from_proto, request.rule, where="rule")
-        return pb2.AddAclRuleResponse(generation=self._edit(policy_ops.Edit("add_rule", rule)))
+        return pb2.AddAclRuleResponse(generation=self._edit(edits.Edit("add_rule", rule)))
 
     @rpc
     def DeleteAclRule(self, request: Any, context: grpc.ServicerContext) -> Any:
-        generation = self._edit(policy_ops.Edit("delete_rule", request.id))
+        generation = self._edit(edits.Edit("delete_rule", request.id))
         return pb2.DeleteAclRuleResponse(generation=generation)
 
     @rpc
@@ -187,11 +187,11 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     @rpc
     def AddTunnel(self, request: Any, context: grpc.ServicerContext) -> Any:
         tunnel = convert.validated(convert.tunnel_from_proto, request.tunnel, where="tunnel")
-        return pb2.AddTunnelResponse(generation=self._edit(policy_ops.Edit("add_tunnel", tunnel)))
+        return pb2.AddTunnelResponse(generation=self._edit(edits.Edit("add_tunnel", tunnel)))
 
     @rpc
     def DeleteTunnel(self, request: Any, context: grpc.ServicerContext) -> Any:
-        generation = self._edit(policy_ops.Edit("delete_tunnel", request.vni))
+        generation = self._edit(edits.Edit("delete_tunnel", request.vni))
         return pb2.DeleteTunnelResponse(generation=generation)
 
     @rpc
@@ -203,12 +203,12 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     @rpc
     def AddChain(self, request: Any, context: grpc.ServicerContext) -> Any:
         chain = convert.validated(convert.service_chain_from_proto, request.chain, where="chain")
-        policy_ops.require_attached([("chain", chain)], self._attached())
-        return pb2.AddChainResponse(generation=self._edit(policy_ops.Edit("add_chain", chain)))
+        edits.require_attached([("chain", chain)], self._attached())
+        return pb2.AddChainResponse(generation=self._edit(edits.Edit("add_chain", chain)))
 
     @rpc
     def DeleteChain(self, request: Any, context: grpc.ServicerContext) -> Any:
-        generation = self._edit(policy_ops.Edit("delete_chain", request.name))
+        generation = self._edit(edits.Edit("delete_chain", request.name))
         return pb2.DeleteChainResponse(generation=generation)
 
     @rpc

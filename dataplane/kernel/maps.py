@@ -118,7 +118,7 @@ class DataplaneMaps:
 
     def event_counts(self) -> dict[Any, Counter]:
         counts = self._array_counts("event_stats", abi.EVENT_MAX)
-        return {abi.Event(i): c for i, c in enumerate(counts)}
+        return {abi.Event(i): c for i, c in enumerate(counts) if i != abi.Event["UNSPECIFIED"]}
 
     def reset_event_budget(self) -> None:
         """Refills every CPU's policy event bucket (an all-zero bucket counts as full)."""

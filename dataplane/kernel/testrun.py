@@ -17,7 +17,7 @@ from dataplane.kernel.libbpf import libbpf
 _OUT_HEADROOM = 512
 
 
-class _TestRunOpts(ctypes.Structure):
+class TestRunOpts(ctypes.Structure):
     # struct bpf_test_run_opts (libbpf >= 0.7); `sz` makes libbpf accept older/newer layouts.
     _fields_ = [
         ("sz", ctypes.c_size_t),
@@ -38,7 +38,7 @@ class _TestRunOpts(ctypes.Structure):
     ]
 
 
-class _XdpMd(ctypes.Structure):
+class XdpMd(ctypes.Structure):
     # struct xdp_md (UAPI). In test runs, data/data_end are offsets and data_meta must be 0.
     _fields_ = [
         ("data", ctypes.c_uint32),
@@ -73,12 +73,12 @@ class SkbResult:
 
 
 def _run(prog_fd: int, packet: bytes, ctx_in: ctypes.Array | ctypes.Structure,
-         ctx_out: ctypes.Array | ctypes.Structure, repeat: int) -> tuple[_TestRunOpts, bytes]:
+         ctx_out: ctypes.Array | ctypes.Structure, repeat: int) -> tuple[TestRunOpts, bytes]:
     data_in = ctypes.create_string_buffer(packet, len(packet))
     out_size = len(packet) + _OUT_HEADROOM
     data_out = ctypes.create_string_buffer(out_size)
-    opts = _TestRunOpts(
-        sz=ctypes.sizeof(_TestRunOpts),
+    opts = TestRunOpts(
+        sz=ctypes.sizeof(TestRunOpts),
         data_in=ctypes.cast(data_in, ctypes.c_void_p),
         data_out=ctypes.cast(data_out, ctypes.c_void_p),
         data_size_in=len(packet),
@@ -98,8 +98,8 @@ def _run(prog_fd: int, packet: bytes, ctx_in: ctypes.Array | ctypes.Structure,
 
 def run_xdp(prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0) -> XdpResult:
     """Runs an XDP program on `packet`; repeat > 1 measures, the result is from the last run."""
-    ctx_in = _XdpMd(data=0, data_end=len(packet), data_meta=0, ingress_ifindex=ifindex)
-    ctx_out = _XdpMd()
+    ctx_in = XdpMd(data=0, data_end=len(packet), data_meta=0, ingress_ifindex=ifindex)
+    ctx_out = XdpMd()
     opts, out = _run(prog_fd, packet, ctx_in, ctx_out, repeat)
     meta_len = ctx_out.data  # offsets are relative to data_meta on the way out
     return XdpResult(opts.retval, out[meta_len:], out[:meta_len], opts.duration)

@@ -24,12 +24,8 @@ import numpy.typing as npt
 from dataplane import abi
 from dataplane.match import tuples as tp
 from dataplane.match.columns import RuleColumns
+from dataplane.match.live import BUCKET, KEY, RULE, SUBTABLE, SUBTABLES, Live, empty_keys
 
-RULE = abi.struct_dtype("tg_rule")
-KEY = abi.struct_dtype("tg_bucket_key")
-BUCKET = abi.struct_dtype("tg_bucket")
-SUBTABLES = abi.struct_dtype("tg_subtables")
-SUBTABLE = abi.struct_dtype("tg_subtable")
 F_LOG = abi.define("TG_RULE_F_LOG")
 F_LIVE = abi.define("TG_RULE_F_LIVE")
 F_PROTO = abi.define("TG_RULE_F_PROTO")
@@ -50,63 +46,6 @@ class Capacity:
 
     rules: int
     buckets: int
-
-
-def empty_records() -> Array:
-    return np.zeros(0, dtype=RULE)
-
-
-def empty_keys() -> Array:
-    return np.zeros(0, dtype=KEY)
-
-
-class Live:
-    """What the maps of one table hold: the bank the program searches, every live rule's record
-    and slot, that bank's buckets (key and content) and subtables. `stale` are keys a failed
-    change may have left in the other bank (removed before that bank is written again).
-
-    Held as arrays after a full compile, or as dicts (dataplane.match.edits.Mirror) once a few
-    rules have been edited in place; each form is made from the other when first asked for.
-    Compared by identity: a compile is valid against the very Live it was made from."""
-
-    def __init__(self, bank: int = 0, records: Array | None = None,
-                 slots: npt.NDArray[np.uint32] | None = None, keys: Array | None = None,
-                 buckets: Array | None = None, tables: Array | None = None, stale: Array | None = None,
-                 mirror: Any = None) -> None:
-        self.bank = bank
-        self.stale = empty_keys() if stale is None else stale
-        self._mirror = mirror
-        self._arrays: tuple[Array, npt.NDArray[np.uint32], Array, Array, Array] | None = None
-        if mirror is None:
-            self._arrays = (empty_records() if records is None else records,
-                            np.zeros(0, dtype=np.uint32) if slots is None else slots,
-                            empty_keys() if keys is None else keys,
-                            np.zeros(0, dtype=BUCKET) if buckets is None else buckets,
-                            np.zeros(0, dtype=SUBTABLE) if tables is None else tables)
-
-    def _get(self) -> tuple[Array, npt.NDArray[np.uint32], Array, Array, Array]:
-        if self._arrays is None:
-            self._arrays = self._mirror.arrays()
-        return self._arrays
-
-    records = property(lambda self: self._get()[0], doc="(n,) RULE: every live rule's record")
-    slots = property(lambda self: self._get()[1], doc="(n,) slots of those records")
-    keys = property(lambda self: self._get()[2], doc="(m,) KEY: the live bank's buckets")
-    buckets = property(lambda self: self._get()[3], doc="(m,) BUCKET: their contents")
-    tables = property(lambda self: self._get()[4], doc="the live bank's subtables, by best")
-
-    def mirror(self) -> Any:
-        """The state as dicts (dataplane.match.edits.Mirror), made once."""
-        if self._mirror is None:
-            from dataplane.match.edits import Mirror  # edits builds on this module
-
-            self._mirror = Mirror.of(self)
-        return self._mirror
-
-    def __len__(self) -> int:
-        if self._arrays is None:
-            return len(self._mirror.records)
-        return len(self._arrays[1])
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,72 +36,12 @@ import numpy.typing as npt
 
 from dataplane.match import tuples as tp
 from dataplane.match.columns import RuleColumns
-from dataplane.match.compiler import BUCKET, KEY, RULE, SUBTABLE, SUBTABLES, Live
+from dataplane.match.live import KEY, RULE, SUBTABLE, SUBTABLES, Mirror, tuple_of
 
 # Edits larger than this are compiled in full (a bank switch): cheaper past here, and atomic.
 EDIT_MAX = 256
 TABLE_IDS = 256  # tg_subtable.id is a __u8
 ADDRESS_STEP = 8  # a subtable made for an added rule rounds its address lengths down to this
-
-
-def _bits(words: Any) -> int:
-    return int(np.unpackbits(np.asarray(words, dtype=np.uint64).view(np.uint8)).sum())
-
-
-def tuple_of(table: Any) -> tuple[int, ...]:
-    """A subtable's tuple (tuples.DIMS) from its masks (a 1-element SUBTABLE array)."""
-    t = table[0]
-    return (int(t["family_mask"] != 0), _bits(t["src_mask"]), _bits(t["dst_mask"]),
-            int(t["proto_mask"] != 0), bin(int(t["sport_mask"])).count("1"),
-            bin(int(t["dport_mask"])).count("1"))
-
-
-@dataclass
-class Mirror:
-    """The live bank of one table as dicts, so that an edit touches what it changes only."""
-
-    bank: int
-    tables: list[Any]  # SUBTABLE records, by best
-    buckets: dict[bytes, list[int]]  # key bytes -> slots, first-match order
-    key_of: dict[int, bytes]  # slot -> its bucket's key
-    records: dict[int, bytes]  # slot -> its record (every live slot)
-    order: dict[int, int]  # slot -> its rule's order
-    slot_of_id: dict[int, int]  # rule id -> slot
-    per_table: dict[int, int] = field(default_factory=dict)  # subtable id -> buckets it has
-    free_cursor: int = 0  # where the search for a free slot goes on (planner._free_slots)
-
-    @staticmethod
-    def of(live: Live) -> Mirror:
-        recs = live.records
-        slots = live.slots.tolist()
-        keys = live.keys.view(f"V{KEY.itemsize}").tolist()
-        counts = live.buckets["count"].astype(np.intp)
-        members = [row[:c] for row, c in zip(live.buckets["slots"].tolist(), counts.tolist(), strict=True)]
-        per_table: dict[int, int] = {}
-        for t in live.keys["table"].tolist():
-            per_table[t] = per_table.get(t, 0) + 1
-        return Mirror(
-            bank=live.bank,
-            tables=[live.tables[i : i + 1].copy() for i in range(len(live.tables))],
-            buckets=dict(zip(keys, members, strict=True)),
-            key_of={s: k for k, m in zip(keys, members, strict=True) for s in m},
-            records=dict(zip(slots, recs.view(f"V{RULE.itemsize}").tolist(), strict=True)),
-            order=dict(zip(slots, recs["order"].tolist(), strict=True)),
-            slot_of_id=dict(zip(recs["rule_id"].tolist(), slots, strict=True)),
-            per_table=per_table,
-        )
-
-    def arrays(self) -> tuple[Any, npt.NDArray[np.uint32], Any, Any, Any]:
-        """(records, slots, keys, buckets, tables) as arrays (compiler.Live's other form)."""
-        slots = np.array(list(self.records), dtype=np.uint32)
-        recs = np.frombuffer(b"".join(self.records.values()), dtype=RULE).copy()
-        keys = np.frombuffer(b"".join(self.buckets), dtype=KEY).copy()
-        buckets = np.zeros(len(self.buckets), dtype=BUCKET)
-        buckets["count"] = [len(m) for m in self.buckets.values()]
-        for i, members in enumerate(self.buckets.values()):
-            buckets["slots"][i, : len(members)] = members
-        tables = np.concatenate(self.tables) if self.tables else np.zeros(0, dtype=SUBTABLE)
-        return recs, slots, keys, buckets, tables
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,14 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from dataplane import protocols
+
 MAX_DURATION_S = 600.0
 DEFAULT_DURATION_S = 30.0
 DEFAULT_MAX_EVENTS = 10_000
 MAX_EVENTS = 1_000_000
 PORT_MIN, PORT_MAX = 1, 65535
 
-# IANA protocol numbers (the IP header's protocol / IPv6 next header).
-PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
-PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
-PORTED_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
 _FAMILY_OF_PROTOCOL = {"icmp": socket.AF_INET, "icmpv6": socket.AF_INET6}
 _ADDR_WORDS = 4  # a filter address is compared as four 32-bit words (IPv4 in the first)
 
@@ -63,14 +61,15 @@ class TraceSpec:
         if self.host is not None:
             self._check_host(self.host)
         if self.protocol is not None:
-            if not isinstance(self.protocol, str) or self.protocol.lower() not in PROTOCOLS:
-                raise TraceSpecError("protocol", f"{self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+            if not isinstance(self.protocol, str) or self.protocol.lower() not in protocols.NUMBERS:
+                raise TraceSpecError("protocol",
+                                     f"{self.protocol!r} is not one of {', '.join(protocols.NUMBERS)}")
             object.__setattr__(self, "protocol", self.protocol.lower())
         if self.port is not None:
             _check_int("port", self.port, PORT_MIN, PORT_MAX)
-            if self.protocol is not None and self.protocol not in PORTED_PROTOCOLS:
+            if self.protocol is not None and self.protocol not in protocols.PORTED:
                 raise TraceSpecError("port", f"{self.protocol} has no ports: drop the port or use "
-                                             f"one of {', '.join(sorted(PORTED_PROTOCOLS))}")
+                                             f"one of {', '.join(sorted(protocols.PORTED))}")
         self._check_duration()
         _check_int("max_events", self.max_events, 1, MAX_EVENTS)
         self._check_family_agrees()
@@ -120,7 +119,7 @@ def filter_cflags(spec: TraceSpec) -> list[str]:
     if spec.family is not None:
         out.append(f"-DTT_FILTER_FAMILY={spec.family}")
     if spec.protocol is not None:
-        out.append(f"-DTT_FILTER_PROTO={PROTOCOLS[spec.protocol]}")
+        out.append(f"-DTT_FILTER_PROTO={protocols.NUMBERS[spec.protocol]}")
     if spec.port is not None:
         out.append(f"-DTT_FILTER_PORT={spec.port}")
     net = spec.network

@@ -43,11 +43,12 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
 from dataplane.kernel.source import program_text
-from dataplane.trace import kernel_support as tk
+from dataplane.trace import kernel_support
 from dataplane.trace.spec import TraceEvent, TraceSpec, TraceSpecError, filter_cflags
 
 __all__ = ["HOOK_NAMES", "TraceError", "TraceEvent", "TraceSpec", "TraceSpecError", "Tracer",
@@ -56,8 +57,8 @@ __all__ = ["HOOK_NAMES", "TraceError", "TraceEvent", "TraceSpec", "TraceSpecErro
 log = logging.getLogger(__name__)
 
 ENTRY_FILE = "trace/trace.c"  # under xdp/; its headers are beside it, ringbuf.h in xdp/include/
-HOOK_NAMES = tuple(h.name for h in tk.HOOKS)
-COUNTER_LOST = tk.abi_enum("tt_counter")["COUNTER_LOST"]
+HOOK_NAMES = tuple(h.name for h in kernel_support.HOOKS)
+COUNTER_LOST = kernel_support.abi_enum("tt_counter")["COUNTER_LOST"]
 _NS_PER_S = 1_000_000_000
 
 
@@ -71,7 +72,7 @@ def _bcc() -> Any:
     return bcc
 
 
-def compile_tracer(spec: TraceSpec, supports: list[tk.HookSupport] | tuple[tk.HookSupport, ...]) -> Any:
+def compile_tracer(spec: TraceSpec, supports: Sequence[kernel_support.HookSupport]) -> Any:
     """The tracer's BCC module with the hooks of `supports` compiled in; nothing attached yet.
 
     BCC would attach kfunc__/kretfunc__ functions as it loads the module, and fail as a whole
@@ -83,7 +84,7 @@ def compile_tracer(spec: TraceSpec, supports: list[tk.HookSupport] | tuple[tk.Ho
             pass
 
     names = [s.hook.name for s in supports]
-    cflags = ["-Wno-unused-function", *filter_cflags(spec), *tk.kernel_cflags(names)]
+    cflags = ["-Wno-unused-function", *filter_cflags(spec), *kernel_support.kernel_cflags(names)]
     for s in supports:
         cflags += [f"-D{s.hook.switch}", *s.cflags]
     return _ManualAttachBPF(text=program_text((ENTRY_FILE,)).encode(), cflags=cflags)
@@ -122,12 +123,12 @@ class Tracer:
     def capabilities() -> dict[str, bool]:
         """Each hook's target on this kernel: {"tracepoint:skb:kfree_skb": True,
         "fentry:ip_rcv": False, ...}. Detected (tracefs formats, BTF, a trial load), once."""
-        return {s.hook.key: s.supported for s in tk.probe_hooks()}
+        return {s.hook.key: s.supported for s in kernel_support.probe_hooks()}
 
     @staticmethod
-    def hook_support() -> list[tk.HookSupport]:
+    def hook_support() -> list[kernel_support.HookSupport]:
         """Like capabilities(), per hook name, with the reason a hook is unavailable."""
-        return list(tk.probe_hooks())
+        return list(kernel_support.probe_hooks())
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class Tracer:
         with self._lock:
             if self._state != "new":
                 raise TraceError(f"this Tracer is {self._state}: a Tracer runs once, make a new one")
-            supports = tk.probe_hooks()
+            supports = kernel_support.probe_hooks()
             for s in supports:
                 if not s.supported:
                     self._skip(s.hook.name, s.reason)
@@ -180,7 +181,7 @@ class Tracer:
         cfg.max_events = self.spec.max_events
         table[ctypes.c_int(0)] = cfg
 
-    def _attach(self, hook: tk.Hook) -> None:
+    def _attach(self, hook: kernel_support.Hook) -> None:
         try:
             if hook.kind == "tracepoint":
                 self._bpf.attach_tracepoint(tp=hook.target.encode(), fn_name=hook.function.encode())
@@ -323,11 +324,11 @@ class Tracer:
     # --- decoding ----------------------------------------------------------------------------------------
 
     def _decode(self, raw: Any) -> TraceEvent:
-        hook = tk.hook_ids().get(raw.hook, f"hook_{raw.hook}")
+        hook = kernel_support.hook_ids().get(raw.hook, f"hook_{raw.hook}")
         family = int(raw.family)
         src, dst = _address(family, bytes(raw.src)), _address(family, bytes(raw.dst))
         ifname = raw.ifname.decode(errors="replace") or None
-        drop_reason = tk.drop_reason_name(raw.value) if hook == "kfree_skb" else None
+        drop_reason = kernel_support.drop_reason_name(raw.value) if hook == "kfree_skb" else None
         return TraceEvent(ts_ns=int(raw.ts_ns), hook=hook, ifindex=int(raw.ifindex), ifname=ifname,
                           family=family, src=src, dst=dst, proto=int(raw.proto), sport=int(raw.sport),
                           dport=int(raw.dport), detail=self._detail(hook, raw), drop_reason=drop_reason)
@@ -335,12 +336,12 @@ class Tracer:
     def _detail(self, hook: str, raw: Any) -> str:
         mark = f" mark 0x{raw.mark:x}" if raw.mark else ""
         if hook == "xdp_exception":
-            return f"{tk.xdp_action_names().get(raw.value, raw.value)} (prog id {raw.aux})"
+            return f"{kernel_support.xdp_action_names().get(raw.value, raw.value)} (prog id {raw.aux})"
         if hook == "xdp_generic":
-            return str(tk.xdp_action_names().get(raw.value, raw.value))
+            return str(kernel_support.xdp_action_names().get(raw.value, raw.value))
         if hook == "tc":
             where = "ingress" if raw.aux2 else "egress"
-            return f"{tk.TC_ACTIONS.get(raw.value, raw.value)} at {where}{mark}"
+            return f"{kernel_support.TC_ACTIONS.get(raw.value, raw.value)} at {where}{mark}"
         if hook in ("fib", "fib6"):
             return _fib_detail(raw)
         if hook == "kfree_skb":

@@ -31,7 +31,7 @@ from control.rpc.api import pb2, pb2_grpc
 from testbed import classbench
 from testbed.bench import column_rules
 from testbed.bench.common import Profile, Section
-from testbed.bench.control_plane import CAPACITIES, IFACE, PEER, channel, restore_loaders, rss, timed
+from testbed.bench.control_rig import CAPACITIES, IFACE, PEER, channel, restore_loaders, rss, timed
 from testbed.bench.engines import NFT_TABLE
 from testbed.bench.load import PREFIX
 from testbed.daemon import DaemonProcess

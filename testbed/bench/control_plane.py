@@ -37,11 +37,18 @@ from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
-import grpc
-
 from control.rpc.api import pb2, pb2_grpc
-from testbed.bench import control_profile, rules, scrape
+from testbed.bench import control_classbench, control_profile, rules, scrape
 from testbed.bench.common import Profile, Section
+from testbed.bench.control_report import (
+    KILL_RESTART,
+    TIDEGATE_ADD,
+    TIDEGATE_APPLY,
+    TIDEGATE_APPLY_PACKED,
+    TIDEGATE_DELETE,
+    report,
+)
+from testbed.bench.control_rig import CAPACITIES, IFACE, PEER, channel, restore_loaders, rss, timed
 from testbed.bench.engines import NFT_TABLE
 from testbed.bench.load import PREFIX, missing_tools
 from testbed.daemon import DaemonProcess
@@ -51,47 +58,11 @@ log = logging.getLogger(__name__)
 
 NAME = "control"
 TITLE = "Control plane: applying rules, single updates, the daemon"
-CAPACITIES = {"acl_rules": 262_144, "acl_buckets": 524_288}
-IFACE, PEER = "c0", "c1"
 IFACE_2, PEER_2 = "c2", "c3"  # the second interface: a copy of the first one's build
 RPC_TIMEOUT = 600.0
-MAX_MESSAGE = 256 << 20
 UPDATE_FIRST_ID = 900_000
 MIN_UPDATE_SAMPLES = 10
 PROFILED_UPDATES = 5  # timed in process without the profiler, then one under it
-TIDEGATE_APPLY = "Tidegate ApplyPolicy (gRPC)"
-TIDEGATE_APPLY_PACKED = "Tidegate ApplyPolicy, packed columns (gRPC)"
-TIDEGATE_ADD = "Tidegate AddAclRule (gRPC)"
-TIDEGATE_DELETE = "Tidegate DeleteAclRule (gRPC)"
-KILL_RESTART = "restart after SIGKILL"
-
-
-def rss(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM in MiB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) / 1024
-    return out
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def channel(d: DaemonProcess) -> grpc.Channel:
-    """A channel to the daemon that carries the largest policies."""
-    return grpc.insecure_channel(
-        f"unix:{d.socket}",
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ],
-    )
 
 
 Render = Callable[[Sequence[rules.RuleSpec]], str]
@@ -111,19 +82,6 @@ def _iptables_add(rule: rules.RuleSpec) -> list[str]:
     return ["iptables", "-t", "raw", "-A", "PREROUTING", *match, "-j", "ACCEPT"]
 
 
-def restore_loaders() -> list[tuple[str, list[str]]]:
-    """(label, command) of the rule loaders found here, input on stdin: iptables-restore,
-    iptables-legacy-restore, nft -f."""
-    found = [
-        (f"{b}-restore", [f"{b}-restore"])
-        for b in ("iptables", "iptables-legacy")
-        if not missing_tools(f"{b}-restore")
-    ]
-    if not missing_tools("nft"):
-        found.append(("nft -f", ["nft", "-f", "-"]))
-    return found
-
-
 class Bench:
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -135,7 +93,7 @@ class Bench:
         self.ready: dict[str, list[float]] = defaultdict(list)
         self.attach: dict[str, list[float]] = defaultdict(list)
         self.rss: dict[str, dict[str, float]] = {}
-        self.classbench: Any = None  # control_classbench.Results
+        self.classbench: control_classbench.Results | None = None
         self.steps: tuple[control_profile.Profiled, control_profile.Profiled] | None = None
         self.scrapes: list[scrape.Scrape] = []
 
@@ -275,9 +233,6 @@ class Bench:
 
 
 def run(profile: Profile) -> Section:
-    from testbed.bench import control_classbench
-    from testbed.bench.control_report import report
-
     bench = Bench(profile)
     bench.daemon_runs()
     bench.classbench = control_classbench.run(profile, bench.section)

@@ -4,14 +4,11 @@ testbed.bench.control_classbench)."""
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from testbed.bench import control_profile, scrape
-from testbed.bench.common import Plot, Series, Table, Target, Value, fmt_value
-
-if TYPE_CHECKING:
-    from testbed.bench.control_classbench import Results
-    from testbed.bench.control_plane import Bench
+from testbed.bench.common import Plot, Profile, Section, Series, Table, Target, Value, fmt_value
+from testbed.bench.control_classbench import Results
 
 TARGET_APPLY_SIZE, TARGET_APPLY_S = 100_000, 1.0
 TARGET_P99_MS = 5.0
@@ -21,6 +18,26 @@ TARGET_RESTART_SIZE, TARGET_RESTART_S = 100_000, 2.0
 BASELINE_APPLY = "iptables-restore"
 FASTEST_BASELINE = "iptables-legacy-restore"
 BASELINE_UPDATE = "nft add rule"
+TIDEGATE_APPLY = "Tidegate ApplyPolicy (gRPC)"
+TIDEGATE_APPLY_PACKED = "Tidegate ApplyPolicy, packed columns (gRPC)"
+TIDEGATE_ADD = "Tidegate AddAclRule (gRPC)"
+TIDEGATE_DELETE = "Tidegate DeleteAclRule (gRPC)"
+KILL_RESTART = "restart after SIGKILL"
+
+
+class Bench(Protocol):
+    """What testbed.bench.control_plane measured (its Bench), as the report reads it."""
+
+    section: Section
+    profile: Profile
+    apply: dict[tuple[str, int], list[float]]    # (how, rules) -> seconds per run
+    updates: dict[int, dict[str, list[float]]]   # base rules -> how -> seconds per single update
+    ready: dict[str, list[float]]                # start kind -> seconds to SERVING
+    attach: dict[str, list[float]]               # first / second interface -> seconds to attach
+    rss: dict[str, dict[str, float]]             # moment -> VmRSS/VmHWM in MiB
+    classbench: Results | None
+    steps: tuple[control_profile.Profiled, control_profile.Profiled] | None
+    scrapes: list[scrape.Scrape]                 # metrics scrapes of the largest policy
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -225,8 +242,6 @@ def _targets(bench: Bench) -> None:
 
 
 def _apply_target(bench: Bench) -> None:
-    from testbed.bench.control_plane import TIDEGATE_APPLY
-
     s, p = bench.section, bench.profile
     goal = (
         f"{TARGET_APPLY_SIZE:,} rules through gRPC in < {TARGET_APPLY_S:g} s and faster than "
@@ -253,8 +268,6 @@ def _apply_target(bench: Bench) -> None:
 
 
 def _update_targets(bench: Bench) -> None:
-    from testbed.bench.control_plane import TIDEGATE_ADD, TIDEGATE_DELETE
-
     s = bench.section
     for base in TARGET_UPDATE_BASES:
         goal = f"AddAclRule and DeleteAclRule p99 < {TARGET_P99_MS:g} ms on top of {base:,} rules"
@@ -280,8 +293,6 @@ def _update_targets(bench: Bench) -> None:
 
 
 def _restart_target(bench: Bench) -> None:
-    from testbed.bench.control_plane import KILL_RESTART
-
     goal = f"SIGKILL, then restart into {TARGET_RESTART_SIZE:,} rules: SERVING in < {TARGET_RESTART_S:g} s"
     label = next(
         (k for k in bench.ready if k.startswith(KILL_RESTART) and f"{TARGET_RESTART_SIZE:,}" in k), None

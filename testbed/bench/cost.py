@@ -10,7 +10,7 @@ repetition of the suite (so the ratios pair side by side):
   own deny rule, judged last), the probe packet: one lookup per stage (source, destination,
   port), then XDP_DROP. A stage is looked up in its fixed-depth form (a source bucket, a class's
   destination list, an exact port: one hash probe each) once its trie holds enough entries for
-  that to be cheaper, else by walking its LPM trie (README, "ACL");
+  that to be cheaper, else by walking its LPM trie (docs/dataplane.md, "ACL");
 - full pipeline: VxLAN decap, the largest ACL (the inner flow allowed by a rule of its own
   among them), 64 classifiers with one matching: XDP_PASS with a mark.
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from dataplane import protocols
 from dataplane.acl import acl_rule
 from dataplane.match.adapter import MatchRule
 
 SEED = 20240605
-TCP, UDP, ICMP = 6, 17, 1
-PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
+TCP, UDP, ICMP = (protocols.NUMBERS[name] for name in ("tcp", "udp", "icmp"))
 # (prefix length, weight) of sources and destinations; None = any
 SRC_LENGTHS = ((8, 2), (12, 3), (16, 40), (20, 60), (24, 300), (28, 100), (32, 495))
 DST_LENGTHS = ((None, 60), (8, 10), (16, 80), (24, 350), (28, 100), (32, 400))
@@ -209,7 +209,7 @@ def iptables_match(rule: RuleSpec) -> str:
     if rule.dst is not None:
         parts.append(f"-d {rule.dst}")
     if rule.proto is not None:
-        parts.append(f"-p {PROTO_NAMES[rule.proto]}")
+        parts.append(f"-p {protocols.NAMES[rule.proto]}")
     if rule.dport is not None:
         lo, hi = rule.dport
         parts.append(f"--dport {lo}" if lo == hi else f"--dport {lo}:{hi}")
@@ -234,9 +234,9 @@ def nft_match(rule: RuleSpec) -> str:
         parts.append(f"ip daddr {rule.dst}")
     if rule.proto is not None and rule.dport is not None:
         lo, hi = rule.dport
-        parts.append(f"{PROTO_NAMES[rule.proto]} dport {lo if lo == hi else f'{lo}-{hi}'}")
+        parts.append(f"{protocols.NAMES[rule.proto]} dport {lo if lo == hi else f'{lo}-{hi}'}")
     elif rule.proto is not None:
-        parts.append(f"meta l4proto {PROTO_NAMES[rule.proto]}")
+        parts.append(f"meta l4proto {protocols.NAMES[rule.proto]}")
     return " ".join(parts)
 
 
@@ -263,7 +263,7 @@ def nft_chain(rules: Iterable[RuleSpec], table: str) -> str:
 def set_element(rule: RuleSpec) -> str:
     src = rule.src or IPv4Network("0.0.0.0/0")
     dst = rule.dst or IPv4Network("0.0.0.0/0")
-    proto = PROTO_NAMES[rule.proto] if rule.proto is not None else "0-255"
+    proto = protocols.NAMES[rule.proto] if rule.proto is not None else "0-255"
     lo, hi = rule.dport or (0, 65535)
     return f"{src} . {dst} . {proto} . {lo}-{hi}"
 
@@ -309,8 +309,8 @@ def proto_rule(rule: RuleSpec) -> Any:
     from control.rpc.api import pb2
 
     match = pb2.Match(src=str(rule.src or ""), dst=str(rule.dst or ""))
-    protocols = {TCP: pb2.PROTOCOL_TCP, UDP: pb2.PROTOCOL_UDP, ICMP: pb2.PROTOCOL_ICMP}
-    match.protocol = protocols[rule.proto] if rule.proto is not None else pb2.PROTOCOL_UNSPECIFIED
+    protocol: Any = rule.proto or pb2.PROTOCOL_UNSPECIFIED  # the Protocol enum is the IANA number
+    match.protocol = protocol
     if rule.dport is not None:
         match.dport.low, match.dport.high = rule.dport
     action = pb2.ACTION_DENY if rule.action == "deny" else pb2.ACTION_ALLOW

@@ -29,8 +29,8 @@ import sys
 from types import FrameType
 
 from dataplane.kernel.libbpf import libbpf
-from dataplane.kernel.testrun import _TestRunOpts, _XdpMd
-from testbed.netns import NETNS_DIR, _setns
+from dataplane.kernel.testrun import TestRunOpts, XdpMd
+from testbed.netns import NETNS_DIR, setns
 
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1  # include/uapi/linux/bpf.h
 BATCH = 64          # frames the kernel builds and flushes at once (its default, NAPI_POLL_WEIGHT)
@@ -91,10 +91,10 @@ def send(ifindex: int, frame: bytes) -> int:
     returns how many frames the kernel ran through the redirect."""
     bpf, fd = _redirect_program(ifindex, frame)
     data = ctypes.create_string_buffer(frame, len(frame))
-    ctx = _XdpMd(data=0, data_end=len(frame), ingress_ifindex=ifindex)
+    ctx = XdpMd(data=0, data_end=len(frame), ingress_ifindex=ifindex)
     sent = 0
     while not _stopping:
-        opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.cast(data, ctypes.c_void_p),
+        opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.cast(data, ctypes.c_void_p),
                             data_size_in=len(frame), ctx_in=ctypes.cast(ctypes.pointer(ctx), ctypes.c_void_p),
                             ctx_size_in=ctypes.sizeof(ctx), repeat=REPEAT,
                             flags=BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=BATCH)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, {args.cpu})
     fd = os.open(os.path.join(NETNS_DIR, args.netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _setns(fd)  # one thread, so the whole process moves
+        setns(fd)  # one thread, so the whole process moves
     finally:
         os.close(fd)
     ifindex = socket.if_nametoindex(args.dev)  # a socket made after setns: the sender's device

@@ -14,6 +14,8 @@
 /* IANA-assigned UDP ports; the defaults of the runtime config (struct tg_config). */
 #define TG_VXLAN_PORT_DEFAULT 4789
 #define TG_GENEVE_PORT_DEFAULT 6081
+/* The largest VNI: VxLAN's and Geneve's are 24 bits (RFC 7348 5, RFC 8926 3.4). */
+#define TG_VNI_MAX 0xffffff
 
 #define TG_FAMILY_V4 4
 #define TG_FAMILY_V6 6
@@ -102,27 +104,39 @@ enum tg_reason {
 	TG_REASON_MAX = 13,
 };
 
-/* The verdict of a reason: DROP_MALFORMED .. DROP_DECAP_FAILED drop, everything else passes (the
- * enum only grows at its end, so a reason added later says which it is here and in
- * dataplane/abi.py:is_drop; tests/dataplane/test_abi_parse.py checks them by name). */
-#define TG_REASON_IS_DROP(r) ((r) >= TG_REASON_DROP_MALFORMED && (r) <= TG_REASON_DROP_DECAP_FAILED)
+/* The verdict of each reason, stated per reason: the reasons listed here drop the packet, every
+ * other reason passes it. A new reason that drops is added to the list (dataplane/abi.py reads it
+ * for is_drop; tests/unit/dataplane/test_abi_parse.py checks it against the reasons' names). */
+#define TG_REASON_BIT(r) (1u << (r))
+#define TG_REASON_DROPS ( \
+	TG_REASON_BIT(TG_REASON_DROP_MALFORMED) | \
+	TG_REASON_BIT(TG_REASON_DROP_TRUNCATED) | \
+	TG_REASON_BIT(TG_REASON_DROP_DENIED) | \
+	TG_REASON_BIT(TG_REASON_DROP_DEFAULT) | \
+	TG_REASON_BIT(TG_REASON_DROP_UNKNOWN_VNI) | \
+	TG_REASON_BIT(TG_REASON_DROP_GENEVE_VERSION) | \
+	TG_REASON_BIT(TG_REASON_DROP_GENEVE_CRITICAL) | \
+	TG_REASON_BIT(TG_REASON_DROP_DECAP_FAILED))
+_Static_assert(TG_REASON_MAX <= 32, "TG_REASON_DROPS holds one bit per reason");
+#define TG_REASON_IS_DROP(r) ((TG_REASON_DROPS >> (r)) & 1)
 
 /* Events worth counting that are not verdicts. */
 enum tg_event {
-	TG_EVENT_DECAP_VXLAN = 0,
-	TG_EVENT_DECAP_GENEVE = 1,
-	TG_EVENT_UNKNOWN_VNI_PASSED = 2,   /* left undecapped (unknown_vni_action = pass) */
-	TG_EVENT_TUNNEL_NOT_DECAPPED = 3,  /* Geneve control (O bit), non-Ethernet or non-IP payload */
-	TG_EVENT_INNER_DMAC_REWRITTEN = 4,
-	TG_EVENT_CLASSIFIED = 5,           /* a classifier set a mark */
-	TG_EVENT_META_FAILED = 6,          /* bpf_xdp_adjust_meta refused: TC falls back */
-	TG_EVENT_TC_META_MARK = 7,         /* TC took the mark from XDP metadata */
-	TG_EVENT_TC_FALLBACK = 8,          /* TC classified itself (no metadata arrived) */
+	TG_EVENT_UNSPECIFIED = 0,          /* not an event: never counted */
+	TG_EVENT_DECAP_VXLAN = 1,
+	TG_EVENT_DECAP_GENEVE = 2,
+	TG_EVENT_UNKNOWN_VNI_PASSED = 3,   /* left undecapped (unknown_vni_action = pass) */
+	TG_EVENT_TUNNEL_NOT_DECAPPED = 4,  /* Geneve control (O bit), non-Ethernet or non-IP payload */
+	TG_EVENT_INNER_DMAC_REWRITTEN = 5,
+	TG_EVENT_CLASSIFIED = 6,           /* a classifier set a mark */
+	TG_EVENT_META_FAILED = 7,          /* bpf_xdp_adjust_meta refused: TC falls back */
+	TG_EVENT_TC_META_MARK = 8,         /* TC took the mark from XDP metadata */
+	TG_EVENT_TC_FALLBACK = 9,          /* TC classified itself (no metadata arrived) */
 	/* Policy events (struct tg_event_record): each one is counted under exactly one of these. */
-	TG_EVENT_POLICY_SENT = 9,          /* written to the policy_events ring buffer */
-	TG_EVENT_POLICY_RATE_LIMITED = 10, /* this CPU's token bucket was empty (or event_rate = 0) */
-	TG_EVENT_POLICY_RINGBUF_FULL = 11, /* bpf_ringbuf_output refused: the reader is behind */
-	TG_EVENT_MAX = 12,
+	TG_EVENT_POLICY_SENT = 10,         /* written to the policy_events ring buffer */
+	TG_EVENT_POLICY_RATE_LIMITED = 11, /* this CPU's token bucket was empty (or event_rate = 0) */
+	TG_EVENT_POLICY_RINGBUF_FULL = 12, /* bpf_ringbuf_output refused: the reader is behind */
+	TG_EVENT_MAX = 13,
 };
 
 enum tg_action {

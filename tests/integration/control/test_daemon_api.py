@@ -1,0 +1,78 @@
+"""The daemon's own guarantees, against a real daemon in a namespace: a private socket, health
+and reflection, and an apply the kernel refuses part-way leaving the previous policy in force."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from control.rpc.api import pb2
+from testbed.daemon import DaemonProcess
+from testbed.netns import linked_namespaces
+
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
+
+IFNAME, PEER_IFNAME = "tga0", "tga1"
+ADDR = "10.88.0.1"
+REACHABLE_VIA = "10.88.0.2"
+UNREACHABLE_VIA = "10.99.0.2"  # no route to it in the namespace: the kernel refuses the route
+
+
+@pytest.fixture(scope="module")
+def daemon(daemon_on_veth: Any) -> Iterator[DaemonProcess]:
+    with linked_namespaces("tgapi", IFNAME, PEER_IFNAME, ADDR, peer_namespace=False) as link, \
+            daemon_on_veth(link.ns, IFNAME) as d:
+        yield d
+
+
+def _policy(deny_src: str, via: str, rule_id: int = 1) -> pb2.Policy:
+    leg = pb2.Leg(interfaces=[IFNAME], mark=0x30, table=1030, nexthops=[pb2.NextHop(via=via)])
+    rule = pb2.AclRule(id=rule_id, action=pb2.ACTION_DENY, match=pb2.Match(src=deny_src))
+    return pb2.Policy(acl=[rule],
+                      chains=[pb2.ServiceChain(name="svc", forward=leg)])
+
+
+def test_the_socket_is_private(daemon):
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
+
+
+def test_health_and_reflection_list_every_service(daemon):
+    stub = reflection_pb2_grpc.ServerReflectionStub(daemon.channel)
+    answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for a in answers for s in a.list_services_response.service}
+    assert names >= {"tidegate.v1.InterfaceService", "tidegate.v1.PolicyService", "tidegate.v1.StatsService",
+                     "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert daemon.serving()
+
+
+def test_an_apply_the_kernel_refuses_leaves_the_previous_policy(daemon):
+    good = daemon.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=_policy("10.1.0.0/16", REACHABLE_VIA)))
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=_policy("10.2.0.0/16", UNREACHABLE_VIA, 2)))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "previous state is in force again" in info.value.details()
+
+    now = daemon.policy.GetPolicy(pb2.GetPolicyRequest())
+    assert now.generation == good.generation
+    assert now.policy.acl[0].match.src == "10.1.0.0/16"
+    routes = daemon.ns.run(["ip", "route", "show", "table", "1030"]).stdout
+    assert f"via {REACHABLE_VIA}" in routes, routes
+    # the maps hold the old ACL again: rule 1, not the refused policy's rule 2
+    stats = daemon.stats.GetStats(pb2.GetStatsRequest())
+    assert [c.rule_id for c in stats.acl_rules] == [1]
+    assert daemon.serving()
+
+
+def test_a_dry_run_changes_nothing(daemon):
+    before = daemon.policy.GetPolicy(pb2.GetPolicyRequest())
+    answer = daemon.policy.ApplyPolicy(pb2.ApplyPolicyRequest(
+        policy=_policy("10.3.0.0/16", REACHABLE_VIA), dry_run=True))
+    assert answer.generation == before.generation
+    assert list(answer.diff.acl.changed) == [1]
+    assert daemon.policy.GetPolicy(pb2.GetPolicyRequest()) == before
