@@ -38,6 +38,8 @@ class Profile:
     fleet_rules: tuple[int, ...] = (10, 10_000)  # rules of each pushed policy
     fleet_runs: int = 30  # pushes per (daemons, rules) up to 1,000 rules...
     fleet_runs_large: int = 5  # ...and above
+    classbench_sizes: tuple[int, ...] = (1_000, 10_000, 100_000)  # cost: shipped ClassBench sets
+    classbench_probes: int = 32  # probes drawn from each set's own rules
 
     @classmethod
     def full(cls) -> Profile:
@@ -79,6 +81,8 @@ class Profile:
             fleet_rules=(10, 1_000),
             fleet_runs=3,
             fleet_runs_large=2,
+            classbench_sizes=(1_000,),
+            classbench_probes=8,
         )
 
 
