@@ -4,6 +4,7 @@ ABI header, and the live state in its two forms, arrays (Live, after a full comp
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ class Live:
                  mirror: Mirror | None = None) -> None:
         self.bank = bank
         self.stale = empty_keys() if stale is None else stale
+        self._lock = threading.Lock()  # the mirror may be built in the background (table.py)
         self._mirror = mirror
         self._arrays: tuple[Array, npt.NDArray[np.uint32], Array, Array, Array] | None = None
         if mirror is None:
@@ -67,9 +69,10 @@ class Live:
 
     def mirror(self) -> Mirror:
         """The state as dicts (Mirror), made once."""
-        if self._mirror is None:
-            self._mirror = Mirror.of(self)
-        return self._mirror
+        with self._lock:
+            if self._mirror is None:
+                self._mirror = Mirror.of(self)
+            return self._mirror
 
     def __len__(self) -> int:
         if self._arrays is None:

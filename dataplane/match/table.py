@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ EPOCH_MAP, READERS_MAP = "match_epoch", "match_readers"
 READER = abi.struct_dtype("tg_reader")
 HOOKS = abi.enums()["tg_hook"]["TG_HOOK_MAX"]
 QUIESCE_POLL = 20e-6  # seconds between looks at the readers' marks
+MIRROR_AHEAD = 10_000  # rules from which a full compile's edit index is built in the background
 QUIESCE_WARN = 1.0  # a search this long is worth a log line (a stopped test run, a debugger)
 _TABLE = abi.enums()["tg_table"]
 _U32 = np.dtype("=u4")
@@ -206,6 +208,9 @@ class MatchTable:
         self._writer(self.names.subtables).delete(_u32([base.bank]))
         self.current.stale = cp.empty_keys()
         self._zero_records(c.freed)
+        if len(self.current) >= MIRROR_AHEAD:  # the first edit would wait for it otherwise
+            name = f"{self.names.kind}-mirror"
+            threading.Thread(target=self.current.mirror, name=name, daemon=True).start()
 
     def _apply_edit(self, c: cp.Compiled) -> None:
         e = c.edit
