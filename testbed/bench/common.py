@@ -33,12 +33,12 @@ class Profile:
     update_bases: tuple[int, ...]  # rules in place under the single-rule updates
     update_samples: int
     update_budget_s: float  # ...or as many as fit in this long (per base and call)
-    classbench_sizes: tuple[int, ...]  # ClassBench sets applied (testbed.classbench.SIZES)
     fleet_nodes: tuple[int, ...] = (1, 5, 20)  # daemons following one policy in etcd
     fleet_rules: tuple[int, ...] = (10, 10_000)  # rules of each pushed policy
     fleet_runs: int = 30  # pushes per (daemons, rules) up to 1,000 rules...
     fleet_runs_large: int = 5  # ...and above
-    classbench_sizes: tuple[int, ...] = (1_000, 10_000, 100_000)  # cost: shipped ClassBench sets
+    # ClassBench sets (testbed.classbench.SIZES) measured by cost (per packet) and control (applied)
+    classbench_sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
     classbench_probes: int = 32  # probes drawn from each set's own rules
 
     @classmethod
@@ -76,7 +76,6 @@ class Profile:
             update_bases=(1_000,),
             update_samples=10,
             update_budget_s=5.0,
-            classbench_sizes=(1_000,),
             fleet_nodes=(1, 2),
             fleet_rules=(10, 1_000),
             fleet_runs=3,
