@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
 
 # tgf0 is attached; tgf1 exists and is kept out of generated names (an attach compiles for seconds)
 IFNAME, PEER_IFNAME = "tgf0", "tgf1"
-ADDR = "10.91.0.1/24"
+ADDR = "10.91.0.1"
 CAPACITIES = {"acl_rules": 4096, "acl_buckets": 8192}
 RPC_TIMEOUT = 60.0
 # examples per typed RPC, and of random and of mutated bytes over all methods; a longer hunt:
