@@ -1,9 +1,12 @@
 """Enums and constants of the data plane ABI, read from xdp/include/tidegate_abi.h.
 
-The C header is the single source of truth. Struct layouts of map keys and values come from
-BCC's generated ctypes (`table.Key`/`table.Leaf`); enums, integer #defines and the layouts no map
-carries (struct tg_meta, the XDP metadata) come from here, parsed from the header, so Python never
-restates a number or a layout the kernel side defines.
+The C header is the single source of truth. Enums, integer #defines and struct layouts come from
+here, parsed from the header, so Python never restates a number or an offset the kernel side
+defines. Struct layouts follow the C rules for the header's fixed-width types (natural alignment;
+the header pads explicitly and `_Static_assert`s every size, checked here): `struct_dtype` gives a
+numpy structured dtype (packing many map elements at once), `struct` a ctypes type (one value, e.g.
+struct tg_meta, the XDP metadata); tests/bpf/dataplane/test_abi.py checks both against BCC's
+generated ctypes (`table.Key`/`table.Leaf`) of the loaded program.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import enum
 import re
 from functools import cache
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from dataplane.kernel.source import ABI_HEADER
 
@@ -22,11 +28,11 @@ _DEFINE = re.compile(r"^#define\s+(TG_\w+)\s+(0x[0-9a-fA-F]+|\d+)\s*(?:/\*.*)?$"
 _COMMENT = re.compile(r"/\*.*?\*/", re.S)
 _DROPS = re.compile(r"^#define\s+TG_REASON_DROPS\s*\(((?:[^()]|\([^()]*\))*)\)", re.M)
 _REASON_BIT = re.compile(r"TG_REASON_BIT\((TG_REASON_\w+)\)")
-_STRUCT = re.compile(r"struct\s+(tg_\w+)\s*\{(.*?)\};", re.S)
-_FIELD = re.compile(r"^\s*(__u8|__u16|__u32|__u64)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?\s*;\s*$")
+_STRUCT = re.compile(r"^struct\s+(tg_\w+)\s*\{(.*?)^\};", re.S | re.M)
+_FIELD = re.compile(r"^\s*(struct\s+tg_\w+|__\w+)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?\s*;\s*$")
 _SIZE_ASSERT = re.compile(r"_Static_assert\(sizeof\(struct\s+(tg_\w+)\)\s*==\s*(\d+)\s*,")
-_CTYPES = {"__u8": ctypes.c_uint8, "__u16": ctypes.c_uint16, "__u32": ctypes.c_uint32,
-           "__u64": ctypes.c_uint64}
+_SCALARS = {"__u8": "u1", "__u16": "u2", "__u32": "u4", "__u64": "u8", "__be16": ">u2", "__be32": ">u4"}
+_CTYPES = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
 
 
 @cache
@@ -53,6 +59,48 @@ def defines() -> dict[str, int]:
     return out
 
 
+@cache
+def struct_dtype(name: str) -> np.dtype[Any]:
+    """The layout of `struct <name>` (e.g. "tg_rule") as a numpy structured dtype: offsets and
+    size as the C compiler lays it out. Bitfields and unions are not supported (none are used)."""
+    bodies = dict(_STRUCT.findall(_COMMENT.sub("", _header_text())))
+    if name not in bodies:
+        raise KeyError(f"struct {name} is not defined in {ABI_HEADER}")
+    names, formats, offsets = [], [], []
+    offset, align = 0, 1
+    for line in bodies[name].splitlines():
+        if not line.strip():
+            continue
+        found = _FIELD.match(line)
+        if found is None:
+            raise ValueError(f"struct {name}: cannot lay out {line.strip()!r}")
+        ctype, field, count = found.groups()
+        element: np.dtype[Any] = (struct_dtype(ctype.split()[1]) if ctype.startswith("struct")
+                                  else np.dtype(_SCALARS[ctype].replace("u", "=u", 1)
+                                                if not _SCALARS[ctype].startswith(">") else _SCALARS[ctype]))
+        field_align = max(element.alignment, _alignment(element))
+        offset = -(-offset // field_align) * field_align
+        n = 1 if count is None else (int(count) if count.isdigit() else define(count))
+        names.append(field)
+        formats.append(element if count is None else (element, (n,)))
+        offsets.append(offset)
+        offset += element.itemsize * n
+        align = max(align, field_align)
+    size = -(-offset // align) * align
+    asserted = {n: int(v) for n, v in _SIZE_ASSERT.findall(_header_text())}
+    if name in asserted and size != asserted[name]:
+        raise ValueError(f"struct {name}: laid out as {size} bytes, the header asserts {asserted[name]}")
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size,
+                     "aligned": False})
+
+
+def _alignment(dt: np.dtype[Any]) -> int:
+    """C alignment of a scalar or of a struct laid out by struct_dtype (its widest member)."""
+    if dt.fields is None:
+        return dt.itemsize
+    return max(_alignment(sub.base) for sub, *_ in dt.fields.values())
+
+
 def define(name: str) -> int:
     try:
         return defines()[name]
@@ -63,28 +111,21 @@ def define(name: str) -> int:
 @cache
 def struct(name: str) -> type[ctypes.Structure]:
     """The ctypes type of `struct <name>` of the header, in native byte order as the kernel lays
-    it out; for structs of fixed-width integers and arrays of them (others raise ValueError).
-    Checked against the header's _Static_assert on its size."""
-    text = _header_text()
-    body = next((b for n, b in _STRUCT.findall(text) if n == name), None)
-    if body is None:
-        raise KeyError(f"struct {name} is not in {ABI_HEADER}")
-    fields: list[tuple[str, type]] = []
-    for line in _COMMENT.sub("", body).split(";"):
-        if not line.strip():
-            continue
-        m = _FIELD.match(line + ";")
-        if m is None:
-            raise ValueError(f"struct {name}: cannot read the field {line.strip()!r} (only __u8/16/32/64 "
-                             "and arrays of them)")
-        ctype, field, length = m.groups()
-        count = 0 if length is None else int(length, 0) if length[0].isdigit() else define(length)
-        fields.append((field, _CTYPES[ctype] * count if count else _CTYPES[ctype]))
+    it out (struct_dtype's layout); for structs of native-order unsigned integers and arrays of them
+    (others raise ValueError)."""
+    dtype = struct_dtype(name)
+    fields: list[tuple[str, Any]] = []
+    assert dtype.fields is not None
+    for field, (sub, _offset, *_rest) in dtype.fields.items():
+        base = sub.base
+        if base.fields is not None or base.kind != "u" or base.byteorder == ">":
+            raise ValueError(f"struct {name}: the field {field} is not a native-order unsigned integer")
+        ctype: Any = _CTYPES[base.itemsize]
+        fields.append((field, ctype * sub.shape[0] if sub.shape else ctype))
     layout = type(name, (ctypes.Structure,), {"_fields_": fields})
-    asserted = {n: int(size) for n, size in _SIZE_ASSERT.findall(text)}
-    if name in asserted and ctypes.sizeof(layout) != asserted[name]:
-        raise ValueError(f"struct {name}: read as {ctypes.sizeof(layout)} bytes, the header asserts "
-                         f"{asserted[name]}")
+    if ctypes.sizeof(layout) != dtype.itemsize:
+        raise ValueError(f"struct {name}: ctypes lays it out in {ctypes.sizeof(layout)} bytes, not "
+                         f"{dtype.itemsize}")
     return layout
 
 

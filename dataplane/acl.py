@@ -1,8 +1,9 @@
 """ACL rules and classifiers as the data plane matches them, and their map capacities.
 
-These build `MatchRule`s (dataplane.matcher) with the payload each slot map expects:
-ACL -> (abi.Action, flags), classifier -> mark. The control plane translates its pydantic
-policy into these calls; tests use them directly.
+These build `MatchRule`s (dataplane.match.adapter, until the control path hands the classifier
+RuleColumns directly) with the payload a rule's record carries: ACL -> (abi.Action, flags),
+classifier -> mark. The control plane translates its pydantic policy into these calls; tests use
+them directly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from dataplane import abi
 from dataplane.kernel.build_settings import Capacities
-from dataplane.matcher import MatchCapacity, MatchRule
+from dataplane.match.adapter import MatchCapacity, MatchRule
 
 Network = IPv4Network | IPv6Network
 
@@ -25,10 +26,11 @@ def _net(value: str | Network | None) -> Network | None:
 
 
 def acl_rule(rule_id: int, priority: int, action: str = "deny", src: Any = None, dst: Any = None,
-             proto: int | None = None, dport: tuple[int, int] | None = None, log: bool = False) -> MatchRule:
+             proto: int | None = None, dport: tuple[int, int] | None = None, log: bool = False,
+             sport: tuple[int, int] | None = None) -> MatchRule:
     """One ACL rule; action is "allow" or "deny"."""
     return MatchRule(rule_id=rule_id, priority=priority, src=_net(src), dst=_net(dst), proto=proto,
-                     dport=dport, payload=_acl_payload(action, log))
+                     dport=dport, payload=_acl_payload(action, log), sport=sport)
 
 
 @cache
@@ -38,16 +40,17 @@ def _acl_payload(action: str, log: bool) -> tuple[int, int]:
 
 
 def classifier(classifier_id: int, priority: int, mark: int, src: Any = None, dst: Any = None,
-               proto: int | None = None, dport: tuple[int, int] | None = None) -> MatchRule:
+               proto: int | None = None, dport: tuple[int, int] | None = None,
+               sport: tuple[int, int] | None = None) -> MatchRule:
     if not 0 < mark <= 0xFFFFFFFF:
         raise ValueError(f"classifier {classifier_id}: mark must be 1..2^32-1 (0 means unmarked), got {mark}")
     return MatchRule(rule_id=classifier_id, priority=priority, src=_net(src), dst=_net(dst), proto=proto,
-                     dport=dport, payload=mark)
+                     dport=dport, payload=mark, sport=sport)
 
 
 def acl_capacity(caps: Capacities) -> MatchCapacity:
-    return MatchCapacity(slots=caps.acl_rules, src=caps.acl_src, dst=caps.acl_dst, port=caps.acl_port)
+    return MatchCapacity(rules=caps.acl_rules, buckets=caps.acl_buckets)
 
 
 def cls_capacity(caps: Capacities) -> MatchCapacity:
-    return MatchCapacity(slots=caps.cls_rules, src=caps.cls_src, dst=caps.cls_dst, port=caps.cls_port)
+    return MatchCapacity(rules=caps.cls_rules, buckets=caps.cls_buckets)

@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dataplane import abi
-from dataplane.acl import acl_rule
+from dataplane.acl import acl_capacity, acl_rule
 from dataplane.kernel.build_settings import Capacities
-from dataplane.matcher import MatchCapacity, MatchRule, compile_rules, empty
+from dataplane.match.adapter import MatchCapacity, MatchRule, compile_rules, empty, to_columns
 
 UDP = 17
 TCP = 6
@@ -57,8 +57,7 @@ def workload(count: int, seed: int = 5) -> list[MatchRule]:
 
 
 def capacity() -> MatchCapacity:
-    c = Capacities()
-    return MatchCapacity(slots=c.acl_rules, src=c.acl_src, dst=c.acl_dst, port=c.acl_port)
+    return acl_capacity(Capacities())
 
 
 def udp_frame(src: str, dst: str, dport: int) -> bytes:
@@ -99,8 +98,9 @@ def check_compile(sizes: Sequence[int]) -> None:
     for n in sizes:
         rules = workload(n)
         seconds, compiled = timed(lambda: compile_rules(rules, empty(), capacity()))  # noqa: B023
-        print(f"compile {n:>7} rules: {seconds}  (src {len(compiled.src)}, dst {len(compiled.dst)}, "
-              f"port {len(compiled.port)})")
+        bank = compiled.bank
+        print(f"compile {n:>7} rules: {seconds}  ({bank.count if bank else 0} subtables, "
+              f"{len(bank.keys) if bank else 0} buckets)")
 
 
 def _probe(rules: Sequence[MatchRule]) -> MatchRule:
@@ -120,22 +120,46 @@ def check_dataplane(dp: Any, sizes: Sequence[int], repeat: int) -> None:
         rules = workload(n)
         dp.acl.replace([])
         compile_s, compiled = timed(lambda: dp.acl.compile(rules))  # noqa: B023
-        write_s, plan = timed(lambda: dp.acl.apply(compiled))  # noqa: B023
+        write_s, _ = timed(lambda: dp.acl.apply(compiled))  # noqa: B023
         probe = _probe(rules)
         hit_src = str(probe.src.network_address + 7)  # type: ignore[union-attr]
         hit = udp_frame(hit_src, "192.0.2.9", probe.dport[0])  # type: ignore[index]
         miss = udp_frame(MISS_SRC, "192.0.2.9", 9)
-        print(f"apply {n:>7} rules: compile {compile_s} + write {write_s} ({plan.count_all()} ops) = "
+        buckets = len(dp.acl.current.keys)
+        print(f"apply {n:>7} rules: compile {compile_s} + write {write_s} ({buckets} buckets) = "
               f"{compile_s + write_s:6.3f} s (cpu {compile_s.cpu + write_s.cpu:6.3f}); "
               f"lookup hit {lookup_ns(dp, hit, repeat):4.0f} ns, miss {lookup_ns(dp, miss, repeat):4.0f} ns")
         clear_s, _ = timed(lambda: dp.acl.replace([]))
         print(f"clear {n:>7} rules: {clear_s}")
 
 
+def check_edits(dp: Any, base_count: int, updates: int) -> None:
+    """One rule added to `base_count` and removed again, `updates` times, through the table's
+    edit calls (what AddAclRule/DeleteAclRule reach once the control path speaks columns)."""
+    base = workload(base_count)
+    extra = workload(base_count + updates, seed=11)[base_count:]
+    dp.acl.replace([])
+    dp.acl.replace(base)
+    adds: list[Took] = []
+    removes: list[Took] = []
+    for i, rule in enumerate(extra):
+        added = to_columns([acl_rule(10_000_000 + i, rule.priority, "deny", src=rule.src, proto=rule.proto,
+                                     dport=rule.dport)])
+        seconds, _ = timed(lambda: dp.acl.add(added))  # noqa: B023
+        adds.append(seconds)
+        seconds, _ = timed(lambda: dp.acl.delete([10_000_000 + i]))  # noqa: B023
+        removes.append(seconds)
+    for what, values in (("add", adds), ("remove", removes)):
+        print(f"edit on {base_count} rules, {what} one rule: p50 {pct(values, 0.5) * 1e3:6.2f} ms, "
+              f"p99 {pct(values, 0.99) * 1e3:6.2f} ms, max {max(values) * 1e3:6.2f} ms ({len(values)} runs)")
+    dp.acl.replace([])
+
+
 def check_updates(dp: Any, base_count: int, updates: int) -> None:
-    """One rule added to `base_count` and removed again, `updates` times: with the same rule
-    objects each time, and with every rule rebuilt as a new equal object (as the daemon does,
-    which translates its policy model anew on every change; the rebuilding is not timed)."""
+    """One rule added to `base_count` and removed again, `updates` times, as whole rule sets
+    (the compile finds the difference): with the same rule objects each time, and with every
+    rule rebuilt as a new equal object (as the daemon does, which translates its policy model
+    anew on every change; the rebuilding is not timed)."""
     base = workload(base_count)
     extra = workload(base_count + updates, seed=11)[base_count:]
     for rebuilt in (False, True):
@@ -182,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         check_dataplane(dp, sizes, args.repeat)
         if args.updates:
+            check_edits(dp, args.update_base, args.updates)
             check_updates(dp, args.update_base, args.updates)
     finally:
         dp.close()

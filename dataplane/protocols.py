@@ -14,4 +14,5 @@ from typing import Literal
 ProtocolName = Literal["tcp", "udp", "sctp", "icmp", "icmpv6"]
 NUMBERS: dict[str, int] = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
 NAMES: dict[int, str] = {number: name for name, number in NUMBERS.items()}
+NUMBER_MAX = 255  # the IPv4 protocol field and the IPv6 next header are one byte
 PORTED = frozenset({"tcp", "udp", "sctp"})  # their destination port is read (and matched)

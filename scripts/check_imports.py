@@ -40,10 +40,7 @@ LAYERS: dict[str, list[set[str]]] = {
 }
 # Cycles that exist today and are being removed elsewhere: tolerated while exactly these
 # modules form a cycle, reported as stale once they no longer do (then delete the entry).
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # the rule compiler, replaced by dataplane/match/ (the ACL-at-scale issue)
-    frozenset({"dataplane.matcher", "dataplane.matcher_compile", "dataplane.matcher_incremental"}),
-]
+KNOWN_CYCLES: list[frozenset[str]] = []
 
 
 @dataclass(frozen=True)

@@ -277,6 +277,9 @@ class DaemonProcess:
                 status = self.health.Check(request, timeout=1.0).status
             except grpc.RpcError:
                 status = None
+                # a channel that failed waits out its reconnect back-off (a second and more)
+                # before it tries again: a fresh one sees the daemon as soon as it listens
+                self._connect()
             if status == want:
                 log.info("daemon started", extra={"socket": str(self.socket), "health": expect})
                 return

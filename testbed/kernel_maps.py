@@ -1,6 +1,6 @@
 """What a pinned map holds, read straight from the kernel (not through the daemon).
 
-    digest = map_digest(daemon.pin_dir("eth0") / "acl_src")   # (entries, sha256 of every key and value)
+    digest = map_digest(daemon.pin_dir("eth0") / "acl_buckets")   # (entries, sha256 of every key and value)
 
 For checks such as "a refused policy wrote nothing": the daemon's own view (GetStats, metrics)
 comes from what it compiled, so only the kernel's maps can show that nothing reached them.

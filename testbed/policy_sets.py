@@ -123,7 +123,7 @@ def swap_policy(side: str, probes: int, filler: int = FILLER, seed: int | None =
     seed = (1 if side == "A" else 2) if seed is None else seed
     first = FILLER_A if side == "A" else FILLER_B
     rules = probe_rules(side, probes) + filler_rules(first, filler, seed) + list(extra or ())
-    return Policy(settings=Settings(default_action="deny"), acl=rules)
+    return Policy.model_validate({"settings": Settings(default_action="deny"), "acl": rules})
 
 
 def extra_flow(name: str = "extra", second: int = 70) -> Flow:

@@ -20,8 +20,11 @@
 static __always_inline __u32 tg_tc_classify(struct __sk_buff *skb)
 {
 	struct tg_tuple t = {};
+	struct tg_reader *reader;
+	struct tg_scratch *s;
 	struct tg_cursor c;
 	struct ethhdr *eth;
+	__u32 mark;
 	int proto;
 
 	bpf_skb_pull_data(skb, skb->len < TG_TC_PULL_LEN ? skb->len : TG_TC_PULL_LEN);
@@ -33,7 +36,15 @@ static __always_inline __u32 tg_tc_classify(struct __sk_buff *skb)
 		return 0;
 	if (tg_parse_ip(&c, proto, &t) < 0)
 		return 0;
-	return tg_classify(&t, skb->len);
+	s = tg_scratch_of(TG_HOOK_TC);
+	if (!s)
+		return 0; /* unreachable: an array always has its entries */
+	tg_probe_init(&s->p, &t);
+	tg_forget(); /* the search reads the probe from the scratch (match.h) */
+	reader = tg_read_begin(TG_HOOK_TC);
+	mark = tg_classify(s, skb->len);
+	tg_read_end(reader);
+	return mark;
 }
 
 int tg_tc_ingress(struct __sk_buff *skb)

@@ -31,23 +31,24 @@ static __always_inline __u32 tg_parse_reason(int rc)
 	return rc == TG_PARSE_MALFORMED ? TG_REASON_DROP_MALFORMED : TG_REASON_DROP_TRUNCATED;
 }
 
-/* Strips the outer headers and parses the inner frame (Ethernet, VLAN tags, IP) into *t.
- * Returns a reason on failure, 0 on success. */
-static __always_inline __u32 tg_decap(struct xdp_md *ctx, const struct tg_config *cfg,
-				      struct tg_tunnel_info *ti, struct tg_tuple *t)
+/* Strips the outer headers (s->outer_len, s->payload_end) and parses the inner frame (Ethernet,
+ * VLAN tags, IP) into the probe s->p. Returns a reason on failure, 0 on success. */
+static __always_inline __u32 tg_decap(struct xdp_md *ctx, const struct tg_config *cfg, struct tg_scratch *s)
 {
+	__u64 outer_bytes = ctx->data_end - ctx->data;
+	__u32 payload_end = s->payload_end, vni = s->vni;
+	struct tg_tuple t = {};
 	struct tg_cursor c;
 	struct ethhdr *eth;
-	__u64 outer_bytes = ctx->data_end - ctx->data;
 	int proto, rc;
 
-	if (bpf_xdp_adjust_head(ctx, ti->outer_len))
+	if (bpf_xdp_adjust_head(ctx, s->outer_len))
 		return TG_REASON_DROP_DECAP_FAILED;
 	/* Bytes past the outer UDP payload (its length says so) are not part of the inner frame. */
-	if (outer_bytes > ti->payload_end && bpf_xdp_adjust_tail(ctx, -(int)(outer_bytes - ti->payload_end)))
+	if (outer_bytes > payload_end && bpf_xdp_adjust_tail(ctx, -(int)(outer_bytes - payload_end)))
 		return TG_REASON_DROP_DECAP_FAILED;
-	tg_count(tunnel_stats.lookup(&ti->vni), outer_bytes);
-	tg_count_event(ti->type == TG_TUNNEL_VXLAN ? TG_EVENT_DECAP_VXLAN : TG_EVENT_DECAP_GENEVE);
+	tg_count(tunnel_stats.lookup(&vni), outer_bytes);
+	tg_count_event(s->tunnel_type == TG_TUNNEL_VXLAN ? TG_EVENT_DECAP_VXLAN : TG_EVENT_DECAP_GENEVE);
 
 	/* adjust_head invalidated every packet pointer: start over on the inner frame. */
 	tg_cursor_init(&c, (void *)(long)ctx->data, (void *)(long)ctx->data_end, ctx->data_end - ctx->data);
@@ -57,28 +58,60 @@ static __always_inline __u32 tg_decap(struct xdp_md *ctx, const struct tg_config
 	tg_rewrite_inner_dmac(eth, cfg);
 	if (!tg_is_ip(proto))
 		return TG_REASON_DROP_DECAP_FAILED; /* unreachable: tg_tunnel_finish checked it */
-	__builtin_memset(t, 0, sizeof(*t));
-	rc = tg_parse_ip(&c, proto, t);
-	return rc < 0 ? tg_parse_reason(rc) : 0;
+	rc = tg_parse_ip(&c, proto, &t);
+	if (rc < 0)
+		return tg_parse_reason(rc);
+	tg_probe_init(&s->p, &t);
+	s->meta_flags |= TG_META_F_DECAPPED;
+	return 0;
 }
 
-/* ACL verdict for a parsed tuple, counted per rule; *hit gets the matching rule (zero: none). */
-static __always_inline __u32 tg_acl(const struct tg_tuple *t, const struct tg_config *cfg, __u64 bytes,
-				    struct tg_acl_rule *hit)
+/* The tunnel stage: the outer UDP header is found again from s->l4_off. Returns 0 to go on and
+ * judge the packet in the scratch (decapped or as it is), else the reason to count it under. */
+static __always_inline __u32 tg_tunnel(struct xdp_md *ctx, const struct tg_config *cfg, struct tg_scratch *s)
 {
-	__u32 slot = tg_match(TG_TABLE_ACL, t);
-	struct tg_acl_rule *rule;
+	struct tg_tunnel_info ti = {};
+	struct tg_cursor c;
+	int rc;
 
-	__builtin_memset(hit, 0, sizeof(*hit));
+	if (!tg_tunnel_port(&s->p, cfg))
+		return 0;
+	if (!tg_cursor_at(&c, (void *)(long)ctx->data, (void *)(long)ctx->data_end, ctx->data_end - ctx->data,
+			  s->l4_off, s->l3_end))
+		return TG_REASON_DROP_TRUNCATED; /* unreachable: the parse stage found the header there */
+	rc = tg_tunnel_inspect(&c, &s->p, cfg, &ti);
+	if (rc == TG_TUN_DROP)
+		return ti.reason;
+	s->vni = ti.vni;
+	if (rc == TG_TUN_LEAVE) {
+		s->not_ip = ti.not_ip;
+		tg_count_event(ti.event);
+		return 0;
+	}
+	s->outer_len = ti.outer_len;
+	s->payload_end = ti.payload_end;
+	s->tunnel_type = ti.type;
+	tg_forget(); /* stage barrier: one verification of the decap (struct tg_scratch) */
+	return tg_decap(ctx, cfg, s);
+}
+
+/* ACL verdict for the probe, counted per rule; *hit gets the matching rule (NULL: none). */
+static __always_inline __u32 tg_acl(struct tg_scratch *s, const struct tg_config *cfg, __u64 bytes,
+				    const struct tg_rule **hit)
+{
+	__u32 slot = tg_match(TG_TABLE_ACL, s);
+	struct tg_rule *rule;
+
+	*hit = NULL;
 	if (slot == TG_SLOT_NONE) {
 		return cfg->default_action == TG_ACTION_DENY ? TG_REASON_DROP_DEFAULT
 							      : TG_REASON_PASS_DEFAULT;
 	}
 	rule = acl_rules.lookup(&slot);
 	if (!rule)
-		return TG_REASON_DROP_DEFAULT; /* a slot without a rule is a torn write: fail closed */
+		return TG_REASON_DROP_DEFAULT; /* unreachable: the search read this slot */
 	tg_count(acl_rule_stats.lookup(&slot), bytes);
-	*hit = *rule;
+	*hit = rule;
 	return rule->action == TG_ACTION_DENY ? TG_REASON_DROP_DENIED : TG_REASON_PASS_ALLOWED;
 }
 
@@ -100,22 +133,57 @@ static __always_inline void tg_write_meta(struct xdp_md *ctx, __u32 mark, __u32 
 	meta->flags = flags;
 }
 
+/* The ACL verdict (and its policy event), then for what passes the classifiers' mark in the
+ * metadata; returns the reason the packet is counted under. Reads the packet from the scratch. */
+static __always_inline __u32 tg_judge(struct xdp_md *ctx, const struct tg_config *cfg, struct tg_scratch *s)
+{
+	__u64 bytes = ctx->data_end - ctx->data;
+	const struct tg_rule *rule;
+	__u32 reason;
+
+	reason = tg_acl(s, cfg, bytes, &rule);
+	tg_policy_event(ctx, cfg, &s->p, rule, reason, s->vni, s->meta_flags & TG_META_F_DECAPPED);
+	if (reason == TG_REASON_DROP_DENIED || reason == TG_REASON_DROP_DEFAULT)
+		return reason;
+	if (s->not_ip)
+		reason = TG_REASON_PASS_TUNNEL_NOT_IP; /* passed whole: counted apart from decapped IP */
+#ifndef TG_NO_XDP_META
+	/* Built without where the kernel refuses bpf_xdp_adjust_meta to XDP programs at load time
+	 * (dataplane/kernel/features.py probes it): XDP could not hand the mark over, so it leaves
+	 * classifying to TC, which then counts each packet once. */
+	__u32 mark, flags;
+
+	s->reason = reason;
+	tg_forget(); /* stage barrier: one verification of the classifiers, whatever the verdict */
+	mark = tg_classify(s, bytes);
+	reason = s->reason;
+	flags = s->meta_flags;
+	if (mark) {
+		flags |= TG_META_F_CLASSIFIED;
+		tg_count_event(TG_EVENT_CLASSIFIED);
+	}
+	tg_write_meta(ctx, mark, s->vni, flags);
+#endif
+	return reason;
+}
+
 int tg_xdp_ingress(struct xdp_md *ctx)
 {
-	struct tg_tunnel_info ti = {};
-	struct tg_acl_rule rule;
 	struct tg_tuple t = {};
+	struct tg_reader *reader;
+	struct tg_scratch *s;
 	struct tg_cursor c;
 	struct ethhdr *eth;
 	struct tg_config *cfg;
-	__u32 zero = 0, reason, mark, meta_flags = 0;
+	__u32 zero = 0, reason;
 	int proto, rc;
 
 	/* Without frags support (not requested), data_end is the end of the whole frame. */
 	tg_cursor_init(&c, (void *)(long)ctx->data, (void *)(long)ctx->data_end, ctx->data_end - ctx->data);
 	cfg = config.lookup(&zero);
-	if (!cfg) {
-		reason = TG_REASON_PASS_NOT_IP; /* unreachable: an array always has entry 0 */
+	s = tg_scratch_of(TG_HOOK_XDP);
+	if (!cfg || !s) {
+		reason = TG_REASON_PASS_NOT_IP; /* unreachable: an array always has its entries */
 		goto out;
 	}
 	proto = tg_parse_l2(&c, &eth, TG_VLAN_MAX);
@@ -133,38 +201,23 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 		goto out;
 	}
 
-	rc = tg_tunnel_inspect(&c, (void *)(long)ctx->data, &t, cfg, &ti);
-	if (rc == TG_TUN_DROP) {
-		reason = ti.reason;
+	/* Stage barrier (struct tg_scratch): from here on every stage reads the packet from the
+	 * scratch, so the verifier checks each once, whatever way the parse went. */
+	tg_probe_init(&s->p, &t);
+	s->l4_off = (c.pos - c.frame) - sizeof(struct udphdr); /* read only for UDP (tg_tunnel) */
+	s->l3_end = c.l3_end;
+	s->vni = 0;
+	s->meta_flags = 0;
+	s->not_ip = 0;
+	tg_forget();
+	reason = tg_tunnel(ctx, cfg, s);
+	if (reason)
 		goto out;
-	}
-	if (rc == TG_TUN_LEAVE)
-		tg_count_event(ti.event);
-	if (rc == TG_TUN_DECAP) {
-		reason = tg_decap(ctx, cfg, &ti, &t);
-		if (reason)
-			goto out;
-		meta_flags |= TG_META_F_DECAPPED;
-	}
-
 	/* Judged as itself when not decapped: that is what reaches the stack. */
-	reason = tg_acl(&t, cfg, ctx->data_end - ctx->data, &rule);
-	tg_policy_event(ctx, cfg, &t, &rule, reason, ti.vni, meta_flags & TG_META_F_DECAPPED);
-	if (reason == TG_REASON_DROP_DENIED || reason == TG_REASON_DROP_DEFAULT)
-		goto out;
-	if (ti.not_ip)
-		reason = TG_REASON_PASS_TUNNEL_NOT_IP; /* passed whole: counted apart from decapped IP */
-#ifndef TG_NO_XDP_META
-	/* Built without where the kernel refuses bpf_xdp_adjust_meta to XDP programs at load time
-	 * (dataplane/kernel/features.py probes it): XDP could not hand the mark over, so it leaves
-	 * classifying to TC, which then counts each packet once. */
-	mark = tg_classify(&t, ctx->data_end - ctx->data);
-	if (mark) {
-		meta_flags |= TG_META_F_CLASSIFIED;
-		tg_count_event(TG_EVENT_CLASSIFIED);
-	}
-	tg_write_meta(ctx, mark, ti.vni, meta_flags);
-#endif
+	tg_forget();
+	reader = tg_read_begin(TG_HOOK_XDP);
+	reason = tg_judge(ctx, cfg, s);
+	tg_read_end(reader);
 
 out:
 	tg_count_reason(reason, ctx->data_end - ctx->data);

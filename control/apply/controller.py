@@ -22,7 +22,6 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from control.apply.gc_guard import collector_held
 from control.apply.reconcile import DataplaneMismatch, InvalidState, Reconciler, Stats, occupancy
 from control.apply.state import StateStore
 from control.errors import NotFound, PolicyOwned
@@ -116,7 +115,7 @@ class Controller:
 
     def start(self) -> None:
         """Restores the persisted state (adopting pinned maps a previous daemon left)."""
-        with collector_held(), self._lock, self._verification_published():
+        with self._lock, self._verification_published():
             persisted = self.store.load()
             try:
                 with self._recorded(persisted.generation):
@@ -170,8 +169,7 @@ class Controller:
         (DataplaneMismatch otherwise: never a silent "no changes")."""
         if isinstance(edit, Edit) and not dry_run:
             self._check_source(None)
-        # collector, then lock: in that order, as ApplyPolicy takes them
-        with collector_held(), self._lock, self._verification_published():
+        with self._lock, self._verification_published():
             check_generation(self.state, expected_generation)
             new = edit(self.state)
             if new is self.state:  # the edit found nothing to change: no apply, the generation stays
@@ -219,7 +217,7 @@ class Controller:
         cached = self._metric_rules
         if cached is not None and cached[0] is state:
             return cached[1]
-        ids = frozenset(r.id for r in state.policy.acl if r.metrics)
+        ids = state.policy.acl.metric_ids()
         self._metric_rules = (state, ids)
         return ids
 

@@ -6,7 +6,7 @@ apply() is all-or-nothing from the caller's view:
  2. verify, no writes: the programs attached to the interfaces that stay use the maps this
     daemon writes (dataplane.kernel.verify, read back from the kernel); else DataplaneMismatch;
  3. program: load new interfaces (pins, not attached), write config, tunnels and match tables
-    (each table switch is per-packet atomic, dataplane.matcher_plan), attach, sync routing;
+    (each table switch is per-packet atomic, dataplane.match.table), attach, sync routing;
     then verify every interface again;
  4. if programming or that verification fails, the previous state is programmed again and
     ApplyError (DataplaneMismatch) says so.
@@ -21,7 +21,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from control.policy.intent import AclTranslations, InterfaceIntent, interface_intent
+from control.apply.acl_compile import AclCompiler
+from control.policy.acl_table import AclTable
+from control.policy.intent import InterfaceIntent, interface_intent
 from control.policy.models import DesiredState, ServiceChain
 from dataplane.acl import acl_capacity, cls_capacity
 from dataplane.kernel import attach as attach_mod
@@ -30,7 +32,7 @@ from dataplane.kernel.interface import Dataplane
 from dataplane.kernel.maps import Counter
 from dataplane.kernel.verify import Mismatch
 from dataplane.map_config import TunnelEntry
-from dataplane.matcher import CompiledMatch, MatchCapacity, MatchRule, compile_rules, empty
+from dataplane.match.adapter import CompiledMatch, Live, MatchCapacity, MatchRule, compile_rules, empty
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +84,13 @@ class PlaneObserver(Protocol):
 @dataclass
 class _Compiled:
     intent: InterfaceIntent
-    acl: CompiledMatch
-    classifiers: CompiledMatch
-    acl_base: CompiledMatch  # what each was compiled against: valid while the table still holds it
-    cls_base: CompiledMatch
+    acl: CompiledMatch | Live  # Live: the table's current content itself (nothing to write)
+    classifiers: CompiledMatch | Live
+    acl_base: Live  # what each was compiled against: valid while the table still holds it
+    cls_base: Live
 
     def valid_for(self, plane: Dataplane) -> bool:
-        return plane.acl.current == self.acl_base and plane.classifiers.current == self.cls_base
+        return plane.acl.current is self.acl_base and plane.classifiers.current is self.cls_base
 
 
 @dataclass
@@ -115,15 +117,19 @@ class Reconciler:
         self.intents: dict[str, InterfaceIntent] = {}
         self.applied = DesiredState()
         self.observers: list[PlaneObserver] = []
-        self._translations = AclTranslations()  # each rule translated once while it is in the policy
+        self._acl = AclCompiler()
         # The chains the kernel's policy routing was last synced to (None: unknown, sync again).
         self._routed: list[ServiceChain] | None = None
-        # (interface, "acl"/"cls") -> the CompiledMatch written to that table and its rules
-        self._sources: dict[tuple[str, str], tuple[CompiledMatch, tuple[MatchRule, ...]]] = {}
+        # (interface, "acl"/"cls") -> what that table held after it was last written, and what
+        # it was compiled from (the ACL's table, the classifiers' rules)
+        self._sources: dict[tuple[str, str], tuple[Live, Any]] = {}
         self.mismatches: dict[str, str] = {}  # interface -> what its last verification found
+        # interface -> the tunnels its map was last synced to (reading the map costs a syscall
+        # per entry; a change that leaves the tunnels alone skips it)
+        self._tunnels: dict[str, tuple[TunnelEntry, ...]] = {}
 
     def _intent(self, state: DesiredState, name: str) -> InterfaceIntent:
-        return interface_intent(state, name, self._translations)
+        return interface_intent(state, name)
 
     def _notify(self, what: str, name: str, plane: Dataplane) -> None:
         for observer in self.observers:
@@ -141,6 +147,7 @@ class Reconciler:
         self.mismatches.pop(name, None)
         self._sources.pop((name, "acl"), None)
         self._sources.pop((name, "cls"), None)
+        self._tunnels.pop(name, None)
         if detach:
             plane.detach()
         else:
@@ -161,12 +168,13 @@ class Reconciler:
         self.apply(_without_missing(state, set(self.planes)), rollback=False)
 
     def _load(self, name: str, intent: InterfaceIntent | None = None) -> Dataplane:
-        """Loads (or adopts the pinned maps of) an interface; `intent` says which rules the
-        pinned slots are expected to hold, so their slots and counters carry over."""
+        """Loads (or adopts the pinned maps of) an interface. Adopting writes nothing: the pinned
+        records say which rule each slot holds, so the compile of the persisted policy that
+        follows finds those rules where they are (slots and counters kept)."""
         plane = self._loader(name, self.settings)
         if plane.adopted:
-            plane.acl.adopt(intent.acl if intent else ())
-            plane.classifiers.adopt(intent.classifiers if intent else ())
+            plane.acl.adopt()
+            plane.classifiers.adopt()
         self.planes[name] = plane
         self._notify("plane_added", name, plane)
         return plane
@@ -196,14 +204,11 @@ class Reconciler:
                 self._program(old, None)
             except Exception as again:
                 raise ApplyError(f"{exc}; restoring the previous state failed too: {again}") from exc
-            finally:
-                self._translations.keep_only(old.policy.acl)
             if isinstance(exc, DataplaneMismatch):
                 raise DataplaneMismatch(exc.failures, "the previous state is written to the maps again") \
                     from exc
             raise ApplyError(f"{exc}; the previous state is in force again") from exc
         self.applied = new
-        self._translations.keep_only(new.policy.acl)
 
     def verify_kept(self, new: DesiredState) -> None:
         """Before writing `new` (or answering that it changes nothing): DataplaneMismatch when
@@ -269,17 +274,20 @@ class Reconciler:
         except ValueError as exc:
             raise InvalidState([("policy", f"interface {name}: {exc}")]) from exc
 
-    def _compiled(self, name: str, table: str, rules: tuple[MatchRule, ...], base: CompiledMatch,
-                  capacity: MatchCapacity) -> CompiledMatch:
-        """`base` itself when it is what the table holds for these very rules (the classifiers
+    def _compiled(self, name: str, table: str, source: AclTable | tuple[MatchRule, ...], base: Live,
+                  capacity: MatchCapacity) -> CompiledMatch | Live:
+        """`base` itself when it is what the table holds for this very source (the classifiers
         when only ACL rules changed, and the other way round), else the compile against it."""
-        source = self._sources.get((name, table))
-        if source is not None and source[0] is base and source[1] == rules:
+        done = self._sources.get((name, table))
+        if done is not None and done[0] is base and (done[1] is source or done[1] == source):
             return base
-        return compile_rules(list(rules), base, capacity, table)
+        if isinstance(source, AclTable):
+            previous = done[1] if done is not None and done[0] is base else None  # what base was made from
+            return self._acl.compile(source, base, capacity, previous)
+        return compile_rules(list(source), base, capacity, table)
 
-    def _applied(self, name: str, table: str, compiled: CompiledMatch, rules: tuple[MatchRule, ...]) -> None:
-        self._sources[(name, table)] = (compiled, rules)
+    def _applied(self, name: str, table: str, held: Live, source: Any) -> None:
+        self._sources[(name, table)] = (held, source)
 
     def _program(self, state: DesiredState, compiled: dict[str, _Compiled] | None) -> None:
         wanted = {i.name: i for i in state.interfaces}
@@ -290,13 +298,16 @@ class Reconciler:
                 done = self._compile(state, name)
             intent = done.intent
             plane.configure(intent.config)
-            _sync_tunnels(plane, intent.tunnels)
-            if done.acl is not plane.acl.current:
+            if self._tunnels.get(name) != intent.tunnels:
+                self._tunnels.pop(name, None)  # unknown until the sync below completes
+                _sync_tunnels(plane, intent.tunnels)
+                self._tunnels[name] = intent.tunnels
+            if not isinstance(done.acl, Live):
                 plane.acl.apply(done.acl)
-                self._applied(name, "acl", done.acl, intent.acl)
-            if done.classifiers is not plane.classifiers.current:
+                self._applied(name, "acl", plane.acl.current, intent.acl)
+            if not isinstance(done.classifiers, Live):
                 plane.classifiers.apply(done.classifiers)
-                self._applied(name, "cls", done.classifiers, intent.classifiers)
+                self._applied(name, "cls", plane.classifiers.current, intent.classifiers)
             if plane.xdp_mode is None or (iface.mode != "auto" and plane.xdp_mode != iface.mode):
                 plane.attach(iface.mode)
             self.intents[name] = intent
@@ -355,13 +366,9 @@ def occupancy(reconciler: Reconciler) -> dict[tuple[str, str], tuple[int, int]]:
     caps = reconciler.settings.capacities
     out: dict[tuple[str, str], tuple[int, int]] = {}
     for name, plane in reconciler.planes.items():
-        for prefix, table, cap in (("acl", plane.acl, acl_capacity(caps)),
-                                   ("cls", plane.classifiers, cls_capacity(caps))):
-            current = table.current
-            out[(name, f"{prefix}_rules")] = (len(current.slots), cap.slots)
-            out[(name, f"{prefix}_src")] = (len(current.src), cap.src)
-            out[(name, f"{prefix}_dst")] = (len(current.dst), cap.dst)
-            out[(name, f"{prefix}_port")] = (len(current.port), cap.port)
+        for table in (plane.acl, plane.classifiers):
+            for map_name, used in table.occupancy().items():
+                out[(name, map_name)] = used
         intent = reconciler.intents.get(name)
         out[(name, "tunnels")] = (len(intent.tunnels) if intent is not None else 0, caps.tunnels)
     return out

@@ -15,7 +15,9 @@ it is ignored and cut off, i.e. that edit was not made, as its caller was never 
 A bad record with good ones after it is not a crash's doing, and the state is refused.
 
 Whole-state changes (ApplyPolicy, attach, detach) write a snapshot, and so does an edit once the
-journal is as large as the snapshot (at least COMPACT_MIN_BYTES): the journal is then deleted.
+journal would pass COMPACT_MIN_BYTES: the journal is then deleted. The bound keeps a restart's
+replay short (each record is a rule validated again); the snapshot itself is cheap to write, its
+ACL stored as columns (control.apply.acl_snapshot: 100,000 rules in tens of milliseconds).
 A crash between the two leaves records no newer than the snapshot, which loading skips. Both
 files are 0600. A file that does not parse (disk corruption, a hand edit) is refused with its
 path and the reason rather than silently replaced by an empty policy.
@@ -34,6 +36,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from control.apply import acl_snapshot
 from control.errors import AlreadyExists, NotFound
 from control.policy.edits import Edit, replay
 from control.policy.models import DesiredState, describe_errors
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "desired-state.json"
 JOURNAL_FILE = "desired-state.journal"
 STATE_MODE = 0o600  # policy is an operator's business: root only
-COMPACT_MIN_BYTES = 1 << 20  # the journal may grow to the snapshot's size, and at least this
+COMPACT_MIN_BYTES = 1 << 20  # the journal's size at most: ~7,000 added rules, replayed in ~0.2 s
 
 
 class StateError(RuntimeError):
@@ -85,6 +88,13 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(dir_fd)  # a rename, a new file or an unlink must survive a power cut too
     finally:
         os.close(dir_fd)
+
+
+def _encode(state: DesiredState) -> bytes:
+    """The state as JSON, its ACL as columns (control.apply.acl_snapshot)."""
+    data = state.model_dump(mode="json", exclude={"policy": {"acl"}})
+    data["policy"]["acl"] = acl_snapshot.dump(state.policy.acl)
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 class StateStore:
@@ -129,11 +139,19 @@ class StateStore:
             return DesiredState()
         self._snapshot_bytes = len(text)
         try:
-            return DesiredState.model_validate_json(text)
+            data = json.loads(text)
+        except ValueError as exc:
+            raise StateError(f"{self.path}: not valid JSON ({exc}); restore it or move it away") from exc
+        policy = data.get("policy") if isinstance(data, dict) else None
+        if isinstance(policy, dict) and acl_snapshot.is_columns(policy.get("acl")):
+            try:
+                policy["acl"] = acl_snapshot.load(policy["acl"])
+            except ValueError as exc:
+                raise StateError(f"{self.path}: not a valid desired state ({exc}); restore it or "
+                                 "move it away") from exc
+        try:
+            return DesiredState.model_validate(data)
         except ValidationError as exc:
-            if any(e["type"] == "json_invalid" for e in exc.errors()):
-                raise StateError(f"{self.path}: not valid JSON ({exc.errors()[0]['msg']}); "
-                                 "restore it or move it away") from exc
             reasons = "; ".join(f"{f}: {m}" for f, m in describe_errors(exc))
             raise StateError(f"{self.path}: not a valid desired state ({reasons})") from exc
 
@@ -174,7 +192,7 @@ class StateStore:
         files hold (loaded or saved last), the edit is journaled; otherwise a snapshot is written."""
         if edit is not None and base is not None and base is self._saved and self._journal_bytes is not None:
             record = encode_record(state.generation, edit)
-            if self._journal_bytes + len(record) <= max(self.compact_min_bytes, self._snapshot_bytes):
+            if self._journal_bytes + len(record) <= self.compact_min_bytes:
                 self._append(record)
                 self._saved = state
                 return
@@ -213,7 +231,7 @@ class StateStore:
 
     def _snapshot(self, state: DesiredState) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = state.model_dump_json().encode()
+        data = _encode(state)
         fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=self.directory)
         try:
             os.fchmod(fd, STATE_MODE)

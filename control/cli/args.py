@@ -10,6 +10,7 @@ from typing import Any
 
 from control.cli.client import DEFAULT_TIMEOUT, SOCKET_ENV, TLS_ENV
 from control.daemon_config import DEFAULT_SOCKET
+from dataplane import protocols
 
 U32_MAX, U64_MAX = (1 << 32) - 1, (1 << 64) - 1
 _PORTS = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
@@ -37,6 +38,16 @@ def ports(text: str) -> tuple[int, int]:
     if max(low, high) > U32_MAX:
         raise argparse.ArgumentTypeError(f"{text!r}: ports go up to 65535")
     return low, high
+
+
+def protocol_arg(text: str) -> str | int:
+    """A protocol name, or a number (the daemon judges its range: 0-255)."""
+    if text.lower() in protocols.NUMBERS:
+        return text.lower()
+    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= U32_MAX:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a protocol: write {', '.join(protocols.NUMBERS)} or a "
+                                     "number 0-255 (47 GRE, 50 ESP, 89 OSPF, ...)")
 
 
 def seconds(text: str) -> float:

@@ -121,14 +121,16 @@ def rules_data(msg: pb2.ListAclRulesResponse) -> Data:
 
 
 def _match_cells(m: Match) -> list[object]:
-    return [m.src or "any", m.dst or "any", m.protocol or "any", m.dport]
+    protocol = "any" if m.protocol is None else m.protocol
+    return [m.src or "any", m.dst or "any", protocol, m.sport, m.dport]
 
 
 def rules_text(data: Data) -> str:
     rules = [AclRule.model_validate(r) for r in data["acl"]]
     if not rules:
         return f"no ACL rules (generation {data['generation']})"
-    return table(["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "DPORT", "LOG", "METRICS", "DESCRIPTION"],
+    return table(["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "SPORT", "DPORT", "LOG", "METRICS",
+                  "DESCRIPTION"],
                  [(r.id, r.priority, r.action, *_match_cells(r.match), r.log, r.metrics, r.description)
                   for r in rules])
 
@@ -166,8 +168,8 @@ def chains_text(data: Data) -> str:
             hops = ", ".join(_nexthop(h.via, h.dev) for h in leg.nexthops)
             rows.append((c.name, c.priority, name, ",".join(leg.interfaces), *_match_cells(leg.match),
                          f"{leg.mark:#x}", leg.table, hops))
-    return table(["CHAIN", "PRIO", "LEG", "INTERFACES", "SRC", "DST", "PROTO", "DPORT", "MARK", "TABLE",
-                  "NEXTHOPS"], rows)
+    return table(["CHAIN", "PRIO", "LEG", "INTERFACES", "SRC", "DST", "PROTO", "SPORT", "DPORT", "MARK",
+                  "TABLE", "NEXTHOPS"], rows)
 
 
 # --- policy -----------------------------------------------------------------------------------
@@ -180,15 +182,16 @@ def policy_data(policy: Policy, generation: int | None = None) -> Data:
 
 
 def _short_ports(value: Any) -> Any:
-    """Every `dport: {low: 80, high: 90}` written as `dport: 80-90` (a form the models accept)."""
+    """Every `dport: {low: 80, high: 90}` written as `dport: 80-90`, sport too (forms the models accept)."""
     if isinstance(value, list):
         return [_short_ports(v) for v in value]
     if not isinstance(value, dict):
         return value
     out = {k: _short_ports(v) for k, v in value.items()}
-    ports = out.get("dport")
-    if isinstance(ports, dict) and set(ports) == {"low", "high"}:
-        out["dport"] = ports["low"] if ports["low"] == ports["high"] else f"{ports['low']}-{ports['high']}"
+    for side in ("sport", "dport"):
+        ports = out.get(side)
+        if isinstance(ports, dict) and set(ports) == {"low", "high"}:
+            out[side] = ports["low"] if ports["low"] == ports["high"] else f"{ports['low']}-{ports['high']}"
     return out
 
 

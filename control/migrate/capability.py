@@ -36,8 +36,8 @@ class Feature(StrEnum):
 # What the model expresses today beyond the baseline. One line per feature: set it to True
 # when the model has the field and EMITTERS has its emitter (tests check both).
 CAPABILITIES: dict[Feature, bool] = {
-    Feature.SPORT: False,            # issue 11: Match.sport
-    Feature.PROTOCOL_NUMBER: False,  # issue 11: Match.protocol_number
+    Feature.SPORT: True,             # issue 11: Match.sport (the classifier matches source ports)
+    Feature.PROTOCOL_NUMBER: True,   # issue 11: Match.protocol as any number 0-255
     Feature.ICMP_TYPE: False,        # issue 14: ICMP/ICMPv6 type and code
     Feature.TCP_SYN: False,          # issue 14: TCP SYN without ACK
     Feature.REJECT: False,           # issue 14: action reject
@@ -48,9 +48,17 @@ Fragment = dict[str, Any]  # part of a models.Match, e.g. {"dport": {"low": 80, 
 # A field emitter: the values of one Box field (and the protocol chosen) -> alternatives, each a
 # Fragment; NotExpressible when this model cannot say it.
 Emitter = Callable[[iv.Ivs, int], list[Fragment]]
+def _sport(values: iv.Ivs, proto: int) -> list[Fragment]:
+    return [{"sport": {"low": low, "high": high}} for low, high in values]
+
+
+def _protocol_number(values: iv.Ivs, proto: int) -> list[Fragment]:
+    return [{"protocol": number} for low, high in values for number in range(low, high + 1)]
+
+
 EMITTERS: dict[Feature, Emitter | None] = {
-    Feature.SPORT: None,
-    Feature.PROTOCOL_NUMBER: None,
+    Feature.SPORT: _sport,
+    Feature.PROTOCOL_NUMBER: _protocol_number,
     Feature.ICMP_TYPE: None,
     Feature.TCP_SYN: None,
 }

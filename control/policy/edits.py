@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from control.errors import AlreadyExists, GenerationMismatch, InUse, InvalidArgument, NotFound
+from control.policy.acl_table import AclTable
 from control.policy.models import (
     AclRule,
     DesiredState,
@@ -86,8 +88,9 @@ def _edit_list(state: DesiredState, name: str, items: list[Any]) -> DesiredState
 # unique key (Policy's validators): an edit checks that key itself, against an index of the
 # list, and builds the new state from the validated parts as they are (model_construct), in
 # time independent of the list's length bar a copy. Chains are referred to (interfaces, marks,
-# tables): their edits validate the state again.
-_KEYED_ONLY = frozenset({"acl", "tunnels"})
+# tables): their edits validate the state again. The ACL is a table of columns
+# (control.policy.acl_table) that edits itself.
+_KEYED_ONLY = frozenset({"tunnels"})
 # name -> (the list last made by an edit, key -> item in list order): the next edit of that
 # state finds its index here instead of walking the list
 _indexes: dict[str, tuple[list[Any], dict[Any, Any]]] = {}
@@ -101,27 +104,35 @@ def _index(state: DesiredState, name: str, key: Callable[[Any], Any]) -> dict[An
     return dict(zip(map(key, items), items, strict=True))
 
 
+def _constructed(state: DesiredState, name: str, value: Any) -> DesiredState:
+    """The state with one policy part replaced by a value valid on its own and against the rest."""
+    policy = Policy.model_construct(**{**_policy_parts(state.policy), name: value})
+    return DesiredState.model_construct(generation=state.generation, interfaces=state.interfaces,
+                                        policy=policy)
+
+
 def _edited(state: DesiredState, name: str, index: dict[Any, Any]) -> DesiredState:
     items = list(index.values())  # a dict keeps insertion order: the list's, adds appended
     if name not in _KEYED_ONLY:
         return _edit_list(state, name, items)
-    policy = Policy.model_construct(**{**_policy_parts(state.policy), name: items})
-    new = DesiredState.model_construct(generation=state.generation, interfaces=state.interfaces,
-                                       policy=policy)
     _indexes[name] = (items, index)
-    return new
+    return _constructed(state, name, items)
 
 
 def _add(state: DesiredState, name: str, item: Any, key: Callable[[Any], Any], what: str) -> DesiredState:
-    model = _EDITS[f"add_{_ITEM[name]}"].model
-    if type(item) is not model:  # an item of a state is a validated model, never a dict
-        raise TypeError(f"{what}: expected a {model.__name__}, got {type(item).__name__}")
+    _check_type(f"add_{_ITEM[name]}", item, what)
     index = _index(state, name, key)
     if key(item) in index:
         raise AlreadyExists(f"{what} {key(item)} already exists; delete it first or apply a whole policy")
     index = index.copy()
     index[key(item)] = item
     return _edited(state, name, index)
+
+
+def _check_type(op: str, item: Any, what: str) -> None:
+    model = _EDITS[op].model
+    if type(item) is not model:  # an item of a state is a validated model, never a dict
+        raise TypeError(f"{what}: expected a {model.__name__}, got {type(item).__name__}")
 
 
 def _delete(state: DesiredState, name: str, value: Any, key: Callable[[Any], Any], what: str) -> DesiredState:
@@ -134,11 +145,19 @@ def _delete(state: DesiredState, name: str, value: Any, key: Callable[[Any], Any
 
 
 def add_rule(state: DesiredState, rule: AclRule) -> DesiredState:
-    return _add(state, "acl", rule, _RULE_ID, "ACL rule")
+    """The rule added to the table (one block of it copied: control.policy.acl_table)."""
+    _check_type("add_rule", rule, "ACL rule")
+    if state.policy.acl.find(rule.id) is not None:
+        raise AlreadyExists(f"ACL rule {rule.id} already exists; delete it first or apply a whole policy")
+    return _constructed(state, "acl", state.policy.acl.add(rule))
 
 
 def delete_rule(state: DesiredState, rule_id: int) -> DesiredState:
-    return _delete(state, "acl", rule_id, _RULE_ID, "ACL rule")
+    try:
+        table = state.policy.acl.remove(rule_id)
+    except KeyError:
+        raise NotFound(f"ACL rule {rule_id} does not exist") from None
+    return _constructed(state, "acl", table)
 
 
 def add_tunnel(state: DesiredState, tunnel: Tunnel) -> DesiredState:
@@ -231,26 +250,54 @@ class Edit:
 
 def replay(state: DesiredState, edits: Sequence[Edit]) -> DesiredState:
     """The edits one after another, with the state validated once at the end: what applying
-    them one by one gives (each add appends, each delete removes), or the first one's error."""
+    them one by one gives (each add appends, each delete removes), or the first one's error.
+    The ACL's are applied to its table at once: the rules deleted, then those added."""
     lists: dict[str, dict[Any, Any]] = {}
+    acl_keys: set[int] | None = None
+    acl_removed: set[int] = set()
     for edit in edits:
         spec = _EDITS[edit.op]
-        items = lists.get(spec.name)
-        if items is None:
-            items = lists[spec.name] = {spec.key(x): x for x in getattr(state.policy, spec.name)}
+        items: Any
+        if spec.name == "acl":
+            if acl_keys is None:
+                acl_keys = set(state.policy.acl.ids())
+            items = acl_keys
+            lists.setdefault("acl", {})
+        else:
+            items = lists.get(spec.name)
+            if items is None:
+                items = lists[spec.name] = {spec.key(x): x for x in getattr(state.policy, spec.name)}
         key = spec.key(edit.arg) if spec.add else edit.arg
         if spec.add and key in items:
             raise AlreadyExists(f"{edit.op} {key}: it exists already")
         if not spec.add and key not in items:
             raise NotFound(f"{edit.op} {key}: it does not exist")
-        if spec.add:
+        if spec.name == "acl":
+            _replay_acl(items, lists["acl"], acl_removed, key, edit.arg if spec.add else None)
+        elif spec.add:
             items[key] = edit.arg  # a dict keeps insertion order: appended, as the list edit does
         else:
             del items[key]
     if not lists:
         return state
     parts = _policy_parts(state.policy)
-    return _rebuild(state, policy={**parts, **{name: list(items.values()) for name, items in lists.items()}})
+    edited: dict[str, Any] = {name: list(items.values()) for name, items in lists.items() if name != "acl"}
+    if "acl" in lists:
+        edited["acl"] = state.policy.acl.edited(acl_removed, list(lists["acl"].values()))
+    return _rebuild(state, policy={**parts, **edited})
+
+
+def _replay_acl(keys: set[int], added: dict[int, AclRule], removed: set[int], key: int,
+                rule: AclRule | None) -> None:
+    """One ACL edit of a replay: `keys` are the rule ids present, `added` the rules added (in
+    order), `removed` the ids of the table's rules deleted."""
+    if rule is not None:
+        keys.add(key)
+        added[key] = rule
+        return
+    keys.discard(key)
+    if added.pop(key, None) is None:
+        removed.add(key)
 
 
 def check_generation(state: DesiredState, expected: int) -> None:
@@ -288,8 +335,18 @@ def _diff(old: Sequence[Any], new: Sequence[Any], key: Callable[[Any], Any]) -> 
                 changed=sorted(k for k in a.keys() & b.keys() if a[k] is not b[k] and a[k] != b[k]))
 
 
+def _acl_diff(old: AclTable, new: AclTable) -> Diff:
+    """By column: ids in one table only, and ids in both whose rules differ."""
+    a, b = old.whole(), new.whole()
+    common, ia, ib = np.intersect1d(a.rules.rule_id, b.rules.rule_id, assume_unique=True, return_indices=True)
+    changed = common[~a.take(ia).same_rows(b.take(ib))]
+    return Diff(added=np.sort(np.setdiff1d(b.rules.rule_id, common, assume_unique=True)).tolist(),
+                removed=np.sort(np.setdiff1d(a.rules.rule_id, common, assume_unique=True)).tolist(),
+                changed=changed.tolist())  # intersect1d sorts
+
+
 def diff(old: Policy, new: Policy) -> PolicyDiff:
-    return PolicyDiff(acl=_diff(old.acl, new.acl, lambda r: r.id),
+    return PolicyDiff(acl=_acl_diff(old.acl, new.acl),
                       tunnels=_diff(old.tunnels, new.tunnels, _VNI),
                       chains=_diff(old.chains, new.chains, _NAME),
                       settings_changed=old.settings != new.settings)

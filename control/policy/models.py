@@ -9,228 +9,51 @@ before anything is written.
 
 from __future__ import annotations
 
-import ipaddress
-import re
-import socket
-from functools import lru_cache
-from operator import attrgetter
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    IPvAnyAddress,
-    IPvAnyNetwork,
     PlainSerializer,
-    ValidationError,
+    SerializationInfo,
     ValidatorFunctionWrapHandler,
     WrapValidator,
     field_validator,
     model_validator,
 )
 
-from dataplane import abi, protocols
+from control.policy.acl_decode import AclErrors
+from control.policy.acl_mappings import decode_dicts
+from control.policy.acl_table import AclTable
+from control.policy.rule_model import (
+    IFNAME_RE,
+    PORT_MAX,
+    PORT_PROTOCOLS,
+    PROTOCOL_MAX,
+    PROTOCOLS,
+    U32_MAX,
+    AclRule,
+    Address,
+    IfName,
+    Match,
+    Model,
+    Network,
+    PortRange,
+    describe_errors,
+    protocol_conflict,
+    protocol_error,
+    shown,
+)
+from dataplane import abi
 
-U32_MAX = (1 << 32) - 1
-PORT_MAX = 65535
-IFNAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$"  # IFNAMSIZ - 1 characters, no '/' or spaces
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 # Routing tables and ip-rule priorities Tidegate owns: it creates and deletes only inside these.
 TABLE_MIN, TABLE_MAX = 1000, 1999
 RULE_PRIORITY_MIN, RULE_PRIORITY_MAX = 10000, 10999
-_PORTED_NAMES = [name for name in protocols.NUMBERS if name in protocols.PORTED]
-_ID = attrgetter("id")
 
-
-SHOWN_MAX = 40  # characters of a refused value quoted back in a message
-
-
-def shown(value: str) -> str:
-    """A refused value as an error message quotes it: repr() (control characters escaped), cut
-    to SHOWN_MAX characters (a message travels in a gRPC trailer of at most 8 KiB)."""
-    if len(value) <= SHOWN_MAX:
-        return repr(value)
-    return f"{value[:SHOWN_MAX]!r}... ({len(value)} characters)"
-
-
-def _no_zone(value: object) -> object:
-    """ipaddress accepts a zone ("fe80::1%eth0", any text after the %), which means nothing in a
-    policy and would carry arbitrary text into the state."""
-    if isinstance(value, str) and "%" in value:
-        raise ValueError(f"{shown(value)}: addresses here take no zone (%...): write it without "
-                         "(a link-local next hop names its interface in dev)")
-    return value
-
-
-def _prefix(value: object) -> object:
-    """Says what is wrong with a prefix string; pydantic alone says only "not a valid network"."""
-    if isinstance(value, str):
-        _no_zone(value)
-        try:
-            ipaddress.ip_network(value)
-        except ValueError:
-            try:
-                network = ipaddress.ip_network(value, strict=False)
-            except ValueError:
-                raise ValueError(f"{shown(value)} is not an IPv4 or IPv6 prefix "
-                                 "(write e.g. 10.0.0.0/8 or 2001:db8::/32)") from None
-            raise ValueError(f"{value} has host bits set: write {network}") from None
-    return value
-
-
-@lru_cache(maxsize=1 << 16)
-def _ipv4_prefix(text: str) -> ipaddress.IPv4Network | None:
-    """A canonical IPv4 prefix ("10.0.0.0/8": a strict dotted quad, a decimal length, no host
-    bits) parsed in C (inet_pton) and built from integers, several times quicker than
-    ipaddress's parser; None for anything else, which goes the general way. Rules often share
-    prefixes, so parses are cached (and the rules share the objects: they are immutable)."""
-    addr, slash, plen = text.partition("/")
-    decimal = plen.isascii() and plen.isdigit() and len(plen) <= 2 and (plen == "0" or plen[0] != "0")
-    if not (slash and decimal):
-        return None
-    try:
-        packed = socket.inet_pton(socket.AF_INET, addr)
-    except (OSError, ValueError):  # ValueError: a NUL in the text
-        return None
-    length, value = int(plen), int.from_bytes(packed, "big")
-    if length > 32 or value & ((1 << (32 - length)) - 1):
-        return None  # the general way says what is wrong
-    return _ipv4_network(value, length)
-
-
-def _ipv4_network_init(value: int, length: int) -> ipaddress.IPv4Network:
-    return ipaddress.IPv4Network((value, length))
-
-
-def _ipv4_network_set(value: int, length: int) -> ipaddress.IPv4Network:
-    """What IPv4Network.__init__ leaves for a valid (address, length), without its checks (half
-    the cost of validating a rule): used only if it makes the very same object (checked below).
-    /31 and /32 get more (their own `hosts`): those go through __init__."""
-    if length >= 31:
-        return _ipv4_network_init(value, length)
-    network = object.__new__(ipaddress.IPv4Network)
-    network.network_address = ipaddress.IPv4Address(value)
-    network.netmask, network._prefixlen = ipaddress.IPv4Network._make_netmask(length)  # type: ignore[attr-defined]
-    return network
-
-
-def _same(a: ipaddress.IPv4Network, b: ipaddress.IPv4Network) -> bool:
-    return type(a) is type(b) and vars(a) == vars(b) and str(a) == str(b) and hash(a) == hash(b)
-
-
-_CHECKED = ((0x0A000000, 8), (0, 0), (0xC0000200, 30))  # /31, /32 are built by __init__ anyway
-_ipv4_network = (_ipv4_network_set if all(_same(_ipv4_network_set(v, n), _ipv4_network_init(v, n))
-                                          for v, n in _CHECKED) else _ipv4_network_init)
-
-
-def _quick_prefix(value: object, handler: ValidatorFunctionWrapHandler) -> object:
-    """The common case (_ipv4_prefix) validated once; the rest by _prefix and IPvAnyNetwork."""
-    if isinstance(value, str):
-        network = _ipv4_prefix(value)
-        if network is not None:
-            return network
-    return handler(value)
-
-
-def _network_text(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
-    """str(network), without ipaddress's formatting of IPv4 in Python (a state is dumped whole)."""
-    if network.version == 4:
-        return f"{socket.inet_ntoa(int(network.network_address).to_bytes(4, 'big'))}/{network.prefixlen}"
-    return str(network)
-
-
-# pydantic's "any" types give one clear message instead of one per family.
-Network = Annotated[IPvAnyNetwork, BeforeValidator(_prefix), WrapValidator(_quick_prefix),
-                    PlainSerializer(_network_text, return_type=str, when_used="json")]
-Address = Annotated[IPvAnyAddress, BeforeValidator(_no_zone)]
-IfName = Annotated[str, Field(pattern=IFNAME_RE)]
-
-
-def describe_errors(exc: ValidationError) -> list[tuple[str, str]]:
-    """(field path, reason) per error, e.g. ("acl[0].match.dport", "..."), for API answers."""
-    out = []
-    for err in exc.errors():
-        path = ""
-        for part in err["loc"]:
-            if isinstance(part, int):
-                path += f"[{part}]"
-            elif not str(part).startswith("function-"):
-                path += f".{part}" if path else str(part)
-        msg = err["msg"].removeprefix("Value error, ")
-        out.append((path or "(policy)", msg))
-    return out
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _port_range(value: object) -> object:
-    """"443", 443, "1000-2000" or {"low": .., "high": ..} -> {"low", "high"}."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return {"low": value, "high": value}
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", value)
-        if not m:
-            raise ValueError(f"{value!r} is not a port or a low-high range")
-        low = int(m.group(1))
-        return {"low": low, "high": int(m.group(2)) if m.group(2) else low}
-    return value
-
-
-class PortRange(Model):
-    low: int = Field(ge=0, le=PORT_MAX)
-    high: int = Field(ge=0, le=PORT_MAX)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> PortRange:
-        if self.low > self.high:
-            raise ValueError(f"low {self.low} is above high {self.high}")
-        return self
-
-    def __str__(self) -> str:
-        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
-
-
-Ports = Annotated[PortRange, BeforeValidator(_port_range)]
-
-
-class Match(Model):
-    """What a rule or a chain selects. Omitted fields match anything."""
-
-    src: Network | None = None
-    dst: Network | None = None
-    protocol: protocols.ProtocolName | None = None
-    dport: Ports | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Match:
-        if self.dport is not None and self.protocol not in protocols.PORTED:
-            raise ValueError(f"dport needs protocol {', '.join(_PORTED_NAMES[:-1])} or {_PORTED_NAMES[-1]} "
-                             f"(got {self.protocol})")
-        if self.src is not None and self.dst is not None and self.src.version != self.dst.version:
-            raise ValueError(f"src {self.src} and dst {self.dst} are of different IP families: "
-                             "such a rule can never match")
-        return self
-
-    @property
-    def protocol_number(self) -> int | None:
-        return None if self.protocol is None else protocols.NUMBERS[self.protocol]
-
-
-class AclRule(Model):
-    """First match by (priority, id) wins; `log` reports allowed matches as events too;
-    `metrics` exports the rule's counters as Prometheus series (off: chosen, not one per rule)."""
-
-    id: int = Field(ge=1, le=U32_MAX)
-    priority: int = Field(default=1000, ge=0, le=U32_MAX)
-    action: Literal["allow", "deny"]
-    match: Match = Match()
-    log: bool = False
-    description: str = Field(default="", max_length=256)
-    metrics: bool = False
+# Re-exported: the rule-level models are part of the policy models.
+__all__ = ["IFNAME_RE", "PORT_MAX", "PORT_PROTOCOLS", "PROTOCOL_MAX", "PROTOCOLS", "U32_MAX", "AclRule",
+           "Address", "IfName", "Match", "Network", "PortRange", "describe_errors", "protocol_conflict",
+           "protocol_error", "shown"]
 
 
 class Tunnel(Model):
@@ -300,17 +123,37 @@ class Settings(Model):
         return self
 
 
+def _acl(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """The ACL as columns: a table as it is (it was validated when it was made), a list (of
+    mappings or AclRule models) decoded and validated by column (control.policy.acl_decode), errors
+    with their rule's index; anything else is refused as the list type refuses it."""
+    if isinstance(value, AclTable):
+        return value
+    if isinstance(value, AclErrors):
+        raise value.validation_error() from None
+    if isinstance(value, list | tuple):
+        try:
+            return decode_dicts(value)
+        except AclErrors as exc:
+            raise exc.validation_error() from None
+    return handler(value)
+
+
+def _dump_acl(table: AclTable, info: SerializationInfo) -> list[Any]:
+    return [rule.model_dump(mode=info.mode, exclude_none=info.exclude_none) for rule in table]
+
+
+if TYPE_CHECKING:
+    Acl = AclTable
+else:
+    Acl = Annotated[list[AclRule], WrapValidator(_acl), PlainSerializer(_dump_acl)]
+
+
 class Policy(Model):
     settings: Settings = Settings()
-    acl: list[AclRule] = Field(default_factory=list)
+    acl: Acl = Field(default_factory=AclTable)
     tunnels: list[Tunnel] = Field(default_factory=list)
     chains: list[ServiceChain] = Field(default_factory=list)
-
-    @field_validator("acl")
-    @classmethod
-    def _unique_rule_ids(cls, rules: list[AclRule]) -> list[AclRule]:
-        _unique("acl", list(map(_ID, rules)), "id")
-        return rules
 
     @field_validator("tunnels")
     @classmethod

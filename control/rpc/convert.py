@@ -31,7 +31,10 @@ from pydantic import ValidationError
 
 from control.errors import InvalidArgument
 from control.observe.fanout import EventFilter
+from control.policy.acl_decode import AclErrors
+from control.policy.acl_table import AclTable
 from control.policy.models import (
+    PROTOCOL_MAX,
     AclRule,
     Interface,
     Leg,
@@ -42,7 +45,10 @@ from control.policy.models import (
     Settings,
     Tunnel,
     describe_errors,
+    protocol_conflict,
+    protocol_error,
 )
+from control.rpc import acl_wire
 from control.rpc.api import pb2
 
 T = TypeVar("T")
@@ -102,22 +108,52 @@ def _put_optional(d: Dict, msg: Any, field: str) -> None:
 
 # --- proto -> dict of the model's shape (no checks: pydantic does them) -------------------------
 
-def _match_dict(msg: pb2.Match) -> Dict:
+# Errors of wire fields the models do not have (Match.protocol_number): the model is handed an
+# invalid value in the field the wire field stands for, so that it checks what it checks when
+# that field is refused, and its error there is replaced by the wire field's. model path ->
+# (wire path, reason), paths relative to the object converted.
+Wire = dict[str, tuple[str, str]]
+_REFUSED_PROTOCOL = -1  # a protocol the model refuses
+
+
+def _protocol(msg: pb2.Match, where: str, wire: Wire) -> int | str | None:
+    """The model's protocol of a Match: by name when the enum has one, else the number (the enum
+    is open, and protocol_number says any number 0-255, which must agree with the enum)."""
+    named = _name(pb2.Protocol, "PROTOCOL_", msg.protocol)
+    if not msg.HasField("protocol_number"):
+        return named
+    number = msg.protocol_number
+    reason = None
+    if msg.protocol and msg.protocol != number:
+        reason = protocol_conflict(msg.protocol, number)
+    elif number > PROTOCOL_MAX:
+        reason = protocol_error(number)
+    if reason is not None:
+        wire[field_path("protocol", where)] = (field_path("protocol_number", where), reason)
+        return _REFUSED_PROTOCOL
+    return _name(pb2.Protocol, "PROTOCOL_", number) if number else 0
+
+
+def _match_dict(msg: pb2.Match, wire: Wire, where: str = "match") -> Dict:
     d: Dict = {}
     _put(d, "src", msg.src)
     _put(d, "dst", msg.dst)
-    _put(d, "protocol", _name(pb2.Protocol, "PROTOCOL_", msg.protocol))
-    if msg.HasField("dport"):
-        d["dport"] = {"low": msg.dport.low, "high": msg.dport.high}
+    protocol = _protocol(msg, where, wire)
+    if protocol is not None:
+        d["protocol"] = protocol
+    for field in ("dport", "sport"):
+        if msg.HasField(field):
+            ports = getattr(msg, field)
+            d[field] = {"low": ports.low, "high": ports.high}
     return d
 
 
-def _acl_rule_dict(msg: pb2.AclRule) -> Dict:
+def _acl_rule_dict(msg: pb2.AclRule, wire: Wire) -> Dict:
     d: Dict = {"id": msg.id, "log": msg.log, "description": msg.description, "metrics": msg.metrics}
     _put_optional(d, msg, "priority")
     _put(d, "action", _name(pb2.Action, "ACTION_", msg.action))
     if msg.HasField("match"):
-        d["match"] = _match_dict(msg.match)
+        d["match"] = _match_dict(msg.match, wire)
     return d
 
 
@@ -135,20 +171,20 @@ def _nexthop_dict(msg: pb2.NextHop) -> Dict:
     return d
 
 
-def _leg_dict(msg: pb2.Leg) -> Dict:
+def _leg_dict(msg: pb2.Leg, where: str, wire: Wire) -> Dict:
     d: Dict = {"interfaces": list(msg.interfaces), "mark": msg.mark, "table": msg.table,
                "nexthops": [_nexthop_dict(n) for n in msg.nexthops]}
     if msg.HasField("match"):
-        d["match"] = _match_dict(msg.match)
+        d["match"] = _match_dict(msg.match, wire, field_path("match", where))
     return d
 
 
-def _chain_dict(msg: pb2.ServiceChain) -> Dict:
+def _chain_dict(msg: pb2.ServiceChain, wire: Wire, where: str = "") -> Dict:
     d: Dict = {"name": msg.name}
     _put_optional(d, msg, "priority")
     for leg in ("forward", "return_path"):
         if msg.HasField(leg):
-            d[leg] = _leg_dict(getattr(msg, leg))
+            d[leg] = _leg_dict(getattr(msg, leg), field_path(leg, where), wire)
     return d
 
 
@@ -162,10 +198,27 @@ def _settings_dict(msg: pb2.Settings) -> Dict:
     return d
 
 
-def _policy_dict(msg: pb2.Policy) -> Dict:
-    d: Dict = {"acl": [_acl_rule_dict(r) for r in msg.acl],
+def _acl(msg: pb2.Policy) -> AclTable | AclErrors:
+    """The ACL decoded by column (control.rpc.acl_wire); its errors go to the Policy model, which
+    reports them with those of the other fields. A packed ACL's errors are reported at once."""
+    if msg.HasField("acl_columns"):
+        if len(msg.acl):
+            raise InvalidArgument([("acl_columns", f"use acl or acl_columns, not both ({len(msg.acl):,} "
+                                                   "rules in acl)")])
+        try:
+            return acl_wire.table_from_packed(msg.acl_columns)
+        except acl_wire.PackedErrors as exc:
+            raise InvalidArgument([(f"acl_columns.{p}", m) for p, m in exc.errors]) from None
+    try:
+        return acl_wire.table_from_messages(msg.acl)
+    except AclErrors as exc:
+        return exc
+
+
+def _policy_dict(msg: pb2.Policy, wire: Wire) -> Dict:
+    d: Dict = {"acl": _acl(msg),
                "tunnels": [_tunnel_dict(t) for t in msg.tunnels],
-               "chains": [_chain_dict(c) for c in msg.chains]}
+               "chains": [_chain_dict(c, wire, f"chains[{i}]") for i, c in enumerate(msg.chains)]}
     if msg.HasField("settings"):
         d["settings"] = _settings_dict(msg.settings)
     return d
@@ -179,12 +232,22 @@ def _interface_dict(msg: pb2.Interface) -> Dict:
 
 # --- public: proto -> model (raises InvalidArgument) --------------------------------------------
 
+def _model(model: type[T], to_dict: Callable[[Any, Wire], Dict], msg: Any) -> T:
+    wire: Wire = {}
+    data = to_dict(msg, wire)
+    try:
+        return model.model_validate(data)  # type: ignore[attr-defined, no-any-return]
+    except ValidationError as exc:
+        errors = [wire.get(path, (path, reason)) for path, reason in describe_errors(exc)]
+        raise InvalidArgument(errors) from exc
+
+
 def policy_from_proto(msg: pb2.Policy, where: str = "") -> Policy:
-    return validated(Policy.model_validate, _policy_dict(msg), where=where)
+    return validated(_model, Policy, _policy_dict, msg, where=where)
 
 
 def acl_rule_from_proto(msg: pb2.AclRule, where: str = "") -> AclRule:
-    return validated(AclRule.model_validate, _acl_rule_dict(msg), where=where)
+    return validated(_model, AclRule, _acl_rule_dict, msg, where=where)
 
 
 def tunnel_from_proto(msg: pb2.Tunnel, where: str = "") -> Tunnel:
@@ -192,7 +255,7 @@ def tunnel_from_proto(msg: pb2.Tunnel, where: str = "") -> Tunnel:
 
 
 def service_chain_from_proto(msg: pb2.ServiceChain, where: str = "") -> ServiceChain:
-    return validated(ServiceChain.model_validate, _chain_dict(msg), where=where)
+    return validated(_model, ServiceChain, _chain_dict, msg, where=where)
 
 
 def settings_from_proto(msg: pb2.Settings, where: str = "") -> Settings:
@@ -210,9 +273,17 @@ def _str(value: object) -> str:
 
 
 def match_to_proto(m: Match) -> pb2.Match:
-    msg = pb2.Match(src=_str(m.src), dst=_str(m.dst), protocol=_number(pb2.Protocol, "PROTOCOL_", m.protocol))
-    if m.dport is not None:
-        msg.dport.CopyFrom(pb2.PortRange(low=m.dport.low, high=m.dport.high))
+    """protocol_number and protocol both carry a rule's protocol (the enum the number itself when
+    it has no name: a client of an older version sees a number it does not know, never "any")."""
+    msg = pb2.Match(src=_str(m.src), dst=_str(m.dst))
+    number = m.protocol_number
+    if number is not None:
+        msg.protocol = number  # type: ignore[assignment]
+        msg.protocol_number = number
+    for field in ("dport", "sport"):
+        ports = getattr(m, field)
+        if ports is not None:
+            getattr(msg, field).CopyFrom(pb2.PortRange(low=ports.low, high=ports.high))
     return msg
 
 
@@ -250,11 +321,16 @@ def settings_to_proto(s: Settings) -> pb2.Settings:
         rewrite_inner_dmac=s.rewrite_inner_dmac)
 
 
-def policy_to_proto(policy: Policy) -> pb2.Policy:
-    return pb2.Policy(settings=settings_to_proto(policy.settings),
-                      acl=[acl_rule_to_proto(r) for r in policy.acl],
-                      tunnels=[tunnel_to_proto(t) for t in policy.tunnels],
-                      chains=[service_chain_to_proto(c) for c in policy.chains])
+def policy_to_proto(policy: Policy, acl_columns: bool = False) -> pb2.Policy:
+    """With acl_columns, the ACL in Policy.acl_columns (packed) instead of Policy.acl."""
+    msg = pb2.Policy(settings=settings_to_proto(policy.settings),
+                     tunnels=[tunnel_to_proto(t) for t in policy.tunnels],
+                     chains=[service_chain_to_proto(c) for c in policy.chains])
+    if acl_columns:
+        msg.acl_columns.CopyFrom(acl_wire.packed_from_table(policy.acl))
+    else:
+        msg.acl.extend(acl_wire.messages_from_table(policy.acl))
+    return msg
 
 
 def interface_to_proto(interface: Interface) -> pb2.Interface:

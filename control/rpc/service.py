@@ -26,12 +26,11 @@ import grpc
 
 from control import errors
 from control.apply.controller import Controller
-from control.apply.gc_guard import collector_held
 from control.apply.reconcile import ApplyError, DataplaneMismatch, InvalidState, MissingInterface
 from control.apply.state import StateError
 from control.policy import edits
 from control.policy.models import DesiredState
-from control.rpc import convert
+from control.rpc import acl_wire, convert
 from control.rpc.api import pb2, pb2_grpc
 from control.rpc.request_guard import bounded_details
 from control.rpc.status_details import abort_invalid
@@ -157,10 +156,6 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
 
     @rpc
     def ApplyPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with collector_held():  # the request's models are the new policy: the collector stays out
-            return self._apply_policy(request)
-
-    def _apply_policy(self, request: Any) -> Any:
         policy = convert.validated(convert.policy_from_proto, request.policy, where="policy")
         change = self.controller.apply_policy(policy, expected_generation=request.expected_generation,
                                               dry_run=request.dry_run)
@@ -170,7 +165,7 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     @rpc
     def GetPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
         state = self.controller.read()
-        return pb2.GetPolicyResponse(policy=convert.policy_to_proto(state.policy),
+        return pb2.GetPolicyResponse(policy=convert.policy_to_proto(state.policy, request.acl_columns),
                                      generation=state.generation)
 
     @rpc
@@ -186,7 +181,7 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
     @rpc
     def ListAclRules(self, request: Any, context: grpc.ServicerContext) -> Any:
         state = self.controller.read()
-        return pb2.ListAclRulesResponse(rules=[convert.acl_rule_to_proto(r) for r in state.policy.acl],
+        return pb2.ListAclRulesResponse(rules=acl_wire.messages_from_table(state.policy.acl),
                                         generation=state.generation)
 
     @rpc

@@ -5,6 +5,7 @@ Read through libbpf (dataplane.kernel.libbpf) rather than BCC, which has no call
     map_id(fd)              the id of the map behind an fd (a BCC table's map_fd, a pin)
     prog_info(fd)           id, name and the ids of the maps the program uses
     prog_info_by_id(id)     the same for a program the caller holds no fd of
+    verified_insns(fd)      instructions the verifier processed to accept the program
     pinned_id(path)         the id of whatever object is pinned at path
     prog_ids()              every program loaded on the host
     xdp_prog_id(ifindex)    the XDP program on an interface (None: none)
@@ -36,14 +37,27 @@ class MapInfo(ctypes.Structure):
 
 
 class _ProgInfo(ctypes.Structure):
-    """The head of struct bpf_prog_info, up to the name."""
+    """The head of struct bpf_prog_info, up to verified_insns (Linux >= 5.16; an older kernel
+    fills what it has and reports a shorter length)."""
 
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
                 ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
                 ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
                 ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
                 ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
-                ("name", ctypes.c_char * 16)]
+                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
+                ("gpl_compatible", ctypes.c_uint32),
+                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
+                ("nr_jited_ksyms", ctypes.c_uint32), ("nr_jited_func_lens", ctypes.c_uint32),
+                ("jited_ksyms", ctypes.c_uint64), ("jited_func_lens", ctypes.c_uint64),
+                ("btf_id", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32),
+                ("func_info", ctypes.c_uint64), ("nr_func_info", ctypes.c_uint32),
+                ("nr_line_info", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
+                ("jited_line_info", ctypes.c_uint64), ("nr_jited_line_info", ctypes.c_uint32),
+                ("line_info_rec_size", ctypes.c_uint32), ("jited_line_info_rec_size", ctypes.c_uint32),
+                ("nr_prog_tags", ctypes.c_uint32), ("prog_tags", ctypes.c_uint64),
+                ("run_time_ns", ctypes.c_uint64), ("run_cnt", ctypes.c_uint64),
+                ("recursion_misses", ctypes.c_uint64), ("verified_insns", ctypes.c_uint32)]
 
 
 class _TcHook(ctypes.Structure):
@@ -93,6 +107,18 @@ def prog_info(fd: int) -> ProgInfo:
         raise OSError(errno.E2BIG, f"program {info.id} uses {info.nr_map_ids} maps, more than "
                                    f"{_MAX_MAP_IDS} this reader expects")
     return ProgInfo(int(info.id), info.name.decode(errors="replace"), frozenset(ids[:count]), bytes(info.tag))
+
+
+def verified_insns(fd: int) -> int:
+    """Instructions the verifier processed to accept the program (Debian's bpftool 7.1 does not
+    print it); 0 where the kernel does not report it."""
+    info = _ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    rc = libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
+    if rc < 0:
+        err = errno_of(rc)
+        raise OSError(err, f"cannot read the info of program fd {fd}: {os.strerror(err)}")
+    return int(info.verified_insns) if size.value > _ProgInfo.verified_insns.offset else 0
 
 
 def prog_info_by_id(prog_id: int) -> ProgInfo:

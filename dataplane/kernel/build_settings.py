@@ -7,9 +7,9 @@ run time lives in the config map instead (dataplane.map_config). Defaults come f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dataplane import abi
 
@@ -22,6 +22,8 @@ DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/tidegate")
 DEFAULT_RUN_ROOT = Path("/run/tidegate/dataplane")
 _MAX_ENTRIES = 1 << 24  # beyond this a single map's memory is no longer a reasonable default
 _MAX_RING_PAGES = 1 << 16
+# Capacities of the three-stage match the classifier replaced: refused with a pointer to the new ones.
+_RETIRED = {f"{t}_{stage}" for t in ("acl", "cls") for stage in ("src", "dst", "port")}
 
 
 def _next_pow2(n: int) -> int:
@@ -33,22 +35,28 @@ def _cap(define: str) -> int:
 
 
 class Capacities(BaseModel):
-    """Entries per map. An apply keeps old and new policy side by side: size for both."""
+    """Entries per map. A policy change keeps the old and the new policy side by side for a moment:
+    size for both (docs/classifier.md has the memory each entry costs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tunnels: int = _cap("TG_TUNNELS_MAX")
     acl_rules: int = _cap("TG_ACL_RULES_MAX")
-    acl_src: int = _cap("TG_ACL_SRC_MAX")
-    acl_dst: int = _cap("TG_ACL_DST_MAX")
-    acl_port: int = _cap("TG_ACL_PORT_MAX")
+    acl_buckets: int = _cap("TG_ACL_BUCKETS_MAX")
     cls_rules: int = _cap("TG_CLS_RULES_MAX")
-    cls_src: int = _cap("TG_CLS_SRC_MAX")
-    cls_dst: int = _cap("TG_CLS_DST_MAX")
-    cls_port: int = _cap("TG_CLS_PORT_MAX")
+    cls_buckets: int = _cap("TG_CLS_BUCKETS_MAX")
     # Pages (4 KiB) of the policy event ring buffer; 65536 pages is 256 MiB, already absurd.
     event_ring_pages: int = Field(default=abi.define("TG_EVENT_RING_PAGES"), ge=1, le=_MAX_RING_PAGES,
                                   description="-DTG_EVENT_RING_PAGES")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in sorted(set(data) & _RETIRED):
+                raise ValueError(f"{name}: the three-stage match maps are gone (docs/classifier.md); "
+                                 f"remove it and size {name.split('_')[0]}_buckets instead")
+        return data
 
     @field_validator("event_ring_pages")
     @classmethod

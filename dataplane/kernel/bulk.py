@@ -1,97 +1,24 @@
-"""Bulk map writes: many keys and values packed into one buffer and written in one syscall.
+"""Bulk map access: many keys and values in one buffer, written (or read) in one syscall.
 
 BCC writes one element per call through ctypes objects, about 20 us each; a policy of 100,000
-rules is 400,000 elements. Here a run of elements is packed with `struct` at the offsets and
-sizes of BCC's generated Key/Leaf types (the ABI header stays their only definition) and handed
-to libbpf's bpf_map_update_batch / bpf_map_delete_batch. The kernel applies a batch element by
-element in buffer order, exactly as that many single updates would be, so the order the write
-planner chose (dataplane.matcher_plan) is kept. Where a kernel has no batch op for a map type,
-the same buffers go through bpf_map_update_elem / bpf_map_delete_elem one element at a time.
+rules is hundreds of thousands of elements. Here a run of elements, packed by the caller (numpy
+arrays of the ABI layouts, dataplane.abi.struct_dtype), goes to libbpf's bpf_map_update_batch /
+bpf_map_delete_batch. The kernel applies a batch element by element in buffer order, exactly as
+that many single updates would be, so the order the writer chose (dataplane.match.table) is
+kept. Where a kernel has no batch op for a map type, the same buffers go through
+bpf_map_update_elem / bpf_map_delete_elem one element at a time.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import struct
-from collections.abc import Iterable, Sequence
-from itertools import starmap
-from typing import Any
 
 from dataplane.kernel.libbpf import errno_of, libbpf
 
 BPF_ANY = 0
 # The kernel has no batch op for this map type (ENOTSUPP is the kernel's internal 524).
 _NO_BATCH = {errno.EOPNOTSUPP, errno.ENOSYS, 524}
-_INT_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
-
-
-def _field_format(ctype: Any) -> str:
-    """struct format of one field: fixed-width integers, or byte arrays packed from bytes."""
-    if isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
-        element: Any = ctype._type_
-        if ctypes.sizeof(element) != 1:
-            raise TypeError(f"{ctype.__name__}: only byte arrays are packed from bytes")
-        return f"{ctype._length_}s"
-    code = getattr(ctype, "_type_", None)
-    if not isinstance(code, str) or code not in "bBhHiIlLqQ":
-        raise TypeError(f"{getattr(ctype, '__name__', ctype)}: not an integer or byte-array field")
-    fmt = _INT_FORMATS[ctypes.sizeof(ctype)]
-    return fmt if code.isupper() else fmt.lower()
-
-
-class Layout:
-    """How rows of values become the bytes of a ctypes type (a BCC Key or Leaf).
-
-    For a structure, `fields` names the members a row gives, in row order; members left out
-    (reserved bytes, padding) are zero. For a scalar type (a __u32 key or value) a row is
-    the value itself. Offsets and sizes come from the ctypes type, never from here.
-    """
-
-    def __init__(self, ctype: Any, fields: Sequence[str] = ()) -> None:
-        self.size = ctypes.sizeof(ctype)
-        self.fields = tuple(fields)
-        self.scalar = not self.fields
-        self._sizes = {name: int(getattr(ctype, name).size) for name in self.fields}
-        if self.scalar:
-            self._code = _field_format(ctype)
-            fmt = "=" + self._code
-        else:
-            fmt = "=" + self._struct_format(ctype)
-        self._struct = struct.Struct(fmt)
-        if self._struct.size != self.size:
-            raise TypeError(f"{ctype.__name__}: packed {self._struct.size} bytes, the type has {self.size}")
-
-    def field_size(self, name: str) -> int:
-        return self._sizes[name]
-
-    @property
-    def format(self) -> str:
-        """The struct format the rows are packed with (padding as x)."""
-        return self._struct.format
-
-    def _struct_format(self, ctype: Any) -> str:
-        types = {name: t for name, t, *_ in ctype._fields_}
-        order = sorted(range(len(self.fields)), key=lambda i: getattr(ctype, self.fields[i]).offset)
-        if order != list(range(len(self.fields))):
-            raise TypeError(f"{ctype.__name__}: list the fields in memory order, got {self.fields}")
-        fmt, pos = "", 0
-        for name in self.fields:
-            member = getattr(ctype, name)
-            fmt += f"{member.offset - pos}x" if member.offset > pos else ""
-            fmt += _field_format(types[name])
-            pos = member.offset + member.size
-        return fmt + (f"{self.size - pos}x" if self.size > pos else "")
-
-    def pack(self, rows: Iterable[Any]) -> bytes:
-        """The rows, back to back, as an array of the type."""
-        if self.scalar:
-            values = list(rows)
-            return struct.pack(f"={len(values)}{self._code}", *values)
-        return b"".join(starmap(self._struct.pack, rows))
-
-    def zeros(self, count: int) -> bytes:
-        return bytes(self.size * count)
 
 
 class MapWriter:
@@ -176,6 +103,53 @@ class MapWriter:
             rc = delete(self.fd, kaddr + i * self.key_size)
             if rc != 0 and errno_of(rc) != errno.ENOENT:
                 raise self._error(errno_of(rc), "delete", i, count)
+
+    def lookup(self, key: bytes) -> bytes:
+        """The value of one element (for a per-CPU map: every CPU's, back to back)."""
+        value = ctypes.create_string_buffer(self.value_size)
+        rc = libbpf().bpf_map_lookup_elem(self.fd, key, value)
+        if rc != 0:
+            raise self._error(errno_of(rc), "lookup", 0, 1)
+        return value.raw
+
+    def read_all(self, chunk: int = 4096) -> tuple[bytes, bytes]:
+        """(keys, values) of every element, back to back, in one pass of batched lookups (element
+        by element where the kernel has no batch op). For an array: every index."""
+        lib = libbpf()
+        keys, values = [], []
+        token = ctypes.create_string_buffer(max(self.key_size, 8))
+        kbuf = ctypes.create_string_buffer(self.key_size * chunk)
+        vbuf = ctypes.create_string_buffer(self.value_size * chunk)
+        first = True
+        while self.batch:
+            count = ctypes.c_uint32(chunk)
+            rc = lib.bpf_map_lookup_batch(self.fd, None if first else token, token, kbuf, vbuf,
+                                          ctypes.byref(count), None)
+            err = errno_of(rc) if rc else 0
+            if err and err != errno.ENOENT:
+                if first and (err in _NO_BATCH or err == errno.EINVAL):
+                    self.batch = False
+                    break
+                raise self._error(err, "lookup", 0, chunk)
+            keys.append(kbuf.raw[: count.value * self.key_size])
+            values.append(vbuf.raw[: count.value * self.value_size])
+            first = False
+            if err == errno.ENOENT:  # that was the last chunk
+                return b"".join(keys), b"".join(values)
+        return self._read_each()
+
+    def _read_each(self) -> tuple[bytes, bytes]:
+        lib = libbpf()
+        keys, values = [], []
+        key = ctypes.create_string_buffer(self.key_size)
+        value = ctypes.create_string_buffer(self.value_size)
+        previous = None
+        while lib.bpf_map_get_next_key(self.fd, previous, key) == 0:
+            if lib.bpf_map_lookup_elem(self.fd, key, value) == 0:
+                keys.append(key.raw)
+                values.append(value.raw)
+            previous = ctypes.create_string_buffer(key.raw, self.key_size)
+        return b"".join(keys), b"".join(values)
 
     def _error(self, err: int, what: str, index: int, count: int) -> OSError:
         return OSError(err, f"{self.name}: {what} of element {index} of {count} refused by the kernel: "

@@ -2,7 +2,7 @@
 
     dp = Dataplane.load("eth1")          # compile once; pin (or adopt this interface's pinned) maps
     dp.configure(RuntimeConfig())        # ports, default actions, this interface's MAC
-    dp.acl.replace([...MatchRule...])    # compiled into the LPM stages, applied consistently
+    dp.acl.replace(rule_columns)         # compiled into the classifier, switched consistently
     dp.attach("auto")                    # XDP native (else generic) + TC clsact ingress
     dp.verify()                          # the attached programs use the maps written here
     dp.detach()                          # our programs off, our pins gone; idempotent
@@ -29,7 +29,7 @@ from dataplane.kernel.maps import DataplaneMaps
 from dataplane.kernel.owner import InterfaceKey
 from dataplane.kernel.testrun import SkbResult, XdpResult, run_skb, run_xdp
 from dataplane.map_config import RuntimeConfig
-from dataplane.tables import ACL_SLOT, ACL_TABLES, CLS_SLOT, CLS_TABLES, MatchTable
+from dataplane.match.table import ACL_TABLES, CLS_TABLES, MatchTable
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ class Dataplane:
         self.settings = settings
         self.maps = DataplaneMaps(program.table)
         caps = settings.capacities
-        self.acl = MatchTable(program.table, ACL_TABLES, acl_capacity(caps), ACL_SLOT, self.maps)
-        self.classifiers = MatchTable(program.table, CLS_TABLES, cls_capacity(caps), CLS_SLOT, self.maps)
+        self.acl = MatchTable(program.table, ACL_TABLES, acl_capacity(caps))
+        self.classifiers = MatchTable(program.table, CLS_TABLES, cls_capacity(caps))
         self.xdp_mode: str | None = None
 
     @classmethod

@@ -44,6 +44,13 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "bpf_xdp_query_id": (_INT, [_INT, _INT, _U32_P]),
     # int bpf_tc_query(const struct bpf_tc_hook *hook, struct bpf_tc_opts *opts)
     "bpf_tc_query": (_INT, [_VOID_P, _VOID_P]),
+    # int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
+    #                          __u32 *count, opts)
+    "bpf_map_lookup_batch": (_INT, [_INT, _VOID_P, _VOID_P, _VOID_P, _VOID_P, _U32_P, _VOID_P]),
+    # int bpf_map_lookup_elem(int fd, const void *key, void *value)
+    "bpf_map_lookup_elem": (_INT, [_INT, _VOID_P, _VOID_P]),
+    # int bpf_map_get_next_key(int fd, const void *key, void *next_key)
+    "bpf_map_get_next_key": (_INT, [_INT, _VOID_P, _VOID_P]),
 }
 
 
@@ -65,3 +72,4 @@ def libbpf() -> ctypes.CDLL:
 def errno_of(rc: int) -> int:
     """The errno of a failed call: libbpf returns -errno (and sets errno too)."""
     return -rc if rc < 0 else ctypes.get_errno()
+

@@ -2,7 +2,7 @@
 
 Layouts come from BCC's generated Key/Leaf types (the ABI header is their only definition);
 callers get and give pydantic/dataclass values, never raw bytes. The match tables (ACL,
-classifiers) live in dataplane.tables.
+classifiers) live in dataplane.match.table.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataplane.kernel import clone, owner
+from dataplane.kernel import clone, owner, warm
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.features import build_cflags
 from dataplane.kernel.owner import InterfaceKey, PinError
@@ -88,15 +88,20 @@ class Program:
     _rings: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> opened RingBuf
     _sinks: dict[str, RingSink] = field(default_factory=dict, repr=False)
     opened: set[str] = field(default_factory=set, repr=False)  # every table handed out: the maps used
+    _tables: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> the table handed out
     build_flags: tuple[str, ...] | None = None  # the shared build this load uses (released on close)
+    compiled: bool = True  # False: pinned programs of this very build, taken without compiling
 
     def table(self, name: str) -> Any:
         self.opened.add(name)
-        return self.bpf.get_table(name.encode())
+        table = self._tables.get(name)
+        if table is None:  # kept: BCC's get_table decodes the ctypes types anew (~ms) each call
+            table = self._tables[name] = self.bpf.get_table(name.encode())
+        return table
 
     def map_fd(self, name: str) -> int:
         """The fd of map `name`, the one the programs were loaded with (no table object made)."""
-        if isinstance(self.bpf, clone.Copy):
+        if isinstance(self.bpf, clone.Copy | warm.WarmBPF):
             return self.bpf.table_fd(name)
         fd = int(_bcc().libbcc.lib.bpf_table_fd(self.bpf.module, name.encode()))
         if fd < 0:
@@ -172,8 +177,13 @@ def compile_program(settings: DataplaneSettings, key: InterfaceKey | None = None
     pin_dir = _claim(settings, key) if key is not None else None
     adopted = pin_dir is not None and key is not None and pinned_maps_state(pin_dir, key) == "all"
     flags = tuple(program_cflags(settings))
+    built = warm.digest(program_text(), list(flags))  # what a compile with these flags is
     with _BUILDS_LOCK:
         build = _BUILDS.get(flags)
+        if build is None and adopted and key is not None and pin_dir is not None:
+            found = warm.adopt(settings.run_dir(key), pin_dir, built, map_names(), XDP_PIN, TC_PIN)
+            if found is not None:  # the pinned programs are this very build: nothing to compile
+                return _warm_program(found, pin_dir, key)
         if build is None:
             prog = _compile(list(flags), pin_dir if adopted else None)
             _BUILDS[flags] = _Build(prog.bpf, {XDP_FUNC: (prog.xdp_fn, _bcc().BPF.XDP),
@@ -192,9 +202,23 @@ def compile_program(settings: DataplaneSettings, key: InterfaceKey | None = None
     if pin_dir is not None and not adopted:
         for name in map_names():
             _pin(prog.map_fd(name), pin_dir / name)
+    if key is not None:
+        with _BUILDS_LOCK:
+            built_bpf = _BUILDS[flags].bpf
+        warm.record(settings.run_dir(key), built, built_bpf, prog.xdp_fn.fd, prog.tc_fn.fd, map_names())
     log.info("data plane loaded", extra={"ifname": key.ifname if key else None, "pin_dir": str(pin_dir),
                                          "adopted": adopted, "compiled": build is None})
     return prog
+
+
+def _warm_program(found: tuple[warm.WarmBPF, int, int], pin_dir: Path, key: InterfaceKey) -> Program:
+    bcc = _bcc()
+    bpf, xdp_fd, tc_fd = found
+    xdp_fn = bcc.BPF.Function(bpf, XDP_FUNC.encode(), xdp_fd)
+    tc_fn = bcc.BPF.Function(bpf, TC_FUNC.encode(), tc_fd)
+    log.info("data plane loaded", extra={"ifname": key.ifname, "pin_dir": str(pin_dir), "adopted": True,
+                                         "compiled": False})
+    return Program(bpf, xdp_fn, tc_fn, pin_dir, True, compiled=False)
 
 
 def _compile(cflags: list[str], pin_dir: Path | None) -> Program:

@@ -11,6 +11,10 @@ Conventions (the edges translate into these once):
   bits past the prefix length are zero (the edges refuse host bits, naming the field).
 - proto_any: True = any IP protocol (then `proto` is 0); otherwise `proto` is the IANA number 0-255.
 - ports: inclusive ranges; 0-65535 = any (also what a protocol without ports must carry).
+- mark: what a service-chain classifier's match writes to skb->mark (1..2^32-1); 0 for ACL rules.
+
+Changes since the columns first landed (for the control path's merge): `mark` was added (the
+classifier engineer, for the service-chain classifiers, which compile through the same code).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ SCHEMA: tuple[tuple[str, type, tuple[int, ...]], ...] = (
     ("sport_hi", np.uint16, ()),
     ("dport_lo", np.uint16, ()),
     ("dport_hi", np.uint16, ()),
+    ("mark", np.uint32, ()),  # service-chain classifiers: the mark a match sets; 0 for ACL rules
 )
 
 
@@ -63,6 +68,7 @@ class RuleColumns:
     sport_hi: npt.NDArray[np.uint16]
     dport_lo: npt.NDArray[np.uint16]
     dport_hi: npt.NDArray[np.uint16]
+    mark: npt.NDArray[np.uint32]
 
     def __post_init__(self) -> None:
         n = len(self.rule_id)

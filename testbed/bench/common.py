@@ -30,13 +30,16 @@ class Profile:
     warmup_s: float  # ...after the generator ran this long
     control_sizes: tuple[int, ...]  # rules applied at once
     control_runs: int
-    update_base: int  # rules in place under the single-rule updates
+    update_bases: tuple[int, ...]  # rules in place under the single-rule updates
     update_samples: int
-    update_budget_s: float  # ...or as many as fit in this long
+    update_budget_s: float  # ...or as many as fit in this long (per base and call)
     fleet_nodes: tuple[int, ...] = (1, 5, 20)  # daemons following one policy in etcd
     fleet_rules: tuple[int, ...] = (10, 10_000)  # rules of each pushed policy
     fleet_runs: int = 30  # pushes per (daemons, rules) up to 1,000 rules...
     fleet_runs_large: int = 5  # ...and above
+    # ClassBench sets (testbed.classbench.SIZES) measured by cost (per packet) and control (applied)
+    classbench_sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
+    classbench_probes: int = 32  # probes drawn from each set's own rules
 
     @classmethod
     def full(cls) -> Profile:
@@ -51,9 +54,10 @@ class Profile:
             warmup_s=0.5,
             control_sizes=(1_000, 10_000, 100_000),
             control_runs=3,
-            update_base=10_000,
+            update_bases=(10_000, 100_000),
             update_samples=200,
             update_budget_s=60.0,
+            classbench_sizes=(1_000, 10_000, 100_000),
         )
 
     @classmethod
@@ -69,13 +73,15 @@ class Profile:
             warmup_s=0.2,
             control_sizes=(100, 1_000),
             control_runs=1,
-            update_base=1_000,
+            update_bases=(1_000,),
             update_samples=10,
             update_budget_s=5.0,
             fleet_nodes=(1, 2),
             fleet_rules=(10, 1_000),
             fleet_runs=3,
             fleet_runs_large=2,
+            classbench_sizes=(1_000,),
+            classbench_probes=8,
         )
 
 

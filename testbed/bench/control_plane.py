@@ -4,18 +4,22 @@ The daemon (testbed.daemon.DaemonProcess) runs in a namespace, attached natively
 is driven through gRPC as a client would:
 
 - apply: ApplyPolicy with N rules (testbed.bench.rules) onto an empty policy, timed at the
-  client; beside it, in fresh namespaces, `iptables-restore`, `iptables-legacy-restore` and
-  `nft -f` loading the same rules (iptables-restore is the baseline of the ratios);
-- update: AddAclRule, one new rule at a time on top of `update_base` rules: latency per call,
-  p50/p99, `update_samples` of them or as many as fit in `update_budget_s` (at least 10);
-  beside it `nft add rule` and `iptables -A` on top of the same rules;
+  client, as AclRule messages and as one packed AclColumns; beside it, in fresh namespaces,
+  `iptables-restore`, `iptables-legacy-restore` and `nft -f` loading the same rules
+  (iptables-restore is the baseline of the ratios);
+- update: AddAclRule, then DeleteAclRule of the same rules, one call at a time on top of each
+  `update_bases` rule count: latency per call, p50/p99, `update_samples` calls or as many as
+  fit in `update_budget_s` (at least 10); beside it `nft add rule` and `iptables -A` on top of
+  the same rules;
 - metrics: a Prometheus scrape of the daemon holding the largest policy, with no rule, 1,000
   rules and every rule marked `metrics: true` (testbed.bench.scrape): series, bytes, time;
-- the daemon: time from process start to health SERVING (fresh, and restarting into two
-  attached interfaces with the update test's policy: one compile, the pins adopted, apply), the
-  AttachInterface call for a first interface (a compile) and a second one (a copy of that build,
-  dataplane.kernel.clone), and its memory (VmRSS, VmHWM from /proc/PID/status) idle, attached,
-  after the largest apply;
+- the daemon: time from process start to health SERVING (fresh; restarting gracefully into two
+  attached interfaces with the update test's policy (the daemon does not detach on exit); and
+  after SIGKILL with the largest update
+  base in place: the pinned programs and maps adopted as they stand), the AttachInterface call
+  for a first interface (a compile) and a second one (a copy of that build,
+  dataplane.kernel.clone), and its memory (VmRSS, VmHWM) idle, attached, after the largest apply;
+- ClassBench: the acl1, fw1 and ipc1 sets (testbed.bench.control_classbench);
 - profile: the daemon's own controller and reconciler run in process (no gRPC) for the
   largest apply and for single updates, timed, then once more under cProfile
   (testbed.bench.control_profile).
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -32,12 +37,18 @@ from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
-import grpc
-
 from control.rpc.api import pb2, pb2_grpc
-from testbed.bench import control_profile, rules, scrape
+from testbed.bench import control_classbench, control_profile, rules, scrape
 from testbed.bench.common import Profile, Section
-from testbed.bench.control_report import TIDEGATE_APPLY, TIDEGATE_UPDATE, report
+from testbed.bench.control_report import (
+    KILL_RESTART,
+    TIDEGATE_ADD,
+    TIDEGATE_APPLY,
+    TIDEGATE_APPLY_PACKED,
+    TIDEGATE_DELETE,
+    report,
+)
+from testbed.bench.control_rig import CAPACITIES, IFACE, PEER, channel, restore_loaders, rss, timed
 from testbed.bench.engines import NFT_TABLE
 from testbed.bench.load import PREFIX, missing_tools
 from testbed.daemon import DaemonProcess
@@ -47,31 +58,11 @@ log = logging.getLogger(__name__)
 
 NAME = "control"
 TITLE = "Control plane: applying rules, single updates, the daemon"
-CAPACITIES = {"acl_rules": 262_144, "acl_src": 262_144, "acl_dst": 1 << 20, "acl_port": 1 << 20}
-IFACE, PEER = "c0", "c1"
 IFACE_2, PEER_2 = "c2", "c3"  # the second interface: a copy of the first one's build
 RPC_TIMEOUT = 600.0
-MAX_MESSAGE = 256 << 20
 UPDATE_FIRST_ID = 900_000
 MIN_UPDATE_SAMPLES = 10
 PROFILED_UPDATES = 5  # timed in process without the profiler, then one under it
-
-
-def _rss(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM in MiB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) / 1024
-    return out
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 Render = Callable[[Sequence[rules.RuleSpec]], str]
@@ -95,12 +86,14 @@ class Bench:
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self.section = Section(NAME, TITLE, method=__doc__ or "")
-        self.specs = {n: rules.ruleset(n) for n in {*profile.control_sizes, profile.update_base}}
+        sizes = {*profile.control_sizes, *profile.update_bases}
+        self.specs = {n: rules.ruleset(n) for n in sizes}
         self.apply: dict[tuple[str, int], list[float]] = defaultdict(list)
-        self.updates: dict[str, list[float]] = {}
+        self.updates: dict[int, dict[str, list[float]]] = defaultdict(dict)  # base -> how -> seconds
         self.ready: dict[str, list[float]] = defaultdict(list)
         self.attach: dict[str, list[float]] = defaultdict(list)
         self.rss: dict[str, dict[str, float]] = {}
+        self.classbench: control_classbench.Results | None = None
         self.steps: tuple[control_profile.Profiled, control_profile.Profiled] | None = None
         self.scrapes: list[scrape.Scrape] = []
 
@@ -111,52 +104,57 @@ class Bench:
                 d = DaemonProcess(ns, capacities=CAPACITIES)
                 d.health_poll = 0.01
                 try:
-                    self.ready["fresh start"].append(_timed(d.start))
-                    self.rss.setdefault("idle", _rss(d.proc.pid))  # type: ignore[union-attr]
+                    self.ready["fresh start"].append(timed(d.start))
+                    self.rss.setdefault("idle", rss(d.proc.pid))  # type: ignore[union-attr]
                 finally:
                     d.close()
         with ExitStack() as stack:
             ns = stack.enter_context(Namespace(prefix=f"{PREFIX}c"))
             veth_pair(ns, IFACE, ns, PEER)
             veth_pair(ns, IFACE_2, ns, PEER_2)
-            d = DaemonProcess(ns, capacities=CAPACITIES, metrics_listen=scrape.METRICS)
+            d = DaemonProcess(ns, capacities=CAPACITIES, metrics_listen=scrape.METRICS, detach_on_exit=False)
             d.health_poll = 0.01
             stack.callback(d.close)
             d.start()
-            for label, ifname in (("first interface (compiles)", IFACE),
-                                  ("second interface (a copy of the build)", IFACE_2)):
-                request = pb2.AttachInterfaceRequest(interface=pb2.Interface(name=ifname,
-                                                                             mode=pb2.XDP_MODE_NATIVE))
+            for label, ifname in (
+                ("first interface (compiles)", IFACE),
+                ("second interface (a copy of the build)", IFACE_2),
+            ):
+                request = pb2.AttachInterfaceRequest(
+                    interface=pb2.Interface(name=ifname, mode=pb2.XDP_MODE_NATIVE)
+                )
                 self.attach[label].append(
-                    _timed(partial(d.interfaces.AttachInterface, request, timeout=RPC_TIMEOUT)))
-            self.rss["attached"] = _rss(d.proc.pid)  # type: ignore[union-attr]
-            channel = grpc.insecure_channel(
-                f"unix:{d.socket}",
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE),
-                    ("grpc.max_send_message_length", MAX_MESSAGE),
-                ],
-            )
-            stack.callback(channel.close)
-            policy = pb2_grpc.PolicyServiceStub(channel)
+                    timed(partial(d.interfaces.AttachInterface, request, timeout=RPC_TIMEOUT))
+                )
+            self.rss["attached"] = rss(d.proc.pid)  # type: ignore[union-attr]
+            ch = channel(d)
+            stack.callback(ch.close)
+            policy = pb2_grpc.PolicyServiceStub(ch)
             self._applies(policy)
-            self.rss[f"after {max(self.profile.control_sizes):,} rules"] = _rss(d.proc.pid)  # type: ignore[union-attr]
+            self.rss[f"after {max(self.profile.control_sizes):,} rules"] = rss(d.proc.pid)  # type: ignore[union-attr]
             self._scrapes(ns, policy)
-            self._updates(policy)
-            rule_count = self.profile.update_base + len(self.updates[TIDEGATE_UPDATE])
+            for base in sorted(self.profile.update_bases):
+                self._updates(policy, base)
+            largest = max(self.profile.update_bases)
             for _ in range(self.profile.control_runs):
                 d.stop(keep=True)
-                self.ready[f"restart: 2 interfaces, {rule_count:,} rules"].append(_timed(d.start))
+                self.ready[f"restart: 2 interfaces, {largest:,} rules"].append(timed(d.start))
+            for _ in range(self.profile.control_runs):
+                d.kill(signal.SIGKILL)
+                self.ready[f"{KILL_RESTART}: 2 interfaces, {largest:,} rules"].append(timed(d.start))
+            self.rss[f"restarted into {largest:,} rules"] = rss(d.proc.pid)  # type: ignore[union-attr]
 
     def _applies(self, policy: Any) -> None:
         empty = pb2.ApplyPolicyRequest(policy=pb2.Policy())
         for _ in range(self.profile.control_runs):
             for n in self.profile.control_sizes:
-                policy.ApplyPolicy(empty, timeout=RPC_TIMEOUT)
-                request = pb2.ApplyPolicyRequest(policy=rules.proto_policy(self.specs[n]))
-                self.apply[(TIDEGATE_APPLY, n)].append(
-                    _timed(partial(policy.ApplyPolicy, request, timeout=RPC_TIMEOUT))
-                )
+                plain = pb2.ApplyPolicyRequest(policy=rules.proto_policy(self.specs[n]))
+                packed = pb2.ApplyPolicyRequest(policy=rules.packed_policy(self.specs[n]))
+                for label, request in ((TIDEGATE_APPLY, plain), (TIDEGATE_APPLY_PACKED, packed)):
+                    policy.ApplyPolicy(empty, timeout=RPC_TIMEOUT)
+                    self.apply[(label, n)].append(
+                        timed(partial(policy.ApplyPolicy, request, timeout=RPC_TIMEOUT))
+                    )
                 self._baseline_applies(n)
 
     def _scrapes(self, ns: Namespace, policy: Any) -> None:
@@ -171,42 +169,41 @@ class Bench:
             log.exception("metrics scrape benchmark failed")
             self.section.failures.append(f"metrics scrapes: {type(exc).__name__}: {exc}")
 
-    def _updates(self, policy: Any) -> None:
-        base = self.specs[self.profile.update_base]
+    def _updates(self, policy: Any, base_size: int) -> None:
+        base = self.specs[base_size]
         policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=rules.proto_policy(base)), timeout=RPC_TIMEOUT)
         extra = self._extra_rules()
-        samples: list[float] = []
+        added: list[float] = []
         deadline = time.monotonic() + self.profile.update_budget_s
         for r in extra:
-            if len(samples) >= MIN_UPDATE_SAMPLES and time.monotonic() > deadline:
-                break  # bounded: each update can take as long as a whole apply
+            if len(added) >= MIN_UPDATE_SAMPLES and time.monotonic() > deadline:
+                break  # bounded: each update could take as long as a whole apply
             request = pb2.AddAclRuleRequest(rule=rules.proto_rule(r))
-            samples.append(_timed(partial(policy.AddAclRule, request, timeout=RPC_TIMEOUT)))
-        self.updates[TIDEGATE_UPDATE] = samples
-        self._baseline_updates(base, extra)
+            added.append(timed(partial(policy.AddAclRule, request, timeout=RPC_TIMEOUT)))
+        deleted = [
+            timed(partial(policy.DeleteAclRule, pb2.DeleteAclRuleRequest(id=r.rule_id), timeout=RPC_TIMEOUT))
+            for r in extra[: len(added)]
+        ]
+        self.updates[base_size] = {TIDEGATE_ADD: added, TIDEGATE_DELETE: deleted}
+        self._baseline_updates(base_size, base, extra[: len(added)])
 
     def _extra_rules(self) -> list[rules.RuleSpec]:
         rng = random.Random(rules.SEED + 7)
-        fresh = rules.generate(
+        return rules.generate(
             self.profile.update_samples, seed=rng.randrange(1 << 30), first_id=UPDATE_FIRST_ID
         )
-        return fresh
 
     # --- baselines ----------------------------------------------------------------------------
     def _baseline_applies(self, n: int) -> None:
-        loaders: list[tuple[str, list[str], Render]] = [
-            (f"{b}-restore", [f"{b}-restore"], rules.iptables_restore)
-            for b in ("iptables", "iptables-legacy")
-            if not missing_tools(f"{b}-restore")
-        ]
-        if not missing_tools("nft"):
-            loaders.append(("nft -f", ["nft", "-f", "-"], _nft_chain))
-        for label, cmd, render in loaders:
-            text = render(self.specs[n])
+        render: dict[str, Render] = {"nft -f": _nft_chain}
+        for label, cmd in restore_loaders():
+            text = render.get(label, rules.iptables_restore)(self.specs[n])
             with Namespace(prefix=f"{PREFIX}c") as ns:
-                self.apply[(label, n)].append(_timed(partial(ns.run, cmd, input=text, timeout=600)))
+                self.apply[(label, n)].append(timed(partial(ns.run, cmd, input=text, timeout=600)))
 
-    def _baseline_updates(self, base: Sequence[rules.RuleSpec], extra: Sequence[rules.RuleSpec]) -> None:
+    def _baseline_updates(
+        self, base_size: int, base: Sequence[rules.RuleSpec], extra: Sequence[rules.RuleSpec]
+    ) -> None:
         cases: list[tuple[str, list[str], Render, Callable[[rules.RuleSpec], list[str]]]] = []
         if not missing_tools("nft"):
             cases.append(("nft add rule", ["nft", "-f", "-"], _nft_chain, _nft_add))
@@ -215,12 +212,18 @@ class Bench:
         for label, load, render, add in cases:
             with Namespace(prefix=f"{PREFIX}c") as ns:
                 ns.run(load, input=render(base), timeout=600)
-                self.updates[label] = [_timed(partial(ns.run, add(r), timeout=60)) for r in extra]
+                samples: list[float] = []
+                deadline = time.monotonic() + self.profile.update_budget_s
+                for r in extra:
+                    if len(samples) >= MIN_UPDATE_SAMPLES and time.monotonic() > deadline:
+                        break
+                    samples.append(timed(partial(ns.run, add(r), timeout=60)))
+                self.updates[base_size][label] = samples
 
     # --- profile ------------------------------------------------------------------------------
     def profile_steps(self) -> None:
         largest = self.specs[max(self.profile.control_sizes)]
-        base = self.specs[self.profile.update_base]
+        base = self.specs[max(self.profile.update_bases)]
         extra = self._extra_rules()[: PROFILED_UPDATES + 1]
         try:
             self.steps = control_profile.profile(largest, base, extra, CAPACITIES, IFACE, PEER)
@@ -232,6 +235,7 @@ class Bench:
 def run(profile: Profile) -> Section:
     bench = Bench(profile)
     bench.daemon_runs()
+    bench.classbench = control_classbench.run(profile, bench.section)
     bench.profile_steps()
     report(bench)
     return bench.section

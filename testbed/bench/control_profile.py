@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from control.apply.controller import Controller
-from control.apply.gc_guard import collector_held
 from control.apply.netlink import NetlinkRouting
 from control.apply.reconcile import Reconciler
 from control.apply.state import StateStore
-from control.policy import edits
+from control.policy import edits as policy_ops
 from control.policy.models import Interface
 from control.rpc import convert
 from dataplane.kernel.build_settings import Capacities, DataplaneSettings
@@ -46,11 +45,17 @@ from testbed.topology import pin_root_owned
 # (category, substrings of "file:function" that put a profile entry in it), first match wins
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pydantic (validating and dumping models)", ("pydantic",)),
-    ("rule compiler (dataplane/matcher*)", ("dataplane/matcher",)),
+    ("ACL columns: decoding, checks, edits (control/policy/acl_*, control/rpc/acl_wire)",
+     ("control/policy/acl_", "control/rpc/acl_wire", "control/apply/acl_snapshot")),
+    ("rule compiler (dataplane/match: columns, tuples, compiler, edits, planner, adapter; "
+     "control/apply/acl_compile)",
+     ("dataplane/match/columns", "dataplane/match/tuples", "dataplane/match/compiler",
+      "dataplane/match/edits", "dataplane/match/planner", "dataplane/match/adapter",
+      "control/apply/acl_compile")),
     (
-        "map writes (dataplane/tables, BCC, ctypes, bpf syscalls)",
+        "map writes (dataplane/match/table, BCC, ctypes, bpf syscalls)",
         (
-            "dataplane/tables",
+            "dataplane/match/table",
             "dataplane/kernel/bulk",
             "dataplane/kernel/libbpf",
             "dataplane/kernel/maps",
@@ -181,7 +186,7 @@ def daemon_in_process(capacities: dict[str, int], ifname: str, peer: str) -> Ite
                 reconciler = Reconciler(settings, NetlinkRouting())
                 controller = Controller(StateStore(statedir), reconciler)
                 try:
-                    controller.change(lambda s: edits.attach(s, Interface(name=ifname, mode="native")))
+                    controller.change(lambda s: policy_ops.attach(s, Interface(name=ifname, mode="native")))
                     yield controller
                 finally:
                     reconciler.close(detach=True)
@@ -193,11 +198,10 @@ def _apply_call(controller: Controller, message: Any) -> Callable[[], Any]:
     """What PolicyService.ApplyPolicy does with a request."""
 
     def call() -> Any:
-        with collector_held():
-            policy = convert.policy_from_proto(message)
-            before = controller.read()
-            controller.change(lambda s: edits.with_policy(s, policy))
-            return edits.diff(before.policy, policy)
+        policy = convert.policy_from_proto(message)
+        before = controller.read()
+        controller.change(lambda s: policy_ops.with_policy(s, policy))
+        return policy_ops.diff(before.policy, policy)
 
     return call
 
@@ -207,13 +211,13 @@ def _add_call(controller: Controller, message: Any) -> Callable[[], Any]:
 
     def call() -> Any:
         rule = convert.acl_rule_from_proto(message)
-        return controller.change(edits.Edit("add_rule", rule))
+        return controller.change(policy_ops.Edit("add_rule", rule))
 
     return call
 
 
 def _empty(controller: Controller) -> None:
-    controller.change(lambda s: edits.with_policy(s, convert.policy_from_proto(rules.proto_policy([]))))
+    controller.change(lambda s: policy_ops.with_policy(s, convert.policy_from_proto(rules.proto_policy([]))))
 
 
 def profile(
@@ -234,7 +238,7 @@ def profile(
 
         _empty(controller)
         controller.change(
-            lambda s: edits.with_policy(s, convert.policy_from_proto(rules.proto_policy(base)))
+            lambda s: policy_ops.with_policy(s, convert.policy_from_proto(rules.proto_policy(base)))
         )
         first, *rest = [rules.proto_rule(r) for r in extra]
         added = _timed([_add_call(controller, m) for m in rest], f"AddAclRule on top of {len(base):,} rules")

@@ -7,12 +7,13 @@ repetition of the suite (so the ratios pair side by side):
 - parse only: Tidegate with decap off and no rules, a plain UDP packet;
 - VxLAN decap, Geneve decap with two (non-critical) options: no rules;
 - ACL with N rules (N-1 random realistic rules, testbed.bench.rules, then the probe flow's
-  own deny rule, judged last), the probe packet: one lookup per stage (source, destination,
-  port), then XDP_DROP. A stage is looked up in its fixed-depth form (a source bucket, a class's
-  destination list, an exact port: one hash probe each) once its trie holds enough entries for
-  that to be cheaper, else by walking its LPM trie (docs/dataplane.md, "ACL");
+  own deny rule, judged last), the probe packet: the classifier's search (docs/classifier.md:
+  a hash probe per subtable, by the lowest order each holds, until the match found comes
+  first), then XDP_DROP;
 - full pipeline: VxLAN decap, the largest ACL (the inner flow allowed by a rule of its own
-  among them), 64 classifiers with one matching: XDP_PASS with a mark.
+  among them), 64 classifiers with one matching: XDP_PASS with a mark;
+- the ClassBench sets (testbed.bench.cost_classbench): each shipped set and size, probes drawn
+  from its own rules, with the full pipeline (VxLAN + that ACL) beside.
 
 Tidegate rows run through the restoring harness (testbed.bench.programs) so every repetition
 sees the original packet; its own cost, measured as the harness around `return XDP_PASS`
@@ -26,18 +27,16 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address
-from typing import Any
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from dataplane import abi
 from dataplane.acl import classifier
 from dataplane.kernel.testrun import run_xdp
 from dataplane.map_config import RuntimeConfig, TunnelEntry
-from testbed.bench import lpm, rules
+from dataplane.match.explain import Probe, Searcher
+from testbed.bench import cost_classbench, rules
 from testbed.bench.common import (
     Plot,
     Profile,
@@ -46,7 +45,6 @@ from testbed.bench.common import (
     Table,
     Target,
     Value,
-    fmt_cell,
     runs_meeting,
 )
 from testbed.bench.programs import Harness, Noop
@@ -244,72 +242,20 @@ class Bench:
             net[c.label] = v if c.harness is None else v.minus(overhead)
         return net, {k: Value.of(v, "ns") for k, v in direct.items()}, overhead, Value.of(floor, "ns")
 
-    def lpm_profile(self) -> Table:
-        t = Table("The probe's lookups behind the ACL: trie entries and the nodes a walk of each trie "
-                  "visits; what the program looks up (a stage served by its fixed-depth form walks no "
-                  "trie node)",
-                  ["rules", "acl_src entries", "nodes", "acl_dst entries", "nodes", "acl_port entries",
-                   "nodes", "trie nodes walked", "the probe's lookups", "compiled and written in "
-                   "(MatchTable.replace)"])
+    def search_profile(self) -> Table:
+        """The probe's search at each ACL size, as the classifier holds the rules."""
+        t = Table("The ACL probe's search (dataplane.match.explain): subtables the rules went into, "
+                  "subtables probed and candidates checked before the verdict",
+                  ["rules", "subtables", "buckets", "subtables probed", "candidates checked",
+                   "compiled and written in (MatchTable.replace)"])
+        p = rules.PROBE
+        probe = Probe.of(p.src, p.dst, p.proto, rules.PROBE_SPORT, p.dport)
         for n, h in self.acl.items():
-            s, d, p = probe_walks(h.dp.program.table)
-            served = fixed_depth_served(h.dp.program.table, d is not None)
-            dst_nodes = d.nodes if d is not None else 0
-            dst_entries = d.entries if d is not None else "skipped"
-            stages = [(w, form) for w, form in zip((s, d, p), served, strict=True) if w is not None]
-            walked = sum(w.nodes for w, form in stages if not form)
-            names = " + ".join(form or "trie" for _, form in stages)
-            t.add(n, s.entries, s.nodes, dst_entries, dst_nodes, p.entries, p.nodes, walked, names,
+            live = h.dp.acl.current
+            found = Searcher(live)(probe)
+            t.add(n, len(live.tables), len(live.keys), found.subtables, found.candidates,
                   Value.of([self.write_seconds[n]], "s"))
         return t
-
-
-def probe_walks(table: Any) -> tuple[lpm.Walk, lpm.Walk | None, lpm.Walk]:
-    """The probe's three lookups as the program makes them (stage 2 is skipped when stage 1 names
-    a ruleset directly: TG_SET_F_RULESET, where the ABI has it)."""
-    fam = abi.define("TG_FAMILY_V4")
-    src_t, dst_t, port_t = table("acl_src"), table("acl_dst"), table("acl_port")
-    s = lpm.read_trie(src_t).walk(lpm.key_bytes(src_t, family=fam, addr=IPv4Address(rules.PROBE_SRC).packed
-                                                + bytes(12)))
-    ruleset, d = s.value or 0, None
-    flag = abi.defines().get("TG_SET_F_RULESET", 0)
-    if flag and ruleset & flag:
-        ruleset &= ~flag
-    else:
-        daddr = IPv4Address(rules.PROBE_DST).packed + bytes(12)
-        d = lpm.read_trie(dst_t).walk(lpm.key_bytes(dst_t, set=ruleset, family=fam, addr=daddr))
-        ruleset = d.value or 0
-    port = rules.PROBE_DPORT.to_bytes(2, "big")
-    p = lpm.read_trie(port_t).walk(lpm.key_bytes(port_t, set=ruleset, proto=rules.UDP, port=port))
-    return s, d, p
-
-def fixed_depth_served(table: Any, with_dst: bool) -> tuple[str, str, str]:
-    """For each stage, the fixed-depth form that serves the probe ("" where its trie does): the
-    form is turned on (match_flags) and holds an element for the probe (dataplane.matcher_layout)."""
-    from dataplane.matcher import KEY_BITS, SET_F_RULESET, Prefix, address_bits
-    from dataplane.matcher_layout import F_DST_LISTS, F_PORT_EXACT, F_SRC_BUCKETS, bucket_key, bucket_of
-    from dataplane.tables import ACL_TABLES
-
-    flags = table("match_flags")
-    use = int(flags[flags.Key(ACL_TABLES.table)].value)
-    s, d, _ = probe_walks(table)
-    bucket = bucket_of(Prefix(address_bits(IPv4Address(rules.PROBE_SRC)), KEY_BITS))
-    buckets = table("acl_src_bucket")
-    bk = buckets.Key()
-    if bucket is not None:
-        bk.family, addr = bucket_key(bucket)
-        bk.addr = type(bk.addr)(*addr)
-    served_src = bool(use & F_SRC_BUCKETS) and bucket is not None and buckets.get(bk) is not None
-    lists = table("acl_dst_list")
-    cls = lists.Key((s.value or 0) & ~SET_F_RULESET)
-    served_dst = with_dst and bool(use & F_DST_LISTS) and lists.get(cls) is not None
-    exact = table("acl_port_exact")
-    ek = exact.Key()
-    ek.set = ((d.value if d is not None else s.value) or 0) & ~SET_F_RULESET
-    ek.proto = rules.UDP
-    ek.port = type(ek.port)(*rules.PROBE_DPORT.to_bytes(2, "big"))
-    served_port = bool(use & F_PORT_EXACT) and exact.get(ek) is not None
-    return ("bucket" if served_src else "", "list" if served_dst else "", "exact" if served_port else "")
 
 
 def run(profile: Profile) -> Section:
@@ -319,9 +265,14 @@ def run(profile: Profile) -> Section:
         cases = bench.cases()
         bench.verify(cases)
         measured = Measured(*bench.measure(cases))
-        lpm_table = bench.lpm_profile()
-        _report(bench, cases, measured, lpm_table)
-        bench.section.tables.append(lpm_table)
+        search_table = bench.search_profile()
+        _report(bench, cases, measured, search_table)
+        bench.section.tables.append(search_table)
+        sets = cost_classbench.measure(bench.profile, measured.overhead.median)
+        acl1 = next((measured.net[c.label] for c in cases if c.acl_size == min(bench.acl)), None)
+        if sets:
+            bench.section.tables.append(cost_classbench.table(sets, acl1, bench.profile))
+        bench.section.targets.append(cost_classbench.target(sets, acl1))
     finally:
         bench.close()
     return bench.section
@@ -335,7 +286,7 @@ class Measured:
     floor: Value              # `return XDP_PASS`
 
 
-def _report(bench: Bench, cases: list[Case], m: Measured, lpm_table: Table) -> None:
+def _report(bench: Bench, cases: list[Case], m: Measured, search_table: Table) -> None:
     s = bench.section
     acl1 = next((m.net[c.label] for c in cases if c.acl_size == min(bench.acl)), None)
     s.tables.append(_table(bench, cases, m, acl1))
@@ -348,7 +299,7 @@ def _report(bench: Bench, cases: list[Case], m: Measured, lpm_table: Table) -> N
                    "the token bucket, as in production); the full-pipeline probe is allowed, so it pays for "
                    "the classifier lookups and the metadata instead.")
     s.plots += _plots(cases, m)
-    s.targets.append(_acl_target(bench, cases, m.net, acl1, lpm_table))
+    s.targets.append(_acl_target(bench, cases, m.net, acl1, search_table))
 
 
 def _table(bench: Bench, cases: list[Case], m: Measured, acl1: Value | None) -> Table:
@@ -383,7 +334,7 @@ def _fmt(v: Value) -> str:
 
 
 def _acl_target(
-    bench: Bench, cases: list[Case], net: dict[str, Value], acl1: Value | None, lpm_table: Table
+    bench: Bench, cases: list[Case], net: dict[str, Value], acl1: Value | None, search_table: Table
 ) -> Target:
     goal = f"ACL cost at {TARGET_ACL_SIZE:,} rules ≤ {TARGET_ACL_RATIO}x the cost at 1 rule"
     big = next((c for c in cases if c.acl_size == TARGET_ACL_SIZE), None)
@@ -397,70 +348,12 @@ def _acl_target(
         )
     ratio = net[big.label].ratio_to(acl1)
     met = ratio.median <= TARGET_ACL_RATIO
-    explanation = "" if met else _acl_explanation(lpm_table, net, acl1, big, cases)
+    rows = {row[0]: row for row in search_table.rows}
+    small, large = rows[min(bench.acl)], rows[TARGET_ACL_SIZE]
+    explanation = "" if met else (
+        f"At 1 rule the probe's search probes {small[3]} subtable(s) and checks {small[4]} candidate(s); at "
+        f"{TARGET_ACL_SIZE:,} rules {large[3]} and {large[4]} ({large[1]} subtables, {large[2]} buckets: "
+        "table above): the rest is the cost of the hash probes themselves over a larger map.")
     share = runs_meeting(ratio, lambda x: x <= TARGET_ACL_RATIO)
     measured = f"{_fmt(ratio)} ({_fmt(net[big.label])} vs {_fmt(acl1)}){share}"
     return Target("ACL scaling", goal, measured, met, explanation)
-
-
-def _per_node(lpm_table: Table, net: dict[str, Value], cases: list[Case]) -> tuple[float, float]:
-    """Least-squares fit of net ns/packet against LPM nodes visited over the ACL sizes: (ns per node,
-    intercept)."""
-    nodes = {int(row[0]): int(row[7]) for row in lpm_table.rows}  # type: ignore[arg-type]
-    points = [(nodes[c.acl_size], net[c.label].median) for c in cases if c.acl_size in nodes]
-    n = len(points)
-    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else float("nan")
-    return slope, my - slope * mx
-
-
-def _segment(lpm_table: Table, net: dict[str, Value], cases: list[Case]) -> str:
-    """ns per extra node between the smallest and the next size, and between that and the largest."""
-    nodes = {int(row[0]): int(row[7]) for row in lpm_table.rows}  # type: ignore[arg-type]
-    cost = {c.acl_size: net[c.label].median for c in cases if c.acl_size in nodes}
-    sizes = sorted(cost)
-    if len(sizes) < 3:
-        return "too few sizes to compare"
-    a, b, c = sizes[0], sizes[1], sizes[-1]
-
-    def per(x: int, y: int) -> float:
-        return (cost[y] - cost[x]) / (nodes[y] - nodes[x]) if nodes[y] != nodes[x] else float("nan")
-
-    return f"{per(a, b):.1f} ns per node from {a:,} to {b:,} rules, {per(b, c):.1f} from {b:,} to {c:,}"
-
-
-def _int(cell: object) -> int:
-    return int(cell) if isinstance(cell, int | float | str) else 0
-
-
-def _acl_explanation(lpm_table: Table, net: dict[str, Value], acl1: Value, big: Case,
-                     cases: list[Case]) -> str:
-    small, large = lpm_table.rows[0], lpm_table.rows[-1]
-    budget = 0.5 * acl1.median
-    entries = " / ".join(fmt_cell(large[k]) for k in (1, 3, 5))
-    tries_alone = sum(_int(large[k]) for k in (2, 4, 6))
-    lookups = (f"At 1 rule the probe's lookups are {small[8]} ({small[7]} trie nodes walked); at "
-               f"{TARGET_ACL_SIZE:,} rules they are {large[8]} ({large[7]} trie nodes walked, where "
-               f"the tries alone, over {entries} entries, would walk {tries_alone}; table above). ")
-    if _int(large[7]) == 0:
-        cost = {c.acl_size: net[c.label].median for c in cases if c.acl_size is not None}
-        larger = {n: v for n, v in cost.items() if n > min(cost)}
-        return lookups + (
-            f"From {min(larger):,} to {max(larger):,} rules the net cost stays between "
-            f"{min(larger.values()):.0f} and {max(larger.values()):.0f} ns: it no longer grows with "
-            f"the rule count. What exceeds the 1.5x budget ({budget:.0f} ns over the 1-rule cost) is "
-            "the price of one hash probe per stage over a walk of a one-node trie, which a policy "
-            "this small still uses because there it is cheaper "
-            f"({net[big.label].median - acl1.median:.0f} ns in all): a lower 1-rule cost, not a "
-            f"higher {TARGET_ACL_SIZE:,}-rule cost."
-        )
-    slope, intercept = _per_node(lpm_table, net, cases)
-    return lookups + (
-        f"Over all sizes the net cost fits {intercept:.0f} ns + {slope:.1f} ns per trie node walked "
-        f"({_segment(lpm_table, net, cases)}): the cost is the walk itself, a dependent load and a "
-        f"prefix comparison per node. The 1.5x budget leaves {budget:.0f} ns, about "
-        f"{budget / slope:.0f} node visits for all three stages: the probe must be served by the "
-        "fixed-depth forms (a bucket holds at most 4 source prefixes, a class list at most 4 "
-        "destinations, an exact entry one port)."
-    )

@@ -9,8 +9,8 @@ The shape is that of a real edge ACL: mostly narrow sources (/24../32) spread ov
 IPv4 space, a few broad ones (/8../16), TCP/UDP with a well-known port or a port range, some
 ICMP and any-protocol rules, allow and deny mixed. Every generated rule is checked not to match
 the benchmark's probe flow, so the probe is judged by its own rule however many others come
-first. Broad *sources* are kept rare: Tidegate repeats a rule under every narrower source it
-covers (docs/dataplane.md, "ACL"), so an ACL made mostly of any-source rules is a different benchmark.
+first. (The ClassBench sets, testbed/classbench.py, are the benchmark for wildcard-heavy
+policies.)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from dataplane import protocols
 from dataplane.acl import acl_rule
-from dataplane.matcher import MatchRule
+from dataplane.match.adapter import MatchRule
 
 SEED = 20240605
 TCP, UDP, ICMP = (protocols.NUMBERS[name] for name in ("tcp", "udp", "icmp"))
@@ -322,3 +322,36 @@ def proto_policy(rules: Iterable[RuleSpec]) -> Any:
     from control.rpc.api import pb2
 
     return pb2.Policy(acl=[proto_rule(r) for r in rules])
+
+
+def columns(rules: Iterable[RuleSpec]) -> Any:
+    """The rules as RuleColumns (dataplane.match.columns), in first-match order."""
+    import numpy as np
+
+    from dataplane import abi
+    from dataplane.match.columns import RuleColumns
+
+    ordered = in_order(rules)
+    cols = RuleColumns.empty(len(ordered))
+    for i, r in enumerate(ordered):
+        cols.rule_id[i], cols.order[i] = r.rule_id, r.priority << 32 | r.rule_id
+        cols.action[i] = abi.Action[r.action.upper()]
+        for side, net in (("src", r.src), ("dst", r.dst)):
+            if net is not None:
+                getattr(cols, f"{side}_addr")[i, :4] = np.frombuffer(net.network_address.packed, np.uint8)
+                getattr(cols, f"{side}_len")[i] = net.prefixlen
+        cols.family[i] = 4 if (r.src or r.dst) is not None else 0
+        if r.proto is not None:
+            cols.proto_any[i], cols.proto[i] = False, r.proto
+        if r.dport is not None:
+            cols.dport_lo[i], cols.dport_hi[i] = r.dport
+    return cols
+
+
+def packed_policy(rules: Iterable[RuleSpec]) -> Any:
+    """A tidegate.v1 Policy holding these ACL rules as one packed AclColumns."""
+    from control.rpc.api import pb2
+    from testbed.bench.column_rules import packed
+
+    return pb2.Policy(acl_columns=packed(columns(rules)))
+

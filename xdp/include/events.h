@@ -15,10 +15,10 @@
 
 #define TG_NSEC_PER_SEC 1000000000ULL
 
-static __always_inline int tg_event_wanted(__u32 reason, const struct tg_acl_rule *rule)
+static __always_inline int tg_event_wanted(__u32 reason, const struct tg_rule *rule)
 {
 	return reason == TG_REASON_DROP_DENIED || reason == TG_REASON_DROP_DEFAULT ||
-	       (reason == TG_REASON_PASS_ALLOWED && (rule->flags & TG_RULE_F_LOG));
+	       (reason == TG_REASON_PASS_ALLOWED && rule && (rule->flags & TG_RULE_F_LOG));
 }
 
 /* Takes one event's credit from this CPU's bucket; 0 when there is not enough. Per-CPU state is
@@ -49,10 +49,10 @@ static __always_inline int tg_event_admit(const struct tg_config *cfg, __u64 now
 	return 1;
 }
 
-/* Reports the ACL's decision about the tuple `t` when it is a policy event. `rule` is the rule
- * that matched (all zero when none did); vni is meaningful when `decapped`. */
+/* Reports the ACL's decision about the packet `p` when it is a policy event. `rule` is the rule
+ * that matched (NULL when none did); vni is meaningful when `decapped`. */
 static __always_inline void tg_policy_event(struct xdp_md *ctx, const struct tg_config *cfg,
-					    const struct tg_tuple *t, const struct tg_acl_rule *rule,
+					    const struct tg_probe *p, const struct tg_rule *rule,
 					    __u32 reason, __u32 vni, int decapped)
 {
 	struct tg_event_record rec;
@@ -68,20 +68,20 @@ static __always_inline void tg_policy_event(struct xdp_md *ctx, const struct tg_
 	__builtin_memset(&rec, 0, sizeof(rec)); /* padding too: the whole record reaches user space */
 	rec.ts_ns = now;
 	rec.ifindex = ctx->ingress_ifindex;
-	rec.rule_id = rule->rule_id;
+	rec.rule_id = rule ? rule->rule_id : 0;
 	rec.length = ctx->data_end - ctx->data;
 	if (decapped) {
 		rec.vni = vni;
 		rec.flags = TG_EVENT_RECORD_F_DECAPPED;
 	}
-	__builtin_memcpy(rec.src, t->src, TG_ADDR_LEN);
-	__builtin_memcpy(rec.dst, t->dst, TG_ADDR_LEN);
-	rec.sport = bpf_ntohs(t->sport);
-	rec.dport = bpf_ntohs(t->dport);
+	__builtin_memcpy(rec.src, p->src, TG_ADDR_LEN);
+	__builtin_memcpy(rec.dst, p->dst, TG_ADDR_LEN);
+	rec.sport = p->sport;
+	rec.dport = p->dport;
 	rec.reason = reason;
 	rec.action = TG_REASON_IS_DROP(reason) ? TG_ACTION_DENY : TG_ACTION_ALLOW;
-	rec.family = t->family;
-	rec.proto = t->proto;
+	rec.family = p->family;
+	rec.proto = p->proto;
 	/* Fails only when the ring has no room for the record: the reader is behind. */
 	if (policy_events.ringbuf_output(&rec, sizeof(rec), 0))
 		tg_count_event(TG_EVENT_POLICY_RINGBUF_FULL);

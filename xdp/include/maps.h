@@ -22,7 +22,8 @@
 /* A ring buffer of `record`s (ringbuf.h), pinned like TG_MAP. */
 #define TG_RINGBUF(record, name, pages) TG_RINGBUF_IN(TG_RINGBUF_SECTION(name), record, name, pages)
 
-/* LPM tries must not be preallocated (kernel requirement). */
+/* Maps whose elements are replaced while programs read them: not preallocated, so a reader keeps
+ * the element it found until it is done with it (RCU). */
 #define TG_NO_PREALLOC BPF_F_NO_PREALLOC
 
 /* Runtime settings: ports, default actions, the interface MAC. */
@@ -40,32 +41,28 @@ TG_MAP("percpu_array", __u32, struct tg_counter, event_stats, TG_EVENT_MAX, 0);
 TG_RINGBUF(struct tg_event_record, policy_events, TG_EVENT_RING_PAGES);
 TG_MAP("percpu_array", __u32, struct tg_event_bucket, event_bucket, 1, 0);
 
-/* enum tg_table -> TG_MATCH_F_*: the fixed-depth forms in use (dataplane/matcher_layout.py). */
-TG_MAP("array", __u32, __u32, match_flags, TG_TABLE_MAX, 0);
-/* (table, enum tg_hint, word) -> 64 bits of hints: which buckets and exact ports exist. */
-TG_MAP("array", __u32, __u64, match_hints, TG_TABLE_MAX * TG_HINT_KINDS * TG_HINT_WORDS, 0);
+/* 0 -> the epoch user space advances before it waits for searches to end (struct tg_reader). */
+TG_MAP("array", __u32, __u64, match_epoch, 1, 0);
+/* enum tg_hook -> this CPU's reader: inside a search since which epoch. */
+TG_MAP("percpu_array", __u32, struct tg_reader, match_readers, TG_HOOK_MAX, 0);
+/* enum tg_hook -> this CPU's scratch of the packet being judged (match.h). */
+TG_MAP("percpu_array", __u32, struct tg_scratch, match_scratch, TG_HOOK_MAX, 0);
+/* enum tg_table -> the bank (0 or 1) of subtables and buckets the program searches. */
+TG_MAP("array", __u32, __u32, match_bank, TG_TABLE_MAX, 0);
 
-/* ACL: the three match stages, then slot -> rule and slot -> counters. */
-TG_MAP("lpm_trie", struct tg_src_key, __u32, acl_src, TG_ACL_SRC_MAX, TG_NO_PREALLOC);
-TG_MAP("lpm_trie", struct tg_dst_key, __u32, acl_dst, TG_ACL_DST_MAX, TG_NO_PREALLOC);
-TG_MAP("lpm_trie", struct tg_port_key, __u32, acl_port, TG_ACL_PORT_MAX, TG_NO_PREALLOC);
-/* ... and their fixed-depth forms, looked up first when match_flags says so (tidegate_abi.h).
- * Elements are replaced, never edited in place, and not preallocated so that a reader keeps the
- * element it found (RCU). */
-TG_MAP("hash", struct tg_bucket_key, struct tg_prefix_list, acl_src_bucket, TG_ACL_SRC_MAX, TG_NO_PREALLOC);
-TG_MAP("hash", __u32, struct tg_prefix_list, acl_dst_list, TG_ACL_DST_MAX, TG_NO_PREALLOC);
-TG_MAP("hash", struct tg_port_exact_key, __u32, acl_port_exact, TG_ACL_PORT_MAX, TG_NO_PREALLOC);
-TG_MAP("array", __u32, struct tg_acl_rule, acl_rules, TG_ACL_RULES_MAX, 0);
+/* ACL (tidegate_abi.h, docs/classifier.md): bank -> its subtables; (bank, subtable, masked
+ * fields) -> candidate slots; slot -> rule; slot -> counters. Subtable lists and buckets are
+ * replaced as whole elements, never edited in place, and not preallocated so that a reader keeps
+ * the element it found (RCU). */
+TG_MAP("hash", __u32, struct tg_subtables, acl_subtables, TG_BANKS, TG_NO_PREALLOC);
+TG_MAP("hash", struct tg_bucket_key, struct tg_bucket, acl_buckets, TG_ACL_BUCKETS_MAX, TG_NO_PREALLOC);
+TG_MAP("array", __u32, struct tg_rule, acl_rules, TG_ACL_RULES_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_counter, acl_rule_stats, TG_ACL_RULES_MAX, 0);
 
-/* Service-chain classifiers: same stages, slot -> mark. */
-TG_MAP("lpm_trie", struct tg_src_key, __u32, cls_src, TG_CLS_SRC_MAX, TG_NO_PREALLOC);
-TG_MAP("lpm_trie", struct tg_dst_key, __u32, cls_dst, TG_CLS_DST_MAX, TG_NO_PREALLOC);
-TG_MAP("lpm_trie", struct tg_port_key, __u32, cls_port, TG_CLS_PORT_MAX, TG_NO_PREALLOC);
-TG_MAP("hash", struct tg_bucket_key, struct tg_prefix_list, cls_src_bucket, TG_CLS_SRC_MAX, TG_NO_PREALLOC);
-TG_MAP("hash", __u32, struct tg_prefix_list, cls_dst_list, TG_CLS_DST_MAX, TG_NO_PREALLOC);
-TG_MAP("hash", struct tg_port_exact_key, __u32, cls_port_exact, TG_CLS_PORT_MAX, TG_NO_PREALLOC);
-TG_MAP("array", __u32, struct tg_cls_rule, cls_rules, TG_CLS_RULES_MAX, 0);
+/* Service-chain classifiers: the same structure; a rule's mark is what a match gives. */
+TG_MAP("hash", __u32, struct tg_subtables, cls_subtables, TG_BANKS, TG_NO_PREALLOC);
+TG_MAP("hash", struct tg_bucket_key, struct tg_bucket, cls_buckets, TG_CLS_BUCKETS_MAX, TG_NO_PREALLOC);
+TG_MAP("array", __u32, struct tg_rule, cls_rules, TG_CLS_RULES_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_counter, cls_rule_stats, TG_CLS_RULES_MAX, 0);
 
 #endif /* TG_MAPS_H */

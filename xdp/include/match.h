@@ -1,10 +1,17 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The three-stage match shared by the ACL and the classifiers (layout: tidegate_abi.h).
- * Each stage first tries its fixed-depth form when match_flags turns it on (a bucket, a list, an
- * exact entry: one hash probe each, whatever the rule count), then, where that form has no
- * entry, its LPM trie (which holds every entry either way).
- * A miss at any stage means no rule covers the packet.
+ * The classifier shared by the ACL and the service-chain classifiers: tuple space search with
+ * priority order and early exit (layout: tidegate_abi.h; design, limits and memory:
+ * docs/classifier.md; compiler: dataplane/match/).
+ *
+ * Per packet: read the bank once, fetch that bank's subtables (one element), then for each
+ * subtable, by the lowest order it holds, look up the packet's masked fields and check the
+ * bucket's candidates against their full rules; stop as soon as the best match so far comes
+ * before everything the next subtable holds. Both loops are bounded by named constants
+ * (TG_SUBTABLES_MAX, TG_BUCKET_MAX): BCC (0.26 here) cannot relocate the callback of bpf_loop(),
+ * so the verifier walks them, once: the search reads the packet and its own state from the
+ * per-CPU scratch (struct tg_scratch), which makes every path into it look the same to the
+ * verifier. tests/dataplane/kernel/test_verifier.py keeps the count well inside its limit.
  */
 #ifndef TG_MATCH_H
 #define TG_MATCH_H
@@ -13,185 +20,168 @@
 #include "maps.h"
 #include "parse.h"
 
-#define TG_PORT_KEY_BITS (TG_SET_BITS + TG_PROTO_BITS + TG_PORT_BITS)
-
-/* BCC resolves map names at compile time (no map pointers as arguments, no map calls inside
- * macros), so each stage picks its map here; `table` is a constant after inlining. */
-static __always_inline __u32 *tg_stage_src(enum tg_table table, struct tg_src_key *k)
+/* BCC resolves map names at compile time (no map pointers as arguments), so each lookup picks
+ * its map here; `table` is a constant after inlining. */
+static __always_inline struct tg_subtables *tg_subtables_of(enum tg_table table, __u32 *bank)
 {
-	return table == TG_TABLE_ACL ? acl_src.lookup(k) : cls_src.lookup(k);
+	return table == TG_TABLE_ACL ? acl_subtables.lookup(bank) : cls_subtables.lookup(bank);
 }
 
-static __always_inline struct tg_prefix_list *tg_stage_src_bucket(enum tg_table table, struct tg_bucket_key *k)
+static __always_inline struct tg_bucket *tg_bucket_of(enum tg_table table, struct tg_bucket_key *k)
 {
-	return table == TG_TABLE_ACL ? acl_src_bucket.lookup(k) : cls_src_bucket.lookup(k);
+	return table == TG_TABLE_ACL ? acl_buckets.lookup(k) : cls_buckets.lookup(k);
 }
 
-static __always_inline __u32 *tg_stage_dst(enum tg_table table, struct tg_dst_key *k)
+static __always_inline struct tg_rule *tg_rule_at(enum tg_table table, __u32 *slot)
 {
-	return table == TG_TABLE_ACL ? acl_dst.lookup(k) : cls_dst.lookup(k);
+	return table == TG_TABLE_ACL ? acl_rules.lookup(slot) : cls_rules.lookup(slot);
 }
 
-static __always_inline struct tg_prefix_list *tg_stage_dst_list(enum tg_table table, __u32 *set)
+static __always_inline __u8 tg_has_ports(const struct tg_tuple *t)
 {
-	return table == TG_TABLE_ACL ? acl_dst_list.lookup(set) : cls_dst_list.lookup(set);
+	return t->l4_present &&
+	       (t->proto == IPPROTO_TCP || t->proto == IPPROTO_UDP || t->proto == TG_IPPROTO_SCTP);
 }
 
-static __always_inline __u32 *tg_stage_port(enum tg_table table, struct tg_port_key *k)
+/* After this, values stored before are loaded again from memory where read, not taken from what
+ * the compiler remembers (and the verifier knows) about them. */
+static __always_inline void tg_forget(void)
 {
-	return table == TG_TABLE_ACL ? acl_port.lookup(k) : cls_port.lookup(k);
+	asm volatile("" ::: "memory");
 }
 
-static __always_inline __u32 *tg_stage_port_exact(enum tg_table table, struct tg_port_exact_key *k)
+/* Marks this CPU's `hook` as searching (struct tg_reader), before anything of the classifier is
+ * read: the atomic add orders the mark before those reads, so user space, which advances
+ * match_epoch and then reads the marks, never misses a search that could hold an element it is
+ * about to reuse. Returns what tg_read_end takes. */
+static __always_inline struct tg_reader *tg_read_begin(enum tg_hook hook)
 {
-	return table == TG_TABLE_ACL ? acl_port_exact.lookup(k) : cls_port_exact.lookup(k);
+	__u32 key = hook, zero = 0;
+	struct tg_reader *r = match_readers.lookup(&key);
+	__u64 *epoch = match_epoch.lookup(&zero);
+
+	if (!r || !epoch)
+		return r; /* unreachable: arrays always have their entries */
+	if (!r->active)
+		r->epoch = *epoch; /* the outermost search on this CPU sets it */
+	__sync_fetch_and_add(&r->active, 1);
+	return r;
 }
 
-/* The first prefix of `l` (longest first) covering the address, as its value; 0 when none does.
- * `hi`/`lo` are the address bytes 0-7 and 8-15 read as native-order words, like the entries.
- * Entries past `count` are never read (the loop is bounded by the array's size for the verifier). */
-static __always_inline int tg_list_find(const struct tg_prefix_list *l, __u8 family, __u64 hi, __u64 lo,
-					__u32 *value)
+static __always_inline void tg_read_end(struct tg_reader *r)
 {
-	int i;
+	if (r)
+		__sync_fetch_and_add(&r->active, -1);
+}
 
-	for (i = 0; i < TG_LIST_MAX; i++) {
-		const struct tg_prefix_entry *e = &l->entries[i];
+static __always_inline struct tg_scratch *tg_scratch_of(enum tg_hook hook)
+{
+	__u32 key = hook;
 
-		if (i >= l->count)
+	return match_scratch.lookup(&key);
+}
+
+static __always_inline void tg_probe_init(struct tg_probe *p, const struct tg_tuple *t)
+{
+	__builtin_memcpy(p->src, t->src, sizeof(p->src));
+	__builtin_memcpy(p->dst, t->dst, sizeof(p->dst));
+	p->family = t->family;
+	p->proto = t->proto;
+	p->ports = tg_has_ports(t);
+	p->sport = p->ports ? bpf_ntohs(t->sport) : 0;
+	p->dport = p->ports ? bpf_ntohs(t->dport) : 0;
+	p->reserved = 0;
+}
+
+/* Nonzero when the rule does not match the packet: every field as the operator wrote it, in
+ * arithmetic rather than branches (one branch per candidate: the verifier walks one path through
+ * a candidate, not one per field that can differ; and no mispredictions). */
+static __always_inline __u64 tg_rule_misses(const struct tg_rule *r, const struct tg_probe *p)
+{
+	__u64 flags = r->flags, family = r->family, sport = p->sport, dport = p->dport, outside, miss;
+
+	miss = ((p->src[0] & r->src_mask[0]) ^ r->src[0]) | ((p->src[1] & r->src_mask[1]) ^ r->src[1]) |
+	       ((p->dst[0] & r->dst_mask[0]) ^ r->dst[0]) | ((p->dst[1] & r->dst_mask[1]) ^ r->dst[1]);
+	miss |= family * (family ^ p->family);                     /* a family, and not the packet's */
+	miss |= (flags & TG_RULE_F_PROTO) * (r->proto ^ p->proto); /* a protocol, and not the packet's */
+	/* Below a range's low end or above its high end, the 64-bit difference wraps: bit 63 set. */
+	outside = ((sport - r->sport_lo) | (r->sport_hi - sport) | (dport - r->dport_lo) | (r->dport_hi - dport)) >> 63;
+	miss |= (flags & TG_RULE_F_PORTS) * (outside | (p->ports ^ 1)); /* ranges need ports */
+	miss |= (flags & TG_RULE_F_LIVE) ^ TG_RULE_F_LIVE;               /* a free slot never matches */
+	return miss;
+}
+
+/* The first candidate of bucket `b` that matches and comes before the best match so far
+ * (s->best, s->slot), which it then becomes. Candidates are in order, so the scan ends at the
+ * first one that cannot win. */
+static __always_inline void tg_scan_bucket(enum tg_table table, const struct tg_bucket *b,
+					   struct tg_scratch *s)
+{
+	struct tg_rule *r;
+	__u32 j, slot;
+
+	for (j = 0; j < TG_BUCKET_MAX; j++) {
+		tg_forget(); /* each candidate loads the probe afresh: no facts carried between them */
+		if (j >= b->count)
 			break;
-		if (e->family && e->family != family)
-			continue;
-		if ((hi & e->mask_hi) == e->addr_hi && (lo & e->mask_lo) == e->addr_lo) {
-			*value = e->value;
-			return 1;
+		slot = b->slots[j];
+		r = tg_rule_at(table, &slot);
+		if (!r || r->order > s->best)
+			break; /* orders are unique: only a rule before the best so far can win */
+		if (!tg_rule_misses(r, &s->p)) {
+			s->best = r->order;
+			s->slot = slot;
+			break;
 		}
 	}
-	return 0;
 }
 
-/* Whether hint `index` of (table, kind) is set (tidegate_abi.h, TG_HINT_WORDS). */
-static __always_inline int tg_hinted(enum tg_table table, enum tg_hint kind, __u32 index)
+/* Slot of the first rule (by order) of `table` matching the probe s->p, or TG_SLOT_NONE. */
+static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 {
-	__u32 key = (table * TG_HINT_KINDS + kind) * TG_HINT_WORDS + ((index >> 6) & (TG_HINT_WORDS - 1));
-	__u64 *word = match_hints.lookup(&key);
+	__u32 key = table, bank = 0, i;
+	struct tg_subtables *set;
+	struct tg_bucket_key k;
+	struct tg_bucket *b;
+	__u32 *banked;
 
-	return word && (*word >> (index & 63)) & 1;
-}
-
-/* Stage 1: source address -> class (or ruleset | TG_SET_F_RULESET). The address's bucket, when it
- * has one, holds every source prefix that can cover the address; else the trie. 0: none. */
-static __always_inline int tg_find_src(enum tg_table table, __u32 flags, const struct tg_tuple *t,
-				       __u32 *value)
-{
-	struct tg_bucket_key bk = {};
-	struct tg_src_key sk = {};
-	struct tg_prefix_list *list;
-	__u64 hi, lo;
-	__u32 *found;
-
-	if (flags & TG_MATCH_F_SRC_BUCKETS) {
-		enum tg_hint kind = TG_HINT_SRC_V4;
-		__u32 index = (__u32)t->src[0] << 8 | t->src[1];
-
-		bk.family = t->family;
-		if (t->family == TG_FAMILY_V4) {
-			__builtin_memcpy(bk.addr, t->src, TG_BUCKET_BYTES_V4);
-		} else {
-			__builtin_memcpy(bk.addr, t->src, TG_BUCKET_BYTES_V6);
-			kind = TG_HINT_SRC_V6;
-			index ^= ((__u32)t->src[2] << 8 | t->src[3]) ^ ((__u32)t->src[4] << 8 | t->src[5]);
-		}
-		list = tg_hinted(table, kind, index) ? tg_stage_src_bucket(table, &bk) : NULL;
-		if (list) {
-			__builtin_memcpy(&hi, t->src, sizeof(hi));
-			__builtin_memcpy(&lo, t->src + sizeof(hi), sizeof(lo));
-			return tg_list_find(list, t->family, hi, lo, value);
-		}
-	}
-	sk.prefixlen = TG_FAMILY_BITS + TG_ADDR_BITS;
-	sk.family = t->family;
-	__builtin_memcpy(sk.addr, t->src, TG_ADDR_LEN);
-	found = tg_stage_src(table, &sk);
-	if (!found)
-		return 0;
-	*value = *found;
-	return 1;
-}
-
-/* Stage 2: (class, destination address) -> ruleset: the class's list, else the trie. 0: none. */
-static __always_inline int tg_find_dst(enum tg_table table, __u32 flags, __u32 class,
-				       const struct tg_tuple *t, __u32 *value)
-{
-	struct tg_dst_key dk = {};
-	struct tg_prefix_list *list = NULL;
-	__u64 hi, lo;
-	__u32 *found;
-
-	if (flags & TG_MATCH_F_DST_LISTS)
-		list = tg_stage_dst_list(table, &class);
-	if (list) {
-		__builtin_memcpy(&hi, t->dst, sizeof(hi));
-		__builtin_memcpy(&lo, t->dst + sizeof(hi), sizeof(lo));
-		return tg_list_find(list, t->family, hi, lo, value);
-	}
-	dk.prefixlen = TG_SET_BITS + TG_FAMILY_BITS + TG_ADDR_BITS;
-	dk.set = class;
-	dk.family = t->family;
-	__builtin_memcpy(dk.addr, t->dst, TG_ADDR_LEN);
-	found = tg_stage_dst(table, &dk);
-	if (!found)
-		return 0;
-	*value = *found;
-	return 1;
-}
-
-/* Stage 3: (ruleset, protocol, port) -> slot: the exact entry, else the trie's port blocks. */
-static __always_inline __u32 tg_find_port(enum tg_table table, __u32 flags, __u32 ruleset,
-					  const struct tg_tuple *t)
-{
-	struct tg_port_exact_key ek = {};
-	struct tg_port_key pk = {};
-	__u32 *slot;
-
-	if (flags & TG_MATCH_F_PORT_EXACT && tg_hinted(table, TG_HINT_PORT, bpf_ntohs(t->dport))) {
-		ek.set = ruleset;
-		ek.proto = t->proto;
-		__builtin_memcpy(ek.port, &t->dport, sizeof(ek.port));
-		slot = tg_stage_port_exact(table, &ek);
-		if (slot)
-			return *slot;
-	}
-	pk.prefixlen = TG_PORT_KEY_BITS;
-	pk.set = ruleset;
-	pk.proto = t->proto;
-	__builtin_memcpy(pk.port, &t->dport, sizeof(pk.port));
-	slot = tg_stage_port(table, &pk);
-	return slot ? *slot : TG_SLOT_NONE;
-}
-
-/* Slot of the first rule (by priority) of `table` matching the tuple, or TG_SLOT_NONE. */
-static __always_inline __u32 tg_match(enum tg_table table, const struct tg_tuple *t)
-{
-	__u32 key = table, flags = 0, ruleset;
-	__u32 *f = match_flags.lookup(&key);
-
-	if (f)
-		flags = *f;
-	if (!tg_find_src(table, flags, t, &ruleset))
+	banked = match_bank.lookup(&key);
+	if (banked)
+		bank = *banked & 1; /* read once: the whole search uses one bank */
+	set = tg_subtables_of(table, &bank);
+	if (!set)
 		return TG_SLOT_NONE;
-	if (ruleset & TG_SET_F_RULESET)
-		ruleset &= ~TG_SET_F_RULESET; /* the class's rules ignore the destination */
-	else if (!tg_find_dst(table, flags, ruleset, t, &ruleset))
-		return TG_SLOT_NONE;
-	return tg_find_port(table, flags, ruleset, t);
+	s->best = TG_ORDER_NONE;
+	s->slot = TG_SLOT_NONE;
+	tg_forget();
+	for (i = 0; i < TG_SUBTABLES_MAX; i++) {
+		const struct tg_subtable *st = &set->tables[i];
+
+		tg_forget();
+		if (i >= set->count || st->best > s->best)
+			break; /* what is left cannot beat the match found */
+		k.src[0] = s->p.src[0] & st->src_mask[0];
+		k.src[1] = s->p.src[1] & st->src_mask[1];
+		k.dst[0] = s->p.dst[0] & st->dst_mask[0];
+		k.dst[1] = s->p.dst[1] & st->dst_mask[1];
+		k.sport = s->p.sport & st->sport_mask;
+		k.dport = s->p.dport & st->dport_mask;
+		k.family = s->p.family & st->family_mask;
+		k.proto = s->p.proto & st->proto_mask;
+		k.bank = bank;
+		k.table = st->id;
+		b = tg_bucket_of(table, &k);
+		if (b)
+			tg_scan_bucket(table, b, s);
+	}
+	return s->slot;
 }
 
-/* Classifier mark for a tuple, counted per classifier; 0 when none matches. */
-static __always_inline __u32 tg_classify(const struct tg_tuple *t, __u64 bytes)
+/* Classifier mark for the probe, counted per classifier; 0 when none matches. */
+static __always_inline __u32 tg_classify(struct tg_scratch *s, __u64 bytes)
 {
-	__u32 slot = tg_match(TG_TABLE_CLS, t);
-	struct tg_cls_rule *rule;
+	__u32 slot = tg_match(TG_TABLE_CLS, s);
+	struct tg_rule *rule;
 
 	if (slot == TG_SLOT_NONE)
 		return 0;

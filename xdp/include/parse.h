@@ -77,6 +77,25 @@ static __always_inline void tg_cursor_init(struct tg_cursor *c, void *data, void
 	c->l3_end = 0;
 }
 
+/* Bound of an offset turned back into a packet pointer (tg_cursor_at). The verifier takes a
+ * bounds check on such a pointer only while offset + the bytes read stay within its
+ * MAX_PACKET_OFF (0xffff), so this leaves room for the headers read behind it; any frame a
+ * program sees without frags support is shorter (it fits one page). */
+#define TG_PACKET_OFF_MAX 0x3fff
+
+/* A cursor `off` bytes into the frame: an offset kept across a stage barrier (struct tg_scratch)
+ * becomes a pointer again. 0 when the offset is out of the verifier's reach. */
+static __always_inline int tg_cursor_at(struct tg_cursor *c, void *data, void *data_end, __u32 len,
+					__u32 off, __u32 l3_end)
+{
+	tg_cursor_init(c, data, data_end, len);
+	if (off > TG_PACKET_OFF_MAX)
+		return 0;
+	c->pos = data + off;
+	c->l3_end = l3_end;
+	return 1;
+}
+
 /* The frame must hold the whole datagram its IP header announces (l3_len bytes from l3): the
  * stack drops a frame shorter than that (ip_rcv/ipv6_rcv: truncated) and trims bytes past it,
  * so a parser reading past it would judge, or decapsulate, bytes no one will receive. */

@@ -17,100 +17,64 @@
 /* The largest VNI: VxLAN's and Geneve's are 24 bits (RFC 7348 5, RFC 8926 3.4). */
 #define TG_VNI_MAX 0xffffff
 
-/* Match keys carry a family byte, then the address left-aligned in 16 bytes (IPv4 in the first
- * four). One set of tries serves both families, a "/0 any family" wildcard is prefixlen 0, and
- * "all IPv4" / "all IPv6" are distinct prefixes of length TG_FAMILY_BITS. */
 #define TG_FAMILY_V4 4
 #define TG_FAMILY_V6 6
-#define TG_FAMILY_BITS 8
 #define TG_ADDR_LEN 16
-#define TG_ADDR_BITS 128
-#define TG_IPV4_ADDR_BITS 32
-/* Width of the set/class id that prefixes the stage-2 and stage-3 trie keys. */
-#define TG_SET_BITS 32
-/* A stage-1 value with this bit is a ruleset id, not a class id: every rule of that class
- * matches any destination, so stage 2 would give that ruleset for every address and is
- * skipped. Class and ruleset ids stay below this bit. */
-#define TG_SET_F_RULESET 0x80000000
-#define TG_PROTO_BITS 8
-#define TG_PORT_BITS 16
 
-/* Fixed-depth forms of the stages, in front of the tries (dataplane/matcher_layout.py derives
- * them from the trie entries; xdp/include/match.h looks them up first):
- *   stage 1: a bucket per (family, leading TG_BUCKET_BYTES_V4/_V6 address bytes) holding every
- *            source prefix inside it, longest first, and the longest one enclosing it;
- *   stage 2: a list per class of its destination prefixes, longest first;
- *   stage 3: an exact (ruleset, protocol, port) entry per single-port trie entry.
- * The tries keep every entry, so either way gives the same answer: a hash probe costs more than
- * walking a trie of a few entries, and user space turns each form on (match_flags) only once its
- * trie is large enough. A list holds at most TG_LIST_MAX prefixes; a bucket or class with more
- * is found in the trie only. */
-#define TG_LIST_MAX 4
-#define TG_BUCKET_LEN 8 /* address bytes of a bucket key */
-#define TG_BUCKET_BYTES_V4 2 /* an IPv4 bucket is a /16 */
-#define TG_BUCKET_BYTES_V6 6 /* an IPv6 bucket is a /48 */
+/*
+ * The classifier (xdp/include/match.h; docs/classifier.md): tuple space search over subtables,
+ * shared by the ACL and the service-chain classifiers, each with its own maps.
+ *
+ * Every rule sits in one subtable whose masks are no longer than the rule's own prefixes
+ * (source, destination, protocol exact or not, and the common prefix of each port range's low
+ * and high end). A subtable's bucket for a key (the packet's fields under the subtable's masks)
+ * lists at most TG_BUCKET_MAX rule slots, first-match order first; the program checks each
+ * candidate against the full rule (slot -> struct tg_rule). Subtables are listed by the lowest
+ * order of their rules, so the search stops at the first subtable that cannot hold a better
+ * match than the one found. Per packet: at most TG_SUBTABLES_MAX hash probes and
+ * TG_BUCKET_MAX candidates each, usually far fewer.
+ *
+ * Two banks of subtables and buckets: a policy change writes the bank the program does not use,
+ * then flips match_bank (one array write, read once per packet), then removes the old bank.
+ * Rule slots are shared by both banks (a rule both policies hold keeps its slot and counters).
+ */
+#define TG_SUBTABLES_MAX 32 /* per bank: the outer loop's bound */
+#define TG_BUCKET_MAX 16    /* candidates per bucket: the inner loop's bound */
+#define TG_BANKS 2
+/* "No match yet": no order comes after it (a rule may have it: priority and id both 2^32-1, so
+ * the search compares with > and never skips a rule of that order). */
+#define TG_ORDER_NONE 0xffffffffffffffff
 
-/* Hints in front of the hash probes (match_hints): a bit per 16-bit index, set when some bucket
- * (or exact-port entry) has that index, so that an address or port no fixed-depth form holds
- * walks the trie without a probe that must miss. A hint may be set where nothing is (then the
- * probe misses and the trie answers), never the other way. Index: an IPv4 bucket's two bytes,
- * an IPv6 bucket's three 16-bit words XORed, a port. Key of the u64 word holding bit i of
- * (table, kind): ((table * TG_HINT_KINDS) + kind) * TG_HINT_WORDS + i / 64. */
-#define TG_HINT_WORDS 1024 /* 65,536 bits */
-_Static_assert(TG_BUCKET_BYTES_V4 == 2 && TG_BUCKET_BYTES_V6 == 6, "hint indexes (match.h) read these bytes");
-enum tg_hint {
-	TG_HINT_SRC_V4 = 0,
-	TG_HINT_SRC_V6 = 1,
-	TG_HINT_PORT = 2,
-	TG_HINT_KINDS = 3,
-};
-
-/* match_flags (key: enum tg_table): which fixed-depth forms the program looks up. */
-#define TG_MATCH_F_SRC_BUCKETS 0x1
-#define TG_MATCH_F_DST_LISTS 0x2
-#define TG_MATCH_F_PORT_EXACT 0x4
-
-/* The two match structures, each with its own maps (key of match_flags). */
+/* The two match structures, each with its own maps (key of match_bank). */
 enum tg_table {
 	TG_TABLE_ACL = 0,
 	TG_TABLE_CLS = 1,
 	TG_TABLE_MAX = 2,
 };
 
-/* "No rule matched" in a stage-3 leaf. */
+/* "No rule matched". */
 #define TG_SLOT_NONE 0xffffffff
 
 /* XDP -> TC metadata marker ("tgm1"): TC trusts the metadata only when it carries this. */
 #define TG_META_MAGIC 0x74676d31
 
-/* Map capacities. Overridable at compile time (-D) from the settings model; an apply keeps
- * the old and the new policy side by side for a moment, so these hold both. */
+/* Map capacities. Overridable at compile time (-D) from the settings model. Rule slots are
+ * shared by both banks, so the rules map holds every rule of the old and the new policy while a
+ * change is under way (rules both hold count once); a bucket map holds both banks' buckets. */
 #ifndef TG_TUNNELS_MAX
 #define TG_TUNNELS_MAX 4096
 #endif
 #ifndef TG_ACL_RULES_MAX
 #define TG_ACL_RULES_MAX 262144
 #endif
-#ifndef TG_ACL_SRC_MAX
-#define TG_ACL_SRC_MAX 262144
-#endif
-#ifndef TG_ACL_DST_MAX
-#define TG_ACL_DST_MAX 524288
-#endif
-#ifndef TG_ACL_PORT_MAX
-#define TG_ACL_PORT_MAX 524288
+#ifndef TG_ACL_BUCKETS_MAX
+#define TG_ACL_BUCKETS_MAX 524288
 #endif
 #ifndef TG_CLS_RULES_MAX
 #define TG_CLS_RULES_MAX 8192
 #endif
-#ifndef TG_CLS_SRC_MAX
-#define TG_CLS_SRC_MAX 16384
-#endif
-#ifndef TG_CLS_DST_MAX
-#define TG_CLS_DST_MAX 32768
-#endif
-#ifndef TG_CLS_PORT_MAX
-#define TG_CLS_PORT_MAX 65536
+#ifndef TG_CLS_BUCKETS_MAX
+#define TG_CLS_BUCKETS_MAX 16384
 #endif
 /* Pages of the policy event ring buffer: a power of two (kernel requirement). 64 pages of 4 KiB
  * hold 3,276 records (each takes its 72 bytes plus the ring's 8-byte header). */
@@ -198,8 +162,11 @@ enum tg_tunnel_type {
 #define TG_TUNNEL_F_VXLAN 0x1
 #define TG_TUNNEL_F_GENEVE 0x2
 
-/* tg_acl_rule.flags */
-#define TG_RULE_F_LOG 0x1
+/* tg_rule.flags */
+#define TG_RULE_F_LOG 0x1   /* ACL: report packets this rule allows as policy events too */
+#define TG_RULE_F_LIVE 0x2  /* set in every written rule: a zeroed (free) slot never matches */
+#define TG_RULE_F_PROTO 0x4 /* the rule matches one IP protocol (tg_rule.proto), not any */
+#define TG_RULE_F_PORTS 0x8 /* a port range is not 0-65535: packets without ports never match */
 
 /* tg_meta.flags */
 #define TG_META_F_DECAPPED 0x1
@@ -235,94 +202,129 @@ struct tg_counter {
 _Static_assert(sizeof(struct tg_counter) == 16, "tg_counter layout");
 
 /*
- * The match structure (ACL and classifiers share it) is three LPM lookups:
- *   stage 1  src address                  -> class   (the rules whose source covers it)
- *   stage 2  (class, dst address)         -> ruleset (... and whose destination covers it)
- *   stage 3  (ruleset, protocol, dst port) -> slot    (the first of those, by priority, that matches)
- * User space (dataplane/matcher.py) compiles rules into these; per-packet cost is three trie
- * lookups (two when stage 1 names a ruleset: TG_SET_F_RULESET), each costing a step per level
- * of its trie (about log2 of its entries).
+ * Addresses in the structs below are the packet's 16 address bytes (IPv4 in the first four, the
+ * rest zero) read as two native-order words, bytes 0-7 and 8-15, exactly as the program loads
+ * them; user space writes the same bytes. A mask keeps a prefix's bytes.
  */
-struct tg_src_key {
-	__u32 prefixlen;
-	__u8 family; /* TG_FAMILY_* */
-	__u8 addr[TG_ADDR_LEN];
-	__u8 reserved[3]; /* never inside the prefix */
-};
-_Static_assert(sizeof(struct tg_src_key) == 24, "tg_src_key layout");
 
-struct tg_dst_key {
-	__u32 prefixlen;
-	__u32 set; /* class id, always fully matched */
-	__u8 family;
-	__u8 addr[TG_ADDR_LEN];
-	__u8 reserved[3];
-};
-_Static_assert(sizeof(struct tg_dst_key) == 28, "tg_dst_key layout");
-
-struct tg_port_key {
-	__u32 prefixlen;
-	__u32 set;      /* ruleset id, always fully matched */
-	__u8 proto;     /* IP protocol; a wildcard entry stops before it */
-	__u8 port[2];   /* destination port, network byte order */
-	__u8 reserved;  /* never inside the prefix */
-};
-_Static_assert(sizeof(struct tg_port_key) == 12, "tg_port_key layout");
-
-/* Stage 3, fixed depth: the slot a single-port trie entry holds, found in one hash probe. */
-struct tg_port_exact_key {
-	__u32 set;     /* ruleset id */
-	__u8 proto;    /* IP protocol */
-	__u8 port[2];  /* destination port, network byte order */
+/* One subtable of a bank. */
+struct tg_subtable {
+	__u64 src_mask[2];
+	__u64 dst_mask[2];
+	__u64 best;         /* no rule of the subtable comes before this order (a lower bound) */
+	__u16 sport_mask;   /* host byte order */
+	__u16 dport_mask;
+	__u8 family_mask;   /* 0xff: the key holds the family; 0: it does not */
+	__u8 proto_mask;    /* 0xff: the key holds the protocol; 0: it does not */
+	__u8 id;            /* the subtable's id in its bank's bucket keys */
 	__u8 reserved;
 };
-_Static_assert(sizeof(struct tg_port_exact_key) == 8, "tg_port_exact_key layout");
+_Static_assert(sizeof(struct tg_subtable) == 48, "tg_subtable layout");
 
-/* Stage 1, fixed depth: the bucket an address falls in. */
-struct tg_bucket_key {
-	__u8 family; /* TG_FAMILY_* */
-	__u8 reserved[3];
-	__u8 addr[TG_BUCKET_LEN]; /* the first TG_BUCKET_BYTES_V4/_V6 address bytes, the rest zero */
-};
-_Static_assert(sizeof(struct tg_bucket_key) == 12, "tg_bucket_key layout");
-
-/* One prefix of a list: an address matches when its bytes, read as two native-order u64 words
- * (bytes 0-7, 8-15) and masked, equal addr_*; family 0 matches any family (prefix length 0). */
-struct tg_prefix_entry {
-	__u64 addr_hi;
-	__u64 addr_lo;
-	__u64 mask_hi;
-	__u64 mask_lo;
-	__u32 value;  /* what the trie entry holds: class (stage 1) or ruleset (stage 2) */
-	__u8 family;  /* TG_FAMILY_*, 0: any */
-	__u8 reserved[3];
-};
-_Static_assert(sizeof(struct tg_prefix_entry) == 40, "tg_prefix_entry layout");
-
-/* The prefixes of a bucket or a class, longest first: the first that matches is the longest
- * match. None matching means no entry of that stage covers the address. */
-struct tg_prefix_list {
-	__u32 count; /* entries used, at most TG_LIST_MAX */
+/* A bank's subtables, by `best` ascending (the search stops early by that order). Replaced as a
+ * whole element (key: bank), never edited in place. */
+struct tg_subtables {
+	__u32 count;
 	__u32 reserved;
-	struct tg_prefix_entry entries[TG_LIST_MAX];
+	struct tg_subtable tables[TG_SUBTABLES_MAX];
 };
-_Static_assert(sizeof(struct tg_prefix_list) == 8 + 40 * TG_LIST_MAX, "tg_prefix_list layout");
+_Static_assert(sizeof(struct tg_subtables) == 8 + 48 * TG_SUBTABLES_MAX, "tg_subtables layout");
 
-/* What an ACL slot means (array index = slot from stage 3). */
-struct tg_acl_rule {
-	__u32 rule_id; /* the operator's rule id */
-	__u8 action;   /* enum tg_action */
-	__u8 flags;    /* TG_RULE_F_* */
-	__u16 reserved;
+/* A packet's fields under one subtable's masks. */
+struct tg_bucket_key {
+	__u64 src[2];
+	__u64 dst[2];
+	__u16 sport;  /* host byte order; 0 when the packet has no ports */
+	__u16 dport;
+	__u8 family;
+	__u8 proto;
+	__u8 bank;
+	__u8 table;   /* tg_subtable.id */
 };
-_Static_assert(sizeof(struct tg_acl_rule) == 8, "tg_acl_rule layout");
+_Static_assert(sizeof(struct tg_bucket_key) == 40, "tg_bucket_key layout");
 
-/* What a classifier slot means. */
-struct tg_cls_rule {
-	__u32 classifier_id;
-	__u32 mark; /* written to XDP metadata, then skb->mark by TC */
+/* The rules a bucket key can match, first-match order first. */
+struct tg_bucket {
+	__u32 count;
+	__u32 slots[TG_BUCKET_MAX];
 };
-_Static_assert(sizeof(struct tg_cls_rule) == 8, "tg_cls_rule layout");
+_Static_assert(sizeof(struct tg_bucket) == 4 + 4 * TG_BUCKET_MAX, "tg_bucket layout");
+
+/* A rule (array index: its slot): what it matches and what it does. */
+struct tg_rule {
+	__u64 src[2];       /* masked */
+	__u64 src_mask[2];
+	__u64 dst[2];
+	__u64 dst_mask[2];
+	__u64 order;        /* (priority << 32) | rule id: the lowest matching order wins */
+	__u32 rule_id;      /* the operator's rule id (classifier id) */
+	__u32 mark;         /* classifiers: written to XDP metadata, then skb->mark by TC */
+	__u16 sport_lo;     /* inclusive, host byte order */
+	__u16 sport_hi;
+	__u16 dport_lo;
+	__u16 dport_hi;
+	__u8 family;        /* TG_FAMILY_*, 0: any */
+	__u8 proto;         /* IP protocol, with TG_RULE_F_PROTO */
+	__u8 action;        /* ACL: enum tg_action */
+	__u8 flags;         /* TG_RULE_F_* */
+	__u32 reserved;
+};
+_Static_assert(sizeof(struct tg_rule) == 96, "tg_rule layout");
+
+/* A packet's fields as the classifier compares them (built once per packet from the parse). */
+struct tg_probe {
+	__u64 src[2];  /* address bytes read as native-order words, like the maps' */
+	__u64 dst[2];
+	__u16 sport;   /* host byte order; 0 without ports */
+	__u16 dport;
+	__u8 family;
+	__u8 proto;
+	__u8 ports;    /* 1: the packet has ports (TCP/UDP/SCTP, not a later fragment) */
+	__u8 reserved;
+};
+_Static_assert(sizeof(struct tg_probe) == 40, "tg_probe layout");
+
+/* The hooks, each with its own scratch entry: a TC program run in process context (a test
+ * run) may be interrupted by XDP on the same CPU, never the other way round. */
+enum tg_hook {
+	TG_HOOK_XDP = 0,
+	TG_HOOK_TC = 1,
+	TG_HOOK_MAX = 2,
+};
+
+/* Per-CPU scratch of one packet (match_scratch, key: enum tg_hook). Between the program's stages
+ * (parse, tunnel, decap, judge) what the next stage needs is stored here, pointers as offsets,
+ * and read back: a value loaded from a map is one the verifier knows nothing about, so every
+ * path into a stage looks the same to it and the stage is checked once, not once per path
+ * (each leaves other known constants and packet offsets behind). The classifier keeps its
+ * search state here for the same reason. */
+struct tg_scratch {
+	struct tg_probe p;   /* the packet being judged: outer until decapped, then inner */
+	__u64 best;          /* search: order of the best match so far */
+	__u32 slot;          /* search: its slot, TG_SLOT_NONE: none yet */
+	__u32 vni;           /* XDP: the tunnel's VNI (decapped, or left alone) */
+	__u32 meta_flags;    /* XDP: TG_META_F_* so far */
+	__u32 l4_off;        /* XDP: where the outer L4 header starts, from the frame's start */
+	__u32 l3_end;        /* XDP: where the outer IP datagram ends */
+	__u32 outer_len;     /* XDP: bytes a decap strips */
+	__u32 payload_end;   /* XDP: where the outer UDP payload ends */
+	__u8 tunnel_type;    /* XDP: enum tg_tunnel_type */
+	__u8 not_ip;         /* XDP: a tunnel payload left encapsulated (not IP) */
+	__u8 reason;         /* XDP: enum tg_reason of the ACL verdict, while the classifiers run */
+	__u8 reserved;
+};
+_Static_assert(sizeof(struct tg_scratch) == 80, "tg_scratch layout");
+
+/* Which programs are inside a search, per CPU and hook (match_readers): user space waits until
+ * every CPU's reader has left, or entered after it advanced match_epoch, before it reuses
+ * anything a search may still hold (dataplane/match/table.py, docs/classifier.md: the kernel
+ * hands a replaced or deleted hash element's memory to the next update at once). */
+struct tg_reader {
+	__u64 epoch;  /* match_epoch when the outermost search on this CPU and hook began */
+	__u32 active; /* searches under way (a process-context test run can be interrupted) */
+	__u32 reserved;
+};
+_Static_assert(sizeof(struct tg_reader) == 16, "tg_reader layout");
 
 /* XDP metadata in front of the packet, read by the TC ingress program. */
 struct tg_meta {

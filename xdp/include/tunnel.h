@@ -102,10 +102,11 @@ static __always_inline int tg_in_payload(const struct tg_cursor *c, void *p, __u
 }
 
 /* The UDP length bounds the tunnel payload, as udp_rcv() bounds what a socket receives: it must
- * cover the UDP header and fit in the IP datagram. c points just past the UDP header. */
+ * cover the UDP header and fit in the IP datagram. c points at the UDP header; on success it
+ * points just past it. */
 static __always_inline int tg_udp_payload(struct tg_cursor *c, struct tg_tunnel_info *ti)
 {
-	struct udphdr *udp = c->pos - sizeof(*udp);
+	struct udphdr *udp = c->pos;
 	__u32 ulen;
 
 	if ((void *)(udp + 1) > c->end)
@@ -116,6 +117,7 @@ static __always_inline int tg_udp_payload(struct tg_cursor *c, struct tg_tunnel_
 	if ((__u64)((void *)udp - c->frame) + ulen > c->l3_end)
 		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
 	ti->payload_end = ((void *)udp - c->frame) + ulen;
+	c->pos = udp + 1;
 	return TG_TUN_DECAP;
 }
 
@@ -225,19 +227,24 @@ static __always_inline int tg_geneve_inspect(struct tg_cursor *c, void *frame, c
 	return tg_tunnel_finish(c, frame, ti);
 }
 
-/* c points just past the outer UDP header; t is the outer tuple. */
-static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, void *frame, const struct tg_tuple *t,
+/* Whether the outer packet `p` is addressed to a tunnel port (then c must point at its UDP
+ * header: see tg_tunnel_inspect). */
+static __always_inline int tg_tunnel_port(const struct tg_probe *p, const struct tg_config *cfg)
+{
+	if (!(cfg->flags & TG_CFG_F_DECAP) || p->proto != IPPROTO_UDP || !p->ports)
+		return 0;
+	return p->dport == cfg->vxlan_port || p->dport == cfg->geneve_port;
+}
+
+/* c points at the outer UDP header of `p`, addressed to a tunnel port (tg_tunnel_port). */
+static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, const struct tg_probe *p,
 					     const struct tg_config *cfg, struct tg_tunnel_info *ti)
 {
-	if (!(cfg->flags & TG_CFG_F_DECAP) || t->proto != IPPROTO_UDP || !t->l4_present)
-		return TG_TUN_NONE;
-	if (t->dport != bpf_htons(cfg->vxlan_port) && t->dport != bpf_htons(cfg->geneve_port))
-		return TG_TUN_NONE;
 	if (tg_udp_payload(c, ti) == TG_TUN_DROP)
 		return TG_TUN_DROP;
-	if (t->dport == bpf_htons(cfg->vxlan_port))
-		return tg_vxlan_inspect(c, frame, cfg, ti);
-	return tg_geneve_inspect(c, frame, cfg, ti);
+	if (p->dport == cfg->vxlan_port)
+		return tg_vxlan_inspect(c, c->frame, cfg, ti);
+	return tg_geneve_inspect(c, c->frame, cfg, ti);
 }
 
 #endif /* TG_TUNNEL_H */

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from dataplane import abi
 from dataplane.kernel.features import xdp_meta_supported
-from dataplane.matcher import MatchRule
+from dataplane.match.adapter import MatchRule
 
 R = abi.Reason
 E = abi.Event

@@ -19,17 +19,19 @@ EXPECTED_LAYOUTS = {
     "config": (4, None, 24, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
                              "default_action", "if_mac", "event_rate", "event_burst"]),
     "tunnels": (4, None, 8, ["flags", "reserved"]),
-    "acl_src": (24, ["prefixlen", "family", "addr", "reserved"], 4, None),
-    "acl_dst": (28, ["prefixlen", "set", "family", "addr", "reserved"], 4, None),
-    "acl_port": (12, ["prefixlen", "set", "proto", "port", "reserved"], 4, None),
-    "acl_rules": (4, None, 8, ["rule_id", "action", "flags", "reserved"]),
-    # The stages' fixed-depth forms (dataplane/matcher_layout.py); a list holds TG_LIST_MAX entries.
-    "acl_src_bucket": (12, ["family", "reserved", "addr"], 168, ["count", "reserved", "entries"]),
-    "acl_dst_list": (4, None, 168, ["count", "reserved", "entries"]),
-    "acl_port_exact": (8, ["set", "proto", "port", "reserved"], 4, None),
-    "match_flags": (4, None, 4, None),
-    "match_hints": (4, None, 8, None),
-    "cls_rules": (4, None, 8, ["classifier_id", "mark"]),
+    # The classifier (docs/classifier.md); both tables have the same layouts.
+    "match_bank": (4, None, 4, None),
+    "match_scratch": (4, None, 80, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end", "outer_len",
+                                    "payload_end", "tunnel_type", "not_ip", "reason", "reserved"]),
+    "acl_subtables": (4, None, 8 + 48 * 32, ["count", "reserved", "tables"]),
+    "acl_buckets": (40, ["src", "dst", "sport", "dport", "family", "proto", "bank", "table"], 68,
+                    ["count", "slots"]),
+    "acl_rules": (4, None, 96, ["src", "src_mask", "dst", "dst_mask", "order", "rule_id", "mark", "sport_lo",
+                                "sport_hi", "dport_lo", "dport_hi", "family", "proto", "action", "flags",
+                                "reserved"]),
+    "cls_subtables": (4, None, 8 + 48 * 32, ["count", "reserved", "tables"]),
+    "cls_buckets": (40, None, 68, None),
+    "cls_rules": (4, None, 96, None),
     # The ring buffer's Leaf is the record it carries (maps.h, TG_RINGBUF).
     "policy_events": (4, None, 72, ["ts_ns", "ifindex", "rule_id", "vni", "length", "src", "dst", "sport",
                                     "dport", "reason", "action", "family", "proto", "flags", "reserved"]),
@@ -54,32 +56,52 @@ def test_bcc_layout_matches_header(loaded_dataplane, name):
         assert _fields(leaf) == leaf_fields
 
 
-# map -> the struct its leaf is, read by abi.struct from the header: both readings must agree
-PARSED_LEAVES = {"config": "tg_config", "tunnels": "tg_tunnel", "acl_rules": "tg_acl_rule",
-                 "cls_rules": "tg_cls_rule", "policy_events": "tg_event_record",
-                 "event_bucket": "tg_event_bucket"}
+# map -> (struct of its key or None, struct of its leaf or None): checked field by field below.
+STRUCTS = {"config": (None, "tg_config"), "tunnels": (None, "tg_tunnel"),
+           "match_scratch": (None, "tg_scratch"), "acl_subtables": (None, "tg_subtables"),
+           "acl_buckets": ("tg_bucket_key", "tg_bucket"),
+           "acl_rules": (None, "tg_rule"), "policy_events": (None, "tg_event_record"),
+           "event_bucket": (None, "tg_event_bucket"), "reason_stats": (None, "tg_counter")}
+
+
+def _same_layout(ctype: type, dtype) -> None:  # noqa: ANN001
+    """Offsets, sizes and names of a ctypes struct (BCC) and a numpy dtype (abi.struct_dtype)."""
+    assert ctypes.sizeof(ctype) == dtype.itemsize, ctype
+    assert _fields(ctype) == list(dtype.names)
+    for name, (sub, offset, *_) in dtype.fields.items():
+        member = getattr(ctype, name)
+        assert (member.offset, member.size) == (offset, sub.itemsize), f"{ctype.__name__}.{name}"
+        field_type = dict(ctype._fields_)[name]
+        element = getattr(field_type, "_type_", None)
+        if sub.base.fields is not None:  # a nested struct, or an array of them
+            _same_layout(element if sub.shape else field_type, sub.base)
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTS))
+def test_python_layouts_parsed_from_the_header_match_bcc(loaded_dataplane, name):
+    table = loaded_dataplane.program.table(name)
+    key, leaf = STRUCTS[name]
+    if key:
+        _same_layout(table.Key, abi.struct_dtype(key))
+    if leaf:
+        _same_layout(getattr(table, "sLeaf", table.Leaf), abi.struct_dtype(leaf))
 
 
 def _offsets(t: type) -> list[tuple[str, int, int]]:
     return [(name, getattr(t, name).offset, getattr(t, name).size) for name in _fields(t)]
 
 
-@pytest.mark.parametrize("name", sorted(PARSED_LEAVES))
+@pytest.mark.parametrize("name", sorted(n for n, (_, leaf) in STRUCTS.items() if leaf))
 def test_abi_struct_reads_the_layout_bcc_generates(loaded_dataplane, name):
+    """abi.struct (ctypes, for single values) lays out what BCC generates, where it applies."""
     table = loaded_dataplane.program.table(name)
     leaf = getattr(table, "sLeaf", table.Leaf)
-    parsed = abi.struct(PARSED_LEAVES[name])
+    try:
+        parsed = abi.struct(STRUCTS[name][1])
+    except ValueError:
+        pytest.skip(f"{STRUCTS[name][1]} has nested structs or big-endian fields: struct_dtype only")
     assert ctypes.sizeof(parsed) == ctypes.sizeof(leaf)
     assert _offsets(parsed) == _offsets(leaf)
-
-
-def test_prefix_list_entries_match_header(loaded_dataplane):
-    leaf = loaded_dataplane.program.table("acl_dst_list").Leaf
-    entry = dict(leaf._fields_)["entries"]
-    assert entry._length_ == abi.define("TG_LIST_MAX")
-    assert ctypes.sizeof(entry._type_) == 40
-    assert _fields(entry._type_) == ["addr_hi", "addr_lo", "mask_hi", "mask_lo", "value", "family",
-                                     "reserved"]
 
 
 def test_every_declared_map_is_loaded(loaded_dataplane):

@@ -10,14 +10,9 @@ B: each allows the `allow*` flows and denies the `deny*` flows, and any mix of t
 them the other way or not at all (see that module). With only test traffic on the link
 (testbed.flow_topology), the verdict counters must move by exactly what was sent.
 
-Mutation checks showed the swap test fails when the write order is wrong. With the planner
-writing stage-1 entries shortest prefix first (dataplane/matcher_plan.py,
-`_by_prefixlen(src_put, False)`), six swaps lost 9-11 packets of every allowed flow and let
-9-11 packets of every denied flow through (before the fixed-depth forms; since, stage 1 is
-answered by a bucket replaced whole, and that mutation no longer matters). With the source
-buckets written before the stage-2/3 entries they name (dataplane/matcher_layout.py, "put_bucket"
-first in KINDS), six swaps lost 77-80 packets of every allowed flow, let 6-8 of every denied
-flow through and counted 1,147 DROP_DEFAULT.
+The swap is a bank switch of the classifier (dataplane/match/table.py: the new bank written
+whole, then one write of match_bank); its write order is also checked state by state against a
+model of the search in tests/dataplane/match/test_compiler.py.
 """
 
 from __future__ import annotations
@@ -45,7 +40,7 @@ RATE = 4000  # frames/s over all probe flows: half allowed, half denied
 SWAPS = 6
 SETTLE = 0.3  # traffic before and after each change
 # Room for two 10k-rule sets at once (an apply keeps old and new side by side), not three.
-CAPACITIES = {"acl_rules": 24576, "acl_src": 65536, "acl_dst": 65536, "acl_port": 65536}
+CAPACITIES = {"acl_rules": 24576, "acl_buckets": 65536}
 TOO_MANY = 25000  # rules: more than acl_rules holds even with nothing else live
 EXTRA_RULE = 3000  # allows policy_sets.extra_flow in set A only
 UNREACHABLE_VIA = "10.99.0.2"  # no route to it: the kernel refuses the chain's route part-way

@@ -30,7 +30,8 @@ import yaml
 
 from control.policy.models import Policy
 from control.rpc.api import pb2
-from dataplane.kernel import bpf_info
+from dataplane.kernel import bpf_info, warm
+from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.libbpf import errno_of, libbpf
 from dataplane.kernel.owner import read_owner
 from testbed import flow_topology
@@ -254,7 +255,12 @@ def test_pins_of_another_namespace_are_refused_also_when_their_daemon_is_gone(tw
         assert b.serving()
 
         # A restarts and adopts its own pins, but the copy holds programs that use its maps:
-        # the start says so (health NOT_SERVING), and so does every change until the copy is gone
+        # the start says so (health NOT_SERVING), and so does every change until the copy is gone.
+        # (Its build record removed, A compiles and attaches a program of its own: the copy's are
+        # then another program. With the record A would take the pinned program itself, which
+        # the copy pins too, and there would be no other program to find.)
+        run_dir = DataplaneSettings(pin_root=pin_root).run_root / pin_root.name / dir_a.relative_to(pin_root)
+        (run_dir / warm.RECORD).unlink()
         a.start(detach_on_exit=True, expect="NOT_SERVING")
         assert "NOT_SERVING" in a.cli("status").stdout
         with pytest.raises(grpc.RpcError) as info:

@@ -1,230 +1,105 @@
-"""The rule compiler as first written: straightforward and slow, kept as the reference.
+"""The naive reference: a rule set's verdict for a packet, evaluated rule by rule in order.
 
-dataplane.matcher compiles incrementally and with fast paths; whatever it does, its output must
-be exactly what this produces from the same rules and previous policy (test_matcher_equivalence),
-once `bypassed` has skipped stage 2 where it is one entry for any destination, as the data plane
-now does (TG_SET_F_RULESET). Only the algorithm lives here: rules, keys and prefixes are
-dataplane.matcher's.
+No structure, no precomputation: each rule's fields are compared with the packet's as the
+operator wrote them, and the first rule (in RuleColumns row order, i.e. by (priority, id)) that
+matches wins. Everything the classifier builds is tested against this. `rule_matches` states one
+rule; `first_match` asks the same question of every rule at once (numpy, so that thousands of
+probes against thousands of rules stay quick), and a test checks the two agree.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import heapq
-from collections import defaultdict
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+import ipaddress
+from dataclasses import dataclass
 
-from dataplane.matcher import (
-    CLASS_REFS_PER_ENTRY,
-    FIRST_SET_ID,
-    PROTO_BITS,
-    SET_BITS,
-    SET_F_RULESET,
-    U32_MAX,
-    CompiledMatch,
-    DstKey,
-    MatchCapacity,
-    MatchRule,
-    PortKey,
-    Prefix,
-    SrcKey,
-    port_prefixes,
-    prefix_of,
-)
+import numpy as np
+
+from dataplane.match.columns import RuleColumns
+
+PORT_PROTOCOLS = (6, 17, 132)  # TCP, UDP, SCTP: the protocols whose ports the data plane reads
+# Over IPv6 these numbers name extension headers (hop-by-hop, routing, fragment, destination
+# options), which the parser walks to the protocol behind them: never a packet's protocol there.
+IPV6_EXTENSIONS = (0, 43, 44, 60)
 
 
-class _Ids:
-    """Content -> id, keeping the previous policy's ids and never reusing one it still holds."""
+@dataclass(frozen=True)
+class Packet:
+    """What the classifier sees of a packet."""
 
-    def __init__(self, previous: Mapping, first: int, limit: int, what: str,  # type: ignore[type-arg]
-                 setting: str | None = None) -> None:
-        self._setting = setting
-        self._first = first
-        self._previous = previous
-        self._taken = set(previous.values())
-        self._next = first
-        self._limit = limit
-        self._what = what
-        self.assigned: dict = {}  # type: ignore[type-arg]
+    family: int  # 4 or 6
+    src: bytes  # 16 bytes, IPv4 in the first four
+    dst: bytes
+    proto: int
+    sport: int = 0
+    dport: int = 0
+    fragment: bool = False  # a later fragment: no ports
 
-    def get(self, content: Hashable) -> int:
-        found = self.assigned.get(content)
-        if found is not None:
-            return int(found)
-        found = self._previous.get(content)
-        if found is None:
-            while self._next in self._taken:
-                self._next += 1
-            if self._next > self._limit and self._setting is not None:
-                raise ValueError(f"{self._what}: the map holds {self._limit - self._first + 1}, too few for "
-                                 f"this policy while the previous one is still live ({len(self._taken)} "
-                                 f"in use); raise capacities.{self._setting}")
-            if self._next > self._limit:
-                raise ValueError(f"{self._what}: more than {self._limit} needed while the previous policy "
-                                 f"is still live ({len(self._taken)} in use); raise the capacity")
-            found = self._next
-            self._next += 1
-        self.assigned[content] = found
-        return int(found)
+    @property
+    def ports(self) -> bool:
+        return self.proto in PORT_PROTOCOLS and not self.fragment
+
+    @staticmethod
+    def of(src: str, dst: str, proto: int, sport: int = 0, dport: int = 0, fragment: bool = False) -> Packet:
+        s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        assert s.version == d.version
+        return Packet(s.version, s.packed.ljust(16, b"\0"), d.packed.ljust(16, b"\0"), proto, sport, dport,
+                      fragment)
+
+    def address(self, which: str) -> str:
+        raw = self.src if which == "src" else self.dst
+        return str(ipaddress.ip_address(raw[:4] if self.family == 4 else raw))
 
 
-class Oversized(ValueError):
-    """The sets a policy expands to exceed the work budget: it cannot fit the maps."""
+def _prefix_matches(rule_addr: bytes, length: int, addr: bytes) -> bool:
+    if length == 0:
+        return True
+    a, b = int.from_bytes(rule_addr, "big"), int.from_bytes(addr, "big")
+    return a >> (128 - length) == b >> (128 - length)
 
 
-def covering_sets(items: Iterable[tuple[Prefix, int]],
-                  budget: int | None = None) -> dict[Prefix, frozenset[int]]:
-    """For each distinct prefix: the members whose prefix contains it (itself included).
-
-    Sorted by (bits, plen), prefixes come in pre-order of their nesting, so a stack of the open
-    ancestors gives every prefix its chain in one pass. Raises Oversized once the sets hold more
-    than `budget` members in all (before building the rest).
-    """
-    own: dict[Prefix, list[int]] = defaultdict(list)
-    for prefix, member in items:
-        own[prefix].append(member)
-    out: dict[Prefix, frozenset[int]] = {}
-    stack: list[tuple[Prefix, frozenset[int]]] = []
-    for prefix in sorted(own):
-        while stack and not stack[-1][0].contains(prefix):
-            stack.pop()
-        content = (stack[-1][1] if stack else frozenset()) | frozenset(own[prefix])
-        if budget is not None:
-            budget -= len(content)
-            if budget < 0:
-                raise Oversized(f"more than {len(out)} sets")
-        out[prefix] = content
-        stack.append((prefix, content))
-    return out
+def rule_matches(cols: RuleColumns, i: int, p: Packet) -> bool:
+    """Rule i's meaning, stated directly."""
+    family = int(cols.family[i])
+    if family and family != p.family:
+        return False
+    if not _prefix_matches(bytes(cols.src_addr[i]), int(cols.src_len[i]), p.src):
+        return False
+    if not _prefix_matches(bytes(cols.dst_addr[i]), int(cols.dst_len[i]), p.dst):
+        return False
+    if not cols.proto_any[i] and int(cols.proto[i]) != p.proto:
+        return False
+    ranges = ((int(cols.sport_lo[i]), int(cols.sport_hi[i]), p.sport),
+              (int(cols.dport_lo[i]), int(cols.dport_hi[i]), p.dport))
+    if all((lo, hi) == (0, 0xFFFF) for lo, hi, _ in ranges):
+        return True  # any port: also packets without ports
+    return p.ports and all(lo <= port <= hi for lo, hi, port in ranges)
 
 
-def _first(rules: Iterable[MatchRule]) -> MatchRule | None:
-    return min(rules, key=lambda r: r.order, default=None)
+def first_match_slow(cols: RuleColumns, p: Packet) -> int | None:
+    """Row of the first rule matching the packet, or None: rule by rule."""
+    for i in range(len(cols)):
+        if rule_matches(cols, i, p):
+            return i
+    return None
 
 
-def _range_winners(ranged: Sequence[MatchRule],
-                   fallback: MatchRule | None) -> Iterator[tuple[int, int, MatchRule]]:
-    """Maximal port runs (lo, hi, rule) where the first matching rule is not `fallback`.
-
-    Sweep over the elementary intervals between range boundaries with a heap of the ranges
-    open at each point (closed ones are dropped lazily when they reach the top).
-    """
-    bounds = sorted({b for r in ranged for b in (r.dport[0], r.dport[1] + 1)})  # type: ignore[index]
-    by_start = sorted(ranged, key=lambda r: r.dport[0])  # type: ignore[index]
-    heap: list[tuple[tuple[int, int], int, MatchRule]] = []
-    nxt = 0
-    run: tuple[int, int, MatchRule] | None = None
-    for start, end in zip(bounds, bounds[1:], strict=False):
-        while nxt < len(by_start) and by_start[nxt].dport[0] <= start:  # type: ignore[index]
-            r = by_start[nxt]
-            heapq.heappush(heap, (r.order, r.dport[1], r))  # type: ignore[index]
-            nxt += 1
-        while heap and heap[0][1] < start:
-            heapq.heappop(heap)
-        best = heap[0][2] if heap else None
-        if best is None or (fallback is not None and fallback.order < best.order):
-            best = fallback
-        if run is not None and (best is not run[2] or run[1] + 1 != start):
-            yield run
-            run = None
-        if best is not fallback and best is not None:
-            run = (start, end - 1, best) if run is None else (run[0], end - 1, best)
-    if run is not None:
-        yield run
+def _prefixes_match(addrs: np.ndarray, lengths: np.ndarray, addr: bytes) -> np.ndarray:
+    bits = np.unpackbits(addrs, axis=1) == np.unpackbits(np.frombuffer(addr, dtype=np.uint8))[None, :]
+    inside = np.arange(128)[None, :] < lengths[:, None].astype(np.int64)
+    return (bits | ~inside).all(axis=1)
 
 
-def _port_entries(rules: list[MatchRule], slot_of: Mapping[MatchRule, int], rs: int) -> dict[PortKey, int]:
-    """Stage-3 entries of one ruleset: set-wide, per protocol, per port block."""
-    out: dict[PortKey, int] = {}
-    any_proto = [r for r in rules if r.proto is None]
-    w_set = _first(any_proto)
-    if w_set is not None:
-        out[PortKey(SET_BITS, rs, 0, 0)] = slot_of[w_set]
-    by_proto: dict[int, list[MatchRule]] = defaultdict(list)
-    for r in rules:
-        if r.proto is not None:
-            by_proto[r.proto].append(r)
-    for proto, specific in by_proto.items():
-        w_proto = _first([*any_proto, *(r for r in specific if r.dport is None)])
-        if w_proto is not None and w_proto is not w_set:
-            out[PortKey(SET_BITS + PROTO_BITS, rs, proto, 0)] = slot_of[w_proto]
-        ranged = [r for r in specific if r.dport is not None]
-        for lo, hi, winner in _range_winners(ranged, w_proto):
-            for port, plen in port_prefixes(lo, hi):
-                out[PortKey(SET_BITS + PROTO_BITS + plen, rs, proto, port)] = slot_of[winner]
-    return out
-
-
-def _assign_slots(rules: Sequence[MatchRule], previous: CompiledMatch, capacity: int,
-                  table: str = "acl") -> dict[int, MatchRule]:
-    seen: dict[int, MatchRule] = {}
-    for r in rules:
-        if r.rule_id in seen:
-            raise ValueError(f"rule {r.rule_id}: rule_id is used twice")
-        seen[r.rule_id] = r
-    kept = {rule: slot for slot, rule in previous.slots.items()}
-    ids = _Ids(kept, 0, capacity - 1, "rule slots", f"{table}_rules")
-    return {ids.get(r): r for r in sorted(rules, key=lambda r: r.order)}
-
-
-def _check(what: str, new: Mapping, old: Mapping, capacity: int, setting: str) -> None:  # type: ignore[type-arg]
-    peak = len(new.keys() | old.keys())
-    if peak > capacity:
-        raise ValueError(f"{what}: the policy needs at least {len(new)} entries ({peak} while the previous "
-                         f"policy is still live) but the map holds {capacity}; raise capacities.{setting}")
-
-
-def reference_compile(rules: Sequence[MatchRule], previous: CompiledMatch, capacity: MatchCapacity,
-                  table: str = "acl") -> CompiledMatch:
-    """Compiles `rules` to replace `previous` (whose ids stay valid until the switch is done)."""
-    slots = _assign_slots(rules, previous, capacity.slots, table)
-    slot_of = {rule: slot for slot, rule in slots.items()}
-    class_ids = _Ids(previous.classes, FIRST_SET_ID, U32_MAX, f"{table} classes")
-    ruleset_ids = _Ids(previous.rulesets, FIRST_SET_ID, U32_MAX, f"{table} rulesets")
-
-    classes = _classes(slots, capacity, table)
-    src = {SrcKey(p.plen, p.family, p.addr): class_ids.get(c) for p, c in classes.items()}
-    _check(f"{table}_src", src, previous.src, capacity.src, f"{table}_src")
-
-    dst: dict[DstKey, int] = {}
-    rulesets: dict[int, frozenset[int]] = {}
-    for content, cid in class_ids.assigned.items():
-        for p, rs_content in covering_sets((prefix_of(slots[s].dst), s) for s in content).items():
-            rid = ruleset_ids.get(rs_content)
-            rulesets[rid] = rs_content
-            dst[DstKey(SET_BITS + p.plen, cid, p.family, p.addr)] = rid
-        if len(dst) > capacity.dst:
-            break  # reported by _check below with the peak size
-    _check(f"{table}_dst", dst, previous.dst, capacity.dst, f"{table}_dst")
-
-    port: dict[PortKey, int] = {}
-    for rid, content in rulesets.items():
-        port.update(_port_entries([slots[s] for s in content], slot_of, rid))
-        if len(port) > capacity.port:
-            break
-    _check(f"{table}_port", port, previous.port, capacity.port, f"{table}_port")
-    return CompiledMatch(slots, src, dst, port, dict(class_ids.assigned), dict(ruleset_ids.assigned))
-
-
-def _classes(slots: Mapping[int, MatchRule], capacity: MatchCapacity,
-             table: str) -> dict[Prefix, frozenset[int]]:
-    budget = CLASS_REFS_PER_ENTRY * (capacity.dst + capacity.port)
-    try:
-        return covering_sets(((prefix_of(r.src), s) for s, r in slots.items()), budget)
-    except Oversized:
-        raise ValueError(f"{table}: source prefixes nest into classes holding more than {budget} rule "
-                         f"references: rules with broad sources are repeated under every narrower source; "
-                         f"narrow the broad rules or raise capacities.{table}_dst/{table}_port") from None
-
-
-def bypassed(compiled: CompiledMatch) -> CompiledMatch:
-    """`compiled` with the stage-2 entry of each class that has just one, for any destination
-    (the prefix of length 0), dropped and its ruleset named by stage 1 instead."""
-    entries: dict[int, list[tuple[DstKey, int]]] = defaultdict(list)
-    for key, rid in compiled.dst.items():
-        entries[key.set].append((key, rid))
-    direct = {cid: found[0][1] for cid, found in entries.items()
-              if len(found) == 1 and found[0][0].prefixlen == SET_BITS}
-    src = {k: direct[v] | SET_F_RULESET if v in direct else v for k, v in compiled.src.items()}
-    dst = {k: v for k, v in compiled.dst.items() if k.set not in direct}
-    return dataclasses.replace(compiled, src=src, dst=dst)
+def first_match(cols: RuleColumns, p: Packet) -> int | None:
+    """Row of the first rule matching the packet, or None: the same comparisons as rule_matches,
+    for all rules at once."""
+    ok = (cols.family == 0) | (cols.family == p.family)
+    ok &= _prefixes_match(cols.src_addr, cols.src_len, p.src)
+    ok &= _prefixes_match(cols.dst_addr, cols.dst_len, p.dst)
+    ok &= cols.proto_any | (cols.proto == p.proto)
+    any_port = ((cols.sport_lo == 0) & (cols.sport_hi == 0xFFFF) & (cols.dport_lo == 0)
+                & (cols.dport_hi == 0xFFFF))
+    in_range = ((cols.sport_lo <= p.sport) & (p.sport <= cols.sport_hi) & (cols.dport_lo <= p.dport)
+                & (p.dport <= cols.dport_hi))
+    ok &= any_port | (p.ports & in_range)
+    rows = np.flatnonzero(ok)
+    return int(rows[0]) if rows.size else None

@@ -46,7 +46,21 @@ def test_tg_meta_is_read_from_the_header():
 def test_a_struct_abi_cannot_read_says_so():
     import pytest
 
-    with pytest.raises(ValueError, match="tg_prefix_list: cannot read the field 'struct tg_prefix_entry"):
-        abi.struct("tg_prefix_list")
-    with pytest.raises(KeyError, match="struct tg_nothing is not in"):
+    # tg_subtables holds an array of struct tg_subtable: a numpy dtype can, a flat ctypes type not
+    subtables = abi.struct_dtype("tg_subtables")
+    assert subtables.itemsize == subtables.fields["tables"][1] + abi.struct_dtype("tg_subtable").itemsize * (
+        abi.define("TG_SUBTABLES_MAX"))
+    with pytest.raises(ValueError, match="tg_subtables: the field tables is not a native-order"):
+        abi.struct("tg_subtables")
+    with pytest.raises(KeyError, match="struct tg_nothing is not defined in"):
         abi.struct("tg_nothing")
+
+
+def test_struct_layouts_follow_the_header_size_asserts():
+    import re
+
+    sizes = re.compile(r"_Static_assert\(sizeof\(struct\s+(tg_\w+)\)\s*==\s*(\d+)\s*,")
+    asserted = dict(sizes.findall(abi._header_text()))
+    assert asserted, "the header asserts struct sizes"
+    for name, size in asserted.items():
+        assert abi.struct_dtype(name).itemsize == int(size), name

@@ -1,120 +1,81 @@
-"""Bulk map writes (dataplane.kernel.bulk): the bytes are what ctypes would make, the kernel gets them.
-
-The pure tests use a structure made up here (the packer is generic); the BPF tests check the
-layouts of BCC's real Key/Leaf types and write real maps, batched and element by element.
-"""
+"""Bulk map access (dataplane.kernel.bulk) against real maps: batched and element by element,
+writes land in order, deletes are idempotent, refusals name the map and the element, and a
+batched read returns what was written."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 
+import numpy as np
 import pytest
 
-from dataplane.kernel.bulk import Layout, MapWriter
-from dataplane.matcher import DstKey, PortKey, SrcKey
+from dataplane.kernel.bulk import MapWriter
+from dataplane.match import compiler as cp
 
 
-class _Sample(ctypes.Structure):
-    _fields_ = [("prefixlen", ctypes.c_uint32), ("kind", ctypes.c_uint8), ("addr", ctypes.c_uint8 * 5),
-                ("pad", ctypes.c_uint8 * 2), ("wide", ctypes.c_uint64), ("small", ctypes.c_int16)]
-
-
-def _by_ctypes(prefixlen: int, kind: int, addr: bytes, wide: int, small: int) -> bytes:
-    s = _Sample()
-    s.prefixlen, s.kind, s.wide, s.small = prefixlen, kind, wide, small
-    s.addr = (ctypes.c_uint8 * 5)(*addr)
-    return bytes(s)
-
-
-def test_a_layout_packs_what_ctypes_holds_with_the_rest_zeroed():
-    layout = Layout(_Sample, ("prefixlen", "kind", "addr", "wide", "small"))
-    rows = [(40, 4, b"\x0a\x01\x02\x03\x04", 2**64 - 1, -2), (0, 0, bytes(5), 0, 0)]
-    assert layout.size == ctypes.sizeof(_Sample)
-    assert layout.pack(rows) == b"".join(_by_ctypes(*row) for row in rows)
-    assert layout.zeros(3) == bytes(3 * ctypes.sizeof(_Sample))
-
-
-def test_a_scalar_layout_packs_values_back_to_back():
-    assert Layout(ctypes.c_uint32).pack([1, 2**32 - 1]) == bytes((ctypes.c_uint32 * 2)(1, 2**32 - 1))
-
-
-def test_fields_out_of_memory_order_are_refused():
-    with pytest.raises(TypeError, match="memory order"):
-        Layout(_Sample, ("kind", "prefixlen"))
-
-
-def test_only_integers_and_byte_arrays_are_packed():
-    class Nested(ctypes.Structure):
-        _fields_ = [("inner", _Sample)]
-
-    with pytest.raises(TypeError, match="not an integer or byte-array field"):
-        Layout(Nested, ("inner",))
-
-
-# --- the real maps ------------------------------------------------------------------------------
-
-
-def _key_bytes(table, **fields) -> bytes:  # noqa: ANN001
-    key = table.Key()
-    for name, value in fields.items():
-        setattr(key, name, type(getattr(key, name))(*value) if isinstance(value, bytes) else value)
-    return bytes(key)
-
-
-@pytest.mark.root
-def test_the_stage_layouts_match_bccs_types(dp):
-    src, dst, port = (dp.program.table(n) for n in ("acl_src", "acl_dst", "acl_port"))
-    addr = bytes(range(16))
-    assert Layout(src.Key, SrcKey._fields).pack([SrcKey(40, 4, addr)]) == \
-        _key_bytes(src, prefixlen=40, family=4, addr=addr)
-    assert Layout(dst.Key, DstKey._fields).pack([DstKey(72, 7, 6, addr)]) == \
-        _key_bytes(dst, prefixlen=72, set=7, family=6, addr=addr)
-    assert Layout(port.Key, ("prefixlen", "set", "proto", "port")).pack([(56, 9, 17, b"\x12\x34")]) == \
-        _key_bytes(port, prefixlen=56, set=9, proto=17, port=b"\x12\x34")
-    assert PortKey._fields == ("prefixlen", "set", "proto", "port")
-
-
-def _writer(dp, name: str) -> tuple[MapWriter, Layout, object]:  # noqa: ANN001
+def _writer(dp, name: str) -> MapWriter:  # noqa: ANN001
     t = dp.program.table(name)
-    writer = MapWriter(t.map_fd, name, ctypes.sizeof(t.Key), ctypes.sizeof(t.Leaf))
-    return writer, Layout(t.Key, SrcKey._fields), t
+    return MapWriter(t.map_fd, name, ctypes.sizeof(t.Key), ctypes.sizeof(t.Leaf))
 
 
-def _contents(table) -> dict:  # noqa: ANN001
-    return {bytes(k): int(v.value) for k, v in table.items()}
+def _keys(n: int) -> np.ndarray:
+    keys = np.zeros(n, dtype=cp.KEY)
+    keys["sport"] = np.arange(n)
+    keys["family"], keys["table"] = 4, 7
+    return keys
+
+
+def _buckets(first: int, n: int) -> np.ndarray:
+    values = np.zeros(n, dtype=cp.BUCKET)
+    values["count"] = 1
+    values["slots"][:, 0] = np.arange(first, first + n)
+    return values
+
+
+def _read(writer: MapWriter) -> dict[bytes, int]:
+    keys, values = writer.read_all(chunk=7)  # several chunks
+    k = np.frombuffer(keys, dtype=cp.KEY)
+    v = np.frombuffer(values, dtype=cp.BUCKET)
+    return {key.tobytes(): int(value["slots"][0]) for key, value in zip(k, v, strict=True)}
 
 
 @pytest.mark.root
 @pytest.mark.parametrize("batch", [True, False], ids=["batched", "one by one"])
 def test_updates_and_deletes_reach_the_map_in_order(dp, batch):
-    writer, layout, table = _writer(dp, "cls_src")
+    writer = _writer(dp, "cls_buckets")
     writer.batch = batch
-    keys = [SrcKey(40, 4, bytes([10, i]) + bytes(14)) for i in range(50)]
-    values = Layout(ctypes.c_uint32).pack(range(100, 150))
-    writer.update(layout.pack(keys), values)
-    writer.update(layout.pack(keys[:1] * 2), Layout(ctypes.c_uint32).pack([7, 8]))  # the later write wins
-    want = {layout.pack([k]): 100 + i for i, k in enumerate(keys)}
-    assert _contents(table) == want | {layout.pack(keys[:1]): 8}
-    writer.delete(layout.pack([*keys[:10], keys[3], keys[20]]))  # keys[3] twice: already gone, skipped
-    writer.delete(layout.pack(keys[:10]))  # all gone: deleting is idempotent
-    assert set(_contents(table)) == {layout.pack([k]) for k in keys[10:] if k != keys[20]}
-    writer.delete(layout.pack(keys))
-    assert _contents(table) == {}
+    keys = _keys(50)
+    writer.update(keys.tobytes(), _buckets(100, 50).tobytes())
+    writer.update(np.concatenate([keys[:1], keys[:1]]).tobytes(), _buckets(7, 2).tobytes())  # the later wins
+    want = {k.tobytes(): 100 + i for i, k in enumerate(keys)}
+    assert _read(writer) == want | {keys[0].tobytes(): 8}
+    writer.delete(np.concatenate([keys[:10], keys[3:4], keys[20:21]]).tobytes())  # keys[3] twice: skipped
+    writer.delete(keys[:10].tobytes())  # all gone: deleting is idempotent
+    assert set(_read(writer)) == {k.tobytes() for i, k in enumerate(keys) if i >= 10 and i != 20}
+    writer.delete(keys.tobytes())
+    assert _read(writer) == {}
 
 
 @pytest.mark.root
 @pytest.mark.parametrize("batch", [True, False], ids=["batched", "one by one"])
 def test_a_refused_element_names_the_map_and_the_element(dp, batch):
-    writer, layout, table = _writer(dp, "cls_src")
+    writer = _writer(dp, "cls_rules")
     writer.batch = batch
-    good, bad = SrcKey(40, 4, bytes(16)), SrcKey(9999, 4, bytes(16))  # prefixlen beyond the key
-    refused = r"cls_src: update of element 1 of 2 refused by the kernel: EINVAL"
+    beyond = dp.program.table("cls_rules").max_entries  # an array has no such index
+    refused = r"cls_rules: update of element 1 of 2 refused by the kernel: E2BIG"
     with pytest.raises(OSError, match=refused) as info:
-        writer.update(layout.pack([good, bad]), Layout(ctypes.c_uint32).pack([1, 2]))
-    assert info.value.errno == errno.EINVAL
-    writer.delete(layout.pack([good]))
-    assert _contents(table) == {}
+        writer.update(np.array([0, beyond], dtype="=u4").tobytes(), bytes(2 * writer.value_size))
+    assert info.value.errno == errno.E2BIG
+
+
+@pytest.mark.root
+def test_a_batched_read_of_an_array_gives_every_index(dp):
+    writer = _writer(dp, "reason_stats")
+    keys, values = writer.read_all(chunk=5)
+    size = dp.program.table("reason_stats").max_entries
+    assert np.frombuffer(keys, dtype="=u4").tolist() == list(range(size))
+    assert len(values) == writer.value_size * len(keys) // 4
 
 
 def test_sizes_must_be_whole_items():

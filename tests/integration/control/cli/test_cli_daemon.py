@@ -162,7 +162,7 @@ def test_acl_add_list_del(d: Daemon) -> None:
     assert [(r["id"], r["priority"], r["action"]) for r in listed["acl"]] == [(10, 1000, "deny"),
                                                                               (11, 5, "allow")]
     assert listed["acl"][1]["match"] == {"src": None, "dst": None, "protocol": "udp",
-                                         "dport": {"low": 53, "high": 54}}
+                                         "dport": {"low": 53, "high": 54}, "sport": None}
     assert listed["acl"][1]["log"] and listed["acl"][1]["description"] == "dns"
     table = d.ok("acl", "list").splitlines()
     assert table[0].split()[:3] == ["ID", "PRIO", "ACTION"] and "10.0.0.0/8" in table[1]

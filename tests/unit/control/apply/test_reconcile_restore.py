@@ -21,7 +21,7 @@ from control.apply.state import StateStore
 from control.policy.models import DesiredState, Interface, Policy, ServiceChain
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.verify import Mismatch
-from dataplane.matcher import empty
+from dataplane.match.adapter import empty
 
 
 class FakeTable:
@@ -31,7 +31,7 @@ class FakeTable:
     def adopt(self, intended: object = ()) -> None: ...
 
     def apply(self, compiled: object) -> None:
-        self.current = compiled  # type: ignore[assignment]
+        self.current = compiled.live()  # type: ignore[attr-defined]
 
 
 class FakeMaps:

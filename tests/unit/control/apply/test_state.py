@@ -222,3 +222,18 @@ def test_an_edit_that_does_not_apply_is_refused(tmp_path):
     (tmp_path / JOURNAL_FILE).write_bytes(encode_record(4, Edit("delete_rule", 77)))
     with pytest.raises(StateError, match="do not apply"):
         StateStore(tmp_path).load()
+
+
+def test_a_state_file_from_before_the_columns_still_loads(tmp_path):
+    """The ACL as a list of rules (what earlier versions wrote) is read, and rewritten as columns."""
+    match = {"src": "10.0.0.0/8", "protocol": "tcp", "dport": 22}
+    old = {"generation": 4, "interfaces": [{"name": "eth0", "mode": "auto"}],
+           "policy": {"acl": [{"id": 2, "priority": 5, "action": "deny", "match": match},
+                              {"id": 1, "action": "allow"}]}}
+    (tmp_path / STATE_FILE).write_text(json.dumps(old))
+    store = StateStore(tmp_path)
+    state = store.load()
+    assert [r.id for r in state.policy.acl] == [2, 1] and state.generation == 4
+    store.save(state)
+    assert json.loads((tmp_path / STATE_FILE).read_text())["policy"]["acl"]["format"] == "columns/1"
+    assert StateStore(tmp_path).load() == state

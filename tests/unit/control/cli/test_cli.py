@@ -70,7 +70,12 @@ def test_acl_add_arguments() -> None:
     assert args.dport == (8000, 8080) and args.log and args.description == "x"
     assert args.handler is main.cmd_acl_add
     single = main.build_parser().parse_args(["acl", "add", "--id", "1", "--action", "allow", "--dport", "80"])
-    assert single.dport == (80, 80) and single.priority is None and single.src is None
+    assert single.dport == (80, 80) and single.priority is None and single.src is single.sport is None
+    gre = main.build_parser().parse_args(["acl", "add", "--id", "1", "--action", "deny", "--protocol", "47"])
+    assert gre.protocol == 47
+    dns = main.build_parser().parse_args(["acl", "add", "--id", "1", "--action", "deny", "--protocol", "UDP",
+                                         "--sport", "53"])
+    assert (dns.protocol, dns.sport) == ("udp", (53, 53))
 
 
 @pytest.mark.parametrize("argv", [
@@ -83,6 +88,8 @@ def test_acl_add_arguments() -> None:
     ["acl", "add", "--id", "4294967296", "--action", "allow"],       # does not fit the proto
     ["acl", "add", "--id", "1", "--action", "allow", "--dport", "http"],
     ["acl", "add", "--id", "1", "--action", "allow", "--protocol", "gre"],
+    ["acl", "add", "--id", "1", "--action", "allow", "--protocol", "-1"],
+    ["acl", "add", "--id", "1", "--action", "allow", "--protocol", "udp", "--sport", "dns"],
     ["attach", "eth0", "--mode", "turbo"],
     ["policy", "apply"],                                             # -f is required
     ["tunnel", "add", "-1"],
@@ -261,7 +268,8 @@ def _rules() -> pb2.ListAclRulesResponse:
     return pb2.ListAclRulesResponse(generation=3, rules=[
         pb2.AclRule(id=1, action=pb2.ACTION_DENY, match=pb2.Match(src="10.0.0.0/8", protocol=pb2.PROTOCOL_TCP,
                                                                   dport=pb2.PortRange(low=80, high=90))),
-        pb2.AclRule(id=20, priority=5, action=pb2.ACTION_ALLOW, log=True, metrics=True, description="dns")])
+        pb2.AclRule(id=20, priority=5, action=pb2.ACTION_ALLOW, log=True, metrics=True, description="dns"),
+        pb2.AclRule(id=21, action=pb2.ACTION_DENY, match=pb2.Match(protocol_number=47))])
 
 
 def test_rules_as_json_and_table() -> None:
@@ -269,15 +277,17 @@ def test_rules_as_json_and_table() -> None:
     assert json.loads(response_format.to_json(data)) == data
     assert set(data) == {"generation", "acl"}  # a policy file's section, and its generation
     assert data["acl"][0]["match"] == {"src": "10.0.0.0/8", "dst": None, "protocol": "tcp",
-                                       "dport": {"low": 80, "high": 90}}
-    assert [r["metrics"] for r in data["acl"]] == [False, True]
+                                       "dport": {"low": 80, "high": 90}, "sport": None}
+    assert [r["metrics"] for r in data["acl"]] == [False, True, False]
     listed = Policy.model_validate({k: v for k, v in data.items() if k != "generation"})
-    assert [r.id for r in listed.acl] == [1, 20] and listed.acl[1].metrics
+    assert [r.id for r in listed.acl] == [1, 20, 21] and listed.acl[1].metrics
     lines = response_format.rules_text(data).splitlines()
-    assert lines[0].split() == ["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "DPORT", "LOG", "METRICS",
-                                "DESCRIPTION"]
-    assert lines[1].split() == ["1", "1000", "deny", "10.0.0.0/8", "any", "tcp", "80-90", "no", "no", "-"]
-    assert lines[2].split() == ["20", "5", "allow", "any", "any", "any", "-", "yes", "yes", "dns"]
+    assert lines[0].split() == ["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "SPORT", "DPORT", "LOG",
+                                "METRICS", "DESCRIPTION"]
+    assert lines[1].split() == ["1", "1000", "deny", "10.0.0.0/8", "any", "tcp", "-", "80-90", "no", "no",
+                                "-"]
+    assert lines[2].split() == ["20", "5", "allow", "any", "any", "any", "-", "-", "yes", "yes", "dns"]
+    assert lines[3].split() == ["21", "1000", "deny", "any", "any", "47", "-", "-", "no", "no", "-"]
     assert lines[1].index("deny") == lines[2].index("allow")  # aligned
 
 
@@ -431,7 +441,11 @@ def test_round_trip_against_servicers(capsys: pytest.CaptureFixture[str],
     (["acl", "add", "--id", "6", "--action", "allow", "--protocol", "udp", "--dport", "70000"],
      "tidegate: INVALID_ARGUMENT: rule.match.dport.low: "),
     (["acl", "add", "--id", "6", "--action", "allow", "--dport", "80"],
-     "tidegate: INVALID_ARGUMENT: rule.match: dport needs protocol tcp, udp or sctp"),
+     "tidegate: INVALID_ARGUMENT: rule.match.dport: dport 80 needs protocol tcp, udp or sctp"),
+    (["acl", "add", "--id", "6", "--action", "allow", "--protocol", "47", "--sport", "1-2"],
+     "tidegate: INVALID_ARGUMENT: rule.match.sport: sport 1-2 needs protocol tcp, udp or sctp (protocol 47"),
+    (["acl", "add", "--id", "6", "--action", "allow", "--protocol", "256"],
+     "tidegate: INVALID_ARGUMENT: rule.match.protocol_number: 256 is not an IP protocol"),
     (["acl", "add", "--id", "6", "--action", "allow", "--src", "10.0.0.1/8"],
      "tidegate: INVALID_ARGUMENT: rule.match.src: 10.0.0.1/8 has host bits set: write 10.0.0.0/8"),
     (["tunnel", "add", "16777216"], "tidegate: INVALID_ARGUMENT: tunnel.vni: "),

@@ -128,8 +128,9 @@ def _match(m: Match, p: Packet) -> bool:
             return False
     if m.protocol_number is not None and m.protocol_number != p.proto:
         return False
-    if m.dport is not None and not (p.proto in (6, 17, 132) and m.dport.low <= p.dport <= m.dport.high):
-        return False
+    for ports, value in ((m.dport, p.dport), (m.sport, p.sport)):
+        if ports is not None and not (p.proto in (6, 17, 132) and ports.low <= value <= ports.high):
+            return False
     return True
 
 

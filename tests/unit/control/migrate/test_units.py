@@ -141,23 +141,23 @@ def test_cli_writes_policy_and_report(tmp_path, capsys: pytest.CaptureFixture[st
     assert "-A INPUT ! -i eth0 -s 192.0.2.0/24" in kept and "-A INPUT -s 198.18.0.0/15 -j DROP" in kept
 
 
-def test_enabling_a_feature_moves_the_rules_that_needed_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The capability table is the one switch: with SPORT on (and an emitter), a --sport rule
-    moves; with it off, it is kept with the feature named."""
+def test_enabling_a_feature_moves_the_rules_that_needed_it() -> None:
+    """The capability table is the one switch: with a feature on (and its emitter), a rule that
+    needs it moves; with it off, it is kept with the feature named. Protocol numbers (GRE) and
+    source ports, both with their emitters from issue 11."""
     from control.migrate import host, iptables, translate
 
     text = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
-            "-A INPUT -p udp -m udp --sport 53 -j DROP\nCOMMIT\n")
+            "-A INPUT -p udp -m udp --sport 53 -j DROP\n-A INPUT -p gre -j DROP\nCOMMIT\n")
     facts = host.Host(("eth0",), host.local_from_prefixes(["10.0.0.1"]), {4: False, 6: False})
-    off = translate.translate(iptables.parse(text, 4), facts)
-    assert str(off.fates[0].status) == "kept" and "source ports" in off.fates[0].reason
+    caps = {**CAPABILITIES, Feature.SPORT: False, Feature.PROTOCOL_NUMBER: False}
+    off = translate.translate(iptables.parse(text, 4), facts, translate.Options(capabilities=caps))
+    assert [str(f.status) for f in off.fates] == ["kept", "kept"]
+    assert "source ports" in off.fates[0].reason and "any protocol number" in off.fates[1].reason
 
-    def emit_sport(values: iv.Ivs, proto: int) -> list[dict[str, object]]:
-        return [{"sport": {"low": low, "high": high}} for low, high in values]
-
-    monkeypatch.setitem(EMITTERS, Feature.SPORT, emit_sport)
-    caps = {**CAPABILITIES, Feature.SPORT: True}
+    caps = {**CAPABILITIES, Feature.SPORT: True, Feature.PROTOCOL_NUMBER: True}
     on = translate.translate(iptables.parse(text, 4), facts, translate.Options(capabilities=caps))
-    assert str(on.fates[0].status) == "moved"
-    want = {"protocol": "udp", "sport": {"low": 53, "high": 53}, "src": "0.0.0.0/0"}
-    assert on.entries[0].matches == [want]
+    assert [str(f.status) for f in on.fates] == ["moved", "moved"]
+    dns = {"protocol": "udp", "sport": {"low": 53, "high": 53}, "src": "0.0.0.0/0"}
+    assert on.entries[0].matches == [dns]
+    assert on.entries[1].matches == [{"protocol": 47, "src": "0.0.0.0/0"}]

@@ -25,21 +25,27 @@ from control.observe.fanout import EventFilter, Fanout
 from control.observe.metrics import MetricsServer, TidegateCollector, chosen_rules, parse_listen
 from control.policy.intent import interface_intent
 from control.policy.models import DesiredState
-from dataplane.acl import acl_capacity, acl_rule
+from dataplane.acl import acl_capacity, acl_rule, cls_capacity
 from dataplane.kernel.build_settings import Capacities, DataplaneSettings
 from dataplane.kernel.maps import Counter
-from dataplane.matcher import compile_rules, empty
+from dataplane.match import planner
+from dataplane.match.adapter import compile_rules, empty
+from dataplane.match.columns import RuleColumns
+from dataplane.match.table import ACL_TABLES, CLS_TABLES, MatchTable
 
-CAPS = Capacities(acl_rules=64, acl_src=128, acl_dst=256, acl_port=512, tunnels=16)
+CAPS = Capacities(acl_rules=64, acl_buckets=128, tunnels=16)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 class FakePlane:
-    def __init__(self, rules: list[Any]) -> None:
-        compiled = compile_rules(rules, empty(), acl_capacity(CAPS), "acl")
-        self.acl = SimpleNamespace(current=compiled)
-        self.classifiers = SimpleNamespace(current=empty())
+    def __init__(self, rules: Any) -> None:
+        """`rules`: RuleColumns (a policy's ACL) or MatchRules."""
+        no_maps = SimpleNamespace  # occupancy reads what the table holds, not its maps
+        self.acl = MatchTable(no_maps, ACL_TABLES, acl_capacity(CAPS))
+        compile = planner.compile_rules if isinstance(rules, RuleColumns) else compile_rules
+        self.acl.current = compile(rules, empty(), acl_capacity(CAPS), "acl").live()
+        self.classifiers = MatchTable(no_maps, CLS_TABLES, cls_capacity(CAPS))
         self.xdp_mode: str | None = "native"
 
     def map_memory(self) -> dict[str, int]:
@@ -76,7 +82,7 @@ class FakeReconciler:
         self.applied = state
         for iface in state.interfaces:
             intent = interface_intent(state, iface.name)
-            self.planes[iface.name] = FakePlane(list(intent.acl))
+            self.planes[iface.name] = FakePlane(intent.acl.columns)
             self.intents[iface.name] = intent
 
     def stats(self, names: list[str] | None = None, rule_ids: Any = None) -> Stats:
@@ -191,16 +197,14 @@ def test_map_occupancy_comes_from_the_compiled_tables_and_tunnels(parts: Any) ->
     with_policy(controller)
     s = scrape(collector)
     current = reconciler.planes["eth0"].acl.current
-    assert value(s, "tidegate_map_entries", interface="eth0", map="acl_rules") == 2 == len(current.slots)
+    assert value(s, "tidegate_map_entries", interface="eth0", map="acl_rules") == 2 == len(current)
     assert value(s, "tidegate_map_capacity", interface="eth0", map="acl_rules") == 64
-    for stage, cap in (("src", 128), ("dst", 256), ("port", 512)):
-        entries = value(s, "tidegate_map_entries", interface="eth0", map=f"acl_{stage}")
-        assert entries == len(getattr(current, stage))
-        assert value(s, "tidegate_map_capacity", interface="eth0", map=f"acl_{stage}") == cap
+    assert value(s, "tidegate_map_entries", interface="eth0", map="acl_buckets") == len(current.keys) >= 1
+    assert value(s, "tidegate_map_capacity", interface="eth0", map="acl_buckets") == 128
     assert value(s, "tidegate_map_entries", interface="eth0", map="tunnels") == 2
     assert value(s, "tidegate_map_capacity", interface="eth0", map="tunnels") == 16
     assert value(s, "tidegate_map_entries", interface="eth0", map="cls_rules") == 0
-    assert occupancy(reconciler)[("eth0", "acl_src")][0] >= 1
+    assert occupancy(reconciler)[("eth0", "acl_buckets")][0] >= 1
 
 
 def test_occupancy_of_a_bigger_table() -> None:
@@ -210,7 +214,7 @@ def test_occupancy_of_a_bigger_table() -> None:
                                  intents={})
     found = occupancy(reconciler)
     assert found[("eth1", "acl_rules")] == (20, 64)
-    assert found[("eth1", "acl_src")] == (len(plane.acl.current.src), 128)
+    assert found[("eth1", "acl_buckets")] == (len(plane.acl.current.keys), 128)
     assert found[("eth1", "tunnels")] == (0, 16)
 
 

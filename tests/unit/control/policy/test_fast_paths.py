@@ -9,8 +9,8 @@ from itertools import islice
 import pytest
 from pydantic import ValidationError
 
-from control.policy.intent import AclTranslations, acl_match_rule
-from control.policy.models import AclRule, Match
+from control.policy.acl_decode import parse_prefixes
+from control.policy.models import Match, describe_errors
 
 ODD = ["10.0.0.0/8", "10.0.0.0/08", "10.0.0.1/8", "010.0.0.0/8", "10.0.0.0/33", "10.0.0.0/", "10.0.0.0",
        "10.0.0/24", "0.0.0.0/0", "255.255.255.255/32", "10.0.0.0/255.0.0.0", " 10.0.0.0/8", "10.0.0.0/8 ",
@@ -52,31 +52,18 @@ def test_a_prefix_is_what_ipaddress_makes_of_it(text):
     assert Match.model_validate_json(Match(src=text).model_dump_json()) == Match(src=expected)
 
 
-def _rules(ids: range) -> list[AclRule]:
-    return [AclRule(id=i, action="deny", match={"src": f"10.{i % 256}.0.0/16", "protocol": "tcp", "dport": i})
-            for i in ids]
-
-
-def test_each_rule_is_translated_once_and_as_from_scratch():
-    translate = AclTranslations()
-    rules = _rules(range(1, 200))
-    first = translate(rules)
-    assert first == tuple(map(acl_match_rule, rules))
-    added = [*rules, *_rules(range(500, 503))]
-    again = translate(added)
-    assert all(a is b for a, b in zip(first, again, strict=False)), "kept rules keep their MatchRules"
-    assert again == tuple(map(acl_match_rule, added))
-    shuffled = random.Random(1).sample(added, len(added))  # new rules anywhere, not only at the end
-    fresh = _rules(range(900, 905))
-    mixed = shuffled[:50] + fresh + shuffled[50:]
-    assert translate(mixed) == tuple(map(acl_match_rule, mixed))
-
-
-def test_translations_of_rules_gone_are_forgotten():
-    translate = AclTranslations()
-    old, new = _rules(range(1, 3000)), _rules(range(5000, 5010))
-    translate(old)
-    translate(new)
-    translate.keep_only(new)
-    assert translate(new) == tuple(map(acl_match_rule, new))
-    assert len(translate._match) == len(new)  # noqa: SLF001 - what it holds is the point
+@pytest.mark.parametrize("text", [*ODD, *_prefixes(random.Random(8))])
+def test_the_column_decoder_reads_a_prefix_as_the_model_does(text):
+    """parse_prefixes (C for canonical IPv4, the model's type for the rest) gives the model's
+    network, or the model's message."""
+    try:
+        expected, message = Match(src=text).src, None
+    except ValidationError as exc:
+        expected, message = None, describe_errors(exc)[0][1]
+    got = parse_prefixes([text])
+    if expected is None:
+        assert got.errors == {0: message}
+        return
+    assert not got.errors and got.given[0]
+    assert (got.version[0], got.plen[0]) == (expected.version, expected.prefixlen)
+    assert bytes(got.addr[0]) == expected.network_address.packed.ljust(16, b"\0")

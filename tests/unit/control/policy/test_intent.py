@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from control.policy.intent import LegRef, interface_intent
 from control.policy.models import DesiredState
-from dataplane import abi
 
 STATE = DesiredState.model_validate({
     "interfaces": [{"name": "down0"}, {"name": "svc1"}],
@@ -28,11 +25,21 @@ STATE = DesiredState.model_validate({
 })
 
 
-def test_acl_rules_carry_protocol_numbers_ports_and_the_log_flag():
-    (rule,) = interface_intent(STATE, "down0").acl
-    assert (rule.rule_id, rule.priority, rule.proto, rule.dport) == (5, 7, 6, (80, 90))
-    assert rule.src == ipaddress.ip_network("10.0.0.0/8")
-    assert rule.payload == (abi.Action.ALLOW, abi.define("TG_RULE_F_LOG"))
+def test_the_acl_is_the_policy_table_itself():
+    assert interface_intent(STATE, "down0").acl is STATE.policy.acl
+
+
+def test_a_leg_matches_source_ports_and_any_protocol_number():
+    state = DesiredState.model_validate({
+        "interfaces": [{"name": "down0"}],
+        "policy": {"chains": [{"name": "a", "forward": {
+            "interfaces": ["down0"], "mark": 16, "table": 1001, "nexthops": [{"dev": "svc0"}],
+            "match": {"protocol": "udp", "sport": 53, "dport": "0-65535"}}},
+            {"name": "b", "forward": {"interfaces": ["down0"], "mark": 17, "table": 1002,
+                                      "nexthops": [{"dev": "svc0"}], "match": {"protocol": 47}}}]}})
+    udp, gre = interface_intent(state, "down0").classifiers
+    assert (udp.proto, udp.sport, udp.dport) == (17, (53, 53), None)
+    assert (gre.proto, gre.sport, gre.dport) == (47, None, None)
 
 
 def test_each_interface_gets_only_the_legs_entering_on_it():

@@ -1,0 +1,382 @@
+"""Bulk ACL decoding: rules as sent (protobuf messages, YAML/JSON, packed columns, the state file)
+-> an AclTable, with no model object per rule.
+
+A reader (control.rpc.acl_wire for the wire forms, control.policy.acl_mappings for YAML/JSON,
+control.apply.acl_snapshot for the state file) fills `RawRules`: one array per field, values as
+written. `check` then validates by column, each check one numpy expression over every rule; only
+prefix texts are parsed one by one, canonical IPv4 prefixes in C (inet_pton). Each error names
+the field with the rule's index and says what the models say (control.policy.rule_model;
+tests/control/policy/test_acl_decode.py holds the two to each other):
+`acl[73211].match.dport.low: Input should be less than or equal to 65535`. As in the models, a
+rule's own checks of several fields (ports against the protocol, the families of src and dst)
+are made when those fields are valid, and duplicate ids when every rule is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from control.policy.acl_table import (
+    ACTION_VALUES,
+    DEFAULT_PRIORITY,
+    FLAG_LOG,
+    GIVEN_DPORT,
+    GIVEN_DST,
+    GIVEN_SPORT,
+    GIVEN_SRC,
+    AclTable,
+    Block,
+)
+from control.policy.rule_model import (
+    PORT_MAX,
+    PORT_PROTOCOL_NUMBERS,
+    PROTOCOL_NAMES,
+    U32_MAX,
+    AclRule,
+    Network,
+    PortRange,
+    describe_errors,
+    ports_error,
+)
+from dataplane.match.columns import ADDR_BYTES, PORT_ANY, SCHEMA, RuleColumns
+
+I64 = npt.NDArray[np.int64]
+ACTION_MISSING, ACTION_ALLOW, ACTION_DENY, ACTION_INVALID = 0, 1, 2, 3  # RawRules.action
+PROTO_ANY, PROTO_BAD = -1, -2  # RawRules.protocol besides the numbers 0-255
+SIDES = ("src", "dst")
+PORTS = ("dport", "sport")
+# Where each field's errors come within a rule: the models' field order.
+RANK = {"id": 0, "priority": 1, "action": 2, "match.src": 3, "match.dst": 4, "match.protocol": 5,
+        "match.protocol_number": 5, "match.dport.low": 6, "match.dport.high": 7, "match.dport": 8,
+        "match.sport.low": 9, "match.sport.high": 10, "match.sport": 11, "match": 12, "log": 13,
+        "description": 14, "metrics": 15}
+
+
+def _model_message(data: dict[str, Any], path: str) -> str:
+    """What the AclRule model says about `path` of `data`: messages are the models', not copies."""
+    try:
+        AclRule.model_validate(data)
+    except ValidationError as exc:
+        return next(m for p, m in describe_errors(exc) if p == path)
+    raise AssertionError(f"{data} is valid")
+
+
+_RULE = {"id": 1, "action": "deny"}
+_TCP = {"protocol": "tcp"}
+MSG = {
+    ("id", "low"): _model_message({**_RULE, "id": 0}, "id"),
+    ("id", "high"): _model_message({**_RULE, "id": U32_MAX + 1}, "id"),
+    ("priority", "low"): _model_message({**_RULE, "priority": -1}, "priority"),
+    ("priority", "high"): _model_message({**_RULE, "priority": U32_MAX + 1}, "priority"),
+    ("action", "missing"): _model_message({"id": 1}, "action"),
+    ("action", "invalid"): _model_message({**_RULE, "action": "x"}, "action"),
+    ("port", "low"): _model_message({**_RULE, "match": {**_TCP, "dport": -1}}, "match.dport.low"),
+    ("port", "high"): _model_message({**_RULE, "match": {**_TCP, "dport": PORT_MAX + 1}}, "match.dport.low"),
+    ("description", "long"): _model_message({**_RULE, "description": "x" * 257}, "description"),
+}
+DESCRIPTION_MAX = AclRule.model_fields["description"].metadata[0].max_length
+
+
+@dataclass
+class RawRules:
+    """Fields of n rules as decoded, in list order, before any check."""
+
+    ids: I64
+    priority: I64
+    action: npt.NDArray[np.int8]  # ACTION_*
+    log: npt.NDArray[np.bool_]
+    description: list[str]
+    metrics: npt.NDArray[np.bool_]
+    src: list[str | None]  # text as written; None: not given
+    dst: list[str | None]
+    protocol: I64  # 0-255, PROTO_ANY, or PROTO_BAD (its message in `notes`)
+    ports: dict[str, tuple[npt.NDArray[np.bool_], I64, I64]]  # "dport" -> (given, low, high)
+    # Errors found while decoding, by (row, field): a protocol or a port text that is not one.
+    notes: dict[tuple[int, str], str] = field(default_factory=dict)
+    # Rules the AclRule model judged (odd shapes) and refused: row -> [(field, message)].
+    settled: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def sized(cls, n: int) -> RawRules:
+        return cls(np.zeros(n, np.int64), np.full(n, DEFAULT_PRIORITY, np.int64), np.zeros(n, np.int8),
+                   np.zeros(n, bool), [""] * n, np.zeros(n, bool), [None] * n, [None] * n,
+                   np.full(n, PROTO_ANY, np.int64),
+                   {p: (np.zeros(n, bool), np.zeros(n, np.int64), np.full(n, PORT_MAX, np.int64))
+                    for p in PORTS})
+
+
+@dataclass
+class Addresses:
+    """One side (src or dst) of n rules, parsed: what the columns hold, and errors by row."""
+
+    given: npt.NDArray[np.bool_]
+    version: npt.NDArray[np.uint8]  # 4 or 6; 0 when not given or refused
+    addr: npt.NDArray[np.uint8]  # (n, 16)
+    plen: npt.NDArray[np.uint8]
+    errors: dict[int, str]
+
+    @classmethod
+    def sized(cls, n: int) -> Addresses:
+        return cls(np.zeros(n, bool), np.zeros(n, np.uint8), np.zeros((n, ADDR_BYTES), np.uint8),
+                   np.zeros(n, np.uint8), {})
+
+    def text(self, row: int) -> str:
+        addr = bytes(self.addr[row])
+        if self.version[row] == 4:
+            return f"{socket.inet_ntoa(addr[:4])}/{self.plen[row]}"
+        return f"{ipaddress.IPv6Address(addr)}/{self.plen[row]}"
+
+
+class AclErrors(ValueError):
+    """A rule set refused: (row, field, message) in rule order, rows None for the list itself."""
+
+    def __init__(self, errors: list[tuple[int | None, str, str]]) -> None:
+        self.errors = errors
+        super().__init__(f"{len(errors)} errors")
+
+    def validation_error(self) -> ValidationError:
+        """The errors as pydantic's, located under the list (the model of a field holding it
+        prefixes the field's path)."""
+        details = [InitErrorDetails(type=PydanticCustomError("acl_rule", "{reason}", {"reason": message}),
+                                    loc=() if row is None else (row, *name.split(".")) if name else (row,),
+                                    input=None)
+                   for row, name, message in self.errors]
+        return ValidationError.from_exception_data("acl", details)
+
+    def paths(self, where: str) -> list[tuple[str, str]]:
+        """(`acl[3].match.src`, message) pairs, the list named `where`."""
+        return [(where if row is None else f"{where}[{row}]" + (f".{name}" if name else ""), message)
+                for row, name, message in self.errors]
+
+
+# --- prefixes as text ---------------------------------------------------------------------------
+
+_NETWORK = TypeAdapter(Network)
+
+
+_LENGTHS = {str(n): n for n in range(33)}  # canonical IPv4 prefix lengths ("08" is not one)
+
+
+def parse_prefixes(texts: Sequence[str | None]) -> Addresses:
+    """Prefix texts (None: not given) -> Addresses. Canonical IPv4 prefixes (a dotted quad that
+    inet_pton takes, a decimal length, no host bits) are parsed in C in one pass; the rest (IPv6,
+    bare addresses, mistakes) is read by the model's own type, which also says what is wrong."""
+    n = len(texts)
+    out = Addresses.sized(n)
+    pton, inet, lengths = socket.inet_pton, socket.AF_INET, _LENGTHS
+    v4_rows, v4_packed, v4_lens, other = [], [], [], []
+    for row, text in enumerate(texts):
+        if text is None:
+            continue
+        if type(text) is str:
+            addr, _, plen = text.partition("/")
+            length = lengths.get(plen)
+            if length is not None:
+                try:
+                    v4_packed.append(pton(inet, addr))
+                except (OSError, ValueError):  # ValueError: a NUL in the text
+                    pass
+                else:
+                    v4_rows.append(row)
+                    v4_lens.append(length)
+                    continue
+        other.append(row)
+    rows = np.array(v4_rows, dtype=np.intp)
+    out.given[rows] = True
+    if len(rows):
+        values = np.frombuffer(b"".join(v4_packed), dtype=">u4").astype(np.uint64)
+        plens = np.array(v4_lens, dtype=np.uint64)
+        host = values & ((np.uint64(1) << (np.uint64(32) - plens)) - np.uint64(1)) != 0
+        other.extend(rows[host].tolist())  # the model says which bits to clear
+        keep = ~host
+        rows = rows[keep]
+        out.version[rows] = 4
+        out.addr[rows, :4] = np.frombuffer(b"".join(v4_packed), np.uint8).reshape(-1, 4)[keep]
+        out.plen[rows] = plens[keep]
+    for row in other:
+        _parse_one(out, row, texts[row])
+    return out
+
+
+def _parse_one(out: Addresses, row: int, text: object) -> None:
+    out.given[row] = True
+    try:
+        net = _NETWORK.validate_python(text)
+    except ValidationError as exc:
+        out.errors[row] = describe_errors(exc)[0][1]
+        return
+    out.version[row] = net.version
+    out.addr[row] = np.frombuffer(net.network_address.packed.ljust(ADDR_BYTES, b"\0"), np.uint8)
+    out.plen[row] = net.prefixlen
+
+
+def addresses_from_columns(given: npt.NDArray[np.bool_], family: npt.NDArray[np.uint8],
+                           addr: npt.NDArray[np.uint8], plen: npt.NDArray[np.uint8], side: str) -> Addresses:
+    """One side of rules given as columns (the packed wire form, the state file): checked by
+    column (a family, a length within it, no bits past it)."""
+    n = len(given)
+    out = Addresses.sized(n)
+    known = np.isin(family, (4, 6))
+    bits = np.where(family == 4, 32, 128)
+    for r in np.flatnonzero(given & ~known).tolist():
+        out.errors[r] = f"a rule with a {side} prefix needs address family 4 or 6, not {family[r]}"
+    for r in np.flatnonzero(given & known & (plen > bits)).tolist():
+        out.errors[r] = f"prefix length {plen[r]} is above {bits[r]} (IPv{family[r]})"
+    kept = np.clip(np.where(given, plen, 0)[:, None].astype(np.int64) - 8 * np.arange(ADDR_BYTES), 0, 8)
+    masks = ((0xFF00 >> kept) & 0xFF).astype(np.uint8)
+    for r in np.flatnonzero((addr & ~masks).any(axis=1) & given).tolist():
+        out.errors.setdefault(r, f"the address has bits set past its prefix length {plen[r]}")
+    ok = given.copy()
+    ok[list(out.errors)] = False
+    out.given[:] = given
+    out.version[ok] = family[ok]
+    out.addr[ok] = addr[ok]
+    out.plen[ok] = plen[ok]
+    return out
+
+
+# --- validation by column ------------------------------------------------------------------------
+
+class _Errors:
+    def __init__(self, n: int) -> None:
+        self.found: list[tuple[int, int, str, str]] = []  # (row, rank, field, message)
+        self.bad = np.zeros(n, bool)  # rows with an error in any field
+
+    def add(self, mask: npt.NDArray[np.bool_], name: str, message: str | Callable[[int], str]) -> None:
+        rank = RANK[name]
+        for row in np.flatnonzero(mask).tolist():
+            self.found.append((row, rank, name, message if isinstance(message, str) else message(row)))
+        self.bad |= mask
+
+    def note(self, row: int, name: str, message: str) -> None:
+        self.found.append((row, RANK[name], name, message))
+        self.bad[row] = True
+
+
+def _range(errors: _Errors, values: I64, name: str, low: int, high: int, kind: str,
+           given: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.bool_]:
+    """Flags values outside low..high; returns the mask of those in range."""
+    below, above = values < low, values > high
+    if given is not None:
+        below, above = below & given, above & given
+    errors.add(below, name, MSG[(kind, "low")])
+    errors.add(above, name, MSG[(kind, "high")])
+    return ~(below | above)
+
+
+def _protocol_text(number: int) -> str | int | None:
+    return None if number == PROTO_ANY else PROTOCOL_NAMES.get(number, number)
+
+
+def _check_ports(errors: _Errors, raw: RawRules, side: str, proto_ok: npt.NDArray[np.bool_]) -> Any:
+    """Flags the ports of one side; returns the mask of rules with an error there."""
+    given, low, high = raw.ports[side]
+    ok = _range(errors, low, f"match.{side}.low", 0, PORT_MAX, "port", given)
+    ok &= _range(errors, high, f"match.{side}.high", 0, PORT_MAX, "port", given)
+    out_of_range = given & ~ok
+    ok &= given
+    reversed_ = ok & (low > high)
+    errors.add(reversed_, f"match.{side}", lambda r: f"low {low[r]} is above high {high[r]}")
+    no_ports = ~np.isin(raw.protocol, list(PORT_PROTOCOL_NUMBERS))
+    refused = ok & ~reversed_ & proto_ok & no_ports & ~((low == PORT_ANY[0]) & (high == PORT_ANY[1]))
+
+    def refusal(r: int) -> str:
+        ports = PortRange.model_construct(low=int(low[r]), high=int(high[r]))
+        return ports_error(side, ports, _protocol_text(int(raw.protocol[r])))
+
+    errors.add(refused, f"match.{side}", refusal)
+    return out_of_range | reversed_ | refused
+
+
+def check(raw: RawRules, src: Addresses, dst: Addresses) -> list[tuple[int | None, str, str]]:
+    """Every error of the rules, in rule order and the models' field order within a rule."""
+    n = len(raw)
+    errors = _Errors(n)
+    _range(errors, raw.ids, "id", 1, U32_MAX, "id")
+    _range(errors, raw.priority, "priority", 0, U32_MAX, "priority")
+    errors.add(raw.action == ACTION_MISSING, "action", MSG[("action", "missing")])
+    errors.add(raw.action == ACTION_INVALID, "action", MSG[("action", "invalid")])
+    match_bad = np.zeros(n, bool)
+    for side, parsed in zip(SIDES, (src, dst), strict=True):
+        for row, message in parsed.errors.items():
+            errors.note(row, f"match.{side}", message)
+            match_bad[row] = True
+    for (row, name), message in raw.notes.items():
+        errors.note(row, name, message)
+        match_bad[row] = True
+    proto_ok = raw.protocol != PROTO_BAD
+    for side in PORTS:
+        match_bad |= _check_ports(errors, raw, side, proto_ok)
+    mixed = ~match_bad & src.given & dst.given & (src.version != dst.version)
+    errors.add(mixed, "match", lambda r: f"src {src.text(r)} and dst {dst.text(r)} are of different IP "
+                                         "families: such a rule can never match")
+    lengths = np.fromiter(map(len, raw.description), np.int64, n)
+    errors.add(lengths > DESCRIPTION_MAX, "description", MSG[("description", "long")])
+    for row, found in raw.settled.items():
+        errors.found.extend((row, rank, name, message) for rank, (name, message) in enumerate(found))
+    errors.found.sort(key=lambda e: (e[0], e[1]))
+    out: list[tuple[int | None, str, str]] = [(row, name, message) for row, _, name, message in errors.found]
+    if not out:
+        out = _duplicates(raw.ids)
+    return out
+
+
+def _duplicates(ids: I64) -> list[tuple[int | None, str, str]]:
+    """The first id used twice, as the models say it (at the list, naming both rules)."""
+    if len(ids) < 2:
+        return []
+    order = np.argsort(ids, kind="stable")
+    same = ids[order][1:] == ids[order][:-1]
+    if not same.any():
+        return []
+    later = order[1:][same]  # rows whose id an earlier row has
+    here = int(later.min())
+    first = int(np.flatnonzero(ids == ids[here])[0])
+    return [(None, "", f"id {ids[here]} is used by both acl[{first}] and acl[{here}]")]
+
+
+def block(raw: RawRules, src: Addresses, dst: Addresses) -> Block:
+    """The rules as a block (list order): valid rules only (check() found nothing)."""
+    n = len(raw)
+    cols: dict[str, Any] = {name: np.zeros((n, *shape), dtype=dtype) for name, dtype, shape in SCHEMA}
+    cols["rule_id"][:] = raw.ids
+    cols["order"][:] = (raw.priority.astype(np.uint64) << np.uint64(32)) | raw.ids.astype(np.uint64)
+    cols["action"][:] = ACTION_VALUES[raw.action.astype(np.intp) - 1]
+    cols["flags"][:] = np.where(raw.log, FLAG_LOG, 0)
+    cols["family"][:] = np.maximum(src.version, dst.version)
+    given = np.zeros(n, np.uint8)
+    for side, parsed, bit in (("src", src, GIVEN_SRC), ("dst", dst, GIVEN_DST)):
+        cols[f"{side}_addr"][:] = parsed.addr
+        cols[f"{side}_len"][:] = parsed.plen
+        given |= np.where(parsed.given, bit, 0).astype(np.uint8)
+    cols["proto_any"][:] = raw.protocol == PROTO_ANY
+    cols["proto"][:] = np.where(raw.protocol >= 0, raw.protocol, 0)
+    for side, bit in (("sport", GIVEN_SPORT), ("dport", GIVEN_DPORT)):
+        ports_given, low, high = raw.ports[side]
+        cols[f"{side}_lo"][:] = np.where(ports_given, low, PORT_ANY[0])
+        cols[f"{side}_hi"][:] = np.where(ports_given, high, PORT_ANY[1])
+        given |= np.where(ports_given, bit, 0).astype(np.uint8)
+    description = np.empty(n, dtype=object)
+    description[:] = raw.description
+    return Block(RuleColumns(**cols), given, np.arange(n, dtype=np.uint64), description, raw.metrics.copy())
+
+
+def decode(raw: RawRules) -> AclTable:
+    """Validated RawRules -> AclTable; AclErrors naming every problem otherwise."""
+    src, dst = parse_prefixes(raw.src), parse_prefixes(raw.dst)
+    errors = check(raw, src, dst)
+    if errors:
+        raise AclErrors(errors)
+    return AclTable.from_block(block(raw, src, dst))

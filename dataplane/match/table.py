@@ -1,0 +1,297 @@
+"""Writes compiled policies into one table's maps (ACL or classifiers) and reads them back.
+
+A full compile goes to the bank the program does not search, then one write of match_bank
+switches every packet from then on (a packet reads the bank once: it is judged by one bank
+entirely):
+
+ 1. rule records at slots no bucket of the live bank names (their counters zeroed first);
+ 2. the new bank's buckets, then its subtables element;
+ 3. match_bank[table] = new bank;
+ 4. wait until every search that began before is over (`quiesce`);
+ 5. the old bank's buckets and subtables element go, the freed records are zeroed (a zeroed
+    record never matches).
+
+An edit of the live bank (dataplane.match.edits) writes in its own safe order.
+
+Why `quiesce`, and not a sleep or RCU alone: the kernel gives the memory of a replaced or
+deleted hash element to the next update of that map at once (its BPF allocator recycles
+without waiting for readers), so a search holding the old element could read another one's
+contents. Every search marks itself in match_readers (per CPU and hook: since which
+match_epoch it runs, xdp/include/match.h); `quiesce` advances match_epoch and waits until
+every CPU's mark is idle or newer, typically at once (searches take nanoseconds; a preempted
+test run, longer). A write that may free an element is followed by one before the next write
+to a map (and before freed records are zeroed). Capacity is checked by the compile, before
+any of this. Each run of writes to one map is one batched syscall (dataplane.kernel.bulk);
+values are packed from the ABI layouts (dataplane.abi).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dataplane import abi
+from dataplane.kernel.bulk import MapWriter
+from dataplane.kernel.maps import Counter
+from dataplane.match import compiler as cp
+from dataplane.match import planner
+from dataplane.match.columns import RuleColumns
+
+log = logging.getLogger(__name__)
+
+BANK_MAP = "match_bank"
+EPOCH_MAP, READERS_MAP = "match_epoch", "match_readers"
+READER = abi.struct_dtype("tg_reader")
+HOOKS = abi.enums()["tg_hook"]["TG_HOOK_MAX"]
+QUIESCE_POLL = 20e-6  # seconds between looks at the readers' marks
+MIRROR_AHEAD = 10_000  # rules from which a full compile's edit index is built in the background
+QUIESCE_WARN = 1.0  # a search this long is worth a log line (a stopped test run, a debugger)
+_TABLE = abi.enums()["tg_table"]
+_U32 = np.dtype("=u4")
+
+
+@dataclass(frozen=True)
+class TableNames:
+    kind: str  # "acl" or "cls": the prefix of its capacity settings
+    rules: str  # slot -> struct tg_rule
+    stats: str  # slot -> per-CPU counters
+    subtables: str  # bank -> struct tg_subtables
+    buckets: str  # struct tg_bucket_key -> struct tg_bucket
+    table: int  # enum tg_table: this table's key in match_bank
+
+
+ACL_TABLES = TableNames("acl", "acl_rules", "acl_rule_stats", "acl_subtables", "acl_buckets",
+                        _TABLE["TG_TABLE_ACL"])
+CLS_TABLES = TableNames("cls", "cls_rules", "cls_rule_stats", "cls_subtables", "cls_buckets",
+                        _TABLE["TG_TABLE_CLS"])
+
+
+def _u32(values: Sequence[int] | np.ndarray) -> bytes:
+    return np.asarray(values, dtype=_U32).tobytes()
+
+
+def _bucket_values(contents: Sequence[Sequence[int]]) -> bytes:
+    out = np.zeros(len(contents), dtype=cp.BUCKET)
+    for i, members in enumerate(contents):
+        out["count"][i] = len(members)
+        out["slots"][i, : len(members)] = members
+    return out.tobytes()
+
+
+class MatchTable:
+    """One match structure (ACL or classifiers) and what is written to it (`current`)."""
+
+    def __init__(self, table: Callable[[str], Any], names: TableNames, capacity: cp.Capacity) -> None:
+        self._table = table
+        self.names = names
+        self.capacity = capacity
+        self.current = cp.Live()
+        self._writers: dict[str, MapWriter] = {}
+        self._dirty: set[str] = set()  # maps written since the last quiesce (an element may be held)
+
+    # --- compiling (pure: nothing is written) -------------------------------------------------
+    def compile(self, cols: RuleColumns | Sequence[Any]) -> cp.Compiled:
+        """The whole rule set `cols` against what the table holds; ValueError before any write.
+        (A sequence of MatchRules is converted by dataplane.match.adapter, while it exists.)"""
+        if not isinstance(cols, RuleColumns):
+            from dataplane.match.adapter import to_columns  # the adapter builds on this package
+
+            cols = to_columns(cols)
+        return planner.compile_rules(cols, self.current, self.capacity, self.names.kind)
+
+    def replace(self, cols: RuleColumns | Sequence[Any]) -> cp.Compiled:
+        compiled = self.compile(cols)
+        self.apply(compiled)
+        return compiled
+
+    def add(self, cols: RuleColumns) -> cp.Compiled:
+        """Adds (or replaces, by rule id) the rules `cols`, touching only what they change."""
+        compiled = planner.add_rules(cols, self.current, self.capacity, self.names.kind)
+        self.apply(compiled)
+        return compiled
+
+    def delete(self, rule_ids: Sequence[int]) -> cp.Compiled:
+        compiled = planner.delete_rules(rule_ids, self.current, self.capacity, self.names.kind)
+        self.apply(compiled)
+        return compiled
+
+    # --- writing ------------------------------------------------------------------------------
+    def apply(self, compiled: cp.Compiled) -> None:
+        """Writes `compiled` (made against `current`) in place of the current policy."""
+        if compiled.base is not self.current:
+            raise RuntimeError(f"{self.names.kind}: compiled against a policy this table no longer holds")
+        started = time.perf_counter()
+        if compiled.unchanged:
+            return
+        if compiled.edit is not None:
+            self._apply_edit(compiled)
+        else:
+            self._apply_full(compiled)
+        log.debug("match table written", extra={"table": self.names.kind, "rules": len(self.current),
+                                                 "edit": compiled.edit is not None,
+                                                 "seconds": time.perf_counter() - started})
+
+    def quiesce(self) -> None:
+        """Returns once every search that had begun when it was called is over (module docstring)."""
+        epochs = self._writer(EPOCH_MAP)
+        _, value = epochs.read_all()
+        epoch = int(np.frombuffer(value, dtype="=u8")[0]) + 1
+        epochs.update(_u32([0]), np.array([epoch], dtype="=u8").tobytes())
+        readers, started = self._writer(READERS_MAP), time.perf_counter()
+        warned = False
+        while True:
+            _, marks = readers.read_all()
+            per_cpu = np.frombuffer(marks, dtype=READER)
+            if not ((per_cpu["active"] != 0) & (per_cpu["epoch"] < epoch)).any():
+                break
+            if not warned and time.perf_counter() - started > QUIESCE_WARN:
+                log.warning("waiting for a search that began long ago", extra={"table": self.names.kind})
+                warned = True
+            time.sleep(QUIESCE_POLL)
+        self._dirty.clear()
+
+    def _update(self, name: str, keys: bytes, values: bytes) -> None:
+        """An update of a hash map: may free the element it replaces (a quiesce first if an
+        earlier write to the map may have freed one a search still holds)."""
+        if name in self._dirty:
+            self.quiesce()
+        self._writer(name).update(keys, values)
+        self._dirty.add(name)
+
+    def _delete(self, name: str, keys: bytes) -> None:
+        if name in self._dirty:
+            self.quiesce()
+        self._writer(name).delete(keys)
+        self._dirty.add(name)
+
+    def _put_records(self, slots: np.ndarray, records: bytes) -> None:
+        """Records at slots nothing names yet (arrays: written in place, never freed)."""
+        stats = self._writer(self.names.stats)
+        keys = _u32(slots)
+        stats.update(keys, bytes(stats.value_size * len(slots)))  # a slot's counters start from zero
+        self._writer(self.names.rules).update(keys, records)
+
+    def _zero_records(self, slots: Sequence[int] | np.ndarray) -> None:
+        """After a quiesce: no search can still read these slots."""
+        if len(slots):
+            rules = self._writer(self.names.rules)
+            rules.update(_u32(slots), bytes(rules.value_size * len(slots)))  # TG_RULE_F_LIVE clear
+
+    def _apply_full(self, c: cp.Compiled) -> None:
+        base, bank = c.base, c.bank
+        assert bank is not None
+        if len(base.stale):  # what a failed change left in the bank about to be written
+            self._delete(self.names.buckets, base.stale.tobytes())
+            base.stale = cp.empty_keys()
+        rows = np.flatnonzero(c.fresh)
+        try:
+            self._put_records(c.slots[rows], c.records[rows].tobytes())
+            self._update(self.names.buckets, bank.keys.tobytes(), bank.buckets.tobytes())
+            self._update(self.names.subtables, _u32([bank.number]), bank.subtables.tobytes())
+            self._writer(BANK_MAP).update(_u32([self.names.table]), _u32([bank.number]))
+        except OSError:
+            # The live bank is untouched: what went into the other one is removed with the next change.
+            base.stale = np.concatenate([base.stale, bank.keys])
+            raise
+        live = c.live()
+        self.current = cp.Live(live.bank, live.records, live.slots, live.keys, live.buckets, live.tables,
+                               stale=base.keys)
+        self.quiesce()  # no search is in the old bank any more: nothing there is held
+        self._writer(self.names.buckets).delete(base.keys.tobytes())
+        self._writer(self.names.subtables).delete(_u32([base.bank]))
+        self.current.stale = cp.empty_keys()
+        self._zero_records(c.freed)
+        if len(self.current) >= MIRROR_AHEAD:  # the first edit would wait for it otherwise
+            name = f"{self.names.kind}-mirror"
+            threading.Thread(target=self.current.mirror, name=name, daemon=True).start()
+
+    def _apply_edit(self, c: cp.Compiled) -> None:
+        e = c.edit
+        bank = _u32([c.base.bank])
+        if e.records:
+            self._put_records(np.array([s for s, _ in e.records]), b"".join(r for _, r in e.records))
+        if e.tables_before is not None:
+            self._update(self.names.subtables, bank, e.tables_before)
+        for key, content in [*e.gains, *e.losses]:  # one element at a time, in order (edits.py)
+            if content:
+                self._update(self.names.buckets, key, _bucket_values([content]))
+            else:
+                self._delete(self.names.buckets, key)
+        if e.tables_after is not None:
+            self._update(self.names.subtables, bank, e.tables_after)
+        if e.freed:
+            self.quiesce()
+            self._zero_records(e.freed)
+        self.current = c.live()
+
+    # --- reading back ---------------------------------------------------------------------------
+    def adopt(self, intended: Sequence[Any] = ()) -> cp.Live:
+        """Takes what the maps hold (written by an earlier process) as the current state, without
+        writing anything: a compile of the same rules then finds nothing to change, and rules keep
+        their slots and counters. (`intended` is not needed: records say what each slot holds.)"""
+        keys, values = self._writer(BANK_MAP).read_all()
+        banks = dict(zip(np.frombuffer(keys, _U32).tolist(), np.frombuffer(values, _U32).tolist(),
+                         strict=True))
+        bank = banks.get(self.names.table, 0) & 1
+        _, recs = self._writer(self.names.rules).read_all()
+        records = np.frombuffer(recs, dtype=cp.RULE)
+        k, v = self._writer(self.names.buckets).read_all()
+        bucket_keys, bucket_values = np.frombuffer(k, dtype=cp.KEY), np.frombuffer(v, dtype=cp.BUCKET)
+        mine = bucket_keys["bank"] == bank
+        # The live rules are those the live bank's buckets name (a record left live by a change
+        # that died half-way is not one: its slot is simply free).
+        named = bucket_values[mine]
+        in_use = np.zeros(len(records), dtype=bool)
+        in_use[named["slots"][np.arange(named["slots"].shape[1])[None, :] < named["count"][:, None]]] = True
+        live = np.flatnonzero(in_use & (records["flags"] & cp.F_LIVE != 0))
+        tables = np.zeros(0, dtype=cp.SUBTABLE)
+        k, v = self._writer(self.names.subtables).read_all()
+        elements = np.frombuffer(v, dtype=cp.SUBTABLES)
+        for b, element in zip(np.frombuffer(k, _U32).tolist(), elements, strict=True):
+            if b == bank:
+                tables = element["tables"][: int(element["count"])].copy()
+        self.current = cp.Live(bank, records[live].copy(), live.astype(np.uint32), bucket_keys[mine].copy(),
+                               bucket_values[mine].copy(), tables, stale=bucket_keys[~mine].copy())
+        log.info("match table adopted", extra={"table": self.names.kind, "rules": len(live),
+                                               "buckets": int(mine.sum()), "bank": bank})
+        return self.current
+
+    def counts_by_rule(self, rule_ids: Collection[int] | None = None) -> dict[int, Counter]:
+        """Packets and bytes per rule id, summed over the CPUs; only the rules in `rule_ids` when
+        given (their slots alone are read from the kernel)."""
+        stats = self._writer(self.names.stats)
+        live = self.current
+        slots, ids = live.slots.astype(np.intp), live.records["rule_id"]
+        if rule_ids is not None:
+            chosen = np.isin(ids, np.fromiter(rule_ids, dtype=np.uint32))
+            slots, ids = slots[chosen], ids[chosen]
+            raw = b"".join(stats.lookup(_u32([s])) for s in slots.tolist())
+            per_slot = np.frombuffer(raw, dtype=np.uint64)
+        else:
+            _, values = stats.read_all()
+            per_slot = np.frombuffer(values, dtype=np.uint64).reshape(-1, stats.value_size // 8)[slots]
+        # (slot, [packets, bytes]) summed over the CPUs: a per-CPU value is a tg_counter per CPU
+        totals = per_slot.reshape(len(slots), stats.value_size // 16, 2).sum(axis=1)
+        return {rid: Counter(packets, nbytes)
+                for rid, (packets, nbytes) in zip(ids.tolist(), totals.tolist(), strict=True)}
+
+    def occupancy(self) -> dict[str, tuple[int, int]]:
+        """Map name -> (entries used, capacity) of this table."""
+        live = self.current
+        return {self.names.rules: (len(live), self.capacity.rules),
+                self.names.buckets: (len(live.keys) + len(live.stale), self.capacity.buckets)}
+
+    def _writer(self, name: str) -> MapWriter:
+        writer = self._writers.get(name)
+        if writer is None:
+            t = self._table(name)
+            writer = MapWriter(t.map_fd, name, ctypes.sizeof(t.Key), ctypes.sizeof(t.Leaf))
+            self._writers[name] = writer
+        return writer

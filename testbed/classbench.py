@@ -1,0 +1,91 @@
+"""ClassBench filter sets (../shared/data/classbench, format in its README) as RuleColumns.
+
+    columns = load("fw1", 10_000)    # fw1_10000.rules.gz, rows in file order (= judging order)
+
+A line is `@src/len <TAB> dst/len <TAB> slo : shi <TAB> dlo : dhi <TAB> proto/mask <TAB> flags/mask`.
+ClassBench has no action column and the first line wins, so row i becomes rule id i + 1 with
+priority i, and actions alternate, deny on even rows and allow on odd ones, so that both verdicts
+occur. TCP flags are ignored (the sets leave them wildcarded). Protocol mask 0 is any protocol,
+mask 0xFF that protocol exactly. ClassBench writes port ranges for every rule, also for protocols
+without ports (GRE, ICMP...), where they are always 0 : 65535 in the shipped sets; a rule of such
+a protocol gets any port (the API refuses a port range with them, and the packets have none).
+A prefix with host bits set is refused naming its line (the shipped sets have none).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from dataplane import abi
+from dataplane.match.columns import PORT_ANY, RuleColumns
+
+_REPO = Path(__file__).resolve().parents[1]
+# $TIDEGATE_CLASSBENCH_DIR, else ../shared/data/classbench beside the checkout (or beside the
+# directory of worktrees holding it)
+_CANDIDATES = [base / "shared" / "data" / "classbench" for base in (_REPO.parent, _REPO.parents[1])]
+DEFAULT_DIR = Path(os.environ.get("TIDEGATE_CLASSBENCH_DIR") or
+                   next((c for c in _CANDIDATES if c.is_dir()), _CANDIDATES[0]))
+SEEDS = ("acl1", "fw1", "ipc1")
+SIZES = (1_000, 10_000, 100_000)
+PORT_PROTOCOLS = (6, 17, 132)  # TCP, UDP, SCTP: the protocols whose ports the data plane reads
+ACTIONS = (int(abi.Action["DENY"]), int(abi.Action["ALLOW"]))  # row i gets ACTIONS[i % 2]
+_LINE = re.compile(r"@(\d+)\.(\d+)\.(\d+)\.(\d+)/(\d+)\s+(\d+)\.(\d+)\.(\d+)\.(\d+)/(\d+)\s+(\d+) : (\d+)\s+"
+                   r"(\d+) : (\d+)\s+0x([0-9a-fA-F]+)/0x([0-9a-fA-F]+)")
+
+
+def path_of(seed: str, size: int, directory: Path | None = None) -> Path:
+    return (directory or DEFAULT_DIR) / f"{seed}_{size}.rules.gz"
+
+
+def available(directory: Path | None = None) -> bool:
+    return all(path_of(s, SIZES[0], directory).exists() for s in SEEDS)
+
+
+def load(seed: str, size: int, directory: Path | None = None) -> RuleColumns:
+    return parse(gzip.decompress(path_of(seed, size, directory).read_bytes()).decode())
+
+
+def parse(text: str) -> RuleColumns:
+    """The rules of a ClassBench file, in its order (see the module docstring)."""
+    lines = [line for line in text.splitlines() if line.startswith("@")]
+    fields = []
+    for number, line in enumerate(lines, 1):
+        m = _LINE.match(line)
+        if m is None:
+            raise ValueError(f"line {number}: not a ClassBench rule: {line[:80]!r}")
+        fields.append(m.groups())
+    n = len(fields)
+    f = np.array(fields, dtype=object).reshape(n, 16) if n else np.zeros((0, 16), dtype=object)
+    ints = f[:, :14].astype(np.int64)
+    cols = RuleColumns.empty(n)
+    for side, at in (("src", 0), ("dst", 5)):
+        quads = ints[:, at:at + 4]
+        length = ints[:, at + 4]
+        if (quads > 255).any() or (length > 32).any():
+            raise ValueError(f"{side}: an address or prefix length out of range")
+        value = (quads[:, 0] << 24) | (quads[:, 1] << 16) | (quads[:, 2] << 8) | quads[:, 3]
+        host = value & ((1 << (32 - length)) - 1)
+        if host.any():
+            row = int(np.flatnonzero(host)[0])
+            raise ValueError(f"line {row + 1}: {side} prefix has host bits set")
+        getattr(cols, f"{side}_addr")[:, :4] = quads.astype(np.uint8)
+        getattr(cols, f"{side}_len")[:] = length.astype(np.uint8)
+    proto = np.array([int(v, 16) for v in f[:, 14]], dtype=np.int64)
+    mask = np.array([int(v, 16) for v in f[:, 15]], dtype=np.int64)
+    cols.proto_any[:] = mask == 0
+    cols.proto[:] = np.where(mask == 0, 0, proto).astype(np.uint8)
+    has_ports = ~cols.proto_any & np.isin(cols.proto, PORT_PROTOCOLS)
+    for name, at, default in (("sport_lo", 10, PORT_ANY[0]), ("sport_hi", 11, PORT_ANY[1]),
+                              ("dport_lo", 12, PORT_ANY[0]), ("dport_hi", 13, PORT_ANY[1])):
+        getattr(cols, name)[:] = np.where(has_ports, ints[:, at], default).astype(np.uint16)
+    cols.family[:] = 4
+    rows = np.arange(n, dtype=np.uint64)
+    cols.rule_id[:] = (rows + 1).astype(np.uint32)
+    cols.order[:] = (rows << np.uint64(32)) | (rows + np.uint64(1))
+    cols.action[:] = np.array(ACTIONS, dtype=np.uint8)[(rows % 2).astype(np.intp)]
+    return cols

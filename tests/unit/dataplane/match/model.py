@@ -1,0 +1,160 @@
+"""A model of the maps the classifier searches, and of the search itself (xdp/include/match.h),
+in Python: the pure tests run compiled policies and every intermediate state of their writes
+through it, the kernel tests run the same policies through the real program."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dataplane.match import compiler as cp
+from dataplane.match import tuples as tp
+
+from ..reference_matcher import Packet
+
+U64 = 0xFFFFFFFFFFFFFFFF
+
+
+@dataclass
+class Maps:
+    """match_bank, the subtables and buckets maps and the rules array of one table."""
+
+    bank: int = 0
+    subtables: dict[int, bytes] = field(default_factory=dict)
+    buckets: dict[bytes, bytes] = field(default_factory=dict)
+    rules: dict[int, bytes] = field(default_factory=dict)
+
+    def write_full(self, c: cp.Compiled) -> list[Maps]:
+        """Writes a full compile as dataplane.match.table does; returns the state after each write."""
+        assert c.bank is not None
+        states = []
+        for slot, rec in zip(c.slots[c.fresh].tolist(), c.records[c.fresh], strict=True):
+            self.rules[slot] = rec.tobytes()
+            states.append(self.copy())
+        for k, v in zip(c.bank.keys, c.bank.buckets, strict=True):
+            self.buckets[k.tobytes()] = v.tobytes()
+            states.append(self.copy())
+        self.subtables[c.bank.number] = c.bank.subtables.tobytes()
+        self.bank = c.bank.number
+        states.append(self.copy())
+        for k in c.base.keys:
+            del self.buckets[k.tobytes()]
+        self.subtables.pop(c.base.bank, None)
+        for slot in c.freed.tolist():
+            self.rules[slot] = bytes(cp.RULE.itemsize)
+        states.append(self.copy())
+        return states
+
+    def write_edit(self, c: cp.Compiled) -> list[Maps]:
+        e = c.edit
+        bank = c.base.bank
+        states = []
+
+        def step() -> None:
+            states.append(self.copy())
+
+        for slot, rec in e.records:
+            self.rules[slot] = rec
+            step()
+        if e.tables_before is not None:
+            self.subtables[bank] = e.tables_before
+            step()
+        for key, content in e.gains:
+            self.buckets[key] = _bucket(content)
+            step()
+        for key, content in e.losses:
+            if content:
+                self.buckets[key] = _bucket(content)
+            else:
+                del self.buckets[key]
+            step()
+        if e.tables_after is not None:
+            self.subtables[bank] = e.tables_after
+            step()
+        for slot in e.freed:  # after the table's quiesce: no search reads them any more
+            self.rules[slot] = bytes(cp.RULE.itemsize)
+        step()
+        return states
+
+    def write(self, c: cp.Compiled) -> list[Maps]:
+        if c.unchanged:
+            return [self.copy()]
+        return self.write_edit(c) if c.edit is not None else self.write_full(c)
+
+    def copy(self) -> Maps:
+        return Maps(self.bank, dict(self.subtables), dict(self.buckets), dict(self.rules))
+
+    def lookup(self, p: Packet) -> int | None:
+        """The slot match.h finds for the packet, or None."""
+        raw = self.subtables.get(self.bank)
+        if raw is None:
+            return None
+        subtables = np.frombuffer(raw, dtype=cp.SUBTABLES)[0]
+        src = np.frombuffer(p.src, dtype=np.uint64)
+        dst = np.frombuffer(p.dst, dtype=np.uint64)
+        sport, dport = (p.sport, p.dport) if p.ports else (0, 0)
+        best, found = U64, None
+        for st in subtables["tables"][: int(subtables["count"])]:
+            if int(st["best"]) > best:
+                break
+            key = np.zeros(1, dtype=cp.KEY)
+            key["src"], key["dst"] = src & st["src_mask"], dst & st["dst_mask"]
+            key["sport"], key["dport"] = sport & int(st["sport_mask"]), dport & int(st["dport_mask"])
+            key["family"], key["proto"] = p.family & int(st["family_mask"]), p.proto & int(st["proto_mask"])
+            key["bank"], key["table"] = self.bank, st["id"]
+            bucket = self.buckets.get(key.tobytes())
+            if bucket is None:
+                continue
+            b = np.frombuffer(bucket, dtype=cp.BUCKET)[0]
+            for slot in b["slots"][: int(b["count"])].tolist():
+                if slot not in self.rules:
+                    break
+                r = np.frombuffer(self.rules[slot], dtype=cp.RULE)[0]
+                if int(r["order"]) > best:
+                    break
+                if _matches(r, p, src, dst, sport, dport):
+                    best, found = int(r["order"]), slot
+                    break
+        return found
+
+
+def _bucket(content: list[int]) -> bytes:
+    b = np.zeros(1, dtype=cp.BUCKET)
+    b["count"] = len(content)
+    b["slots"][0, : len(content)] = content
+    return b.tobytes()
+
+
+def _matches(r: np.void, p: Packet, src: np.ndarray, dst: np.ndarray, sport: int, dport: int) -> bool:
+    flags = int(r["flags"])
+    if not flags & cp.F_LIVE:
+        return False
+    if int(r["family"]) and int(r["family"]) != p.family:
+        return False
+    if ((src & r["src_mask"]) != r["src"]).any() or ((dst & r["dst_mask"]) != r["dst"]).any():
+        return False
+    if flags & cp.F_PROTO and int(r["proto"]) != p.proto:
+        return False
+    if not flags & cp.F_PORTS:
+        return True
+    return p.ports and int(r["sport_lo"]) <= sport <= int(r["sport_hi"]) and \
+        int(r["dport_lo"]) <= dport <= int(r["dport_hi"])
+
+
+def maps_of(live: cp.Live) -> Maps:
+    """The maps holding `live`."""
+    m = Maps(live.bank)
+    for slot, rec in zip(live.slots.tolist(), live.records, strict=True):
+        m.rules[slot] = rec.tobytes()
+    for k, v in zip(live.keys, live.buckets, strict=True):
+        m.buckets[k.tobytes()] = v.tobytes()
+    if len(live.tables):
+        s = np.zeros(1, dtype=cp.SUBTABLES)
+        s["count"] = len(live.tables)
+        s["tables"][0, : len(live.tables)] = live.tables
+        m.subtables[live.bank] = s.tobytes()
+    return m
+
+
+assert tp.BUCKET_MAX > 0
