@@ -27,6 +27,8 @@ class RuntimeConfig(BaseModel):
     unknown_vni_action: Literal["pass", "drop"] = "pass"
     default_action: Literal["allow", "deny"] = "allow"
     rewrite_inner_dmac: bool = True
+    # Drop UDP to a tunnel port that is no tunnel packet, instead of judging it as plain UDP.
+    strict_tunnel_ports: bool = False
     # Policy events (dataplane.kernel.events), paced per CPU by a token bucket; 0 sends none (each is
     # then counted as rate limited).
     event_rate: int = Field(default=abi.define("TG_EVENT_RATE_DEFAULT"), ge=0, le=EVENT_RATE_MAX,
@@ -40,6 +42,8 @@ class RuntimeConfig(BaseModel):
             flags |= abi.define("TG_CFG_F_DECAP")
         if self.rewrite_inner_dmac:
             flags |= abi.define("TG_CFG_F_REWRITE_INNER_DMAC")
+        if self.strict_tunnel_ports:
+            flags |= abi.define("TG_CFG_F_STRICT_TUNNEL_PORTS")
         return flags
 
 

@@ -292,6 +292,9 @@ class Settings(Model):
     unknown_vni_action: Literal["pass", "drop"] = "pass"
     default_action: Literal["allow", "deny"] = "allow"
     rewrite_inner_dmac: bool = True
+    # UDP to vxlan_port/geneve_port that is no tunnel packet (docs/dataplane.md, "Tunnel ports"):
+    # judged as plain UDP by default, dropped when strict.
+    strict_tunnel_ports: bool = False
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

@@ -154,7 +154,7 @@ def _chain_dict(msg: pb2.ServiceChain) -> Dict:
 
 def _settings_dict(msg: pb2.Settings) -> Dict:
     d: Dict = {}
-    for field in ("vxlan_port", "geneve_port", "decap", "rewrite_inner_dmac"):
+    for field in ("vxlan_port", "geneve_port", "decap", "rewrite_inner_dmac", "strict_tunnel_ports"):
         _put_optional(d, msg, field)
     _put(d, "unknown_vni_action",
          _name(pb2.UnknownVniAction, "UNKNOWN_VNI_ACTION_", msg.unknown_vni_action))
@@ -247,7 +247,7 @@ def settings_to_proto(s: Settings) -> pb2.Settings:
         vxlan_port=s.vxlan_port, geneve_port=s.geneve_port, decap=s.decap,
         unknown_vni_action=_number(pb2.UnknownVniAction, "UNKNOWN_VNI_ACTION_", s.unknown_vni_action),
         default_action=_number(pb2.Action, "ACTION_", s.default_action),
-        rewrite_inner_dmac=s.rewrite_inner_dmac)
+        rewrite_inner_dmac=s.rewrite_inner_dmac, strict_tunnel_ports=s.strict_tunnel_ports)
 
 
 def policy_to_proto(policy: Policy) -> pb2.Policy:

@@ -68,6 +68,7 @@ class DataplaneMaps:
             "geneve_port": leaf.geneve_port or abi.define("TG_GENEVE_PORT_DEFAULT"),
             "decap": bool(flags & abi.define("TG_CFG_F_DECAP")),
             "rewrite_inner_dmac": bool(flags & abi.define("TG_CFG_F_REWRITE_INNER_DMAC")),
+            "strict_tunnel_ports": bool(flags & abi.define("TG_CFG_F_STRICT_TUNNEL_PORTS")),
             "unknown_vni_action": abi.UnknownVniAction(leaf.unknown_vni_action).name.lower(),
             "default_action": abi.Action(leaf.default_action).name.lower(),
             "event_rate": leaf.event_rate,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataplane import abi
 from dataplane.kernel import clone, owner
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.features import build_cflags
@@ -37,6 +38,9 @@ XDP_FUNC = "tg_xdp_ingress"
 TC_FUNC = "tg_tc_ingress"
 XDP_PIN = "prog_xdp_ingress"
 TC_PIN = "prog_tc_ingress"
+STAGES_MAP = "xdp_stages"
+# enum tg_stage -> the XDP program the ingress entry tail-calls for it.
+XDP_STAGES = {"TG_STAGE_TUNNEL": "tg_xdp_tunnel"}
 # TG_MAP("type", key, leaf, name, ...) and TG_RINGBUF(record, name, pages): the name.
 _MAP_DECL = re.compile(r'^TG_(?:MAP\("[^"]+",\s*[^,]+,\s*[^,]+|RINGBUF\([^,]+),\s*(\w+),', re.M)
 
@@ -85,6 +89,7 @@ class Program:
     tc_fn: Any
     pin_dir: Path | None
     adopted: bool  # maps came from existing pins
+    stages: dict[str, Any] = field(default_factory=dict)  # tail-called XDP programs, by function name
     _rings: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> opened RingBuf
     _sinks: dict[str, RingSink] = field(default_factory=dict, repr=False)
     opened: set[str] = field(default_factory=set, repr=False)  # every table handed out: the maps used
@@ -102,6 +107,10 @@ class Program:
         if fd < 0:
             raise KeyError(f"the data plane has no map {name!r}")
         return fd
+
+    def functions(self) -> list[Any]:
+        """Every program of this load: the entries, then the stages they tail-call."""
+        return [self.xdp_fn, self.tc_fn, *self.stages.values()]
 
     def open_ring_buffer(self, name: str, sink: RingSink) -> None:
         """Sends the records of ring buffer `name` to `sink` from now on (replacing any earlier sink).
@@ -176,8 +185,10 @@ def compile_program(settings: DataplaneSettings, key: InterfaceKey | None = None
         build = _BUILDS.get(flags)
         if build is None:
             prog = _compile(list(flags), pin_dir if adopted else None)
-            _BUILDS[flags] = _Build(prog.bpf, {XDP_FUNC: (prog.xdp_fn, _bcc().BPF.XDP),
-                                               TC_FUNC: (prog.tc_fn, _bcc().BPF.SCHED_CLS)})
+            xdp = _bcc().BPF.XDP
+            _BUILDS[flags] = _Build(prog.bpf, {XDP_FUNC: (prog.xdp_fn, xdp),
+                                               TC_FUNC: (prog.tc_fn, _bcc().BPF.SCHED_CLS),
+                                               **{func: (fn, xdp) for func, fn in prog.stages.items()}})
         else:
             build.users += 1
     if build is not None:
@@ -187,7 +198,9 @@ def compile_program(settings: DataplaneSettings, key: InterfaceKey | None = None
         except BaseException:
             _release(flags, None)
             raise
-        prog = Program(copy, fns[XDP_FUNC], fns[TC_FUNC], pin_dir, adopted)
+        prog = Program(copy, fns[XDP_FUNC], fns[TC_FUNC], pin_dir, adopted,
+                       {func: fns[func] for func in XDP_STAGES.values()})
+        fill_stages(prog)
     prog.pin_dir, prog.adopted, prog.build_flags = pin_dir, adopted, flags
     if pin_dir is not None and not adopted:
         for name in map_names():
@@ -204,12 +217,30 @@ def _compile(cflags: list[str], pin_dir: Path | None) -> Program:
         cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')
     bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)
     try:
-        xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
-        tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
+        xdp_fn, tc_fn, stages = load_functions(bpf)
+        prog = Program(bpf, xdp_fn, tc_fn, pin_dir, pin_dir is not None, stages)
+        fill_stages(prog)
     except BaseException:
         bpf.cleanup()
         raise
-    return Program(bpf, xdp_fn, tc_fn, pin_dir, pin_dir is not None)
+    return prog
+
+
+def load_functions(bpf: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Loads the entries and the stages (tail-call targets) of a compiled module."""
+    bcc = _bcc()
+    xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
+    tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
+    stages = {func: bpf.load_func(func.encode(), bcc.BPF.XDP) for func in XDP_STAGES.values()}
+    return xdp_fn, tc_fn, stages
+
+
+def fill_stages(prog: Program) -> None:
+    """Each stage into its slot of the load's xdp_stages program array (replacing what an
+    earlier load of adopted maps put there)."""
+    slots = prog.table(STAGES_MAP)
+    for enum_name, func in XDP_STAGES.items():
+        slots[ctypes.c_int(abi.enums()["tg_stage"][enum_name])] = ctypes.c_int(prog.stages[func].fd)
 
 
 def _claim(settings: DataplaneSettings, key: InterfaceKey) -> Path:

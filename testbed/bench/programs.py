@@ -23,7 +23,7 @@ from typing import Any
 
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.interface import Dataplane
-from dataplane.kernel.program import TC_FUNC, XDP_FUNC, Program, program_cflags
+from dataplane.kernel.program import XDP_FUNC, Program, fill_stages, load_functions, program_cflags
 from dataplane.kernel.source import program_text
 
 RESTORING_FUNC = "tg_bench_restoring"
@@ -82,6 +82,7 @@ int {name}(struct xdp_md *ctx)
 	stripped = len - stripped;
 #ifndef TG_NO_XDP_META /* built so where the kernel refuses the helper: no metadata to drop */
 	meta = (long)ctx->data - (long)ctx->data_meta;
+#ifndef TG_NO_XDP_META
 	bpf_xdp_adjust_meta(ctx, (int)meta);
 #endif
 	bpf_xdp_adjust_head(ctx, (int)-stripped);
@@ -124,11 +125,12 @@ class Harness:
         settings = settings or DataplaneSettings()
         cflags = program_cflags(settings)
         bpf = bcc.BPF(text=harness_text().encode(), cflags=cflags)
-        xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
-        tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
+        xdp_fn, tc_fn, stages = load_functions(bpf)
         self.restoring_fn = bpf.load_func(RESTORING_FUNC.encode(), bcc.BPF.XDP)
         self.restoring_noop_fn = bpf.load_func(RESTORING_NOOP_FUNC.encode(), bcc.BPF.XDP)
-        self.dp = Dataplane(Program(bpf, xdp_fn, tc_fn, None, False), None, settings)
+        program = Program(bpf, xdp_fn, tc_fn, None, False, stages)
+        fill_stages(program)
+        self.dp = Dataplane(program, None, settings)
 
     @property
     def ingress_fd(self) -> int:

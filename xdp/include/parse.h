@@ -31,7 +31,9 @@
 #define TG_IPV6_EXT_MAX 6
 #define TG_IPV6_EXT_UNIT 8       /* hdr ext len unit (RFC 8200 4.3) */
 #define TG_IPV6_FRAG_OFFSET_MASK 0xfff8
+#define TG_IPV6_FRAG_MORE 0x0001         /* M flag: more fragments follow */
 #define TG_IPV4_FRAG_OFFSET_MASK 0x1fff
+#define TG_IPV4_FRAG_MORE 0x2000         /* MF flag */
 /* VLAN tags between the Ethernet header and the packet: 802.1Q (C-tag) and 802.1ad (S-tag, the
  * outer tag of QinQ). A trunk delivers them to the stack, whose VLAN subinterfaces strip them and
  * receive the IP packet inside, so the ACL must see through them. More than TG_VLAN_MAX tags is
@@ -89,18 +91,6 @@ static __always_inline int tg_ip_fits(struct tg_cursor *c, void *l3, __u32 l3_le
 	c->l3_end = l3_end;
 	return 1;
 }
-
-/* What the ACL and classifiers match on. IPv4 addresses fill the first 4 of 16 bytes. */
-struct tg_tuple {
-	__u8 src[TG_ADDR_LEN];
-	__u8 dst[TG_ADDR_LEN];
-	__u16 sport; /* network byte order; 0 when the protocol has no ports */
-	__u16 dport; /* network byte order; 0 when the protocol has no ports */
-	__u8 proto;
-	__u8 family; /* TG_FAMILY_* */
-	__u8 l4_present; /* 0 for non-first fragments: ports unknown */
-	__u8 reserved;
-};
 
 static __always_inline int tg_parse_eth(struct tg_cursor *c, struct ethhdr **eth)
 {
@@ -182,6 +172,7 @@ static __always_inline int tg_parse_ipv4(struct tg_cursor *c, struct tg_tuple *t
 	t->family = TG_FAMILY_V4;
 	t->proto = ip->protocol;
 	t->l4_present = (bpf_ntohs(ip->frag_off) & TG_IPV4_FRAG_OFFSET_MASK) == 0;
+	t->fragment = (bpf_ntohs(ip->frag_off) & (TG_IPV4_FRAG_OFFSET_MASK | TG_IPV4_FRAG_MORE)) != 0;
 	c->pos += hdr_len;
 	return ip->protocol;
 }
@@ -229,6 +220,9 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 				return TG_PARSE_TRUNCATED;
 			if (bpf_ntohs(fh->frag_off) & TG_IPV6_FRAG_OFFSET_MASK)
 				t->l4_present = 0;
+			/* An atomic fragment (offset 0, M clear; RFC 6946) is a whole datagram. */
+			if (bpf_ntohs(fh->frag_off) & (TG_IPV6_FRAG_OFFSET_MASK | TG_IPV6_FRAG_MORE))
+				t->fragment = 1;
 			ext_len = sizeof(*fh);
 		} else {
 			ext_len = (ext->hdrlen + 1) * TG_IPV6_EXT_UNIT;
@@ -306,6 +300,12 @@ static __always_inline int tg_parse_ip(struct tg_cursor *c, __be16 eth_proto, st
 static __always_inline int tg_is_ip(__be16 eth_proto)
 {
 	return eth_proto == bpf_htons(ETH_P_IP) || eth_proto == bpf_htons(ETH_P_IPV6);
+}
+
+/* The drop reason of a parser error. */
+static __always_inline __u32 tg_parse_reason(int rc)
+{
+	return rc == TG_PARSE_MALFORMED ? TG_REASON_DROP_MALFORMED : TG_REASON_DROP_TRUNCATED;
 }
 
 #endif /* TG_PARSE_H */

@@ -77,6 +77,18 @@ enum tg_table {
 	TG_TABLE_MAX = 2,
 };
 
+/* XDP programs reached by tail call from the ingress entry (the xdp_stages program array), each
+ * verified on its own: the tunnel stage's parsing does not multiply the entry's states. */
+enum tg_stage {
+	TG_STAGE_TUNNEL = 0, /* UDP to a tunnel port: xdp/xdp_tunnel.c */
+	TG_STAGE_MAX = 1,
+};
+
+/* Offsets within a packet a stage may be handed (struct tg_stage_scratch). An XDP frame is at
+ * most a page; the verifier trusts a bounds check only while offset + the bytes after it stay
+ * within 64 KiB, and the stages read a few hundred bytes past this offset. */
+#define TG_PKT_OFF_MAX 0x3fff
+
 /* "No rule matched" in a stage-3 leaf. */
 #define TG_SLOT_NONE 0xffffffff
 
@@ -137,7 +149,8 @@ enum tg_reason {
 	TG_REASON_DROP_GENEVE_CRITICAL = 10, /* unknown critical Geneve option (RFC 8926 3.5: MUST drop) */
 	TG_REASON_DROP_DECAP_FAILED = 11,  /* bpf_xdp_adjust_head refused */
 	TG_REASON_PASS_TUNNEL_NOT_IP = 12, /* tunnel payload not IP (ARP...): passed still encapsulated */
-	TG_REASON_MAX = 13,
+	TG_REASON_PASS_TUNNEL_FRAGMENT = 13, /* first fragment of a datagram to a tunnel port: to the stack */
+	TG_REASON_MAX = 14,
 };
 
 /* The verdict of each reason, stated per reason: the reasons listed here drop the packet, every
@@ -172,7 +185,10 @@ enum tg_event {
 	TG_EVENT_POLICY_SENT = 10,         /* written to the policy_events ring buffer */
 	TG_EVENT_POLICY_RATE_LIMITED = 11, /* this CPU's token bucket was empty (or event_rate = 0) */
 	TG_EVENT_POLICY_RINGBUF_FULL = 12, /* bpf_ringbuf_output refused: the reader is behind */
-	TG_EVENT_MAX = 13,
+	/* UDP to a tunnel port that is no tunnel packet (UDP length, tunnel header cut, VxLAN I flag
+	 * clear, Geneve version not 0): judged as plain UDP (strict_tunnel_ports off). */
+	TG_EVENT_TUNNEL_PORT_PLAIN = 13,
+	TG_EVENT_MAX = 14,
 };
 
 enum tg_action {
@@ -193,6 +209,7 @@ enum tg_tunnel_type {
 /* tg_config.flags */
 #define TG_CFG_F_REWRITE_INNER_DMAC 0x1 /* give decapped unicast frames the interface's MAC */
 #define TG_CFG_F_DECAP 0x2              /* terminate tunnels at all */
+#define TG_CFG_F_STRICT_TUNNEL_PORTS 0x4 /* drop UDP to a tunnel port that is no tunnel packet */
 
 /* tg_tunnel.flags: which encapsulations a VNI is accepted with. */
 #define TG_TUNNEL_F_VXLAN 0x1
@@ -323,6 +340,28 @@ struct tg_cls_rule {
 	__u32 mark; /* written to XDP metadata, then skb->mark by TC */
 };
 _Static_assert(sizeof(struct tg_cls_rule) == 8, "tg_cls_rule layout");
+
+/* What the ACL and classifiers match on, parsed from a packet. IPv4 addresses fill the first 4 of
+ * 16 bytes. */
+struct tg_tuple {
+	__u8 src[TG_ADDR_LEN];
+	__u8 dst[TG_ADDR_LEN];
+	__u16 sport; /* network byte order; 0 when the protocol has no ports */
+	__u16 dport; /* network byte order; 0 when the protocol has no ports */
+	__u8 proto;
+	__u8 family;     /* TG_FAMILY_* */
+	__u8 l4_present; /* 0 for non-first fragments: ports unknown */
+	__u8 fragment;   /* part of a fragmented datagram (first or not; an atomic fragment is whole) */
+};
+_Static_assert(sizeof(struct tg_tuple) == 40, "tg_tuple layout");
+
+/* Handed from the ingress entry to a stage it tail-calls, per CPU (one packet at a time there). */
+struct tg_stage_scratch {
+	struct tg_tuple t; /* the packet's (outer) tuple */
+	__u32 l4_off;      /* from the frame's start: where the L4 header starts (UDP for tunnels) */
+	__u32 l3_end;      /* from the frame's start: where the IP datagram ends */
+};
+_Static_assert(sizeof(struct tg_stage_scratch) == 48, "tg_stage_scratch layout");
 
 /* XDP metadata in front of the packet, read by the TC ingress program. */
 struct tg_meta {

@@ -19,7 +19,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from dataplane import abi
-from dataplane.kernel.features import xdp_meta_supported
 from dataplane.matcher import MatchRule
 
 R = abi.Reason
@@ -69,6 +68,7 @@ class Tuple5:
     proto: int = 0
     dport: int = 0
     l4_present: bool = True
+    fragment: bool = False  # part of a fragmented datagram (an atomic IPv6 fragment is whole)
     l3_end: int = 0  # where the IP datagram ends in the frame
 
 
@@ -80,6 +80,8 @@ class Setup:
     unknown_vni_action: str = "pass"
     rewrite_inner_dmac: bool = True
     decap: bool = True
+    strict_tunnel_ports: bool = False
+    xdp_meta: bool = True  # built with XDP metadata (dataplane.kernel.features): else XDP does not classify
     vxlan_port: int = 4789
     geneve_port: int = 6081
     if_mac: bytes = b"\x02\xaa\x00\x00\x00\x01"
@@ -122,7 +124,9 @@ def _parse_ipv4(buf: bytes, off: int, t: Tuple5) -> int:
     t.family, t.proto = 4, buf[off + 9]
     t.src = ipaddress.IPv4Address(buf[off + 12:off + 16])
     t.dst = ipaddress.IPv4Address(buf[off + 16:off + 20])
-    t.l4_present = (struct.unpack_from("!H", buf, off + 6)[0] & 0x1FFF) == 0
+    frag = struct.unpack_from("!H", buf, off + 6)[0]
+    t.l4_present = (frag & 0x1FFF) == 0
+    t.fragment = (frag & 0x3FFF) != 0  # MF or an offset
     return off + ihl * 4
 
 
@@ -142,8 +146,10 @@ def _parse_ipv6(buf: bytes, off: int, t: Tuple5) -> int:
         _need(buf, pos + 2)
         if nexthdr == IPPROTO_FRAGMENT:
             _need(buf, pos + 8)
-            if struct.unpack_from("!H", buf, pos + 2)[0] & 0xFFF8:
+            frag = struct.unpack_from("!H", buf, pos + 2)[0]
+            if frag & 0xFFF8:
                 t.l4_present = False
+            t.fragment = t.fragment or (frag & 0xFFF9) != 0  # offset or M: not atomic
             length = 8
         else:
             length = (buf[pos + 1] + 1) * 8
@@ -203,6 +209,7 @@ class _Tunnel:
     outer_len: int = 0  # 0: not decapped
     payload_end: int = 0  # end of the outer UDP payload: the inner frame ends there
     not_ip: bool = False  # a tunnel we terminate whose payload is not IP: left encapsulated
+    fragment: bool = False  # the first fragment of a datagram to a tunnel port: to the stack
 
 
 def _admit(setup: Setup, tun: _Tunnel, ev: Counter[abi.Event]) -> bool:
@@ -228,14 +235,31 @@ def _geneve_options(buf: bytes, pos: int, opts_len: int) -> int:
     return pos + opts_len
 
 
-def _udp_payload_end(buf: bytes, pos: int, t: Tuple5) -> int:
+class NotTunnel(Exception):
+    """UDP to a tunnel port that is no tunnel packet: plain UDP (docs: "Tunnel ports")."""
+
+
+def _not_tunnel(setup: Setup, reason: abi.Reason) -> NotTunnel:
+    """Dropped with `reason` under strict tunnel ports, else judged as plain UDP."""
+    if setup.strict_tunnel_ports:
+        raise Stop(reason)
+    return NotTunnel(reason.name)
+
+
+def _udp_payload_end(buf: bytes, pos: int, t: Tuple5, setup: Setup) -> int:
     """The UDP length bounds the tunnel payload, as the UDP stack bounds a datagram."""
     ulen = struct.unpack_from("!H", buf, pos - 4)[0]
     if ulen < 8:
-        raise Stop(R.DROP_MALFORMED)
+        raise _not_tunnel(setup, R.DROP_MALFORMED)
     if pos - 8 + ulen > t.l3_end:
-        raise Stop(R.DROP_TRUNCATED)
+        raise _not_tunnel(setup, R.DROP_TRUNCATED)
     return int(pos - 8 + ulen)
+
+
+def _tunnel_header(buf: bytes, pos: int, setup: Setup) -> None:
+    """The tunnel's fixed header must lie in the UDP payload (`buf` ends with it)."""
+    if pos + TUNNEL_HLEN > len(buf):
+        raise _not_tunnel(setup, R.DROP_TRUNCATED)
 
 
 def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Counter[abi.Event]) -> None:
@@ -245,20 +269,31 @@ def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Cou
         return
     if t.dport not in (setup.vxlan_port, setup.geneve_port):
         return
-    tun.payload_end = _udp_payload_end(buf, pos, t)
+    if t.fragment:
+        tun.fragment = True  # one piece of the datagram: the stack reassembles it
+        return
+    try:
+        _tunnel_packet(buf, pos, t, setup, tun, ev)
+    except NotTunnel:
+        ev[E.TUNNEL_PORT_PLAIN] += 1
+        tun.kind, tun.vni = "", 0
+
+
+def _tunnel_packet(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel,
+                   ev: Counter[abi.Event]) -> None:
+    tun.payload_end = _udp_payload_end(buf, pos, t, setup)
     buf = buf[:tun.payload_end]
+    _tunnel_header(buf, pos, setup)
     if t.dport == setup.vxlan_port:
-        _need(buf, pos + TUNNEL_HLEN)
         if not buf[pos] & VXLAN_FLAG_I:
-            raise Stop(R.DROP_MALFORMED)
+            raise _not_tunnel(setup, R.DROP_MALFORMED)
         tun.kind, tun.vni = "vxlan", _vni(buf, pos + 4)
         if not _admit(setup, tun, ev):
             return
         end = pos + TUNNEL_HLEN
     else:
-        _need(buf, pos + TUNNEL_HLEN)
         if buf[pos] >> 6:
-            raise Stop(R.DROP_GENEVE_VERSION)
+            raise _not_tunnel(setup, R.DROP_GENEVE_VERSION)
         tun.kind, tun.vni = "geneve", _vni(buf, pos + 4)
         if buf[pos + 1] & GENEVE_FLAG_O or struct.unpack_from("!H", buf, pos + 2)[0] != ETH_P_TEB:
             ev[E.TUNNEL_NOT_DECAPPED] += 1
@@ -268,11 +303,12 @@ def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Cou
         if buf[pos + 1] & GENEVE_FLAG_C:
             raise Stop(R.DROP_GENEVE_CRITICAL)
         end = _geneve_options(buf, pos + TUNNEL_HLEN, (buf[pos] & 0x3F) * 4)
-    ethertype, _ = parse_l2(buf, end)  # buf ends with the UDP payload: so must the tags
+    ethertype, l3 = parse_l2(buf, end)  # buf ends with the UDP payload: so must the tags
     if ethertype not in (ETH_P_IP, ETH_P_IPV6):
         tun.not_ip = True  # docs/dataplane.md: only IP payloads are decapped; the rest passes encapsulated
         ev[E.TUNNEL_NOT_DECAPPED] += 1
         return
+    parse_ip(buf, l3, ethertype)  # the inner packet is parsed whole before anything is stripped
     tun.outer_len = end
 
 
@@ -301,10 +337,12 @@ def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
         x.data = bytes(inner)
         ethertype, l3 = parse_l2(x.data)
         assert ethertype in (ETH_P_IP, ETH_P_IPV6), "checked before the decap"
-        t, _ = parse_ip(x.data, l3, ethertype)
+        t, _ = parse_ip(x.data, l3, ethertype)  # parsed before the decap: cannot fail here
     _acl(t, setup, x)  # the inner packet if decapped, else the packet itself
     if tun.not_ip and not abi.is_drop(x.reason):
         x.reason = R.PASS_TUNNEL_NOT_IP  # the policy event (a logged rule) keeps the ACL's reason
+    elif tun.fragment and not abi.is_drop(x.reason):
+        x.reason = R.PASS_TUNNEL_FRAGMENT
 
 
 def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
@@ -317,8 +355,8 @@ def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
         x.acl_rule = rule.rule_id
         x.reason = R.DROP_DENIED if action == abi.Action.DENY else R.PASS_ALLOWED
         x.policy_event = x.reason == R.DROP_DENIED or bool(flags & abi.define("TG_RULE_F_LOG"))
-    if abi.is_drop(x.reason) or not xdp_meta_supported():
-        return  # XDP classifies only where it can hand TC the mark in metadata
+    if abi.is_drop(x.reason) or not setup.xdp_meta:
+        return  # without metadata XDP does not classify: TC does
     x.meta = True
     cls = first_match(setup.classifiers, t)
     if cls is not None:

@@ -31,6 +31,7 @@ seeded random packets in the coverage test (TIDEGATE_FUZZ_SEED picks the seed, d
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import struct
@@ -110,6 +111,7 @@ class Harness:
         return self.apply(Setup(default_action=src.choice(("allow", "deny")),
                                 unknown_vni_action=src.choice(("pass", "drop")),
                                 rewrite_inner_dmac=not src.chance(0.2), decap=not src.chance(0.1),
+                                strict_tunnel_ports=src.chance(0.3), xdp_meta=xdp_meta_supported(),
                                 vxlan_port=ports[0], geneve_port=ports[1],
                                 if_mac=IF_MAC, tunnels=TUNNELS, acl=ACL, classifiers=CLASSIFIERS))
 
@@ -118,7 +120,8 @@ class Harness:
             self.dp.configure(RuntimeConfig(default_action=setup.default_action,
                                             unknown_vni_action=setup.unknown_vni_action,
                                             rewrite_inner_dmac=setup.rewrite_inner_dmac,
-                                            decap=setup.decap, vxlan_port=setup.vxlan_port,
+                                            decap=setup.decap, strict_tunnel_ports=setup.strict_tunnel_ports,
+                                            vxlan_port=setup.vxlan_port,
                                             geneve_port=setup.geneve_port), if_mac=IF_MAC)
             self.setup = setup
         return setup
@@ -224,7 +227,7 @@ def _output_problems(x: Expected, r: Any, setup: Setup) -> list[str]:
 
 def _describe(pkt: bytes, how: str, setup: Setup) -> str:
     return f"{how}; {setup.default_action=} {setup.unknown_vni_action=} {setup.rewrite_inner_dmac=} " \
-           f"{setup.decap=}\npacket {pkt.hex()}"
+           f"{setup.decap=} {setup.strict_tunnel_ports=}\npacket {pkt.hex()}"
 
 
 def fuzz_one(h: Harness, src: Source, packet: tuple[bytes, str] | None = None) -> Outcome | None:
@@ -358,7 +361,7 @@ def test_tc_hostile_packets_marked_only_by_a_classifier(fuzz_dp, data):
 # passed) as if it were whole. The fuzzer's first find: a VxLAN packet decapped and passed with an
 # inner IPv6 header announcing 6 payload bytes, none of them delivered.
 
-BASE = Setup(if_mac=IF_MAC, tunnels=TUNNELS, acl=ACL, classifiers=CLASSIFIERS)
+BASE = Setup(if_mac=IF_MAC, tunnels=TUNNELS, acl=ACL, classifiers=CLASSIFIERS, xdp_meta=xdp_meta_supported())
 ETH = bytes.fromhex("020000000102" "020000000002")
 
 
@@ -401,14 +404,7 @@ LENGTH_CASES = [
     ("a whole tunnelled frame", _vxlan(_ipv4(UDP_5000)), abi.Reason.PASS_DEFAULT),
     # The UDP length bounds the tunnel payload (the second find: a VxLAN packet whose UDP length
     # left no room for the tunnel was decapped, though a VTEP's socket receives nothing).
-    ("outer UDP length leaving no room for the VxLAN header", _vxlan(_ipv4(UDP_5000), udp_len=8),
-     abi.Reason.DROP_TRUNCATED),
     ("outer UDP length ending inside the inner Ethernet header", _vxlan(_ipv4(UDP_5000), udp_len=16 + 13),
-     abi.Reason.DROP_TRUNCATED),
-    ("outer UDP length below its header", _vxlan(_ipv4(UDP_5000), udp_len=7), abi.Reason.DROP_MALFORMED),
-    ("outer UDP length past the IP datagram", _vxlan(_ipv4(UDP_5000), udp_len=200),
-     abi.Reason.DROP_TRUNCATED),
-    ("outer IP datagram ending inside the tunnel", _vxlan(_ipv4(UDP_5000), tot_len=20 + 8 + 8 + 10),
      abi.Reason.DROP_TRUNCATED),
     ("bytes past the UDP payload are cut from the inner frame", _vxlan(_ipv4(UDP_5000), junk=b"junk" * 3),
      abi.Reason.PASS_DEFAULT),
@@ -422,6 +418,33 @@ def test_ip_length_fields_are_checked(fuzz_dp, desc, pkt, reason):
     fuzz_dp.apply(BASE)
     assert xdp_expected(pkt, BASE).reason == reason, f"{desc}: the reference disagrees with the table"
     outcome = check_xdp(fuzz_dp, BASE, pkt)  # also: a passed frame is exactly the predicted one
+    assert outcome is not None and outcome.reason == reason, desc
+
+
+# A UDP length that leaves no tunnel packet at all: the plain UDP it is (the stack drops a
+# datagram whose UDP length is wrong itself), or dropped under strict tunnel ports.
+STRICT = dataclasses.replace(BASE, strict_tunnel_ports=True)
+UDP_LENGTH_CASES = [
+    ("outer UDP length leaving no room for the VxLAN header", _vxlan(_ipv4(UDP_5000), udp_len=8),
+     abi.Reason.DROP_TRUNCATED),
+    ("outer UDP length below its header", _vxlan(_ipv4(UDP_5000), udp_len=7), abi.Reason.DROP_MALFORMED),
+    ("outer UDP length past the IP datagram", _vxlan(_ipv4(UDP_5000), udp_len=200),
+     abi.Reason.DROP_TRUNCATED),
+    ("outer IP datagram ending inside the VxLAN header", _vxlan(_ipv4(UDP_5000), tot_len=20 + 8 + 4),
+     abi.Reason.DROP_TRUNCATED),
+    ("outer IP datagram ending inside the tunnel", _vxlan(_ipv4(UDP_5000), tot_len=20 + 8 + 8 + 10),
+     abi.Reason.DROP_TRUNCATED),
+]
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+@pytest.mark.parametrize("desc,pkt,strict_reason", UDP_LENGTH_CASES, ids=[c[0] for c in UDP_LENGTH_CASES])
+def test_udp_lengths_on_a_tunnel_port(fuzz_dp, desc, pkt, strict_reason, strict):
+    setup = STRICT if strict else BASE
+    reason = strict_reason if strict else abi.Reason.PASS_DEFAULT
+    fuzz_dp.apply(setup)
+    assert xdp_expected(pkt, setup).reason == reason, f"{desc}: the reference disagrees with the table"
+    outcome = check_xdp(fuzz_dp, setup, pkt)
     assert outcome is not None and outcome.reason == reason, desc
 
 
