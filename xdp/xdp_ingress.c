@@ -66,6 +66,5 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 	}
 	reason = tg_judge(ctx, cfg, &t, &none, 0);
 out:
-	tg_count_reason(reason, ctx->data_end - ctx->data);
-	return TG_REASON_IS_DROP(reason) ? XDP_DROP : XDP_PASS;
+	return tg_xdp_exit(ctx, reason);
 }

@@ -82,6 +82,5 @@ int tg_xdp_tunnel(struct xdp_md *ctx)
 		tg_count_event(ti.event); /* left whole: judged as itself, what reaches the stack */
 	reason = tg_judge(ctx, cfg, &outer, &ti, 0);
 out:
-	tg_count_reason(reason, ctx->data_end - ctx->data);
-	return TG_REASON_IS_DROP(reason) ? XDP_DROP : XDP_PASS;
+	return tg_xdp_exit(ctx, reason);
 }

@@ -94,4 +94,16 @@ static __always_inline __u32 tg_judge(struct xdp_md *ctx, const struct tg_config
 	return reason;
 }
 
+/* The one exit of every XDP program: the packet is counted under its reason, then dropped or
+ * passed as the reason says. (TG_BENCH builds, testbed/bench/programs.py, put the packet back
+ * here for the next BPF_PROG_TEST_RUN repetition when their harness entry asks for it.) */
+static __always_inline int tg_xdp_exit(struct xdp_md *ctx, __u32 reason)
+{
+	tg_count_reason(reason, ctx->data_end - ctx->data);
+#ifdef TG_BENCH
+	tg_bench_exit(ctx);
+#endif
+	return TG_REASON_IS_DROP(reason) ? XDP_DROP : XDP_PASS;
+}
+
 #endif /* TG_JUDGE_H */

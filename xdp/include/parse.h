@@ -24,12 +24,17 @@
 #define TG_IPV4_MIN_IHL 5        /* 32-bit words in an option-less IPv4 header */
 #define TG_IPV4_WORD 4
 #define TG_TCP_MIN_DOFF 5
+#define TG_TCP_WORD 4            /* doff unit */
 #define TG_ICMP_MIN_LEN 4        /* type, code, checksum: all we read */
 #define TG_IPPROTO_SCTP 132      /* not in every UAPI in.h the headers fallback may ship */
-/* Extension headers walked to find L4: RFC 8200 4.1's order has at most 5 of those we walk
- * (hop-by-hop, destination, routing, fragment, destination). A longer chain is dropped. */
+/* Extension headers walked to find L4: RFC 8200 4.1's order has at most 6 of those we walk
+ * (hop-by-hop, destination, routing, fragment, authentication, destination). A longer chain is
+ * dropped. */
 #define TG_IPV6_EXT_MAX 6
 #define TG_IPV6_EXT_UNIT 8       /* hdr ext len unit (RFC 8200 4.3) */
+#define TG_IPPROTO_AH 51         /* Authentication Header (RFC 4302): an extension header in IPv6 */
+#define TG_AH_UNIT 4             /* AH Payload Len: 32-bit words, minus 2 (RFC 4302 2.2) */
+#define TG_AH_LEN_BIAS 2
 #define TG_IPV6_FRAG_OFFSET_MASK 0xfff8
 #define TG_IPV6_FRAG_MORE 0x0001         /* M flag: more fragments follow */
 #define TG_IPV4_FRAG_OFFSET_MASK 0x1fff
@@ -180,7 +185,7 @@ static __always_inline int tg_parse_ipv4(struct tg_cursor *c, struct tg_tuple *t
 static __always_inline int tg_ipv6_is_ext(__u8 nexthdr)
 {
 	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
-	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT;
+	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT || nexthdr == TG_IPPROTO_AH;
 }
 
 /* Walks up to TG_IPV6_EXT_MAX extension headers; returns the L4 protocol (for a non-first
@@ -224,6 +229,9 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 			if (bpf_ntohs(fh->frag_off) & (TG_IPV6_FRAG_OFFSET_MASK | TG_IPV6_FRAG_MORE))
 				t->fragment = 1;
 			ext_len = sizeof(*fh);
+		} else if (nexthdr == TG_IPPROTO_AH) {
+			/* The stack's ipv6_skip_exthdr walks past it too: the transport header follows. */
+			ext_len = (ext->hdrlen + TG_AH_LEN_BIAS) * TG_AH_UNIT;
 		} else {
 			ext_len = (ext->hdrlen + 1) * TG_IPV6_EXT_UNIT;
 		}
@@ -256,9 +264,14 @@ static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
 			return TG_PARSE_TRUNCATED;
 		if (tcp->doff < TG_TCP_MIN_DOFF)
 			return TG_PARSE_MALFORMED;
+		/* Options make the header doff * 4 bytes: all of them inside the datagram (tcp_v4_rcv
+		 * and tcp_v6_rcv discard one whose header does not fit, RFC 1858 tiny fragments too). */
+		if (c->pos + tcp->doff * TG_TCP_WORD > c->end ||
+		    (__u64)(c->pos - c->frame) + tcp->doff * TG_TCP_WORD > c->l3_end)
+			return TG_PARSE_TRUNCATED;
 		t->sport = tcp->source;
 		t->dport = tcp->dest;
-		c->pos = tcp + 1;
+		c->pos += tcp->doff * TG_TCP_WORD;
 	} else if (t->proto == IPPROTO_UDP) {
 		struct udphdr *udp = c->pos;
 

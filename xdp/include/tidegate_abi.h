@@ -188,7 +188,8 @@ enum tg_event {
 	/* UDP to a tunnel port that is no tunnel packet (UDP length, tunnel header cut, VxLAN I flag
 	 * clear, Geneve version not 0): judged as plain UDP (strict_tunnel_ports off). */
 	TG_EVENT_TUNNEL_PORT_PLAIN = 13,
-	TG_EVENT_MAX = 14,
+	TG_EVENT_TC_PULL_FAILED = 14,      /* TC's bpf_skb_pull_data refused (memory): parsed what was linear */
+	TG_EVENT_MAX = 15,
 };
 
 enum tg_action {

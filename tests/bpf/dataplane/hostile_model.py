@@ -34,9 +34,9 @@ VLAN_HLEN = 4
 VLAN_MAX = 2  # docs/dataplane.md: "up to 2 VLAN tags"; a third is malformed
 IPV4_HLEN = 20
 IPV6_HLEN = 40
-IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS = 0, 43, 44, 60
+IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS, IPPROTO_AH = 0, 43, 44, 60, 51
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
-IPV6_EXT = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT)
+IPV6_EXT = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_AH)
 IPV6_EXT_MAX = 6  # docs/dataplane.md: "up to 6 extension headers"; a longer chain is malformed
 L4_FIXED = {IPPROTO_TCP: 20, IPPROTO_UDP: 8, IPPROTO_SCTP: 4, IPPROTO_ICMP: 4, IPPROTO_ICMPV6: 4}
 PORT_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
@@ -151,6 +151,8 @@ def _parse_ipv6(buf: bytes, off: int, t: Tuple5) -> int:
                 t.l4_present = False
             t.fragment = t.fragment or (frag & 0xFFF9) != 0  # offset or M: not atomic
             length = 8
+        elif nexthdr == IPPROTO_AH:
+            length = (buf[pos + 1] + 2) * 4  # RFC 4302: Payload Len in 32-bit words, minus 2
         else:
             length = (buf[pos + 1] + 1) * 8
         _need(buf, pos + length)
@@ -170,8 +172,11 @@ def parse_ip(buf: bytes, off: int, ethertype: int) -> tuple[Tuple5, int]:
     if not t.l4_present or t.proto not in L4_FIXED:
         return t, pos
     _need(buf, pos + L4_FIXED[t.proto])
-    if t.proto == IPPROTO_TCP and buf[pos + 12] >> 4 < 5:
-        raise Stop(R.DROP_MALFORMED)
+    if t.proto == IPPROTO_TCP:
+        doff = buf[pos + 12] >> 4
+        if doff < 5:
+            raise Stop(R.DROP_MALFORMED)
+        _need(buf[:t.l3_end], pos + doff * 4)  # options too, inside the datagram
     if t.proto in PORT_PROTOS:
         t.dport = struct.unpack_from("!H", buf, pos + 2)[0]
     return t, pos + L4_FIXED[t.proto]

@@ -452,15 +452,21 @@ def test_udp_lengths_on_a_tunnel_port(fuzz_dp, desc, pkt, strict_reason, strict)
 # next as the protocol, with no ports, so a port rule could be bypassed by padding headers the
 # stack walks through; and after a non-first fragment's Fragment header it read fragment data as
 # headers. HOP, DST, RT, FRAG: the IPv6 extension headers walked.
-HOP, RT, FRAG, DST = 0, 43, 44, 60
+HOP, RT, FRAG, DST, AH = 0, 43, 44, 60, 51
 TCP_23 = struct.pack("!HHIIBBHHH", 40000, 23, 1, 0, 5 << 4, 0x02, 1024, 0, 0)
 
 
 def _ext_chain(kinds: list[int], last: int, frag_off: int = 0) -> bytes:
-    """Extension headers of the smallest size (8 bytes each), then the protocol `last`."""
+    """Extension headers of the smallest size (8 bytes each; AH 24: its fixed 12 and a 12-byte
+    ICV, Payload Len 4), then the protocol `last`."""
     out = b""
     for kind, nxt in zip(kinds, [*kinds[1:], last], strict=True):
-        out += struct.pack("!BBHI", nxt, 0, frag_off, 7) if kind == FRAG else struct.pack("!BB6x", nxt, 0)
+        if kind == FRAG:
+            out += struct.pack("!BBHI", nxt, 0, frag_off, 7)
+        elif kind == AH:
+            out += struct.pack("!BBHII", nxt, 4, 0, 0x100, 1) + bytes(12)
+        else:
+            out += struct.pack("!BB6x", nxt, 0)
     return out
 
 
@@ -469,6 +475,12 @@ EXT_CASES = [
      _ipv6(_ext_chain([HOP, DST, RT, FRAG, DST], TCP) + TCP_23, nexthdr=HOP), abi.Reason.DROP_DENIED),
     ("TCP/23 behind 7 destination options headers is not passed unjudged",
      _ipv6(_ext_chain([DST] * 7, TCP) + TCP_23, nexthdr=DST), abi.Reason.DROP_MALFORMED),
+    ("TCP/23 behind an Authentication Header is judged as TCP/23",
+     _ipv6(_ext_chain([AH], TCP) + TCP_23, nexthdr=AH), abi.Reason.DROP_DENIED),
+    ("TCP/23 behind the longest RFC 8200 chain with AH is judged as TCP/23",
+     _ipv6(_ext_chain([HOP, DST, RT, FRAG, AH, DST], TCP) + TCP_23, nexthdr=HOP), abi.Reason.DROP_DENIED),
+    ("an Authentication Header cut by the end of the datagram",
+     _ipv6(_ext_chain([AH], TCP)[:20], nexthdr=AH), abi.Reason.DROP_TRUNCATED),
     ("a non-first fragment's data is not read as headers",
      _ipv6(_ext_chain([FRAG], DST, frag_off=0x100) + b"\x06\xff" + bytes(14), nexthdr=FRAG),
      abi.Reason.PASS_DEFAULT),
@@ -477,6 +489,31 @@ EXT_CASES = [
 
 @pytest.mark.parametrize("desc,pkt,reason", EXT_CASES, ids=[c[0] for c in EXT_CASES])
 def test_ipv6_extension_header_chains(fuzz_dp, desc, pkt, reason):
+    fuzz_dp.apply(BASE)
+    assert xdp_expected(pkt, BASE).reason == reason, f"{desc}: the reference disagrees with the table"
+    outcome = check_xdp(fuzz_dp, BASE, pkt)
+    assert outcome is not None and outcome.reason == reason, desc
+
+
+# TCP options: the header is doff * 4 bytes, all inside the IP datagram (before: only 20 were read,
+# so a header whose options ran past the datagram was judged as if whole).
+def _tcp(doff: int, options: bytes = b"") -> bytes:
+    return struct.pack("!HHIIBBHHH", 40000, 23, 1, 0, doff << 4, 0x02, 1024, 0, 0) + options
+
+
+TCP_OPTION_CASES = [
+    ("options inside the datagram", _ipv4(_tcp(8, b"\x01" * 12), proto=TCP), abi.Reason.DROP_DENIED),
+    ("doff 15, 40 bytes of options", _ipv6(_tcp(15, b"\x01" * 40), nexthdr=TCP), abi.Reason.DROP_DENIED),
+    ("options past the end of the datagram", _ipv4(_tcp(8, b"\x01" * 8), proto=TCP),
+     abi.Reason.DROP_TRUNCATED),
+    ("options past the IPv4 total length, padding behind", _ipv4(_tcp(8, b"\x01" * 12), proto=TCP,
+                                                                 tot_len=20 + 24), abi.Reason.DROP_TRUNCATED),
+    ("doff 4", _ipv4(_tcp(4), proto=TCP), abi.Reason.DROP_MALFORMED),
+]
+
+
+@pytest.mark.parametrize("desc,pkt,reason", TCP_OPTION_CASES, ids=[c[0] for c in TCP_OPTION_CASES])
+def test_tcp_options_are_bounded_by_doff(fuzz_dp, desc, pkt, reason):
     fuzz_dp.apply(BASE)
     assert xdp_expected(pkt, BASE).reason == reason, f"{desc}: the reference disagrees with the table"
     outcome = check_xdp(fuzz_dp, BASE, pkt)
