@@ -16,6 +16,7 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 
+#include "maps.h"
 #include "tidegate_abi.h"
 
 #define TG_PARSE_TRUNCATED (-1)
@@ -182,6 +183,26 @@ static __always_inline int tg_parse_ipv4(struct tg_cursor *c, struct tg_tuple *t
 	return ip->protocol;
 }
 
+/* *out = off, through memory the verifier knows nothing about (parse_scratch), bounded by
+ * TG_PKT_OFF_MAX. The packet pointer a parser derives from it then has the same state on every
+ * path that reaches it: walking N extension headers of 3 kinds is verified about once per
+ * header, not once per sequence of kinds (3^N). Nonzero past the bound (never in a frame). */
+static __always_inline int tg_forget_off(__u32 off, __u32 *out)
+{
+	__u32 zero = 0;
+	__u32 *slot = parse_scratch.lookup(&zero);
+
+	if (!slot)
+		return -1;
+	*slot = off;
+	asm volatile("" ::: "memory"); /* the compiler must load what it stored */
+	off = *slot;
+	if (off > TG_PKT_OFF_MAX)
+		return -1;
+	*out = off;
+	return 0;
+}
+
 static __always_inline int tg_ipv6_is_ext(__u8 nexthdr)
 {
 	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
@@ -212,7 +233,7 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 
 	for (i = 0; i < TG_IPV6_EXT_MAX; i++) {
 		struct ipv6_opt_hdr *ext = c->pos;
-		__u32 ext_len;
+		__u32 ext_len, off;
 
 		if (!tg_ipv6_is_ext(nexthdr))
 			break;
@@ -238,7 +259,9 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 		if (c->pos + ext_len > c->end)
 			return TG_PARSE_TRUNCATED;
 		nexthdr = ext->nexthdr;
-		c->pos += ext_len;
+		if (tg_forget_off((c->pos - c->frame) + ext_len, &off))
+			return TG_PARSE_TRUNCATED;
+		c->pos = c->frame + off;
 		if (!t->l4_present)
 			break;
 	}
