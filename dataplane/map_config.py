@@ -14,6 +14,11 @@ from dataplane import abi
 # An event costs NSEC_PER_SEC / event_rate of credit: above 1e9/s it would cost nothing.
 EVENT_RATE_MAX = 1_000_000_000
 EVENT_BURST_MAX = (1 << 32) - 1  # a __u32
+CT_TIMEOUT_MAX = 30 * 24 * 3600  # seconds: a month; longer is a table nothing ever leaves
+
+
+def _ct_timeout(define: str, what: str) -> int:
+    return Field(default=abi.define(define), ge=1, le=CT_TIMEOUT_MAX, description=f"{what}, seconds")
 
 
 class RuntimeConfig(BaseModel):
@@ -35,6 +40,13 @@ class RuntimeConfig(BaseModel):
                             description="policy events per second per CPU")
     event_burst: int = Field(default=abi.define("TG_EVENT_BURST_DEFAULT"), ge=1, le=EVENT_BURST_MAX,
                              description="policy events a CPU may send back to back")
+    # Replies of flows that left through the interface pass before the ACL (xdp/include/conntrack.h),
+    # until the flow has been idle this long.
+    allow_established: bool = False
+    ct_tcp_s: int = _ct_timeout("TG_CT_TCP_TIMEOUT_DEFAULT", "TCP idle timeout")
+    ct_tcp_closing_s: int = _ct_timeout("TG_CT_TCP_CLOSING_TIMEOUT_DEFAULT", "TCP timeout after a FIN or RST")
+    ct_udp_s: int = _ct_timeout("TG_CT_UDP_TIMEOUT_DEFAULT", "UDP idle timeout")
+    ct_icmp_s: int = _ct_timeout("TG_CT_ICMP_TIMEOUT_DEFAULT", "ICMP echo idle timeout")
 
     def flags(self) -> int:
         flags = 0
@@ -44,6 +56,8 @@ class RuntimeConfig(BaseModel):
             flags |= abi.define("TG_CFG_F_REWRITE_INNER_DMAC")
         if self.strict_tunnel_ports:
             flags |= abi.define("TG_CFG_F_STRICT_TUNNEL_PORTS")
+        if self.allow_established:
+            flags |= abi.define("TG_CFG_F_ESTABLISHED")
         return flags
 
 

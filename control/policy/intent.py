@@ -65,7 +65,10 @@ def _leg_rule(cid: int, priority: int, leg: Leg) -> MatchRule:
 
 
 def runtime_config(policy: Policy) -> RuntimeConfig:
-    return RuntimeConfig(**policy.settings.model_dump())
+    settings = policy.settings.model_dump(exclude={"established_timeouts"})
+    timeouts = policy.settings.established_timeouts
+    return RuntimeConfig(**settings, ct_tcp_s=timeouts.tcp, ct_tcp_closing_s=timeouts.tcp_closing,
+                         ct_udp_s=timeouts.udp, ct_icmp_s=timeouts.icmp)
 
 
 PRUNE_SLACK = 1024  # rules whose translations may outlive them in the cache, besides a quarter

@@ -285,6 +285,19 @@ class ServiceChain(Model):
         return out
 
 
+CT_TIMEOUT_MAX = 30 * 24 * 3600  # a month, in seconds
+
+
+class EstablishedTimeouts(Model):
+    """How long a flow recorded for allow_established may stay idle (no packet either way), in
+    seconds, before its replies are judged by the ACL again."""
+
+    tcp: int = Field(default=3600, ge=1, le=CT_TIMEOUT_MAX)
+    tcp_closing: int = Field(default=10, ge=1, le=CT_TIMEOUT_MAX)  # once a FIN or RST went either way
+    udp: int = Field(default=30, ge=1, le=CT_TIMEOUT_MAX)
+    icmp: int = Field(default=30, ge=1, le=CT_TIMEOUT_MAX)  # echo requests and their replies
+
+
 class Settings(Model):
     vxlan_port: int = Field(default=4789, ge=1, le=PORT_MAX)
     geneve_port: int = Field(default=6081, ge=1, le=PORT_MAX)
@@ -295,6 +308,10 @@ class Settings(Model):
     # UDP to vxlan_port/geneve_port that is no tunnel packet (docs/dataplane.md, "Tunnel ports"):
     # judged as plain UDP by default, dropped when strict.
     strict_tunnel_ports: bool = False
+    # Replies to flows that left through an attached interface pass before the ACL, like
+    # iptables' `-m conntrack --ctstate ESTABLISHED -j ACCEPT` (docs/dataplane.md, "Established").
+    allow_established: bool = False
+    established_timeouts: EstablishedTimeouts = EstablishedTimeouts()
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

@@ -154,8 +154,14 @@ def _chain_dict(msg: pb2.ServiceChain) -> Dict:
 
 def _settings_dict(msg: pb2.Settings) -> Dict:
     d: Dict = {}
-    for field in ("vxlan_port", "geneve_port", "decap", "rewrite_inner_dmac", "strict_tunnel_ports"):
+    for field in ("vxlan_port", "geneve_port", "decap", "rewrite_inner_dmac", "strict_tunnel_ports",
+                  "allow_established"):
         _put_optional(d, msg, field)
+    if msg.HasField("established_timeouts"):
+        timeouts: Dict = {}
+        for field in ("tcp", "tcp_closing", "udp", "icmp"):
+            _put_optional(timeouts, msg.established_timeouts, field)
+        d["established_timeouts"] = timeouts
     _put(d, "unknown_vni_action",
          _name(pb2.UnknownVniAction, "UNKNOWN_VNI_ACTION_", msg.unknown_vni_action))
     _put(d, "default_action", _name(pb2.Action, "ACTION_", msg.default_action))
@@ -247,7 +253,9 @@ def settings_to_proto(s: Settings) -> pb2.Settings:
         vxlan_port=s.vxlan_port, geneve_port=s.geneve_port, decap=s.decap,
         unknown_vni_action=_number(pb2.UnknownVniAction, "UNKNOWN_VNI_ACTION_", s.unknown_vni_action),
         default_action=_number(pb2.Action, "ACTION_", s.default_action),
-        rewrite_inner_dmac=s.rewrite_inner_dmac, strict_tunnel_ports=s.strict_tunnel_ports)
+        rewrite_inner_dmac=s.rewrite_inner_dmac, strict_tunnel_ports=s.strict_tunnel_ports,
+        allow_established=s.allow_established,
+        established_timeouts=pb2.EstablishedTimeouts(**s.established_timeouts.model_dump()))
 
 
 def policy_to_proto(policy: Policy) -> pb2.Policy:

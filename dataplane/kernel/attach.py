@@ -29,6 +29,7 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 _MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 
 TC_INGRESS_PARENT = "ffff:fff2"  # clsact's ingress hook
+TC_EGRESS_PARENT = "ffff:fff3"  # clsact's egress hook (allow_established records flows there)
 TC_HANDLE = 1
 TC_PRIO = 0xC000  # our band on clsact ingress: explicit, so we delete only our filter
 CLSACT_OWNED = "clsact-owned"  # marker in the run dir: we created the qdisc, we remove it
@@ -103,7 +104,9 @@ def xdp_attached(ifname: str) -> bool:
     return bool(xdp and xdp.get_attr("IFLA_XDP_ATTACHED"))
 
 
-def attach_tc(ifname: str, fn: Any, run_dir: Path | None) -> None:
+def attach_tc(ifname: str, fn: Any, run_dir: Path | None, egress_fn: Any = None) -> None:
+    """clsact on the interface (remembered in run_dir when we created it), our filter on its
+    ingress hook and, with egress_fn, on its egress hook."""
     idx = ifindex(ifname)
     with IPRoute() as ipr:
         try:
@@ -114,10 +117,13 @@ def attach_tc(ifname: str, fn: Any, run_dir: Path | None) -> None:
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
-        ipr.tc(
-            "replace-filter", "bpf", idx, TC_HANDLE, fd=fn.fd, name=fn.name,
-            parent=TC_INGRESS_PARENT, prio=TC_PRIO, classid=1, direct_action=True,
-        )
+        for parent, prog in ((TC_INGRESS_PARENT, fn), (TC_EGRESS_PARENT, egress_fn)):
+            if prog is None:
+                continue
+            ipr.tc(
+                "replace-filter", "bpf", idx, TC_HANDLE, fd=prog.fd, name=prog.name,
+                parent=parent, prio=TC_PRIO, classid=1, direct_action=True,
+            )
 
 
 def detach_tc(ifname: str, run_dir: Path | None) -> None:
@@ -126,11 +132,12 @@ def detach_tc(ifname: str, run_dir: Path | None) -> None:
     except AttachError:
         return
     with IPRoute() as ipr:
-        try:
-            ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=TC_INGRESS_PARENT, prio=TC_PRIO)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENOENT, errno.EINVAL):
-                raise
+        for parent in (TC_INGRESS_PARENT, TC_EGRESS_PARENT):
+            try:
+                ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=parent, prio=TC_PRIO)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ENOENT, errno.EINVAL):
+                    raise
         owned = run_dir is not None and (run_dir / CLSACT_OWNED).exists()
         if owned:
             try:
@@ -140,9 +147,9 @@ def detach_tc(ifname: str, run_dir: Path | None) -> None:
                     raise
 
 
-def tc_filter_attached(ifname: str) -> bool:
+def tc_filter_attached(ifname: str, parent: str = TC_INGRESS_PARENT) -> bool:
     with IPRoute() as ipr:
-        filters = ipr.get_filters(index=ifindex(ifname), parent=TC_INGRESS_PARENT)
+        filters = ipr.get_filters(index=ifindex(ifname), parent=parent)
     return any(f.get_attr("TCA_KIND") == "bpf" for f in filters)
 
 

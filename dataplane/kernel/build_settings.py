@@ -46,6 +46,7 @@ class Capacities(BaseModel):
     cls_src: int = _cap("TG_CLS_SRC_MAX")
     cls_dst: int = _cap("TG_CLS_DST_MAX")
     cls_port: int = _cap("TG_CLS_PORT_MAX")
+    conntrack: int = _cap("TG_CT_MAX")  # flows recorded for allow_established
     # Pages (4 KiB) of the policy event ring buffer; 65536 pages is 256 MiB, already absurd.
     event_ring_pages: int = Field(default=abi.define("TG_EVENT_RING_PAGES"), ge=1, le=_MAX_RING_PAGES,
                                   description="-DTG_EVENT_RING_PAGES")

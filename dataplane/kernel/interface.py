@@ -68,7 +68,8 @@ class Dataplane:
 
     def attach(self, mode: attach_mod.XdpMode = "auto") -> str:
         key = self._require_key("attach")
-        attach_mod.attach_tc(key.ifname, self.program.tc_fn, self.settings.run_dir(key))
+        attach_mod.attach_tc(key.ifname, self.program.tc_fn, self.settings.run_dir(key),
+                             self.program.tc_egress_fn)
         self.xdp_mode = attach_mod.attach_xdp(key.ifname, self.program.xdp_fn, mode)
         self.program.pin_programs()
         log.info("data plane attached", extra={"ifname": key.ifname, "xdp_mode": self.xdp_mode})
@@ -114,6 +115,10 @@ class Dataplane:
 
     def run_tc(self, packet: bytes, mark: int = 0, repeat: int = 1) -> SkbResult:
         return run_skb(self.program.tc_fn.fd, packet, mark, repeat)
+
+    def run_tc_egress(self, packet: bytes, repeat: int = 1) -> SkbResult:
+        """The TC egress program (allow_established's recorder) on a packet leaving the interface."""
+        return run_skb(self.program.tc_egress_fn.fd, packet, 0, repeat)
 
     def _require_key(self, what: str) -> InterfaceKey:
         if self.key is None:

@@ -38,6 +38,8 @@ XDP_FUNC = "tg_xdp_ingress"
 TC_FUNC = "tg_tc_ingress"
 XDP_PIN = "prog_xdp_ingress"
 TC_PIN = "prog_tc_ingress"
+TC_EGRESS_FUNC = "tg_tc_egress"
+TC_EGRESS_PIN = "prog_tc_egress"
 STAGES_MAP = "xdp_stages"
 # enum tg_stage -> the XDP program the ingress entry tail-calls for it.
 XDP_STAGES = {"TG_STAGE_TUNNEL": "tg_xdp_tunnel"}
@@ -90,6 +92,7 @@ class Program:
     pin_dir: Path | None
     adopted: bool  # maps came from existing pins
     stages: dict[str, Any] = field(default_factory=dict)  # tail-called XDP programs, by function name
+    tc_egress_fn: Any = None  # records flows for allow_established
     _rings: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> opened RingBuf
     _sinks: dict[str, RingSink] = field(default_factory=dict, repr=False)
     opened: set[str] = field(default_factory=set, repr=False)  # every table handed out: the maps used
@@ -110,7 +113,7 @@ class Program:
 
     def functions(self) -> list[Any]:
         """Every program of this load: the entries, then the stages they tail-call."""
-        return [self.xdp_fn, self.tc_fn, *self.stages.values()]
+        return [self.xdp_fn, self.tc_fn, self.tc_egress_fn, *self.stages.values()]
 
     def open_ring_buffer(self, name: str, sink: RingSink) -> None:
         """Sends the records of ring buffer `name` to `sink` from now on (replacing any earlier sink).
@@ -135,7 +138,7 @@ class Program:
     def pin_programs(self) -> None:
         if self.pin_dir is None:
             return
-        for fn, name in ((self.xdp_fn, XDP_PIN), (self.tc_fn, TC_PIN)):
+        for fn, name in ((self.xdp_fn, XDP_PIN), (self.tc_fn, TC_PIN), (self.tc_egress_fn, TC_EGRESS_PIN)):
             path = self.pin_dir / name
             path.unlink(missing_ok=True)  # replaced by this load's program
             _pin(fn.fd, path)
@@ -188,18 +191,19 @@ def compile_program(settings: DataplaneSettings, key: InterfaceKey | None = None
             xdp = _bcc().BPF.XDP
             _BUILDS[flags] = _Build(prog.bpf, {XDP_FUNC: (prog.xdp_fn, xdp),
                                                TC_FUNC: (prog.tc_fn, _bcc().BPF.SCHED_CLS),
+                                               TC_EGRESS_FUNC: (prog.tc_egress_fn, _bcc().BPF.SCHED_CLS),
                                                **{func: (fn, xdp) for func, fn in prog.stages.items()}})
         else:
             build.users += 1
     if build is not None:
         try:
             copy, fns = clone.load_copy(build.bpf, build.fns, map_names(), pin_dir, adopted,
-                                        {XDP_FUNC: XDP_PIN, TC_FUNC: TC_PIN})
+                                        {XDP_FUNC: XDP_PIN, TC_FUNC: TC_PIN, TC_EGRESS_FUNC: TC_EGRESS_PIN})
         except BaseException:
             _release(flags, None)
             raise
         prog = Program(copy, fns[XDP_FUNC], fns[TC_FUNC], pin_dir, adopted,
-                       {func: fns[func] for func in XDP_STAGES.values()})
+                       {func: fns[func] for func in XDP_STAGES.values()}, fns[TC_EGRESS_FUNC])
         fill_stages(prog)
     prog.pin_dir, prog.adopted, prog.build_flags = pin_dir, adopted, flags
     if pin_dir is not None and not adopted:
@@ -217,8 +221,8 @@ def _compile(cflags: list[str], pin_dir: Path | None) -> Program:
         cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')
     bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)
     try:
-        xdp_fn, tc_fn, stages = load_functions(bpf)
-        prog = Program(bpf, xdp_fn, tc_fn, pin_dir, pin_dir is not None, stages)
+        xdp_fn, tc_fn, tc_egress_fn, stages = load_functions(bpf)
+        prog = Program(bpf, xdp_fn, tc_fn, pin_dir, pin_dir is not None, stages, tc_egress_fn)
         fill_stages(prog)
     except BaseException:
         bpf.cleanup()
@@ -226,13 +230,14 @@ def _compile(cflags: list[str], pin_dir: Path | None) -> Program:
     return prog
 
 
-def load_functions(bpf: Any) -> tuple[Any, Any, dict[str, Any]]:
+def load_functions(bpf: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
     """Loads the entries and the stages (tail-call targets) of a compiled module."""
     bcc = _bcc()
     xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
     tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
+    tc_egress_fn = bpf.load_func(TC_EGRESS_FUNC.encode(), bcc.BPF.SCHED_CLS)
     stages = {func: bpf.load_func(func.encode(), bcc.BPF.XDP) for func in XDP_STAGES.values()}
-    return xdp_fn, tc_fn, stages
+    return xdp_fn, tc_fn, tc_egress_fn, stages
 
 
 def fill_stages(prog: Program) -> None:

@@ -144,10 +144,10 @@ class Harness:
         settings = settings or DataplaneSettings()
         cflags = [*program_cflags(settings), BENCH_CFLAG]
         bpf = bcc.BPF(text=harness_text().encode(), cflags=cflags)
-        xdp_fn, tc_fn, stages = load_functions(bpf)
+        xdp_fn, tc_fn, tc_egress_fn, stages = load_functions(bpf)
         self.restoring_fn = bpf.load_func(RESTORING_FUNC.encode(), bcc.BPF.XDP)
         self.restoring_noop_fn = bpf.load_func(RESTORING_NOOP_FUNC.encode(), bcc.BPF.XDP)
-        program = Program(bpf, xdp_fn, tc_fn, None, False, stages)
+        program = Program(bpf, xdp_fn, tc_fn, None, False, stages, tc_egress_fn)
         fill_stages(program)
         self.dp = Dataplane(program, None, settings)
 

@@ -8,6 +8,7 @@
 #ifndef TG_JUDGE_H
 #define TG_JUDGE_H
 
+#include "conntrack.h"
 #include "counters.h"
 #include "events.h"
 #include "maps.h"
@@ -75,13 +76,19 @@ static __always_inline void tg_mark(struct xdp_md *ctx, const struct tg_tuple *t
 }
 
 /* The reason for the packet `t` (the inner one when TG_META_F_DECAPPED is in meta_flags; ti says
- * what the tunnel stage found, all zero for a packet that met none). */
+ * what the tunnel stage found, all zero for a packet that met none): a reply of a recorded flow
+ * (allow_established), else the ACL's verdict. */
 static __always_inline __u32 tg_judge(struct xdp_md *ctx, const struct tg_config *cfg, const struct tg_tuple *t,
 				      const struct tg_tunnel_info *ti, __u32 meta_flags)
 {
 	struct tg_acl_rule rule;
 	__u32 reason;
 
+	/* A reply of a flow that left through this interface passes before the ACL. */
+	if (tg_ct_established(cfg, t)) {
+		tg_mark(ctx, t, ti->vni, meta_flags);
+		return TG_REASON_PASS_ESTABLISHED;
+	}
 	reason = tg_acl(t, cfg, ctx->data_end - ctx->data, &rule);
 	tg_policy_event(ctx, cfg, t, &rule, reason, ti->vni, meta_flags & TG_META_F_DECAPPED);
 	if (TG_REASON_IS_DROP(reason))

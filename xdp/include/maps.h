@@ -43,6 +43,11 @@ TG_MAP("percpu_array", __u32, __u32, parse_scratch, 1, 0);
 TG_MAP("prog", __u32, __u32, xdp_stages, TG_STAGE_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_stage_scratch, stage_scratch, 1, 0);
 
+/* allow_established: flows as their replies will look -> when last seen (conntrack.h), and how
+ * many entries the programs put there and did not take out (so a full table can be counted). */
+TG_MAP("lru_hash", struct tg_ct_key, struct tg_ct_entry, conntrack, TG_CT_MAX, 0);
+TG_MAP("array", __u32, __u64, conntrack_live, 1, 0);
+
 /* Policy events to user space, and the per-CPU token bucket that paces them. */
 TG_RINGBUF(struct tg_event_record, policy_events, TG_EVENT_RING_PAGES);
 TG_MAP("percpu_array", __u32, struct tg_event_bucket, event_bucket, 1, 0);

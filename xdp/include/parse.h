@@ -26,7 +26,13 @@
 #define TG_IPV4_WORD 4
 #define TG_TCP_MIN_DOFF 5
 #define TG_TCP_WORD 4            /* doff unit */
-#define TG_ICMP_MIN_LEN 4        /* type, code, checksum: all we read */
+#define TG_ICMP_MIN_LEN 4        /* type, code, checksum: what every ICMP message has */
+#define TG_ICMP_ECHO_LEN 8       /* ... and an echo's identifier and sequence */
+#define TG_ICMP_ECHO_REPLY 0
+#define TG_ICMP_ECHO_REQUEST 8
+#define TG_ICMPV6_ECHO_REQUEST 128
+#define TG_ICMPV6_ECHO_REPLY 129
+#define TG_TCP_FLAGS_OFF 13      /* the flags byte of the TCP header */
 #define TG_IPPROTO_SCTP 132      /* not in every UAPI in.h the headers fallback may ship */
 /* Extension headers walked to find L4: RFC 8200 4.1's order has at most 6 of those we walk
  * (hop-by-hop, destination, routing, fragment, authentication, destination). A longer chain is
@@ -47,6 +53,15 @@
 #define TG_ETH_P_8021Q 0x8100
 #define TG_ETH_P_8021AD 0x88A8
 #define TG_VLAN_MAX 2
+
+/* An ICMP/ICMPv6 header as far as an echo's identifier (RFC 792, RFC 4443 4.1). */
+struct tg_icmp_echo {
+	__u8 type;
+	__u8 code;
+	__be16 checksum;
+	__be16 id;
+	__be16 seq;
+};
 
 /* SCTP common header (RFC 9260 3.1): only the ports are read. */
 struct tg_sctp_ports {
@@ -294,6 +309,7 @@ static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
 			return TG_PARSE_TRUNCATED;
 		t->sport = tcp->source;
 		t->dport = tcp->dest;
+		t->tcp_flags = ((__u8 *)tcp)[TG_TCP_FLAGS_OFF];
 		c->pos += tcp->doff * TG_TCP_WORD;
 	} else if (t->proto == IPPROTO_UDP) {
 		struct udphdr *udp = c->pos;
@@ -312,8 +328,15 @@ static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
 		t->dport = sctp->dest;
 		c->pos = sctp + 1;
 	} else if (t->proto == IPPROTO_ICMP || t->proto == IPPROTO_ICMPV6) {
+		struct tg_icmp_echo *icmp = c->pos;
+
 		if (c->pos + TG_ICMP_MIN_LEN > c->end)
 			return TG_PARSE_TRUNCATED;
+		t->icmp_type = icmp->type;
+		t->icmp_code = icmp->code;
+		/* The identifier where there is one (an echo cut shorter is judged all the same). */
+		if ((void *)(icmp + 1) <= c->end && (__u64)((void *)(icmp + 1) - c->frame) <= c->l3_end)
+			t->icmp_id = icmp->id;
 		c->pos += TG_ICMP_MIN_LEN;
 	}
 	return 0;

@@ -124,11 +124,26 @@ enum tg_stage {
 #ifndef TG_CLS_PORT_MAX
 #define TG_CLS_PORT_MAX 65536
 #endif
+/* Flows recorded for allow_established (conntrack.h): an LRU hash, so a full table replaces its
+ * least recently used flow rather than refusing a new one. */
+#ifndef TG_CT_MAX
+#define TG_CT_MAX 65536
+#endif
 /* Pages of the policy event ring buffer: a power of two (kernel requirement). 64 pages of 4 KiB
  * hold 3,276 records (each takes its 72 bytes plus the ring's 8-byte header). */
 #ifndef TG_EVENT_RING_PAGES
 #define TG_EVENT_RING_PAGES 64
 #endif
+
+/* Defaults of the allow_established idle timeouts (struct tg_config), in seconds: a flow no packet
+ * of, in either direction, has refreshed for this long is forgotten. */
+#define TG_CT_TCP_TIMEOUT_DEFAULT 3600
+#define TG_CT_TCP_CLOSING_TIMEOUT_DEFAULT 10 /* after a FIN or RST, either way */
+#define TG_CT_UDP_TIMEOUT_DEFAULT 30
+#define TG_CT_ICMP_TIMEOUT_DEFAULT 30
+/* A flow's entry is rewritten at most this often by its own packets (each write dirties a cache
+ * line every CPU handling the flow shares). */
+#define TG_CT_REFRESH_NS 1000000000ULL
 
 /* Defaults of the policy event token bucket (struct tg_config), per CPU. */
 #define TG_EVENT_RATE_DEFAULT 1000 /* events per second */
@@ -150,7 +165,8 @@ enum tg_reason {
 	TG_REASON_DROP_DECAP_FAILED = 11,  /* bpf_xdp_adjust_head refused */
 	TG_REASON_PASS_TUNNEL_NOT_IP = 12, /* tunnel payload not IP (ARP...): passed still encapsulated */
 	TG_REASON_PASS_TUNNEL_FRAGMENT = 13, /* first fragment of a datagram to a tunnel port: to the stack */
-	TG_REASON_MAX = 14,
+	TG_REASON_PASS_ESTABLISHED = 14,   /* a reply of a flow that left through this interface (allow_established) */
+	TG_REASON_MAX = 15,
 };
 
 /* The verdict of each reason, stated per reason: the reasons listed here drop the packet, every
@@ -189,7 +205,11 @@ enum tg_event {
 	 * clear, Geneve version not 0): judged as plain UDP (strict_tunnel_ports off). */
 	TG_EVENT_TUNNEL_PORT_PLAIN = 13,
 	TG_EVENT_TC_PULL_FAILED = 14,      /* TC's bpf_skb_pull_data refused (memory): parsed what was linear */
-	TG_EVENT_MAX = 15,
+	/* allow_established (conntrack.h) */
+	TG_EVENT_CT_NEW = 15,              /* TC egress recorded a flow */
+	TG_EVENT_CT_EVICTED = 16,          /* the table was full: a new flow replaced the least recently used */
+	TG_EVENT_CT_EXPIRED = 17,          /* a reply found its flow idle past its timeout: the ACL decided */
+	TG_EVENT_MAX = 18,
 };
 
 enum tg_action {
@@ -211,6 +231,7 @@ enum tg_tunnel_type {
 #define TG_CFG_F_REWRITE_INNER_DMAC 0x1 /* give decapped unicast frames the interface's MAC */
 #define TG_CFG_F_DECAP 0x2              /* terminate tunnels at all */
 #define TG_CFG_F_STRICT_TUNNEL_PORTS 0x4 /* drop UDP to a tunnel port that is no tunnel packet */
+#define TG_CFG_F_ESTABLISHED 0x8         /* allow_established: record flows at egress, pass their replies */
 
 /* tg_tunnel.flags: which encapsulations a VNI is accepted with. */
 #define TG_TUNNEL_F_VXLAN 0x1
@@ -236,8 +257,13 @@ struct tg_config {
 	__u8 if_mac[6];          /* MAC of the interface the program is attached to */
 	__u32 event_rate;  /* policy events per second per CPU; 0: none are sent */
 	__u32 event_burst; /* policy events a CPU may send back to back (bucket size) */
+	/* allow_established idle timeouts, seconds */
+	__u32 ct_tcp_s;
+	__u32 ct_tcp_closing_s;
+	__u32 ct_udp_s;
+	__u32 ct_icmp_s;
 };
-_Static_assert(sizeof(struct tg_config) == 24, "tg_config layout");
+_Static_assert(sizeof(struct tg_config) == 40, "tg_config layout");
 
 /* Per-VNI tunnel settings (key: __u32 VNI). */
 struct tg_tunnel {
@@ -353,8 +379,14 @@ struct tg_tuple {
 	__u8 family;     /* TG_FAMILY_* */
 	__u8 l4_present; /* 0 for non-first fragments: ports unknown */
 	__u8 fragment;   /* part of a fragmented datagram (first or not; an atomic fragment is whole) */
+	__u8 tcp_flags;  /* TCP: the flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 icmp_type;  /* ICMP/ICMPv6 (first fragments) */
+	__u8 icmp_code;
+	__u8 reserved;
+	__u16 icmp_id;   /* ICMP/ICMPv6 echo request and reply: the identifier, network byte order */
+	__u16 reserved2;
 };
-_Static_assert(sizeof(struct tg_tuple) == 40, "tg_tuple layout");
+_Static_assert(sizeof(struct tg_tuple) == 48, "tg_tuple layout");
 
 /* Handed from the ingress entry to a stage it tail-calls, per CPU (one packet at a time there). */
 struct tg_stage_scratch {
@@ -362,7 +394,33 @@ struct tg_stage_scratch {
 	__u32 l4_off;      /* from the frame's start: where the L4 header starts (UDP for tunnels) */
 	__u32 l3_end;      /* from the frame's start: where the IP datagram ends */
 };
-_Static_assert(sizeof(struct tg_stage_scratch) == 48, "tg_stage_scratch layout");
+_Static_assert(sizeof(struct tg_stage_scratch) == 56, "tg_stage_scratch layout");
+
+/* allow_established: a flow as its replies will look (key of conntrack), recorded by TC egress
+ * from a packet leaving the interface (addresses and ports swapped) and looked up by XDP with the
+ * arriving packet's own tuple. ICMP/ICMPv6 echo: sport 0, dport the identifier. */
+struct tg_ct_key {
+	__u8 src[TG_ADDR_LEN]; /* the remote end */
+	__u8 dst[TG_ADDR_LEN]; /* the local end */
+	__u16 sport;           /* network byte order */
+	__u16 dport;
+	__u8 proto;
+	__u8 family;           /* TG_FAMILY_* */
+	__u8 reserved[2];
+};
+_Static_assert(sizeof(struct tg_ct_key) == 40, "tg_ct_key layout");
+
+enum tg_ct_state {
+	TG_CT_OPEN = 0,
+	TG_CT_CLOSING = 1, /* TCP: a FIN or RST went either way: the closing timeout applies */
+};
+
+struct tg_ct_entry {
+	__u64 seen_ns; /* bpf_ktime_get_ns() of the last packet that refreshed it, either direction */
+	__u8 state;    /* enum tg_ct_state */
+	__u8 reserved[7];
+};
+_Static_assert(sizeof(struct tg_ct_entry) == 16, "tg_ct_entry layout");
 
 /* XDP metadata in front of the packet, read by the TC ingress program. */
 struct tg_meta {

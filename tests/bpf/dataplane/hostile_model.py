@@ -66,7 +66,11 @@ class Tuple5:
     src: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     dst: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     proto: int = 0
+    sport: int = 0
     dport: int = 0
+    icmp_type: int = -1
+    icmp_id: int = 0  # the echo identifier where the datagram holds one
+    tcp_flags: int = 0
     l4_present: bool = True
     fragment: bool = False  # part of a fragmented datagram (an atomic IPv6 fragment is whole)
     l3_end: int = 0  # where the IP datagram ends in the frame
@@ -88,6 +92,8 @@ class Setup:
     tunnels: tuple[tuple[int, bool, bool], ...] = ()  # (vni, vxlan, geneve)
     acl: tuple[MatchRule, ...] = ()
     classifiers: tuple[MatchRule, ...] = ()
+    allow_established: bool = False
+    ct: frozenset[tuple[int, object, object, int, int, int]] = frozenset()  # recorded flows, alive
 
 
 @dataclass
@@ -103,6 +109,7 @@ class Expected:
     events: Counter[abi.Event] = field(default_factory=Counter)
     policy_event: bool = False  # exactly one of POLICY_EVENTS counted
     tunnel_bytes: int = 0  # counted under `vni` in tunnel_stats when decapped
+    judged: Tuple5 | None = None  # the tuple the ACL (or the flow table) judged
 
 
 def _need(buf: bytes, end: int) -> None:
@@ -177,8 +184,13 @@ def parse_ip(buf: bytes, off: int, ethertype: int) -> tuple[Tuple5, int]:
         if doff < 5:
             raise Stop(R.DROP_MALFORMED)
         _need(buf[:t.l3_end], pos + doff * 4)  # options too, inside the datagram
+        t.tcp_flags = buf[pos + 13]
     if t.proto in PORT_PROTOS:
-        t.dport = struct.unpack_from("!H", buf, pos + 2)[0]
+        t.sport, t.dport = struct.unpack_from("!HH", buf, pos)
+    if t.proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+        t.icmp_type = buf[pos]
+        if pos + 8 <= min(len(buf), t.l3_end):
+            t.icmp_id = struct.unpack_from("!H", buf, pos + 4)[0]
     return t, pos + L4_FIXED[t.proto]
 
 
@@ -343,6 +355,11 @@ def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
         ethertype, l3 = parse_l2(x.data)
         assert ethertype in (ETH_P_IP, ETH_P_IPV6), "checked before the decap"
         t, _ = parse_ip(x.data, l3, ethertype)  # parsed before the decap: cannot fail here
+    x.judged = t
+    if setup.allow_established and ct_key(t, leaving=False) in setup.ct:
+        x.reason = R.PASS_ESTABLISHED  # a reply of a recorded flow: before the ACL (docs, "Established")
+        _classify(t, setup, x)
+        return
     _acl(t, setup, x)  # the inner packet if decapped, else the packet itself
     if tun.not_ip and not abi.is_drop(x.reason):
         x.reason = R.PASS_TUNNEL_NOT_IP  # the policy event (a logged rule) keeps the ACL's reason
@@ -360,13 +377,53 @@ def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
         x.acl_rule = rule.rule_id
         x.reason = R.DROP_DENIED if action == abi.Action.DENY else R.PASS_ALLOWED
         x.policy_event = x.reason == R.DROP_DENIED or bool(flags & abi.define("TG_RULE_F_LOG"))
-    if abi.is_drop(x.reason) or not setup.xdp_meta:
+    if not abi.is_drop(x.reason):
+        _classify(t, setup, x)
+
+
+def _classify(t: Tuple5, setup: Setup, x: Expected) -> None:
+    if not setup.xdp_meta:
         return  # without metadata XDP does not classify: TC does
     x.meta = True
     cls = first_match(setup.classifiers, t)
     if cls is not None:
         x.cls_rule, x.mark = cls.rule_id, int(cls.payload)  # type: ignore[call-overload]
         x.events[E.CLASSIFIED] += 1
+
+
+CtTuple = tuple[int, object, object, int, int, int]  # family, src, dst, proto, sport, dport
+
+
+def ct_key(t: Tuple5, leaving: bool) -> CtTuple | None:
+    """The flow-table key of a packet arriving (a reply, as it is) or leaving (its replies'
+    tuple: ends swapped); ICMP echo: port 0 and the identifier. None: no tracked flow."""
+    if not t.l4_present:
+        return None
+    if t.proto in (IPPROTO_TCP, IPPROTO_UDP):
+        ports = (t.dport, t.sport) if leaving else (t.sport, t.dport)
+    elif t.icmp_type == {IPPROTO_ICMP: (0, 8), IPPROTO_ICMPV6: (129, 128)}.get(t.proto, (-2, -2))[leaving]:
+        ports = (0, t.icmp_id)
+    else:
+        return None
+    src, dst = (t.dst, t.src) if leaving else (t.src, t.dst)
+    return (t.family, src, dst, t.proto, *ports)
+
+
+def tc_egress_expected(buf: bytes, setup: Setup) -> CtTuple | None:
+    """The flow TC egress records for a leaving frame (docs, "Established"): its replies' key,
+    when the headers parse (no decap: what leaves is what it is) and it may open a flow."""
+    if not setup.allow_established:
+        return None
+    try:
+        ethertype, l3 = parse_l2(buf)
+        if ethertype not in (ETH_P_IP, ETH_P_IPV6):
+            return None
+        t, _ = parse_ip(buf, l3, ethertype)
+    except Stop:
+        return None
+    if t.proto == IPPROTO_TCP and t.tcp_flags & 0x05:
+        return None  # a FIN or RST opens nothing
+    return ct_key(t, leaving=True)
 
 
 def xdp_expected(buf: bytes, setup: Setup) -> Expected:

@@ -16,8 +16,9 @@ PAGE_SIZE = mmap.PAGESIZE
 
 EXPECTED_LAYOUTS = {
     # map name: (key size, key fields, leaf size, leaf fields)
-    "config": (4, None, 24, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
-                             "default_action", "if_mac", "event_rate", "event_burst"]),
+    "config": (4, None, 40, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
+                             "default_action", "if_mac", "event_rate", "event_burst", "ct_tcp_s",
+                             "ct_tcp_closing_s", "ct_udp_s", "ct_icmp_s"]),
     "tunnels": (4, None, 8, ["flags", "reserved"]),
     "acl_src": (24, ["prefixlen", "family", "addr", "reserved"], 4, None),
     "acl_dst": (28, ["prefixlen", "set", "family", "addr", "reserved"], 4, None),
@@ -34,6 +35,11 @@ EXPECTED_LAYOUTS = {
     "policy_events": (4, None, 72, ["ts_ns", "ifindex", "rule_id", "vni", "length", "src", "dst", "sport",
                                     "dport", "reason", "action", "family", "proto", "flags", "reserved"]),
     "event_bucket": (4, None, 16, ["credit_ns", "last_ns"]),
+    # allow_established (conntrack.h) and the stages' scratch
+    "conntrack": (40, ["src", "dst", "sport", "dport", "proto", "family", "reserved"], 16,
+                  ["seen_ns", "state", "reserved"]),
+    "conntrack_live": (4, None, 8, None),
+    "stage_scratch": (4, None, 56, ["t", "l4_off", "l3_end"]),
 }
 
 

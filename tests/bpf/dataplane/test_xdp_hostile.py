@@ -35,6 +35,7 @@ import dataclasses
 import errno
 import os
 import struct
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ from hypothesis import strategies as st
 from dataplane import abi
 from dataplane.acl import acl_rule, classifier
 from dataplane.kernel.features import xdp_meta_supported
+from dataplane.kernel.maps import CtKey
 from dataplane.map_config import RuntimeConfig, TunnelEntry
 
 from .conftest import IF_MAC
@@ -60,7 +62,9 @@ from .hostile_model import (
     Expected,
     Setup,
     check_well_formed,
+    ct_key,
     meta_flags,
+    tc_egress_expected,
     tc_expected_mark,
     xdp_expected,
 )
@@ -112,6 +116,7 @@ class Harness:
                                 unknown_vni_action=src.choice(("pass", "drop")),
                                 rewrite_inner_dmac=not src.chance(0.2), decap=not src.chance(0.1),
                                 strict_tunnel_ports=src.chance(0.3), xdp_meta=xdp_meta_supported(),
+                                allow_established=src.chance(0.3),
                                 vxlan_port=ports[0], geneve_port=ports[1],
                                 if_mac=IF_MAC, tunnels=TUNNELS, acl=ACL, classifiers=CLASSIFIERS))
 
@@ -121,10 +126,21 @@ class Harness:
                                             unknown_vni_action=setup.unknown_vni_action,
                                             rewrite_inner_dmac=setup.rewrite_inner_dmac,
                                             decap=setup.decap, strict_tunnel_ports=setup.strict_tunnel_ports,
+                                            allow_established=setup.allow_established,
                                             vxlan_port=setup.vxlan_port,
                                             geneve_port=setup.geneve_port), if_mac=IF_MAC)
             self.setup = setup
         return setup
+
+    def record_reply_of(self, setup: Setup, pkt: bytes) -> Setup:
+        """Records the flow `pkt` (what the ACL would judge of it) is a reply of, if it can be one."""
+        judged = xdp_expected(pkt, setup).judged
+        key = ct_key(judged, leaving=False) if judged is not None else None
+        if key is None:
+            return setup
+        _family, src, dst, proto, sport, dport = key
+        self.dp.maps.put_conntrack(CtKey(src, dst, proto, sport, dport), time.monotonic_ns())  # type: ignore[arg-type]
+        return dataclasses.replace(setup, ct=frozenset({key}))
 
     def snapshot(self) -> dict[str, dict[Any, int]]:
         maps = self.dp.maps
@@ -227,12 +243,16 @@ def _output_problems(x: Expected, r: Any, setup: Setup) -> list[str]:
 
 def _describe(pkt: bytes, how: str, setup: Setup) -> str:
     return f"{how}; {setup.default_action=} {setup.unknown_vni_action=} {setup.rewrite_inner_dmac=} " \
-           f"{setup.decap=} {setup.strict_tunnel_ports=}\npacket {pkt.hex()}"
+           f"{setup.decap=} {setup.strict_tunnel_ports=} {setup.allow_established=} {setup.ct=}\n" \
+           f"packet {pkt.hex()}"
 
 
 def fuzz_one(h: Harness, src: Source, packet: tuple[bytes, str] | None = None) -> Outcome | None:
     setup = h.configure(src)
     pkt, how = packet or hostile_packet(src)
+    h.dp.maps.clear_conntrack()
+    if setup.allow_established and src.chance(0.5):
+        setup = h.record_reply_of(setup, pkt)  # the packet is a reply to a flow that left
     try:
         return check_xdp(h, setup, pkt)
     except AssertionError as err:
@@ -354,6 +374,26 @@ def test_tc_hostile_packets_marked_only_by_a_classifier(fuzz_dp, data):
         check_tc(fuzz_dp, pkt, mark_in)
     except AssertionError as err:
         raise AssertionError(f"{err}\n{how}; mark in {mark_in:#x}\npacket {pkt.hex()}") from None
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_tc_egress_records_exactly_the_leaving_flow(fuzz_dp, data):
+    """allow_established's recorder on hostile packets leaving: never drops or changes one, and
+    records the flow the reference says (its replies' key), or nothing."""
+    src = HypothesisSource(data)
+    setup = fuzz_dp.configure(src)
+    pkt, how = hostile_packet(src)
+    fuzz_dp.dp.maps.clear_conntrack()
+    want = tc_egress_expected(pkt, setup)
+    try:
+        r = fuzz_dp.dp.run_tc_egress(pkt)
+    except OSError as err:
+        assert err.errno == errno.EINVAL and tc_may_refuse(pkt), f"test run failed: {err}"
+        return
+    got = {(k.family, k.src, k.dst, k.proto, k.sport, k.dport) for k in fuzz_dp.dp.maps.conntrack()}
+    assert (r.retval, r.data) == (TC_ACT_OK, pkt), f"{how}; {pkt.hex()}"
+    assert got == ({want} if want else set()), f"recorded {got}, expected {want}; {how}; {pkt.hex()}"
 
 
 # --- what the fuzzing found: IP length fields were not checked ---------------------------------
