@@ -47,6 +47,11 @@ class RuntimeConfig(BaseModel):
     ct_tcp_closing_s: int = _ct_timeout("TG_CT_TCP_CLOSING_TIMEOUT_DEFAULT", "TCP timeout after a FIN or RST")
     ct_udp_s: int = _ct_timeout("TG_CT_UDP_TIMEOUT_DEFAULT", "UDP idle timeout")
     ct_icmp_s: int = _ct_timeout("TG_CT_ICMP_TIMEOUT_DEFAULT", "ICMP echo idle timeout")
+    # Answers to rejected packets, paced per CPU like policy events; 0 answers none.
+    reject_rate: int = Field(default=abi.define("TG_REJECT_RATE_DEFAULT"), ge=0, le=EVENT_RATE_MAX,
+                             description="reject answers per second per CPU")
+    reject_burst: int = Field(default=abi.define("TG_REJECT_BURST_DEFAULT"), ge=1, le=EVENT_BURST_MAX,
+                              description="reject answers a CPU may send back to back")
 
     def flags(self) -> int:
         flags = 0

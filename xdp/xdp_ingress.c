@@ -13,9 +13,10 @@
 #include "parse.h"
 #include "tunnel.h"
 
-/* Hands the packet to the tunnel stage; returns only when the tail call failed. */
-static __always_inline void tg_to_tunnel_stage(struct xdp_md *ctx, const struct tg_cursor *c,
-					       const struct tg_tuple *t)
+/* Hands the packet to a stage (enum tg_stage) with its tuple and header offsets; returns only
+ * when the tail call failed. */
+static __always_inline void tg_to_stage(struct xdp_md *ctx, const struct tg_cursor *c, const struct tg_tuple *t,
+					__u32 stage)
 {
 	__u32 zero = 0;
 	struct tg_stage_scratch *s = stage_scratch.lookup(&zero);
@@ -23,9 +24,13 @@ static __always_inline void tg_to_tunnel_stage(struct xdp_md *ctx, const struct 
 	if (!s)
 		return;
 	s->t = *t;
-	s->l4_off = c->pos - c->frame - sizeof(struct udphdr); /* tg_parse_l4 left c past it */
+	s->l3_off = c->l3_off;
+	s->l4_off = c->l4_off;
 	s->l3_end = c->l3_end;
-	xdp_stages.call(ctx, TG_STAGE_TUNNEL);
+	if (stage == TG_STAGE_TUNNEL)
+		xdp_stages.call(ctx, TG_STAGE_TUNNEL);
+	else
+		xdp_stages.call(ctx, TG_STAGE_REJECT);
 }
 
 int tg_xdp_ingress(struct xdp_md *ctx)
@@ -60,11 +65,15 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 		goto out;
 	}
 	if (tg_tunnel_port(cfg, &t)) {
-		tg_to_tunnel_stage(ctx, &c, &t);
+		tg_to_stage(ctx, &c, &t, TG_STAGE_TUNNEL);
 		reason = TG_REASON_DROP_DECAP_FAILED; /* no tunnel stage loaded: fail closed */
 		goto out;
 	}
 	reason = tg_judge(ctx, cfg, &t, &none, 0);
+	if (reason == TG_REASON_DROP_REJECTED) {
+		tg_to_stage(ctx, &c, &t, TG_STAGE_REJECT); /* answers, and counts */
+		tg_count_event(TG_EVENT_REJECT_UNANSWERED); /* no reject stage loaded */
+	}
 out:
 	return tg_xdp_exit(ctx, reason);
 }

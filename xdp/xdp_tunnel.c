@@ -82,5 +82,9 @@ int tg_xdp_tunnel(struct xdp_md *ctx)
 		tg_count_event(ti.event); /* left whole: judged as itself, what reaches the stack */
 	reason = tg_judge(ctx, cfg, &outer, &ti, 0);
 out:
+	/* Not answered here: a decapped packet's answer would need the tunnel around it, and a
+	 * tunnel port's plain UDP is rare enough to be dropped like it. */
+	if (reason == TG_REASON_DROP_REJECTED)
+		tg_count_event(TG_EVENT_REJECT_UNANSWERED);
 	return tg_xdp_exit(ctx, reason);
 }

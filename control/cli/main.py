@@ -6,7 +6,7 @@
     attach IFNAME [--mode native|generic|auto]
     detach IFNAME
     status                                health, policy generation, interfaces
-    acl add --id N [--priority P] --action allow|deny [--src PREFIX] [--dst PREFIX]
+    acl add --id N [--priority P] --action allow|deny|reject [--src PREFIX] [--dst PREFIX]
             [--protocol tcp|udp|sctp|icmp|icmpv6] [--dport 80|80-90] [--log] [--metrics]
             [--description TEXT]
     acl del ID | acl list
@@ -230,7 +230,8 @@ def _policy_commands(commands: Commands) -> None:
     p = acl.add("add", cmd_acl_add, "add one ACL rule")
     p.add_argument("--id", type=u32, required=True, help="rule id, unique (1 to 2^32-1)")
     p.add_argument("--priority", type=u32, help="lower is judged first (default 1000)")
-    p.add_argument("--action", choices=["allow", "deny"], required=True)
+    p.add_argument("--action", choices=["allow", "deny", "reject"], required=True,
+                   help="reject: drop and answer (TCP RST, else ICMP administratively prohibited)")
     p.add_argument("--src", metavar="PREFIX", help="source prefix (default any)")
     p.add_argument("--dst", metavar="PREFIX", help="destination prefix (default any)")
     p.add_argument("--protocol", choices=list(protocols.NUMBERS))

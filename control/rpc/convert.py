@@ -308,11 +308,11 @@ def _text(value: Any) -> str:
 
 
 _ACTION_NAMES = {"ALLOW": "ALLOW", "PASS": "ALLOW", "XDP_PASS": "ALLOW",
-                 "DENY": "DENY", "DROP": "DENY", "XDP_DROP": "DENY"}
+                 "DENY": "DENY", "DROP": "DENY", "XDP_DROP": "DENY", "REJECT": "REJECT"}
 
 
 def action_to_proto(action: Any) -> Any:
-    """A tg_action (dataplane.abi.Action, its number, or "allow"/"deny") -> Action."""
+    """A tg_action (dataplane.abi.Action, its number, or "allow"/"deny"/"reject") -> Action."""
     from dataplane import abi
 
     if isinstance(action, int) and not isinstance(action, enum.Enum):

@@ -17,6 +17,7 @@ from dataplane.map_config import RuntimeConfig, TunnelEntry
 
 ETH_ALEN = 6
 CT_TIMEOUTS = ("ct_tcp_s", "ct_tcp_closing_s", "ct_udp_s", "ct_icmp_s")  # RuntimeConfig = tg_config members
+_PACED = ("reject_rate", "reject_burst")
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class DataplaneMaps:
         leaf.if_mac = u8_array(type(leaf.if_mac), if_mac)
         leaf.event_rate = cfg.event_rate
         leaf.event_burst = cfg.event_burst
-        for name in CT_TIMEOUTS:
+        for name in (*CT_TIMEOUTS, *_PACED):
             setattr(leaf, name, getattr(cfg, name))
         t[t.Key(0)] = leaf
 
@@ -111,6 +112,8 @@ class DataplaneMaps:
             "strict_tunnel_ports": bool(flags & abi.define("TG_CFG_F_STRICT_TUNNEL_PORTS")),
             "allow_established": bool(flags & abi.define("TG_CFG_F_ESTABLISHED")),
             **{name: getattr(leaf, name) or RuntimeConfig.model_fields[name].default for name in CT_TIMEOUTS},
+            "reject_rate": leaf.reject_rate,
+            "reject_burst": leaf.reject_burst or abi.define("TG_REJECT_BURST_DEFAULT"),
             "unknown_vni_action": abi.UnknownVniAction(leaf.unknown_vni_action).name.lower(),
             "default_action": abi.Action(leaf.default_action).name.lower(),
             "event_rate": leaf.event_rate,
@@ -166,6 +169,11 @@ class DataplaneMaps:
     def reset_event_budget(self) -> None:
         """Refills every CPU's policy event bucket (an all-zero bucket counts as full)."""
         t = self._table("event_bucket")
+        t[t.Key(0)] = t.Leaf()
+
+    def reset_reject_budget(self) -> None:
+        """Refills every CPU's reject answer bucket."""
+        t = self._table("reject_bucket")
         t[t.Key(0)] = t.Leaf()
 
     # --- allow_established --------------------------------------------------------------

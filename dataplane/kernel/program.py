@@ -42,7 +42,7 @@ TC_EGRESS_FUNC = "tg_tc_egress"
 TC_EGRESS_PIN = "prog_tc_egress"
 STAGES_MAP = "xdp_stages"
 # enum tg_stage -> the XDP program the ingress entry tail-calls for it.
-XDP_STAGES = {"TG_STAGE_TUNNEL": "tg_xdp_tunnel"}
+XDP_STAGES = {"TG_STAGE_TUNNEL": "tg_xdp_tunnel", "TG_STAGE_REJECT": "tg_xdp_reject"}
 # TG_MAP("type", key, leaf, name, ...) and TG_RINGBUF(record, name, pages): the name.
 _MAP_DECL = re.compile(r'^TG_(?:MAP\("[^"]+",\s*[^,]+,\s*[^,]+|RINGBUF\([^,]+),\s*(\w+),', re.M)
 

@@ -33,6 +33,8 @@ static __always_inline __u32 tg_acl(const struct tg_tuple *t, const struct tg_co
 		return TG_REASON_DROP_DEFAULT; /* a slot without a rule is a torn write: fail closed */
 	tg_count(acl_rule_stats.lookup(&slot), bytes);
 	*hit = *rule;
+	if (rule->action == TG_ACTION_REJECT)
+		return TG_REASON_DROP_REJECTED;
 	return rule->action == TG_ACTION_DENY ? TG_REASON_DROP_DENIED : TG_REASON_PASS_ALLOWED;
 }
 
@@ -104,13 +106,18 @@ static __always_inline __u32 tg_judge(struct xdp_md *ctx, const struct tg_config
 /* The one exit of every XDP program: the packet is counted under its reason, then dropped or
  * passed as the reason says. (TG_BENCH builds, testbed/bench/programs.py, put the packet back
  * here for the next BPF_PROG_TEST_RUN repetition when their harness entry asks for it.) */
-static __always_inline int tg_xdp_exit(struct xdp_md *ctx, __u32 reason)
+static __always_inline int tg_xdp_exit_as(struct xdp_md *ctx, __u32 reason, int action)
 {
 	tg_count_reason(reason, ctx->data_end - ctx->data);
 #ifdef TG_BENCH
 	tg_bench_exit(ctx);
 #endif
-	return TG_REASON_IS_DROP(reason) ? XDP_DROP : XDP_PASS;
+	return action;
+}
+
+static __always_inline int tg_xdp_exit(struct xdp_md *ctx, __u32 reason)
+{
+	return tg_xdp_exit_as(ctx, reason, TG_REASON_IS_DROP(reason) ? XDP_DROP : XDP_PASS);
 }
 
 #endif /* TG_JUDGE_H */

@@ -51,6 +51,8 @@ TG_MAP("array", __u32, __u64, conntrack_live, 1, 0);
 /* Policy events to user space, and the per-CPU token bucket that paces them. */
 TG_RINGBUF(struct tg_event_record, policy_events, TG_EVENT_RING_PAGES);
 TG_MAP("percpu_array", __u32, struct tg_event_bucket, event_bucket, 1, 0);
+/* The per-CPU token bucket that paces reject answers (reject_rate, reject_burst). */
+TG_MAP("percpu_array", __u32, struct tg_event_bucket, reject_bucket, 1, 0);
 
 /* enum tg_table -> TG_MATCH_F_*: the fixed-depth forms in use (dataplane/matcher_layout.py). */
 TG_MAP("array", __u32, __u32, match_flags, TG_TABLE_MAX, 0);

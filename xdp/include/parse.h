@@ -89,6 +89,8 @@ struct tg_cursor {
 	void *frame; /* start of the frame */
 	__u32 len;   /* bytes in the whole frame: past `end` in a non-linear skb (TC) */
 	__u32 l3_end; /* where the IP datagram ends, from `frame`, once its header is parsed */
+	__u32 l3_off; /* where the IP header starts, from `frame` */
+	__u32 l4_off; /* where the L4 header starts, from `frame` */
 };
 
 static __always_inline void tg_cursor_init(struct tg_cursor *c, void *data, void *data_end, __u32 len)
@@ -98,6 +100,8 @@ static __always_inline void tg_cursor_init(struct tg_cursor *c, void *data, void
 	c->frame = data;
 	c->len = len;
 	c->l3_end = 0;
+	c->l3_off = 0;
+	c->l4_off = 0;
 }
 
 /* The frame must hold the whole datagram its IP header announces (l3_len bytes from l3): the
@@ -347,12 +351,14 @@ static __always_inline int tg_parse_ip(struct tg_cursor *c, __be16 eth_proto, st
 {
 	int rc;
 
+	c->l3_off = c->pos - c->frame;
 	if (eth_proto == bpf_htons(ETH_P_IP))
 		rc = tg_parse_ipv4(c, t);
 	else
 		rc = tg_parse_ipv6(c, t);
 	if (rc < 0)
 		return rc;
+	c->l4_off = c->pos - c->frame;
 	return tg_parse_l4(c, t);
 }
 

@@ -81,7 +81,8 @@ enum tg_table {
  * verified on its own: the tunnel stage's parsing does not multiply the entry's states. */
 enum tg_stage {
 	TG_STAGE_TUNNEL = 0, /* UDP to a tunnel port: xdp/xdp_tunnel.c */
-	TG_STAGE_MAX = 1,
+	TG_STAGE_REJECT = 1, /* a reject rule matched: the answer, xdp/xdp_reject.c */
+	TG_STAGE_MAX = 2,
 };
 
 /* Offsets within a packet a stage may be handed (struct tg_stage_scratch). An XDP frame is at
@@ -145,6 +146,15 @@ enum tg_stage {
  * line every CPU handling the flow shares). */
 #define TG_CT_REFRESH_NS 1000000000ULL
 
+/* Defaults of the reject answers' token bucket (struct tg_config), per CPU: an answer costs a
+ * packet out, so a flood of rejected packets must not turn into a flood of answers. */
+#define TG_REJECT_RATE_DEFAULT 100 /* answers per second */
+#define TG_REJECT_BURST_DEFAULT 20
+/* Bytes of the rejected datagram an ICMP/ICMPv6 answer quotes (its IP header, and its transport
+ * header behind that); less when the datagram is shorter, rounded down to 4 bytes. 0x7c: the
+ * rounding is one mask. */
+#define TG_REJECT_QUOTE_MAX 124
+
 /* Defaults of the policy event token bucket (struct tg_config), per CPU. */
 #define TG_EVENT_RATE_DEFAULT 1000 /* events per second */
 #define TG_EVENT_BURST_DEFAULT 100 /* events sent back to back after a quiet spell */
@@ -166,12 +176,15 @@ enum tg_reason {
 	TG_REASON_PASS_TUNNEL_NOT_IP = 12, /* tunnel payload not IP (ARP...): passed still encapsulated */
 	TG_REASON_PASS_TUNNEL_FRAGMENT = 13, /* first fragment of a datagram to a tunnel port: to the stack */
 	TG_REASON_PASS_ESTABLISHED = 14,   /* a reply of a flow that left through this interface (allow_established) */
-	TG_REASON_MAX = 15,
+	TG_REASON_DROP_REJECTED = 15,      /* a reject rule matched: answered (XDP_TX) or, when it cannot be, dropped */
+	TG_REASON_MAX = 16,
 };
 
 /* The verdict of each reason, stated per reason: the reasons listed here drop the packet, every
  * other reason passes it. A new reason that drops is added to the list (dataplane/abi.py reads it
- * for is_drop; tests/unit/dataplane/test_abi_parse.py checks it against the reasons' names). */
+ * for is_drop; tests/unit/dataplane/test_abi_parse.py checks it against the reasons' names).
+ * DROP_REJECTED keeps the packet from the stack: the reject stage answers it with XDP_TX where it
+ * can, and drops it otherwise. */
 #define TG_REASON_BIT(r) (1u << (r))
 #define TG_REASON_DROPS ( \
 	TG_REASON_BIT(TG_REASON_DROP_MALFORMED) | \
@@ -181,7 +194,8 @@ enum tg_reason {
 	TG_REASON_BIT(TG_REASON_DROP_UNKNOWN_VNI) | \
 	TG_REASON_BIT(TG_REASON_DROP_GENEVE_VERSION) | \
 	TG_REASON_BIT(TG_REASON_DROP_GENEVE_CRITICAL) | \
-	TG_REASON_BIT(TG_REASON_DROP_DECAP_FAILED))
+	TG_REASON_BIT(TG_REASON_DROP_DECAP_FAILED) | \
+	TG_REASON_BIT(TG_REASON_DROP_REJECTED))
 _Static_assert(TG_REASON_MAX <= 32, "TG_REASON_DROPS holds one bit per reason");
 #define TG_REASON_IS_DROP(r) ((TG_REASON_DROPS >> (r)) & 1)
 
@@ -209,12 +223,17 @@ enum tg_event {
 	TG_EVENT_CT_NEW = 15,              /* TC egress recorded a flow */
 	TG_EVENT_CT_EVICTED = 16,          /* the table was full: a new flow replaced the least recently used */
 	TG_EVENT_CT_EXPIRED = 17,          /* a reply found its flow idle past its timeout: the ACL decided */
-	TG_EVENT_MAX = 18,
+	/* reject rules (xdp_reject.c): each rejected packet is counted under exactly one of these */
+	TG_EVENT_REJECT_SENT = 18,         /* answered: TCP RST, or ICMP/ICMPv6 administratively prohibited */
+	TG_EVENT_REJECT_RATE_LIMITED = 19, /* this CPU's answer bucket was empty: dropped unanswered */
+	TG_EVENT_REJECT_UNANSWERED = 20,   /* no answer is due (an RST, an ICMP error, multicast...): dropped */
+	TG_EVENT_MAX = 21,
 };
 
 enum tg_action {
 	TG_ACTION_ALLOW = 0,
 	TG_ACTION_DENY = 1,
+	TG_ACTION_REJECT = 2, /* dropped, and answered: TCP RST, else ICMP/ICMPv6 administratively prohibited */
 };
 
 enum tg_unknown_vni_action {
@@ -262,8 +281,10 @@ struct tg_config {
 	__u32 ct_tcp_closing_s;
 	__u32 ct_udp_s;
 	__u32 ct_icmp_s;
+	__u32 reject_rate;  /* reject answers per second per CPU; 0: none are sent */
+	__u32 reject_burst; /* answers a CPU may send back to back */
 };
-_Static_assert(sizeof(struct tg_config) == 40, "tg_config layout");
+_Static_assert(sizeof(struct tg_config) == 48, "tg_config layout");
 
 /* Per-VNI tunnel settings (key: __u32 VNI). */
 struct tg_tunnel {
@@ -393,8 +414,10 @@ struct tg_stage_scratch {
 	struct tg_tuple t; /* the packet's (outer) tuple */
 	__u32 l4_off;      /* from the frame's start: where the L4 header starts (UDP for tunnels) */
 	__u32 l3_end;      /* from the frame's start: where the IP datagram ends */
+	__u32 l3_off;      /* from the frame's start: where the IP header starts */
+	__u32 reserved;
 };
-_Static_assert(sizeof(struct tg_stage_scratch) == 56, "tg_stage_scratch layout");
+_Static_assert(sizeof(struct tg_stage_scratch) == 64, "tg_stage_scratch layout");
 
 /* allow_established: a flow as its replies will look (key of conntrack), recorded by TC egress
  * from a packet leaving the interface (addresses and ports swapped) and looked up by XDP with the

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from dataplane import abi
 from dataplane.matcher import MatchRule
 
+from . import reject_model
+
 R = abi.Reason
 E = abi.Event
 
@@ -73,6 +75,8 @@ class Tuple5:
     tcp_flags: int = 0
     l4_present: bool = True
     fragment: bool = False  # part of a fragmented datagram (an atomic IPv6 fragment is whole)
+    l3_off: int = 0  # where the IP header starts in the frame
+    l4_off: int = 0  # where the L4 header starts
     l3_end: int = 0  # where the IP datagram ends in the frame
 
 
@@ -93,6 +97,7 @@ class Setup:
     acl: tuple[MatchRule, ...] = ()
     classifiers: tuple[MatchRule, ...] = ()
     allow_established: bool = False
+    reject_rate: int = 1_000_000_000  # reject answers per second: never short in a fuzz run; 0 none
     ct: frozenset[tuple[int, object, object, int, int, int]] = frozenset()  # recorded flows, alive
 
 
@@ -110,6 +115,7 @@ class Expected:
     policy_event: bool = False  # exactly one of POLICY_EVENTS counted
     tunnel_bytes: int = 0  # counted under `vni` in tunnel_stats when decapped
     judged: Tuple5 | None = None  # the tuple the ACL (or the flow table) judged
+    answer: bytes | None = None  # a reject answer sent back with XDP_TX
 
 
 def _need(buf: bytes, end: int) -> None:
@@ -174,8 +180,9 @@ def _parse_ipv6(buf: bytes, off: int, t: Tuple5) -> int:
 
 def parse_ip(buf: bytes, off: int, ethertype: int) -> tuple[Tuple5, int]:
     """IPv4/IPv6 + L4 at `off`: the tuple and the offset after the fixed L4 header."""
-    t = Tuple5()
+    t = Tuple5(l3_off=off)
     pos = _parse_ipv4(buf, off, t) if ethertype == ETH_P_IP else _parse_ipv6(buf, off, t)
+    t.l4_off = pos
     if not t.l4_present or t.proto not in L4_FIXED:
         return t, pos
     _need(buf, pos + L4_FIXED[t.proto])
@@ -341,6 +348,8 @@ def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
     if ethertype not in (ETH_P_IP, ETH_P_IPV6):
         raise Stop(R.PASS_NOT_IP)
     t, pos = parse_ip(buf, l3, ethertype)
+    tunnel_stage = setup.decap and t.proto == IPPROTO_UDP and t.l4_present and \
+        t.dport in (setup.vxlan_port, setup.geneve_port)
     tun = _Tunnel()
     _tunnel(buf, pos, t, setup, tun, x.events)
     x.vni = tun.vni
@@ -361,10 +370,15 @@ def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
         _classify(t, setup, x)
         return
     _acl(t, setup, x)  # the inner packet if decapped, else the packet itself
+    if x.reason == R.DROP_REJECTED:
+        _reject(buf, t, setup, x, tunnel_stage)
     if tun.not_ip and not abi.is_drop(x.reason):
         x.reason = R.PASS_TUNNEL_NOT_IP  # the policy event (a logged rule) keeps the ACL's reason
     elif tun.fragment and not abi.is_drop(x.reason):
         x.reason = R.PASS_TUNNEL_FRAGMENT
+
+
+DROPPED_BY = {abi.Action.DENY: R.DROP_DENIED, abi.Action.REJECT: R.DROP_REJECTED}
 
 
 def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
@@ -375,10 +389,26 @@ def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
     else:
         action, flags = rule.payload  # type: ignore[misc]
         x.acl_rule = rule.rule_id
-        x.reason = R.DROP_DENIED if action == abi.Action.DENY else R.PASS_ALLOWED
-        x.policy_event = x.reason == R.DROP_DENIED or bool(flags & abi.define("TG_RULE_F_LOG"))
+        x.reason = DROPPED_BY.get(action, R.PASS_ALLOWED)
+        x.policy_event = x.reason in DROPPED_BY.values() or bool(flags & abi.define("TG_RULE_F_LOG"))
     if not abi.is_drop(x.reason):
         _classify(t, setup, x)
+
+
+def _reject(buf: bytes, t: Tuple5, setup: Setup, x: Expected, tunnel_stage: bool) -> None:
+    """docs "Reject": answered where one is due, the pace allows and the ingress entry judged the
+    packet (a tunnel stage's packets are dropped unanswered)."""
+    assert t.src is not None and t.dst is not None
+    due = not tunnel_stage and reject_model.answerable(buf, t.family, t.src.packed, t.dst.packed, t.proto,
+                                                       t.l4_present, t.tcp_flags, t.icmp_type)
+    if not due:
+        x.events[E.REJECT_UNANSWERED] += 1
+    elif not setup.reject_rate:
+        x.events[E.REJECT_RATE_LIMITED] += 1
+    else:
+        x.events[E.REJECT_SENT] += 1
+        x.answer = reject_model.answer(buf, t.family, t.src.packed, t.dst.packed, t.proto, t.l3_off, t.l4_off,
+                                       t.l3_end)
 
 
 def _classify(t: Tuple5, setup: Setup, x: Expected) -> None:

@@ -16,9 +16,9 @@ PAGE_SIZE = mmap.PAGESIZE
 
 EXPECTED_LAYOUTS = {
     # map name: (key size, key fields, leaf size, leaf fields)
-    "config": (4, None, 40, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
+    "config": (4, None, 48, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
                              "default_action", "if_mac", "event_rate", "event_burst", "ct_tcp_s",
-                             "ct_tcp_closing_s", "ct_udp_s", "ct_icmp_s"]),
+                             "ct_tcp_closing_s", "ct_udp_s", "ct_icmp_s", "reject_rate", "reject_burst"]),
     "tunnels": (4, None, 8, ["flags", "reserved"]),
     "acl_src": (24, ["prefixlen", "family", "addr", "reserved"], 4, None),
     "acl_dst": (28, ["prefixlen", "set", "family", "addr", "reserved"], 4, None),
@@ -39,7 +39,8 @@ EXPECTED_LAYOUTS = {
     "conntrack": (40, ["src", "dst", "sport", "dport", "proto", "family", "reserved"], 16,
                   ["seen_ns", "state", "reserved"]),
     "conntrack_live": (4, None, 8, None),
-    "stage_scratch": (4, None, 56, ["t", "l4_off", "l3_end"]),
+    "stage_scratch": (4, None, 64, ["t", "l4_off", "l3_end", "l3_off", "reserved"]),
+    "reject_bucket": (4, None, 16, ["credit_ns", "last_ns"]),
 }
 
 

@@ -48,7 +48,7 @@ from dataplane import abi
 from dataplane.acl import acl_rule, classifier
 from dataplane.kernel.features import xdp_meta_supported
 from dataplane.kernel.maps import CtKey
-from dataplane.map_config import RuntimeConfig, TunnelEntry
+from dataplane.map_config import EVENT_BURST_MAX, RuntimeConfig, TunnelEntry
 
 from .conftest import IF_MAC
 from .hostile_model import (
@@ -77,6 +77,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(max(300, EXAMPLES // 10 * 4)
 SEED = int(os.environ.get("TIDEGATE_FUZZ_SEED", "0"))
 TC_ACT_OK = 0
 XDP_ABORTED = 0
+XDP_TX = 3
 TCP, UDP, GRE = 6, 17, 47
 TUNNELS = ((100, True, True), (200, True, False), (300, False, True))
 ACL = (
@@ -85,6 +86,9 @@ ACL = (
     acl_rule(3, 20, "allow", proto=UDP, dport=(7, 7), log=True),
     acl_rule(4, 30, "deny", proto=TCP, dport=(23, 23)),
     acl_rule(5, 40, "allow", src="10.1.0.0/16"),
+    acl_rule(6, 5, "reject", proto=TCP, dport=(7, 7)),
+    acl_rule(7, 50, "reject", dst="192.0.2.2/32"),
+    acl_rule(8, 50, "reject", dst="2001:db8::2/128"),
 )
 CLASSIFIERS = (classifier(1, 10, 0x77, proto=TCP, dport=(443, 443)),
                classifier(2, 20, 0x88, dst="fd00:2::/32"))
@@ -127,6 +131,7 @@ class Harness:
                                             rewrite_inner_dmac=setup.rewrite_inner_dmac,
                                             decap=setup.decap, strict_tunnel_ports=setup.strict_tunnel_ports,
                                             allow_established=setup.allow_established,
+                                            reject_rate=setup.reject_rate, reject_burst=EVENT_BURST_MAX,
                                             vxlan_port=setup.vxlan_port,
                                             geneve_port=setup.geneve_port), if_mac=IF_MAC)
             self.setup = setup
@@ -185,16 +190,18 @@ def check_xdp(h: Harness, setup: Setup, pkt: bytes) -> Outcome | None:
 
 def _problems(x: Expected, r: Any, d: dict[str, Counter[Any]], setup: Setup) -> list[str]:
     out = []
-    if r.action == XDP_ABORTED or r.action not in (XDP_DROP, XDP_PASS):
+    if r.action == XDP_ABORTED or r.action not in (XDP_DROP, XDP_PASS, XDP_TX):
         out.append(f"action {r.action}")
     if d["reason"] != Counter({x.reason: 1}):
         out.append(f"reasons moved {dict(d['reason'])}, expected {x.reason.name}")
-    want_action = XDP_DROP if abi.is_drop(x.reason) else XDP_PASS
+    want_action = XDP_TX if x.answer else XDP_DROP if abi.is_drop(x.reason) else XDP_PASS
     if r.action != want_action:
         out.append(f"action {r.action} for {x.reason.name}")
     out += _counter_problems(x, d)
     if r.action == XDP_PASS:
         out += _output_problems(x, r, setup)
+    if r.action == XDP_TX and r.data != x.answer:
+        out.append(f"reject answer:\n  got  {r.data.hex()}\n  want {x.answer.hex() if x.answer else None}")
     return out
 
 
