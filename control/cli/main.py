@@ -3,7 +3,7 @@
     tidegate [-s SOCKET] [-j] [--timeout SECONDS] COMMAND ...
 
     serve [-c CONFIG] [--netns NAME]      run the daemon (its socket comes from CONFIG: listen.unix)
-    attach IFNAME [--mode native|generic|auto]
+    attach IFNAME [--mode native|generic|auto] [--replace] [--next-program PATH]
     detach IFNAME
     status                                health, policy generation, interfaces
     acl add --id N [--priority P] --action allow|deny|reject [--src PREFIX] [--dst PREFIX]
@@ -93,7 +93,8 @@ NETNS_DIR = "/run/netns"
 # --- commands ------------------------------------------------------------------------------------
 
 def cmd_attach(args: argparse.Namespace, rpc: Rpc) -> Out:
-    iface = pb2.Interface(name=args.ifname, mode=convert.xdp_mode_to_proto(args.mode))
+    iface = pb2.Interface(name=args.ifname, mode=convert.xdp_mode_to_proto(args.mode), replace=args.replace,
+                          next_program=args.next_program or "")
     answer = rpc.call(rpc.interfaces.AttachInterface, pb2.AttachInterfaceRequest(interface=iface))
     data = {"interface": response_format.interface_data(answer.interface), "generation": answer.generation}
     i = data["interface"]
@@ -279,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add("attach", cmd_attach, "attach the data plane to an interface")
     p.add_argument("ifname", metavar="IFNAME")
     p.add_argument("--mode", choices=["native", "generic", "auto"], default="auto")
+    p.add_argument("--replace", action="store_true",
+                   help="take the interface even from an XDP program Tidegate did not load")
+    p.add_argument("--next-program", metavar="PATH",
+                   help="a pinned XDP program that gets every packet Tidegate passes")
     commands.add("detach", cmd_detach, "detach the data plane from an interface").add_argument(
         "ifname", metavar="IFNAME")
     commands.add("status", cmd_status, "health, policy generation and interfaces")

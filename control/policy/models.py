@@ -364,9 +364,18 @@ def _unique(where: str, values: list, what: str, owners: list[str] | None = None
         seen[value] = index
 
 
+# An absolute path (PATH_MAX); the kernel says whether a program is pinned there.
+BPFFS_PATH_RE = r"^/[^\x00]{0,4094}$"
+
+
 class Interface(Model):
     name: IfName
     mode: Literal["native", "generic", "auto"] = "auto"
+    # Take the interface even from an XDP program Tidegate did not load (else that is refused,
+    # naming the program: docs/dataplane.md, "Other XDP programs").
+    replace: bool = False
+    # An XDP program pinned in bpffs that gets every packet Tidegate passes, by tail call.
+    next_program: str | None = Field(default=None, pattern=BPFFS_PATH_RE)
 
 
 class DesiredState(Model):

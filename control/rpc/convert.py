@@ -180,6 +180,8 @@ def _policy_dict(msg: pb2.Policy) -> Dict:
 def _interface_dict(msg: pb2.Interface) -> Dict:
     d: Dict = {"name": msg.name}
     _put(d, "mode", _name(pb2.XdpMode, "XDP_MODE_", msg.mode))
+    _put(d, "replace", msg.replace or None)
+    _put(d, "next_program", msg.next_program)
     return d
 
 
@@ -266,7 +268,8 @@ def policy_to_proto(policy: Policy) -> pb2.Policy:
 
 
 def interface_to_proto(interface: Interface) -> pb2.Interface:
-    return pb2.Interface(name=interface.name, mode=xdp_mode_to_proto(interface.mode))
+    return pb2.Interface(name=interface.name, mode=xdp_mode_to_proto(interface.mode),
+                         replace=interface.replace, next_program=interface.next_program or "")
 
 
 # --- enums of the data plane and of attach results ----------------------------------------------

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from dataplane.kernel.prog_info import ProgInfo, ProgInfoError, prog_info_by_id
+
 log = logging.getLogger(__name__)
 
 XdpMode = Literal["native", "generic", "auto"]
@@ -37,6 +39,10 @@ CLSACT_OWNED = "clsact-owned"  # marker in the run dir: we created the qdisc, we
 
 class AttachError(RuntimeError):
     pass
+
+
+class XdpOccupied(AttachError):
+    """Another XDP program holds the interface (the message names it and what to do)."""
 
 
 def ifindex(ifname: str) -> int:
@@ -102,6 +108,48 @@ def xdp_attached(ifname: str) -> bool:
         link = ipr.link("get", index=ifindex(ifname))[0]
     xdp = link.get_attr("IFLA_XDP")
     return bool(xdp and xdp.get_attr("IFLA_XDP_ATTACHED"))
+
+
+# --- who else holds the interface ---------------------------------------------------------------
+
+TIDEGATE_XDP_NAMES = frozenset({"tg_xdp_ingress"})  # the kernel's copy of our entry's name
+LIBXDP_DISPATCHER = "xdp_dispatcher"  # libxdp's multi-program dispatcher (xdp-loader, xdp-filter)
+
+
+def xdp_programs(ifname: str) -> list[ProgInfo]:
+    """The XDP programs attached to `ifname` (one per mode in use), as the kernel describes them."""
+    with IPRoute() as ipr:
+        link = ipr.link("get", index=ifindex(ifname))[0]
+    xdp = link.get_attr("IFLA_XDP")
+    if not xdp:
+        return []
+    ids = {xdp.get_attr(a) for a in ("IFLA_XDP_PROG_ID", "IFLA_XDP_DRV_PROG_ID", "IFLA_XDP_SKB_PROG_ID",
+                                     "IFLA_XDP_HW_PROG_ID")} - {None, 0}
+    out = []
+    for prog_id in sorted(ids):
+        try:
+            out.append(prog_info_by_id(prog_id))
+        except ProgInfoError:  # detached meanwhile
+            continue
+    return out
+
+
+def foreign_xdp(ifname: str) -> str | None:
+    """Why attaching to `ifname` would replace an XDP program Tidegate did not load (what it is and
+    what to do), or None when there is none."""
+    for p in xdp_programs(ifname):
+        if p.name in TIDEGATE_XDP_NAMES:
+            continue
+        what = f"XDP program id {p.id} {p.name!r} (tag {p.tag})"
+        if p.name == LIBXDP_DISPATCHER:
+            return (f"{ifname} runs a libxdp dispatcher, {what}: the programs xdp-loader or libxdp attached "
+                    "through it (xdp-filter, ...) would be replaced. Tidegate does not join libxdp's "
+                    "multi-program dispatch (it needs freplace, which some kernels refuse). Unload them "
+                    f"(`xdp-loader unload {ifname} --all`), or attach with replace to take the interface")
+        return (f"{ifname} runs {what}, which Tidegate did not load: attaching would replace it. Detach it "
+                f"first (`ip link set dev {ifname} xdp off`, or `xdp-loader unload {ifname} --all`), pin it "
+                "and give it to Tidegate as next_program to run behind it, or attach with replace")
+    return None
 
 
 def attach_tc(ifname: str, fn: Any, run_dir: Path | None, egress_fn: Any = None) -> None:

@@ -15,7 +15,9 @@ BPF_PROG_TEST_RUN tests and benchmarks use.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -27,11 +29,13 @@ from dataplane.kernel import verify as verify_mod
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.maps import DataplaneMaps
 from dataplane.kernel.owner import InterfaceKey
+from dataplane.kernel.prog_info import BPF_PROG_TYPE_XDP, pinned_prog, prog_info
 from dataplane.kernel.testrun import SkbResult, XdpResult, run_skb, run_xdp
 from dataplane.map_config import RuntimeConfig
 from dataplane.tables import ACL_SLOT, ACL_TABLES, CLS_SLOT, CLS_TABLES, MatchTable
 
 log = logging.getLogger(__name__)
+NEXT_PROGRAM_MAP = "next_program"
 
 
 class Dataplane:
@@ -46,6 +50,7 @@ class Dataplane:
         self.acl = MatchTable(program.table, ACL_TABLES, acl_capacity(caps), ACL_SLOT, self.maps)
         self.classifiers = MatchTable(program.table, CLS_TABLES, cls_capacity(caps), CLS_SLOT, self.maps)
         self.xdp_mode: str | None = None
+        self.next_program: str | None = None
 
     @classmethod
     def load(cls, ifname: str | None = None, settings: DataplaneSettings | None = None) -> Dataplane:
@@ -66,8 +71,16 @@ class Dataplane:
             if_mac = attach_mod.link_mac(self.ifname)
         self.maps.write_config(cfg, if_mac)
 
-    def attach(self, mode: attach_mod.XdpMode = "auto") -> str:
+    def attach(self, mode: attach_mod.XdpMode = "auto", replace: bool = False) -> str:
+        """XDP and TC on the interface. An XDP program Tidegate did not load is never replaced
+        silently: XdpOccupied names it, unless `replace`."""
         key = self._require_key("attach")
+        occupant = attach_mod.foreign_xdp(key.ifname)
+        if occupant is not None:
+            if not replace:
+                raise attach_mod.XdpOccupied(occupant)
+            log.warning("replacing an XDP program Tidegate did not load", extra={"ifname": key.ifname,
+                                                                                "occupant": occupant})
         attach_mod.attach_tc(key.ifname, self.program.tc_fn, self.settings.run_dir(key),
                              self.program.tc_egress_fn)
         self.xdp_mode = attach_mod.attach_xdp(key.ifname, self.program.xdp_fn, mode)
@@ -88,6 +101,31 @@ class Dataplane:
             problems = [f"cannot read what the kernel runs: {exc}"]
         if problems:
             raise verify_mod.Mismatch(key.ifname, problems)
+
+    def set_next_program(self, path: str | None) -> None:
+        """Every packet Tidegate passes goes on, by tail call, to the XDP program pinned at `path`
+        (None: to the stack directly). Takes effect at once, for the next packet."""
+        slots = self.program.table(NEXT_PROGRAM_MAP)
+        if path is None:
+            try:
+                del slots[ctypes.c_int(0)]
+            except KeyError:
+                pass
+            self.next_program = None
+            return
+        fd = pinned_prog(path)
+        try:
+            info = prog_info(fd)
+            if info.type != BPF_PROG_TYPE_XDP:
+                raise ValueError(f"{path} is a BPF program of type {info.type}, not XDP")
+            try:
+                slots[ctypes.c_int(0)] = ctypes.c_int(fd)
+            except Exception as exc:  # BCC raises a bare Exception with the kernel's errno text
+                raise ValueError(f"{path} ({info.name!r}) cannot run behind Tidegate: {exc} (an XDP program "
+                                 "loaded for another attach type or with frags support is refused)") from exc
+        finally:
+            os.close(fd)
+        self.next_program = path
 
     def detach(self) -> None:
         """Our programs off the interface, our pins removed. Safe to call twice or after a crash."""

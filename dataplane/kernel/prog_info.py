@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from dataplane.kernel.libbpf import libbpf
 
 BPF_COMPLEXITY_LIMIT_INSNS = 1_000_000  # kernel/bpf/verifier.c
+BPF_PROG_TYPE_XDP = 6  # enum bpf_prog_type
 BPF_TAG_SIZE = 8
 BPF_OBJ_NAME_LEN = 16
 # struct bpf_prog_info (include/uapi/linux/bpf.h): the members read here, by offset.
@@ -43,6 +44,25 @@ class ProgInfo:
     @property
     def budget_share(self) -> float:
         return self.verified_insns / BPF_COMPLEXITY_LIMIT_INSNS
+
+
+def prog_info_by_id(prog_id: int) -> ProgInfo:
+    """The info of loaded program `prog_id` (ProgInfoError when it is gone)."""
+    fd = libbpf().bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        raise ProgInfoError(-fd, f"no BPF program with id {prog_id}: {os.strerror(-fd)}")
+    try:
+        return prog_info(fd)
+    finally:
+        os.close(fd)
+
+
+def pinned_prog(path: str) -> int:
+    """A new fd of the program pinned at `path` (bpffs); the caller closes it."""
+    fd = libbpf().bpf_obj_get(path.encode())
+    if fd < 0:
+        raise ProgInfoError(-fd, f"{path}: no pinned BPF object there ({os.strerror(-fd)})")
+    return int(fd)
 
 
 def prog_info(fd: int) -> ProgInfo:

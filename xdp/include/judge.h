@@ -104,7 +104,7 @@ static __always_inline __u32 tg_judge(struct xdp_md *ctx, const struct tg_config
 }
 
 /* The one exit of every XDP program: the packet is counted under its reason, then dropped or
- * passed as the reason says. (TG_BENCH builds, testbed/bench/programs.py, put the packet back
+ * passed as the reason says (a passed one through next_program, when set). (TG_BENCH builds, testbed/bench/programs.py, put the packet back
  * here for the next BPF_PROG_TEST_RUN repetition when their harness entry asks for it.) */
 static __always_inline int tg_xdp_exit_as(struct xdp_md *ctx, __u32 reason, int action)
 {
@@ -112,6 +112,10 @@ static __always_inline int tg_xdp_exit_as(struct xdp_md *ctx, __u32 reason, int 
 #ifdef TG_BENCH
 	tg_bench_exit(ctx);
 #endif
+	/* A passed packet goes on to the program behind us, if one is set (Katran's root-program
+	 * pattern): its verdict is the packet's. An empty slot falls through here. */
+	if (action == XDP_PASS)
+		next_program.call(ctx, 0);
 	return action;
 }
 

@@ -42,6 +42,8 @@ TG_MAP("percpu_array", __u32, __u32, parse_scratch, 1, 0);
 /* enum tg_stage -> the XDP program the ingress entry tail-calls for it, and what it hands over. */
 TG_MAP("prog", __u32, __u32, xdp_stages, TG_STAGE_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_stage_scratch, stage_scratch, 1, 0);
+/* The XDP program that gets every packet Tidegate passes (next_program; empty: none), slot 0. */
+TG_MAP("prog", __u32, __u32, next_program, 1, 0);
 
 /* allow_established: flows as their replies will look -> when last seen (conntrack.h), and how
  * many entries the programs put there and did not take out (so a full table can be counted). */
