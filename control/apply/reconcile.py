@@ -26,10 +26,10 @@ from control.policy.intent import AclTranslations, InterfaceIntent, interface_in
 from control.policy.models import DesiredState, ServiceChain
 from dataplane.acl import acl_capacity, cls_capacity
 from dataplane.kernel import attach as attach_mod
+from dataplane.kernel.bpf_info import BPF_PROG_TYPE_XDP, pinned_prog, prog_info
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.interface import Dataplane
 from dataplane.kernel.maps import Counter
-from dataplane.kernel.prog_info import BPF_PROG_TYPE_XDP, ProgInfoError, pinned_prog, prog_info
 from dataplane.kernel.verify import Mismatch
 from dataplane.map_config import TunnelEntry
 from dataplane.matcher import CompiledMatch, MatchCapacity, MatchRule, compile_rules, empty
@@ -451,11 +451,11 @@ def _not_an_xdp_program(path: str) -> str | None:
     """Why `path` cannot be a next_program (None: it can)."""
     try:
         fd = pinned_prog(path)
-    except ProgInfoError as exc:
+    except OSError as exc:
         return f"{exc}: pin the XDP program to run behind Tidegate there first (bpftool prog pin ...)"
     try:
         info = prog_info(fd)
-    except ProgInfoError as exc:
+    except OSError as exc:
         return f"{path}: {exc} (is it a program, not a map?)"
     finally:
         os.close(fd)

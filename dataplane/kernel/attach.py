@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from dataplane.kernel.prog_info import ProgInfo, ProgInfoError, prog_info_by_id
+from dataplane.kernel.bpf_info import ProgInfo, prog_info_by_id
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def xdp_programs(ifname: str) -> list[ProgInfo]:
     for prog_id in sorted(ids):
         try:
             out.append(prog_info_by_id(prog_id))
-        except ProgInfoError:  # detached meanwhile
+        except OSError:  # detached meanwhile
             continue
     return out
 
@@ -140,7 +140,7 @@ def foreign_xdp(ifname: str) -> str | None:
     for p in xdp_programs(ifname):
         if p.name in TIDEGATE_XDP_NAMES:
             continue
-        what = f"XDP program id {p.id} {p.name!r} (tag {p.tag})"
+        what = f"XDP program id {p.id} {p.name!r} (tag {p.tag.hex()})"
         if p.name == LIBXDP_DISPATCHER:
             return (f"{ifname} runs a libxdp dispatcher, {what}: the programs xdp-loader or libxdp attached "
                     "through it (xdp-filter, ...) would be replaced. Tidegate does not join libxdp's "

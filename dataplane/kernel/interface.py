@@ -29,7 +29,6 @@ from dataplane.kernel import verify as verify_mod
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.maps import DataplaneMaps
 from dataplane.kernel.owner import InterfaceKey
-from dataplane.kernel.prog_info import BPF_PROG_TYPE_XDP, pinned_prog, prog_info
 from dataplane.kernel.testrun import SkbResult, XdpResult, run_skb, run_xdp
 from dataplane.map_config import RuntimeConfig
 from dataplane.tables import ACL_SLOT, ACL_TABLES, CLS_SLOT, CLS_TABLES, MatchTable
@@ -113,10 +112,10 @@ class Dataplane:
                 pass
             self.next_program = None
             return
-        fd = pinned_prog(path)
+        fd = bpf_info.pinned_prog(path)
         try:
-            info = prog_info(fd)
-            if info.type != BPF_PROG_TYPE_XDP:
+            info = bpf_info.prog_info(fd)
+            if info.type != bpf_info.BPF_PROG_TYPE_XDP:
                 raise ValueError(f"{path} is a BPF program of type {info.type}, not XDP")
             try:
                 slots[ctypes.c_int(0)] = ctypes.c_int(fd)

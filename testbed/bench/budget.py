@@ -5,7 +5,7 @@ paths (BPF_COMPLEXITY_LIMIT_INSNS: E2BIG), so what a program takes today is the 
 feature has left. Every program is loaded here as its loader loads it, with every feature the
 policy can use compiled in, and the kernel's own account read back (`verified_insns`, the JIT's
 machine code size and the instruction count after the verifier's rewrites; bpf_prog_info through
-libbpf, dataplane/kernel/prog_info.py):
+libbpf, dataplane/kernel/bpf_info.py):
 
 - the data plane (`Dataplane.load`): the XDP ingress entry, the stages it tail-calls, TC ingress;
 - the benchmark harness (testbed.bench.programs): the same source built with its restoring
@@ -26,9 +26,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from dataplane.kernel.bpf_info import BPF_COMPLEXITY_LIMIT_INSNS, ProgInfo, prog_info
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.features import build_cflags
-from dataplane.kernel.prog_info import BPF_COMPLEXITY_LIMIT_INSNS, ProgInfo, prog_info
 from dataplane.kernel.program import compile_program
 from testbed.bench.common import Profile, Section, Table, Target
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from dataplane.kernel.prog_info import BPF_COMPLEXITY_LIMIT_INSNS, prog_info
+from dataplane.kernel.bpf_info import BPF_COMPLEXITY_LIMIT_INSNS, prog_info
 from testbed.bench import budget
 
 pytestmark = pytest.mark.root
@@ -29,7 +29,7 @@ def test_every_program_leaves_half_the_verifier_budget(loaded):
 
 def test_the_list_covers_every_program_of_each_loader(loaded):
     names = {(r.loader, r.function) for r in loaded}
-    for function in ("tg_xdp_ingress", "tg_xdp_tunnel", "tg_tc_ingress"):
+    for function in ("tg_xdp_ingress", "tg_xdp_tunnel", "tg_tc_ingress", "tg_tc_egress"):
         assert ("data plane", function) in names
         assert ("benchmark harness", function) in names
     assert {("benchmark harness", "tg_bench_restoring"), ("benchmark harness", "tg_bench_noop"),
@@ -51,4 +51,4 @@ def test_prog_info_reads_the_kernels_account(bpf_available):
         bpf.cleanup()
     assert info.name == "tg_straight"
     assert info.verified_insns == info.xlated_bytes // 8 == 2  # r0 = XDP_PASS; exit
-    assert len(info.tag) == 16 and info.id > 0
+    assert len(info.tag) == 8 and info.id > 0

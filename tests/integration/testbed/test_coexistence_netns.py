@@ -112,7 +112,7 @@ def test_a_program_tidegate_did_not_load_is_not_replaced(bpf_available, pin_root
                 with pytest.raises(XdpOccupied) as refused:
                     dp.attach("native")
                 msg = str(refused.value)
-                assert f"id {before.id}" in msg and "'tg_bench_noop'" in msg and before.tag in msg
+                assert f"id {before.id}" in msg and "'tg_bench_noop'" in msg and before.tag.hex() in msg
                 assert "replace" in msg and "next_program" in msg
                 assert [p.id for p in xdp_programs(IF)] == [before.id], "left in place"
                 dp.attach("native", replace=True)

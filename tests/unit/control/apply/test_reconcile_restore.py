@@ -171,7 +171,7 @@ def test_a_mismatch_found_after_programming_puts_the_previous_state_back(reconci
     reconciler.restore(before)
 
     class Replaced(FakePlane):
-        def attach(self, mode: str) -> None:  # attached, and at once replaced by another's program
+        def attach(self, mode: str, replace: bool = False) -> None:  # attached, and at once replaced
             super().attach(mode)
             self.foreign = True
 
