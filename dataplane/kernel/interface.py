@@ -93,9 +93,10 @@ class Dataplane:
         key = self._require_key("verify")
         names = {*program_mod.map_names(), *self.program.opened}
         try:
-            problems = verify_mod.check(key, {"xdp": self.program.xdp_fn, "tc": self.program.tc_fn},
+            problems = verify_mod.check(key, {"xdp": self.program.xdp_fn, "tc": self.program.tc_fn,
+                                              "tc_egress": self.program.tc_egress_fn},
                                         {name: self.program.map_fd(name) for name in names},
-                                        self.program.pin_dir)
+                                        self.program.pin_dir, self.program.stages.values())
         except OSError as exc:
             problems = [f"cannot read what the kernel runs: {exc}"]
         if problems:
@@ -131,7 +132,8 @@ class Dataplane:
         key = self._require_key("detach")
         ours = set()
         if self.program is not None:  # (None: detached or closed before)
-            ours = {bpf_info.prog_info(fn.fd).id for fn in (self.program.xdp_fn, self.program.tc_fn)}
+            ours = {bpf_info.prog_info(fn.fd).id
+                    for fn in (self.program.xdp_fn, self.program.tc_fn, self.program.tc_egress_fn)}
         _detach(key, self.settings, ours)
         self.close()
 
@@ -191,7 +193,7 @@ def detach_interface(ifname: str, settings: DataplaneSettings | None = None) -> 
 
 def _pinned_programs(pin_dir: Path) -> set[int]:
     ids = set()
-    for name in (program_mod.XDP_PIN, program_mod.TC_PIN):
+    for name in (program_mod.XDP_PIN, program_mod.TC_PIN, program_mod.TC_EGRESS_PIN):
         try:
             ids.add(bpf_info.pinned_id(pin_dir / name))
         except OSError:
