@@ -25,7 +25,7 @@ from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.interface import Dataplane
 from dataplane.map_config import RuntimeConfig
 from testbed import topology as t
-from testbed.netns import Namespace, add_address, add_neighbour, link_mac, veth_pair
+from testbed.netns import Namespace, linked_namespaces
 from testbed.traffic import receive_udp, send_udp, udp_socket
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -68,13 +68,8 @@ def _bcc_lib() -> object:
 
 @contextmanager
 def pair() -> Iterator[tuple[Namespace, Namespace]]:
-    with Namespace(prefix="tgcoa") as a, Namespace(prefix="tgcob") as b:
-        veth_pair(a, IF, b, IF)
-        add_address(a, IF, A + "/24")
-        add_address(b, IF, B + "/24")
-        add_neighbour(a, IF, B, link_mac(b, IF))
-        add_neighbour(b, IF, A, link_mac(a, IF))
-        yield a, b
+    with linked_namespaces("tgco", IF, IF, A, B) as link:
+        yield link.ns, link.peer
 
 
 @contextmanager

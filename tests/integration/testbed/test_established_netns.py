@@ -22,7 +22,7 @@ from dataplane.kernel.interface import Dataplane
 from dataplane.map_config import RuntimeConfig
 from testbed import topology as t
 from testbed.counters import snapshot
-from testbed.netns import Namespace, add_address, add_neighbour, link_mac, veth_pair
+from testbed.netns import Namespace, linked_namespaces
 from testbed.traffic import ping, receive_udp, send_udp, udp_socket
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -154,12 +154,8 @@ CAPACITY, FLOWS = 256, 300
 
 @pytest.mark.slow  # compiles a data plane of its own (~3 s)
 def test_a_full_table_replaces_its_least_recently_used_flows(bpf_available, pin_root):
-    with Namespace(prefix="tgctfull") as ns_a, Namespace(prefix="tgctpeer") as ns_b:
-        veth_pair(ns_a, "ct0", ns_b, "ct0")
-        add_address(ns_a, "ct0", "198.18.0.1/24")
-        add_address(ns_b, "ct0", "198.18.0.2/24")
-        add_neighbour(ns_a, "ct0", "198.18.0.2", link_mac(ns_b, "ct0"))
-        add_neighbour(ns_b, "ct0", "198.18.0.1", link_mac(ns_a, "ct0"))
+    with linked_namespaces("tgctfull", "ct0", "ct0", "198.18.0.1", "198.18.0.2") as link:
+        ns_a, ns_b = link.ns, link.peer
         with t.tidegate(ns_a, "ct0", config=ESTABLISHED, pin_root=pin_root,
                         capacities=Capacities(conntrack=CAPACITY)) as dp:
             clients = [udp_socket(ns_a, "198.18.0.1") for _ in range(FLOWS)]
