@@ -169,6 +169,8 @@ def test_next_program_gets_every_packet_tidegate_passes(bpf_available, pin_root)
         dp.acl.replace([acl_rule(1, 10, "deny", proto=17, dport=(7777, 7777))])
         with second_program(pin_root / "second" / "xdp") as second:
             dp.set_next_program(str(pin_root / "second" / "xdp"))
+            with a.enter():  # the program behind us shares no map of ours: nothing to object to
+                dp.verify()
             with (udp_socket(a, A, 5000) as plain, udp_socket(a, A, 9) as discard,
                   udp_socket(a, A, 7777) as denied, udp_socket(b, B) as sender):
                 send_udp(sender, A, 5000, [b"one", b"two"])

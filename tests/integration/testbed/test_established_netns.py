@@ -19,6 +19,7 @@ import pytest
 from dataplane import abi
 from dataplane.kernel.build_settings import Capacities
 from dataplane.kernel.interface import Dataplane
+from dataplane.kernel.verify import Mismatch
 from dataplane.map_config import RuntimeConfig
 from testbed import topology as t
 from testbed.counters import snapshot
@@ -107,6 +108,8 @@ def test_replies_to_our_sessions_pass_a_default_deny_policy(dp, topo, local, rem
         assert not ping(topo.appliance, remote, src=local, count=1, timeout=0.3).ok
 
         configure(dp, topo, ESTABLISHED)
+        with topo.appliance.enter():  # TC egress attached and pinned, the conntrack map in use
+            dp.verify()
         before = snapshot(dp)
         assert tcp_exchange(topo.appliance, remote, TCP_PORT, b"hello over tcp") == b"hello over tcp"
         assert ping(topo.appliance, remote, src=local, count=3).ok
@@ -174,6 +177,12 @@ def test_a_full_table_replaces_its_least_recently_used_flows(bpf_available, pin_
                 for c in clients:
                     c.close()
             events = dp.maps.event_counts()
+            # The recorder is part of what verify() reads back: gone from the hook, it is named.
+            with ns_a.enter():
+                dp.verify()
+            ns_a.run(["tc", "filter", "del", "dev", "ct0", "egress"])
+            with ns_a.enter(), pytest.raises(Mismatch, match="no tc_egress program is attached"):
+                dp.verify()
     assert events[E.CT_NEW].packets == FLOWS
     assert events[E.CT_EVICTED].packets == FLOWS - CAPACITY  # counted: one in, one out
     assert recorded <= CAPACITY
