@@ -37,8 +37,9 @@ TG_MAP("percpu_array", __u32, struct tg_counter, reason_stats, TG_REASON_MAX, 0)
 /* enum tg_event -> occurrences. */
 TG_MAP("percpu_array", __u32, struct tg_counter, event_stats, TG_EVENT_MAX, 0);
 
-/* A parser's offset, stored and loaded so the verifier forgets what it knew of it (parse.h). */
-TG_MAP("percpu_array", __u32, __u32, parse_scratch, 1, 0);
+/* A parser's offset, stored and loaded so the verifier forgets what it knew of it (parse.h); a
+ * __u64 because per-CPU values are read back 8-byte aligned (BCC, dataplane/kernel/warm.py). */
+TG_MAP("percpu_array", __u32, __u64, parse_scratch, 1, 0);
 
 /* enum tg_stage -> the XDP program the ingress entry tail-calls for it (the packet: match_scratch). */
 TG_MAP("prog", __u32, __u32, xdp_stages, TG_STAGE_MAX, 0);

@@ -228,16 +228,16 @@ static __always_inline int tg_parse_ipv4(struct tg_cursor *c, struct tg_tuple *t
 static __always_inline int tg_forget_off(__u32 off, __u32 *out)
 {
 	__u32 zero = 0;
-	__u32 *slot = parse_scratch.lookup(&zero);
+	__u64 *slot = parse_scratch.lookup(&zero), v;
 
 	if (!slot)
 		return -1;
 	*slot = off;
 	asm volatile("" ::: "memory"); /* the compiler must load what it stored */
-	off = *slot;
-	if (off > TG_PACKET_OFF_MAX)
+	v = *slot;
+	if (v > TG_PACKET_OFF_MAX)
 		return -1;
-	*out = off;
+	*out = v;
 	return 0;
 }
 
