@@ -14,9 +14,10 @@ the daemon believes it wrote.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections import Counter
+
+from dataplane.kernel.memory import map_fdinfo
 
 BPF_TEXT = r"""
 #include <uapi/linux/bpf.h>
@@ -89,16 +90,7 @@ class MapWrites:
 
 def map_names(pid: int) -> dict[int, str]:
     """fd -> map name of the BPF maps process `pid` holds."""
-    ids: dict[int, int] = {}
-    base = f"/proc/{pid}/fdinfo"
-    for fd in os.listdir(base):
-        try:
-            with open(f"{base}/{fd}") as f:
-                info = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        if "map_id" in info:
-            ids[int(fd)] = int(info["map_id"])
+    ids = {fd: int(info["map_id"]) for fd, info in map_fdinfo(pid).items()}
     shown = json.loads(subprocess.run(["bpftool", "-j", "map", "show"], check=True, capture_output=True,
                                       text=True).stdout)
     name_of = {int(m["id"]): m.get("name", "") for m in shown}

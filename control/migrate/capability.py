@@ -2,12 +2,11 @@
 
 The translator asks this module one question per rule: "write these packets (a list of boxes)
 as Tidegate matches, or say which feature is missing". The baseline is what control.policy.models
-holds: one source prefix, one destination prefix, a protocol among tcp/udp/sctp/icmp/icmpv6
-and one destination port range per rule, actions allow and deny, a default action. Every other
-feature has a row in CAPABILITIES and an emitter slot in EMITTERS: when the model gains the
-field (the branches of issues 11 and 14), enabling it is that row set to True plus its emitter.
-Until then a rule needing it stays in netfilter with the reason "not yet supported by
-Tidegate: <feature>".
+holds: one source prefix, one destination prefix, a protocol (a name or any number 0-255),
+one source and one destination port range per rule, actions allow and deny, a default action.
+Every other feature has a row in CAPABILITIES and an emitter slot in EMITTERS: when the model
+gains the field, enabling it is that row set to True plus its emitter. Until then a rule needing
+it stays in netfilter with the reason "not yet supported by Tidegate: <feature>".
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ from typing import Any
 from control.migrate import intervals as iv
 from control.migrate import names
 from control.migrate.ir import Box
+from dataplane import protocols
 
-NAMED_PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}  # models.PROTOCOLS
+NAMED_PROTOCOLS = protocols.NAMES
 
 
 class Feature(StrEnum):

@@ -17,7 +17,6 @@ product of the fields would otherwise take the machine's. A set the daemon refus
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from contextlib import ExitStack
@@ -28,6 +27,7 @@ from typing import Any
 import grpc
 
 from control.rpc.api import pb2, pb2_grpc
+from dataplane.kernel.memory import map_fdinfo
 from testbed import classbench
 from testbed.bench import column_rules
 from testbed.bench.common import Profile, Section
@@ -62,16 +62,7 @@ class Results:
 
 def map_memory_mib(pid: int) -> float:
     """memlock of the BPF maps the process holds, each map once, in MiB."""
-    seen: dict[int, int] = {}
-    base = f"/proc/{pid}/fdinfo"
-    for fd in os.listdir(base):
-        try:
-            with open(f"{base}/{fd}") as f:
-                info = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        if "map_id" in info and "memlock" in info:
-            seen[int(info["map_id"])] = int(info["memlock"])
+    seen = {int(info["map_id"]): int(info.get("memlock", 0)) for info in map_fdinfo(pid).values()}
     return sum(seen.values()) / (1 << 20)
 
 

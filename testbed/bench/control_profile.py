@@ -256,4 +256,4 @@ def describe(p: Profiled, measured: float) -> str:
 
 
 def _secs(x: float) -> str:
-    return f"{x:.2f} s" if x >= 1 else f"{1e3 * x:.0f} ms"
+    return f"{x:.2f} s" if x >= 1 else f"{1e3 * x:.0f} ms" if x >= 0.01 else f"{1e3 * x:.1f} ms"
