@@ -28,7 +28,7 @@ def _net(value: str | Network | None) -> Network | None:
 def acl_rule(rule_id: int, priority: int, action: str = "deny", src: Any = None, dst: Any = None,
              proto: int | None = None, dport: tuple[int, int] | None = None, log: bool = False,
              sport: tuple[int, int] | None = None) -> MatchRule:
-    """One ACL rule; action is "allow" or "deny"."""
+    """One ACL rule; action is "allow", "deny" or "reject"."""
     return MatchRule(rule_id=rule_id, priority=priority, src=_net(src), dst=_net(dst), proto=proto,
                      dport=dport, payload=_acl_payload(action, log), sport=sport)
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from pyroute2.netlink.exceptions import NetlinkError
 
 from dataplane.kernel.attach import XdpMode
-from dataplane.kernel.build_settings import DataplaneSettings
+from dataplane.kernel.build_settings import Capacities, DataplaneSettings
 from dataplane.kernel.interface import Dataplane
 from dataplane.kernel.owner import owned_dirs
 from dataplane.map_config import RuntimeConfig
@@ -285,13 +285,14 @@ def pin_root_owned(pin_root: Path | None = None) -> Iterator[Path]:
 
 @contextmanager
 def tidegate(ns: Namespace, ifname: str = UNDERLAY, *, mode: XdpMode = "native",
-             config: RuntimeConfig | None = None, pin_root: Path | None = None) -> Iterator[Dataplane]:
+             config: RuntimeConfig | None = None, pin_root: Path | None = None,
+             capacities: Capacities | None = None) -> Iterator[Dataplane]:
     """Tidegate loaded, configured and attached (XDP + TC) on `ifname` inside `ns`.
 
     On exit the programs are detached and the pins removed, whatever happened in the body.
     """
     with pin_root_owned(pin_root) as root:
-        settings = DataplaneSettings(pin_root=root)
+        settings = DataplaneSettings(pin_root=root, capacities=capacities or Capacities())
         with ns.enter():  # compile and pin here: attach and the MAC lookup need the namespace
             dp = Dataplane.load(ifname, settings)
         try:

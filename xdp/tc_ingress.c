@@ -27,7 +27,10 @@ static __always_inline __u32 tg_tc_classify(struct __sk_buff *skb)
 	__u32 mark;
 	int proto;
 
-	bpf_skb_pull_data(skb, skb->len < TG_TC_PULL_LEN ? skb->len : TG_TC_PULL_LEN);
+	/* Fails only for want of memory: then what is linear already is parsed, bounds-checked as
+	 * ever (a header past it leaves the packet unmarked), and the failure is counted. */
+	if (bpf_skb_pull_data(skb, skb->len < TG_TC_PULL_LEN ? skb->len : TG_TC_PULL_LEN))
+		tg_count_event(TG_EVENT_TC_PULL_FAILED);
 	tg_cursor_init(&c, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len);
 	/* VLAN offload (or the stack's own untagging) moves the outer tag to skb->vlan_tci: the data
 	 * then starts with the ethertype behind it, and that tag counts against the XDP limit. */

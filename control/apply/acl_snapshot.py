@@ -24,6 +24,7 @@ from control.policy.acl_decode import (
     ACTION_ALLOW,
     ACTION_DENY,
     ACTION_INVALID,
+    ACTION_REJECT,
     PORTS,
     PROTO_ANY,
     RawRules,
@@ -119,6 +120,7 @@ def _checked(a: dict[str, Any], descriptions: list[str]) -> AclTable:
     action = np.full(n, ACTION_INVALID, np.int8)
     action[a["action"] == ACTION_VALUES[0]] = ACTION_ALLOW
     action[a["action"] == ACTION_VALUES[1]] = ACTION_DENY
+    action[a["action"] == ACTION_VALUES[2]] = ACTION_REJECT
     raw.action = action
     raw.log = (a["flags"] & FLAG_LOG) != 0
     raw.description = descriptions

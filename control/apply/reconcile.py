@@ -17,6 +17,7 @@ Nothing here calls back up into the API layer; it is handed states and reports e
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ from control.policy.intent import InterfaceIntent, interface_intent
 from control.policy.models import DesiredState, ServiceChain
 from dataplane.acl import acl_capacity, cls_capacity
 from dataplane.kernel import attach as attach_mod
+from dataplane.kernel.bpf_info import BPF_PROG_TYPE_XDP, pinned_prog, prog_info
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.interface import Dataplane
 from dataplane.kernel.maps import Counter
@@ -47,6 +49,11 @@ class InvalidState(ValueError):
 
 class MissingInterface(InvalidState):
     """An interface the state names does not exist in the daemon's network namespace."""
+
+
+class InterfaceOccupied(InvalidState):
+    """An interface to attach runs an XDP program Tidegate did not load (and no replace was asked),
+    or its next_program is not a pinned XDP program."""
 
 
 class ApplyError(RuntimeError):
@@ -253,6 +260,9 @@ class Reconciler:
         errors += _missing_nexthop_devices(new.policy.chains)
         if errors:
             raise MissingInterface(errors)
+        errors = self._xdp_neighbours(new)
+        if errors:
+            raise InterfaceOccupied(errors)
         try:
             self.routing.check(new.policy.chains)
         except ValueError as exc:
@@ -260,6 +270,22 @@ class Reconciler:
         if errors:
             raise InvalidState(errors)
         return {iface.name: self._compile(new, iface.name) for iface in new.interfaces}
+
+    def _xdp_neighbours(self, new: DesiredState) -> list[tuple[str, str]]:
+        """Other XDP programs: one holding an interface we are to attach (unless replace), and
+        each next_program, which must be a pinned XDP program."""
+        errors = []
+        for index, iface in enumerate(new.interfaces):
+            plane = self.planes.get(iface.name)
+            if not iface.replace and (plane is None or plane.xdp_mode is None):
+                why = attach_mod.foreign_xdp(iface.name)
+                if why:
+                    errors.append((f"interfaces[{index}].name", why))
+            if iface.next_program:
+                why = _not_an_xdp_program(iface.next_program)
+                if why:
+                    errors.append((f"interfaces[{index}].next_program", why))
+        return errors
 
     def _compile(self, state: DesiredState, name: str) -> _Compiled:
         intent = self._intent(state, name)
@@ -308,8 +334,10 @@ class Reconciler:
             if not isinstance(done.classifiers, Live):
                 plane.classifiers.apply(done.classifiers)
                 self._applied(name, "cls", plane.classifiers.current, intent.classifiers)
+            if plane.next_program != iface.next_program:
+                plane.set_next_program(iface.next_program)
             if plane.xdp_mode is None or (iface.mode != "auto" and plane.xdp_mode != iface.mode):
-                plane.attach(iface.mode)
+                plane.attach(iface.mode, replace=iface.replace)
             self.intents[name] = intent
         for name in [n for n in self.planes if n not in wanted]:
             self._unload(name, detach=True)
@@ -424,3 +452,20 @@ def _sync_tunnels(plane: Dataplane, tunnels: tuple[TunnelEntry, ...]) -> None:
             plane.maps.put_tunnel(t)
     for vni in have.keys() - want.keys():
         plane.maps.delete_tunnel(vni)
+
+
+def _not_an_xdp_program(path: str) -> str | None:
+    """Why `path` cannot be a next_program (None: it can)."""
+    try:
+        fd = pinned_prog(path)
+    except OSError as exc:
+        return f"{exc}: pin the XDP program to run behind Tidegate there first (bpftool prog pin ...)"
+    try:
+        info = prog_info(fd)
+    except OSError as exc:
+        return f"{path}: {exc} (is it a program, not a map?)"
+    finally:
+        os.close(fd)
+    if info.type != BPF_PROG_TYPE_XDP:
+        return f"{path} is a BPF program of type {info.type} ({info.name!r}), not an XDP program"
+    return None

@@ -3,10 +3,10 @@
     tidegate [-s SOCKET] [-j] [--timeout SECONDS] COMMAND ...
 
     serve [-c CONFIG] [--netns NAME]      run the daemon (its socket comes from CONFIG: listen.unix)
-    attach IFNAME [--mode native|generic|auto]
+    attach IFNAME [--mode native|generic|auto] [--replace] [--next-program PATH]
     detach IFNAME
     status                                health, policy generation, interfaces
-    acl add --id N [--priority P] --action allow|deny [--src PREFIX] [--dst PREFIX]
+    acl add --id N [--priority P] --action allow|deny|reject [--src PREFIX] [--dst PREFIX]
             [--protocol tcp|udp|sctp|icmp|icmpv6|0-255] [--sport 53|1024-65535] [--dport 80|80-90]
             [--log] [--metrics] [--description TEXT]
     acl del ID | acl list
@@ -94,7 +94,8 @@ NETNS_DIR = "/run/netns"
 # --- commands ------------------------------------------------------------------------------------
 
 def cmd_attach(args: argparse.Namespace, rpc: Rpc) -> Out:
-    iface = pb2.Interface(name=args.ifname, mode=convert.xdp_mode_to_proto(args.mode))
+    iface = pb2.Interface(name=args.ifname, mode=convert.xdp_mode_to_proto(args.mode), replace=args.replace,
+                          next_program=args.next_program or "")
     answer = rpc.call(rpc.interfaces.AttachInterface, pb2.AttachInterfaceRequest(interface=iface))
     data = {"interface": response_format.interface_data(answer.interface), "generation": answer.generation}
     i = data["interface"]
@@ -238,7 +239,8 @@ def _policy_commands(commands: Commands) -> None:
     p = acl.add("add", cmd_acl_add, "add one ACL rule")
     p.add_argument("--id", type=u32, required=True, help="rule id, unique (1 to 2^32-1)")
     p.add_argument("--priority", type=u32, help="lower is judged first (default 1000)")
-    p.add_argument("--action", choices=["allow", "deny"], required=True)
+    p.add_argument("--action", choices=["allow", "deny", "reject"], required=True,
+                   help="reject: drop and answer (TCP RST, else ICMP administratively prohibited)")
     p.add_argument("--src", metavar="PREFIX", help="source prefix (default any)")
     p.add_argument("--dst", metavar="PREFIX", help="destination prefix (default any)")
     p.add_argument("--protocol", type=protocol_arg, metavar="NAME|NUMBER",
@@ -288,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add("attach", cmd_attach, "attach the data plane to an interface")
     p.add_argument("ifname", metavar="IFNAME")
     p.add_argument("--mode", choices=["native", "generic", "auto"], default="auto")
+    p.add_argument("--replace", action="store_true",
+                   help="take the interface even from an XDP program Tidegate did not load")
+    p.add_argument("--next-program", metavar="PATH",
+                   help="a pinned XDP program that gets every packet Tidegate passes")
     commands.add("detach", cmd_detach, "detach the data plane from an interface").add_argument(
         "ifname", metavar="IFNAME")
     commands.add("status", cmd_status, "health, policy generation and interfaces")

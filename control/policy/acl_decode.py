@@ -50,7 +50,8 @@ from control.policy.rule_model import (
 from dataplane.match.columns import ADDR_BYTES, PORT_ANY, SCHEMA, RuleColumns
 
 I64 = npt.NDArray[np.int64]
-ACTION_MISSING, ACTION_ALLOW, ACTION_DENY, ACTION_INVALID = 0, 1, 2, 3  # RawRules.action
+# RawRules.action: 1.. are ACTIONS in order (and the proto Action numbers), 0 unset
+ACTION_MISSING, ACTION_ALLOW, ACTION_DENY, ACTION_REJECT, ACTION_INVALID = 0, 1, 2, 3, 4
 PROTO_ANY, PROTO_BAD = -1, -2  # RawRules.protocol besides the numbers 0-255
 SIDES = ("src", "dst")
 PORTS = ("dport", "sport")

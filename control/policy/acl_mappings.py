@@ -19,6 +19,7 @@ from control.policy.acl_decode import (
     ACTION_DENY,
     ACTION_INVALID,
     ACTION_MISSING,
+    ACTION_REJECT,
     PORTS,
     PROTO_ANY,
     PROTO_BAD,
@@ -39,7 +40,7 @@ from control.policy.rule_model import (
 RULE_KEYS = frozenset(AclRule.model_fields)
 MATCH_KEYS = frozenset(AclRule.model_fields["match"].annotation.model_fields)  # type: ignore[union-attr]
 _INT_LIMIT = 1 << 62  # beyond this an int is refused by a range check anyway: the model says so
-_ACTIONS = {"allow": ACTION_ALLOW, "deny": ACTION_DENY}
+_ACTIONS = {"allow": ACTION_ALLOW, "deny": ACTION_DENY, "reject": ACTION_REJECT}
 
 
 class _Odd(Exception):

@@ -39,7 +39,7 @@ from dataplane.match.columns import ADDR_BYTES, PORT_ANY, SCHEMA, RuleColumns
 GIVEN_SRC, GIVEN_DST, GIVEN_SPORT, GIVEN_DPORT = 1, 2, 4, 8
 BLOCK_ROWS = 2048  # a block is split once it holds twice this many rules
 DEFAULT_PRIORITY = 1000
-ACTIONS = ("allow", "deny")  # the model's literals
+ACTIONS = ("allow", "deny", "reject")  # the model's literals
 ACTION_VALUES = np.array([int(abi.Action[a.upper()]) for a in ACTIONS], dtype=np.uint8)  # -> tg_action
 FLAG_LOG = abi.define("TG_RULE_F_LOG")
 

@@ -177,8 +177,14 @@ def delete_chain(state: DesiredState, name: str) -> DesiredState:
 
 
 def attach(state: DesiredState, iface: Interface) -> DesiredState:
-    if any(i.name == iface.name for i in state.interfaces):
-        raise AlreadyExists(f"interface {iface.name} is attached already; detach it first to change the mode")
+    """Attaches an interface; attaching one again in the same mode changes its next_program (at
+    once, for the next packet: the programs stay attached)."""
+    current = next((i for i in state.interfaces if i.name == iface.name), None)
+    if current is not None and current.mode != iface.mode:
+        raise AlreadyExists(f"interface {iface.name} is attached already in mode {current.mode}; detach it "
+                            "first to change the mode")
+    if current is not None:
+        return _rebuild(state, interfaces=[iface if i.name == iface.name else i for i in state.interfaces])
     return _rebuild(state, interfaces=[*state.interfaces, iface])
 
 

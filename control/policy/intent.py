@@ -64,7 +64,10 @@ def _ports(ports: PortRange | None) -> tuple[int, int] | None:
 
 
 def runtime_config(policy: Policy) -> RuntimeConfig:
-    return RuntimeConfig(**policy.settings.model_dump())
+    settings = policy.settings.model_dump(exclude={"established_timeouts"})
+    timeouts = policy.settings.established_timeouts
+    return RuntimeConfig(**settings, ct_tcp_s=timeouts.tcp, ct_tcp_closing_s=timeouts.tcp_closing,
+                         ct_udp_s=timeouts.udp, ct_icmp_s=timeouts.icmp)
 
 
 def interface_intent(state: DesiredState, ifname: str) -> InterfaceIntent:

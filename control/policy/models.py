@@ -108,6 +108,19 @@ class ServiceChain(Model):
         return out
 
 
+CT_TIMEOUT_MAX = 30 * 24 * 3600  # a month, in seconds
+
+
+class EstablishedTimeouts(Model):
+    """How long a flow recorded for allow_established may stay idle (no packet either way), in
+    seconds, before its replies are judged by the ACL again."""
+
+    tcp: int = Field(default=3600, ge=1, le=CT_TIMEOUT_MAX)
+    tcp_closing: int = Field(default=10, ge=1, le=CT_TIMEOUT_MAX)  # once a FIN or RST went either way
+    udp: int = Field(default=30, ge=1, le=CT_TIMEOUT_MAX)
+    icmp: int = Field(default=30, ge=1, le=CT_TIMEOUT_MAX)  # echo requests and their replies
+
+
 class Settings(Model):
     vxlan_port: int = Field(default=4789, ge=1, le=PORT_MAX)
     geneve_port: int = Field(default=6081, ge=1, le=PORT_MAX)
@@ -115,6 +128,13 @@ class Settings(Model):
     unknown_vni_action: Literal["pass", "drop"] = "pass"
     default_action: Literal["allow", "deny"] = "allow"
     rewrite_inner_dmac: bool = True
+    # UDP to vxlan_port/geneve_port that is no tunnel packet (docs/dataplane.md, "Tunnel ports"):
+    # judged as plain UDP by default, dropped when strict.
+    strict_tunnel_ports: bool = False
+    # Replies to flows that left through an attached interface pass before the ACL, like
+    # iptables' `-m conntrack --ctstate ESTABLISHED -j ACCEPT` (docs/dataplane.md, "Established").
+    allow_established: bool = False
+    established_timeouts: EstablishedTimeouts = EstablishedTimeouts()
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:
@@ -187,9 +207,18 @@ def _unique(where: str, values: list, what: str, owners: list[str] | None = None
         seen[value] = index
 
 
+# An absolute path (PATH_MAX); the kernel says whether a program is pinned there.
+BPFFS_PATH_RE = r"^/[^\x00]{0,4094}$"
+
+
 class Interface(Model):
     name: IfName
     mode: Literal["native", "generic", "auto"] = "auto"
+    # Take the interface even from an XDP program Tidegate did not load (else that is refused,
+    # naming the program: docs/dataplane.md, "Other XDP programs").
+    replace: bool = False
+    # An XDP program pinned in bpffs that gets every packet Tidegate passes, by tail call.
+    next_program: str | None = Field(default=None, pattern=BPFFS_PATH_RE)
 
 
 class DesiredState(Model):

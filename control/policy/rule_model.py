@@ -278,7 +278,7 @@ class AclRule(Model):
 
     id: int = Field(ge=1, le=U32_MAX)
     priority: int = Field(default=1000, ge=0, le=U32_MAX)
-    action: Literal["allow", "deny"]
+    action: Literal["allow", "deny", "reject"]  # reject: dropped and answered (docs/dataplane.md, "Reject")
     match: Match = Match()
     log: bool = False
     description: str = Field(default="", max_length=256)

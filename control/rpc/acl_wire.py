@@ -50,8 +50,9 @@ _ID, _PRIORITY, _ACTION, _LOG, _DESCRIPTION, _METRICS, _MATCH = map(
 _SRC, _DST, _PROTOCOL, _NUMBER, _LOW, _HIGH = map(
     attrgetter, ("src", "dst", "protocol", "protocol_number", "low", "high"))
 _HAS_NUMBER = methodcaller("HasField", "protocol_number")
-# proto Action -> RawRules.action (the same numbers: 0 unset, 1 allow, 2 deny), others invalid
-_WIRE_ACTIONS = {pb2.ACTION_ALLOW: 1, pb2.ACTION_DENY: 2}
+# proto Action -> RawRules.action (the same numbers: 0 unset, 1 allow, 2 deny, 3 reject), others invalid
+_WIRE_ACTIONS = {pb2.ACTION_ALLOW: 1, pb2.ACTION_DENY: 2, pb2.ACTION_REJECT: 3}
+_RAW_ACTIONS = [0, *_WIRE_ACTIONS.values()]
 _ACTION_OF_VALUE = {int(v): pb2.Action.Value(f"ACTION_{a.upper()}") for v, a in zip(ACTION_VALUES, ACTIONS,
                                                                                       strict=True)}
 PACKED_NO_PREFIX = 255  # AclColumns.src_len / dst_len: the rule names no such prefix
@@ -92,7 +93,7 @@ def raw_from_messages(acl: Sequence[Any]) -> RawRules:
     priority[unset[[not acl[r].HasField("priority") for r in unset.tolist()]]] = DEFAULT_PRIORITY
     raw.priority = priority
     actions = _ints(map(_ACTION, acl), n)
-    raw.action = np.where(np.isin(actions, [0, 1, 2]), actions, ACTION_INVALID).astype(np.int8)
+    raw.action = np.where(np.isin(actions, _RAW_ACTIONS), actions, ACTION_INVALID).astype(np.int8)
     raw.log = np.fromiter(map(_LOG, acl), bool, n)
     raw.description = list(map(_DESCRIPTION, acl))
     raw.metrics = np.fromiter(map(_METRICS, acl), bool, n)
@@ -217,7 +218,7 @@ def table_from_packed(msg: Any) -> AclTable:
     raw.ids = _column(msg, "id", n, None, errors)
     raw.priority = _column(msg, "priority", n, DEFAULT_PRIORITY, errors)
     actions = _column(msg, "action", n, None, errors)
-    raw.action = np.where(np.isin(actions, [0, 1, 2]), actions, ACTION_INVALID).astype(np.int8)
+    raw.action = np.where(np.isin(actions, _RAW_ACTIONS), actions, ACTION_INVALID).astype(np.int8)
     raw.log = _column(msg, "log", n, 0, errors).astype(bool)
     raw.metrics = _column(msg, "metrics", n, 0, errors).astype(bool)
     raw.description = list(msg.description) if len(msg.description) == n else [""] * n

@@ -190,8 +190,14 @@ def _chain_dict(msg: pb2.ServiceChain, wire: Wire, where: str = "") -> Dict:
 
 def _settings_dict(msg: pb2.Settings) -> Dict:
     d: Dict = {}
-    for field in ("vxlan_port", "geneve_port", "decap", "rewrite_inner_dmac"):
+    for field in ("vxlan_port", "geneve_port", "decap", "rewrite_inner_dmac", "strict_tunnel_ports",
+                  "allow_established"):
         _put_optional(d, msg, field)
+    if msg.HasField("established_timeouts"):
+        timeouts: Dict = {}
+        for field in ("tcp", "tcp_closing", "udp", "icmp"):
+            _put_optional(timeouts, msg.established_timeouts, field)
+        d["established_timeouts"] = timeouts
     _put(d, "unknown_vni_action",
          _name(pb2.UnknownVniAction, "UNKNOWN_VNI_ACTION_", msg.unknown_vni_action))
     _put(d, "default_action", _name(pb2.Action, "ACTION_", msg.default_action))
@@ -227,6 +233,8 @@ def _policy_dict(msg: pb2.Policy, wire: Wire) -> Dict:
 def _interface_dict(msg: pb2.Interface) -> Dict:
     d: Dict = {"name": msg.name}
     _put(d, "mode", _name(pb2.XdpMode, "XDP_MODE_", msg.mode))
+    _put(d, "replace", msg.replace or None)
+    _put(d, "next_program", msg.next_program)
     return d
 
 
@@ -318,7 +326,9 @@ def settings_to_proto(s: Settings) -> pb2.Settings:
         vxlan_port=s.vxlan_port, geneve_port=s.geneve_port, decap=s.decap,
         unknown_vni_action=_number(pb2.UnknownVniAction, "UNKNOWN_VNI_ACTION_", s.unknown_vni_action),
         default_action=_number(pb2.Action, "ACTION_", s.default_action),
-        rewrite_inner_dmac=s.rewrite_inner_dmac)
+        rewrite_inner_dmac=s.rewrite_inner_dmac, strict_tunnel_ports=s.strict_tunnel_ports,
+        allow_established=s.allow_established,
+        established_timeouts=pb2.EstablishedTimeouts(**s.established_timeouts.model_dump()))
 
 
 def policy_to_proto(policy: Policy, acl_columns: bool = False) -> pb2.Policy:
@@ -334,7 +344,8 @@ def policy_to_proto(policy: Policy, acl_columns: bool = False) -> pb2.Policy:
 
 
 def interface_to_proto(interface: Interface) -> pb2.Interface:
-    return pb2.Interface(name=interface.name, mode=xdp_mode_to_proto(interface.mode))
+    return pb2.Interface(name=interface.name, mode=xdp_mode_to_proto(interface.mode),
+                         replace=interface.replace, next_program=interface.next_program or "")
 
 
 # --- enums of the data plane and of attach results ----------------------------------------------
@@ -376,11 +387,11 @@ def _text(value: Any) -> str:
 
 
 _ACTION_NAMES = {"ALLOW": "ALLOW", "PASS": "ALLOW", "XDP_PASS": "ALLOW",
-                 "DENY": "DENY", "DROP": "DENY", "XDP_DROP": "DENY"}
+                 "DENY": "DENY", "DROP": "DENY", "XDP_DROP": "DENY", "REJECT": "REJECT"}
 
 
 def action_to_proto(action: Any) -> Any:
-    """A tg_action (dataplane.abi.Action, its number, or "allow"/"deny") -> Action."""
+    """A tg_action (dataplane.abi.Action, its number, or "allow"/"deny"/"reject") -> Action."""
     from dataplane import abi
 
     if isinstance(action, int) and not isinstance(action, enum.Enum):

@@ -26,7 +26,13 @@ import grpc
 
 from control import errors
 from control.apply.controller import Controller
-from control.apply.reconcile import ApplyError, DataplaneMismatch, InvalidState, MissingInterface
+from control.apply.reconcile import (
+    ApplyError,
+    DataplaneMismatch,
+    InterfaceOccupied,
+    InvalidState,
+    MissingInterface,
+)
 from control.apply.state import StateError
 from control.policy import edits
 from control.policy.models import DesiredState
@@ -40,6 +46,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (MissingInterface, grpc.StatusCode.NOT_FOUND),
+    (InterfaceOccupied, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidState, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
@@ -115,10 +122,10 @@ class InterfaceService(pb2_grpc.InterfaceServiceServicer):
         iface = convert.validated(convert.interface_from_proto, request.interface, where="interface")
         try:
             state = self.controller.change(lambda s: edits.attach(s, iface))
-        except MissingInterface as exc:  # its path is the state's (interfaces[N].name): name the request's
-            last = f"interfaces[{len(self.controller.read().interfaces)}].name"
-            raise MissingInterface([("interface.name" if path == last else path, reason)
-                                    for path, reason in exc.errors]) from None
+        except (MissingInterface, InterfaceOccupied) as exc:  # the state's path: name the request's
+            last = f"interfaces[{len(self.controller.read().interfaces)}]"
+            raise type(exc)([("interface" + path.removeprefix(last) if path.startswith(last + ".") else path,
+                              reason) for path, reason in exc.errors]) from None
         status = self._status(iface.name, self.controller.kernel_memory())
         return pb2.AttachInterfaceResponse(interface=status, generation=state.generation)
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from dataplane.kernel.bpf_info import ProgInfo, prog_info_by_id
+
 log = logging.getLogger(__name__)
 
 XdpMode = Literal["native", "generic", "auto"]
@@ -29,6 +31,7 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 _MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 
 TC_INGRESS_PARENT = "ffff:fff2"  # clsact's ingress hook
+TC_EGRESS_PARENT = "ffff:fff3"  # clsact's egress hook (allow_established records flows there)
 TC_HANDLE = 1
 TC_PRIO = 0xC000  # our band on clsact ingress: explicit, so we delete only our filter
 CLSACT_OWNED = "clsact-owned"  # marker in the run dir: we created the qdisc, we remove it
@@ -36,6 +39,10 @@ CLSACT_OWNED = "clsact-owned"  # marker in the run dir: we created the qdisc, we
 
 class AttachError(RuntimeError):
     pass
+
+
+class XdpOccupied(AttachError):
+    """Another XDP program holds the interface (the message names it and what to do)."""
 
 
 def ifindex(ifname: str) -> int:
@@ -103,7 +110,51 @@ def xdp_attached(ifname: str) -> bool:
     return bool(xdp and xdp.get_attr("IFLA_XDP_ATTACHED"))
 
 
-def attach_tc(ifname: str, fn: Any, run_dir: Path | None) -> None:
+# --- who else holds the interface ---------------------------------------------------------------
+
+TIDEGATE_XDP_NAMES = frozenset({"tg_xdp_ingress"})  # the kernel's copy of our entry's name
+LIBXDP_DISPATCHER = "xdp_dispatcher"  # libxdp's multi-program dispatcher (xdp-loader, xdp-filter)
+
+
+def xdp_programs(ifname: str) -> list[ProgInfo]:
+    """The XDP programs attached to `ifname` (one per mode in use), as the kernel describes them."""
+    with IPRoute() as ipr:
+        link = ipr.link("get", index=ifindex(ifname))[0]
+    xdp = link.get_attr("IFLA_XDP")
+    if not xdp:
+        return []
+    ids = {xdp.get_attr(a) for a in ("IFLA_XDP_PROG_ID", "IFLA_XDP_DRV_PROG_ID", "IFLA_XDP_SKB_PROG_ID",
+                                     "IFLA_XDP_HW_PROG_ID")} - {None, 0}
+    out = []
+    for prog_id in sorted(ids):
+        try:
+            out.append(prog_info_by_id(prog_id))
+        except OSError:  # detached meanwhile
+            continue
+    return out
+
+
+def foreign_xdp(ifname: str) -> str | None:
+    """Why attaching to `ifname` would replace an XDP program Tidegate did not load (what it is and
+    what to do), or None when there is none."""
+    for p in xdp_programs(ifname):
+        if p.name in TIDEGATE_XDP_NAMES:
+            continue
+        what = f"XDP program id {p.id} {p.name!r} (tag {p.tag.hex()})"
+        if p.name == LIBXDP_DISPATCHER:
+            return (f"{ifname} runs a libxdp dispatcher, {what}: the programs xdp-loader or libxdp attached "
+                    "through it (xdp-filter, ...) would be replaced. Tidegate does not join libxdp's "
+                    "multi-program dispatch (it needs freplace, which some kernels refuse). Unload them "
+                    f"(`xdp-loader unload {ifname} --all`), or attach with replace to take the interface")
+        return (f"{ifname} runs {what}, which Tidegate did not load: attaching would replace it. Detach it "
+                f"first (`ip link set dev {ifname} xdp off`, or `xdp-loader unload {ifname} --all`), pin it "
+                "and give it to Tidegate as next_program to run behind it, or attach with replace")
+    return None
+
+
+def attach_tc(ifname: str, fn: Any, run_dir: Path | None, egress_fn: Any = None) -> None:
+    """clsact on the interface (remembered in run_dir when we created it), our filter on its
+    ingress hook and, with egress_fn, on its egress hook."""
     idx = ifindex(ifname)
     with IPRoute() as ipr:
         try:
@@ -114,10 +165,13 @@ def attach_tc(ifname: str, fn: Any, run_dir: Path | None) -> None:
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
-        ipr.tc(
-            "replace-filter", "bpf", idx, TC_HANDLE, fd=fn.fd, name=fn.name,
-            parent=TC_INGRESS_PARENT, prio=TC_PRIO, classid=1, direct_action=True,
-        )
+        for parent, prog in ((TC_INGRESS_PARENT, fn), (TC_EGRESS_PARENT, egress_fn)):
+            if prog is None:
+                continue
+            ipr.tc(
+                "replace-filter", "bpf", idx, TC_HANDLE, fd=prog.fd, name=prog.name,
+                parent=parent, prio=TC_PRIO, classid=1, direct_action=True,
+            )
 
 
 def detach_tc(ifname: str, run_dir: Path | None) -> None:
@@ -126,11 +180,12 @@ def detach_tc(ifname: str, run_dir: Path | None) -> None:
     except AttachError:
         return
     with IPRoute() as ipr:
-        try:
-            ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=TC_INGRESS_PARENT, prio=TC_PRIO)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENOENT, errno.EINVAL):
-                raise
+        for parent in (TC_INGRESS_PARENT, TC_EGRESS_PARENT):
+            try:
+                ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=parent, prio=TC_PRIO)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ENOENT, errno.EINVAL):
+                    raise
         owned = run_dir is not None and (run_dir / CLSACT_OWNED).exists()
         if owned:
             try:
@@ -140,9 +195,9 @@ def detach_tc(ifname: str, run_dir: Path | None) -> None:
                     raise
 
 
-def tc_filter_attached(ifname: str) -> bool:
+def tc_filter_attached(ifname: str, parent: str = TC_INGRESS_PARENT) -> bool:
     with IPRoute() as ipr:
-        filters = ipr.get_filters(index=ifindex(ifname), parent=TC_INGRESS_PARENT)
+        filters = ipr.get_filters(index=ifindex(ifname), parent=parent)
     return any(f.get_attr("TCA_KIND") == "bpf" for f in filters)
 
 

@@ -3,13 +3,16 @@
 Read through libbpf (dataplane.kernel.libbpf) rather than BCC, which has no call for any of it:
 
     map_id(fd)              the id of the map behind an fd (a BCC table's map_fd, a pin)
-    prog_info(fd)           id, name and the ids of the maps the program uses
+    prog_info(fd)           id, type, name, tag, the ids of the maps the program uses, and how
+                            much work the verifier did on it and how large it came out
     prog_info_by_id(id)     the same for a program the caller holds no fd of
     verified_insns(fd)      instructions the verifier processed to accept the program
+    pinned_prog(path)       a new fd of the program pinned at path
     pinned_id(path)         the id of whatever object is pinned at path
     prog_ids()              every program loaded on the host
     xdp_prog_id(ifindex)    the XDP program on an interface (None: none)
-    tc_prog_id(ifindex, handle, priority)   the TC ingress filter's program (None: none)
+    tc_prog_id(ifindex, handle, priority[, attach_point])   the TC ingress (or egress) filter's
+                            program (None: none)
 
 The interface queries open a netlink socket in the calling thread's network namespace.
 """
@@ -25,7 +28,12 @@ from pathlib import Path
 from dataplane.kernel.libbpf import errno_of, libbpf
 
 _MAX_MAP_IDS = 64  # more maps than any program of ours uses; the kernel reports the real count
+# The verifier refuses a program once it has processed this many instructions over all its paths
+# (kernel/bpf/verifier.c: E2BIG); verified_insns (Linux >= 5.16) is the headroom a feature has left.
+BPF_COMPLEXITY_LIMIT_INSNS = 1_000_000
+BPF_PROG_TYPE_XDP = 6  # enum bpf_prog_type
 BPF_TC_INGRESS = 1  # enum bpf_tc_attach_point
+BPF_TC_EGRESS = 2
 
 
 class MapInfo(ctypes.Structure):
@@ -37,8 +45,8 @@ class MapInfo(ctypes.Structure):
 
 
 class _ProgInfo(ctypes.Structure):
-    """The head of struct bpf_prog_info, up to verified_insns (Linux >= 5.16; an older kernel
-    fills what it has and reports a shorter length)."""
+    """struct bpf_prog_info (include/uapi/linux/bpf.h), up to verified_insns (Linux >= 5.16; an
+    older kernel fills what it has and reports a shorter length, leaving the rest zero)."""
 
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
                 ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
@@ -60,6 +68,9 @@ class _ProgInfo(ctypes.Structure):
                 ("recursion_misses", ctypes.c_uint64), ("verified_insns", ctypes.c_uint32)]
 
 
+assert _ProgInfo.verified_insns.offset == 216, "struct bpf_prog_info layout"
+
+
 class _TcHook(ctypes.Structure):
     # struct bpf_tc_hook (libbpf >= 0.4): sz, ifindex, attach_point, parent
     _fields_ = [("sz", ctypes.c_size_t), ("ifindex", ctypes.c_int), ("attach_point", ctypes.c_int),
@@ -75,9 +86,17 @@ class _TcOpts(ctypes.Structure):
 @dataclass(frozen=True)
 class ProgInfo:
     id: int
-    name: str
+    name: str  # the kernel's copy: at most 15 characters of the function's name
     map_ids: frozenset[int]
     tag: bytes = b""  # the kernel's hash of the instructions, map references left out
+    type: int = 0  # enum bpf_prog_type
+    verified_insns: int = 0  # instructions the verifier processed over all paths (0: kernel < 5.16)
+    jited_bytes: int = 0  # machine code size (0 when the JIT is off)
+    xlated_bytes: int = 0  # BPF instructions after the verifier's rewrites, 8 bytes each
+
+    @property
+    def budget_share(self) -> float:
+        return self.verified_insns / BPF_COMPLEXITY_LIMIT_INSNS
 
 
 def _info(fd: int, info: ctypes.Structure, what: str) -> None:
@@ -106,19 +125,24 @@ def prog_info(fd: int) -> ProgInfo:
     if info.nr_map_ids > _MAX_MAP_IDS:
         raise OSError(errno.E2BIG, f"program {info.id} uses {info.nr_map_ids} maps, more than "
                                    f"{_MAX_MAP_IDS} this reader expects")
-    return ProgInfo(int(info.id), info.name.decode(errors="replace"), frozenset(ids[:count]), bytes(info.tag))
+    return ProgInfo(int(info.id), info.name.decode(errors="replace"), frozenset(ids[:count]), bytes(info.tag),
+                    int(info.type), int(info.verified_insns), int(info.jited_prog_len),
+                    int(info.xlated_prog_len))
+
+
+def pinned_prog(path: str | Path) -> int:
+    """A new fd of the program pinned at `path` (bpffs); the caller closes it."""
+    fd = libbpf().bpf_obj_get(str(path).encode())
+    if fd < 0:
+        err = errno_of(fd)
+        raise OSError(err, f"{path}: no pinned BPF object there ({os.strerror(err)})")
+    return int(fd)
 
 
 def verified_insns(fd: int) -> int:
     """Instructions the verifier processed to accept the program (Debian's bpftool 7.1 does not
     print it); 0 where the kernel does not report it."""
-    info = _ProgInfo()
-    size = ctypes.c_uint32(ctypes.sizeof(info))
-    rc = libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
-    if rc < 0:
-        err = errno_of(rc)
-        raise OSError(err, f"cannot read the info of program fd {fd}: {os.strerror(err)}")
-    return int(info.verified_insns) if size.value > _ProgInfo.verified_insns.offset else 0
+    return prog_info(fd).verified_insns
 
 
 def prog_info_by_id(prog_id: int) -> ProgInfo:
@@ -185,14 +209,15 @@ def xdp_prog_id(ifindex: int) -> int | None:
     return int(prog_id.value) or None
 
 
-def tc_prog_id(ifindex: int, handle: int, priority: int) -> int | None:
-    """The program of the clsact ingress filter with this handle and priority (protocol all)."""
-    hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=BPF_TC_INGRESS)
+def tc_prog_id(ifindex: int, handle: int, priority: int, attach_point: int = BPF_TC_INGRESS) -> int | None:
+    """The program of the clsact ingress (or egress) filter with this handle and priority
+    (protocol all)."""
+    hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=attach_point)
     opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
     rc = libbpf().bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
     if rc < 0:
         err = errno_of(rc)
         if err in (errno.ENOENT, errno.EINVAL):  # no such filter (EINVAL: no clsact qdisc)
             return None
-        raise OSError(err, f"ifindex {ifindex}: cannot query its TC ingress filter: {os.strerror(err)}")
+        raise OSError(err, f"ifindex {ifindex}: cannot query its TC filter: {os.strerror(err)}")
     return int(opts.prog_id) or None

@@ -45,6 +45,7 @@ class Capacities(BaseModel):
     acl_buckets: int = _cap("TG_ACL_BUCKETS_MAX")
     cls_rules: int = _cap("TG_CLS_RULES_MAX")
     cls_buckets: int = _cap("TG_CLS_BUCKETS_MAX")
+    conntrack: int = _cap("TG_CT_MAX")  # flows recorded for allow_established
     # Pages (4 KiB) of the policy event ring buffer; 65536 pages is 256 MiB, already absurd.
     event_ring_pages: int = Field(default=abi.define("TG_EVENT_RING_PAGES"), ge=1, le=_MAX_RING_PAGES,
                                   description="-DTG_EVENT_RING_PAGES")

@@ -115,6 +115,10 @@ class Copy:
     def table_fd(self, name: str) -> int:
         return self.fds[name]
 
+    @property
+    def Function(self) -> Any:  # noqa: N802 - BCC's ProgArray asks its table's `bpf` for this type
+        return _bcc().BPF.Function
+
     # BCC's RingBuf.open_ring_buffer calls this on the table's `bpf`: the same as BPF's, per copy
     def _open_ring_buffer(self, map_fd: int, fn: Any, ctx: Any = None) -> None:
         lib = _bcc_lib()
@@ -189,14 +193,16 @@ def load_copy(build: Any, build_fns: dict[str, tuple[Any, int]], names: tuple[st
               pin_dir: Path | None, adopt: bool, pins: dict[str, str]) -> tuple[Copy, dict[str, Any]]:
     """A copy of `build` (a BCC object whose programs `build_fns` are loaded: func name ->
     (BCC function, program type)); with `adopt`, over the maps pinned in `pin_dir` (and their
-    programs, `pins`: func name -> pin name, when they are this build's)."""
+    programs, `pins`: func name -> pin name, when they are this build's; a function without a
+    pin is always loaded)."""
     fds, moved = _maps(build, names, pin_dir, adopt)
     copy = Copy(build, fds)
     fns: dict[str, Any] = {}  # func -> BCC's BPF.Function (what BCC's attach_xdp takes)
     try:
         ids = {bpf_info.map_id(fd) for fd in fds.values()}
         for func, (build_fn, prog_type) in build_fns.items():
-            fd = _adoptable(pin_dir / pins[func], build_fn, ids) if adopt and pin_dir is not None else None
+            pinned = adopt and pin_dir is not None and func in pins  # stages are reached by tail call
+            fd = _adoptable(pin_dir / pins[func], build_fn, ids) if pinned and pin_dir is not None else None
             if fd is None:
                 fd = _load(build, func, prog_type, moved)
             copy.prog_fds.append(fd)

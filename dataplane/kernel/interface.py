@@ -15,7 +15,9 @@ BPF_PROG_TEST_RUN tests and benchmarks use.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from dataplane.map_config import RuntimeConfig
 from dataplane.match.table import ACL_TABLES, CLS_TABLES, MatchTable
 
 log = logging.getLogger(__name__)
+NEXT_PROGRAM_MAP = "next_program"
 
 
 class Dataplane:
@@ -46,6 +49,7 @@ class Dataplane:
         self.acl = MatchTable(program.table, ACL_TABLES, acl_capacity(caps))
         self.classifiers = MatchTable(program.table, CLS_TABLES, cls_capacity(caps))
         self.xdp_mode: str | None = None
+        self.next_program: str | None = None
 
     @classmethod
     def load(cls, ifname: str | None = None, settings: DataplaneSettings | None = None) -> Dataplane:
@@ -66,9 +70,18 @@ class Dataplane:
             if_mac = attach_mod.link_mac(self.ifname)
         self.maps.write_config(cfg, if_mac)
 
-    def attach(self, mode: attach_mod.XdpMode = "auto") -> str:
+    def attach(self, mode: attach_mod.XdpMode = "auto", replace: bool = False) -> str:
+        """XDP and TC on the interface. An XDP program Tidegate did not load is never replaced
+        silently: XdpOccupied names it, unless `replace`."""
         key = self._require_key("attach")
-        attach_mod.attach_tc(key.ifname, self.program.tc_fn, self.settings.run_dir(key))
+        occupant = attach_mod.foreign_xdp(key.ifname)
+        if occupant is not None:
+            if not replace:
+                raise attach_mod.XdpOccupied(occupant)
+            log.warning("replacing an XDP program Tidegate did not load", extra={"ifname": key.ifname,
+                                                                                "occupant": occupant})
+        attach_mod.attach_tc(key.ifname, self.program.tc_fn, self.settings.run_dir(key),
+                             self.program.tc_egress_fn)
         self.xdp_mode = attach_mod.attach_xdp(key.ifname, self.program.xdp_fn, mode)
         self.program.pin_programs()
         log.info("data plane attached", extra={"ifname": key.ifname, "xdp_mode": self.xdp_mode})
@@ -80,20 +93,47 @@ class Dataplane:
         key = self._require_key("verify")
         names = {*program_mod.map_names(), *self.program.opened}
         try:
-            problems = verify_mod.check(key, {"xdp": self.program.xdp_fn, "tc": self.program.tc_fn},
+            problems = verify_mod.check(key, {"xdp": self.program.xdp_fn, "tc": self.program.tc_fn,
+                                              "tc_egress": self.program.tc_egress_fn},
                                         {name: self.program.map_fd(name) for name in names},
-                                        self.program.pin_dir)
+                                        self.program.pin_dir, self.program.stages.values())
         except OSError as exc:
             problems = [f"cannot read what the kernel runs: {exc}"]
         if problems:
             raise verify_mod.Mismatch(key.ifname, problems)
+
+    def set_next_program(self, path: str | None) -> None:
+        """Every packet Tidegate passes goes on, by tail call, to the XDP program pinned at `path`
+        (None: to the stack directly). Takes effect at once, for the next packet."""
+        slots = self.program.table(NEXT_PROGRAM_MAP)
+        if path is None:
+            try:
+                del slots[ctypes.c_int(0)]
+            except KeyError:
+                pass
+            self.next_program = None
+            return
+        fd = bpf_info.pinned_prog(path)
+        try:
+            info = bpf_info.prog_info(fd)
+            if info.type != bpf_info.BPF_PROG_TYPE_XDP:
+                raise ValueError(f"{path} is a BPF program of type {info.type}, not XDP")
+            try:
+                slots[ctypes.c_int(0)] = ctypes.c_int(fd)
+            except Exception as exc:  # BCC raises a bare Exception with the kernel's errno text
+                raise ValueError(f"{path} ({info.name!r}) cannot run behind Tidegate: {exc} (an XDP program "
+                                 "loaded for another attach type or with frags support is refused)") from exc
+        finally:
+            os.close(fd)
+        self.next_program = path
 
     def detach(self) -> None:
         """Our programs off the interface, our pins removed. Safe to call twice or after a crash."""
         key = self._require_key("detach")
         ours = set()
         if self.program is not None:  # (None: detached or closed before)
-            ours = {bpf_info.prog_info(fn.fd).id for fn in (self.program.xdp_fn, self.program.tc_fn)}
+            ours = {bpf_info.prog_info(fn.fd).id
+                    for fn in (self.program.xdp_fn, self.program.tc_fn, self.program.tc_egress_fn)}
         _detach(key, self.settings, ours)
         self.close()
 
@@ -114,6 +154,10 @@ class Dataplane:
 
     def run_tc(self, packet: bytes, mark: int = 0, repeat: int = 1) -> SkbResult:
         return run_skb(self.program.tc_fn.fd, packet, mark, repeat)
+
+    def run_tc_egress(self, packet: bytes, repeat: int = 1) -> SkbResult:
+        """The TC egress program (allow_established's recorder) on a packet leaving the interface."""
+        return run_skb(self.program.tc_egress_fn.fd, packet, 0, repeat)
 
     def _require_key(self, what: str) -> InterfaceKey:
         if self.key is None:
@@ -149,7 +193,7 @@ def detach_interface(ifname: str, settings: DataplaneSettings | None = None) -> 
 
 def _pinned_programs(pin_dir: Path) -> set[int]:
     ids = set()
-    for name in (program_mod.XDP_PIN, program_mod.TC_PIN):
+    for name in (program_mod.XDP_PIN, program_mod.TC_PIN, program_mod.TC_EGRESS_PIN):
         try:
             ids.add(bpf_info.pinned_id(pin_dir / name))
         except OSError:

@@ -8,6 +8,7 @@ classifiers) live in dataplane.match.table.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ from dataplane import abi
 from dataplane.map_config import RuntimeConfig, TunnelEntry
 
 ETH_ALEN = 6
+CT_TIMEOUTS = ("ct_tcp_s", "ct_tcp_closing_s", "ct_udp_s", "ct_icmp_s")  # RuntimeConfig = tg_config members
+_PACED = ("reject_rate", "reject_burst")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,42 @@ def u8_array(ctype: Any, data: bytes) -> Any:
     return ctype(*data)
 
 
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class CtKey:
+    """A flow as its replies will look (struct tg_ct_key): src is the remote end, dst the local
+    one, ports in host order; an ICMP/ICMPv6 echo has sport 0 and its identifier as dport."""
+
+    src: IpAddress
+    dst: IpAddress
+    proto: int
+    sport: int
+    dport: int
+
+    @property
+    def family(self) -> int:
+        return abi.define("TG_FAMILY_V4") if self.src.version == 4 else abi.define("TG_FAMILY_V6")
+
+
+@dataclass(frozen=True)
+class CtEntry:
+    seen_ns: int  # CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last packet, either direction
+    closing: bool  # TCP: a FIN or RST went either way
+
+
+def socket_order(port: int) -> int:
+    """A u16 port between host order and the network order the map holds (either way)."""
+    return int.from_bytes(port.to_bytes(2, "little"), "big")
+
+
+def _addr(raw: bytes, family: int) -> IpAddress:
+    if family == abi.define("TG_FAMILY_V4"):
+        return ipaddress.IPv4Address(raw[:4])
+    return ipaddress.IPv6Address(raw)
+
+
 class DataplaneMaps:
     """The config, tunnel and counter maps of one loaded data plane."""
 
@@ -58,6 +97,8 @@ class DataplaneMaps:
         leaf.if_mac = u8_array(type(leaf.if_mac), if_mac)
         leaf.event_rate = cfg.event_rate
         leaf.event_burst = cfg.event_burst
+        for name in (*CT_TIMEOUTS, *_PACED):
+            setattr(leaf, name, getattr(cfg, name))
         t[t.Key(0)] = leaf
 
     def read_config(self) -> tuple[RuntimeConfig, bytes]:
@@ -68,6 +109,11 @@ class DataplaneMaps:
             "geneve_port": leaf.geneve_port or abi.define("TG_GENEVE_PORT_DEFAULT"),
             "decap": bool(flags & abi.define("TG_CFG_F_DECAP")),
             "rewrite_inner_dmac": bool(flags & abi.define("TG_CFG_F_REWRITE_INNER_DMAC")),
+            "strict_tunnel_ports": bool(flags & abi.define("TG_CFG_F_STRICT_TUNNEL_PORTS")),
+            "allow_established": bool(flags & abi.define("TG_CFG_F_ESTABLISHED")),
+            **{name: getattr(leaf, name) or RuntimeConfig.model_fields[name].default for name in CT_TIMEOUTS},
+            "reject_rate": leaf.reject_rate,
+            "reject_burst": leaf.reject_burst or abi.define("TG_REJECT_BURST_DEFAULT"),
             "unknown_vni_action": abi.UnknownVniAction(leaf.unknown_vni_action).name.lower(),
             "default_action": abi.Action(leaf.default_action).name.lower(),
             "event_rate": leaf.event_rate,
@@ -124,6 +170,47 @@ class DataplaneMaps:
         """Refills every CPU's policy event bucket (an all-zero bucket counts as full)."""
         t = self._table("event_bucket")
         t[t.Key(0)] = t.Leaf()
+
+    def reset_reject_budget(self) -> None:
+        """Refills every CPU's reject answer bucket."""
+        t = self._table("reject_bucket")
+        t[t.Key(0)] = t.Leaf()
+
+    # --- allow_established --------------------------------------------------------------
+    def _ct_key(self, key: CtKey) -> Any:
+        k = self._table("conntrack").Key()
+        k.src = u8_array(type(k.src), key.src.packed.ljust(abi.define("TG_ADDR_LEN"), b"\0"))
+        k.dst = u8_array(type(k.dst), key.dst.packed.ljust(abi.define("TG_ADDR_LEN"), b"\0"))
+        k.sport, k.dport = socket_order(key.sport), socket_order(key.dport)
+        k.proto, k.family = key.proto, key.family
+        return k
+
+    def conntrack(self) -> dict[CtKey, CtEntry]:
+        """Every recorded flow (expired ones too, until a reply or the LRU takes them out)."""
+        out = {}
+        for k, v in self._table("conntrack").items():
+            key = CtKey(_addr(bytes(k.src), k.family), _addr(bytes(k.dst), k.family), k.proto,
+                        socket_order(k.sport), socket_order(k.dport))
+            out[key] = CtEntry(v.seen_ns, v.state == abi.enums()["tg_ct_state"]["TG_CT_CLOSING"])
+        return out
+
+    def put_conntrack(self, key: CtKey, seen_ns: int, closing: bool = False) -> None:
+        """Records a flow by hand (tests); the programs' count of entries does not see it."""
+        t = self._table("conntrack")
+        leaf = t.Leaf()
+        leaf.seen_ns = seen_ns
+        leaf.state = abi.enums()["tg_ct_state"]["TG_CT_CLOSING" if closing else "TG_CT_OPEN"]
+        t[self._ct_key(key)] = leaf
+
+    def clear_conntrack(self) -> None:
+        """Forgets every flow, and the programs' count of them."""
+        self._table("conntrack").clear()
+        live = self._table("conntrack_live")
+        live[live.Key(0)] = live.Leaf(0)
+
+    def conntrack_live(self) -> int:
+        live = self._table("conntrack_live")
+        return int(live[live.Key(0)].value)
 
     def tunnel_counts(self) -> dict[int, Counter]:
         return {k.value: percpu_sum(v) for k, v in self._table("tunnel_stats").items()}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataplane import abi
 from dataplane.kernel import clone, owner, warm
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.features import build_cflags
@@ -37,6 +38,11 @@ XDP_FUNC = "tg_xdp_ingress"
 TC_FUNC = "tg_tc_ingress"
 XDP_PIN = "prog_xdp_ingress"
 TC_PIN = "prog_tc_ingress"
+TC_EGRESS_FUNC = "tg_tc_egress"
+TC_EGRESS_PIN = "prog_tc_egress"
+STAGES_MAP = "xdp_stages"
+# enum tg_stage -> the XDP program the ingress entry tail-calls for it.
+XDP_STAGES = {"TG_STAGE_JUDGE": "tg_xdp_judge", "TG_STAGE_REJECT": "tg_xdp_reject"}
 # TG_MAP("type", key, leaf, name, ...) and TG_RINGBUF(record, name, pages): the name.
 _MAP_DECL = re.compile(r'^TG_(?:MAP\("[^"]+",\s*[^,]+,\s*[^,]+|RINGBUF\([^,]+),\s*(\w+),', re.M)
 
@@ -85,6 +91,8 @@ class Program:
     tc_fn: Any
     pin_dir: Path | None
     adopted: bool  # maps came from existing pins
+    stages: dict[str, Any] = field(default_factory=dict)  # tail-called XDP programs, by function name
+    tc_egress_fn: Any = None  # records flows for allow_established
     _rings: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> opened RingBuf
     _sinks: dict[str, RingSink] = field(default_factory=dict, repr=False)
     opened: set[str] = field(default_factory=set, repr=False)  # every table handed out: the maps used
@@ -107,6 +115,10 @@ class Program:
         if fd < 0:
             raise KeyError(f"the data plane has no map {name!r}")
         return fd
+
+    def functions(self) -> list[Any]:
+        """Every program of this load: the entries, then the stages they tail-call."""
+        return [self.xdp_fn, self.tc_fn, self.tc_egress_fn, *self.stages.values()]
 
     def open_ring_buffer(self, name: str, sink: RingSink) -> None:
         """Sends the records of ring buffer `name` to `sink` from now on (replacing any earlier sink).
@@ -131,7 +143,7 @@ class Program:
     def pin_programs(self) -> None:
         if self.pin_dir is None:
             return
-        for fn, name in ((self.xdp_fn, XDP_PIN), (self.tc_fn, TC_PIN)):
+        for fn, name in ((self.xdp_fn, XDP_PIN), (self.tc_fn, TC_PIN), (self.tc_egress_fn, TC_EGRESS_PIN)):
             path = self.pin_dir / name
             path.unlink(missing_ok=True)  # replaced by this load's program
             _pin(fn.fd, path)
@@ -181,23 +193,28 @@ def compile_program(settings: DataplaneSettings, key: InterfaceKey | None = None
     with _BUILDS_LOCK:
         build = _BUILDS.get(flags)
         if build is None and adopted and key is not None and pin_dir is not None:
-            found = warm.adopt(settings.run_dir(key), pin_dir, built, map_names(), XDP_PIN, TC_PIN)
+            found = warm.adopt(settings.run_dir(key), pin_dir, built, map_names(), _PROGRAM_PINS,
+                               _stage_slots())
             if found is not None:  # the pinned programs are this very build: nothing to compile
                 return _warm_program(found, pin_dir, key)
         if build is None:
             prog = _compile(list(flags), pin_dir if adopted else None)
-            _BUILDS[flags] = _Build(prog.bpf, {XDP_FUNC: (prog.xdp_fn, _bcc().BPF.XDP),
-                                               TC_FUNC: (prog.tc_fn, _bcc().BPF.SCHED_CLS)})
+            xdp = _bcc().BPF.XDP
+            _BUILDS[flags] = _Build(prog.bpf, {XDP_FUNC: (prog.xdp_fn, xdp),
+                                               TC_FUNC: (prog.tc_fn, _bcc().BPF.SCHED_CLS),
+                                               TC_EGRESS_FUNC: (prog.tc_egress_fn, _bcc().BPF.SCHED_CLS),
+                                               **{func: (fn, xdp) for func, fn in prog.stages.items()}})
         else:
             build.users += 1
     if build is not None:
         try:
-            copy, fns = clone.load_copy(build.bpf, build.fns, map_names(), pin_dir, adopted,
-                                        {XDP_FUNC: XDP_PIN, TC_FUNC: TC_PIN})
+            copy, fns = clone.load_copy(build.bpf, build.fns, map_names(), pin_dir, adopted, _PROGRAM_PINS)
         except BaseException:
             _release(flags, None)
             raise
-        prog = Program(copy, fns[XDP_FUNC], fns[TC_FUNC], pin_dir, adopted)
+        prog = Program(copy, fns[XDP_FUNC], fns[TC_FUNC], pin_dir, adopted,
+                       {func: fns[func] for func in XDP_STAGES.values()}, fns[TC_EGRESS_FUNC])
+        fill_stages(prog)
     prog.pin_dir, prog.adopted, prog.build_flags = pin_dir, adopted, flags
     if pin_dir is not None and not adopted:
         for name in map_names():
@@ -205,20 +222,36 @@ def compile_program(settings: DataplaneSettings, key: InterfaceKey | None = None
     if key is not None:
         with _BUILDS_LOCK:
             built_bpf = _BUILDS[flags].bpf
-        warm.record(settings.run_dir(key), built, built_bpf, prog.xdp_fn.fd, prog.tc_fn.fd, map_names())
+        warm.record(settings.run_dir(key), built, built_bpf, _program_fds(prog), map_names())
     log.info("data plane loaded", extra={"ifname": key.ifname if key else None, "pin_dir": str(pin_dir),
                                          "adopted": adopted, "compiled": build is None})
     return prog
 
 
-def _warm_program(found: tuple[warm.WarmBPF, int, int], pin_dir: Path, key: InterfaceKey) -> Program:
+# The programs a load pins (attached to their hooks) and the stages (reached by tail call through
+# the pinned xdp_stages array), by the function each is: what a restart adopts without compiling.
+_PROGRAM_PINS = {XDP_FUNC: XDP_PIN, TC_FUNC: TC_PIN, TC_EGRESS_FUNC: TC_EGRESS_PIN}
+
+
+def _stage_slots() -> dict[str, tuple[str, int]]:
+    """Stage function -> (program array, its slot)."""
+    slots = abi.enums()["tg_stage"]
+    return {func: (STAGES_MAP, int(slots[enum_name])) for enum_name, func in XDP_STAGES.items()}
+
+
+def _program_fds(prog: Program) -> dict[str, int]:
+    return {XDP_FUNC: prog.xdp_fn.fd, TC_FUNC: prog.tc_fn.fd, TC_EGRESS_FUNC: prog.tc_egress_fn.fd,
+            **{func: fn.fd for func, fn in prog.stages.items()}}
+
+
+def _warm_program(found: tuple[warm.WarmBPF, dict[str, int]], pin_dir: Path, key: InterfaceKey) -> Program:
     bcc = _bcc()
-    bpf, xdp_fd, tc_fd = found
-    xdp_fn = bcc.BPF.Function(bpf, XDP_FUNC.encode(), xdp_fd)
-    tc_fn = bcc.BPF.Function(bpf, TC_FUNC.encode(), tc_fd)
+    bpf, fds = found
+    fns = {func: bcc.BPF.Function(bpf, func.encode(), fd) for func, fd in fds.items()}
     log.info("data plane loaded", extra={"ifname": key.ifname, "pin_dir": str(pin_dir), "adopted": True,
                                          "compiled": False})
-    return Program(bpf, xdp_fn, tc_fn, pin_dir, True, compiled=False)
+    return Program(bpf, fns[XDP_FUNC], fns[TC_FUNC], pin_dir, True,
+                   {func: fns[func] for func in XDP_STAGES.values()}, fns[TC_EGRESS_FUNC], compiled=False)
 
 
 def _compile(cflags: list[str], pin_dir: Path | None) -> Program:
@@ -228,12 +261,31 @@ def _compile(cflags: list[str], pin_dir: Path | None) -> Program:
         cflags.append(f'-DTG_PIN_DIR="{pin_dir}"')
     bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)
     try:
-        xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
-        tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
+        xdp_fn, tc_fn, tc_egress_fn, stages = load_functions(bpf)
+        prog = Program(bpf, xdp_fn, tc_fn, pin_dir, pin_dir is not None, stages, tc_egress_fn)
+        fill_stages(prog)
     except BaseException:
         bpf.cleanup()
         raise
-    return Program(bpf, xdp_fn, tc_fn, pin_dir, pin_dir is not None)
+    return prog
+
+
+def load_functions(bpf: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Loads the entries and the stages (tail-call targets) of a compiled module."""
+    bcc = _bcc()
+    xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
+    tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
+    tc_egress_fn = bpf.load_func(TC_EGRESS_FUNC.encode(), bcc.BPF.SCHED_CLS)
+    stages = {func: bpf.load_func(func.encode(), bcc.BPF.XDP) for func in XDP_STAGES.values()}
+    return xdp_fn, tc_fn, tc_egress_fn, stages
+
+
+def fill_stages(prog: Program) -> None:
+    """Each stage into its slot of the load's xdp_stages program array (replacing what an
+    earlier load of adopted maps put there)."""
+    slots = prog.table(STAGES_MAP)
+    for enum_name, func in XDP_STAGES.items():
+        slots[ctypes.c_int(abi.enums()["tg_stage"][enum_name])] = ctypes.c_int(prog.stages[func].fd)
 
 
 def _claim(settings: DataplaneSettings, key: InterfaceKey) -> Path:

@@ -16,7 +16,7 @@ INCLUDE_DIR = XDP_DIR / "include"
 ABI_HEADER = INCLUDE_DIR / "tidegate_abi.h"
 
 # The hook entry files compiled together so their programs share one set of maps.
-ENTRY_FILES = ("xdp_ingress.c", "tc_ingress.c")
+ENTRY_FILES = ("xdp_ingress.c", "xdp_judge.c", "xdp_reject.c", "tc_ingress.c", "tc_egress.c")
 
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 

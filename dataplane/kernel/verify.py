@@ -24,7 +24,7 @@ from typing import Any
 from dataplane.kernel import attach as attach_mod
 from dataplane.kernel import bpf_info
 from dataplane.kernel.owner import OWNER, OWNER_TMP, InterfaceKey
-from dataplane.kernel.program import TC_PIN, XDP_PIN
+from dataplane.kernel.program import TC_EGRESS_PIN, TC_PIN, XDP_PIN
 
 SHARING_GRACE = 1.0  # seconds a program sharing our maps may take to be freed (see _sharing_problems)
 SHARING_POLL = 0.02
@@ -40,10 +40,12 @@ class Mismatch(RuntimeError):
 
 
 def attached_ids(key: InterfaceKey) -> dict[str, int | None]:
-    """{"xdp": prog id or None, "tc": prog id or None} on the interface now (calling thread's
-    namespace, which must be the key's)."""
+    """{"xdp": prog id or None, "tc": ..., "tc_egress": ...} on the interface now (calling
+    thread's namespace, which must be the key's)."""
     return {"xdp": bpf_info.xdp_prog_id(key.ifindex),
-            "tc": bpf_info.tc_prog_id(key.ifindex, attach_mod.TC_HANDLE, attach_mod.TC_PRIO)}
+            "tc": bpf_info.tc_prog_id(key.ifindex, attach_mod.TC_HANDLE, attach_mod.TC_PRIO),
+            "tc_egress": bpf_info.tc_prog_id(key.ifindex, attach_mod.TC_HANDLE, attach_mod.TC_PRIO,
+                                             bpf_info.BPF_TC_EGRESS)}
 
 
 def _ids(ids: Iterable[int]) -> str:
@@ -101,27 +103,31 @@ def _pin_problems(pin_dir: Path, programs: dict[str, int], maps: frozenset[int])
         want = programs.get(path.name)
         if want is not None and obj_id != want:
             problems.append(f"{path} is program id {obj_id}, the one attached is {want}")
-        elif want is None and path.name not in (XDP_PIN, TC_PIN) and obj_id not in maps:
+        elif want is None and path.name not in (XDP_PIN, TC_PIN, TC_EGRESS_PIN) and obj_id not in maps:
             problems.append(f"{path} is map id {obj_id}, which the attached programs do not use "
                             f"(they use {_ids(maps)})")
     return problems
 
 
-def check(key: InterfaceKey, fns: dict[str, Any], map_fds: dict[str, int], pin_dir: Path | None) -> list[str]:
+def check(key: InterfaceKey, fns: dict[str, Any], map_fds: dict[str, int], pin_dir: Path | None,
+          stages: Iterable[Any] = ()) -> list[str]:
     """The problems (empty: none) of the data plane of `key`, whose loaded programs are `fns`
-    ({"xdp": fn, "tc": fn}, BCC functions) and whose maps, the ones it writes and reads, are
-    `map_fds` (name -> fd)."""
+    ({"xdp": fn, "tc": fn, "tc_egress": fn}, BCC functions, attached to their hooks) and
+    `stages` (reached by tail call, attached nowhere), and whose maps, the ones it writes and
+    reads, are `map_fds` (name -> fd)."""
     loaded = {hook: bpf_info.prog_info(fn.fd) for hook, fn in fns.items()}
+    tail_called = [bpf_info.prog_info(fn.fd) for fn in stages]
     attached = attached_ids(key)
     problems = [p for hook in fns for p in _hook_problems(hook, attached[hook], loaded[hook])]
-    used: frozenset[int] = frozenset().union(*(info.map_ids for info in loaded.values()))
-    problems += _sharing_problems(used, {info.id for info in loaded.values()})
+    everything = [*loaded.values(), *tail_called]
+    used: frozenset[int] = frozenset().union(*(info.map_ids for info in everything))
+    problems += _sharing_problems(used, {info.id for info in everything})
     for name, fd in sorted(map_fds.items()):
         map_id = bpf_info.map_id(fd)
         if map_id not in used:
             problems.append(f"map {name!r} (id {map_id}) is written but no program of this daemon "
                             f"uses it (they use {_ids(used)})")
     if pin_dir is not None:
-        pins = {XDP_PIN: attached["xdp"], TC_PIN: attached["tc"]}
+        pins = {XDP_PIN: attached["xdp"], TC_PIN: attached["tc"], TC_EGRESS_PIN: attached["tc_egress"]}
         problems += _pin_problems(pin_dir, {k: v for k, v in pins.items() if v is not None}, used)
     return problems

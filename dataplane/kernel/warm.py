@@ -36,7 +36,8 @@ RECORD = "build.json"
 BCC_VERSIONS = ("0.26.0",)
 PROG_INFO_SIZE = 256  # bytes handed to BPF_OBJ_GET_INFO_BY_FD: more than struct bpf_prog_info
 TAG_OFFSET, TAG_SIZE = 8, 8  # struct bpf_prog_info: __u32 type, id; __u8 tag[8]
-_MAP_TYPES = {1: "HashTable", 2: "Array", 5: "PerCpuHash", 6: "PerCpuArray", 11: "LpmTrie", 27: "RingBuf"}
+_MAP_TYPES = {1: "HashTable", 2: "Array", 3: "ProgArray", 5: "PerCpuHash", 6: "PerCpuArray", 9: "LruHash",
+              11: "LpmTrie", 27: "RingBuf"}
 
 
 def _bcc() -> Any:
@@ -86,8 +87,9 @@ def obj_get(path: Path) -> int:
 
 # --- the record, written after a compile ---------------------------------------------------------
 
-def record(run_dir: Path, build: str, bpf: Any, xdp_fd: int, tc_fd: int, names: tuple[str, ...]) -> None:
-    """Writes what a later load needs to adopt this compile's pins (atomically; best effort)."""
+def record(run_dir: Path, build: str, bpf: Any, progs: dict[str, int], names: tuple[str, ...]) -> None:
+    """Writes what a later load needs to adopt this compile's pins (atomically; best effort);
+    `progs`: function name -> fd of every program of the load (entries and tail-called stages)."""
     bcc = _bcc()
     lib = bcc.libbcc.lib
     tables = {}
@@ -99,7 +101,7 @@ def record(run_dir: Path, build: str, bpf: Any, xdp_fd: int, tc_fd: int, names: 
                         "max_entries": int(lib.bpf_table_max_entries_id(bpf.module, map_id)),
                         "key": lib.bpf_table_key_desc(bpf.module, raw).decode(),
                         "leaf": lib.bpf_table_leaf_desc(bpf.module, raw).decode()}
-    data = {"build": build, "bcc": bcc_version(), "xdp_tag": prog_tag(xdp_fd), "tc_tag": prog_tag(tc_fd),
+    data = {"build": build, "bcc": bcc_version(), "tags": {func: prog_tag(fd) for func, fd in progs.items()},
             "tables": tables}
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,25 +175,38 @@ def _table(bpf: WarmBPF, name: str, fd: int, spec: dict[str, Any]) -> Any:
     return t
 
 
-def adopt(run_dir: Path, pin_dir: Path, build: str, names: tuple[str, ...], xdp_pin: str,
-          tc_pin: str) -> tuple[WarmBPF, int, int] | None:
-    """(tables, XDP program fd, TC program fd) of pins that are this very build; None (compile)
-    when anything says otherwise."""
+def _stage_fd(bpf: WarmBPF, array: str, slot: int) -> int:
+    """A new fd of the program in `slot` of the pinned program array `array` (user space reads a
+    program array's element as the program's id)."""
+    lib = _libbpf()
+    key, prog_id = ctypes.c_uint32(slot), ctypes.c_uint32(0)
+    if lib.bpf_map_lookup_elem(bpf.table_fd(array), ctypes.byref(key), ctypes.byref(prog_id)) != 0:
+        raise OSError(ctypes.get_errno(), f"{array}[{slot}] holds no program")
+    fd = int(lib.bpf_prog_get_fd_by_id(prog_id.value))
+    if fd < 0:
+        raise OSError(-fd, f"program id {prog_id.value} of {array}[{slot}]")
+    return fd
+
+
+def adopt(run_dir: Path, pin_dir: Path, build: str, names: tuple[str, ...], pins: dict[str, str],
+          stages: dict[str, tuple[str, int]]) -> tuple[WarmBPF, dict[str, int]] | None:
+    """(tables, function name -> program fd) of pins that are this very build: `pins` (function ->
+    pin name) and `stages` (function -> the pinned program array and slot it is reached through);
+    None (compile) when anything says otherwise."""
     try:
         data = json.loads((run_dir / RECORD).read_text())
     except (OSError, ValueError):
         return None
     if data.get("build") != build or data.get("bcc") not in BCC_VERSIONS or bcc_version() not in BCC_VERSIONS:
         return None
-    if set(data.get("tables", {})) != set(names):
+    if set(data.get("tables", {})) != set(names) or set(data.get("tags", {})) != set(pins) | set(stages):
         return None
     bpf = WarmBPF()
+    progs: dict[str, int] = {}
     try:
-        progs = [obj_get(pin_dir / pin) for pin in (xdp_pin, tc_pin)]
-        bpf.fds += progs
-        if [prog_tag(fd) for fd in progs] != [data["xdp_tag"], data["tc_tag"]]:
-            bpf.cleanup()
-            return None
+        for func, pin in pins.items():
+            progs[func] = obj_get(pin_dir / pin)
+            bpf.fds.append(progs[func])
         for name in names:
             spec = data["tables"][name]
             if spec["type"] not in _MAP_TYPES:
@@ -200,8 +215,14 @@ def adopt(run_dir: Path, pin_dir: Path, build: str, names: tuple[str, ...], xdp_
             fd = obj_get(pin_dir / name)
             bpf.fds.append(fd)
             bpf.tables[name.encode()] = _table(bpf, name, fd, spec)
+        for func, (array, slot) in stages.items():
+            progs[func] = _stage_fd(bpf, array, slot)
+            bpf.fds.append(progs[func])
+        if any(prog_tag(fd) != data["tags"][func] for func, fd in progs.items()):
+            bpf.cleanup()
+            return None
     except (OSError, KeyError, TypeError, ValueError) as exc:
         log.info("pins not adopted without compiling", extra={"dir": str(pin_dir), "reason": str(exc)})
         bpf.cleanup()
         return None
-    return bpf, progs[0], progs[1]
+    return bpf, progs

@@ -2,19 +2,24 @@
 
 - `noop()`: `return XDP_PASS` (or XDP_DROP), the floor every per-packet cost is compared with;
   on veth, XDP_DROP attached natively is the cheapest an XDP drop can be there.
-- `harness()`: the real data plane (the same source, maps and program as `Dataplane.load`)
-  plus one extra entry, `tg_bench_restoring`, for BPF_PROG_TEST_RUN.
+- `harness()`: the real data plane (the same source, maps and programs as `Dataplane.load`,
+  built with `-DTG_BENCH`) plus two entries for BPF_PROG_TEST_RUN, `tg_bench_restoring` and
+  `tg_bench_restoring_noop`.
 
 Why the extra entry: in repeat mode the kernel runs the program again and again on the *same*
 xdp_buff without resetting it (net/bpf/test_run.c), so after the first run has stripped a
 tunnel, every further repetition sees the inner packet: a decap benchmark would time the decap
-once and the inner packet a million times. `tg_bench_restoring` calls the unchanged ingress
-logic, then puts the buffer back as it found it (bpf_xdp_adjust_meta to drop the metadata,
-bpf_xdp_adjust_head to give back the stripped headers; decap moves only the data pointer and
-rewrites the inner MAC to the same value each time), and copies back the first SAVED_BYTES bytes
-(the program's XDP metadata went into the stripped headers), so every repetition decaps afresh.
-Its own cost (a per-CPU map lookup, a 96-byte copy each way, two helper calls) is measured and
-subtracted by the benchmark.
+once and the inner packet a million times. `tg_bench_restoring` saves the first SAVED_BYTES
+bytes and the length of the packet, arms the restore, and runs the unchanged ingress logic; the
+one exit of every XDP program (`tg_xdp_exit`, xdp/include/judge.h), in the ingress entry or in
+the stage it tail-called, then sees the restore armed (TG_BENCH builds only) and puts the buffer
+back as it found it (bpf_xdp_adjust_meta to drop the metadata, bpf_xdp_adjust_head to give back
+the stripped headers; decap moves only the data pointer and rewrites the inner MAC to the same
+value each time) and copies back the saved bytes (the program's XDP metadata went into the
+stripped headers), so every repetition decaps afresh. Its own cost (two per-CPU map lookups, a
+96-byte copy each way, two helper calls) is measured by `tg_bench_restoring_noop`, the same
+around `return XDP_PASS`, and subtracted by the benchmark. The plain entry of the same build
+runs unarmed: it costs the production program one per-CPU array lookup more.
 """
 
 from __future__ import annotations
@@ -23,73 +28,92 @@ from typing import Any
 
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.interface import Dataplane
-from dataplane.kernel.program import TC_FUNC, XDP_FUNC, Program, program_cflags
+from dataplane.kernel.program import XDP_FUNC, Program, fill_stages, load_functions, program_cflags
 from dataplane.kernel.source import program_text
 
 RESTORING_FUNC = "tg_bench_restoring"
 RESTORING_NOOP_FUNC = "tg_bench_restoring_noop"
 NOOP_FUNC = "tg_bench_noop"
+BENCH_CFLAG = "-DTG_BENCH"
 _ENTRY = f"int {XDP_FUNC}(struct xdp_md *ctx)"
 _BODY = f"static __always_inline int {XDP_FUNC}_body(struct xdp_md *ctx)"
 
 SAVED_BYTES = 96  # probe packets are at least this long (see testbed.bench.cost)
+# Before the data plane's source: its exit (tg_xdp_exit) calls tg_bench_exit.
 _HARNESS_HEAD = f"""
 #line 1 "testbed/bench/programs.py (benchmark harness)"
 #define TG_BENCH_SAVED {SAVED_BYTES}
 
 struct tg_bench_saved {{
 	__u8 bytes[TG_BENCH_SAVED];
+	__u32 len;   /* of the packet before the run */
+	__u32 armed; /* a harness entry wants the packet restored at the exit */
 }};
 /* The first bytes of the packet before the run (the program's own stack leaves no room). */
 BPF_PERCPU_ARRAY(tg_bench_saved, struct tg_bench_saved, 1);
 
+/* Saves the packet's first bytes and length and arms the restore; nonzero for a probe shorter
+ * than TG_BENCH_SAVED (refused up front: one path per verdict after). */
+static __always_inline int tg_bench_arm(struct xdp_md *ctx)
+{{
+	__u32 zero = 0;
+	struct tg_bench_saved *saved = tg_bench_saved.lookup(&zero);
+	void *data = (void *)(long)ctx->data;
+
+	if (!saved || data + TG_BENCH_SAVED > (void *)(long)ctx->data_end)
+		return -1;
+	__builtin_memcpy(saved->bytes, data, TG_BENCH_SAVED);
+	saved->len = (long)ctx->data_end - (long)ctx->data;
+	saved->armed = 1;
+	return 0;
+}}
+
+/* At every XDP exit: when armed, the buffer put back for the next repetition (metadata dropped,
+ * stripped headers given back, their first bytes restored). The helpers are called even with
+ * offset 0, so the harness costs the same whatever the program did. */
+static __always_inline void tg_bench_exit(struct xdp_md *ctx)
+{{
+	__u32 zero = 0;
+	struct tg_bench_saved *saved = tg_bench_saved.lookup(&zero);
+	void *data;
+	long stripped, meta __attribute__((unused)); /* unused without metadata */
+
+	if (!saved || !saved->armed)
+		return;
+	saved->armed = 0;
+	stripped = (long)saved->len - ((long)ctx->data_end - (long)ctx->data);
+	meta = (long)ctx->data - (long)ctx->data_meta;
+#ifndef TG_NO_XDP_META
+	bpf_xdp_adjust_meta(ctx, (int)meta);
+#endif
+	bpf_xdp_adjust_head(ctx, (int)-stripped);
+	data = (void *)(long)ctx->data;
+	saved = tg_bench_saved.lookup(&zero); /* the helpers invalidated nothing here, but be plain */
+	if (saved && data + TG_BENCH_SAVED <= (void *)(long)ctx->data_end)
+		__builtin_memcpy(data, saved->bytes, TG_BENCH_SAVED);
+}}
+"""
+# After it: the ingress entry, renamed to an inlined body, and the harness entries around it.
+_HARNESS_TAIL = f"""
+#line 1 "testbed/bench/programs.py (benchmark harness entries)"
 int {XDP_FUNC}(struct xdp_md *ctx)
 {{
 	return {XDP_FUNC}_body(ctx);
 }}
 
-static __always_inline int tg_bench_pass(struct xdp_md *ctx)
+int {RESTORING_FUNC}(struct xdp_md *ctx)
 {{
-	return XDP_PASS;
-}}
-"""
-
-
-def _restoring(name: str, call: str) -> str:
-    """`call`, then the buffer put back for the next BPF_PROG_TEST_RUN repetition: metadata
-    dropped, stripped headers given back, their first bytes restored (the metadata was written
-    into them). The helpers are called even with offset 0, so the harness costs the same
-    whatever `call` did; with `tg_bench_pass` as `call` it measures exactly that cost.
-    (BCC allows no map access inside a C macro, hence a Python template.)"""
-    return f"""
-int {name}(struct xdp_md *ctx)
-{{
-	__u32 zero = 0;
-	struct tg_bench_saved *saved = tg_bench_saved.lookup(&zero);
-	void *data = (void *)(long)ctx->data;
-	long len = (long)ctx->data_end - (long)ctx->data;
-	int verdict;
-	long stripped, meta __attribute__((unused));
-
-	asm volatile("" : "+r"(len)); /* scalars for the verifier, never folded into pointer sums */
-	/* A probe shorter than TG_BENCH_SAVED is refused up front: one path per verdict after. */
-	if (!saved || data + TG_BENCH_SAVED > (void *)(long)ctx->data_end)
+	if (tg_bench_arm(ctx))
 		return XDP_ABORTED;
-	__builtin_memcpy(saved->bytes, data, TG_BENCH_SAVED);
-	verdict = {call}(ctx);
-	stripped = (long)ctx->data_end - (long)ctx->data;
-	asm volatile("" : "+r"(stripped));
-	stripped = len - stripped;
-#ifndef TG_NO_XDP_META /* built so where the kernel refuses the helper: no metadata to drop */
-	meta = (long)ctx->data - (long)ctx->data_meta;
-	bpf_xdp_adjust_meta(ctx, (int)meta);
-#endif
-	bpf_xdp_adjust_head(ctx, (int)-stripped);
-	data = (void *)(long)ctx->data;
-	saved = tg_bench_saved.lookup(&zero); /* the call's stack and registers are not ours */
-	if (saved && data + TG_BENCH_SAVED <= (void *)(long)ctx->data_end)
-		__builtin_memcpy(data, saved->bytes, TG_BENCH_SAVED);
-	return verdict;
+	return {XDP_FUNC}_body(ctx);
+}}
+
+int {RESTORING_NOOP_FUNC}(struct xdp_md *ctx)
+{{
+	if (tg_bench_arm(ctx))
+		return XDP_ABORTED;
+	tg_bench_exit(ctx);
+	return XDP_PASS;
 }}
 """
 
@@ -101,19 +125,15 @@ def _bcc() -> Any:
 
 
 def harness_text() -> str:
-    """The data plane's BCC source with the ingress entry turned into an inlined body."""
+    """The data plane's BCC source with the ingress entry turned into an inlined body, between
+    the harness's head (the restore at the exit) and its entries."""
     text = program_text()
     if text.count(_ENTRY) != 1:
         raise RuntimeError(
             f"cannot build the benchmark harness: expected `{_ENTRY}` once in the "
             f"data plane source (was the entry renamed?)"
         )
-    return (
-        text.replace(_ENTRY, _BODY)
-        + _HARNESS_HEAD
-        + _restoring(RESTORING_FUNC, f"{XDP_FUNC}_body")
-        + _restoring(RESTORING_NOOP_FUNC, "tg_bench_pass")
-    )
+    return _HARNESS_HEAD + text.replace(_ENTRY, _BODY) + _HARNESS_TAIL
 
 
 class Harness:
@@ -122,13 +142,14 @@ class Harness:
     def __init__(self, settings: DataplaneSettings | None = None) -> None:
         bcc = _bcc()
         settings = settings or DataplaneSettings()
-        cflags = program_cflags(settings)
+        cflags = [*program_cflags(settings), BENCH_CFLAG]
         bpf = bcc.BPF(text=harness_text().encode(), cflags=cflags)
-        xdp_fn = bpf.load_func(XDP_FUNC.encode(), bcc.BPF.XDP)
-        tc_fn = bpf.load_func(TC_FUNC.encode(), bcc.BPF.SCHED_CLS)
+        xdp_fn, tc_fn, tc_egress_fn, stages = load_functions(bpf)
         self.restoring_fn = bpf.load_func(RESTORING_FUNC.encode(), bcc.BPF.XDP)
         self.restoring_noop_fn = bpf.load_func(RESTORING_NOOP_FUNC.encode(), bcc.BPF.XDP)
-        self.dp = Dataplane(Program(bpf, xdp_fn, tc_fn, None, False), None, settings)
+        program = Program(bpf, xdp_fn, tc_fn, None, False, stages, tc_egress_fn)
+        fill_stages(program)
+        self.dp = Dataplane(program, None, settings)
 
     @property
     def ingress_fd(self) -> int:

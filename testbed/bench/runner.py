@@ -19,11 +19,11 @@ from pathlib import Path
 from types import ModuleType
 
 from testbed import cleanup
-from testbed.bench import control_plane, cost, decap, drop, fleet, migrate, report
+from testbed.bench import budget, control_plane, cost, decap, drop, fleet, migrate, report
 from testbed.bench.common import Profile, Section
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS: tuple[ModuleType, ...] = (cost, drop, decap, control_plane, fleet, migrate)
+BENCHMARKS: tuple[ModuleType, ...] = (budget, cost, drop, decap, control_plane, fleet, migrate)
 NAMES = tuple(m.NAME for m in BENCHMARKS)
 PLOTS_SUBDIR = Path("docs/bench")
 REPORT_NAME = "BENCHMARKS.md"

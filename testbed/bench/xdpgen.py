@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 from types import FrameType
+from typing import Any
 
 from dataplane.kernel.libbpf import libbpf
 from dataplane.kernel.testrun import TestRunOpts, XdpMd
@@ -74,7 +75,7 @@ def _stop(_sig: int, _frame: FrameType | None) -> None:
     _stopping = True
 
 
-def _redirect_program(ifindex: int, frame: bytes) -> tuple[object, int]:
+def redirect_program(ifindex: int, frame: bytes) -> tuple[Any, int]:
     from bcc import BPF
 
     src = REDIRECT_SOURCE.format(func=REDIRECT_FUNC, ifindex=ifindex, length=len(frame))
@@ -89,7 +90,7 @@ def _redirect_program(ifindex: int, frame: bytes) -> tuple[object, int]:
 def send(ifindex: int, frame: bytes) -> int:
     """Sends `frame` out of `ifindex` (in the calling thread's namespace) until stopped;
     returns how many frames the kernel ran through the redirect."""
-    bpf, fd = _redirect_program(ifindex, frame)
+    bpf, fd = redirect_program(ifindex, frame)
     data = ctypes.create_string_buffer(frame, len(frame))
     ctx = XdpMd(data=0, data_end=len(frame), ingress_ifindex=ifindex)
     sent = 0

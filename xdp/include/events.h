@@ -18,22 +18,22 @@
 static __always_inline int tg_event_wanted(__u32 reason, const struct tg_rule *rule)
 {
 	return reason == TG_REASON_DROP_DENIED || reason == TG_REASON_DROP_DEFAULT ||
+	       reason == TG_REASON_DROP_REJECTED ||
 	       (reason == TG_REASON_PASS_ALLOWED && rule && (rule->flags & TG_RULE_F_LOG));
 }
 
-/* Takes one event's credit from this CPU's bucket; 0 when there is not enough. Per-CPU state is
- * only touched by programs on that CPU, which do not preempt each other: no atomics needed.
- * No overflow: cost <= 1e9, so cap < 2^32 * 1e9 < 2^63, and credit adds at most the uptime. */
-static __always_inline int tg_event_admit(const struct tg_config *cfg, __u64 now)
+/* Takes one unit's credit from a per-CPU token bucket (rate per second, burst units); 0 when there
+ * is not enough. Per-CPU state is only touched by programs on that CPU, which do not preempt each
+ * other: no atomics needed. No overflow: cost <= 1e9, so cap < 2^32 * 1e9 < 2^63, and credit
+ * adds at most the uptime. */
+static __always_inline int tg_bucket_take(struct tg_event_bucket *b, __u32 rate, __u32 burst, __u64 now)
 {
-	__u32 zero = 0;
-	struct tg_event_bucket *b = event_bucket.lookup(&zero);
 	__u64 cost, cap, credit;
 
-	if (!b || !cfg->event_rate || !cfg->event_burst)
+	if (!b || !rate || !burst)
 		return 0;
-	cost = TG_NSEC_PER_SEC / cfg->event_rate;
-	cap = cost * cfg->event_burst;
+	cost = TG_NSEC_PER_SEC / rate;
+	cap = cost * burst;
 	credit = cap; /* a fresh or reset bucket starts full */
 	if (b->last_ns) {
 		credit = b->credit_ns + (now > b->last_ns ? now - b->last_ns : 0);
@@ -47,6 +47,14 @@ static __always_inline int tg_event_admit(const struct tg_config *cfg, __u64 now
 	}
 	b->credit_ns = credit - cost;
 	return 1;
+}
+
+/* Takes one policy event's credit from this CPU's bucket (event_rate, event_burst). */
+static __always_inline int tg_event_admit(const struct tg_config *cfg, __u64 now)
+{
+	__u32 zero = 0;
+
+	return tg_bucket_take(event_bucket.lookup(&zero), cfg->event_rate, cfg->event_burst, now);
 }
 
 /* Reports the ACL's decision about the packet `p` when it is a policy event. `rule` is the rule
@@ -79,7 +87,8 @@ static __always_inline void tg_policy_event(struct xdp_md *ctx, const struct tg_
 	rec.sport = p->sport;
 	rec.dport = p->dport;
 	rec.reason = reason;
-	rec.action = TG_REASON_IS_DROP(reason) ? TG_ACTION_DENY : TG_ACTION_ALLOW;
+	rec.action = reason == TG_REASON_DROP_REJECTED ? TG_ACTION_REJECT
+		     : TG_REASON_IS_DROP(reason) ? TG_ACTION_DENY : TG_ACTION_ALLOW;
 	rec.family = p->family;
 	rec.proto = p->proto;
 	/* Fails only when the ring has no room for the record: the reader is behind. */

@@ -37,9 +37,25 @@ TG_MAP("percpu_array", __u32, struct tg_counter, reason_stats, TG_REASON_MAX, 0)
 /* enum tg_event -> occurrences. */
 TG_MAP("percpu_array", __u32, struct tg_counter, event_stats, TG_EVENT_MAX, 0);
 
+/* A parser's offset, stored and loaded so the verifier forgets what it knew of it (parse.h); a
+ * __u64 because per-CPU values are read back 8-byte aligned (BCC, dataplane/kernel/warm.py). */
+TG_MAP("percpu_array", __u32, __u64, parse_scratch, 1, 0);
+
+/* enum tg_stage -> the XDP program the ingress entry tail-calls for it (the packet: match_scratch). */
+TG_MAP("prog", __u32, __u32, xdp_stages, TG_STAGE_MAX, 0);
+/* The XDP program that gets every packet Tidegate passes (next_program; empty: none), slot 0. */
+TG_MAP("prog", __u32, __u32, next_program, 1, 0);
+
+/* allow_established: flows as their replies will look -> when last seen (conntrack.h), and how
+ * many entries the programs put there and did not take out (so a full table can be counted). */
+TG_MAP("lru_hash", struct tg_ct_key, struct tg_ct_entry, conntrack, TG_CT_MAX, 0);
+TG_MAP("array", __u32, __u64, conntrack_live, 1, 0);
+
 /* Policy events to user space, and the per-CPU token bucket that paces them. */
 TG_RINGBUF(struct tg_event_record, policy_events, TG_EVENT_RING_PAGES);
 TG_MAP("percpu_array", __u32, struct tg_event_bucket, event_bucket, 1, 0);
+/* The per-CPU token bucket that paces reject answers (reject_rate, reject_burst). */
+TG_MAP("percpu_array", __u32, struct tg_event_bucket, reject_bucket, 1, 0);
 
 /* 0 -> the epoch user space advances before it waits for searches to end (struct tg_reader). */
 TG_MAP("array", __u32, __u64, match_epoch, 1, 0);

@@ -16,6 +16,7 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 
+#include "maps.h"
 #include "tidegate_abi.h"
 
 #define TG_PARSE_TRUNCATED (-1)
@@ -24,14 +25,27 @@
 #define TG_IPV4_MIN_IHL 5        /* 32-bit words in an option-less IPv4 header */
 #define TG_IPV4_WORD 4
 #define TG_TCP_MIN_DOFF 5
-#define TG_ICMP_MIN_LEN 4        /* type, code, checksum: all we read */
+#define TG_TCP_WORD 4            /* doff unit */
+#define TG_ICMP_MIN_LEN 4        /* type, code, checksum: what every ICMP message has */
+#define TG_ICMP_ECHO_LEN 8       /* ... and an echo's identifier and sequence */
+#define TG_ICMP_ECHO_REPLY 0
+#define TG_ICMP_ECHO_REQUEST 8
+#define TG_ICMPV6_ECHO_REQUEST 128
+#define TG_ICMPV6_ECHO_REPLY 129
+#define TG_TCP_FLAGS_OFF 13      /* the flags byte of the TCP header */
 #define TG_IPPROTO_SCTP 132      /* not in every UAPI in.h the headers fallback may ship */
-/* Extension headers walked to find L4: RFC 8200 4.1's order has at most 5 of those we walk
- * (hop-by-hop, destination, routing, fragment, destination). A longer chain is dropped. */
+/* Extension headers walked to find L4: RFC 8200 4.1's order has at most 6 of those we walk
+ * (hop-by-hop, destination, routing, fragment, authentication, destination). A longer chain is
+ * dropped. */
 #define TG_IPV6_EXT_MAX 6
 #define TG_IPV6_EXT_UNIT 8       /* hdr ext len unit (RFC 8200 4.3) */
+#define TG_IPPROTO_AH 51         /* Authentication Header (RFC 4302): an extension header in IPv6 */
+#define TG_AH_UNIT 4             /* AH Payload Len: 32-bit words, minus 2 (RFC 4302 2.2) */
+#define TG_AH_LEN_BIAS 2
 #define TG_IPV6_FRAG_OFFSET_MASK 0xfff8
+#define TG_IPV6_FRAG_MORE 0x0001         /* M flag: more fragments follow */
 #define TG_IPV4_FRAG_OFFSET_MASK 0x1fff
+#define TG_IPV4_FRAG_MORE 0x2000         /* MF flag */
 /* VLAN tags between the Ethernet header and the packet: 802.1Q (C-tag) and 802.1ad (S-tag, the
  * outer tag of QinQ). A trunk delivers them to the stack, whose VLAN subinterfaces strip them and
  * receive the IP packet inside, so the ACL must see through them. More than TG_VLAN_MAX tags is
@@ -39,6 +53,15 @@
 #define TG_ETH_P_8021Q 0x8100
 #define TG_ETH_P_8021AD 0x88A8
 #define TG_VLAN_MAX 2
+
+/* An ICMP/ICMPv6 header as far as an echo's identifier (RFC 792, RFC 4443 4.1). */
+struct tg_icmp_echo {
+	__u8 type;
+	__u8 code;
+	__be16 checksum;
+	__be16 id;
+	__be16 seq;
+};
 
 /* SCTP common header (RFC 9260 3.1): only the ports are read. */
 struct tg_sctp_ports {
@@ -66,6 +89,8 @@ struct tg_cursor {
 	void *frame; /* start of the frame */
 	__u32 len;   /* bytes in the whole frame: past `end` in a non-linear skb (TC) */
 	__u32 l3_end; /* where the IP datagram ends, from `frame`, once its header is parsed */
+	__u32 l3_off; /* where the IP header starts, from `frame` */
+	__u32 l4_off; /* where the L4 header starts, from `frame` */
 };
 
 static __always_inline void tg_cursor_init(struct tg_cursor *c, void *data, void *data_end, __u32 len)
@@ -75,6 +100,8 @@ static __always_inline void tg_cursor_init(struct tg_cursor *c, void *data, void
 	c->frame = data;
 	c->len = len;
 	c->l3_end = 0;
+	c->l3_off = 0;
+	c->l4_off = 0;
 }
 
 /* Bound of an offset turned back into a packet pointer (tg_cursor_at). The verifier takes a
@@ -108,18 +135,6 @@ static __always_inline int tg_ip_fits(struct tg_cursor *c, void *l3, __u32 l3_le
 	c->l3_end = l3_end;
 	return 1;
 }
-
-/* What the ACL and classifiers match on. IPv4 addresses fill the first 4 of 16 bytes. */
-struct tg_tuple {
-	__u8 src[TG_ADDR_LEN];
-	__u8 dst[TG_ADDR_LEN];
-	__u16 sport; /* network byte order; 0 when the protocol has no ports */
-	__u16 dport; /* network byte order; 0 when the protocol has no ports */
-	__u8 proto;
-	__u8 family; /* TG_FAMILY_* */
-	__u8 l4_present; /* 0 for non-first fragments: ports unknown */
-	__u8 reserved;
-};
 
 static __always_inline int tg_parse_eth(struct tg_cursor *c, struct ethhdr **eth)
 {
@@ -201,14 +216,35 @@ static __always_inline int tg_parse_ipv4(struct tg_cursor *c, struct tg_tuple *t
 	t->family = TG_FAMILY_V4;
 	t->proto = ip->protocol;
 	t->l4_present = (bpf_ntohs(ip->frag_off) & TG_IPV4_FRAG_OFFSET_MASK) == 0;
+	t->fragment = (bpf_ntohs(ip->frag_off) & (TG_IPV4_FRAG_OFFSET_MASK | TG_IPV4_FRAG_MORE)) != 0;
 	c->pos += hdr_len;
 	return ip->protocol;
+}
+
+/* *out = off, through memory the verifier knows nothing about (parse_scratch), bounded by
+ * TG_PACKET_OFF_MAX. The packet pointer a parser derives from it then has the same state on every
+ * path that reaches it: walking N extension headers of 3 kinds is verified about once per
+ * header, not once per sequence of kinds (3^N). Nonzero past the bound (never in a frame). */
+static __always_inline int tg_forget_off(__u32 off, __u32 *out)
+{
+	__u32 zero = 0;
+	__u64 *slot = parse_scratch.lookup(&zero), v;
+
+	if (!slot)
+		return -1;
+	*slot = off;
+	asm volatile("" ::: "memory"); /* the compiler must load what it stored */
+	v = *slot;
+	if (v > TG_PACKET_OFF_MAX)
+		return -1;
+	*out = v;
+	return 0;
 }
 
 static __always_inline int tg_ipv6_is_ext(__u8 nexthdr)
 {
 	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
-	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT;
+	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT || nexthdr == TG_IPPROTO_AH;
 }
 
 /* Walks up to TG_IPV6_EXT_MAX extension headers; returns the L4 protocol (for a non-first
@@ -235,7 +271,7 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 
 	for (i = 0; i < TG_IPV6_EXT_MAX; i++) {
 		struct ipv6_opt_hdr *ext = c->pos;
-		__u32 ext_len;
+		__u32 ext_len, off;
 
 		if (!tg_ipv6_is_ext(nexthdr))
 			break;
@@ -248,14 +284,22 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 				return TG_PARSE_TRUNCATED;
 			if (bpf_ntohs(fh->frag_off) & TG_IPV6_FRAG_OFFSET_MASK)
 				t->l4_present = 0;
+			/* An atomic fragment (offset 0, M clear; RFC 6946) is a whole datagram. */
+			if (bpf_ntohs(fh->frag_off) & (TG_IPV6_FRAG_OFFSET_MASK | TG_IPV6_FRAG_MORE))
+				t->fragment = 1;
 			ext_len = sizeof(*fh);
+		} else if (nexthdr == TG_IPPROTO_AH) {
+			/* The stack's ipv6_skip_exthdr walks past it too: the transport header follows. */
+			ext_len = (ext->hdrlen + TG_AH_LEN_BIAS) * TG_AH_UNIT;
 		} else {
 			ext_len = (ext->hdrlen + 1) * TG_IPV6_EXT_UNIT;
 		}
 		if (c->pos + ext_len > c->end)
 			return TG_PARSE_TRUNCATED;
 		nexthdr = ext->nexthdr;
-		c->pos += ext_len;
+		if (tg_forget_off((c->pos - c->frame) + ext_len, &off))
+			return TG_PARSE_TRUNCATED;
+		c->pos = c->frame + off;
 		if (!t->l4_present)
 			break;
 	}
@@ -281,9 +325,15 @@ static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
 			return TG_PARSE_TRUNCATED;
 		if (tcp->doff < TG_TCP_MIN_DOFF)
 			return TG_PARSE_MALFORMED;
+		/* Options make the header doff * 4 bytes: all of them inside the datagram (tcp_v4_rcv
+		 * and tcp_v6_rcv discard one whose header does not fit, RFC 1858 tiny fragments too). */
+		if (c->pos + tcp->doff * TG_TCP_WORD > c->end ||
+		    (__u64)(c->pos - c->frame) + tcp->doff * TG_TCP_WORD > c->l3_end)
+			return TG_PARSE_TRUNCATED;
 		t->sport = tcp->source;
 		t->dport = tcp->dest;
-		c->pos = tcp + 1;
+		t->tcp_flags = ((__u8 *)tcp)[TG_TCP_FLAGS_OFF];
+		c->pos += tcp->doff * TG_TCP_WORD;
 	} else if (t->proto == IPPROTO_UDP) {
 		struct udphdr *udp = c->pos;
 
@@ -301,8 +351,15 @@ static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
 		t->dport = sctp->dest;
 		c->pos = sctp + 1;
 	} else if (t->proto == IPPROTO_ICMP || t->proto == IPPROTO_ICMPV6) {
+		struct tg_icmp_echo *icmp = c->pos;
+
 		if (c->pos + TG_ICMP_MIN_LEN > c->end)
 			return TG_PARSE_TRUNCATED;
+		t->icmp_type = icmp->type;
+		t->icmp_code = icmp->code;
+		/* The identifier where there is one (an echo cut shorter is judged all the same). */
+		if ((void *)(icmp + 1) <= c->end && (__u64)((void *)(icmp + 1) - c->frame) <= c->l3_end)
+			t->icmp_id = icmp->id;
 		c->pos += TG_ICMP_MIN_LEN;
 	}
 	return 0;
@@ -313,18 +370,26 @@ static __always_inline int tg_parse_ip(struct tg_cursor *c, __be16 eth_proto, st
 {
 	int rc;
 
+	c->l3_off = c->pos - c->frame;
 	if (eth_proto == bpf_htons(ETH_P_IP))
 		rc = tg_parse_ipv4(c, t);
 	else
 		rc = tg_parse_ipv6(c, t);
 	if (rc < 0)
 		return rc;
+	c->l4_off = c->pos - c->frame;
 	return tg_parse_l4(c, t);
 }
 
 static __always_inline int tg_is_ip(__be16 eth_proto)
 {
 	return eth_proto == bpf_htons(ETH_P_IP) || eth_proto == bpf_htons(ETH_P_IPV6);
+}
+
+/* The drop reason of a parser error. */
+static __always_inline __u32 tg_parse_reason(int rc)
+{
+	return rc == TG_PARSE_MALFORMED ? TG_REASON_DROP_MALFORMED : TG_REASON_DROP_TRUNCATED;
 }
 
 #endif /* TG_PARSE_H */

@@ -52,6 +52,15 @@ enum tg_table {
 	TG_TABLE_MAX = 2,
 };
 
+/* XDP programs reached by tail call from the ingress entry (the xdp_stages program array), each
+ * verified on its own: a rare path's code does not add to the entry's states. They read the
+ * packet from the per-CPU scratch (struct tg_scratch), whose contents a tail call keeps. */
+enum tg_stage {
+	TG_STAGE_JUDGE = 0,  /* every IP packet once parsed (and decapped): the verdict, xdp/xdp_judge.c */
+	TG_STAGE_REJECT = 1, /* a reject rule matched: the answer, xdp/xdp_reject.c */
+	TG_STAGE_MAX = 2,
+};
+
 /* "No rule matched". */
 #define TG_SLOT_NONE 0xffffffff
 
@@ -76,11 +85,35 @@ enum tg_table {
 #ifndef TG_CLS_BUCKETS_MAX
 #define TG_CLS_BUCKETS_MAX 16384
 #endif
+/* Flows recorded for allow_established (conntrack.h): an LRU hash, so a full table replaces its
+ * least recently used flow rather than refusing a new one. */
+#ifndef TG_CT_MAX
+#define TG_CT_MAX 65536
+#endif
 /* Pages of the policy event ring buffer: a power of two (kernel requirement). 64 pages of 4 KiB
  * hold 3,276 records (each takes its 72 bytes plus the ring's 8-byte header). */
 #ifndef TG_EVENT_RING_PAGES
 #define TG_EVENT_RING_PAGES 64
 #endif
+
+/* Defaults of the allow_established idle timeouts (struct tg_config), in seconds: a flow no packet
+ * of, in either direction, has refreshed for this long is forgotten. */
+#define TG_CT_TCP_TIMEOUT_DEFAULT 3600
+#define TG_CT_TCP_CLOSING_TIMEOUT_DEFAULT 10 /* after a FIN or RST, either way */
+#define TG_CT_UDP_TIMEOUT_DEFAULT 30
+#define TG_CT_ICMP_TIMEOUT_DEFAULT 30
+/* A flow's entry is rewritten at most this often by its own packets (each write dirties a cache
+ * line every CPU handling the flow shares). */
+#define TG_CT_REFRESH_NS 1000000000ULL
+
+/* Defaults of the reject answers' token bucket (struct tg_config), per CPU: an answer costs a
+ * packet out, so a flood of rejected packets must not turn into a flood of answers. */
+#define TG_REJECT_RATE_DEFAULT 100 /* answers per second */
+#define TG_REJECT_BURST_DEFAULT 20
+/* Bytes of the rejected datagram an ICMP/ICMPv6 answer quotes (its IP header, and its transport
+ * header behind that); less when the datagram is shorter, rounded down to 4 bytes. 0x7c: the
+ * rounding is one mask. */
+#define TG_REJECT_QUOTE_MAX 124
 
 /* Defaults of the policy event token bucket (struct tg_config), per CPU. */
 #define TG_EVENT_RATE_DEFAULT 1000 /* events per second */
@@ -101,12 +134,17 @@ enum tg_reason {
 	TG_REASON_DROP_GENEVE_CRITICAL = 10, /* unknown critical Geneve option (RFC 8926 3.5: MUST drop) */
 	TG_REASON_DROP_DECAP_FAILED = 11,  /* bpf_xdp_adjust_head refused */
 	TG_REASON_PASS_TUNNEL_NOT_IP = 12, /* tunnel payload not IP (ARP...): passed still encapsulated */
-	TG_REASON_MAX = 13,
+	TG_REASON_PASS_TUNNEL_FRAGMENT = 13, /* first fragment of a datagram to a tunnel port: to the stack */
+	TG_REASON_PASS_ESTABLISHED = 14,   /* a reply of a flow that left through this interface (allow_established) */
+	TG_REASON_DROP_REJECTED = 15,      /* a reject rule matched: answered (XDP_TX) or, when it cannot be, dropped */
+	TG_REASON_MAX = 16,
 };
 
 /* The verdict of each reason, stated per reason: the reasons listed here drop the packet, every
  * other reason passes it. A new reason that drops is added to the list (dataplane/abi.py reads it
- * for is_drop; tests/unit/dataplane/test_abi_parse.py checks it against the reasons' names). */
+ * for is_drop; tests/unit/dataplane/test_abi_parse.py checks it against the reasons' names).
+ * DROP_REJECTED keeps the packet from the stack: the reject stage answers it with XDP_TX where it
+ * can, and drops it otherwise. */
 #define TG_REASON_BIT(r) (1u << (r))
 #define TG_REASON_DROPS ( \
 	TG_REASON_BIT(TG_REASON_DROP_MALFORMED) | \
@@ -116,7 +154,8 @@ enum tg_reason {
 	TG_REASON_BIT(TG_REASON_DROP_UNKNOWN_VNI) | \
 	TG_REASON_BIT(TG_REASON_DROP_GENEVE_VERSION) | \
 	TG_REASON_BIT(TG_REASON_DROP_GENEVE_CRITICAL) | \
-	TG_REASON_BIT(TG_REASON_DROP_DECAP_FAILED))
+	TG_REASON_BIT(TG_REASON_DROP_DECAP_FAILED) | \
+	TG_REASON_BIT(TG_REASON_DROP_REJECTED))
 _Static_assert(TG_REASON_MAX <= 32, "TG_REASON_DROPS holds one bit per reason");
 #define TG_REASON_IS_DROP(r) ((TG_REASON_DROPS >> (r)) & 1)
 
@@ -136,12 +175,25 @@ enum tg_event {
 	TG_EVENT_POLICY_SENT = 10,         /* written to the policy_events ring buffer */
 	TG_EVENT_POLICY_RATE_LIMITED = 11, /* this CPU's token bucket was empty (or event_rate = 0) */
 	TG_EVENT_POLICY_RINGBUF_FULL = 12, /* bpf_ringbuf_output refused: the reader is behind */
-	TG_EVENT_MAX = 13,
+	/* UDP to a tunnel port that is no tunnel packet (UDP length, tunnel header cut, VxLAN I flag
+	 * clear, Geneve version not 0): judged as plain UDP (strict_tunnel_ports off). */
+	TG_EVENT_TUNNEL_PORT_PLAIN = 13,
+	TG_EVENT_TC_PULL_FAILED = 14,      /* TC's bpf_skb_pull_data refused (memory): parsed what was linear */
+	/* allow_established (conntrack.h) */
+	TG_EVENT_CT_NEW = 15,              /* TC egress recorded a flow */
+	TG_EVENT_CT_EVICTED = 16,          /* the table was full: a new flow replaced the least recently used */
+	TG_EVENT_CT_EXPIRED = 17,          /* a reply found its flow idle past its timeout: the ACL decided */
+	/* reject rules (xdp_reject.c): each rejected packet is counted under exactly one of these */
+	TG_EVENT_REJECT_SENT = 18,         /* answered: TCP RST, or ICMP/ICMPv6 administratively prohibited */
+	TG_EVENT_REJECT_RATE_LIMITED = 19, /* this CPU's answer bucket was empty: dropped unanswered */
+	TG_EVENT_REJECT_UNANSWERED = 20,   /* no answer is due (an RST, an ICMP error, multicast...): dropped */
+	TG_EVENT_MAX = 21,
 };
 
 enum tg_action {
 	TG_ACTION_ALLOW = 0,
 	TG_ACTION_DENY = 1,
+	TG_ACTION_REJECT = 2, /* dropped, and answered: TCP RST, else ICMP/ICMPv6 administratively prohibited */
 };
 
 enum tg_unknown_vni_action {
@@ -157,6 +209,8 @@ enum tg_tunnel_type {
 /* tg_config.flags */
 #define TG_CFG_F_REWRITE_INNER_DMAC 0x1 /* give decapped unicast frames the interface's MAC */
 #define TG_CFG_F_DECAP 0x2              /* terminate tunnels at all */
+#define TG_CFG_F_STRICT_TUNNEL_PORTS 0x4 /* drop UDP to a tunnel port that is no tunnel packet */
+#define TG_CFG_F_ESTABLISHED 0x8         /* allow_established: record flows at egress, pass their replies */
 
 /* tg_tunnel.flags: which encapsulations a VNI is accepted with. */
 #define TG_TUNNEL_F_VXLAN 0x1
@@ -185,8 +239,15 @@ struct tg_config {
 	__u8 if_mac[6];          /* MAC of the interface the program is attached to */
 	__u32 event_rate;  /* policy events per second per CPU; 0: none are sent */
 	__u32 event_burst; /* policy events a CPU may send back to back (bucket size) */
+	/* allow_established idle timeouts, seconds */
+	__u32 ct_tcp_s;
+	__u32 ct_tcp_closing_s;
+	__u32 ct_udp_s;
+	__u32 ct_icmp_s;
+	__u32 reject_rate;  /* reject answers per second per CPU; 0: none are sent */
+	__u32 reject_burst; /* answers a CPU may send back to back */
 };
-_Static_assert(sizeof(struct tg_config) == 24, "tg_config layout");
+_Static_assert(sizeof(struct tg_config) == 48, "tg_config layout");
 
 /* Per-VNI tunnel settings (key: __u32 VNI). */
 struct tg_tunnel {
@@ -271,6 +332,26 @@ struct tg_rule {
 };
 _Static_assert(sizeof(struct tg_rule) == 96, "tg_rule layout");
 
+/* What the ACL and classifiers match on, parsed from a packet. IPv4 addresses fill the first 4 of
+ * 16 bytes. */
+struct tg_tuple {
+	__u8 src[TG_ADDR_LEN];
+	__u8 dst[TG_ADDR_LEN];
+	__u16 sport; /* network byte order; 0 when the protocol has no ports */
+	__u16 dport; /* network byte order; 0 when the protocol has no ports */
+	__u8 proto;
+	__u8 family;     /* TG_FAMILY_* */
+	__u8 l4_present; /* 0 for non-first fragments: ports unknown */
+	__u8 fragment;   /* part of a fragmented datagram (first or not; an atomic fragment is whole) */
+	__u8 tcp_flags;  /* TCP: the flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 icmp_type;  /* ICMP/ICMPv6 (first fragments) */
+	__u8 icmp_code;
+	__u8 reserved;
+	__u16 icmp_id;   /* ICMP/ICMPv6 echo request and reply: the identifier, network byte order */
+	__u16 reserved2;
+};
+_Static_assert(sizeof(struct tg_tuple) == 48, "tg_tuple layout");
+
 /* A packet's fields as the classifier compares them (built once per packet from the parse). */
 struct tg_probe {
 	__u64 src[2];  /* address bytes read as native-order words, like the maps' */
@@ -297,7 +378,8 @@ enum tg_hook {
  * and read back: a value loaded from a map is one the verifier knows nothing about, so every
  * path into a stage looks the same to it and the stage is checked once, not once per path
  * (each leaves other known constants and packet offsets behind). The classifier keeps its
- * search state here for the same reason. */
+ * search state here for the same reason, and the stages the entry tail-calls (enum tg_stage)
+ * find the packet here: a per-CPU map's contents survive the tail call. */
 struct tg_scratch {
 	struct tg_probe p;   /* the packet being judged: outer until decapped, then inner */
 	__u64 best;          /* search: order of the best match so far */
@@ -311,9 +393,12 @@ struct tg_scratch {
 	__u8 tunnel_type;    /* XDP: enum tg_tunnel_type */
 	__u8 not_ip;         /* XDP: a tunnel payload left encapsulated (not IP) */
 	__u8 reason;         /* XDP: enum tg_reason of the ACL verdict, while the classifiers run */
-	__u8 reserved;
+	__u8 fragment;       /* XDP: a first fragment to a tunnel port, left to the stack to reassemble */
+	__u32 l3_off;        /* XDP: where the outer IP header starts, from the frame's start */
+	__u32 reserved;
+	struct tg_tuple t;   /* the packet being judged, as parsed (allow_established, reject) */
 };
-_Static_assert(sizeof(struct tg_scratch) == 80, "tg_scratch layout");
+_Static_assert(sizeof(struct tg_scratch) == 136, "tg_scratch layout");
 
 /* Which programs are inside a search, per CPU and hook (match_readers): user space waits until
  * every CPU's reader has left, or entered after it advanced match_epoch, before it reuses
@@ -325,6 +410,33 @@ struct tg_reader {
 	__u32 reserved;
 };
 _Static_assert(sizeof(struct tg_reader) == 16, "tg_reader layout");
+
+
+/* allow_established: a flow as its replies will look (key of conntrack), recorded by TC egress
+ * from a packet leaving the interface (addresses and ports swapped) and looked up by XDP with the
+ * arriving packet's own tuple. ICMP/ICMPv6 echo: sport 0, dport the identifier. */
+struct tg_ct_key {
+	__u8 src[TG_ADDR_LEN]; /* the remote end */
+	__u8 dst[TG_ADDR_LEN]; /* the local end */
+	__u16 sport;           /* network byte order */
+	__u16 dport;
+	__u8 proto;
+	__u8 family;           /* TG_FAMILY_* */
+	__u8 reserved[2];
+};
+_Static_assert(sizeof(struct tg_ct_key) == 40, "tg_ct_key layout");
+
+enum tg_ct_state {
+	TG_CT_OPEN = 0,
+	TG_CT_CLOSING = 1, /* TCP: a FIN or RST went either way: the closing timeout applies */
+};
+
+struct tg_ct_entry {
+	__u64 seen_ns; /* bpf_ktime_get_ns() of the last packet that refreshed it, either direction */
+	__u8 state;    /* enum tg_ct_state */
+	__u8 reserved[7];
+};
+_Static_assert(sizeof(struct tg_ct_entry) == 16, "tg_ct_entry layout");
 
 /* XDP metadata in front of the packet, read by the TC ingress program. */
 struct tg_meta {

@@ -2,6 +2,12 @@
 /*
  * VxLAN (RFC 7348) and Geneve (RFC 8926) recognition. tg_tunnel_inspect() reads the tunnel
  * header behind an outer UDP header and decides: not a tunnel, decap, leave alone, or drop.
+ * A tunnel port is an ordinary UDP port to everyone else: what is not a tunnel packet at all
+ * (the UDP length is wrong, the tunnel header is cut, VxLAN's I flag is clear, Geneve's version
+ * is not 0) is judged as the plain UDP it is, unless the operator asked for strict tunnel ports
+ * (TG_CFG_F_STRICT_TUNNEL_PORTS: then it is dropped with its reason). A fragment is never
+ * decapsulated (XDP sees one piece of the datagram): the stack reassembles it. Only what is a
+ * tunnel packet for a VNI terminated here is held to the tunnel's rules and dropped if broken.
  * The caller strips ti->outer_len bytes with bpf_xdp_adjust_head and ends the inner frame where
  * the UDP payload ends (ti->payload_end), as a VTEP's UDP socket would receive it: every tunnel
  * byte read, up to and including the inner Ethernet header and its VLAN tags, must lie inside
@@ -53,7 +59,7 @@ struct tg_geneve_opt {
 enum tg_tun_result {
 	TG_TUN_NONE = 0,  /* not a tunnel port: an ordinary packet */
 	TG_TUN_DECAP = 1, /* strip ti->outer_len bytes */
-	TG_TUN_LEAVE = 2, /* a tunnel packet we do not terminate: judged as itself */
+	TG_TUN_LEAVE = 2, /* not decapped (ti->event): judged as itself */
 	TG_TUN_DROP = 3,  /* ti->reason */
 };
 
@@ -65,6 +71,7 @@ struct tg_tunnel_info {
 	__u32 event;  /* enum tg_event, for TG_TUN_LEAVE */
 	__u8 type;    /* enum tg_tunnel_type */
 	__u8 not_ip;  /* TG_TUN_LEAVE: a tunnel we terminate, but its payload is not IP */
+	__u8 fragment; /* TG_TUN_LEAVE: the first fragment of a datagram to a tunnel port */
 };
 
 static __always_inline __u32 tg_vni(const __u8 *vni)
@@ -94,6 +101,15 @@ static __always_inline int tg_drop(struct tg_tunnel_info *ti, __u32 reason)
 	return TG_TUN_DROP;
 }
 
+/* UDP to a tunnel port that is no tunnel packet: plain UDP, or with strict tunnel ports a drop. */
+static __always_inline int tg_not_tunnel(const struct tg_config *cfg, struct tg_tunnel_info *ti, __u32 reason)
+{
+	if (cfg->flags & TG_CFG_F_STRICT_TUNNEL_PORTS)
+		return tg_drop(ti, reason);
+	ti->event = TG_EVENT_TUNNEL_PORT_PLAIN;
+	return TG_TUN_LEAVE;
+}
+
 /* n bytes at p lie inside the outer UDP payload (checked besides c->end, which the verifier needs). */
 static __always_inline int tg_in_payload(const struct tg_cursor *c, void *p, __u32 n,
 					 const struct tg_tunnel_info *ti)
@@ -102,9 +118,10 @@ static __always_inline int tg_in_payload(const struct tg_cursor *c, void *p, __u
 }
 
 /* The UDP length bounds the tunnel payload, as udp_rcv() bounds what a socket receives: it must
- * cover the UDP header and fit in the IP datagram. c points at the UDP header; on success it
- * points just past it. */
-static __always_inline int tg_udp_payload(struct tg_cursor *c, struct tg_tunnel_info *ti)
+ * cover the UDP header and fit in the IP datagram (else the stack drops the datagram itself).
+ * c points at the UDP header; on success it points just past it. */
+static __always_inline int tg_udp_payload(struct tg_cursor *c, const struct tg_config *cfg,
+					  struct tg_tunnel_info *ti)
 {
 	struct udphdr *udp = c->pos;
 	__u32 ulen;
@@ -113,58 +130,61 @@ static __always_inline int tg_udp_payload(struct tg_cursor *c, struct tg_tunnel_
 		return tg_drop(ti, TG_REASON_DROP_TRUNCATED); /* parsed already: for the verifier */
 	ulen = bpf_ntohs(udp->len);
 	if (ulen < sizeof(*udp))
-		return tg_drop(ti, TG_REASON_DROP_MALFORMED);
+		return tg_not_tunnel(cfg, ti, TG_REASON_DROP_MALFORMED);
 	if ((__u64)((void *)udp - c->frame) + ulen > c->l3_end)
-		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+		return tg_not_tunnel(cfg, ti, TG_REASON_DROP_TRUNCATED);
 	ti->payload_end = ((void *)udp - c->frame) + ulen;
 	c->pos = udp + 1;
 	return TG_TUN_DECAP;
 }
 
-/* The inner Ethernet header (and its VLAN tags) must be there before we promise a decap, and
- * must carry IP: only an IP payload is judged by the ACL once stripped. Anything else (ARP,
- * LLDP...) is left encapsulated, to be handled as it would be without us: by a kernel VTEP, or
- * refused at a closed UDP port, never delivered bare to the underlay's neighbour table. */
-static __always_inline int tg_tunnel_finish(struct tg_cursor *c, void *frame, struct tg_tunnel_info *ti)
+/* The inner frame is parsed whole (Ethernet, VLAN tags, IP, L4 into *inner) before we promise a
+ * decap, in the outer frame's bytes: it ends with the UDP payload. It must carry IP: only an IP
+ * payload is judged by the ACL once stripped. Anything else (ARP, LLDP...) is left encapsulated,
+ * to be handled as it would be without us: by a kernel VTEP, or refused at a closed UDP port,
+ * never delivered bare to the underlay's neighbour table. */
+static __always_inline int tg_tunnel_finish(struct tg_cursor *c, void *frame, struct tg_tunnel_info *ti,
+					    struct tg_tuple *inner)
 {
-	struct tg_cursor inner = *c;
+	struct tg_cursor ic = *c;
 	struct ethhdr *eth;
-	int proto;
+	int proto, rc;
 
 	if (c->pos + sizeof(struct ethhdr) > c->end || !tg_in_payload(c, c->pos, sizeof(struct ethhdr), ti))
 		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
-	inner.len = ti->payload_end; /* the inner frame ends with the UDP payload */
-	proto = tg_parse_l2(&inner, &eth, TG_VLAN_MAX);
-	if (proto == TG_PARSE_TRUNCATED)
-		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+	ic.len = ti->payload_end; /* the inner frame ends with the UDP payload */
+	proto = tg_parse_l2(&ic, &eth, TG_VLAN_MAX);
 	if (proto < 0)
-		return tg_drop(ti, TG_REASON_DROP_MALFORMED);
+		return tg_drop(ti, tg_parse_reason(proto));
 	if (!tg_is_ip(proto)) {
 		ti->not_ip = 1;
 		ti->event = TG_EVENT_TUNNEL_NOT_DECAPPED;
 		return TG_TUN_LEAVE;
 	}
+	rc = tg_parse_ip(&ic, proto, inner);
+	if (rc < 0)
+		return tg_drop(ti, tg_parse_reason(rc));
 	ti->outer_len = c->pos - frame;
 	return TG_TUN_DECAP;
 }
 
 static __always_inline int tg_vxlan_inspect(struct tg_cursor *c, void *frame, const struct tg_config *cfg,
-					    struct tg_tunnel_info *ti)
+					    struct tg_tunnel_info *ti, struct tg_tuple *inner)
 {
 	struct tg_vxlanhdr *vx = c->pos;
 	int rc;
 
 	if ((void *)(vx + 1) > c->end || !tg_in_payload(c, vx, sizeof(*vx), ti))
-		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+		return tg_not_tunnel(cfg, ti, TG_REASON_DROP_TRUNCATED);
 	if (!(vx->flags & TG_VXLAN_FLAG_I))
-		return tg_drop(ti, TG_REASON_DROP_MALFORMED);
+		return tg_not_tunnel(cfg, ti, TG_REASON_DROP_MALFORMED);
 	ti->type = TG_TUNNEL_VXLAN;
 	ti->vni = tg_vni(vx->vni);
 	rc = tg_tunnel_admit(cfg, ti, TG_TUNNEL_F_VXLAN);
 	if (rc != TG_TUN_DECAP)
 		return rc;
 	c->pos = vx + 1;
-	return tg_tunnel_finish(c, frame, ti);
+	return tg_tunnel_finish(c, frame, ti, inner);
 }
 
 /* Walks the options: any critical option is one we do not understand (we implement none). */
@@ -196,16 +216,17 @@ static __always_inline int tg_geneve_options(struct tg_cursor *c, __u32 opts_len
 }
 
 static __always_inline int tg_geneve_inspect(struct tg_cursor *c, void *frame, const struct tg_config *cfg,
-					     struct tg_tunnel_info *ti)
+					     struct tg_tunnel_info *ti, struct tg_tuple *inner)
 {
 	struct tg_genevehdr *gh = c->pos;
 	__u32 opts_len;
 	int rc;
 
 	if ((void *)(gh + 1) > c->end || !tg_in_payload(c, gh, sizeof(*gh), ti))
-		return tg_drop(ti, TG_REASON_DROP_TRUNCATED);
+		return tg_not_tunnel(cfg, ti, TG_REASON_DROP_TRUNCATED);
+	/* Another version's header has another layout: no VNI to read (RFC 8926 3.4). */
 	if (gh->ver_optlen >> TG_GENEVE_VERSION_SHIFT)
-		return tg_drop(ti, TG_REASON_DROP_GENEVE_VERSION);
+		return tg_not_tunnel(cfg, ti, TG_REASON_DROP_GENEVE_VERSION);
 	ti->type = TG_TUNNEL_GENEVE;
 	ti->vni = tg_vni(gh->vni);
 	/* Control messages and non-Ethernet payloads are not ours to strip: leave them whole. */
@@ -224,11 +245,11 @@ static __always_inline int tg_geneve_inspect(struct tg_cursor *c, void *frame, c
 	rc = tg_geneve_options(c, opts_len, ti);
 	if (rc != TG_TUN_DECAP)
 		return rc;
-	return tg_tunnel_finish(c, frame, ti);
+	return tg_tunnel_finish(c, frame, ti, inner);
 }
 
-/* Whether the outer packet `p` is addressed to a tunnel port (then c must point at its UDP
- * header: see tg_tunnel_inspect). */
+/* Whether the outer packet `p` is addressed to a tunnel port, with tunnels terminated at all
+ * (then c must point at its UDP header: see tg_tunnel_inspect). */
 static __always_inline int tg_tunnel_port(const struct tg_probe *p, const struct tg_config *cfg)
 {
 	if (!(cfg->flags & TG_CFG_F_DECAP) || p->proto != IPPROTO_UDP || !p->ports)
@@ -236,15 +257,26 @@ static __always_inline int tg_tunnel_port(const struct tg_probe *p, const struct
 	return p->dport == cfg->vxlan_port || p->dport == cfg->geneve_port;
 }
 
-/* c points at the outer UDP header of `p`, addressed to a tunnel port (tg_tunnel_port). */
-static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, const struct tg_probe *p,
-					     const struct tg_config *cfg, struct tg_tunnel_info *ti)
+/* c points at the outer UDP header of `p`, addressed to a tunnel port (tg_tunnel_port);
+ * `fragment`: the datagram is fragmented (this is its first fragment: it has ports). On
+ * TG_TUN_DECAP, *inner is the inner packet's tuple. */
+static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, const struct tg_probe *p, __u8 fragment,
+					     const struct tg_config *cfg, struct tg_tunnel_info *ti,
+					     struct tg_tuple *inner)
 {
-	if (tg_udp_payload(c, ti) == TG_TUN_DROP)
-		return TG_TUN_DROP;
+	int rc;
+
+	/* XDP sees one fragment, the tunnel header maybe not even whole: the stack reassembles. */
+	if (fragment) {
+		ti->fragment = 1;
+		return TG_TUN_LEAVE;
+	}
+	rc = tg_udp_payload(c, cfg, ti);
+	if (rc != TG_TUN_DECAP)
+		return rc;
 	if (p->dport == cfg->vxlan_port)
-		return tg_vxlan_inspect(c, c->frame, cfg, ti);
-	return tg_geneve_inspect(c, c->frame, cfg, ti);
+		return tg_vxlan_inspect(c, c->frame, cfg, ti, inner);
+	return tg_geneve_inspect(c, c->frame, cfg, ti, inner);
 }
 
 #endif /* TG_TUNNEL_H */

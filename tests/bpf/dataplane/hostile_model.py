@@ -19,8 +19,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from dataplane import abi
-from dataplane.kernel.features import xdp_meta_supported
 from dataplane.match.adapter import MatchRule
+
+from . import reject_model
 
 R = abi.Reason
 E = abi.Event
@@ -35,9 +36,9 @@ VLAN_HLEN = 4
 VLAN_MAX = 2  # docs/dataplane.md: "up to 2 VLAN tags"; a third is malformed
 IPV4_HLEN = 20
 IPV6_HLEN = 40
-IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS = 0, 43, 44, 60
+IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS, IPPROTO_AH = 0, 43, 44, 60, 51
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
-IPV6_EXT = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT)
+IPV6_EXT = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_AH)
 IPV6_EXT_MAX = 6  # docs/dataplane.md: "up to 6 extension headers"; a longer chain is malformed
 L4_FIXED = {IPPROTO_TCP: 20, IPPROTO_UDP: 8, IPPROTO_SCTP: 4, IPPROTO_ICMP: 4, IPPROTO_ICMPV6: 4}
 PORT_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
@@ -67,8 +68,15 @@ class Tuple5:
     src: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     dst: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     proto: int = 0
+    sport: int = 0
     dport: int = 0
+    icmp_type: int = -1
+    icmp_id: int = 0  # the echo identifier where the datagram holds one
+    tcp_flags: int = 0
     l4_present: bool = True
+    fragment: bool = False  # part of a fragmented datagram (an atomic IPv6 fragment is whole)
+    l3_off: int = 0  # where the IP header starts in the frame
+    l4_off: int = 0  # where the L4 header starts
     l3_end: int = 0  # where the IP datagram ends in the frame
 
 
@@ -80,12 +88,17 @@ class Setup:
     unknown_vni_action: str = "pass"
     rewrite_inner_dmac: bool = True
     decap: bool = True
+    strict_tunnel_ports: bool = False
+    xdp_meta: bool = True  # built with XDP metadata (dataplane.kernel.features): else XDP does not classify
     vxlan_port: int = 4789
     geneve_port: int = 6081
     if_mac: bytes = b"\x02\xaa\x00\x00\x00\x01"
     tunnels: tuple[tuple[int, bool, bool], ...] = ()  # (vni, vxlan, geneve)
     acl: tuple[MatchRule, ...] = ()
     classifiers: tuple[MatchRule, ...] = ()
+    allow_established: bool = False
+    reject_rate: int = 1_000_000_000  # reject answers per second: never short in a fuzz run; 0 none
+    ct: frozenset[tuple[int, object, object, int, int, int]] = frozenset()  # recorded flows, alive
 
 
 @dataclass
@@ -101,6 +114,8 @@ class Expected:
     events: Counter[abi.Event] = field(default_factory=Counter)
     policy_event: bool = False  # exactly one of POLICY_EVENTS counted
     tunnel_bytes: int = 0  # counted under `vni` in tunnel_stats when decapped
+    judged: Tuple5 | None = None  # the tuple the ACL (or the flow table) judged
+    answer: bytes | None = None  # a reject answer sent back with XDP_TX
 
 
 def _need(buf: bytes, end: int) -> None:
@@ -122,7 +137,9 @@ def _parse_ipv4(buf: bytes, off: int, t: Tuple5) -> int:
     t.family, t.proto = 4, buf[off + 9]
     t.src = ipaddress.IPv4Address(buf[off + 12:off + 16])
     t.dst = ipaddress.IPv4Address(buf[off + 16:off + 20])
-    t.l4_present = (struct.unpack_from("!H", buf, off + 6)[0] & 0x1FFF) == 0
+    frag = struct.unpack_from("!H", buf, off + 6)[0]
+    t.l4_present = (frag & 0x1FFF) == 0
+    t.fragment = (frag & 0x3FFF) != 0  # MF or an offset
     return off + ihl * 4
 
 
@@ -142,9 +159,13 @@ def _parse_ipv6(buf: bytes, off: int, t: Tuple5) -> int:
         _need(buf, pos + 2)
         if nexthdr == IPPROTO_FRAGMENT:
             _need(buf, pos + 8)
-            if struct.unpack_from("!H", buf, pos + 2)[0] & 0xFFF8:
+            frag = struct.unpack_from("!H", buf, pos + 2)[0]
+            if frag & 0xFFF8:
                 t.l4_present = False
+            t.fragment = t.fragment or (frag & 0xFFF9) != 0  # offset or M: not atomic
             length = 8
+        elif nexthdr == IPPROTO_AH:
+            length = (buf[pos + 1] + 2) * 4  # RFC 4302: Payload Len in 32-bit words, minus 2
         else:
             length = (buf[pos + 1] + 1) * 8
         _need(buf, pos + length)
@@ -159,15 +180,24 @@ def _parse_ipv6(buf: bytes, off: int, t: Tuple5) -> int:
 
 def parse_ip(buf: bytes, off: int, ethertype: int) -> tuple[Tuple5, int]:
     """IPv4/IPv6 + L4 at `off`: the tuple and the offset after the fixed L4 header."""
-    t = Tuple5()
+    t = Tuple5(l3_off=off)
     pos = _parse_ipv4(buf, off, t) if ethertype == ETH_P_IP else _parse_ipv6(buf, off, t)
+    t.l4_off = pos
     if not t.l4_present or t.proto not in L4_FIXED:
         return t, pos
     _need(buf, pos + L4_FIXED[t.proto])
-    if t.proto == IPPROTO_TCP and buf[pos + 12] >> 4 < 5:
-        raise Stop(R.DROP_MALFORMED)
+    if t.proto == IPPROTO_TCP:
+        doff = buf[pos + 12] >> 4
+        if doff < 5:
+            raise Stop(R.DROP_MALFORMED)
+        _need(buf[:t.l3_end], pos + doff * 4)  # options too, inside the datagram
+        t.tcp_flags = buf[pos + 13]
     if t.proto in PORT_PROTOS:
-        t.dport = struct.unpack_from("!H", buf, pos + 2)[0]
+        t.sport, t.dport = struct.unpack_from("!HH", buf, pos)
+    if t.proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+        t.icmp_type = buf[pos]
+        if pos + 8 <= min(len(buf), t.l3_end):
+            t.icmp_id = struct.unpack_from("!H", buf, pos + 4)[0]
     return t, pos + L4_FIXED[t.proto]
 
 
@@ -203,6 +233,7 @@ class _Tunnel:
     outer_len: int = 0  # 0: not decapped
     payload_end: int = 0  # end of the outer UDP payload: the inner frame ends there
     not_ip: bool = False  # a tunnel we terminate whose payload is not IP: left encapsulated
+    fragment: bool = False  # the first fragment of a datagram to a tunnel port: to the stack
 
 
 def _admit(setup: Setup, tun: _Tunnel, ev: Counter[abi.Event]) -> bool:
@@ -228,14 +259,31 @@ def _geneve_options(buf: bytes, pos: int, opts_len: int) -> int:
     return pos + opts_len
 
 
-def _udp_payload_end(buf: bytes, pos: int, t: Tuple5) -> int:
+class NotTunnel(Exception):
+    """UDP to a tunnel port that is no tunnel packet: plain UDP (docs: "Tunnel ports")."""
+
+
+def _not_tunnel(setup: Setup, reason: abi.Reason) -> NotTunnel:
+    """Dropped with `reason` under strict tunnel ports, else judged as plain UDP."""
+    if setup.strict_tunnel_ports:
+        raise Stop(reason)
+    return NotTunnel(reason.name)
+
+
+def _udp_payload_end(buf: bytes, pos: int, t: Tuple5, setup: Setup) -> int:
     """The UDP length bounds the tunnel payload, as the UDP stack bounds a datagram."""
     ulen = struct.unpack_from("!H", buf, pos - 4)[0]
     if ulen < 8:
-        raise Stop(R.DROP_MALFORMED)
+        raise _not_tunnel(setup, R.DROP_MALFORMED)
     if pos - 8 + ulen > t.l3_end:
-        raise Stop(R.DROP_TRUNCATED)
+        raise _not_tunnel(setup, R.DROP_TRUNCATED)
     return int(pos - 8 + ulen)
+
+
+def _tunnel_header(buf: bytes, pos: int, setup: Setup) -> None:
+    """The tunnel's fixed header must lie in the UDP payload (`buf` ends with it)."""
+    if pos + TUNNEL_HLEN > len(buf):
+        raise _not_tunnel(setup, R.DROP_TRUNCATED)
 
 
 def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Counter[abi.Event]) -> None:
@@ -245,20 +293,31 @@ def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Cou
         return
     if t.dport not in (setup.vxlan_port, setup.geneve_port):
         return
-    tun.payload_end = _udp_payload_end(buf, pos, t)
+    if t.fragment:
+        tun.fragment = True  # one piece of the datagram: the stack reassembles it
+        return
+    try:
+        _tunnel_packet(buf, pos, t, setup, tun, ev)
+    except NotTunnel:
+        ev[E.TUNNEL_PORT_PLAIN] += 1
+        tun.kind, tun.vni = "", 0
+
+
+def _tunnel_packet(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel,
+                   ev: Counter[abi.Event]) -> None:
+    tun.payload_end = _udp_payload_end(buf, pos, t, setup)
     buf = buf[:tun.payload_end]
+    _tunnel_header(buf, pos, setup)
     if t.dport == setup.vxlan_port:
-        _need(buf, pos + TUNNEL_HLEN)
         if not buf[pos] & VXLAN_FLAG_I:
-            raise Stop(R.DROP_MALFORMED)
+            raise _not_tunnel(setup, R.DROP_MALFORMED)
         tun.kind, tun.vni = "vxlan", _vni(buf, pos + 4)
         if not _admit(setup, tun, ev):
             return
         end = pos + TUNNEL_HLEN
     else:
-        _need(buf, pos + TUNNEL_HLEN)
         if buf[pos] >> 6:
-            raise Stop(R.DROP_GENEVE_VERSION)
+            raise _not_tunnel(setup, R.DROP_GENEVE_VERSION)
         tun.kind, tun.vni = "geneve", _vni(buf, pos + 4)
         if buf[pos + 1] & GENEVE_FLAG_O or struct.unpack_from("!H", buf, pos + 2)[0] != ETH_P_TEB:
             ev[E.TUNNEL_NOT_DECAPPED] += 1
@@ -268,11 +327,12 @@ def _tunnel(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel, ev: Cou
         if buf[pos + 1] & GENEVE_FLAG_C:
             raise Stop(R.DROP_GENEVE_CRITICAL)
         end = _geneve_options(buf, pos + TUNNEL_HLEN, (buf[pos] & 0x3F) * 4)
-    ethertype, _ = parse_l2(buf, end)  # buf ends with the UDP payload: so must the tags
+    ethertype, l3 = parse_l2(buf, end)  # buf ends with the UDP payload: so must the tags
     if ethertype not in (ETH_P_IP, ETH_P_IPV6):
         tun.not_ip = True  # docs/dataplane.md: only IP payloads are decapped; the rest passes encapsulated
         ev[E.TUNNEL_NOT_DECAPPED] += 1
         return
+    parse_ip(buf, l3, ethertype)  # the inner packet is parsed whole before anything is stripped
     tun.outer_len = end
 
 
@@ -288,6 +348,8 @@ def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
     if ethertype not in (ETH_P_IP, ETH_P_IPV6):
         raise Stop(R.PASS_NOT_IP)
     t, pos = parse_ip(buf, l3, ethertype)
+    tunnel_stage = setup.decap and t.proto == IPPROTO_UDP and t.l4_present and \
+        t.dport in (setup.vxlan_port, setup.geneve_port)
     tun = _Tunnel()
     _tunnel(buf, pos, t, setup, tun, x.events)
     x.vni = tun.vni
@@ -301,10 +363,22 @@ def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
         x.data = bytes(inner)
         ethertype, l3 = parse_l2(x.data)
         assert ethertype in (ETH_P_IP, ETH_P_IPV6), "checked before the decap"
-        t, _ = parse_ip(x.data, l3, ethertype)
+        t, _ = parse_ip(x.data, l3, ethertype)  # parsed before the decap: cannot fail here
+    x.judged = t
+    if setup.allow_established and ct_key(t, leaving=False) in setup.ct:
+        x.reason = R.PASS_ESTABLISHED  # a reply of a recorded flow: before the ACL (docs, "Established")
+        _classify(t, setup, x)
+        return
     _acl(t, setup, x)  # the inner packet if decapped, else the packet itself
+    if x.reason == R.DROP_REJECTED:
+        _reject(buf, t, setup, x, tunnel_stage)
     if tun.not_ip and not abi.is_drop(x.reason):
         x.reason = R.PASS_TUNNEL_NOT_IP  # the policy event (a logged rule) keeps the ACL's reason
+    elif tun.fragment and not abi.is_drop(x.reason):
+        x.reason = R.PASS_TUNNEL_FRAGMENT
+
+
+DROPPED_BY = {abi.Action.DENY: R.DROP_DENIED, abi.Action.REJECT: R.DROP_REJECTED}
 
 
 def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
@@ -315,15 +389,71 @@ def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
     else:
         action, flags = rule.payload  # type: ignore[misc]
         x.acl_rule = rule.rule_id
-        x.reason = R.DROP_DENIED if action == abi.Action.DENY else R.PASS_ALLOWED
-        x.policy_event = x.reason == R.DROP_DENIED or bool(flags & abi.define("TG_RULE_F_LOG"))
-    if abi.is_drop(x.reason) or not xdp_meta_supported():
-        return  # XDP classifies only where it can hand TC the mark in metadata
+        x.reason = DROPPED_BY.get(action, R.PASS_ALLOWED)
+        x.policy_event = x.reason in DROPPED_BY.values() or bool(flags & abi.define("TG_RULE_F_LOG"))
+    if not abi.is_drop(x.reason):
+        _classify(t, setup, x)
+
+
+def _reject(buf: bytes, t: Tuple5, setup: Setup, x: Expected, tunnel_stage: bool) -> None:
+    """docs "Reject": answered where one is due, the pace allows and the ingress entry judged the
+    packet (a tunnel stage's packets are dropped unanswered)."""
+    assert t.src is not None and t.dst is not None
+    due = not tunnel_stage and reject_model.answerable(buf, t.family, t.src.packed, t.dst.packed, t.proto,
+                                                       t.l4_present, t.tcp_flags, t.icmp_type)
+    if not due:
+        x.events[E.REJECT_UNANSWERED] += 1
+    elif not setup.reject_rate:
+        x.events[E.REJECT_RATE_LIMITED] += 1
+    else:
+        x.events[E.REJECT_SENT] += 1
+        x.answer = reject_model.answer(buf, t.family, t.src.packed, t.dst.packed, t.proto, t.l3_off, t.l4_off,
+                                       t.l3_end)
+
+
+def _classify(t: Tuple5, setup: Setup, x: Expected) -> None:
+    if not setup.xdp_meta:
+        return  # without metadata XDP does not classify: TC does
     x.meta = True
     cls = first_match(setup.classifiers, t)
     if cls is not None:
         x.cls_rule, x.mark = cls.rule_id, int(cls.payload)  # type: ignore[call-overload]
         x.events[E.CLASSIFIED] += 1
+
+
+CtTuple = tuple[int, object, object, int, int, int]  # family, src, dst, proto, sport, dport
+
+
+def ct_key(t: Tuple5, leaving: bool) -> CtTuple | None:
+    """The flow-table key of a packet arriving (a reply, as it is) or leaving (its replies'
+    tuple: ends swapped); ICMP echo: port 0 and the identifier. None: no tracked flow."""
+    if not t.l4_present:
+        return None
+    if t.proto in (IPPROTO_TCP, IPPROTO_UDP):
+        ports = (t.dport, t.sport) if leaving else (t.sport, t.dport)
+    elif t.icmp_type == {IPPROTO_ICMP: (0, 8), IPPROTO_ICMPV6: (129, 128)}.get(t.proto, (-2, -2))[leaving]:
+        ports = (0, t.icmp_id)
+    else:
+        return None
+    src, dst = (t.dst, t.src) if leaving else (t.src, t.dst)
+    return (t.family, src, dst, t.proto, *ports)
+
+
+def tc_egress_expected(buf: bytes, setup: Setup) -> CtTuple | None:
+    """The flow TC egress records for a leaving frame (docs, "Established"): its replies' key,
+    when the headers parse (no decap: what leaves is what it is) and it may open a flow."""
+    if not setup.allow_established:
+        return None
+    try:
+        ethertype, l3 = parse_l2(buf)
+        if ethertype not in (ETH_P_IP, ETH_P_IPV6):
+            return None
+        t, _ = parse_ip(buf, l3, ethertype)
+    except Stop:
+        return None
+    if t.proto == IPPROTO_TCP and t.tcp_flags & 0x05:
+        return None  # a FIN or RST opens nothing
+    return ct_key(t, leaving=True)
 
 
 def xdp_expected(buf: bytes, setup: Setup) -> Expected:

@@ -26,6 +26,7 @@ from .hostile_model import (
     ETH_P_TEB,
     GENEVE_FLAG_C,
     GENEVE_FLAG_O,
+    IPPROTO_AH,
     IPPROTO_DSTOPTS,
     IPPROTO_FRAGMENT,
     IPPROTO_HOPOPTS,
@@ -166,7 +167,7 @@ def _v6(addr: str) -> bytes:
 
 
 def ipv6(src: Source, proto: int, inner: list[Seg]) -> list[Seg]:
-    exts = [src.choice((IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT))
+    exts = [src.choice((IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_AH))
             for _ in range(src.integer(0, 8) if src.chance(0.3) else 0)]
     chain: list[Seg] = []
     for ext, nxt in zip(exts, [*exts[1:], proto], strict=False):
@@ -174,6 +175,12 @@ def ipv6(src: Source, proto: int, inner: list[Seg]) -> list[Seg]:
             off = src.choice((0, 0, 1, 0xFFF8))
             chain.append(Seg("ipv6 fragment", struct.pack("!BBHI", nxt, 0, off, 7),
                              (("nexthdr", 0, 1), ("frag_off", 2, 2))))
+        elif ext == IPPROTO_AH:
+            words = src.choice((4, 4, 6))  # 12 fixed bytes + an ICV; (len + 2) * 4 a multiple of 8
+            icv = 4 * (words + 2) - 12
+            body = struct.pack("!HII", 0, 0x100, 1) + src.blob(icv).ljust(icv, b"\xa5")  # SPI, sequence
+            chain.append(Seg("ipv6 ah", struct.pack("!BB", nxt, words) + body,
+                             (("nexthdr", 0, 1), ("len", 1, 1))))
         else:
             words = src.integer(0, 2)
             body = b"\x01\x04" + bytes(4 + 8 * words)  # PadN over the rest

@@ -16,13 +16,15 @@ PAGE_SIZE = mmap.PAGESIZE
 
 EXPECTED_LAYOUTS = {
     # map name: (key size, key fields, leaf size, leaf fields)
-    "config": (4, None, 24, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
-                             "default_action", "if_mac", "event_rate", "event_burst"]),
+    "config": (4, None, 48, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
+                             "default_action", "if_mac", "event_rate", "event_burst", "ct_tcp_s",
+                             "ct_tcp_closing_s", "ct_udp_s", "ct_icmp_s", "reject_rate", "reject_burst"]),
     "tunnels": (4, None, 8, ["flags", "reserved"]),
     # The classifier (docs/classifier.md); both tables have the same layouts.
     "match_bank": (4, None, 4, None),
-    "match_scratch": (4, None, 80, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end", "outer_len",
-                                    "payload_end", "tunnel_type", "not_ip", "reason", "reserved"]),
+    "match_scratch": (4, None, 136, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end",
+                                     "outer_len", "payload_end", "tunnel_type", "not_ip", "reason",
+                                     "fragment", "l3_off", "reserved", "t"]),
     "acl_subtables": (4, None, 8 + 48 * 32, ["count", "reserved", "tables"]),
     "acl_buckets": (40, ["src", "dst", "sport", "dport", "family", "proto", "bank", "table"], 68,
                     ["count", "slots"]),
@@ -36,6 +38,11 @@ EXPECTED_LAYOUTS = {
     "policy_events": (4, None, 72, ["ts_ns", "ifindex", "rule_id", "vni", "length", "src", "dst", "sport",
                                     "dport", "reason", "action", "family", "proto", "flags", "reserved"]),
     "event_bucket": (4, None, 16, ["credit_ns", "last_ns"]),
+    # allow_established (conntrack.h) and the reject answers' pace
+    "conntrack": (40, ["src", "dst", "sport", "dport", "proto", "family", "reserved"], 16,
+                  ["seen_ns", "state", "reserved"]),
+    "conntrack_live": (4, None, 8, None),
+    "reject_bucket": (4, None, 16, ["credit_ns", "last_ns"]),
 }
 
 

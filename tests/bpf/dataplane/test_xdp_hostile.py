@@ -31,9 +31,11 @@ seeded random packets in the coverage test (TIDEGATE_FUZZ_SEED picks the seed, d
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import struct
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +47,8 @@ from hypothesis import strategies as st
 from dataplane import abi
 from dataplane.acl import acl_rule, classifier
 from dataplane.kernel.features import xdp_meta_supported
-from dataplane.map_config import RuntimeConfig, TunnelEntry
+from dataplane.kernel.maps import CtKey
+from dataplane.map_config import EVENT_BURST_MAX, RuntimeConfig, TunnelEntry
 
 from .conftest import IF_MAC
 from .hostile_model import (
@@ -59,7 +62,9 @@ from .hostile_model import (
     Expected,
     Setup,
     check_well_formed,
+    ct_key,
     meta_flags,
+    tc_egress_expected,
     tc_expected_mark,
     xdp_expected,
 )
@@ -72,6 +77,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(max(300, EXAMPLES // 10 * 4)
 SEED = int(os.environ.get("TIDEGATE_FUZZ_SEED", "0"))
 TC_ACT_OK = 0
 XDP_ABORTED = 0
+XDP_TX = 3
 TCP, UDP, GRE = 6, 17, 47
 TUNNELS = ((100, True, True), (200, True, False), (300, False, True))
 ACL = (
@@ -80,6 +86,9 @@ ACL = (
     acl_rule(3, 20, "allow", proto=UDP, dport=(7, 7), log=True),
     acl_rule(4, 30, "deny", proto=TCP, dport=(23, 23)),
     acl_rule(5, 40, "allow", src="10.1.0.0/16"),
+    acl_rule(6, 5, "reject", proto=TCP, dport=(7, 7)),
+    acl_rule(7, 50, "reject", dst="192.0.2.2/32"),
+    acl_rule(8, 50, "reject", dst="2001:db8::2/128"),
 )
 CLASSIFIERS = (classifier(1, 10, 0x77, proto=TCP, dport=(443, 443)),
                classifier(2, 20, 0x88, dst="fd00:2::/32"))
@@ -110,6 +119,8 @@ class Harness:
         return self.apply(Setup(default_action=src.choice(("allow", "deny")),
                                 unknown_vni_action=src.choice(("pass", "drop")),
                                 rewrite_inner_dmac=not src.chance(0.2), decap=not src.chance(0.1),
+                                strict_tunnel_ports=src.chance(0.3), xdp_meta=xdp_meta_supported(),
+                                allow_established=src.chance(0.3),
                                 vxlan_port=ports[0], geneve_port=ports[1],
                                 if_mac=IF_MAC, tunnels=TUNNELS, acl=ACL, classifiers=CLASSIFIERS))
 
@@ -118,10 +129,23 @@ class Harness:
             self.dp.configure(RuntimeConfig(default_action=setup.default_action,
                                             unknown_vni_action=setup.unknown_vni_action,
                                             rewrite_inner_dmac=setup.rewrite_inner_dmac,
-                                            decap=setup.decap, vxlan_port=setup.vxlan_port,
+                                            decap=setup.decap, strict_tunnel_ports=setup.strict_tunnel_ports,
+                                            allow_established=setup.allow_established,
+                                            reject_rate=setup.reject_rate, reject_burst=EVENT_BURST_MAX,
+                                            vxlan_port=setup.vxlan_port,
                                             geneve_port=setup.geneve_port), if_mac=IF_MAC)
             self.setup = setup
         return setup
+
+    def record_reply_of(self, setup: Setup, pkt: bytes) -> Setup:
+        """Records the flow `pkt` (what the ACL would judge of it) is a reply of, if it can be one."""
+        judged = xdp_expected(pkt, setup).judged
+        key = ct_key(judged, leaving=False) if judged is not None else None
+        if key is None:
+            return setup
+        _family, src, dst, proto, sport, dport = key
+        self.dp.maps.put_conntrack(CtKey(src, dst, proto, sport, dport), time.monotonic_ns())  # type: ignore[arg-type]
+        return dataclasses.replace(setup, ct=frozenset({key}))
 
     def snapshot(self) -> dict[str, dict[Any, int]]:
         maps = self.dp.maps
@@ -166,16 +190,18 @@ def check_xdp(h: Harness, setup: Setup, pkt: bytes) -> Outcome | None:
 
 def _problems(x: Expected, r: Any, d: dict[str, Counter[Any]], setup: Setup) -> list[str]:
     out = []
-    if r.action == XDP_ABORTED or r.action not in (XDP_DROP, XDP_PASS):
+    if r.action == XDP_ABORTED or r.action not in (XDP_DROP, XDP_PASS, XDP_TX):
         out.append(f"action {r.action}")
     if d["reason"] != Counter({x.reason: 1}):
         out.append(f"reasons moved {dict(d['reason'])}, expected {x.reason.name}")
-    want_action = XDP_DROP if abi.is_drop(x.reason) else XDP_PASS
+    want_action = XDP_TX if x.answer else XDP_DROP if abi.is_drop(x.reason) else XDP_PASS
     if r.action != want_action:
         out.append(f"action {r.action} for {x.reason.name}")
     out += _counter_problems(x, d)
     if r.action == XDP_PASS:
         out += _output_problems(x, r, setup)
+    if r.action == XDP_TX and r.data != x.answer:
+        out.append(f"reject answer:\n  got  {r.data.hex()}\n  want {x.answer.hex() if x.answer else None}")
     return out
 
 
@@ -224,12 +250,16 @@ def _output_problems(x: Expected, r: Any, setup: Setup) -> list[str]:
 
 def _describe(pkt: bytes, how: str, setup: Setup) -> str:
     return f"{how}; {setup.default_action=} {setup.unknown_vni_action=} {setup.rewrite_inner_dmac=} " \
-           f"{setup.decap=}\npacket {pkt.hex()}"
+           f"{setup.decap=} {setup.strict_tunnel_ports=} {setup.allow_established=} {setup.ct=}\n" \
+           f"packet {pkt.hex()}"
 
 
 def fuzz_one(h: Harness, src: Source, packet: tuple[bytes, str] | None = None) -> Outcome | None:
     setup = h.configure(src)
     pkt, how = packet or hostile_packet(src)
+    h.dp.maps.clear_conntrack()
+    if setup.allow_established and src.chance(0.5):
+        setup = h.record_reply_of(setup, pkt)  # the packet is a reply to a flow that left
     try:
         return check_xdp(h, setup, pkt)
     except AssertionError as err:
@@ -353,12 +383,32 @@ def test_tc_hostile_packets_marked_only_by_a_classifier(fuzz_dp, data):
         raise AssertionError(f"{err}\n{how}; mark in {mark_in:#x}\npacket {pkt.hex()}") from None
 
 
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_tc_egress_records_exactly_the_leaving_flow(fuzz_dp, data):
+    """allow_established's recorder on hostile packets leaving: never drops or changes one, and
+    records the flow the reference says (its replies' key), or nothing."""
+    src = HypothesisSource(data)
+    setup = fuzz_dp.configure(src)
+    pkt, how = hostile_packet(src)
+    fuzz_dp.dp.maps.clear_conntrack()
+    want = tc_egress_expected(pkt, setup)
+    try:
+        r = fuzz_dp.dp.run_tc_egress(pkt)
+    except OSError as err:
+        assert err.errno == errno.EINVAL and tc_may_refuse(pkt), f"test run failed: {err}"
+        return
+    got = {(k.family, k.src, k.dst, k.proto, k.sport, k.dport) for k in fuzz_dp.dp.maps.conntrack()}
+    assert (r.retval, r.data) == (TC_ACT_OK, pkt), f"{how}; {pkt.hex()}"
+    assert got == ({want} if want else set()), f"recorded {got}, expected {want}; {how}; {pkt.hex()}"
+
+
 # --- what the fuzzing found: IP length fields were not checked ---------------------------------
 # A frame holding less than its IP header announces was judged (and, in a tunnel, decapsulated and
 # passed) as if it were whole. The fuzzer's first find: a VxLAN packet decapped and passed with an
 # inner IPv6 header announcing 6 payload bytes, none of them delivered.
 
-BASE = Setup(if_mac=IF_MAC, tunnels=TUNNELS, acl=ACL, classifiers=CLASSIFIERS)
+BASE = Setup(if_mac=IF_MAC, tunnels=TUNNELS, acl=ACL, classifiers=CLASSIFIERS, xdp_meta=xdp_meta_supported())
 ETH = bytes.fromhex("020000000102" "020000000002")
 
 
@@ -401,14 +451,7 @@ LENGTH_CASES = [
     ("a whole tunnelled frame", _vxlan(_ipv4(UDP_5000)), abi.Reason.PASS_DEFAULT),
     # The UDP length bounds the tunnel payload (the second find: a VxLAN packet whose UDP length
     # left no room for the tunnel was decapped, though a VTEP's socket receives nothing).
-    ("outer UDP length leaving no room for the VxLAN header", _vxlan(_ipv4(UDP_5000), udp_len=8),
-     abi.Reason.DROP_TRUNCATED),
     ("outer UDP length ending inside the inner Ethernet header", _vxlan(_ipv4(UDP_5000), udp_len=16 + 13),
-     abi.Reason.DROP_TRUNCATED),
-    ("outer UDP length below its header", _vxlan(_ipv4(UDP_5000), udp_len=7), abi.Reason.DROP_MALFORMED),
-    ("outer UDP length past the IP datagram", _vxlan(_ipv4(UDP_5000), udp_len=200),
-     abi.Reason.DROP_TRUNCATED),
-    ("outer IP datagram ending inside the tunnel", _vxlan(_ipv4(UDP_5000), tot_len=20 + 8 + 8 + 10),
      abi.Reason.DROP_TRUNCATED),
     ("bytes past the UDP payload are cut from the inner frame", _vxlan(_ipv4(UDP_5000), junk=b"junk" * 3),
      abi.Reason.PASS_DEFAULT),
@@ -425,19 +468,52 @@ def test_ip_length_fields_are_checked(fuzz_dp, desc, pkt, reason):
     assert outcome is not None and outcome.reason == reason, desc
 
 
+# A UDP length that leaves no tunnel packet at all: the plain UDP it is (the stack drops a
+# datagram whose UDP length is wrong itself), or dropped under strict tunnel ports.
+STRICT = dataclasses.replace(BASE, strict_tunnel_ports=True)
+UDP_LENGTH_CASES = [
+    ("outer UDP length leaving no room for the VxLAN header", _vxlan(_ipv4(UDP_5000), udp_len=8),
+     abi.Reason.DROP_TRUNCATED),
+    ("outer UDP length below its header", _vxlan(_ipv4(UDP_5000), udp_len=7), abi.Reason.DROP_MALFORMED),
+    ("outer UDP length past the IP datagram", _vxlan(_ipv4(UDP_5000), udp_len=200),
+     abi.Reason.DROP_TRUNCATED),
+    ("outer IP datagram ending inside the VxLAN header", _vxlan(_ipv4(UDP_5000), tot_len=20 + 8 + 4),
+     abi.Reason.DROP_TRUNCATED),
+    ("outer IP datagram ending inside the tunnel", _vxlan(_ipv4(UDP_5000), tot_len=20 + 8 + 8 + 10),
+     abi.Reason.DROP_TRUNCATED),
+]
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+@pytest.mark.parametrize("desc,pkt,strict_reason", UDP_LENGTH_CASES, ids=[c[0] for c in UDP_LENGTH_CASES])
+def test_udp_lengths_on_a_tunnel_port(fuzz_dp, desc, pkt, strict_reason, strict):
+    setup = STRICT if strict else BASE
+    reason = strict_reason if strict else abi.Reason.PASS_DEFAULT
+    fuzz_dp.apply(setup)
+    assert xdp_expected(pkt, setup).reason == reason, f"{desc}: the reference disagrees with the table"
+    outcome = check_xdp(fuzz_dp, setup, pkt)
+    assert outcome is not None and outcome.reason == reason, desc
+
+
 # IPv6 extension header chains: the walk stopped after 4 headers and handed the ACL whatever came
 # next as the protocol, with no ports, so a port rule could be bypassed by padding headers the
 # stack walks through; and after a non-first fragment's Fragment header it read fragment data as
 # headers. HOP, DST, RT, FRAG: the IPv6 extension headers walked.
-HOP, RT, FRAG, DST = 0, 43, 44, 60
+HOP, RT, FRAG, DST, AH = 0, 43, 44, 60, 51
 TCP_23 = struct.pack("!HHIIBBHHH", 40000, 23, 1, 0, 5 << 4, 0x02, 1024, 0, 0)
 
 
 def _ext_chain(kinds: list[int], last: int, frag_off: int = 0) -> bytes:
-    """Extension headers of the smallest size (8 bytes each), then the protocol `last`."""
+    """Extension headers of the smallest size (8 bytes each; AH 24: its fixed 12 and a 12-byte
+    ICV, Payload Len 4), then the protocol `last`."""
     out = b""
     for kind, nxt in zip(kinds, [*kinds[1:], last], strict=True):
-        out += struct.pack("!BBHI", nxt, 0, frag_off, 7) if kind == FRAG else struct.pack("!BB6x", nxt, 0)
+        if kind == FRAG:
+            out += struct.pack("!BBHI", nxt, 0, frag_off, 7)
+        elif kind == AH:
+            out += struct.pack("!BBHII", nxt, 4, 0, 0x100, 1) + bytes(12)
+        else:
+            out += struct.pack("!BB6x", nxt, 0)
     return out
 
 
@@ -446,6 +522,12 @@ EXT_CASES = [
      _ipv6(_ext_chain([HOP, DST, RT, FRAG, DST], TCP) + TCP_23, nexthdr=HOP), abi.Reason.DROP_DENIED),
     ("TCP/23 behind 7 destination options headers is not passed unjudged",
      _ipv6(_ext_chain([DST] * 7, TCP) + TCP_23, nexthdr=DST), abi.Reason.DROP_MALFORMED),
+    ("TCP/23 behind an Authentication Header is judged as TCP/23",
+     _ipv6(_ext_chain([AH], TCP) + TCP_23, nexthdr=AH), abi.Reason.DROP_DENIED),
+    ("TCP/23 behind the longest RFC 8200 chain with AH is judged as TCP/23",
+     _ipv6(_ext_chain([HOP, DST, RT, FRAG, AH, DST], TCP) + TCP_23, nexthdr=HOP), abi.Reason.DROP_DENIED),
+    ("an Authentication Header cut by the end of the datagram",
+     _ipv6(_ext_chain([AH], TCP)[:20], nexthdr=AH), abi.Reason.DROP_TRUNCATED),
     ("a non-first fragment's data is not read as headers",
      _ipv6(_ext_chain([FRAG], DST, frag_off=0x100) + b"\x06\xff" + bytes(14), nexthdr=FRAG),
      abi.Reason.PASS_DEFAULT),
@@ -454,6 +536,31 @@ EXT_CASES = [
 
 @pytest.mark.parametrize("desc,pkt,reason", EXT_CASES, ids=[c[0] for c in EXT_CASES])
 def test_ipv6_extension_header_chains(fuzz_dp, desc, pkt, reason):
+    fuzz_dp.apply(BASE)
+    assert xdp_expected(pkt, BASE).reason == reason, f"{desc}: the reference disagrees with the table"
+    outcome = check_xdp(fuzz_dp, BASE, pkt)
+    assert outcome is not None and outcome.reason == reason, desc
+
+
+# TCP options: the header is doff * 4 bytes, all inside the IP datagram (before: only 20 were read,
+# so a header whose options ran past the datagram was judged as if whole).
+def _tcp(doff: int, options: bytes = b"") -> bytes:
+    return struct.pack("!HHIIBBHHH", 40000, 23, 1, 0, doff << 4, 0x02, 1024, 0, 0) + options
+
+
+TCP_OPTION_CASES = [
+    ("options inside the datagram", _ipv4(_tcp(8, b"\x01" * 12), proto=TCP), abi.Reason.DROP_DENIED),
+    ("doff 15, 40 bytes of options", _ipv6(_tcp(15, b"\x01" * 40), nexthdr=TCP), abi.Reason.DROP_DENIED),
+    ("options past the end of the datagram", _ipv4(_tcp(8, b"\x01" * 8), proto=TCP),
+     abi.Reason.DROP_TRUNCATED),
+    ("options past the IPv4 total length, padding behind", _ipv4(_tcp(8, b"\x01" * 12), proto=TCP,
+                                                                 tot_len=20 + 24), abi.Reason.DROP_TRUNCATED),
+    ("doff 4", _ipv4(_tcp(4), proto=TCP), abi.Reason.DROP_MALFORMED),
+]
+
+
+@pytest.mark.parametrize("desc,pkt,reason", TCP_OPTION_CASES, ids=[c[0] for c in TCP_OPTION_CASES])
+def test_tcp_options_are_bounded_by_doff(fuzz_dp, desc, pkt, reason):
     fuzz_dp.apply(BASE)
     assert xdp_expected(pkt, BASE).reason == reason, f"{desc}: the reference disagrees with the table"
     outcome = check_xdp(fuzz_dp, BASE, pkt)

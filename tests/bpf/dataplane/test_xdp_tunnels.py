@@ -5,11 +5,12 @@ from __future__ import annotations
 import struct
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import IP, TCP, UDP, fragment
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import Ether
 
 from dataplane import abi
+from dataplane.acl import acl_rule
 from dataplane.map_config import RuntimeConfig, TunnelEntry
 from testbed.packets import geneve, geneve_option, vxlan
 
@@ -113,11 +114,8 @@ def test_vni_enabled_only_for_vxlan_is_not_decapped_as_geneve(dp):
     assert judge(dp, pkt).data == pkt
 
 
+# Tunnel packets for a VNI terminated here are held to the tunnel's rules: broken, they are dropped.
 DROPPED = [
-    ("vxlan without the I flag", lambda: vxlan(OUTER_V4, VNI, INNER_V4, flags=0x00),
-     abi.Reason.DROP_MALFORMED),
-    ("geneve version 1", lambda: geneve(OUTER_V4, VNI, INNER_V4, version=1),
-     abi.Reason.DROP_GENEVE_VERSION),
     ("geneve C bit", lambda: geneve(OUTER_V4, VNI, INNER_V4, critical=True),
      abi.Reason.DROP_GENEVE_CRITICAL),
     ("geneve critical option type without the C bit",
@@ -134,6 +132,103 @@ DROPPED = [
 def test_bad_tunnel_headers_are_dropped(tun, desc, build, reason):
     v = judge(tun, build())
     assert (v.action, v.reason) == (XDP_DROP, reason), desc
+
+
+# UDP to a tunnel port that is no tunnel packet at all (docs/dataplane.md, "Tunnel ports"): the
+# plain UDP it is by default, dropped with its reason under strict_tunnel_ports.
+def _udp(dport: int, payload: bytes, ulen: int | None = None) -> bytes:
+    return bytes(OUTER_V4 / UDP(sport=5353, dport=dport, len=ulen) / payload)
+
+
+NOT_TUNNELS = [
+    ("VxLAN port, I flag clear", lambda: vxlan(OUTER_V4, VNI, INNER_V4, flags=0x00),
+     abi.Reason.DROP_MALFORMED),
+    ("VxLAN port, DNS-like payload", lambda: _udp(4789, b"\x12\x34\x01\x00" + bytes(20)),
+     abi.Reason.DROP_MALFORMED),
+    ("VxLAN port, 3 bytes: no room for a VxLAN header", lambda: _udp(4789, b"abc"),
+     abi.Reason.DROP_TRUNCATED),
+    ("VxLAN port, empty datagram", lambda: _udp(4789, b""), abi.Reason.DROP_TRUNCATED),
+    ("Geneve port, version 1", lambda: geneve(OUTER_V4, VNI, INNER_V4, version=1),
+     abi.Reason.DROP_GENEVE_VERSION),
+    ("Geneve port, text payload", lambda: _udp(6081, b"hello, world"), abi.Reason.DROP_GENEVE_VERSION),
+    ("VxLAN port, UDP length under 8", lambda: _udp(4789, bytes(16), ulen=7), abi.Reason.DROP_MALFORMED),
+    ("VxLAN port, UDP length past the datagram", lambda: _udp(4789, bytes(16), ulen=200),
+     abi.Reason.DROP_TRUNCATED),
+]
+
+
+@pytest.mark.parametrize("desc,build,strict_reason", NOT_TUNNELS, ids=[c[0] for c in NOT_TUNNELS])
+def test_udp_to_a_tunnel_port_that_is_no_tunnel_packet_is_plain_udp(tun, desc, build, strict_reason):
+    pkt = build()
+    before = tun.maps.event_counts()[abi.Event.TUNNEL_PORT_PLAIN].packets
+    v = judge(tun, pkt)
+    assert (v.action, v.reason, v.data) == (XDP_PASS, abi.Reason.PASS_DEFAULT, pkt), desc
+    assert tun.maps.event_counts()[abi.Event.TUNNEL_PORT_PLAIN].packets == before + 1
+
+
+@pytest.mark.parametrize("desc,build,strict_reason", NOT_TUNNELS, ids=[c[0] for c in NOT_TUNNELS])
+def test_strict_tunnel_ports_drop_what_is_no_tunnel_packet(tun, desc, build, strict_reason):
+    tun.configure(RuntimeConfig(strict_tunnel_ports=True), if_mac=IF_MAC)
+    v = judge(tun, build())
+    assert (v.action, v.reason) == (XDP_DROP, strict_reason), desc
+
+
+def test_plain_udp_on_a_tunnel_port_is_judged_by_the_acl(tun):
+    tun.acl.replace([acl_rule(1, 10, "deny", proto=17, dport=(4789, 4789)),
+                     acl_rule(2, 10, "allow", proto=17, dport=(6081, 6081))])
+    tun.configure(RuntimeConfig(default_action="deny"), if_mac=IF_MAC)
+    assert judge(tun, _udp(4789, b"not vxlan")).reason == abi.Reason.DROP_DENIED
+    assert judge(tun, _udp(6081, b"not geneve")).reason == abi.Reason.PASS_ALLOWED
+    assert judge(tun, _udp(5000, b"elsewhere")).reason == abi.Reason.DROP_DEFAULT
+
+
+def test_strictness_leaves_a_configured_vnis_packets_alone(tun):
+    tun.configure(RuntimeConfig(strict_tunnel_ports=True), if_mac=IF_MAC)
+    assert judge(tun, vxlan(OUTER_V4, VNI, INNER_V4)).data == _expected_inner(INNER_V4)
+    assert judge(tun, vxlan(OUTER_V4, VNI + 1, INNER_V4)).reason == abi.Reason.PASS_DEFAULT  # unknown VNI
+
+
+# Outer fragments: XDP sees one piece of the datagram, so nothing is decapsulated; the first
+# fragment (it carries the UDP header) is judged as plain UDP and passed to the stack, which
+# reassembles the datagram; the others are ordinary non-first fragments (port-less).
+BIG_INNER = (Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:99") / IP(src="10.1.0.2", dst="10.2.0.1")
+             / UDP(sport=40000, dport=5000) / bytes(400))
+
+
+def _fragments(pkt: bytes, size: int = 200) -> list[bytes]:
+    """The outer IP datagram of `pkt` in pieces of about `size` bytes."""
+    eth = Ether(pkt)
+    if eth.haslayer(IP):
+        return [bytes(OUTER_ETH / f) for f in fragment(eth[IP], fragsize=size)]
+    ip6 = eth[IPv6]
+    whole = IPv6(src=ip6.src, dst=ip6.dst) / IPv6ExtHdrFragment() / ip6.payload
+    return [bytes(OUTER_ETH / f) for f in fragment6(whole, size)]
+
+
+@pytest.mark.parametrize("outer", [OUTER_V4, OUTER_V6], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_outer_fragments_go_to_the_stack(tun, outer, strict):
+    tun.configure(RuntimeConfig(strict_tunnel_ports=strict), if_mac=IF_MAC)
+    first, *rest = _fragments(vxlan(outer, VNI, BIG_INNER))
+    assert rest, "the packet must be fragmented"
+    v = judge(tun, first)
+    assert (v.action, v.reason, v.data) == (XDP_PASS, abi.Reason.PASS_TUNNEL_FRAGMENT, first)
+    for piece in rest:
+        v = judge(tun, piece)
+        assert (v.action, v.reason, v.data) == (XDP_PASS, abi.Reason.PASS_DEFAULT, piece)
+
+
+def test_a_denied_outer_fragment_is_dropped(tun):
+    tun.acl.replace([acl_rule(1, 10, "deny", src="192.0.2.1/32", proto=17, dport=(4789, 4789))])
+    first, *_ = _fragments(vxlan(OUTER_V4, VNI, BIG_INNER))
+    assert judge(tun, first).reason == abi.Reason.DROP_DENIED
+
+
+def test_an_atomic_ipv6_fragment_is_a_whole_packet(tun):
+    ip6 = Ether(vxlan(OUTER_V6, VNI, INNER_V4))[IPv6]
+    atomic = bytes(OUTER_ETH / IPv6(src=ip6.src, dst=ip6.dst) / IPv6ExtHdrFragment(offset=0, m=0)
+                   / ip6.payload)  # RFC 6946: offset 0, M clear
+    assert judge(tun, atomic).data == _expected_inner(INNER_V4)
 
 
 def test_unknown_vni_dropped_when_configured(tun):

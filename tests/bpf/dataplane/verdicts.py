@@ -14,6 +14,7 @@ from dataplane.kernel.features import xdp_meta_supported
 
 XDP_DROP = 1
 XDP_PASS = 2
+TC_ACT_OK = 0  # linux/pkt_cls.h
 META_REFUSED = ("this kernel refuses bpf_xdp_adjust_meta to XDP programs: there is no metadata to check "
                 "(TC classifies by itself, tested by the TC fallback tests)")
 

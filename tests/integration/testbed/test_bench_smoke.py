@@ -90,6 +90,7 @@ def test_quick_run_reports_every_benchmark_with_numbers(bpf_available, tmp_path)
         assert (tmp_path / image).stat().st_size > 0, image
     raw = json.loads((tmp_path / "results.json").read_text())
     assert [s["name"] for s in raw["sections"]] == list(runner.NAMES)  # every benchmark, in order
+    assert "Verifier budget" in report and "`tg_xdp_ingress`" in report
 
     assert set(list_namespaces(PREFIX)) <= namespaces_before, "the benchmarks left namespaces behind"
     assert not _stray_processes(), "the benchmarks left a sender running"

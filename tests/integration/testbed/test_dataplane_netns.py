@@ -19,9 +19,10 @@ from dataplane.kernel.attach import clsact_present, detach_xdp, tc_filter_attach
 from dataplane.kernel.features import xdp_meta_supported
 from dataplane.kernel.interface import detach_interface
 from dataplane.kernel.program import TC_PIN, XDP_PIN, map_names
+from dataplane.map_config import RuntimeConfig
 from testbed import topology as t
 from testbed.counters import snapshot
-from testbed.netns import Namespace, veth_pair
+from testbed.netns import Namespace, set_mtu, veth_pair
 from testbed.packets import VXLAN_PORT
 from testbed.traffic import ping, receive_udp, send_udp, udp_echo_once, udp_socket
 
@@ -35,6 +36,7 @@ ARRIVAL_TIMEOUT = 1.0  # generous: on a veth everything arrives in well under a 
 SILENCE = 0.3  # how long "nothing else arrives" is waited for, after the expected datagrams
 DENY_ID, ALLOW_ID, CLASSIFIER_ID = 10, 20, 1
 UDP = 17
+UNDERLAY_MTU = 1500  # veth's default, which the topology keeps
 
 
 def payloads(tag: str, n: int = DATAGRAMS) -> list[bytes]:
@@ -168,7 +170,55 @@ def test_denied_flow_alone_times_out(dp, topo):
     assert not ping(topo.peer, t.APP_INNER, src=t.PEER_DENIED, count=1, timeout=SILENCE).ok
 
 
-# --- 4. detach ----------------------------------------------------------------------------------------
+# --- 4. tunnel ports are UDP ports too (docs/dataplane.md, "Tunnel ports") ------------------------
+
+GENEVE_PORT = 6081  # no Geneve device in the topology: a plain UDP socket may bind it
+NOT_TUNNELS = [b"hello over geneve's port", b"\x00\x01", b""]  # version 1, too short, empty
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_udp_service_on_a_tunnel_port_gets_its_datagrams(dp, topo, strict):
+    with topo.appliance.enter():
+        dp.configure(RuntimeConfig(strict_tunnel_ports=strict))
+    before = snapshot(dp)
+    with (udp_socket(topo.appliance, t.APP_UNDERLAY_V4, GENEVE_PORT) as service,
+          udp_socket(topo.peer, t.PEER_UNDERLAY_V4) as client):
+        send_udp(client, t.APP_UNDERLAY_V4, GENEVE_PORT, NOT_TUNNELS)
+        if strict:
+            assert_dropped(service)
+        else:
+            assert_arrives(service, NOT_TUNNELS, t.PEER_UNDERLAY_V4)
+    moved = snapshot(dp) - before
+    assert moved.event(abi.Event.TUNNEL_PORT_PLAIN) == (0 if strict else len(NOT_TUNNELS))
+    dropped = moved.reason(abi.Reason.DROP_GENEVE_VERSION) + moved.reason(abi.Reason.DROP_TRUNCATED)
+    assert dropped == (len(NOT_TUNNELS) if strict else 0)
+
+
+FRAGMENTED_MTU = 1280  # the underlay's MTU for the test below; vx100's stays 1450
+BIG_PING = bytes(1300)  # inner 1328 bytes: the outer datagram (1378) must be fragmented
+
+
+def test_fragmented_tunnel_packets_reach_the_stack_and_its_vtep(dp, topo):
+    """The peer's kernel fragments the outer datagrams; Tidegate passes the fragments (it cannot
+    decap a piece), the appliance's stack reassembles them and its kernel vxlan device decaps."""
+    kernel_decapped = t.link_rx_packets(topo.appliance, t.TUNNEL_V4.ifname)
+    before = snapshot(dp)
+    try:
+        for ns in (topo.peer, topo.appliance):
+            set_mtu(ns, topo.underlay, FRAGMENTED_MTU)
+        assert ping(topo.peer, t.APP_INNER, src=t.PEER_HOST, count=PINGS, payload=BIG_PING).ok
+    finally:
+        for ns in (topo.peer, topo.appliance):
+            set_mtu(ns, topo.underlay, UNDERLAY_MTU)
+    moved = snapshot(dp) - before
+    # The first echo request crosses as outer fragments; the vxlan driver then lowers the inner
+    # route's MTU (its PMTU check), so the later ones are fragmented inside and decapped here.
+    first_fragments = moved.reason(abi.Reason.PASS_TUNNEL_FRAGMENT)
+    assert first_fragments >= 1
+    assert t.link_rx_packets(topo.appliance, t.TUNNEL_V4.ifname) - kernel_decapped >= first_fragments
+
+
+# --- 5. detach ----------------------------------------------------------------------------------------
 
 IFNAME, IFNAME_PEER = "dt0", "dt1"
 
@@ -201,7 +251,7 @@ def test_detach_is_clean_and_idempotent(bpf_available, pin_root):
             assert not pin_dir.exists()
 
 
-# --- 5. marking without XDP metadata: generic mode, and TC alone ------------------------------------
+# --- 6. marking without XDP metadata: generic mode, and TC alone ------------------------------------
 
 
 def test_generic_xdp_still_decaps_and_marks(dp, topo):

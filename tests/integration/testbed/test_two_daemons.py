@@ -33,7 +33,8 @@ from control.rpc.api import pb2
 from dataplane.kernel import bpf_info, warm
 from dataplane.kernel.build_settings import DataplaneSettings
 from dataplane.kernel.libbpf import errno_of, libbpf
-from dataplane.kernel.owner import read_owner
+from dataplane.kernel.owner import OWNER, read_owner
+from dataplane.kernel.program import TC_EGRESS_FUNC, TC_EGRESS_PIN, TC_FUNC, TC_PIN, XDP_PIN
 from testbed import flow_topology
 from testbed.daemon import REPO_ROOT, RPC_TIMEOUT, DaemonProcess
 from testbed.flow_checks import apply, attach, describe, stats, verdicts
@@ -313,10 +314,12 @@ def test_bpftool_in_the_namespace_shows_the_pinned_programs_attached_over_the_pi
         net = bpftool(a.ns, "net", "show", "dev", IFNAME)
         assert isinstance(net, list)
         xdp = [p["id"] for entry in net for p in entry.get("xdp", [])]
-        tc = [p["id"] for entry in net for p in entry.get("tc", []) if p.get("name") == "tg_tc_ingress"]
+        tc = {name: [p["id"] for entry in net for p in entry.get("tc", []) if p.get("name") == name]
+              for name in (TC_FUNC, TC_EGRESS_FUNC)}
+        programs = {XDP_PIN: xdp, TC_PIN: tc[TC_FUNC], TC_EGRESS_PIN: tc[TC_EGRESS_FUNC]}
         maps = {bpftool(a.ns, "map", "show", "pinned", str(p))["id"]  # type: ignore[index]
-                for p in pin_dir.iterdir() if p.name not in ("owner", "prog_xdp_ingress", "prog_tc_ingress")}
-        for attached, pin in ((xdp, "prog_xdp_ingress"), (tc, "prog_tc_ingress")):
+                for p in pin_dir.iterdir() if p.name != OWNER and p.name not in programs}
+        for pin, attached in programs.items():
             prog = bpftool(a.ns, "prog", "show", "pinned", str(pin_dir / pin))
             assert isinstance(prog, dict)
             assert attached == [prog["id"]]

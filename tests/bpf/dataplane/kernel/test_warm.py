@@ -87,7 +87,7 @@ def test_anything_else_compiles(pinned, damage: str) -> None:  # noqa: ANN001
     if damage == "other build":
         data["build"] = "0" * 64
     elif damage == "other program tag":
-        data["xdp_tag"] = "00" * 8
+        data["tags"]["tg_xdp_ingress"] = "00" * 8
     if damage == "no record":
         path.unlink()
     else:

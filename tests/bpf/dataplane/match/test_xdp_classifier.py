@@ -232,9 +232,11 @@ def test_a_policy_switch_never_shows_a_mix_to_packets_in_flight(cdp):
     assert set(seen) <= {1, 2} and len(seen) == 2, seen
 
 
-def test_the_verifier_accepts_both_programs_well_inside_its_limit(loaded_dataplane):
+def test_the_verifier_accepts_every_program_well_inside_its_limit(loaded_dataplane):
+    """The XDP entry, the stages it tail-calls (the judge holds the ACL's search) and TC."""
     program = loaded_dataplane.program
-    counts = {name: verified_insns(fn.fd) for name, fn in (("xdp", program.xdp_fn), ("tc", program.tc_fn))}
+    counts = {fn.name: verified_insns(fn.fd) for fn in program.functions()}
+    assert {b"tg_xdp_ingress", b"tg_xdp_judge", b"tg_tc_ingress"} <= set(counts), counts
     assert all(0 < n <= VERIFIED_INSNS_MAX for n in counts.values()), counts
 
 

@@ -130,7 +130,8 @@ def test_status(d: Daemon) -> None:
 
 
 def test_attach_refusals(d: Daemon) -> None:
-    assert d.refused(1, "attach", IFNAME).startswith("tidegate: ALREADY_EXISTS: interface tgc0 is attached")
+    assert d.refused(1, "attach", IFNAME, "--mode", "generic").startswith(
+        "tidegate: ALREADY_EXISTS: interface tgc0 is attached")
     err = d.refused(1, "attach", "nope0")
     assert err.startswith("tidegate: NOT_FOUND: interface.name: ") and "nope0" in err
     assert d.refused(1, "detach", "nope0").startswith("tidegate: NOT_FOUND: interface nope0 is not attached")
@@ -343,3 +344,29 @@ def test_stop_detaches_and_removes_the_socket(daemon_on_veth) -> None:  # noqa: 
         err = d.refused(3, "status")
         assert err.startswith(f"tidegate: UNAVAILABLE: no daemon socket at {d.sock}")
         assert "tidegate serve" in err
+
+
+def test_attach_refuses_an_interface_another_xdp_program_holds(d: Daemon) -> None:
+    """docs/dataplane.md, "Other XDP programs": named (id, name, tag), left in place, unless
+    --replace; then the interface is Tidegate's."""
+    from dataplane.kernel.attach import attach_xdp, xdp_programs
+    from testbed.bench.programs import Noop
+
+    other, name = Noop(), "tgc8"
+    veth_pair(d.ns, name, d.ns, "tgc9")
+    try:
+        with d.ns.enter():
+            attach_xdp(name, other.fn, "native")
+            [held] = xdp_programs(name)
+        err = d.refused(1, "attach", name)
+        assert err.startswith("tidegate: FAILED_PRECONDITION: interface.name: ") and f"id {held.id}" in err
+        assert "'tg_bench_noop'" in err and held.tag.hex() in err
+        with d.ns.enter():
+            assert [p.id for p in xdp_programs(name)] == [held.id]
+        d.ok("attach", name, "--replace")
+        with d.ns.enter():
+            assert [p.name for p in xdp_programs(name)] == ["tg_xdp_ingress"]
+        d.ok("detach", name)
+    finally:
+        other.close()
+        d.ns.run(["ip", "link", "del", name], check=False)

@@ -56,6 +56,7 @@ class FakePlane:
     def __init__(self) -> None:
         self.acl, self.classifiers, self.maps = FakeTable(), FakeTable(), FakeMaps()
         self.xdp_mode: str | None = None
+        self.next_program: str | None = None
         self.detached = False
         self.foreign = False  # another's program is attached: verify() says so
         self.writes = 0
@@ -67,8 +68,11 @@ class FakePlane:
         if self.foreign:
             raise Mismatch("lo", ["the xdp program attached is not this daemon's (id 9, using maps 1-3)"])
 
-    def attach(self, mode: str) -> None:
+    def attach(self, mode: str, replace: bool = False) -> None:
         self.xdp_mode = "native" if mode == "auto" else mode
+
+    def set_next_program(self, path: str | None) -> None:
+        self.next_program = path
 
     def detach(self) -> None:
         self.detached = True
@@ -167,7 +171,7 @@ def test_a_mismatch_found_after_programming_puts_the_previous_state_back(reconci
     reconciler.restore(before)
 
     class Replaced(FakePlane):
-        def attach(self, mode: str) -> None:  # attached, and at once replaced by another's program
+        def attach(self, mode: str, replace: bool = False) -> None:  # attached, and at once replaced
             super().attach(mode)
             self.foreign = True
 

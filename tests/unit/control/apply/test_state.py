@@ -135,9 +135,10 @@ def test_a_damaged_record_before_good_ones_is_refused(tmp_path):
 
 
 def test_the_journal_is_compacted_into_the_snapshot(tmp_path):
-    store = StateStore(tmp_path, compact_min_bytes=1)  # no room: every edit is a snapshot
+    store = StateStore(tmp_path, compact_min_bytes=1)  # the journal may not outgrow the snapshot
     states = _journaled(store, _state(), _edits())
-    assert os.listdir(tmp_path) == [STATE_FILE]
+    journal = (tmp_path / JOURNAL_FILE).stat().st_size if (tmp_path / JOURNAL_FILE).exists() else 0
+    assert journal <= (tmp_path / STATE_FILE).stat().st_size  # (how many fit depends on the state's size)
     assert StateStore(tmp_path).load() == states[-1]
     snapshot = (tmp_path / STATE_FILE).stat().st_size
     store = StateStore(tmp_path, compact_min_bytes=1)  # the journal may grow to the snapshot's size

@@ -83,7 +83,7 @@ def test_acl_add_arguments() -> None:
     ["acl"],
     ["frobnicate"],
     ["acl", "add", "--id", "1"],                                    # --action is required
-    ["acl", "add", "--id", "1", "--action", "reject"],
+    ["acl", "add", "--id", "1", "--action", "drop"],
     ["acl", "add", "--id", "x", "--action", "allow"],
     ["acl", "add", "--id", "4294967296", "--action", "allow"],       # does not fit the proto
     ["acl", "add", "--id", "1", "--action", "allow", "--dport", "http"],

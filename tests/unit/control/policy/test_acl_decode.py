@@ -24,6 +24,7 @@ from control.policy.acl_table import AclTable
 from control.policy.models import AclRule, Policy, describe_errors
 from control.rpc import acl_wire, convert
 from control.rpc.api import pb2
+from dataplane import abi
 
 U32 = (1 << 32) - 1
 GOOD_PREFIXES = ["10.0.0.0/8", "192.0.2.0/24", "192.0.2.7/32", "0.0.0.0/0", "2001:db8::/32", "::/0",
@@ -71,7 +72,7 @@ def _rule(rng: random.Random, rule_id: int, bad: float) -> Any:
     if rng.random() < 0.5:
         r["priority"] = rng.choice([-1, U32 + 1, "high"]) if rng.random() < bad else rng.randrange(0, 5000)
     if rng.random() < 1 - bad / 2:
-        r["action"] = rng.choice(["reject", "ALLOW", 1] if rng.random() < bad else ["allow", "deny"])
+        r["action"] = rng.choice(["drop", "ALLOW", 1] if rng.random() < bad else ["allow", "deny", "reject"])
     if rng.random() < 0.8:
         r["match"] = _match(rng, bad)
     if rng.random() < 0.2:
@@ -147,7 +148,7 @@ def test_mappings_decode_as_the_models_validate(seed: int, bad: float) -> None:
 def test_every_field_is_checked_and_named_with_its_index() -> None:
     """One invalid value per field, each at its own index among valid rules."""
     cases = {
-        "id": {"id": 0}, "priority": {"priority": -1}, "action": {"action": "reject"},
+        "id": {"id": 0}, "priority": {"priority": -1}, "action": {"action": "drop"},
         "match.src": {"match": {"src": "10.0.0.1/8"}}, "match.dst": {"match": {"dst": "banana"}},
         "match.protocol": {"match": {"protocol": "gre"}},
         "match.dport.low": {"match": {"protocol": "tcp", "dport": {"low": -1, "high": 5}}},
@@ -197,7 +198,7 @@ def _message(rng: random.Random, rule_id: int, bad: float) -> pb2.AclRule:
         if rng.random() < 0.4:
             low = rng.randrange(70000) if rng.random() < bad else rng.randrange(65536)
             getattr(m, side).CopyFrom(pb2.PortRange(low=low, high=rng.choice([low, 65535, low + 5, 0])))
-    action = rng.choice([0, 1, 2, 9] if rng.random() < bad else [1, 2])
+    action = rng.choice([0, 1, 2, 9] if rng.random() < bad else [1, 2, 3])
     description = "x" * (300 if rng.random() < bad / 2 else rng.randrange(9))
     r = pb2.AclRule(id=0 if rng.random() < bad else rule_id, action=action, log=rng.random() < 0.2,
                     description=description, metrics=rng.random() < 0.2)
@@ -429,3 +430,18 @@ def test_priority_zero_is_kept_and_an_absent_one_is_the_default() -> None:
     assert zero.HasField("priority") and not absent.HasField("priority")
     table = acl_wire.table_from_messages([zero, absent])
     assert [(r.id, r.priority) for r in table] == [(1, 0), (2, 1000)]
+
+
+def test_reject_travels_every_bulk_path_as_the_record_action() -> None:
+    """A reject rule keeps its action through the columns (tg_action REJECT in the action column),
+    the packed wire form, the repeated messages and the state file."""
+    rules = [AclRule(id=1, action="reject", match={"protocol": "tcp", "dport": 22}),
+             AclRule(id=2, action="deny"), AclRule(id=3, action="allow")]
+    table = decode_dicts(rules)
+    assert table.whole().rules.action.tolist() == [abi.Action.REJECT, abi.Action.DENY, abi.Action.ALLOW]
+    packed = pb2.AclColumns.FromString(acl_wire.packed_from_table(table).SerializeToString())
+    assert list(packed.action) == [pb2.ACTION_REJECT, pb2.ACTION_DENY, pb2.ACTION_ALLOW]
+    for again in (acl_wire.table_from_packed(packed),
+                  acl_wire.table_from_messages(acl_wire.messages_from_table(table)),
+                  acl_snapshot.load(acl_snapshot.dump(table))):
+        assert [r.action for r in again] == ["reject", "deny", "allow"]

@@ -126,7 +126,9 @@ def _naive(state: DesiredState, op: str, arg: Any) -> dict[str, Any]:
     data = state.model_dump(mode="json")
     if op in ("attach", "detach"):
         names = [i["name"] for i in data["interfaces"]]
-        if op == "attach":
+        if op == "attach" and arg in names:
+            data["interfaces"][names.index(arg)] = {"name": arg}  # again in the same mode: an update
+        elif op == "attach":
             data["interfaces"].append({"name": arg})
         elif arg in names:
             data["interfaces"].pop(names.index(arg))
@@ -215,3 +217,11 @@ def test_replay_refuses_what_a_single_edit_refuses():
         edits.replay(_base(), [edits.Edit("delete_rule", 9)])
     with pytest.raises(AlreadyExists):
         edits.replay(_base(), [edits.Edit("add_rule", AclRule(id=1, action="allow"))])
+
+
+def test_attaching_again_in_the_same_mode_changes_next_program_only():
+    state = edits.attach(DesiredState(), Interface(name="eth0"))
+    state = edits.attach(state, Interface(name="eth0", next_program="/sys/fs/bpf/lb/xdp"))
+    assert [(i.name, i.next_program) for i in state.interfaces] == [("eth0", "/sys/fs/bpf/lb/xdp")]
+    with pytest.raises(AlreadyExists, match="detach it first to change the mode"):
+        edits.attach(state, Interface(name="eth0", mode="generic"))

@@ -121,7 +121,7 @@ INVALID_POLICIES = [
     ("negative priority", "acl: [{id: 1, priority: -1, action: deny}]",
      "acl[0].priority", "greater than or equal to 0"),
     ("rule without action", "acl: [{id: 1}]", "acl[0].action", "Field required"),
-    ("action reject", "acl: [{id: 1, action: reject}]", "acl[0].action", "'allow' or 'deny'"),
+    ("action drop", "acl: [{id: 1, action: drop}]", "acl[0].action", "'allow', 'deny' or 'reject'"),
     ("description of 257 characters", {"acl": [{"id": 1, "action": "deny", "description": "x" * 257}]},
      "acl[0].description", "at most 256 characters"),
     # unknown fields (extra="forbid") everywhere

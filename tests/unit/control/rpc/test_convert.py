@@ -316,7 +316,7 @@ INVALID_MESSAGES = [
      "acl[0].match.protocol_number", "256 is not an IP protocol"),
     ("action unspecified", pb2.Policy(acl=[pb2.AclRule(id=1)]), "acl[0].action", "Field required"),
     ("action number unknown to this version", pb2.Policy(acl=[_rule(action=7)]),
-     "acl[0].action", "'allow' or 'deny'"),
+     "acl[0].action", "'allow', 'deny' or 'reject'"),
     ("protocol enum number above 255", pb2.Policy(acl=[_rule(match=pb2.Match(protocol=300))]),
      "acl[0].match.protocol", "300 is not an IP protocol"),
     ("rule id 0 (unset)", pb2.Policy(acl=[_rule(id=0)]), "acl[0].id", "greater than or equal to 1"),
