@@ -40,7 +40,7 @@ CAPABILITIES: dict[Feature, bool] = {
     Feature.PROTOCOL_NUMBER: True,   # issue 11: Match.protocol as any number 0-255
     Feature.ICMP_TYPE: False,        # issue 14: ICMP/ICMPv6 type and code
     Feature.TCP_SYN: False,          # issue 14: TCP SYN without ACK
-    Feature.REJECT: False,           # issue 14: action reject
+    Feature.REJECT: True,            # issue 14: action reject (answered from XDP)
     Feature.ESTABLISHED: False,      # issue 14: Settings.allow_established
 }
 
@@ -64,6 +64,20 @@ EMITTERS: dict[Feature, Emitter | None] = {
 }
 # Actions beyond allow/deny: feature -> the models.AclRule action it needs.
 ACTIONS = {Feature.REJECT: "reject"}
+# What Tidegate's reject answers (docs/dataplane.md, "Reject"): a TCP RST to TCP, ICMP/ICMPv6
+# administratively prohibited to the rest. A REJECT asking for another answer still moves (the packet
+# is refused alike, at once) and the report says how the answer differs; only a TCP reset (which
+# netfilter allows on TCP rules alone) is answered exactly as asked.
+SAME_ANSWER = frozenset({"tcp-reset", "tcp reset"})
+REJECT_ANSWER_TEXT = ("answered from XDP with a TCP RST to TCP and ICMP/ICMPv6 administratively "
+                      "prohibited to the rest")
+
+
+def reject_note(detail: str) -> str:
+    """The report's note for a REJECT moved to XDP: "" when netfilter asked for Tidegate's answer."""
+    if detail.strip() in SAME_ANSWER:
+        return ""
+    return f"{REJECT_ANSWER_TEXT}; the rule asked for {detail.strip() or 'the default answer'}"
 
 
 class NotExpressible(Exception):

@@ -208,10 +208,22 @@ class _Translator:
             for family in families or [stage.chain.families[0]]:
                 sub = _only_family(flat, family)
                 domain = self.domains[(section, family)]
+                if sub.target.kind is Kind.REJECT and section == "local" and domain is None:
+                    domain = self._answered(family)
                 if isinstance(domain, str):
                     self._copy(sub, Copy(Status.KEPT, domain))
                     continue
                 self._flat(index, section, sub, domain)
+
+    def _answered(self, family: int) -> list[Box] | str:
+        """Where a REJECT of INPUT answers when the family does not forward: this host's own
+        destinations. The stack drops the rest without a word, so a DROP may cover all of it
+        (domain None), a reject may not: XDP would answer packets netfilter never saw."""
+        local = self.host.local[family]
+        if not local:
+            return (f"no local IPv{family} address is known (--local): a reject here would answer "
+                    "packets the stack drops silently")
+        return [Box(family, dst=local)]
 
     def _flat(self, index: int, section: str, flat: FlatRule, domain: list[Box] | None) -> None:
         if flat.implicit == POLICY and flat.target.kind is Kind.ACCEPT:
@@ -309,7 +321,8 @@ class _Translator:
         else:
             # netfilter's copy can say "not from IF" (! -i IF) for one attach interface
             removable = not flat.implicit and len(self.host.interfaces) == 1
-            copy = Copy(Status.MOVED, "", removable=removable, scope=scope)
+            note = cap.reject_note(flat.target.detail or "") if action == "reject" else ""
+            copy = Copy(Status.MOVED, note, removable=removable, scope=scope)
         self._emit(Entry(action, matches, _describe(flat), copy, catch_all=_is_catch_all(flat, emit),
                          region=emit.exact), flat)
 

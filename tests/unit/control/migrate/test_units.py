@@ -161,3 +161,24 @@ def test_enabling_a_feature_moves_the_rules_that_needed_it() -> None:
     dns = {"protocol": "udp", "sport": {"low": 53, "high": 53}, "src": "0.0.0.0/0"}
     assert on.entries[0].matches == [dns]
     assert on.entries[1].matches == [{"protocol": 47, "src": "0.0.0.0/0"}]
+
+
+def test_reject_moves_as_reject_and_says_how_the_answer_differs() -> None:
+    """REJECT moves onto the data plane's reject (issue 14): a tcp-reset is answered as asked, any
+    other answer is refused alike and the report says what Tidegate sends instead. Off, it is kept."""
+    from control.migrate import host, iptables, translate
+
+    text = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A INPUT -p tcp -m tcp --dport 23 -j REJECT --reject-with tcp-reset\n"
+            "-A INPUT -p udp -m udp --dport 69 -j REJECT\nCOMMIT\n")
+    facts = host.Host(("eth0",), host.local_from_prefixes(["10.0.0.1"]), {4: False, 6: False})
+    on = translate.translate(iptables.parse(text, 4), facts, translate.Options(capabilities=CAPABILITIES))
+    assert [str(f.status) for f in on.fates] == ["moved", "moved"]
+    assert [e.action for e in on.entries] == ["reject", "reject"]
+    assert on.fates[0].reason == ""
+    assert "administratively prohibited" in on.fates[1].reason
+    assert "icmp-port-unreachable" in on.fates[1].reason
+    off = translate.translate(iptables.parse(text, 4), facts,
+                              translate.Options(capabilities={**CAPABILITIES, Feature.REJECT: False}))
+    assert [str(f.status) for f in off.fates] == ["kept", "kept"]
+    assert all("reject" in f.reason for f in off.fates)
