@@ -27,10 +27,12 @@ def _net(value: str | Network | None) -> Network | None:
 
 def acl_rule(rule_id: int, priority: int, action: str = "deny", src: Any = None, dst: Any = None,
              proto: int | None = None, dport: tuple[int, int] | None = None, log: bool = False,
+             icmp_type: int | None = None, icmp_code: int | None = None, syn: bool = False,
              sport: tuple[int, int] | None = None) -> MatchRule:
     """One ACL rule; action is "allow", "deny" or "reject"."""
     return MatchRule(rule_id=rule_id, priority=priority, src=_net(src), dst=_net(dst), proto=proto,
-                     dport=dport, payload=_acl_payload(action, log), sport=sport)
+                     dport=dport, payload=_acl_payload(action, log), sport=sport, icmp_type=icmp_type,
+                     icmp_code=icmp_code, syn=syn)
 
 
 @cache
@@ -41,11 +43,13 @@ def _acl_payload(action: str, log: bool) -> tuple[int, int]:
 
 def classifier(classifier_id: int, priority: int, mark: int, src: Any = None, dst: Any = None,
                proto: int | None = None, dport: tuple[int, int] | None = None,
+               icmp_type: int | None = None, icmp_code: int | None = None, syn: bool = False,
                sport: tuple[int, int] | None = None) -> MatchRule:
     if not 0 < mark <= 0xFFFFFFFF:
         raise ValueError(f"classifier {classifier_id}: mark must be 1..2^32-1 (0 means unmarked), got {mark}")
     return MatchRule(rule_id=classifier_id, priority=priority, src=_net(src), dst=_net(dst), proto=proto,
-                     dport=dport, payload=mark, sport=sport)
+                     dport=dport, payload=mark, sport=sport, icmp_type=icmp_type, icmp_code=icmp_code,
+                     syn=syn)
 
 
 def acl_capacity(caps: Capacities) -> MatchCapacity:

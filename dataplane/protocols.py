@@ -16,3 +16,6 @@ NUMBERS: dict[str, int] = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6"
 NAMES: dict[int, str] = {number: name for name, number in NUMBERS.items()}
 NUMBER_MAX = 255  # the IPv4 protocol field and the IPv6 next header are one byte
 PORTED = frozenset({"tcp", "udp", "sctp"})  # their destination port is read (and matched)
+ICMP = frozenset({"icmp", "icmpv6"})  # their type and code are read (and matched)
+ICMP_NUMBERS = frozenset(NUMBERS[name] for name in ICMP)
+TCP = NUMBERS["tcp"]  # its flags are read (a rule's `syn`)

@@ -42,13 +42,14 @@ from control.policy.acl_table import (
     AclTable,
     Block,
 )
-from dataplane.match.columns import PORT_ANY, SCHEMA
+from dataplane.match.columns import ICMP_FIELDS, PORT_ANY, SCHEMA
 
 FORMAT = "columns/1"
 ERRORS_SHOWN = 5
 _EXTRA = (("given", np.uint8, ()), ("seq", np.uint64, ()), ("metrics", np.bool_, ()))
-# Columns a file may lack (written before they existed): all zero then.
-_OPTIONAL = frozenset({"mark"})
+# Columns a file may lack (written before they existed): all zero then (no mark; any ICMP type
+# and code, any TCP flags).
+_OPTIONAL = frozenset({"mark", "has_icmp_type", "icmp_type", "has_icmp_code", "icmp_code", "syn"})
 _GIVEN = {"src": GIVEN_SRC, "dst": GIVEN_DST, "sport": GIVEN_SPORT, "dport": GIVEN_DPORT}
 
 
@@ -137,6 +138,9 @@ def _checked(a: dict[str, Any], descriptions: list[str]) -> AclTable:
         raw.ports[side] = (has, low, high)
         problems += [f"acl row {r}: {side} is not given but not 0-65535" for r in
                      np.flatnonzero(~has & ((low != PORT_ANY[0]) | (high != PORT_ANY[1]))).tolist()]
+    for name in ICMP_FIELDS:
+        raw.icmp[name] = (a[f"has_{name}"].copy(), a[name].astype(np.int64))
+    raw.syn = a["syn"].copy()
     src, dst = (addresses_from_columns((given & _GIVEN[side]) != 0, a["family"], a[f"{side}_addr"],
                                        a[f"{side}_len"], side) for side in ("src", "dst"))
     problems += [f"acl row {row}: {name or 'acl'}: {message}" for row, name, message in check(raw, src, dst)]

@@ -8,7 +8,7 @@
     status                                health, policy generation, interfaces
     acl add --id N [--priority P] --action allow|deny|reject [--src PREFIX] [--dst PREFIX]
             [--protocol tcp|udp|sctp|icmp|icmpv6|0-255] [--sport 53|1024-65535] [--dport 80|80-90]
-            [--log] [--metrics] [--description TEXT]
+            [--icmp-type 0-255] [--icmp-code 0-255] [--syn] [--log] [--metrics] [--description TEXT]
     acl del ID | acl list
     policy apply -f FILE [--dry-run] [--expected-generation N]    FILE: YAML or JSON, '-' = stdin
     policy show                           YAML (the model's JSON with -j)
@@ -130,6 +130,10 @@ def cmd_acl_add(args: argparse.Namespace, rpc: Rpc) -> Out:
         ports_given = getattr(args, side)
         if ports_given is not None:
             getattr(match, side).CopyFrom(pb2.PortRange(low=ports_given[0], high=ports_given[1]))
+    for field in ("icmp_type", "icmp_code"):
+        if getattr(args, field) is not None:
+            setattr(match, field, getattr(args, field))
+    match.syn = args.syn
     rule = pb2.AclRule(id=args.id, action=pb2.Action.Value(f"ACTION_{args.action.upper()}"), match=match,
                        log=args.log, metrics=args.metrics, description=args.description)
     if args.priority is not None:
@@ -247,6 +251,11 @@ def _policy_commands(commands: Commands) -> None:
                    help=f"{', '.join(protocols.NUMBERS)}, or an IP protocol number (47 GRE, 50 ESP, ...)")
     p.add_argument("--sport", type=ports, metavar="PORT[-PORT]", help="source port or range")
     p.add_argument("--dport", type=ports, metavar="PORT[-PORT]", help="destination port or range")
+    p.add_argument("--icmp-type", type=u32, metavar="TYPE",
+                   help="ICMP/ICMPv6 type, 0-255 (8 echo request; ICMPv6: 128); needs --protocol icmp|icmpv6")
+    p.add_argument("--icmp-code", type=u32, metavar="CODE", help="ICMP/ICMPv6 code, 0-255")
+    p.add_argument("--syn", action="store_true",
+                   help="only TCP opening a connection (SYN without ACK, RST, FIN); needs --protocol tcp")
     p.add_argument("--log", action="store_true", help="also report allowed matches as events")
     p.add_argument("--metrics", action="store_true",
                    help="export the rule's counters on the metrics endpoint (tidegate_acl_rule_*)")

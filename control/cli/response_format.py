@@ -120,16 +120,23 @@ def rules_data(msg: pb2.ListAclRulesResponse) -> Data:
     return {"generation": msg.generation, "acl": [_dump(convert.acl_rule_from_proto(r)) for r in msg.rules]}
 
 
+def _l4_cell(m: Match) -> str:
+    """ICMP type/code and SYN as one cell: "type 8 code 0", "code 4", "syn"; empty: any."""
+    parts = [f"{name} {value}" for name, value in (("type", m.icmp_type), ("code", m.icmp_code))
+             if value is not None]
+    return " ".join([*parts, "syn"] if m.syn else parts)
+
+
 def _match_cells(m: Match) -> list[object]:
     protocol = "any" if m.protocol is None else m.protocol
-    return [m.src or "any", m.dst or "any", protocol, m.sport, m.dport]
+    return [m.src or "any", m.dst or "any", protocol, m.sport, m.dport, _l4_cell(m)]
 
 
 def rules_text(data: Data) -> str:
     rules = [AclRule.model_validate(r) for r in data["acl"]]
     if not rules:
         return f"no ACL rules (generation {data['generation']})"
-    return table(["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "SPORT", "DPORT", "LOG", "METRICS",
+    return table(["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "SPORT", "DPORT", "L4", "LOG", "METRICS",
                   "DESCRIPTION"],
                  [(r.id, r.priority, r.action, *_match_cells(r.match), r.log, r.metrics, r.description)
                   for r in rules])
@@ -168,7 +175,7 @@ def chains_text(data: Data) -> str:
             hops = ", ".join(_nexthop(h.via, h.dev) for h in leg.nexthops)
             rows.append((c.name, c.priority, name, ",".join(leg.interfaces), *_match_cells(leg.match),
                          f"{leg.mark:#x}", leg.table, hops))
-    return table(["CHAIN", "PRIO", "LEG", "INTERFACES", "SRC", "DST", "PROTO", "SPORT", "DPORT", "MARK",
+    return table(["CHAIN", "PRIO", "LEG", "INTERFACES", "SRC", "DST", "PROTO", "SPORT", "DPORT", "L4", "MARK",
                   "TABLE", "NEXTHOPS"], rows)
 
 

@@ -3,7 +3,8 @@
 The translator asks this module one question per rule: "write these packets (a list of boxes)
 as Tidegate matches, or say which feature is missing". The baseline is what control.policy.models
 holds: one source prefix, one destination prefix, a protocol (a name or any number 0-255),
-one source and one destination port range per rule, actions allow and deny, a default action.
+one source and one destination port range per rule, an ICMP/ICMPv6 type and code, TCP SYN
+(iptables' --syn: SYN set, ACK, RST and FIN clear), actions allow and deny, a default action.
 Every other feature has a row in CAPABILITIES and an emitter slot in EMITTERS: when the model
 gains the field, enabling it is that row set to True plus its emitter. Until then a rule needing
 it stays in netfilter with the reason "not yet supported by Tidegate: <feature>".
@@ -18,7 +19,7 @@ from typing import Any
 
 from control.migrate import intervals as iv
 from control.migrate import names
-from control.migrate.ir import Box
+from control.migrate.ir import FLAGS_TOP, ICMP_TOP, Box
 from dataplane import protocols
 
 NAMED_PROTOCOLS = protocols.NAMES
@@ -38,8 +39,8 @@ class Feature(StrEnum):
 CAPABILITIES: dict[Feature, bool] = {
     Feature.SPORT: True,             # issue 11: Match.sport (the classifier matches source ports)
     Feature.PROTOCOL_NUMBER: True,   # issue 11: Match.protocol as any number 0-255
-    Feature.ICMP_TYPE: False,        # issue 14: ICMP/ICMPv6 type and code
-    Feature.TCP_SYN: False,          # issue 14: TCP SYN without ACK
+    Feature.ICMP_TYPE: True,         # issue 14: Match.icmp_type and icmp_code
+    Feature.TCP_SYN: True,           # issue 14: Match.syn (SYN set; ACK, RST, FIN clear)
     Feature.REJECT: True,            # issue 14: action reject (answered from XDP)
     Feature.ESTABLISHED: False,      # issue 14: Settings.allow_established
 }
@@ -56,11 +57,46 @@ def _protocol_number(values: iv.Ivs, proto: int) -> list[Fragment]:
     return [{"protocol": number} for low, high in values for number in range(low, high + 1)]
 
 
+CODES = 256  # codes per ICMP type: a Box's icmp values are (type << 8) | code
+
+
+def _icmp_type(values: iv.Ivs, proto: int) -> list[Fragment]:
+    """(type << 8 | code) ranges -> a match per whole type (every code), and per (type, code)
+    pair of a type only partly covered."""
+    if iv.is_full(values, ICMP_TOP):
+        return [{}]
+    out: list[Fragment] = []
+    for low, high in values:
+        value = low
+        while value <= high:
+            kind, code = divmod(value, CODES)
+            if code == 0 and value + CODES - 1 <= high:
+                out.append({"icmp_type": kind})
+                value += CODES
+            else:
+                out.append({"icmp_type": kind, "icmp_code": code})
+                value += 1
+    return out
+
+
+# The flag bytes Match.syn selects: SYN set, FIN, RST and ACK clear, the other four bits any.
+SYN_FLAGS: iv.Ivs = iv.normalize((b, b) for b in range(FLAGS_TOP + 1) if b & 0x17 == 0x02)
+
+
+def _tcp_syn(values: iv.Ivs, proto: int) -> list[Fragment]:
+    if iv.is_full(values, FLAGS_TOP):
+        return [{}]
+    if values == SYN_FLAGS:
+        return [{"syn": True}]
+    raise NotExpressible("TCP flags other than a connection opening (--syn: SYN set, ACK, RST and FIN "
+                         "clear); Tidegate matches those only")
+
+
 EMITTERS: dict[Feature, Emitter | None] = {
     Feature.SPORT: _sport,
     Feature.PROTOCOL_NUMBER: _protocol_number,
-    Feature.ICMP_TYPE: None,
-    Feature.TCP_SYN: None,
+    Feature.ICMP_TYPE: _icmp_type,
+    Feature.TCP_SYN: _tcp_syn,
 }
 # Actions beyond allow/deny: feature -> the models.AclRule action it needs.
 ACTIONS = {Feature.REJECT: "reject"}

@@ -37,6 +37,7 @@ from control.policy.acl_table import (
     Block,
 )
 from control.policy.rule_model import (
+    ICMP_FIELD_MAX,
     PORT_MAX,
     PORT_PROTOCOL_NUMBERS,
     PROTOCOL_NAMES,
@@ -45,9 +46,12 @@ from control.policy.rule_model import (
     Network,
     PortRange,
     describe_errors,
+    icmp_error,
     ports_error,
+    syn_error,
 )
-from dataplane.match.columns import ADDR_BYTES, PORT_ANY, SCHEMA, RuleColumns
+from dataplane import protocols
+from dataplane.match.columns import ADDR_BYTES, ICMP_FIELDS, PORT_ANY, SCHEMA, RuleColumns
 
 I64 = npt.NDArray[np.int64]
 # RawRules.action: 1.. are ACTIONS in order (and the proto Action numbers), 0 unset
@@ -55,11 +59,12 @@ ACTION_MISSING, ACTION_ALLOW, ACTION_DENY, ACTION_REJECT, ACTION_INVALID = 0, 1,
 PROTO_ANY, PROTO_BAD = -1, -2  # RawRules.protocol besides the numbers 0-255
 SIDES = ("src", "dst")
 PORTS = ("dport", "sport")
+ICMP_NUMBERS = sorted(protocols.ICMP_NUMBERS)
 # Where each field's errors come within a rule: the models' field order.
 RANK = {"id": 0, "priority": 1, "action": 2, "match.src": 3, "match.dst": 4, "match.protocol": 5,
         "match.protocol_number": 5, "match.dport.low": 6, "match.dport.high": 7, "match.dport": 8,
-        "match.sport.low": 9, "match.sport.high": 10, "match.sport": 11, "match": 12, "log": 13,
-        "description": 14, "metrics": 15}
+        "match.sport.low": 9, "match.sport.high": 10, "match.sport": 11, "match.icmp_type": 12,
+        "match.icmp_code": 13, "match.syn": 14, "match": 15, "log": 16, "description": 17, "metrics": 18}
 
 
 def _model_message(data: dict[str, Any], path: str) -> str:
@@ -73,6 +78,7 @@ def _model_message(data: dict[str, Any], path: str) -> str:
 
 _RULE = {"id": 1, "action": "deny"}
 _TCP = {"protocol": "tcp"}
+_ICMP = {"protocol": "icmp"}
 MSG = {
     ("id", "low"): _model_message({**_RULE, "id": 0}, "id"),
     ("id", "high"): _model_message({**_RULE, "id": U32_MAX + 1}, "id"),
@@ -82,6 +88,9 @@ MSG = {
     ("action", "invalid"): _model_message({**_RULE, "action": "x"}, "action"),
     ("port", "low"): _model_message({**_RULE, "match": {**_TCP, "dport": -1}}, "match.dport.low"),
     ("port", "high"): _model_message({**_RULE, "match": {**_TCP, "dport": PORT_MAX + 1}}, "match.dport.low"),
+    ("icmp", "low"): _model_message({**_RULE, "match": {**_ICMP, "icmp_type": -1}}, "match.icmp_type"),
+    ("icmp", "high"): _model_message({**_RULE, "match": {**_ICMP, "icmp_type": ICMP_FIELD_MAX + 1}},
+                                     "match.icmp_type"),
     ("description", "long"): _model_message({**_RULE, "description": "x" * 257}, "description"),
 }
 DESCRIPTION_MAX = AclRule.model_fields["description"].metadata[0].max_length
@@ -101,6 +110,8 @@ class RawRules:
     dst: list[str | None]
     protocol: I64  # 0-255, PROTO_ANY, or PROTO_BAD (its message in `notes`)
     ports: dict[str, tuple[npt.NDArray[np.bool_], I64, I64]]  # "dport" -> (given, low, high)
+    icmp: dict[str, tuple[npt.NDArray[np.bool_], I64]]  # "icmp_type" -> (given, value)
+    syn: npt.NDArray[np.bool_]
     # Errors found while decoding, by (row, field): a protocol or a port text that is not one.
     notes: dict[tuple[int, str], str] = field(default_factory=dict)
     # Rules the AclRule model judged (odd shapes) and refused: row -> [(field, message)].
@@ -115,7 +126,8 @@ class RawRules:
                    np.zeros(n, bool), [""] * n, np.zeros(n, bool), [None] * n, [None] * n,
                    np.full(n, PROTO_ANY, np.int64),
                    {p: (np.zeros(n, bool), np.zeros(n, np.int64), np.full(n, PORT_MAX, np.int64))
-                    for p in PORTS})
+                    for p in PORTS},
+                   {f: (np.zeros(n, bool), np.zeros(n, np.int64)) for f in ICMP_FIELDS}, np.zeros(n, bool))
 
 
 @dataclass
@@ -301,6 +313,24 @@ def _check_ports(errors: _Errors, raw: RawRules, side: str, proto_ok: npt.NDArra
     return out_of_range | reversed_ | refused
 
 
+def _check_l4(errors: _Errors, raw: RawRules, proto_ok: npt.NDArray[np.bool_]) -> Any:
+    """Flags ICMP types/codes and SYN out of range or without their protocol; returns the mask of
+    rules with an error there."""
+    bad = np.zeros(len(raw), bool)
+    icmp = np.isin(raw.protocol, ICMP_NUMBERS)
+    for name in ICMP_FIELDS:
+        given, value = raw.icmp[name]
+        ok = _range(errors, value, f"match.{name}", 0, ICMP_FIELD_MAX, "icmp", given)
+        refused = given & ok & proto_ok & ~icmp
+        for r in np.flatnonzero(refused).tolist():
+            protocol = _protocol_text(int(raw.protocol[r]))
+            errors.note(r, f"match.{name}", icmp_error(name, int(value[r]), protocol))
+        bad |= (given & ~ok) | refused
+    refused = raw.syn & proto_ok & (raw.protocol != protocols.TCP)
+    errors.add(refused, "match.syn", lambda r: syn_error(_protocol_text(int(raw.protocol[r]))))
+    return bad | refused
+
+
 def check(raw: RawRules, src: Addresses, dst: Addresses) -> list[tuple[int | None, str, str]]:
     """Every error of the rules, in rule order and the models' field order within a rule."""
     n = len(raw)
@@ -320,6 +350,7 @@ def check(raw: RawRules, src: Addresses, dst: Addresses) -> list[tuple[int | Non
     proto_ok = raw.protocol != PROTO_BAD
     for side in PORTS:
         match_bad |= _check_ports(errors, raw, side, proto_ok)
+    match_bad |= _check_l4(errors, raw, proto_ok)
     mixed = ~match_bad & src.given & dst.given & (src.version != dst.version)
     errors.add(mixed, "match", lambda r: f"src {src.text(r)} and dst {dst.text(r)} are of different IP "
                                          "families: such a rule can never match")
@@ -369,6 +400,11 @@ def block(raw: RawRules, src: Addresses, dst: Addresses) -> Block:
         cols[f"{side}_lo"][:] = np.where(ports_given, low, PORT_ANY[0])
         cols[f"{side}_hi"][:] = np.where(ports_given, high, PORT_ANY[1])
         given |= np.where(ports_given, bit, 0).astype(np.uint8)
+    for name in ICMP_FIELDS:
+        icmp_given, value = raw.icmp[name]
+        cols[f"has_{name}"][:] = icmp_given
+        cols[name][:] = np.where(icmp_given, value, 0)
+    cols["syn"][:] = raw.syn
     description = np.empty(n, dtype=object)
     description[:] = raw.description
     return Block(RuleColumns(**cols), given, np.arange(n, dtype=np.uint64), description, raw.metrics.copy())

@@ -36,6 +36,7 @@ from control.policy.rule_model import (
     port_range,
     protocol_error,
 )
+from dataplane.match.columns import ICMP_FIELDS
 
 RULE_KEYS = frozenset(AclRule.model_fields)
 MATCH_KEYS = frozenset(AclRule.model_fields["match"].annotation.model_fields)  # type: ignore[union-attr]
@@ -115,6 +116,14 @@ def _read_mapping(raw: RawRules, row: int, d: object) -> None:
     raw.protocol[row] = _protocol_number(raw, row, match.get("protocol"))
     for side in PORTS:
         _ports(raw, row, side, match.get(side))
+    for name in ICMP_FIELDS:
+        if match.get(name) is not None:
+            given, values = raw.icmp[name]
+            given[row], values[row] = True, _int(match[name])
+    syn = match.get("syn", False)
+    if type(syn) is not bool:
+        raise _Odd
+    raw.syn[row] = syn
 
 
 def _read_model(raw: RawRules, row: int, rule: AclRule) -> None:
@@ -131,6 +140,12 @@ def _read_model(raw: RawRules, row: int, rule: AclRule) -> None:
         if ports is not None:
             given, lows, highs = raw.ports[side]
             given[row], lows[row], highs[row] = True, ports.low, ports.high
+    for name in ICMP_FIELDS:
+        value = getattr(m, name)
+        if value is not None:
+            given, values = raw.icmp[name]
+            given[row], values[row] = True, value
+    raw.syn[row] = m.syn
 
 
 def raw_from_dicts(items: Sequence[Any]) -> RawRules:
@@ -164,6 +179,9 @@ def _neutral(raw: RawRules, row: int) -> None:
     raw.protocol[row] = PROTO_ANY
     for side in PORTS:
         raw.ports[side][0][row] = False
+    for name in ICMP_FIELDS:
+        raw.icmp[name][0][row] = False
+    raw.syn[row] = False
 
 
 def decode_dicts(items: Sequence[Any]) -> AclTable:

@@ -285,6 +285,10 @@ def block_of(rules: Sequence[AclRule], seq_start: int = 0) -> Block:
             low, high = PORT_ANY if ports is None else (ports.low, ports.high)
             given[i] |= bit if ports is not None else 0
             cols[f"{side}_lo"][i], cols[f"{side}_hi"][i] = low, high
+        for name in ("icmp_type", "icmp_code"):
+            value = getattr(m, name)
+            cols[f"has_{name}"][i], cols[name][i] = value is not None, value or 0
+        cols["syn"][i] = m.syn
     description = np.empty(n, dtype=object)
     description[:] = [r.description for r in rules]
     seq = np.arange(seq_start, seq_start + n, dtype=np.uint64)
@@ -318,6 +322,9 @@ def rules_of(block: Block, rows: Sequence[int] | npt.NDArray[np.intp]) -> list[A
         for side, bit in (("dport", GIVEN_DPORT), ("sport", GIVEN_SPORT)):
             match[side] = (PortRange.model_construct(low=int(columns[f"{side}_lo"][i]),
                                                      high=int(columns[f"{side}_hi"][i])) if g & bit else None)
+        for name in ("icmp_type", "icmp_code"):
+            match[name] = int(columns[name][i]) if columns[f"has_{name}"][i] else None
+        match["syn"] = bool(columns["syn"][i])
         order = int(columns["order"][i])
         out.append(AclRule.model_construct(
             id=int(columns["rule_id"][i]), priority=order >> 32, action=_ACTION_OF[int(columns["action"][i])],

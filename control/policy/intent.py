@@ -54,7 +54,8 @@ def leg_classifiers(chains: list[ServiceChain], ifname: str) -> tuple[list[Match
 def _leg_rule(cid: int, priority: int, leg: Leg, where: str) -> MatchRule:
     m = leg.match
     return classifier(cid, priority, leg.mark, src=m.src, dst=m.dst, proto=m.protocol_number,
-                      dport=_ports(m.dport), sport=_ports(m.sport))
+                      dport=_ports(m.dport), sport=_ports(m.sport), icmp_type=m.icmp_type,
+                      icmp_code=m.icmp_code, syn=m.syn)
 
 
 def _ports(ports: PortRange | None) -> tuple[int, int] | None:

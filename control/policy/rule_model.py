@@ -41,6 +41,8 @@ PROTOCOL_MAX = protocols.NUMBER_MAX
 PORT_PROTOCOLS = protocols.PORTED
 PORT_PROTOCOL_NUMBERS = frozenset(PROTOCOLS[p] for p in PORT_PROTOCOLS)
 PORTS_ANY = (0, PORT_MAX)
+ICMP_PROTOCOLS = protocols.ICMP
+ICMP_FIELD_MAX = 255  # an ICMP/ICMPv6 type or code is one byte
 _NAMES = ", ".join(PROTOCOLS)
 _PORTED_NAMES = [name for name in PROTOCOLS if name in PORT_PROTOCOLS]
 _PORTED_TEXT = f"{', '.join(_PORTED_NAMES[:-1])} or {_PORTED_NAMES[-1]}"
@@ -236,14 +238,35 @@ def ports_error(field: str, ports: PortRange, protocol: str | int | None) -> str
     return f"{field} {ports} needs protocol {_PORTED_TEXT} ({got}): name one, or leave {field} out"
 
 
+def icmp_error(field: str, value: int, protocol: str | int | None) -> str:
+    """An ICMP type or code needs protocol icmp or icmpv6."""
+    named = f"protocol {protocol}" if isinstance(protocol, int) else protocol
+    got = "the rule names none" if protocol is None else f"{named} has no ICMP header"
+    return f"{field} {value} needs protocol icmp or icmpv6 ({got}): name one, or leave {field} out"
+
+
+def syn_error(protocol: str | int | None) -> str:
+    named = f"protocol {protocol}" if isinstance(protocol, int) else protocol
+    got = "the rule names none" if protocol is None else f"{named} has no TCP flags"
+    return f"syn needs protocol tcp ({got}): name it, or leave syn out"
+
+
 class Match(Model):
-    """What a rule or a chain selects. Omitted fields match anything."""
+    """What a rule or a chain selects. Omitted fields match anything.
+
+    icmp_type, icmp_code: an ICMP (protocol icmp) or ICMPv6 (icmpv6) message's type and code,
+    0-255 each, either or both. syn: TCP packets that open a connection (SYN set, ACK, RST and FIN
+    clear: iptables' --syn). A later fragment carries no transport header, so it never matches a
+    rule with any of the three (nor one with ports)."""
 
     src: Network | None = None
     dst: Network | None = None
     protocol: ProtocolSpec | None = None
     dport: Ports | None = None
     sport: Ports | None = None
+    icmp_type: int | None = Field(default=None, ge=0, le=ICMP_FIELD_MAX)
+    icmp_code: int | None = Field(default=None, ge=0, le=ICMP_FIELD_MAX)
+    syn: bool = False
 
     @field_validator("dport", "sport")
     @classmethod
@@ -256,6 +279,23 @@ class Match(Model):
         if protocol not in PORT_PROTOCOLS:
             raise ValueError(ports_error(str(info.field_name), ports, protocol))
         return ports
+
+    @field_validator("icmp_type", "icmp_code")
+    @classmethod
+    def _icmp_protocol(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None or "protocol" not in info.data:
+            return value
+        protocol = info.data["protocol"]
+        if protocol not in ICMP_PROTOCOLS:
+            raise ValueError(icmp_error(str(info.field_name), value, protocol))
+        return value
+
+    @field_validator("syn")
+    @classmethod
+    def _syn_protocol(cls, syn: bool, info: ValidationInfo) -> bool:
+        if syn and "protocol" in info.data and info.data["protocol"] != "tcp":
+            raise ValueError(syn_error(info.data["protocol"]))
+        return syn
 
     @model_validator(mode="after")
     def _consistent(self) -> Match:

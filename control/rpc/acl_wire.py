@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from control.policy.acl_decode import (
     ACTION_INVALID,
+    ICMP_FIELDS,
     PORTS,
     PROTO_ANY,
     PROTO_BAD,
@@ -57,6 +58,7 @@ _ACTION_OF_VALUE = {int(v): pb2.Action.Value(f"ACTION_{a.upper()}") for v, a in 
                                                                                       strict=True)}
 PACKED_NO_PREFIX = 255  # AclColumns.src_len / dst_len: the rule names no such prefix
 PACKED_PROTO_ANY = 256  # AclColumns.protocol: any protocol
+PACKED_ICMP_ANY = 256  # AclColumns.icmp_type / icmp_code: any
 
 
 def _ints(values: Any, n: int) -> npt.NDArray[np.int64]:
@@ -109,6 +111,13 @@ def raw_from_messages(acl: Sequence[Any]) -> RawRules:
         given[rows] = True
         low[rows] = _ints(map(_LOW, ranges), len(rows))
         high[rows] = _ints(map(_HIGH, ranges), len(rows))
+    for name in ICMP_FIELDS:
+        has = np.fromiter(map(methodcaller("HasField", name), matches), bool, n)
+        rows = np.flatnonzero(has)
+        given, values = raw.icmp[name]
+        given[rows] = True
+        values[rows] = _ints((getattr(matches[r], name) for r in rows.tolist()), len(rows))
+    raw.syn = np.fromiter(map(attrgetter("syn"), matches), bool, n)
     return raw
 
 
@@ -140,6 +149,9 @@ def messages_from_table(table: AclTable) -> list[Any]:
     logs = (r.flags[rows] & FLAG_LOG).astype(bool).tolist()
     descriptions = whole.description[rows].tolist()
     metrics = whole.metrics[rows].tolist()
+    icmp = {name: (getattr(r, f"has_{name}")[rows].tolist(), getattr(r, name)[rows].tolist())
+            for name in ICMP_FIELDS}
+    syn = r.syn[rows].tolist()
     out = []
     for i in range(len(rows)):
         match = pb2.Match(src=texts["src"][i], dst=texts["dst"][i])
@@ -148,6 +160,10 @@ def messages_from_table(table: AclTable) -> list[Any]:
         for side, bit in (("dport", GIVEN_DPORT), ("sport", GIVEN_SPORT)):
             if given[i] & bit:
                 getattr(match, side).CopyFrom(pb2.PortRange(low=ports[side][0][i], high=ports[side][1][i]))
+        for name, (has, values) in icmp.items():
+            if has[i]:
+                setattr(match, name, values[i])
+        match.syn = syn[i]
         out.append(pb2.AclRule(id=order[i] & 0xFFFFFFFF, priority=order[i] >> 32, action=actions[i],
                                match=match, log=logs[i], description=descriptions[i], metrics=metrics[i]))
     return out
@@ -167,7 +183,8 @@ _PACKED_PATHS = {"id": "id", "priority": "priority", "action": "action", "match.
                  "match.dport.low": "dport_low", "match.dport.high": "dport_high", "match.dport": "dport_low",
                  "match.sport.low": "sport_low", "match.sport.high": "sport_high", "match.sport": "sport_low",
                  "match": "family", "log": "log", "description": "description",
-                 "metrics": "metrics"}
+                 "metrics": "metrics", "match.icmp_type": "icmp_type", "match.icmp_code": "icmp_code",
+                 "match.syn": "syn"}
 
 
 class PackedErrors(ValueError):
@@ -234,6 +251,14 @@ def table_from_packed(msg: Any) -> AclTable:
         low = _column(msg, f"{side}_low", n, PORT_ANY[0], errors)
         high = _column(msg, f"{side}_high", n, PORT_ANY[1], errors)
         raw.ports[side] = ((low != PORT_ANY[0]) | (high != PORT_ANY[1]), low, high)
+    for name in ICMP_FIELDS:
+        values = _column(msg, name, n, PACKED_ICMP_ANY, errors)
+        given = values != PACKED_ICMP_ANY
+        for r in np.flatnonzero(values > PACKED_ICMP_ANY).tolist():
+            errors.append((f"{name}[{r}]", f"{values[r]} is not an ICMP {name.removeprefix('icmp_')} 0-255 "
+                                           "(or 256: any)"))
+        raw.icmp[name] = (given, np.where(given, values, 0))
+    raw.syn = _column(msg, "syn", n, 0, errors).astype(bool)
     family_bytes = _bytes_column(msg, "family", n, 1, errors)
     family = np.zeros(n, np.uint8) if family_bytes is None else family_bytes[:, 0].copy()
     src, dst = (_packed_side(msg, side, family, n, errors) for side in ("src", "dst"))
@@ -278,4 +303,12 @@ def packed_from_table(table: AclTable) -> Any:
     for side in PORTS:
         getattr(msg, f"{side}_low").extend(getattr(r, f"{side}_lo")[rows].tolist())
         getattr(msg, f"{side}_high").extend(getattr(r, f"{side}_hi")[rows].tolist())
+    # the ICMP and SYN columns only when a rule uses them (empty: any, for every rule)
+    for name in ICMP_FIELDS:
+        has = getattr(r, f"has_{name}")[rows]
+        if has.any():
+            values = getattr(r, name)[rows].astype(np.int64)
+            getattr(msg, name).extend(np.where(has, values, PACKED_ICMP_ANY).tolist())
+    if r.syn[rows].any():
+        msg.syn.extend(r.syn[rows].tolist())
     return msg

@@ -145,6 +145,10 @@ def _match_dict(msg: pb2.Match, wire: Wire, where: str = "match") -> Dict:
         if msg.HasField(field):
             ports = getattr(msg, field)
             d[field] = {"low": ports.low, "high": ports.high}
+    for field in ("icmp_type", "icmp_code"):
+        _put_optional(d, msg, field)
+    if msg.syn:
+        d["syn"] = True
     return d
 
 
@@ -292,6 +296,11 @@ def match_to_proto(m: Match) -> pb2.Match:
         ports = getattr(m, field)
         if ports is not None:
             getattr(msg, field).CopyFrom(pb2.PortRange(low=ports.low, high=ports.high))
+    for field in ("icmp_type", "icmp_code"):
+        value = getattr(m, field)
+        if value is not None:
+            setattr(msg, field, value)
+    msg.syn = m.syn
     return msg
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dataplane import abi
+from dataplane import abi, protocols
 from dataplane.match import compiler as cp
 from dataplane.match import planner
 from dataplane.match.columns import RuleColumns
@@ -28,6 +28,9 @@ PORT_MAX = 0xFFFF
 PROTO_MAX = 0xFF
 # IANA numbers of the protocols whose ports the data plane reads (xdp/include/match.h).
 PORT_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+ICMP_PROTOCOLS = protocols.ICMP_NUMBERS
+TCP = protocols.TCP
+TCP_NEW_MASK, TCP_NEW = abi.define("TG_TCP_NEW_MASK"), abi.define("TG_TCP_NEW")
 _FAMILY = {4: abi.define("TG_FAMILY_V4"), 6: abi.define("TG_FAMILY_V6")}
 
 MatchCapacity = cp.Capacity
@@ -49,7 +52,9 @@ class MatchRule:
     """One rule of a first-match table. `payload`: (action, flags) for the ACL, the mark for a
     classifier. src/dst None match any address of either family; `0.0.0.0/0` all IPv4 only.
     proto None: any protocol. sport/dport (inclusive ranges) need a port protocol, and a packet
-    without ports (another protocol, a later fragment) never matches a rule with one."""
+    without ports (another protocol, a later fragment) never matches a rule with one.
+    icmp_type/icmp_code (None: any) need proto 1 or 58, syn (TCP opening a connection) proto 6;
+    a later fragment never matches a rule with one."""
 
     rule_id: int
     priority: int
@@ -59,6 +64,9 @@ class MatchRule:
     dport: tuple[int, int] | None = None
     payload: Hashable = None
     sport: tuple[int, int] | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    syn: bool = False
     identity: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,8 +84,16 @@ class MatchRule:
         for name in ("sport", "dport"):
             if getattr(self, name) is not None:
                 self._check_ports(who, name)
+        for name in ("icmp_type", "icmp_code"):
+            value = getattr(self, name)
+            if value is not None and (self.proto not in ICMP_PROTOCOLS or not 0 <= value <= PROTO_MAX):
+                raise ValueError(f"{who}: {name} must be 0..{PROTO_MAX} with proto 1 or 58, got {value} "
+                                 f"(proto {self.proto})")
+        if self.syn and self.proto != TCP:
+            raise ValueError(f"{who}: syn needs proto {TCP}, got proto {self.proto}")
         object.__setattr__(self, "identity", (self.rule_id, self.priority, _ident(self.src), _ident(self.dst),
-                                              self.proto, self.sport, self.dport, self.payload))
+                                              self.proto, self.sport, self.dport, self.payload,
+                                              self.icmp_type, self.icmp_code, self.syn))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MatchRule):
@@ -102,9 +118,11 @@ class MatchRule:
 
     def matches(self, src: ipaddress.IPv4Address | ipaddress.IPv6Address,
                 dst: ipaddress.IPv4Address | ipaddress.IPv6Address, proto: int, dport: int,
-                sport: int = 0, ports: bool | None = None) -> bool:
+                sport: int = 0, ports: bool | None = None, icmp: tuple[int, int] | None = None,
+                tcp_flags: int | None = None) -> bool:
         """The rule's meaning, stated directly (a reference for tests). `ports`: whether the packet
-        has ports (default: TCP/UDP/SCTP)."""
+        has ports (default: TCP/UDP/SCTP); icmp: its (type, code), tcp_flags: its TCP flags (None:
+        a later fragment, or not the protocol)."""
         has_ports = proto in PORT_PROTOCOLS if ports is None else ports
         if self.src is not None and (src.version != self.src.version or src not in self.src):
             return False
@@ -115,7 +133,10 @@ class MatchRule:
         for rng, port in ((self.sport, sport), (self.dport, dport)):
             if rng is not None and rng != (0, PORT_MAX) and not (has_ports and rng[0] <= port <= rng[1]):
                 return False
-        return True
+        for wanted, index in ((self.icmp_type, 0), (self.icmp_code, 1)):
+            if wanted is not None and (icmp is None or icmp[index] != wanted):
+                return False
+        return not self.syn or (tcp_flags is not None and tcp_flags & TCP_NEW_MASK == TCP_NEW)
 
 
 def to_columns(rules: Sequence[MatchRule]) -> RuleColumns:
@@ -143,6 +164,11 @@ def to_columns(rules: Sequence[MatchRule]) -> RuleColumns:
         for name, rng in (("sport", r.sport), ("dport", r.dport)):
             if rng is not None:
                 getattr(cols, f"{name}_lo")[i], getattr(cols, f"{name}_hi")[i] = rng
+        if r.icmp_type is not None:
+            cols.has_icmp_type[i], cols.icmp_type[i] = True, r.icmp_type
+        if r.icmp_code is not None:
+            cols.has_icmp_code[i], cols.icmp_code[i] = True, r.icmp_code
+        cols.syn[i] = r.syn
     return cols
 
 

@@ -12,9 +12,15 @@ Conventions (the edges translate into these once):
 - proto_any: True = any IP protocol (then `proto` is 0); otherwise `proto` is the IANA number 0-255.
 - ports: inclusive ranges; 0-65535 = any (also what a protocol without ports must carry).
 - mark: what a service-chain classifier's match writes to skb->mark (1..2^32-1); 0 for ACL rules.
+- has_icmp_type / icmp_type, has_icmp_code / icmp_code: an ICMP or ICMPv6 type and code (0-255),
+  only in rules of protocol 1 or 58; syn: TCP packets opening a connection (SYN set, FIN, RST and
+  ACK clear), only in rules of protocol 6. All zero (the default): any. A later fragment, which
+  has no transport header, never matches a rule with any of them.
 
 Changes since the columns first landed (for the control path's merge): `mark` was added (the
-classifier engineer, for the service-chain classifiers, which compile through the same code).
+classifier engineer, for the service-chain classifiers, which compile through the same code);
+the ICMP type/code and SYN columns (issue 14), last, zero meaning any, so that a reader of older
+columns (the state file) fills them with zeros.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy.typing as npt
 
 ADDR_BYTES = 16
 PORT_ANY = (0, 0xFFFF)
+ICMP_FIELDS = ("icmp_type", "icmp_code")  # each with its has_<name> column
 
 # (name, dtype, trailing shape): the schema every RuleColumns holds.
 SCHEMA: tuple[tuple[str, type, tuple[int, ...]], ...] = (
@@ -46,6 +53,11 @@ SCHEMA: tuple[tuple[str, type, tuple[int, ...]], ...] = (
     ("dport_lo", np.uint16, ()),
     ("dport_hi", np.uint16, ()),
     ("mark", np.uint32, ()),  # service-chain classifiers: the mark a match sets; 0 for ACL rules
+    ("has_icmp_type", np.bool_, ()),  # False: any ICMP type
+    ("icmp_type", np.uint8, ()),
+    ("has_icmp_code", np.bool_, ()),  # False: any ICMP code
+    ("icmp_code", np.uint8, ()),
+    ("syn", np.bool_, ()),  # True: TCP opening a connection only
 )
 
 
@@ -69,6 +81,11 @@ class RuleColumns:
     dport_lo: npt.NDArray[np.uint16]
     dport_hi: npt.NDArray[np.uint16]
     mark: npt.NDArray[np.uint32]
+    has_icmp_type: npt.NDArray[np.bool_]
+    icmp_type: npt.NDArray[np.uint8]
+    has_icmp_code: npt.NDArray[np.bool_]
+    icmp_code: npt.NDArray[np.uint8]
+    syn: npt.NDArray[np.bool_]
 
     def __post_init__(self) -> None:
         n = len(self.rule_id)

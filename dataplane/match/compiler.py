@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dataplane import abi
+from dataplane import abi, protocols
 from dataplane.match import tuples as tp
 from dataplane.match.columns import RuleColumns
 from dataplane.match.live import BUCKET, KEY, RULE, SUBTABLE, SUBTABLES, Live, empty_keys
@@ -30,6 +30,11 @@ F_LOG = abi.define("TG_RULE_F_LOG")
 F_LIVE = abi.define("TG_RULE_F_LIVE")
 F_PROTO = abi.define("TG_RULE_F_PROTO")
 F_PORTS = abi.define("TG_RULE_F_PORTS")
+TCP_NEW_MASK, TCP_NEW = abi.define("TG_TCP_NEW_MASK"), abi.define("TG_TCP_NEW")
+# tg_rule.l4_mask of an ICMP type, an ICMP code (both: the two ORed), TCP SYN
+MASK_ICMP_TYPE, MASK_ICMP_CODE = 0xFF00, 0x00FF
+ICMP_PROTOCOLS = sorted(protocols.ICMP_NUMBERS)  # the protocols whose type and code a rule may name
+TCP = protocols.TCP
 SLOT_NONE = abi.define("TG_SLOT_NONE")
 ORDER_NONE = abi.define("TG_ORDER_NONE")
 BANKS = abi.define("TG_BANKS")
@@ -106,9 +111,22 @@ def records(cols: RuleColumns) -> Array:
     out["action"] = cols.action
     ported = ((cols.sport_lo != PORT_ANY[0]) | (cols.sport_hi != PORT_ANY[1]) | (cols.dport_lo != PORT_ANY[0])
               | (cols.dport_hi != PORT_ANY[1]))
+    want, mask = l4_want_mask(cols)
+    out["l4_want"], out["l4_mask"] = want, mask
     out["flags"] = ((cols.flags & F_LOG) | F_LIVE | np.where(cols.proto_any, 0, F_PROTO)
                     | np.where(ported, F_PORTS, 0)).astype(np.uint8)
     return out
+
+
+def l4_want_mask(cols: RuleColumns) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint16]]:
+    """tg_rule.l4_want and l4_mask: the packet's l4 word (ICMP type << 8 | code, or the TCP
+    flags) under the mask must be the want."""
+    icmp_type, icmp_code = cols.icmp_type.astype(np.uint16), cols.icmp_code.astype(np.uint16)
+    want = (np.where(cols.has_icmp_type, icmp_type << 8, 0) | np.where(cols.has_icmp_code, icmp_code, 0)
+            | np.where(cols.syn, TCP_NEW, 0))
+    mask = (np.where(cols.has_icmp_type, MASK_ICMP_TYPE, 0) | np.where(cols.has_icmp_code, MASK_ICMP_CODE, 0)
+            | np.where(cols.syn, TCP_NEW_MASK, 0))
+    return want.astype(np.uint16), mask.astype(np.uint16)
 
 
 def columns_of(recs: Array) -> RuleColumns:
@@ -130,17 +148,28 @@ def columns_of(recs: Array) -> RuleColumns:
     cols.proto[:] = recs["proto"]
     for name in ("sport_lo", "sport_hi", "dport_lo", "dport_hi", "mark"):
         getattr(cols, name)[:] = recs[name]
+    tcp = ((recs["flags"] & F_PROTO) != 0) & (recs["proto"] == TCP)
+    mask, want = recs["l4_mask"], recs["l4_want"]
+    cols.syn[:] = tcp & (mask != 0)
+    cols.has_icmp_type[:] = ~tcp & ((mask & MASK_ICMP_TYPE) != 0)
+    cols.has_icmp_code[:] = ~tcp & ((mask & MASK_ICMP_CODE) != 0)
+    cols.icmp_type[:] = np.where(cols.has_icmp_type, want >> 8, 0)
+    cols.icmp_code[:] = np.where(cols.has_icmp_code, want & 0xFF, 0)
     return cols
 
 
 def check(cols: RuleColumns, table: str) -> None:
     """What the compiler relies on, with the first offending rule named (index in the set)."""
+    icmp = ~cols.proto_any & np.isin(cols.proto, ICMP_PROTOCOLS)
     problems: list[tuple[str, npt.NDArray[np.bool_]]] = [
         ("family: must be 0 (any), 4 or 6", ~np.isin(cols.family, FAMILIES)),
         ("src_len: longer than the family's addresses", cols.src_len > _limit(cols.family)),
         ("dst_len: longer than the family's addresses", cols.dst_len > _limit(cols.family)),
         ("sport: low above high", cols.sport_lo > cols.sport_hi),
         ("dport: low above high", cols.dport_lo > cols.dport_hi),
+        ("icmp_type: needs protocol icmp (1) or icmpv6 (58)", cols.has_icmp_type & ~icmp),
+        ("icmp_code: needs protocol icmp (1) or icmpv6 (58)", cols.has_icmp_code & ~icmp),
+        ("syn: needs protocol tcp (6)", cols.syn & (cols.proto_any | (cols.proto != TCP))),
         ("order: not increasing (rows must be in judging order)",
          np.r_[False, cols.order[1:] <= cols.order[:-1]]),
     ]

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from dataplane import protocols
 from dataplane.match import compiler as cp
 
 PORT_PROTOCOLS = (6, 17, 132)
+ICMP_PROTOCOLS = protocols.ICMP_NUMBERS
 
 
 @dataclass(frozen=True)
@@ -32,13 +34,20 @@ class Probe:
     sport: int = 0
     dport: int = 0
     ports: bool = True  # False: a later fragment (or a protocol without ports)
+    icmp_type: int = 0  # ICMP/ICMPv6; 0 otherwise
+    icmp_code: int = 0
+    tcp_flags: int = 0  # TCP; 0 otherwise
+    l4: bool = True  # False: a later fragment (no transport header)
 
     @staticmethod
-    def of(src: str, dst: str, proto: int, sport: int = 0, dport: int = 0, fragment: bool = False) -> Probe:
+    def of(src: str, dst: str, proto: int, sport: int = 0, dport: int = 0, fragment: bool = False,
+           icmp_type: int = 0, icmp_code: int = 0, tcp_flags: int = 0) -> Probe:
         s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
         ports = proto in PORT_PROTOCOLS and not fragment
+        icmp = proto in ICMP_PROTOCOLS and not fragment
         return Probe(s.version, s.packed.ljust(16, b"\0"), d.packed.ljust(16, b"\0"), proto,
-                     sport if ports else 0, dport if ports else 0, ports)
+                     sport if ports else 0, dport if ports else 0, ports, icmp_type if icmp else 0,
+                     icmp_code if icmp else 0, tcp_flags if proto == 6 and not fragment else 0, not fragment)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,9 @@ def _misses(r: Any, p: Probe, src: np.ndarray, dst: np.ndarray) -> bool:
     if ((src & r["src_mask"]) != r["src"]).any() or ((dst & r["dst_mask"]) != r["dst"]).any():
         return True
     if flags & cp.F_PROTO and int(r["proto"]) != p.proto:
+        return True
+    word, mask = (p.icmp_type << 8 | p.icmp_code) | p.tcp_flags, int(r["l4_mask"])  # tg_probe.l4_word
+    if mask and not p.l4 or word & mask != int(r["l4_want"]):
         return True
     if not flags & cp.F_PORTS:
         return False

@@ -222,6 +222,19 @@ enum tg_tunnel_type {
 #define TG_RULE_F_PROTO 0x4 /* the rule matches one IP protocol (tg_rule.proto), not any */
 #define TG_RULE_F_PORTS 0x8 /* a port range is not 0-65535: packets without ports never match */
 
+/* TCP flags (RFC 9293 3.1). A "new connection" (iptables --syn, nft `tcp flags & (fin|syn|rst|ack)
+ * == syn`): SYN set, FIN, RST and ACK clear; PSH, URG, ECE and CWR may be anything. */
+#define TG_TCP_FIN 0x01
+#define TG_TCP_SYN 0x02
+#define TG_TCP_RST 0x04
+#define TG_TCP_ACK 0x10
+#define TG_TCP_NEW_MASK 0x17 /* FIN | SYN | RST | ACK */
+#define TG_TCP_NEW 0x02      /* SYN */
+_Static_assert(TG_TCP_NEW_MASK == (TG_TCP_FIN | TG_TCP_SYN | TG_TCP_RST | TG_TCP_ACK), "TG_TCP_NEW_MASK");
+/* tg_probe.l4_word of a packet whose transport header was not read (a later fragment): bits no
+ * rule's l4_want has, and every l4_mask that is not 0 is widened with (match.h). */
+#define TG_L4_NONE 0xffff0000
+
 /* tg_meta.flags */
 #define TG_META_F_DECAPPED 0x1
 #define TG_META_F_CLASSIFIED 0x2
@@ -328,9 +341,15 @@ struct tg_rule {
 	__u8 proto;         /* IP protocol, with TG_RULE_F_PROTO */
 	__u8 action;        /* ACL: enum tg_action */
 	__u8 flags;         /* TG_RULE_F_* */
-	__u32 reserved;
+	/* The packet's l4 word (tg_probe.l4_word) under l4_mask must be l4_want: an ICMP/ICMPv6 type
+	 * (mask 0xff00), code (0x00ff) or both, or SYN (mask TG_TCP_NEW_MASK, want TG_TCP_NEW); 0/0:
+	 * anything. The rule's protocol (icmp, icmpv6 or tcp) says which the word holds. A packet
+	 * without a transport header (a later fragment) never matches a rule with a mask: match.h
+	 * widens a mask that is not 0 with 0xffff0000, which such a packet's word has set. */
+	__u16 l4_want;
+	__u16 l4_mask;
 };
-_Static_assert(sizeof(struct tg_rule) == 96, "tg_rule layout");
+_Static_assert(sizeof(struct tg_rule) == 96, "tg_rule layout: l4_want and l4_mask took the reserved bytes");
 
 /* What the ACL and classifiers match on, parsed from a packet. IPv4 addresses fill the first 4 of
  * 16 bytes. */
@@ -362,8 +381,12 @@ struct tg_probe {
 	__u8 proto;
 	__u8 ports;    /* 1: the packet has ports (TCP/UDP/SCTP, not a later fragment) */
 	__u8 reserved;
+	/* ICMP/ICMPv6: type << 8 | code; TCP: the flags byte (TG_TCP_*); 0 for other protocols;
+	 * 0xffff0000 when the transport header was not read (a later fragment): no rule's l4_want. */
+	__u32 l4_word;
+	__u32 reserved2;
 };
-_Static_assert(sizeof(struct tg_probe) == 40, "tg_probe layout");
+_Static_assert(sizeof(struct tg_probe) == 48, "tg_probe layout");
 
 /* The hooks, each with its own scratch entry: a TC program run in process context (a test
  * run) may be interrupted by XDP on the same CPU, never the other way round. */
@@ -398,7 +421,7 @@ struct tg_scratch {
 	__u32 reserved;
 	struct tg_tuple t;   /* the packet being judged, as parsed (allow_established, reject) */
 };
-_Static_assert(sizeof(struct tg_scratch) == 136, "tg_scratch layout");
+_Static_assert(sizeof(struct tg_scratch) == 144, "tg_scratch layout");
 
 /* Which programs are inside a search, per CPU and hook (match_readers): user space waits until
  * every CPU's reader has left, or entered after it advanced match_epoch, before it reuses

@@ -78,6 +78,7 @@ class Tuple5:
     l3_off: int = 0  # where the IP header starts in the frame
     l4_off: int = 0  # where the L4 header starts
     l3_end: int = 0  # where the IP datagram ends in the frame
+    icmp_code: int = -1  # with icmp_type: of a first fragment or whole datagram; -1: none
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def parse_ip(buf: bytes, off: int, ethertype: int) -> tuple[Tuple5, int]:
     if t.proto in PORT_PROTOS:
         t.sport, t.dport = struct.unpack_from("!HH", buf, pos)
     if t.proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
-        t.icmp_type = buf[pos]
+        t.icmp_type, t.icmp_code = buf[pos], buf[pos + 1]  # docs/classifier.md: a rule may name them
         if pos + 8 <= min(len(buf), t.l3_end):
             t.icmp_id = struct.unpack_from("!H", buf, pos + 4)[0]
     return t, pos + L4_FIXED[t.proto]
@@ -338,7 +339,8 @@ def _tunnel_packet(buf: bytes, pos: int, t: Tuple5, setup: Setup, tun: _Tunnel,
 
 def first_match(rules: tuple[MatchRule, ...], t: Tuple5) -> MatchRule | None:
     assert t.src is not None and t.dst is not None
-    hits = [r for r in rules if r.matches(t.src, t.dst, t.proto, t.dport)]
+    icmp = (t.icmp_type, t.icmp_code) if t.icmp_type >= 0 else None
+    hits = [r for r in rules if r.matches(t.src, t.dst, t.proto, t.dport, icmp=icmp, tcp_flags=t.tcp_flags)]
     return min(hits, key=lambda r: (r.priority, r.rule_id)) if hits else None
 
 

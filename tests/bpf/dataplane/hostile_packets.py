@@ -140,15 +140,18 @@ def l4(src: Source, proto: int, payload: bytes) -> list[Seg]:
     if proto == IPPROTO_TCP:
         opts = b"\x01" * (4 * src.integer(0, 3) if src.chance(0.2) else 0)
         doff = 5 + len(opts) // 4
-        hdr = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, doff << 4, 0x02, 1024, 0, 0) + opts
-        return [Seg("tcp", hdr, (("doff", 12, 1), ("dport", 2, 2))), *body]
+        flags = src.choice((0x02, 0x02, 0x12, 0x10, 0x03, 0xC2))  # SYN, SYN-ACK, ACK, SYN-FIN, SYN+ECN
+        hdr = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, doff << 4, flags, 1024, 0, 0) + opts
+        return [Seg("tcp", hdr, (("doff", 12, 1), ("dport", 2, 2), ("flags", 13, 1))), *body]
     if proto == IPPROTO_UDP:
         hdr = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
         return [Seg("udp", hdr, (("len", 4, 2), ("dport", 2, 2))), *body]
     if proto == IPPROTO_SCTP:
         return [Seg("sctp", struct.pack("!HHII", sport, dport, 0, 0), (("dport", 2, 2),)), *body]
     if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
-        return [Seg("icmp", struct.pack("!BBHI", 8, 0, 0, 1)), *body]
+        kind = src.choice((8, 0, 3) if proto == IPPROTO_ICMP else (128, 129, 1))  # echo, reply, unreachable
+        head = struct.pack("!BBHI", kind, src.choice((0, 0, 4)), 0, 1)
+        return [Seg("icmp", head, (("type", 0, 1), ("code", 1, 1))), *body]
     return body
 
 

@@ -22,7 +22,7 @@ EXPECTED_LAYOUTS = {
     "tunnels": (4, None, 8, ["flags", "reserved"]),
     # The classifier (docs/classifier.md); both tables have the same layouts.
     "match_bank": (4, None, 4, None),
-    "match_scratch": (4, None, 136, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end",
+    "match_scratch": (4, None, 144, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end",
                                      "outer_len", "payload_end", "tunnel_type", "not_ip", "reason",
                                      "fragment", "l3_off", "reserved", "t"]),
     "acl_subtables": (4, None, 8 + 48 * 32, ["count", "reserved", "tables"]),
@@ -30,7 +30,7 @@ EXPECTED_LAYOUTS = {
                     ["count", "slots"]),
     "acl_rules": (4, None, 96, ["src", "src_mask", "dst", "dst_mask", "order", "rule_id", "mark", "sport_lo",
                                 "sport_hi", "dport_lo", "dport_hi", "family", "proto", "action", "flags",
-                                "reserved"]),
+                                "l4_want", "l4_mask"]),
     "cls_subtables": (4, None, 8 + 48 * 32, ["count", "reserved", "tables"]),
     "cls_buckets": (40, None, 68, None),
     "cls_rules": (4, None, 96, None),

@@ -80,7 +80,11 @@ XDP_ABORTED = 0
 XDP_TX = 3
 TCP, UDP, GRE = 6, 17, 47
 TUNNELS = ((100, True, True), (200, True, False), (300, False, True))
+ICMP, ICMPV6 = 1, 58
 ACL = (
+    acl_rule(21, 5, "allow", proto=ICMP, icmp_type=8, icmp_code=0, log=True),  # ping, also to 10.66/16
+    acl_rule(22, 25, "deny", proto=ICMPV6, icmp_type=128),
+    acl_rule(23, 35, "deny", proto=TCP, syn=True),  # new TCP connections not allowed before
     acl_rule(1, 10, "deny", dst="10.66.0.0/16"),
     acl_rule(2, 10, "deny", dst="fd66::/16"),
     acl_rule(3, 20, "allow", proto=UDP, dport=(7, 7), log=True),
@@ -91,7 +95,9 @@ ACL = (
     acl_rule(8, 50, "reject", dst="2001:db8::2/128"),
 )
 CLASSIFIERS = (classifier(1, 10, 0x77, proto=TCP, dport=(443, 443)),
-               classifier(2, 20, 0x88, dst="fd00:2::/32"))
+               classifier(2, 20, 0x88, dst="fd00:2::/32"),
+               classifier(3, 30, 0x99, proto=ICMPV6, icmp_code=0),
+               classifier(4, 40, 0xaa, proto=TCP, syn=True))
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                                 HealthCheck.data_too_large])

@@ -17,6 +17,9 @@ import numpy as np
 from dataplane.match.columns import RuleColumns
 
 PORT_PROTOCOLS = (6, 17, 132)  # TCP, UDP, SCTP: the protocols whose ports the data plane reads
+ICMP_PROTOCOLS = (1, 58)  # ICMP, ICMPv6: their type and code
+TCP = 6
+TCP_NEW_MASK, TCP_NEW = 0x17, 0x02  # FIN|SYN|RST|ACK must be exactly SYN: a connection opening
 # Over IPv6 these numbers name extension headers (hop-by-hop, routing, fragment, destination
 # options), which the parser walks to the protocol behind them: never a packet's protocol there.
 IPV6_EXTENSIONS = (0, 43, 44, 60)
@@ -32,18 +35,22 @@ class Packet:
     proto: int
     sport: int = 0
     dport: int = 0
-    fragment: bool = False  # a later fragment: no ports
+    fragment: bool = False  # a later fragment: no ports, no ICMP header, no TCP flags
+    icmp_type: int = 0  # ICMP/ICMPv6 packets
+    icmp_code: int = 0
+    tcp_flags: int = 0  # TCP packets
 
     @property
     def ports(self) -> bool:
         return self.proto in PORT_PROTOCOLS and not self.fragment
 
     @staticmethod
-    def of(src: str, dst: str, proto: int, sport: int = 0, dport: int = 0, fragment: bool = False) -> Packet:
+    def of(src: str, dst: str, proto: int, sport: int = 0, dport: int = 0, fragment: bool = False,
+           icmp_type: int = 0, icmp_code: int = 0, tcp_flags: int = 0) -> Packet:
         s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
         assert s.version == d.version
         return Packet(s.version, s.packed.ljust(16, b"\0"), d.packed.ljust(16, b"\0"), proto, sport, dport,
-                      fragment)
+                      fragment, icmp_type, icmp_code, tcp_flags)
 
     def address(self, which: str) -> str:
         raw = self.src if which == "src" else self.dst
@@ -67,6 +74,13 @@ def rule_matches(cols: RuleColumns, i: int, p: Packet) -> bool:
     if not _prefix_matches(bytes(cols.dst_addr[i]), int(cols.dst_len[i]), p.dst):
         return False
     if not cols.proto_any[i] and int(cols.proto[i]) != p.proto:
+        return False
+    icmp = p.proto in ICMP_PROTOCOLS and not p.fragment
+    if cols.has_icmp_type[i] and not (icmp and int(cols.icmp_type[i]) == p.icmp_type):
+        return False
+    if cols.has_icmp_code[i] and not (icmp and int(cols.icmp_code[i]) == p.icmp_code):
+        return False
+    if cols.syn[i] and not (p.proto == TCP and not p.fragment and p.tcp_flags & TCP_NEW_MASK == TCP_NEW):
         return False
     ranges = ((int(cols.sport_lo[i]), int(cols.sport_hi[i]), p.sport),
               (int(cols.dport_lo[i]), int(cols.dport_hi[i]), p.dport))
@@ -101,5 +115,10 @@ def first_match(cols: RuleColumns, p: Packet) -> int | None:
     in_range = ((cols.sport_lo <= p.sport) & (p.sport <= cols.sport_hi) & (cols.dport_lo <= p.dport)
                 & (p.dport <= cols.dport_hi))
     ok &= any_port | (p.ports & in_range)
+    icmp = p.proto in ICMP_PROTOCOLS and not p.fragment
+    ok &= ~cols.has_icmp_type | (icmp & (cols.icmp_type == p.icmp_type))
+    ok &= ~cols.has_icmp_code | (icmp & (cols.icmp_code == p.icmp_code))
+    opening = p.proto == TCP and not p.fragment and p.tcp_flags & TCP_NEW_MASK == TCP_NEW
+    ok &= ~cols.syn | opening
     rows = np.flatnonzero(ok)
     return int(rows[0]) if rows.size else None

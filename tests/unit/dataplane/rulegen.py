@@ -3,7 +3,9 @@
 A small pool makes overlaps (the interesting cases: nesting, ties, wildcards) the common case.
 Rules fix source and destination ports (ranges drawn around edge values) for TCP, UDP and SCTP,
 and any protocol number besides: portless ones (ICMP, GRE, ESP, OSPF, 0, 255) are matched by
-protocol alone, and a packet without ports never matches a rule with a port range.
+protocol alone, and a packet without ports never matches a rule with a port range. ICMP and ICMPv6
+rules may fix a type and a code, TCP rules SYN (a connection opening); probes carry those fields
+(and later fragments, which have none of them).
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ PREFIXES = [None, "0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1
 V4_ADDRS = ["10.1.2.3", "10.1.2.4", "10.1.9.9", "10.200.0.1", "192.168.4.4", "172.16.0.1"]
 V6_ADDRS = ["fd00:1::5", "fd00:1::6", "fd00:2::1", "2001:db8::1"]
 PORT_PROTOS = (6, 17, 132)  # TCP, UDP, SCTP
-ODD_PROTOS = (0, 1, 47, 50, 89, 255)  # HOPOPT/none, ICMP, GRE, ESP, OSPF, reserved
+ODD_PROTOS = (0, 1, 47, 50, 58, 89, 255)  # HOPOPT/none, ICMP, GRE, ESP, ICMPv6, OSPF, reserved
+ICMP_PROTOS = (1, 58)
+ICMP_TYPES = [0, 3, 8, 128, 129]  # echo reply, unreachable, echo request; ICMPv6 echo request, reply
+ICMP_CODES = [0, 1, 13]
+# TCP flag bytes: SYN, SYN-ACK, ACK, SYN-FIN, RST, SYN+PSH, SYN+ECE+CWR, none
+TCP_FLAGS = [0x02, 0x12, 0x10, 0x03, 0x04, 0x0A, 0xC2, 0x00]
 PROTOS = [None, *PORT_PROTOS, *ODD_PROTOS]
 PORT_EDGES = [0, 1, 52, 53, 54, 79, 80, 443, 1023, 1024, 8080, 65534, 65535]
 
@@ -46,11 +53,15 @@ def rules(draw: st.DrawFn, max_rules: int = 30, prefixes: Sequence[str | None] =
         ported = proto in PORT_PROTOS
         dport = draw(st.one_of(st.none(), port_ranges())) if ported else None
         sport = draw(st.one_of(st.none(), st.none(), port_ranges())) if ported else None
+        icmp = proto in ICMP_PROTOS
+        icmp_type = draw(st.one_of(st.none(), st.sampled_from(ICMP_TYPES))) if icmp else None
+        icmp_code = draw(st.one_of(st.none(), st.none(), st.sampled_from(ICMP_CODES))) if icmp else None
+        syn = proto == 6 and draw(st.integers(0, 3)) == 0
         src = draw(st.sampled_from(prefixes))
         dst = draw(st.sampled_from([p for p in prefixes if _family(p) in (None, _family(src))]))
         out.append(acl_rule(rid, draw(st.integers(min_value=0, max_value=5)),
                             draw(st.sampled_from(["allow", "deny"])), src=src, dst=dst, proto=proto,
-                            dport=dport, sport=sport))
+                            dport=dport, sport=sport, icmp_type=icmp_type, icmp_code=icmp_code, syn=syn))
     return out
 
 
@@ -66,12 +77,18 @@ def probes(draw: st.DrawFn, v4: Sequence[str] = V4_ADDRS, v6: Sequence[str] = V6
     proto = draw(st.sampled_from([*PORT_PROTOS, *ODD_PROTOS]))
     if proto in IPV6_EXTENSIONS:
         pool = v4
-    sport = dport = 0
+    sport = dport = icmp_type = icmp_code = tcp_flags = 0
     fragment = False
-    if proto in PORT_PROTOS:
-        sport, dport = draw(st.sampled_from(PORT_EDGES)), draw(st.sampled_from(PORT_EDGES))
+    if proto in PORT_PROTOS or proto in ICMP_PROTOS:
         fragment = draw(st.integers(0, 9)) == 0
-    return Packet.of(draw(st.sampled_from(pool)), draw(st.sampled_from(pool)), proto, sport, dport, fragment)
+    if proto in PORT_PROTOS and not fragment:
+        sport, dport = draw(st.sampled_from(PORT_EDGES)), draw(st.sampled_from(PORT_EDGES))
+    if proto in ICMP_PROTOS and not fragment:
+        icmp_type, icmp_code = draw(st.sampled_from(ICMP_TYPES)), draw(st.sampled_from(ICMP_CODES))
+    if proto == 6 and not fragment:
+        tcp_flags = draw(st.sampled_from(TCP_FLAGS))
+    return Packet.of(draw(st.sampled_from(pool)), draw(st.sampled_from(pool)), proto, sport, dport, fragment,
+                     icmp_type, icmp_code, tcp_flags)
 
 
 def reference(rule_set: list[MatchRule], p: Packet) -> MatchRule | None:

@@ -4,7 +4,8 @@ Each rule set goes into the ACL (XDP verdict: even rows deny, odd rows allow) an
 classifier maps hold it, into the service-chain classifiers with mark = row + 1, so that TC's
 mark names the exact rule the search found. Probes sit inside and at the edges of every rule
 (probes.edge_probes): ClassBench acl1/fw1/ipc1 1k whole, 10k sampled; random overlapping sets
-(hypothesis); source ports, odd protocols, IPv6, later fragments by hand.
+(hypothesis); source ports, odd protocols, IPv6, later fragments, ICMP type/code and TCP SYN by
+hand, the last with frames scapy builds as the real messages (echo request and reply, SYN, SYN-ACK).
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from dataplane.acl import acl_rule, classifier
 from dataplane.kernel.bpf_info import verified_insns
@@ -158,6 +163,82 @@ def test_source_ports_odd_protocols_ipv6_and_fragments(cdp, desc, packet, rule_i
     assert int(cols.rule_id[row]) == rule_id, f"the table disagrees with the reference: {desc}"
     load(cdp, cols)
     assert disagreements(cdp, cols, [packet]) == [], desc
+
+
+P_ICMP, P_ICMPV6, P_TCP = 1, 58, 6
+L4_RULES = [
+    acl_rule(1, 1, "allow", proto=P_ICMP, icmp_type=8, icmp_code=0),        # ping, v4
+    acl_rule(2, 2, "deny", proto=P_ICMP, icmp_type=3),                       # unreachable, any code
+    acl_rule(3, 3, "allow", proto=P_ICMPV6, icmp_type=128),                  # ping, v6
+    acl_rule(4, 4, "deny", proto=P_ICMPV6, icmp_code=4),                     # any type, code 4
+    acl_rule(5, 5, "deny", dst="10.0.0.0/8", proto=P_TCP, dport=(22, 22), syn=True),  # new ssh only
+    acl_rule(6, 6, "allow", dst="fd00::/8", proto=P_TCP, syn=True),
+    acl_rule(7, 7, "deny", proto=P_ICMP),
+    acl_rule(8, 8, "deny", proto=P_ICMPV6),
+    acl_rule(9, 9, "allow", proto=P_TCP, dport=(22, 22)),
+    acl_rule(10, 10, "deny"),
+]
+_ETH = Ether(src="02:00:00:00:00:02", dst="02:aa:00:00:00:01")
+_V4, _V6 = IP(src="192.0.2.1", dst="10.1.1.1"), IPv6(src="2001:db8::1", dst="fd00::9")
+_PAD = Raw(b"x" * 64)
+
+
+L4_CASES = [
+    ("v4 echo request", _V4 / ICMP(type=8, code=0), 1),
+    ("v4 echo reply: not the ping rule", _V4 / ICMP(type=0), 7),
+    ("v4 echo request with code 1: the rule fixes code 0", _V4 / ICMP(type=8, code=1), 7),
+    ("v4 port unreachable: type 3, any code", _V4 / ICMP(type=3, code=3), 2),
+    ("v6 echo request", _V6 / ICMPv6EchoRequest(), 3),
+    ("v6 echo reply: not the ping rule", _V6 / ICMPv6EchoReply(), 8),
+    ("v6 port unreachable (1/4): the code-only rule", _V6 / ICMPv6DestUnreach(code=4), 4),
+    ("v6 no route (1/0)", _V6 / ICMPv6DestUnreach(code=0), 8),
+    ("SYN to 22: a new connection", _V4 / TCP(sport=40000, dport=22, flags="S"), 5),
+    ("SYN-ACK to 22: not one", _V4 / TCP(sport=40000, dport=22, flags="SA"), 9),
+    ("ACK to 22", _V4 / TCP(sport=40000, dport=22, flags="A"), 9),
+    ("SYN+ECE+CWR (ECN setup) to 22: new", _V4 / TCP(sport=40000, dport=22, flags="SEC"), 5),
+    ("SYN-FIN to 22: not a plain opening", _V4 / TCP(sport=40000, dport=22, flags="SF"), 9),
+    ("RST-SYN to 22", _V4 / TCP(sport=40000, dport=22, flags="SR"), 9),
+    ("v6 SYN", _V6 / TCP(sport=40000, dport=80, flags="S"), 6),
+    ("v6 SYN-ACK", _V6 / TCP(sport=40000, dport=80, flags="SA"), 10),
+]
+FRAGMENT_CASES = [
+    ("later fragment of a v4 echo request: no type, not the ping rule", _V4, ICMP(type=8, code=0), 7),
+    ("later fragment of a v6 echo request", _V6, ICMPv6EchoRequest(), 8),
+    ("later fragment of a v4 SYN to 22: neither SYN nor port rule", _V4, TCP(dport=22, flags="S"), 10),
+    ("later fragment of a v6 SYN", _V6, TCP(dport=80, flags="S"), 10),
+]
+
+
+def _verdict_rule(dp, data: bytes) -> int | None:  # noqa: ANN001
+    """The id of the rule whose counter one run of the frame moved."""
+    before = dp.acl.counts_by_rule()
+    dp.run_xdp(data)
+    after = dp.acl.counts_by_rule()
+    moved = [rid for rid, c in after.items() if c.packets != before[rid].packets]
+    assert len(moved) <= 1, moved
+    return moved[0] if moved else None
+
+
+@pytest.mark.parametrize("desc,packet,rule_id", L4_CASES, ids=[c[0] for c in L4_CASES])
+def test_icmp_type_code_and_syn_in_the_program(cdp, desc, packet, rule_id):
+    cdp.acl.replace(to_columns(L4_RULES))
+    data = bytes(_ETH / packet / _PAD)
+    assert _verdict_rule(cdp, data) == rule_id, desc
+    action = next(r for r in L4_RULES if r.rule_id == rule_id).payload[0]
+    assert cdp.run_xdp(data).action == (XDP_DROP if action == DENY else XDP_PASS), desc
+
+
+@pytest.mark.parametrize("desc,ip,l4,rule_id", FRAGMENT_CASES, ids=[c[0] for c in FRAGMENT_CASES])
+def test_later_fragments_match_no_icmp_type_and_no_syn(cdp, desc, ip, l4, rule_id):
+    cdp.acl.replace(to_columns(L4_RULES))
+    if ip.version == 4:
+        frag = IP(src=ip.src, dst=ip.dst, proto=P_ICMP if isinstance(l4, ICMP) else P_TCP, frag=8)
+    else:
+        frag = IPv6(src=ip.src, dst=ip.dst) / IPv6ExtHdrFragment(
+            nh=P_ICMPV6 if not isinstance(l4, TCP) else P_TCP, offset=8)
+    # the later fragment starts with the bytes a header would have: still no header to the parser
+    data = bytes(_ETH / frag / Raw(bytes(l4)[:20] + b"z" * 40))
+    assert _verdict_rule(cdp, data) == rule_id, desc
 
 
 def test_single_rule_edits_take_effect_and_keep_the_others(cdp):

@@ -159,19 +159,32 @@ def test_acl_add_list_del(d: Daemon) -> None:
          "--dport", "22")
     d.ok("acl", "add", "--id", "11", "--priority", "5", "--action", "allow", "--protocol", "udp",
          "--dport", "53-54", "--log", "--description", "dns")
+    d.ok("acl", "add", "--id", "14", "--action", "allow", "--protocol", "icmp", "--icmp-type", "8",
+         "--icmp-code", "0")
+    d.ok("acl", "add", "--id", "15", "--action", "deny", "--protocol", "tcp", "--syn")
     listed = d.json("acl", "list")
     assert [(r["id"], r["priority"], r["action"]) for r in listed["acl"]] == [(10, 1000, "deny"),
-                                                                              (11, 5, "allow")]
+                                                                              (11, 5, "allow"),
+                                                                              (14, 1000, "allow"),
+                                                                              (15, 1000, "deny")]
     assert listed["acl"][1]["match"] == {"src": None, "dst": None, "protocol": "udp",
-                                         "dport": {"low": 53, "high": 54}, "sport": None}
+                                         "dport": {"low": 53, "high": 54}, "sport": None,
+                                         "icmp_type": None, "icmp_code": None, "syn": False}
+    assert (listed["acl"][2]["match"]["icmp_type"], listed["acl"][2]["match"]["icmp_code"]) == (8, 0)
+    assert listed["acl"][3]["match"]["syn"] is True
     assert listed["acl"][1]["log"] and listed["acl"][1]["description"] == "dns"
     table = d.ok("acl", "list").splitlines()
     assert table[0].split()[:3] == ["ID", "PRIO", "ACTION"] and "10.0.0.0/8" in table[1]
+    assert "type 8 code 0" in table[3] and table[4].split()[8] == "syn"
 
     # refusals: exit 1, the status code and the field; the daemon keeps serving, rules intact
     err = d.refused(1, "acl", "add", "--id", "12", "--action", "allow", "--protocol", "tcp",
                     "--dport", "70000")
     assert err.startswith("tidegate: INVALID_ARGUMENT: rule.match.dport.low: ")
+    err = d.refused(1, "acl", "add", "--id", "12", "--action", "allow", "--icmp-type", "8")
+    assert err.startswith("tidegate: INVALID_ARGUMENT: rule.match.icmp_type: icmp_type 8 needs protocol icmp")
+    err = d.refused(1, "acl", "add", "--id", "12", "--action", "deny", "--protocol", "udp", "--syn")
+    assert err.startswith("tidegate: INVALID_ARGUMENT: rule.match.syn: syn needs protocol tcp")
     err = d.refused(1, "acl", "add", "--id", "10", "--action", "allow")
     assert err.startswith("tidegate: ALREADY_EXISTS: ACL rule 10 already exists")
     err = d.refused(1, "acl", "add", "--id", "0", "--action", "allow")
@@ -183,6 +196,8 @@ def test_acl_add_list_del(d: Daemon) -> None:
     assert again == listed
 
     d.ok("acl", "del", "11")
+    d.ok("acl", "del", "14")
+    d.ok("acl", "del", "15")
     assert [r["id"] for r in d.json("acl", "list")["acl"]] == [10]
     generation = d.json("status")["generation"]
     d.ok("acl", "del", "10")

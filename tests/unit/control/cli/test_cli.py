@@ -76,6 +76,12 @@ def test_acl_add_arguments() -> None:
     dns = main.build_parser().parse_args(["acl", "add", "--id", "1", "--action", "deny", "--protocol", "UDP",
                                          "--sport", "53"])
     assert (dns.protocol, dns.sport) == ("udp", (53, 53))
+    ping = main.build_parser().parse_args(["acl", "add", "--id", "1", "--action", "allow", "--protocol",
+                                          "icmp", "--icmp-type", "8", "--icmp-code", "0"])
+    assert (ping.icmp_type, ping.icmp_code, ping.syn) == (8, 0, False)
+    new = main.build_parser().parse_args(["acl", "add", "--id", "1", "--action", "deny", "--protocol", "tcp",
+                                         "--syn"])
+    assert new.syn and new.icmp_type is None
 
 
 @pytest.mark.parametrize("argv", [
@@ -269,7 +275,10 @@ def _rules() -> pb2.ListAclRulesResponse:
         pb2.AclRule(id=1, action=pb2.ACTION_DENY, match=pb2.Match(src="10.0.0.0/8", protocol=pb2.PROTOCOL_TCP,
                                                                   dport=pb2.PortRange(low=80, high=90))),
         pb2.AclRule(id=20, priority=5, action=pb2.ACTION_ALLOW, log=True, metrics=True, description="dns"),
-        pb2.AclRule(id=21, action=pb2.ACTION_DENY, match=pb2.Match(protocol_number=47))])
+        pb2.AclRule(id=21, action=pb2.ACTION_DENY, match=pb2.Match(protocol_number=47)),
+        pb2.AclRule(id=22, action=pb2.ACTION_ALLOW, match=pb2.Match(protocol=pb2.PROTOCOL_ICMP, icmp_type=8,
+                                                                    icmp_code=0)),
+        pb2.AclRule(id=23, action=pb2.ACTION_DENY, match=pb2.Match(protocol=pb2.PROTOCOL_TCP, syn=True))])
 
 
 def test_rules_as_json_and_table() -> None:
@@ -277,17 +286,22 @@ def test_rules_as_json_and_table() -> None:
     assert json.loads(response_format.to_json(data)) == data
     assert set(data) == {"generation", "acl"}  # a policy file's section, and its generation
     assert data["acl"][0]["match"] == {"src": "10.0.0.0/8", "dst": None, "protocol": "tcp",
-                                       "dport": {"low": 80, "high": 90}, "sport": None}
-    assert [r["metrics"] for r in data["acl"]] == [False, True, False]
+                                       "dport": {"low": 80, "high": 90}, "sport": None, "icmp_type": None,
+                                       "icmp_code": None, "syn": False}
+    assert [r["metrics"] for r in data["acl"]] == [False, True, False, False, False]
     listed = Policy.model_validate({k: v for k, v in data.items() if k != "generation"})
-    assert [r.id for r in listed.acl] == [1, 20, 21] and listed.acl[1].metrics
+    assert [r.id for r in listed.acl] == [1, 20, 21, 22, 23] and listed.acl[1].metrics
+    assert listed.acl[3].match.icmp_type == 8 and listed.acl[4].match.syn
     lines = response_format.rules_text(data).splitlines()
-    assert lines[0].split() == ["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "SPORT", "DPORT", "LOG",
+    assert lines[0].split() == ["ID", "PRIO", "ACTION", "SRC", "DST", "PROTO", "SPORT", "DPORT", "L4", "LOG",
                                 "METRICS", "DESCRIPTION"]
-    assert lines[1].split() == ["1", "1000", "deny", "10.0.0.0/8", "any", "tcp", "-", "80-90", "no", "no",
-                                "-"]
-    assert lines[2].split() == ["20", "5", "allow", "any", "any", "any", "-", "-", "yes", "yes", "dns"]
-    assert lines[3].split() == ["21", "1000", "deny", "any", "any", "47", "-", "-", "no", "no", "-"]
+    assert lines[1].split() == ["1", "1000", "deny", "10.0.0.0/8", "any", "tcp", "-", "80-90", "-", "no",
+                                "no", "-"]
+    assert lines[2].split() == ["20", "5", "allow", "any", "any", "any", "-", "-", "-", "yes", "yes", "dns"]
+    assert lines[3].split() == ["21", "1000", "deny", "any", "any", "47", "-", "-", "-", "no", "no", "-"]
+    assert lines[4].split() == ["22", "1000", "allow", "any", "any", "icmp", "-", "-", "type", "8", "code",
+                                "0", "no", "no", "-"]
+    assert lines[5].split() == ["23", "1000", "deny", "any", "any", "tcp", "-", "-", "syn", "no", "no", "-"]
     assert lines[1].index("deny") == lines[2].index("allow")  # aligned
 
 

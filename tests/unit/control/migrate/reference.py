@@ -131,7 +131,12 @@ def _match(m: Match, p: Packet) -> bool:
     for ports, value in ((m.dport, p.dport), (m.sport, p.sport)):
         if ports is not None and not (p.proto in (6, 17, 132) and ports.low <= value <= ports.high):
             return False
-    return True
+    icmp = p.proto in (1, 58)
+    for wanted, value in ((m.icmp_type, p.icmp >> 8), (m.icmp_code, p.icmp & 0xFF)):
+        if wanted is not None and not (icmp and value == wanted):
+            return False
+    # syn: a connection opening, as iptables' --syn (SYN set; FIN, RST, ACK clear)
+    return not m.syn or (p.proto == 6 and p.flags & 0x17 == 0x02)
 
 
 def tidegate(policy: Policy, p: Packet) -> str:

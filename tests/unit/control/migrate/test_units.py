@@ -182,3 +182,36 @@ def test_reject_moves_as_reject_and_says_how_the_answer_differs() -> None:
                               translate.Options(capabilities={**CAPABILITIES, Feature.REJECT: False}))
     assert [str(f.status) for f in off.fates] == ["kept", "kept"]
     assert all("reject" in f.reason for f in off.fates)
+
+
+def test_icmp_types_and_syn_move_and_other_tcp_flags_stay() -> None:
+    """Issue 14's ICMP type/code and SYN: an echo-request rule, a type/code pair and --syn move
+    (as Match.icmp_type/icmp_code/syn); a --tcp-flags test Tidegate cannot say stays, naming why;
+    with the capabilities off they stay naming the feature."""
+    from control.migrate import host, iptables, translate
+
+    text = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A INPUT -p icmp -m icmp --icmp-type echo-request -j ACCEPT\n"
+            "-A INPUT -p icmp -m icmp --icmp-type 3/4 -j DROP\n"
+            "-A INPUT -p tcp -m tcp --dport 22 --syn -j DROP\n"
+            "-A INPUT -p tcp -m tcp --tcp-flags SYN,ACK ACK -j DROP\n-A INPUT -p icmp -j DROP\nCOMMIT\n")
+    facts = host.Host(("eth0",), host.local_from_prefixes(["10.0.0.1"]), {4: False, 6: False})
+    on = translate.translate(iptables.parse(text, 4), facts)
+    assert [str(f.status) for f in on.fates] == ["mirrored", "moved", "moved", "kept", "moved"]
+    assert on.entries[0].matches == [{"protocol": "icmp", "icmp_type": 8, "src": "0.0.0.0/0"}]
+    assert on.entries[1].matches == [{"protocol": "icmp", "icmp_type": 3, "icmp_code": 4, "src": "0.0.0.0/0"}]
+    assert on.entries[2].matches == [{"protocol": "tcp", "dport": {"low": 22, "high": 22}, "syn": True,
+                                      "src": "0.0.0.0/0"}]
+    assert "connection opening" in on.fates[3].reason
+    caps = {**CAPABILITIES, Feature.ICMP_TYPE: False, Feature.TCP_SYN: False}
+    off = translate.translate(iptables.parse(text, 4), facts, translate.Options(capabilities=caps))
+    assert [str(f.status) for f in off.fates] == ["kept", "kept", "kept", "kept", "blocked"]
+    assert "ICMP type/code" in off.fates[0].reason and "TCP SYN" in off.fates[2].reason
+
+
+def test_icmp_emitter_writes_whole_types_and_pairs() -> None:
+    from control.migrate.capability import _icmp_type
+
+    values = iv.normalize([(0x0800, 0x08FF), (0x0303, 0x0304), (0x0B00, 0x0C00)])
+    assert _icmp_type(values, 1) == [{"icmp_type": 3, "icmp_code": 3}, {"icmp_type": 3, "icmp_code": 4},
+                                     {"icmp_type": 8}, {"icmp_type": 11}, {"icmp_type": 12, "icmp_code": 0}]

@@ -56,6 +56,13 @@ def _match(rng: random.Random, bad: float) -> dict[str, Any]:
     for side in ("dport", "sport"):
         if rng.random() < 0.4:
             m[side] = _ports(rng, rng.random() < bad)
+    icmp = m.get("protocol") in ("icmp", "icmpv6")
+    for name in ("icmp_type", "icmp_code"):  # the wrong protocol now and then (or none), when bad
+        if rng.random() < (0.5 if icmp else bad / 2):
+            wrong = rng.random() < bad
+            m[name] = rng.choice([-1, 256, "8", 2.5]) if wrong else rng.choice([0, 3, 8, 128, 255])
+    if rng.random() < (0.3 if m.get("protocol") in ("tcp", 6) else bad / 2):
+        m["syn"] = rng.choice(["x", 2]) if rng.random() < bad else rng.choice([True, False])
     if rng.random() < bad / 4:
         m[rng.choice(["source", "port", "src_port"])] = 1
     if rng.random() < bad / 4:
@@ -156,13 +163,16 @@ def test_every_field_is_checked_and_named_with_its_index() -> None:
         "match.dport": {"match": {"protocol": "icmp", "dport": 80}},
         "match.sport.low": {"match": {"protocol": "udp", "sport": {"low": -1, "high": 5}}},
         "match.sport": {"match": {"protocol": 47, "sport": "1-2"}},
+        "match.icmp_type": {"match": {"protocol": "icmp", "icmp_type": 256}},
+        "match.icmp_code": {"match": {"protocol": "udp", "icmp_code": 3}},
+        "match.syn": {"match": {"protocol": "icmpv6", "syn": True}},
         "match": {"match": {"src": "10.0.0.0/8", "dst": "::/0"}},
         "log": {"log": "maybe"}, "description": {"description": "x" * 257}, "color": {"color": "red"},
     }
     rules: list[Any] = [{"id": i, "action": "deny"} for i in range(1, 1001)]
     where = {}
     for k, (field, change) in enumerate(cases.items()):
-        index = 37 + 61 * k
+        index = 37 + 53 * k
         rules[index] = {**rules[index], **change}
         where[f"acl[{index}].{field}"] = field
     _, errors = _columns(rules)
@@ -194,6 +204,12 @@ def _message(rng: random.Random, rule_id: int, bad: float) -> pb2.AclRule:
         m.protocol_number = rng.choice([256, 1000]) if rng.random() < bad else rng.choice([0, 6, 17, 47, 50])
     elif pick < 0.55:
         m.protocol, m.protocol_number = 6, rng.choice([6, 17])
+    icmp = m.protocol in (1, 58) or (m.HasField("protocol_number") and m.protocol_number in (1, 58))
+    for name in ("icmp_type", "icmp_code"):
+        if rng.random() < (0.5 if icmp else bad / 2):
+            setattr(m, name, rng.choice([256, 9999]) if rng.random() < bad else rng.choice([0, 3, 8, 129]))
+    if rng.random() < (0.3 if m.protocol == 6 else bad / 2):
+        m.syn = True
     for side in ("dport", "sport"):
         if rng.random() < 0.4:
             low = rng.randrange(70000) if rng.random() < bad else rng.randrange(65536)
@@ -261,14 +277,18 @@ def test_messages_round_trip_through_the_columns(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(10))
 def test_packed_columns_round_trip(seed: int) -> None:
-    table = decode_dicts(_valid_rules(random.Random(seed), 200))
+    extra = [{"id": 1001, "action": "deny", "match": {"protocol": "icmpv6", "icmp_code": 4}},
+             {"id": 1002, "action": "deny", "match": {"protocol": "tcp", "syn": True}}]  # whatever the seed
+    table = decode_dicts([*_valid_rules(random.Random(seed), 200), *extra])
     packed = pb2.AclColumns.FromString(acl_wire.packed_from_table(table).SerializeToString())
     again = acl_wire.table_from_packed(packed)
     assert [r.model_dump(exclude={"match": {"dport", "sport"}}) for r in again] == \
         [r.model_dump(exclude={"match": {"dport", "sport"}}) for r in table]
     assert np.array_equal(again.columns.order, table.columns.order)
-    for name in ("sport_lo", "sport_hi", "dport_lo", "dport_hi", "proto", "proto_any", "family"):
+    for name in ("sport_lo", "sport_hi", "dport_lo", "dport_hi", "proto", "proto_any", "family",
+                 "has_icmp_type", "icmp_type", "has_icmp_code", "icmp_code", "syn"):
         assert np.array_equal(getattr(again.columns, name), getattr(table.columns, name)), name
+    assert table.columns.has_icmp_code.any() and table.columns.syn.any(), "the rules use the new fields"
 
 
 def _packed(n: int, **fields: Any) -> pb2.AclColumns:
@@ -292,6 +312,12 @@ def _v4(*addrs: bytes) -> bytes:
      "low 9 is above high 8"),
     ({"sport_low": [0, 0, 53], "sport_high": [65535, 65535, 53]}, "sport_low[2]", "needs protocol tcp"),
     ({"protocol": [6, 257, 6]}, "protocol[1]", "0-255 (or 256: any)"),
+    ({"protocol": [1, 1, 1], "icmp_type": [8, 300, 256]}, "icmp_type[1]",
+     "not an ICMP type 0-255 (or 256: any)"),
+    ({"protocol": [1, 6, 1], "icmp_code": [256, 0, 256]}, "icmp_code[1]", "icmp_code 0 needs protocol icmp"),
+    ({"protocol": [6, 6, 17], "syn": [True, False, True]}, "syn[2]",
+     "syn needs protocol tcp (udp has no TCP"),
+    ({"syn": [True]}, "syn", "1 entries for 3 rules"),
     ({"family": b"\4\4\4", "src_addr": _v4(b"\n\0\0\0", b"\n\0\0\1", b"\n\0\0\0"),
       "src_len": b"\x08\x08\x08"}, "src_addr[1]", "bits set past its prefix length 8"),
     ({"family": b"\4\4\4", "src_addr": _v4(b"", b"", b""), "src_len": b"\x08\x21\x08"}, "src_addr[1]",
@@ -356,6 +382,21 @@ def test_a_snapshot_from_before_the_mark_column_loads_and_a_mark_is_refused() ->
     marked["crc32"] = _crc(marked)
     with pytest.raises(ValueError, match="acl row 0: mark is not 0"):
         acl_snapshot.load(marked)
+
+
+def test_a_snapshot_from_before_the_icmp_and_syn_columns_loads_as_any() -> None:
+    table = decode_dicts([{"id": 1, "action": "deny", "match": {"protocol": "tcp", "dport": 22}},
+                          {"id": 2, "action": "allow", "match": {"protocol": "icmp"}}])
+    data = acl_snapshot.dump(table)
+    new = {"has_icmp_type", "icmp_type", "has_icmp_code", "icmp_code", "syn"}
+    older = {**data, "columns": {k: v for k, v in data["columns"].items() if k not in new}}
+    older["crc32"] = _crc(older)
+    assert acl_snapshot.load(older) == table
+    with_fields = decode_dicts([{"id": 1, "action": "deny", "match": {"protocol": "tcp", "syn": True}},
+                                {"id": 2, "action": "allow", "match": {"protocol": "icmp", "icmp_type": 8}}])
+    again = acl_snapshot.load(acl_snapshot.dump(with_fields))
+    assert again == with_fields and again.columns.syn.tolist() == [True, False]
+    assert [r.match.icmp_type for r in again] == [None, 8]
 
 
 def _crc(data: dict[str, Any]) -> int:

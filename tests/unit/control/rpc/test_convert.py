@@ -63,6 +63,12 @@ def matches(draw) -> dict:
             d[side] = {"low": low, "high": draw(st.integers(low, PORT_MAX))}
         elif draw(st.integers(0, 9)) == 0:
             d[side] = {"low": 0, "high": PORT_MAX}  # any: allowed with every protocol
+    if protocol in protocols.ICMP or protocol in protocols.ICMP_NUMBERS:
+        for key in ("icmp_type", "icmp_code"):
+            if draw(st.booleans()):
+                d[key] = draw(st.integers(0, 255))
+    if protocol in ("tcp", protocols.TCP) and draw(st.booleans()):
+        d["syn"] = True
     return d
 
 
@@ -345,6 +351,16 @@ INVALID_MESSAGES = [
     ("interface name with '/'",
      pb2.Policy(chains=[pb2.ServiceChain(name="fw", forward=_leg(interfaces=["a/b"]))]),
      "chains[0].forward.interfaces[0]", "should match pattern"),
+    ("icmp type without protocol icmp",
+     pb2.Policy(acl=[pb2.AclRule(id=1, action=pb2.ACTION_DENY,
+                                 match=pb2.Match(protocol=pb2.PROTOCOL_TCP, icmp_type=8))]),
+     "acl[0].match.icmp_type", "icmp_type 8 needs protocol icmp or icmpv6 (tcp has no ICMP header)"),
+    ("icmp code 256", pb2.Policy(acl=[pb2.AclRule(
+        id=1, action=pb2.ACTION_DENY, match=pb2.Match(protocol=pb2.PROTOCOL_ICMP, icmp_code=256))]),
+     "acl[0].match.icmp_code", "less than or equal to 255"),
+    ("syn on a chain leg without tcp", pb2.Policy(chains=[pb2.ServiceChain(
+        name="fw", forward=_leg(match=pb2.Match(protocol=pb2.PROTOCOL_UDP, syn=True)))]),
+     "chains[0].forward.match.syn", "syn needs protocol tcp (udp has no TCP flags)"),
     ("duplicate mark", pb2.Policy(chains=[pb2.ServiceChain(name="fw", forward=_leg(),
                                                            return_path=_leg(table=1001))]),
      "chains", "mark 1 is used by both fw.forward and fw.return_path"),

@@ -136,6 +136,16 @@ def _matches(r: np.void, p: Packet, src: np.ndarray, dst: np.ndarray, sport: int
         return False
     if flags & cp.F_PROTO and int(r["proto"]) != p.proto:
         return False
+    # the program's probe: the parser reads ICMP type/code and TCP flags only from a first fragment
+    # (or a whole datagram) of those protocols; 0 otherwise
+    icmp = p.proto in (1, 58) and not p.fragment
+    icmp_type, icmp_code = (p.icmp_type, p.icmp_code) if icmp else (0, 0)
+    tcp_flags = p.tcp_flags if p.proto == 6 and not p.fragment else 0
+    mask = int(r["l4_mask"])
+    if mask and p.fragment:
+        return False
+    if ((icmp_type << 8 | icmp_code) | tcp_flags) & mask != int(r["l4_want"]):
+        return False
     if not flags & cp.F_PORTS:
         return True
     return p.ports and int(r["sport_lo"]) <= sport <= int(r["sport_hi"]) and \

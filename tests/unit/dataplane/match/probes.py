@@ -14,11 +14,12 @@ from scapy.packet import Raw
 
 from dataplane.match.columns import RuleColumns
 
-from ..reference_matcher import IPV6_EXTENSIONS, PORT_PROTOCOLS, Packet
+from ..reference_matcher import ICMP_PROTOCOLS, IPV6_EXTENSIONS, PORT_PROTOCOLS, TCP_NEW, Packet
 
 NON_FIRST_FRAG_OFFSET = 185  # 8-byte units: any non-zero offset makes a later fragment
 # The protocols a rule for any protocol is probed with: with ports, and without.
 ANY_PROTOS = (6, 17, 132, 47, 1)
+TCP_NOT_NEW = (0x12, 0x10, 0x03)  # SYN-ACK, ACK, SYN-FIN: not a connection opening
 
 
 def frame(p: Packet) -> bytes:
@@ -32,10 +33,13 @@ def frame(p: Packet) -> bytes:
         if p.fragment:  # nh: the Fragment header's (scapy fills it in)
             ip = IPv6(src=src, dst=dst) / IPv6ExtHdrFragment(nh=p.proto, offset=NON_FIRST_FRAG_OFFSET, m=1)
     payload = Raw(b"tidegate-probe-" * 3)
-    if p.fragment or p.proto not in PORT_PROTOCOLS:
+    if p.fragment or p.proto not in (*PORT_PROTOCOLS, *ICMP_PROTOCOLS):
         return bytes(eth / ip / payload)
-    l4 = {6: TCP(sport=p.sport, dport=p.dport, flags="S"), 17: UDP(sport=p.sport, dport=p.dport),
-          132: SCTP(sport=p.sport, dport=p.dport)}[p.proto]
+    l4 = {6: lambda: TCP(sport=p.sport, dport=p.dport, flags=p.tcp_flags),
+          17: lambda: UDP(sport=p.sport, dport=p.dport), 132: lambda: SCTP(sport=p.sport, dport=p.dport),
+          # ICMP and ICMPv6 alike (ICMPv6 may be probed over IPv4 too): type, code, checksum (unchecked)
+          1: lambda: Raw(bytes([p.icmp_type, p.icmp_code, 0, 0])),
+          58: lambda: Raw(bytes([p.icmp_type, p.icmp_code, 0, 0]))}[p.proto]()
     return bytes(eth / ip / l4 / payload)
 
 
@@ -71,12 +75,31 @@ def edge_probes(cols: RuleColumns, rows: np.ndarray | None = None, seed: int = 7
         corners = [(s_first, d_first), (s_last, d_last), (s_first, d_last), (s_last, d_first)]
         for proto in protos:
             for (src, dst), (sport, dport) in zip(corners, ports, strict=True):
-                out.append(Packet(family, src, dst, proto, sport, dport))
+                flags = TCP_NEW if proto == 6 else 0
+                out.append(Packet(family, src, dst, proto, sport, dport, tcp_flags=flags))
+        out.extend(_l4_probes(cols, i, family, s_first, d_first, slo, dlo))
     return out
+
+
+def _l4_probes(cols: RuleColumns, i: int, family: int, src: bytes, dst: bytes, sport: int,
+               dport: int) -> list[Packet]:
+    """For a rule with an ICMP type/code or SYN: its own packet, ones that differ in that field
+    only, and a later fragment."""
+    proto = int(cols.proto[i])
+    out = [Packet(family, src, dst, proto, fragment=True)]
+    if cols.has_icmp_type[i] or cols.has_icmp_code[i]:
+        kind, code = int(cols.icmp_type[i]), int(cols.icmp_code[i])
+        for t, c in ((kind, code), ((kind + 1) % 256, code), (kind, (code + 1) % 256)):
+            out.append(Packet(family, src, dst, proto, icmp_type=t, icmp_code=c))
+    if cols.syn[i]:
+        for flags in (TCP_NEW, *TCP_NOT_NEW):
+            out.append(Packet(family, src, dst, proto, sport, dport, tcp_flags=flags))
+    return out if len(out) > 1 else []
 
 
 def tunnel_free(p: Packet) -> Packet:
     """The packet, moved off the UDP tunnel ports (inspected for decap before the ACL runs)."""
     if p.proto == 17 and p.dport in (4789, 6081):
-        return Packet(p.family, p.src, p.dst, p.proto, p.sport, p.dport + 1, p.fragment)
+        return Packet(p.family, p.src, p.dst, p.proto, p.sport, p.dport + 1, p.fragment, p.icmp_type,
+                      p.icmp_code, p.tcp_flags)
     return p

@@ -137,8 +137,9 @@ def test_explain_finds_what_the_reference_finds(rule_set, packets):
     live, _ = load(rule_set)
     searcher = Searcher(live)
     for p in packets:
-        found = searcher(Probe(p.family, p.src, p.dst, p.proto, p.sport if p.ports else 0,
-                               p.dport if p.ports else 0, p.ports))
+        src, dst = p.address("src"), p.address("dst")
+        found = searcher(Probe.of(src, dst, p.proto, p.sport, p.dport, p.fragment, p.icmp_type, p.icmp_code,
+                                  p.tcp_flags))
         assert found.rule_id == rid(reference(rule_set, p))
         assert found.subtables <= len(live.tables) and found.candidates <= found.subtables * tp.BUCKET_MAX
 
@@ -222,3 +223,31 @@ def test_port_prefix_lengths():
     lo = np.array([80, 0, 1024, 0, 8, 0], dtype=np.uint16)
     hi = np.array([80, 65535, 2047, 1023, 15, 1], dtype=np.uint16)
     assert tp.common_prefix(lo, hi).tolist() == [16, 0, 6, 6, 13, 15]
+
+
+@pytest.mark.parametrize("column, proto, message", [
+    ("has_icmp_type", 6, "acl[3] (rule 4).icmp_type: needs protocol icmp (1) or icmpv6 (58)"),
+    ("has_icmp_code", None, "acl[3] (rule 4).icmp_code: needs protocol icmp (1) or icmpv6 (58)"),
+    ("syn", 17, "acl[3] (rule 4).syn: needs protocol tcp (6)"),
+    ("syn", None, "acl[3] (rule 4).syn: needs protocol tcp (6)"),
+])
+def test_icmp_fields_and_syn_without_their_protocol_are_refused_by_index(column, proto, message):
+    """Columns can reach the compiler from any edge: it names the row and the field itself."""
+    cols = to_columns([acl_rule(i, 1, "deny", proto=proto) for i in range(1, 6)])
+    getattr(cols, column)[3] = True
+    with pytest.raises(ValueError) as info:
+        planner.compile_rules(cols, cp.Live(), CAP)
+    assert str(info.value) == message
+
+
+def test_records_round_trip_the_icmp_fields_and_syn():
+    rule_set = [acl_rule(1, 1, "allow", proto=1, icmp_type=8, icmp_code=0),
+                acl_rule(2, 2, proto=58, icmp_code=4),
+                acl_rule(3, 3, proto=6, dport=(22, 22), syn=True), acl_rule(4, 4, proto=1)]
+    cols = to_columns(rule_set)
+    back = cp.columns_of(cp.records(cols))
+    for name in ("has_icmp_type", "icmp_type", "has_icmp_code", "icmp_code", "syn"):
+        assert np.array_equal(getattr(back, name), getattr(cols, name)), name
+    recs = cp.records(cols)
+    assert recs["l4_mask"].tolist() == [0xFFFF, 0x00FF, 0x17, 0]
+    assert recs["l4_want"].tolist() == [0x0800, 4, 2, 0]
