@@ -21,11 +21,6 @@
 
 #define TG_TTL 64
 #define TG_IPV4_DF 0x4000
-#define TG_TCP_DOFF_NO_OPTIONS 5
-#define TG_TCP_F_FIN 0x01
-#define TG_TCP_F_SYN 0x02
-#define TG_TCP_F_RST 0x04
-#define TG_TCP_F_ACK 0x10
 #define TG_ICMP_DEST_UNREACH 3
 #define TG_ICMP_PKT_FILTERED 13   /* communication administratively prohibited */
 #define TG_ICMPV6_DEST_UNREACH 1
@@ -89,7 +84,7 @@ static __always_inline int tg_answerable(struct xdp_md *ctx, const struct tg_tup
 		return 0; /* IPv6 multicast */
 	}
 	if (t->proto == IPPROTO_TCP)
-		return !(t->tcp_flags & TG_TCP_F_RST);
+		return !(t->tcp_flags & TG_TCP_RST);
 	if (t->proto == IPPROTO_ICMP)
 		return !(t->icmp_type == 3 || t->icmp_type == 4 || t->icmp_type == 5 || t->icmp_type == 11 ||
 			 t->icmp_type == 12); /* no error about an error */
@@ -205,13 +200,13 @@ static __always_inline int tg_reset(struct xdp_md *ctx, const struct tg_tuple *t
 	if ((void *)(seg + 1) > end)
 		return -1;
 	/* What the segment occupied of the sequence space: its data, SYN and FIN. */
-	seg_len = s->l3_end - l4_off - seg->doff * 4 + !!(t->tcp_flags & TG_TCP_F_SYN) +
-		  !!(t->tcp_flags & TG_TCP_F_FIN);
+	seg_len = s->l3_end - l4_off - seg->doff * TG_TCP_WORD + !!(t->tcp_flags & TG_TCP_SYN) +
+		  !!(t->tcp_flags & TG_TCP_FIN);
 	rst.source = seg->dest;
 	rst.dest = seg->source;
-	rst.doff = TG_TCP_DOFF_NO_OPTIONS;
+	rst.doff = TG_TCP_MIN_DOFF;
 	rst.rst = 1;
-	if (t->tcp_flags & TG_TCP_F_ACK) {
+	if (t->tcp_flags & TG_TCP_ACK) {
 		rst.seq = seg->ack_seq;
 	} else {
 		rst.ack = 1;

@@ -19,8 +19,6 @@
 #include "maps.h"
 #include "parse.h"
 
-#define TG_TCP_FIN 0x01
-#define TG_TCP_RST 0x04
 #define TG_NSEC_PER_SEC_CT 1000000000ULL
 
 /* The echo request/reply type of a family's ICMP. */
