@@ -172,9 +172,9 @@ class Daemon:
         names += stream_service.add_stream_services(server, self.fanout, self.pump, self.traces,
                                                     self.stopping)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        for name in names:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._health_names = ["", *names]
+        for name in self._health_names:  # SERVING once the whole start is done (_verified)
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         enable_reflection([*names, health.SERVICE_NAME], server)
         listen = self.config.listen
         if listen.unix is not None:
