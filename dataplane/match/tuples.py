@@ -106,15 +106,8 @@ class Fields:
 
 
 @dataclass(frozen=True)
-class Key:
-    """Masked fields of some rules under one tuple: what their buckets are keyed by."""
-
-    src: U64
-    dst: U64
-    sport: npt.NDArray[np.uint16]
-    dport: npt.NDArray[np.uint16]
-    family: npt.NDArray[np.uint8]
-    proto: npt.NDArray[np.uint8]
+class Key(Fields):
+    """Fields of some rules masked under one tuple (masked()): what their buckets are keyed by."""
 
     def hash(self) -> U64:
         """A 64-bit hash per key (multiply-xorshift over the fields)."""
