@@ -90,15 +90,16 @@ def _icmp(head: bytes, token: bytes, probe: Probe) -> bytes:
     """ICMP/ICMPv6 with a correct checksum (v6: over the pseudo-header), token after 4 bytes."""
     body = head + b"\0\0\0\0" + token
     if probe.family == 4:
-        csum = _checksum(body)
+        csum = checksum(body)
     else:
         pseudo = (ipaddress.IPv6Address(probe.src).packed + ipaddress.IPv6Address(probe.dst).packed
                   + struct.pack("!I3xB", len(body), 58))
-        csum = _checksum(pseudo + body)
+        csum = checksum(pseudo + body)
     return body[:2] + struct.pack("!H", csum) + body[4:]
 
 
-def _checksum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
+    """RFC 1071: the one's complement of the one's complement sum of 16-bit words."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))

@@ -1,11 +1,14 @@
 """The answer a reject rule sends (docs/dataplane.md, "Reject"), written from the description
 alone: which packets get one, and the exact bytes of it. Used by the hostile-packet reference
-(hostile_model.py); checksums are computed here from RFC 1071, not taken from the program.
+(hostile_model.py); checksums are computed by RFC 1071 (testbed.probes.checksum), not taken from
+the program.
 """
 
 from __future__ import annotations
 
 import struct
+
+from testbed.probes import checksum
 
 ETH_ALEN = 6
 TTL = 64
@@ -14,16 +17,6 @@ IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_ICMPV6 = 1, 6, 58
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 ICMP_ERRORS = (3, 4, 5, 11, 12)  # RFC 1122 3.2.2: no error about an error
 QUOTE_MAX = 124
-
-
-def checksum(data: bytes) -> int:
-    """RFC 1071: the one's complement of the one's complement sum of 16-bit words."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def answerable(buf: bytes, family: int, src: bytes, dst: bytes, proto: int, l4_present: bool, tcp_flags: int,
