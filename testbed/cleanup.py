@@ -11,21 +11,81 @@ On the first SIGTERM/SIGHUP the handler raises `Terminated` in the main thread, 
 `finally`/`__exit__` runs; it subclasses KeyboardInterrupt because pytest (and most tools) treat
 that as "stop the whole run, tear down fixtures", whereas SystemExit inside a test is reported as
 one failed test and the run goes on. A second signal undoes everything at once and dies.
+
+SIGKILL runs nothing, so what outlives its process is also written down: each registered key is
+a lease file under LEASE_DIR/<pid>.<start time>/ (a tmpfs, gone at reboot with the namespaces),
+removed when the key is discarded. `testbed.orphans.sweep()` undoes the leases of owners that no
+longer run, at the start of the next test run, demo or benchmark.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import hashlib
 import logging
 import os
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 log = logging.getLogger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+LEASE_DIR = Path(os.environ.get("TIDEGATE_TESTBED_LEASES", "/run/tidegate-testbed"))
+_STAT_STARTTIME = 21  # field 22 of /proc/<pid>/stat, counted from 0 (proc(5))
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), None if it does not run: with the pid, this
+    names one process, not whichever process reuses the number later."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may hold spaces: count after the last ")"
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[_STAT_STARTTIME - 2])
+
+
+def owner_dir(pid: int, start_time: int) -> Path:
+    return LEASE_DIR / f"{pid}.{start_time}"
+
+
+def lease_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class Leases:
+    """The on-disk copy of one process's live keys (see the module's docstring). Best effort:
+    a lease that cannot be written costs only the SIGKILL safety net, never the run."""
+
+    def __init__(self, pid: int) -> None:
+        start = process_start_time(pid)
+        self.dir = owner_dir(pid, start) if start is not None else None
+
+    def write(self, key: str) -> None:
+        if self.dir is None:
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / lease_name(key)).write_text(key)
+        except OSError as exc:
+            log.debug("no lease for %s: %s", key, exc)
+
+    def remove(self, key: str) -> None:
+        if self.dir is None:
+            return
+        with contextlib.suppress(OSError):
+            (self.dir / lease_name(key)).unlink()
+
+    def close(self) -> None:
+        """Drop the owner's directory once nothing is leased in it."""
+        if self.dir is not None:
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()
 
 
 class Terminated(KeyboardInterrupt):
@@ -48,15 +108,29 @@ class Registry:
         self._undo: dict[str, Callable[[], None]] = {}
         self._history: list[str] = []
         self._pid = os.getpid()
+        self._leases: Leases | None = None
+
+    def _lease_book(self) -> Leases | None:
+        if os.getpid() != self._pid:
+            return None  # a forked child's keys are its parent's
+        if self._leases is None:
+            self._leases = Leases(self._pid)
+        return self._leases
 
     def add(self, key: str, undo: Callable[[], None]) -> None:
         with self._lock:
             self._undo[key] = undo
             self._history.append(key)
+            book = self._lease_book()
+            if book:
+                book.write(key)
 
     def discard(self, key: str) -> None:
         with self._lock:
-            self._undo.pop(key, None)
+            if self._undo.pop(key, None) is not None:
+                book = self._lease_book()
+                if book:
+                    book.remove(key)
 
     def live(self) -> list[str]:
         with self._lock:
@@ -74,11 +148,17 @@ class Registry:
         with self._lock:
             pending = list(self._undo.items())[::-1]
             self._undo.clear()
+        book = self._lease_book()
         for key, undo in pending:
             try:
                 undo()
             except Exception as exc:  # noqa: BLE001 - a safety net must try everything
                 log.warning("testbed cleanup of %s failed: %s", key, exc)
+            else:
+                if book:
+                    book.remove(key)
+        if book:
+            book.close()
 
 
 REGISTRY = Registry()

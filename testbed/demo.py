@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from control.rpc.api import pb2
 from testbed import chain_topology as c
-from testbed import cleanup, demo_dataplane
+from testbed import cleanup, demo_dataplane, orphans
 from testbed.counters import ApiSnapshot, api_snapshot
 from testbed.daemon import RPC_TIMEOUT, DaemonProcess, cli_available
 from testbed.demo_dataplane import Check, table
@@ -182,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cli_available():
         log.error("control/cli/main.py is missing from this checkout: the demo drives the daemon through it")
         return 2
+    orphans.sweep()
     return cleanup.run_torn_down(run, log, (CommandFailed,))
 
 

@@ -21,7 +21,7 @@ from dataplane import abi
 from dataplane.acl import acl_rule, classifier
 from dataplane.kernel.interface import Dataplane
 from dataplane.map_config import TunnelEntry
-from testbed import cleanup
+from testbed import cleanup, orphans
 from testbed import topology as t
 from testbed.counters import Snapshot, snapshot
 from testbed.traffic import ping, receive_udp, send_udp, udp_echo_once, udp_socket
@@ -211,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    orphans.sweep()
     return cleanup.run_torn_down(run, log, ())
 
 

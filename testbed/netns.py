@@ -72,7 +72,7 @@ def setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def _remove_netns(name: str) -> None:
+def remove_netns(name: str) -> None:
     if os.path.exists(os.path.join(NETNS_DIR, name)):
         pr_netns.remove(name)
 
@@ -123,7 +123,7 @@ class Namespace:
         """Stop processes started with `popen`, then remove the namespace. Idempotent."""
         cleanup.REGISTRY.discard(self._key)
         self._stop_processes()
-        _remove_netns(self.name)
+        remove_netns(self.name)
 
     @property
     def _key(self) -> str:

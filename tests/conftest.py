@@ -20,6 +20,14 @@ def _bpf_unavailable() -> str | None:
     return None
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Namespaces and pins of earlier runs killed by SIGKILL (which runs no cleanup) go first."""
+    if os.geteuid() == 0:
+        from testbed import orphans
+
+        orphans.sweep()
+
+
 @pytest.fixture(scope="session")
 def bpf_available() -> None:
     reason = _bpf_unavailable()

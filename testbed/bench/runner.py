@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from testbed import cleanup
+from testbed import cleanup, orphans
 from testbed.bench import budget, control_plane, cost, decap, drop, fleet, migrate, report
 from testbed.bench.common import Profile, Section
 
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     profile = Profile.quick() if args.quick else Profile.full()
     cleanup.install()  # SIGTERM/SIGHUP unwind through every benchmark's cleanup
+    orphans.sweep()  # what killed runs left would share the CPUs and the names
     command = "python -m testbed.bench" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
