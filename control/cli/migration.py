@@ -2,6 +2,7 @@
 
     tidegate import [--iptables FILE] [--ip6tables FILE] [--nft FILE] [--ipset FILE] [--live]
                     [--interface IF ...] [--local auto|PREFIX,...] [--forwarding auto|on|off]
+                    [--return-routes auto|PREFIX,...] [--established on|off]
                     [--netns NAME] [-o POLICY.yaml] [--kept-dir DIR] [--max-expansion N] [--apply]
 
 Inputs are what the tools print (`iptables-save`, `ip6tables-save`, `nft -j list ruleset`,
@@ -93,15 +94,30 @@ def host_facts(args: argparse.Namespace, interfaces: tuple[str, ...]) -> hostmod
         else:
             on = args.forwarding == "on"
             forwarding = {4: on, 6: on}
+        routed, why = _routed_back(args, interfaces)
+        timeouts, ct_source = hostmod.read_conntrack_timeouts(args.netns) if args.established == "on" else \
+            ({}, "not read (--established off)")
     except hostmod.HostError as exc:
-        raise CliError(EXIT_USAGE, f"{exc} (or give --local and --forwarding)") from None
-    return hostmod.Host(interfaces, local, forwarding, source)
+        raise CliError(EXIT_USAGE, f"{exc} (or give --local, --forwarding and --return-routes)") from None
+    return hostmod.Host(interfaces, local, forwarding, source, routed, why, timeouts, ct_source)
+
+
+def _routed_back(args: argparse.Namespace, interfaces: tuple[str, ...]
+                 ) -> tuple[dict[int, Any], dict[int, str]]:
+    """The addresses replies to which leave by the attach interface (established.py)."""
+    if args.established == "off":
+        return {4: (), 6: ()}, {}
+    if args.return_routes == "auto" or len(interfaces) != 1:
+        return hostmod.read_routed_back(interfaces, args.netns)
+    given = hostmod.local_from_prefixes(args.return_routes.split(",") if args.return_routes else [],
+                                        "--return-routes")
+    return given, {f: f"--return-routes names no IPv{f} prefix" for f in (4, 6) if not given[f]}
 
 
 def plan_of(args: argparse.Namespace, interfaces: tuple[str, ...]) -> tuple[Ruleset, Plan]:
     ruleset = read_ruleset(_inputs(args))
     try:
-        options = Options(max_expansion=args.max_expansion)
+        options = Options(max_expansion=args.max_expansion, established=args.established == "on")
         plan = translate.translate(ruleset, host_facts(args, interfaces), options)
     except FlattenError as exc:
         raise CliError(EXIT_USAGE, str(exc)) from None
@@ -210,6 +226,12 @@ def add_commands(commands: Commands) -> None:
                    help="this host's own destinations (default: read the local routing table)")
     p.add_argument("--forwarding", choices=["auto", "on", "off"], default="auto",
                    help="whether the host forwards (default: read the sysctls)")
+    p.add_argument("--return-routes", default="auto", metavar="auto|PREFIX,...",
+                   help="the addresses this host sends to by the attach interface and no other (replies "
+                        "from them are in Tidegate's flow table; default: read the main routing table)")
+    p.add_argument("--established", choices=["on", "off"], default="on",
+                   help="move conntrack ESTABLISHED/RELATED accepts onto allow_established where they agree "
+                        "(default on; off: they stay in netfilter)")
     p.add_argument("--netns", metavar="NAME", help="read the machine's facts (and --live rules) in this "
                                                    "namespace")
     p.add_argument("-o", "--output", metavar="FILE", help="write the policy YAML here ('-' = stdout)")

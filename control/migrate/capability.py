@@ -42,7 +42,8 @@ CAPABILITIES: dict[Feature, bool] = {
     Feature.ICMP_TYPE: True,         # issue 14: Match.icmp_type and icmp_code
     Feature.TCP_SYN: True,           # issue 14: Match.syn (SYN set; ACK, RST, FIN clear)
     Feature.REJECT: True,            # issue 14: action reject (answered from XDP)
-    Feature.ESTABLISHED: False,      # issue 14: Settings.allow_established
+    Feature.ESTABLISHED: True,       # issue 14: Settings.allow_established (a setting, no field
+                                     # emitter: control/migrate/established.py says when it maps)
 }
 
 Fragment = dict[str, Any]  # part of a models.Match, e.g. {"dport": {"low": 80, "high": 90}}
@@ -169,8 +170,16 @@ def _protocol(proto: int | None, caps: dict[Feature, bool]) -> list[Fragment]:
     return _feature(Feature.PROTOCOL_NUMBER, iv.span(proto, proto), proto, caps)
 
 
-def _ports(values: iv.Ivs | None, proto: int | None, key: str, caps: dict[Feature, bool]) -> list[Fragment]:
+# Any port, written as ranges: a rule with a port range never matches a packet without ports, so
+# these select every TCP/UDP packet but later fragments (see box_matches' `ported`).
+PORT_HALVES = ({"low": 0, "high": 0x7FFF}, {"low": 0x8000, "high": 0xFFFF})
+
+
+def _ports(values: iv.Ivs | None, proto: int | None, key: str, caps: dict[Feature, bool],
+           ported: bool = False) -> list[Fragment]:
     if values is None:
+        if ported and proto in names.PORT_PROTOCOLS:
+            return [{key: half} for half in PORT_HALVES]
         return [{}]
     if proto not in names.PORT_PROTOCOLS:
         raise NotExpressible(f"ports of protocol {proto} (Tidegate matches ports of tcp, udp and sctp)")
@@ -179,15 +188,19 @@ def _ports(values: iv.Ivs | None, proto: int | None, key: str, caps: dict[Featur
     return [{key: {"low": low, "high": high}} for low, high in values]
 
 
-def box_matches(box: Box, caps: dict[Feature, bool] | None = None, limit: int = 1024) -> list[Fragment]:
-    """Every Tidegate Match (as a dict) that together select exactly the packets of `box`."""
+def box_matches(box: Box, caps: dict[Feature, bool] | None = None, limit: int = 1024,
+                ported: bool = False) -> list[Fragment]:
+    """Every Tidegate Match (as a dict) that together select exactly the packets of `box`.
+    `ported`: TCP, UDP and SCTP packets only with their ports (a later fragment, which carries
+    none, is left to the stack's reassembly: the datagram is judged by its first fragment)."""
     caps = CAPABILITIES if caps is None else caps
     out: list[Fragment] = []
     for proto in _protocols(box, caps, limit):
+        whole = ported and box.dport is None and box.sport is None
         parts = [_protocol(proto, caps),
                  _prefixes(box.src, box.family, "src"),
                  _prefixes(box.dst, box.family, "dst"),
-                 _ports(box.dport, proto, "dport", caps),
+                 _ports(box.dport, proto, "dport", caps, whole),
                  _ports(box.sport, proto, "sport", caps)]
         if box.icmp is not None:
             if proto not in (names.ICMP, names.ICMPV6):
@@ -213,14 +226,14 @@ def box_matches(box: Box, caps: dict[Feature, bool] | None = None, limit: int = 
 
 
 def region_matches(region: list[Box], caps: dict[Feature, bool] | None = None,
-                   limit: int = 1024) -> list[Fragment]:
+                   limit: int = 1024, ported: bool = False) -> list[Fragment]:
     """The matches of a union of boxes; boxes the same but for the family and naming no
     address become one rule for both families."""
     out: list[Fragment] = []
     seen: set[str] = set()
     both = _family_free(region)
     for box in region:
-        for match in box_matches(box, caps, limit - len(out)):
+        for match in box_matches(box, caps, limit - len(out), ported):
             key = repr(sorted(match.items()))
             if box in both:
                 match = {k: v for k, v in match.items() if k != "src"}

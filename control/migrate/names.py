@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 
+from dataplane import protocols
+
 # Debian netbase's /etc/protocols, the names iptables-save prints (getprotobynumber), plus the
 # aliases iptables and nft accept.
 PROTOCOLS = {
@@ -21,8 +23,8 @@ PROTOCOLS = {
     "ipv6-mh": 135, "udplite": 136, "mpls-in-ip": 137, "manet": 138, "hip": 139, "shim6": 140,
     "wesp": 141, "rohc": 142, "ethernet": 143,
 }
-PORT_PROTOCOLS = frozenset({6, 17, 132})  # whose ports Tidegate matches (models.PORT_PROTOCOLS)
-ICMP, ICMPV6, TCP = 1, 58, 6
+PORT_PROTOCOLS = frozenset(protocols.NUMBERS[n] for n in protocols.PORTED)  # whose ports Tidegate matches
+ICMP, ICMPV6, TCP, UDP = (protocols.NUMBERS[n] for n in ("icmp", "icmpv6", "tcp", "udp"))
 
 
 def protocol_number(name: str) -> int:

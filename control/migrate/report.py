@@ -38,6 +38,9 @@ def host_data(plan: Plan) -> dict[str, Any]:
     return {"interfaces": list(h.interfaces),
             "local": {f"ipv{f}": iv.prefixes(h.local[f], f) for f in (4, 6)},
             "forwarding": {f"ipv{f}": h.forwarding[f] for f in (4, 6)},
+            "routed_back": {f"ipv{f}": iv.prefixes(h.routed_back[f], f) for f in (4, 6)},
+            "routed_back_why": {f"ipv{f}": why for f, why in h.routed_back_why.items()},
+            "conntrack_timeouts": h.conntrack_source,
             "source": h.source}
 
 
@@ -55,7 +58,8 @@ def data(plan: Plan, ids: dict[int, list[int]] | None = None) -> dict[str, Any]:
         })
     return {"counts": counts(plan), "rules_read": len(plan.fates),
             "tidegate_rules": sum(len(e.matches) for e in plan.entries),
-            "default_action": plan.default_action, "host": host_data(plan), "notes": plan.notes,
+            "default_action": plan.default_action, "allow_established": plan.allow_established,
+            "established_timeouts": plan.established_timeouts, "host": host_data(plan), "notes": plan.notes,
             "rules": rules}
 
 
@@ -79,7 +83,7 @@ def summary_lines(plan: Plan) -> list[str]:
     c = counts(plan)
     lines = [f"{len(plan.fates)} rules read: " + ", ".join(f"{n} {s}" for s, n in c.items() if n),
              f"{sum(len(e.matches) for e in plan.entries)} Tidegate rules, default_action "
-             f"{plan.default_action}"]
+             f"{plan.default_action}, allow_established {'on' if plan.allow_established else 'off'}"]
     h = plan.host
     lines.append(f"attach interfaces: {', '.join(h.interfaces) or '(not given)'}; forwarding: "
                  + ", ".join(f"IPv{f} {'on' if h.forwarding[f] else 'off'}" for f in (4, 6))

@@ -65,6 +65,11 @@ class Blocker:
     outcome: str
     effect: bool  # logs or counts state: must see every packet it would see in C
     rewrites: str = ""  # "dst" or "src": a translation (DNAT, SNAT) rewrites that side
+    # A conntrack accept moved onto allow_established (established.py): a deny it blocks moves for
+    # its part outside `partial`, the packets only netfilter can tell it accepts; `ported`: that
+    # part written so that it never matches a later fragment (ESTABLISHED reassembled datagrams).
+    partial: list[Box] | None = None
+    ported: bool = False
 
 
 def blocks(b: Blocker, stage: int, wanted: str, reads: frozenset[str] = frozenset()) -> bool:
@@ -214,8 +219,12 @@ class BlockerIndex:
     def add(self, b: Blocker) -> None:
         self.index.add(b.region, b)
 
-    def first(self, region: list[Box], stage: int, wanted: str, reads: frozenset[str]) -> Blocker | None:
-        found = self.index.first(region, lambda b: blocks(b, stage, wanted, reads))  # type: ignore[arg-type]
+    def first(self, region: list[Box], stage: int, wanted: str, reads: frozenset[str],
+              skip: tuple[Blocker, ...] = ()) -> Blocker | None:
+        def test(b: Blocker) -> bool:
+            return all(b is not s for s in skip) and blocks(b, stage, wanted, reads)
+
+        found = self.index.first(region, test)  # type: ignore[arg-type]
         return found  # type: ignore[return-value]
 
 

@@ -12,7 +12,8 @@ Where each base chain's rules land in the one first-match list Tidegate has (X):
 so an INPUT rule never judges forwarded traffic at the driver hook, nor a FORWARD rule local
 traffic; the report says which rules that changed. OUTPUT and POSTROUTING rules never see what
 XDP sees. A chain's DROP policy becomes a final deny for its domain (default_action when it
-covers everything of both families). safety.py says what may move.
+covers everything of both families). safety.py says what may move; established.py when a
+conntrack ESTABLISHED/RELATED accept becomes allow_established.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from control.migrate import capability as cap
+from control.migrate import established
 from control.migrate import intervals as iv
 from control.migrate.capability import Feature, NotExpressible
 from control.migrate.flatten import POLICY, FlatRule, Stage, flatten
 from control.migrate.host import MULTICAST, Host
-from control.migrate.ir import Box, Kind, Ruleset, SourceRule
+from control.migrate.ir import Box, Kind, Ruleset, SourceRule, region_overlaps, region_subtract
 from control.migrate.safety import (
     Blocker,
     BlockerIndex,
@@ -123,6 +125,7 @@ class Entry:
 class Options:
     max_expansion: int = 1024
     capabilities: dict[Feature, bool] = field(default_factory=lambda: dict(cap.CAPABILITIES))
+    established: bool = True  # conntrack ESTABLISHED/RELATED accepts onto allow_established
 
 
 @dataclass
@@ -133,6 +136,12 @@ class Plan:
     host: Host
     notes: list[str]
     families: frozenset[int]
+    # allow_established and the timeouts it needs (None: off; established.py)
+    established_timeouts: dict[str, int] | None = None
+
+    @property
+    def allow_established(self) -> bool:
+        return self.established_timeouts is not None
 
     @property
     def removable(self) -> set[int]:
@@ -170,6 +179,9 @@ class _Translator:
         self.blockers = BlockerIndex()
         self.passes: dict[int, RegionIndex] = {}  # X's passes, by stage
         self.notes: list[str] = list(ruleset.notes)
+        self.ct_setup = established.conntrack_setup(ruleset)
+        self.ct_timeouts = established.timeouts(host)
+        self.established: list[int] = []  # the rules that turned allow_established on
 
     def run(self) -> Plan:
         stages = flatten(self.ruleset)
@@ -188,9 +200,11 @@ class _Translator:
                 self._guard()
                 guarded = True
             self._stage(index, stage)
+        timeouts = self._bypass()
         default = self._default_action()
         self._prune(default)
-        return Plan(self.entries, default, list(self.fates.values()), self.host, self.notes, self.families)
+        return Plan(self.entries, default, list(self.fates.values()), self.host, self.notes, self.families,
+                    timeouts)
 
     # --- per stage --------------------------------------------------------------------------------
     def _unseen(self, stage: Stage) -> None:
@@ -238,6 +252,8 @@ class _Translator:
         if not flat.path.boxes:
             self._copy(flat, Copy(Status.KEPT, "matches no packet of this family"))
             return
+        if flat.path.ctstate is not None and self._conntrack(index, section, flat, domain, status):
+            return
         why = self._unsupported(flat, status)
         limit = self.options.max_expansion
         region = region_of(flat, domain, attached, limit, why)
@@ -260,7 +276,7 @@ class _Translator:
             kind in (Kind.SIDE, Kind.TRANSLATE)
         self._keep(index, section, flat, region, want, effect)
 
-    def _unsupported(self, flat: FlatRule, iif_status: str) -> str:
+    def _unsupported(self, flat: FlatRule, iif_status: str, ctstate: bool = True) -> str:
         p = flat.path
         if iif_status == "unknown":
             return (f"-i {' '.join(map(str, p.iif))}: give the attach interfaces (--interface) to tell "
@@ -269,14 +285,78 @@ class _Translator:
             return f"-i {' '.join(map(str, p.iif))} matches only some of the attach interfaces"
         if p.oif:
             return f"Tidegate cannot express -o {' '.join(map(str, p.oif))} (decided by routing, after XDP)"
-        if p.ctstate is not None:
-            return f"Tidegate cannot express conntrack state {','.join(sorted(p.ctstate))}"
+        states = f"Tidegate cannot express conntrack state {','.join(sorted(p.ctstate or ()))}"
+        if p.ctstate is not None and ctstate and not p.ctstate <= established.MAPPABLE:
+            return states
         if p.unsupported:
             first = p.unsupported[0]
             return f"Tidegate cannot express {first.what}" + (f" ({first.text})" if first.text else "")
         if flat.target.side:
             return f"Tidegate cannot {flat.target.side} (the rule also does that)"
-        return ""
+        return states if p.ctstate is not None and ctstate else ""
+
+    def _conntrack(self, index: int, section: str, flat: FlatRule, domain: list[Box] | None,
+                   iif_status: str) -> bool:
+        """A plain ACCEPT of conntrack states ESTABLISHED and/or RELATED (established.py): onto
+        allow_established, the rule kept in netfilter for what only it can tell (a partial
+        blocker). False: not such a rule, or other conditions keep it (the caller says why)."""
+        states = flat.path.ctstate
+        assert states is not None
+        if flat.target.kind is not Kind.ACCEPT or flat.target.side or not states <= established.MAPPABLE or \
+                self._unsupported(flat, iif_status, ctstate=False):
+            return False
+        limit = self.options.max_expansion
+        region = region_of(flat, domain, self.host.interfaces, limit, "")
+        emit = region_of(flat, None, self.host.interfaces, limit, "") if section == "fwd" else region
+        if not region.hi:
+            return False
+        refused = self._ct_refusal(states)
+        if refused or region.exact is None or emit.exact is None:
+            self._keep(index, section, flat, region, "accept", False, refused or region.reason)
+            return True
+        kinds, sources = established.residual(states, region.exact, self.host)
+        passed = established.residual(states, emit.exact, self.host)[1]
+        try:
+            matches = cap.region_matches(passed, self.options.capabilities, limit)
+        except NotExpressible as exc:
+            self._keep(index, section, flat, region, "accept", False, exc.reason)
+            return True
+        if matches:  # inexact: a later deny it overlaps stays in netfilter (the blocker's `partial`)
+            self.entries.append(Entry("allow", matches, _describe(flat) + " (left to netfilter)",
+                                      families=frozenset(b.family for b in passed), region=passed))
+            self.passes.setdefault(index, RegionIndex()).add(sources, index)
+        self.blockers.add(Blocker(region.exact, flat, index, "accept", False, partial=kinds,
+                                  ported="established" in states))
+        if "established" in states:
+            self.established.append(flat.rule.number)
+        self._copy(flat, Copy(Status.MIRRORED, established.describe(states, self.host),
+                              scope=_scope(section, flat, domain)))
+        return True
+
+    def _ct_refusal(self, states: frozenset[str]) -> str:
+        if "established" in states and not cap.enabled(Feature.ESTABLISHED, self.options.capabilities):
+            return NotExpressible(str(Feature.ESTABLISHED), Feature.ESTABLISHED).reason
+        if not self.options.established:
+            return "conntrack rules are left to netfilter (--established off)"
+        return established.refusal(states, self.host, self.ct_setup, self.ct_timeouts)
+
+    def _bypass(self) -> dict[str, int] | None:
+        """With allow_established, a recorded flow's packet passes XDP before any deny: netfilter
+        must still hold every deny such a packet could meet (established.py). The timeouts."""
+        if not self.established or isinstance(self.ct_timeouts, str):
+            return None
+        passable = [b for f in (4, 6) for b in established.tracked(f)]
+        for entry in self.entries:
+            copy = entry.copy
+            if entry.action != "allow" and copy is not None and copy.status is Status.MOVED and \
+                    region_overlaps(entry.region, passable):
+                copy.status, copy.removable = Status.MIRRORED, False
+                copy.reason = "; ".join(r for r in (BYPASS, copy.reason) if r)
+        rules = ",".join(map(str, dict.fromkeys(self.established)))
+        shown = ", ".join(f"{k} {v} s" for k, v in self.ct_timeouts.items())
+        self.notes.append(f"allow_established on (rule {rules}); its timeouts outlast netfilter's "
+                          f"({self.host.conntrack_source}): {shown}. {established.LIMITS}")
+        return self.ct_timeouts
 
     def _pass(self, index: int, flat: FlatRule, region: Region, emit: Region, scope: str) -> None:
         assert region.exact is not None and emit.exact is not None
@@ -301,17 +381,31 @@ class _Translator:
             self._keep(index, section, flat, region, want, False, exc.reason)
             return
         restricted = domain_restricted(self.host, section, flat)
-        blocker = self.blockers.first(region.exact, index, want, reads(region.exact, restricted))
+        exact, emitted, blocker, partial, what = self._blocked(index, region.exact, emit.exact, want,
+                                                              restricted)
+        cut = exact != region.exact
         if blocker is not None:
             number = blocker.flat.rule.number
-            what = blocker.flat.implicit or _blocker_reason(blocker)
+            what = what or blocker.flat.implicit or _blocker_reason(blocker)
             copy = Copy(Status.BLOCKED, f"blocked by rule {number}: {what}", blocker=number, scope=scope)
             self._copy(flat, copy)
             self.blockers.add(Blocker(region.hi, flat, index, want, False))
             return
+        if partial:
+            try:
+                matches = cap.region_matches(emitted, self.options.capabilities, self.options.max_expansion,
+                                             ported=any(b.ported for b in partial))
+            except NotExpressible as exc:
+                self._keep(index, section, flat, region, want, False, exc.reason)
+                return
         shadowed = next((s for s, passes in self.passes.items()
-                         if s != index and passes.first(region.exact, lambda _: True) is not None), None)
-        if shadowed is not None:
+                         if s != index and passes.first(exact, lambda _: True) is not None), None)
+        if cut:
+            numbers = ",".join(str(b.flat.rule.number) for b in partial)
+            why = (f"denied in XDP but for what rule {numbers} may accept first and only netfilter can "
+                   f"tell ({PARTIAL}); netfilter keeps it for those")
+            copy = Copy(Status.MIRRORED, why, scope=scope)
+        elif shadowed is not None:
             copy = Copy(Status.MIRRORED, "denied in XDP; netfilter keeps it too: an accept of an earlier "
                                          "chain passes part of it to netfilter", scope=scope)
         elif self._multicast(section, flat):
@@ -323,8 +417,29 @@ class _Translator:
             removable = not flat.implicit and len(self.host.interfaces) == 1
             note = cap.reject_note(flat.target.detail or "") if action == "reject" else ""
             copy = Copy(Status.MOVED, note, removable=removable, scope=scope)
-        self._emit(Entry(action, matches, _describe(flat), copy, catch_all=_is_catch_all(flat, emit),
-                         region=emit.exact), flat)
+        self._emit(Entry(action, matches, _describe(flat), copy,
+                         catch_all=not partial and _is_catch_all(flat, emit), region=emitted), flat)
+
+    def _blocked(self, index: int, exact: list[Box], emitted: list[Box], want: str, restricted: bool
+                 ) -> tuple[list[Box], list[Box], Blocker | None, tuple[Blocker, ...], str]:
+        """The first kept rule that blocks a deny of these packets, after taking out of them what
+        moved conntrack rules leave to netfilter: (what is left, as judged and as emitted, the
+        blocker or None, the conntrack rules taken out, why blocked when it is by one of them)."""
+        limit = self.options.max_expansion
+        partial: tuple[Blocker, ...] = ()
+        while True:
+            blocker = self.blockers.first(exact, index, want, reads(exact, restricted), partial)
+            if blocker is None or blocker.partial is None:
+                return exact, emitted, blocker, partial, ""
+            partial += (blocker,)
+            left = region_subtract(exact, blocker.partial, limit)
+            shown = region_subtract(emitted, blocker.partial, limit)
+            if left is None or shown is None:
+                return exact, emitted, blocker, partial, f"what it leaves to netfilter cuts this rule into " \
+                                                         f"more than {limit} pieces"
+            if not left:
+                return exact, emitted, blocker, partial, ALL_RESIDUAL
+            exact, emitted = left, shown
 
     def _multicast(self, section: str, flat: FlatRule) -> bool:
         """Multicast may reach INPUT (a joined group) and FORWARD (multicast routing) at once, so
@@ -400,6 +515,12 @@ class _Translator:
             if entry.copy is not None:
                 entry.copy.reason = "the default action (deny)"
         return "deny"
+
+
+BYPASS = ("denied in XDP; netfilter keeps it too: allow_established passes a recorded flow's packets "
+          "before the ACL, and netfilter must still judge those it does not call ESTABLISHED")
+PARTIAL = "RELATED, ESTABLISHED of other protocols or from sources routed out elsewhere"
+ALL_RESIDUAL = "it may accept all of these packets as ESTABLISHED or RELATED where only netfilter can tell"
 
 
 def _only_family(flat: FlatRule, family: int) -> FlatRule:

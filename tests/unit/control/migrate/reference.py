@@ -5,19 +5,29 @@ order, INPUT for local destinations and FORWARD for the rest) for one packet, an
 Tidegate policy first-match as the data plane does. Conditions the import cannot read
 (`Unsupported`: a length, a packet type) are decided by `Packet.coin`, an arbitrary but fixed
 function of the packet and the condition: whatever it decides, the import must be right.
+
+A packet carries two states: netfilter's conntrack state (`ctstate`) and whether Tidegate's
+established table holds its flow (`recorded`: a packet with the reversed tuple left by the attach
+interface; with allow_established it passes before the ACL). `state_and_table` draws the two as
+they can come together (docs/migration.md, "ESTABLISHED and RELATED"): the table holds only TCP,
+UDP and ICMP echo replies; a packet netfilter calls ESTABLISHED of those, from a source routed
+back by the attach interface, is in the table (its flow left there, Tidegate's timeouts outlast
+netfilter's); anything else it may or may not hold (an entry netfilter dropped, an INVALID segment).
+RELATED is an ICMP error (no conntrack helpers in these rule sets).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from control.migrate import intervals as iv
 from control.migrate.ir import Box, Chain, Cond, Kind, Ruleset
 from control.policy.models import Match, Policy
 
 PORTED = {6, 17, 132, 136, 33}
+ICMP_ERRORS = {3, 4, 5, 11, 12}
 PATHS = {"local": ("ingress", "prerouting", "input"), "fwd": ("ingress", "prerouting", "forward")}
 
 
@@ -35,6 +45,17 @@ class Packet:
     oif: str = "t1"
     ctstate: str = "new"
     salt: int = 0
+    recorded: bool = False  # in Tidegate's established table
+
+    @property
+    def icmp_error(self) -> bool:
+        kind = self.icmp >> 8
+        return (self.proto == 1 and kind in ICMP_ERRORS) or (self.proto == 58 and kind < 128)
+
+    @property
+    def trackable(self) -> bool:
+        """A packet Tidegate's table can hold: TCP, UDP, an ICMP/ICMPv6 echo reply."""
+        return self.proto in (6, 17) or (self.proto, self.icmp >> 8) in ((1, 0), (58, 129))
 
     def coin(self, what: str) -> bool:
         digest = hashlib.sha256(f"{what}|{self}".encode()).digest()
@@ -139,7 +160,21 @@ def _match(m: Match, p: Packet) -> bool:
     return not m.syn or (p.proto == 6 and p.flags & 0x17 == 0x02)
 
 
+def state_and_table(p: Packet, state: str, routed_back: dict[int, iv.Ivs], rng: object) -> Packet:
+    """`p` with a conntrack state and a table entry that can come together (`rng`: random.Random)."""
+    import random
+
+    assert isinstance(rng, random.Random)
+    if state == "related" and not p.icmp_error:
+        state = rng.choice(("new", "established", "invalid"))
+    back = iv.contains(routed_back.get(p.family, iv.EMPTY), iv.span(p.src, p.src))
+    recorded = p.trackable and ((state == "established" and back) or rng.random() < 0.3)
+    return replace(p, ctstate=state, recorded=recorded)
+
+
 def tidegate(policy: Policy, p: Packet) -> str:
+    if policy.settings.allow_established and p.recorded:
+        return "allow"  # a reply of a recorded flow: passed before the ACL
     for rule in sorted(policy.acl, key=lambda r: (r.priority, r.id)):
         if _match(rule.match, p):
             return rule.action

@@ -1,7 +1,8 @@
 """The import's promise, checked without a kernel on many random rule sets: for every packet,
 Tidegate's imported policy followed by the netfilter rules it keeps ends exactly as the
 original rules do (same verdict, same LOG rules seeing it), whatever the conditions the
-import cannot read turn out to be.
+import cannot read turn out to be, and whatever netfilter's conntrack state and Tidegate's
+established table hold for the packet, as far as they can go together (reference.state_and_table).
 
 The original and the kept rules are both read back through the parser (the kept ones from the
 exact text `residual` writes), and judged by tests/unit/control/migrate/reference.py, which walks
@@ -17,14 +18,15 @@ from collections.abc import Iterator
 import pytest
 
 from control.migrate import host as hostmod
+from control.migrate import intervals as iv
 from control.migrate import iptables, nft, output, residual, translate
 from control.migrate.host import Host
 from control.migrate.ir import Ruleset
 from testbed import netfilter_gen
 from testbed.netns import Namespace
-from testbed.probes import Pools, boundary_probes, random_probes
+from testbed.probes import Pools, Probe, boundary_probes, random_probes
 
-from .reference import Packet, netfilter, tidegate
+from .reference import Packet, netfilter, state_and_table, tidegate
 
 LOCAL = ["10.0.0.1/32", "10.0.1.1/32", "10.0.0.255/32", "fd00::1/128", "fd00::2:1/128"]
 POOLS = Pools(src={4: ["198.18.4.20", "198.18.200.1", "192.0.2.77", "192.0.2.200", "203.0.113.70"],
@@ -32,21 +34,40 @@ POOLS = Pools(src={4: ["198.18.4.20", "198.18.200.1", "192.0.2.77", "192.0.2.200
               dst={4: ["10.0.0.1", "10.0.1.1", "10.200.5.9", "10.200.1.1", "10.0.0.255"],
                    6: ["fd00::1", "fd00::2:1", "fd00:200::9", "fd00:200::5:7", "fd00:200::1:1"]})
 IFACES = ("t0", "t0", "t0", "lo", "eth9")
-STATES = ("new", "new", "established", "related", "invalid")
+STATES = ("new", "new", "established", "established", "related", "invalid")
+# Routed out by another interface than t0: replies from them are never in Tidegate's table.
+ELSEWHERE = ["192.0.2.0/25", "2001:db8:2::/48"]
+
+
+def _routed_back() -> dict[int, iv.Ivs]:
+    other = hostmod.local_from_prefixes(ELSEWHERE)
+    return {f: iv.complement(other[f], iv.top_of(f)) for f in (4, 6)}
 
 
 def _host(forwarding: bool) -> Host:
-    return Host(("t0",), hostmod.local_from_prefixes(LOCAL), {4: forwarding, 6: forwarding}, "test")
+    return Host(("t0",), hostmod.local_from_prefixes(LOCAL), {4: forwarding, 6: forwarding}, "test",
+                _routed_back())
+
+
+# echo replies and requests, errors (unreachable, time exceeded, parameter problem, too big)
+ICMP_KINDS = {4: (0x0000, 0x0303, 0x0B00, 0x0C00, 0x0800, 0x0D00),
+              6: (0x8100, 0x0104, 0x0300, 0x0200, 0x8000)}
+
+
+def _icmp(rng: random.Random) -> list[Probe]:
+    return [Probe(f, 1 if f == 4 else 58, rng.choice(POOLS.src[f]), rng.choice(POOLS.dst[f]), icmp=kind,
+                  why="icmp") for f, kinds in ICMP_KINDS.items() for kind in kinds for _ in range(2)]
 
 
 def _packets(ruleset: Ruleset, rng: random.Random, count: int) -> list[Packet]:
-    probes = boundary_probes(ruleset, POOLS, rng) + random_probes(POOLS, rng, count)
+    probes = boundary_probes(ruleset, POOLS, rng) + random_probes(POOLS, rng, count) + _icmp(rng)
     out = []
+    back = _routed_back()
     for n, pr in enumerate(probes):
         src, dst = int(ipaddress.ip_address(pr.src)), int(ipaddress.ip_address(pr.dst))
-        out.append(Packet(pr.family, pr.proto, src, dst, pr.sport, pr.dport, pr.icmp, pr.flags,
-                          iif=rng.choice(IFACES), oif=rng.choice(("t1", "t0")), ctstate=rng.choice(STATES),
-                          salt=n))
+        packet = Packet(pr.family, pr.proto, src, dst, pr.sport, pr.dport, pr.icmp, pr.flags,
+                        iif=rng.choice(IFACES), oif=rng.choice(("t1", "t0")), salt=n)
+        out.append(state_and_table(packet, rng.choice(STATES), back, rng))
     return out
 
 
@@ -65,8 +86,9 @@ def _refusal(verdict: str) -> str:
     return "reject" if verdict.startswith("reject:") else verdict
 
 
-def check(ruleset: Ruleset, forwarding: bool, rng: random.Random, count: int = 300) -> translate.Plan:
-    host = _host(forwarding)
+def check(ruleset: Ruleset, forwarding: bool, rng: random.Random, count: int = 300,
+          host: Host | None = None) -> translate.Plan:
+    host = host or _host(forwarding)
     plan = translate.translate(ruleset, host)
     policy = output.to_policy(plan)
     kept = _kept(ruleset, plan)
