@@ -166,13 +166,12 @@ def describe(states: frozenset[str], host: Host) -> str:
     if "related" in states:
         kept.append("RELATED (ICMP errors about a flow)")
     if "established" in states:
-        kept.append("ESTABLISHED packets of other protocols than TCP and UDP and ICMP other than echo "
-                    "replies")
+        kept.append("ESTABLISHED of other protocols than TCP and UDP, and of ICMP other than echo replies")
         if any(not iv.is_full(host.routed_back.get(f, iv.EMPTY), iv.top_of(f)) for f in (4, 6)):
             kept.append("packets from sources routed out by another interface")
     head = ("allow_established in XDP (replies of flows that left by the attach interface pass before the "
             "ACL); " if "established" in states else "")
-    return head + "netfilter keeps the rule and XDP leaves it " + ", ".join(kept)
+    return head + "netfilter keeps the rule, and XDP leaves to it " + "; ".join(kept)
 
 
 LIMITS = ("Where netfilter accepts a reply as ESTABLISHED and Tidegate's table does not hold it, its ACL "
