@@ -3,7 +3,9 @@ overlap, shadow and block each other), for the import's equivalence tests and it
 
 Every rule is one the real tools accept; what they print back (iptables-save, nft -j) is what
 the import reads. Conditions Tidegate cannot express (a packet length, a hop limit) are mixed
-in on purpose: they keep rules in netfilter and block the rules after them.
+in on purpose: they keep rules in netfilter and block the rules after them. So are conntrack
+state rules (`--ctstate ESTABLISHED,RELATED -j ACCEPT` and its kin), which the import moves
+onto allow_established where it can.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ RANGES = {4: [("198.18.4.5", "198.18.4.40"), ("10.200.5.3", "10.200.7.1")],
           6: [("2001:db8:1:4::5", "2001:db8:1:4::40"), ("fd00:200::5:3", "fd00:200::7:1")]}
 PORTS = ["22", "53", "80", "443", "1000:2000", "8000:8080", "0:1023", "1024:65535", "5000"]
 MULTI = ["80,443", "22,53,1000:1100", "8000:8080,9000"]
+# conntrack state rules: (states, target); ESTABLISHED/RELATED accepts the most common
+CT_RULES = [("ESTABLISHED,RELATED", "ACCEPT"), ("RELATED,ESTABLISHED", "ACCEPT"), ("ESTABLISHED", "ACCEPT"),
+            ("RELATED", "ACCEPT"), ("ESTABLISHED,RELATED", "ACCEPT"), ("INVALID", "DROP"), ("NEW", "ACCEPT")]
+NFT_CT_RULES = ["ct state established,related accept", "ct state { established, related } accept",
+                "ct state established accept", "ct state related accept", "ct state invalid drop",
+                "meta l4proto tcp ct state established accept"]
 
 
 @dataclass
@@ -34,6 +42,7 @@ class Gen:
     chains: tuple[str, ...] = ("INPUT", "FORWARD")
     unsupported: float = 0.15  # share of rules with a condition Tidegate cannot express
     jumps: bool = True
+    conntrack: float = 0.08  # share of conntrack state rules
 
     def prefix(self, pool: dict[int, list[str]]) -> str:
         return self.rng.choice(pool[self.family])
@@ -74,6 +83,15 @@ class Gen:
                               "-m pkttype --pkt-type unicast "])
         return text
 
+    def conntrack_rule(self) -> str:
+        """A conntrack state rule: `-m conntrack --ctstate ...` or `-m state --state ...`, maybe
+        limited to a protocol or source."""
+        r = self.rng
+        states, target = r.choice(CT_RULES)
+        module = r.choice(["-m conntrack --ctstate", "-m conntrack --ctstate", "-m state --state"])
+        limit = r.choice(["", "", "", "-p tcp ", "-p udp ", self._addr("-s", SRC)])
+        return f"{limit}{module} {states} -j {target}"
+
     def target(self, chain: str, user: list[str]) -> str:
         r = self.rng
         pick = r.random()
@@ -104,6 +122,9 @@ class Gen:
             chain = r.choice(list(self.chains) + user)
             # a user chain jumps only to chains after it: no loops
             later = [u for u in user if chain not in user or user.index(u) > user.index(chain)]
+            if r.random() < self.conntrack:
+                lines.append(f"-A {chain} {self.conntrack_rule()}".replace("  ", " "))
+                continue
             lines.append(f"-A {chain} {self.match()}-j {self.target(chain, later)}".replace("  ", " "))
             del n
         lines.append("COMMIT")
@@ -128,6 +149,8 @@ def nft_ruleset(rng: random.Random, rules: int, table: str = "tg") -> str:
 
 
 def _nft_rule(rng: random.Random, in_sub: bool) -> str:
+    if rng.random() < 0.08:
+        return rng.choice(NFT_CT_RULES)
     family = rng.choice((4, 6))
     ip = "ip" if family == 4 else "ip6"
     parts = []
