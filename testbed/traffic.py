@@ -1,4 +1,4 @@
-"""Real traffic from inside namespaces: ICMP echo and UDP over plain sockets.
+"""Real traffic from inside namespaces: ICMP echo, UDP and TCP over plain sockets.
 
 Every socket is created inside `ns.enter()`, so it belongs to that namespace for its whole life
 and can then be used from the calling thread like any other socket; nothing runs outside the
@@ -9,13 +9,16 @@ identifier and checksum and hands each socket only the replies to its own reques
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
 import struct
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from testbed.netns import Namespace, sysctl
@@ -157,3 +160,129 @@ def receive_udp_ttl(sock: socket.socket, *, expect: int, timeout: float) -> list
                     if level == socket.IPPROTO_IP and kind == socket.IP_TTL), -1)
         out.append(Datagram(data, addr[0], ttl))
     return out
+
+
+# --- sessions: servers that answer, clients that say how it went --------------------------------------
+
+@contextmanager
+def _serving(sock: socket.socket, serve: Callable[[socket.socket, threading.Event], None]) -> Iterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(sock, stop), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sock.close()
+
+
+@contextmanager
+def tcp_echo_server(ns: Namespace, address: str, port: int, idle: float = 1.0) -> Iterator[None]:
+    """Accepts connections on address:port in `ns` and echoes each one's data until it closes."""
+    with ns.enter():
+        server = socket.socket(_family(address), socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((address, port))
+    server.listen()
+    server.settimeout(0.2)
+
+    def serve(sock: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.settimeout(idle)
+                try:
+                    while data := conn.recv(4096):
+                        conn.sendall(data)
+                except OSError:
+                    pass
+
+    with _serving(server, serve):
+        yield
+
+
+@contextmanager
+def udp_server(ns: Namespace, address: str, port: int,
+               answer: Callable[[bytes], bytes] = lambda data: data) -> Iterator[None]:
+    """Answers each datagram to address:port in `ns` with `answer(payload)` (default: an echo)."""
+    server = udp_socket(ns, address, port)
+    server.settimeout(0.2)
+
+    def serve(sock: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(RECV_BUFFER)
+                sock.sendto(answer(data), addr)
+            except (TimeoutError, OSError):
+                continue
+
+    with _serving(server, serve):
+        yield
+
+
+def tcp_exchange(ns: Namespace, address: str, port: int, payload: bytes,
+                 timeout: float = 1.0) -> bytes | None:
+    """Connects from `ns`, sends `payload`, returns what came back (None: no connection)."""
+    with ns.enter():
+        sock = socket.socket(_family(address), socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((address, port))
+            sock.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+        except OSError:
+            return None
+
+
+def tcp_session(ns: Namespace, address: str, port: int, payload: bytes, timeout: float = 1.0) -> str:
+    """How a connection from `ns` with one echoed exchange went: "ok", "refused" (a RST),
+    "unreachable" (an ICMP error), "timeout" (no answer to the SYN), "no echo", "short"."""
+    with ns.enter():
+        sock = socket.socket(_family(address), socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((address, port))
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "timeout"
+        except OSError as exc:
+            return "unreachable" if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES) \
+                else f"error {exc.errno}"
+        got = b""
+        try:
+            sock.sendall(payload)
+            while len(got) < len(payload) and (chunk := sock.recv(RECV_BUFFER)):
+                got += chunk
+        except (TimeoutError, OSError):
+            return "no echo"
+        return "ok" if got == payload else "short"
+
+
+def udp_session(ns: Namespace, src: str, address: str, port: int, payload: bytes,
+                timeout: float = 1.0) -> str:
+    """One datagram from `src` (a connected socket in `ns`) and its answer: "ok <length>",
+    "refused" (an ICMP port unreachable came back), or "none"."""
+    sock = udp_socket(ns, src)
+    with sock:
+        sock.settimeout(timeout)
+        sock.connect((address, port))
+        sock.send(payload)
+        try:
+            return f"ok {len(sock.recv(RECV_BUFFER))}"
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "none"

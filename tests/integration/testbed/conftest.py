@@ -15,7 +15,7 @@ import pytest
 from dataplane.kernel.attach import AttachError
 from dataplane.kernel.interface import Dataplane
 from dataplane.map_config import RuntimeConfig, TunnelEntry
-from testbed import cleanup, flow_topology, policy_sets, topology
+from testbed import cleanup, flow_topology, migrate_bed, policy_sets, topology
 from testbed.daemon import DaemonProcess
 from testbed.netns import created_namespaces, list_namespaces
 
@@ -47,6 +47,16 @@ def flow_topo(bpf_available: None) -> Iterator[flow_topology.FlowTopology]:
     policy_sets.DST, for the module."""
     with flow_topology.build([policy_sets.DST]) as t:
         yield t
+
+
+@pytest.fixture(scope="module")
+def import_beds(bpf_available: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[migrate_bed.Bed]:
+    """The import's two beds (testbed/migrate_bed.py) and a daemon on the second, for the module."""
+    try:
+        with migrate_bed.build(tmp_path_factory.mktemp("migrate")) as bed:
+            yield bed
+    except migrate_bed.NativeXdpRefused as exc:
+        pytest.skip(f"this kernel refuses native XDP on veth: {exc}")
 
 
 @pytest.fixture

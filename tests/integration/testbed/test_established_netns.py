@@ -8,11 +8,7 @@ forgotten, and a table too small for the flows replaces its least recently used 
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
@@ -23,8 +19,8 @@ from dataplane.kernel.verify import Mismatch
 from dataplane.map_config import RuntimeConfig
 from testbed import topology as t
 from testbed.counters import snapshot
-from testbed.netns import Namespace, linked_namespaces
-from testbed.traffic import ping, receive_udp, send_udp, udp_socket
+from testbed.netns import linked_namespaces
+from testbed.traffic import ping, receive_udp, send_udp, tcp_echo_server, tcp_exchange, udp_socket
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -41,63 +37,6 @@ def configure(dp: Dataplane, topo: t.Topology, cfg: RuntimeConfig) -> None:
     with topo.appliance.enter():
         dp.configure(cfg)
     dp.maps.clear_conntrack()
-
-
-@contextmanager
-def tcp_echo_server(ns: Namespace, address: str, port: int) -> Iterator[None]:
-    """Accepts connections on address:port in `ns` and echoes each one's data until it closes."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with ns.enter():
-        server = socket.socket(family, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((address, port))
-    server.listen()
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except (TimeoutError, OSError):
-                continue
-            with conn:
-                conn.settimeout(WAIT)
-                try:
-                    while data := conn.recv(4096):
-                        conn.sendall(data)
-                except OSError:
-                    pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        server.close()
-
-
-def tcp_exchange(ns: Namespace, address: str, port: int, payload: bytes) -> bytes | None:
-    """Connects from `ns`, sends `payload`, returns what came back (None: no connection)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with ns.enter():
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    with sock:
-        sock.settimeout(WAIT)
-        try:
-            sock.connect((address, port))
-            sock.sendall(payload)
-            got = b""
-            while len(got) < len(payload):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                got += chunk
-            return got
-        except OSError:
-            return None
 
 
 @pytest.mark.parametrize("local,remote", [(APP, PEER), (APP6, PEER6)], ids=["ipv4", "ipv6"])
