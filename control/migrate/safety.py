@@ -70,6 +70,7 @@ class Blocker:
     # part written so that it never matches a later fragment (ESTABLISHED reassembled datagrams).
     partial: list[Box] | None = None
     ported: bool = False
+    partial_emitted: list[Box] | None = None  # `partial` without the chain's domain (FORWARD's)
 
 
 def blocks(b: Blocker, stage: int, wanted: str, reads: frozenset[str] = frozenset()) -> bool:

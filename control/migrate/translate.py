@@ -315,7 +315,7 @@ class _Translator:
             self._keep(index, section, flat, region, "accept", False, refused or region.reason)
             return True
         kinds, sources = established.residual(states, region.exact, self.host)
-        passed = established.residual(states, emit.exact, self.host)[1]
+        kinds_emitted, passed = established.residual(states, emit.exact, self.host)
         try:
             matches = cap.region_matches(passed, self.options.capabilities, limit)
         except NotExpressible as exc:
@@ -326,7 +326,7 @@ class _Translator:
                                       families=frozenset(b.family for b in passed), region=passed))
             self.passes.setdefault(index, RegionIndex()).add(sources, index)
         self.blockers.add(Blocker(region.exact, flat, index, "accept", False, partial=kinds,
-                                  ported="established" in states))
+                                  ported="established" in states, partial_emitted=kinds_emitted))
         if "established" in states:
             self.established.append(flat.rule.number)
         self._copy(flat, Copy(Status.MIRRORED, established.describe(states, self.host),
@@ -433,7 +433,7 @@ class _Translator:
                 return exact, emitted, blocker, partial, ""
             partial += (blocker,)
             left = region_subtract(exact, blocker.partial, limit)
-            shown = region_subtract(emitted, blocker.partial, limit)
+            shown = region_subtract(emitted, blocker.partial_emitted or blocker.partial, limit)
             if left is None or shown is None:
                 return exact, emitted, blocker, partial, f"what it leaves to netfilter cuts this rule into " \
                                                          f"more than {limit} pieces"

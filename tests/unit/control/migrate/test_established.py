@@ -113,6 +113,18 @@ def test_helpers_timeouts_routes_and_switches_keep_it_in_netfilter() -> None:
         plan_of(HEAD + ct, capabilities=off).fates[0].reason
 
 
+def test_a_routers_forward_chain_maps_too() -> None:
+    """FORWARD: the rule's residual is cut out of the denies after it as they are written (without
+    the chain's domain, which the guard before the FORWARD rules stands for)."""
+    text = HEAD.replace(":FORWARD DROP", ":FORWARD DROP") + (
+        "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n-A FORWARD -i t1 -o t0 -j ACCEPT\n"
+        "-A FORWARD -d 10.200.7.7/32 -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n")
+    plan = plan_of(text, _host(True))
+    assert plan.allow_established and statuses(plan) == ["mirrored", "kept", "mirrored"]
+    denies = [r.match for r in output.to_policy(plan).acl if r.action == "deny"]
+    assert {(m.protocol, m.dport.low if m.dport else None) for m in denies} >= {("tcp", 0), ("udp", 0x8000)}
+
+
 def test_related_alone_leaves_only_icmp_errors_to_netfilter() -> None:
     plan = plan_of(HEAD + "-A INPUT -m conntrack --ctstate RELATED -j ACCEPT\n-A INPUT -p icmp -j DROP\n"
                           "-A INPUT -p udp -j DROP\nCOMMIT\n")
