@@ -4,16 +4,18 @@ Tidegate's imported policy plus the netfilter rules it keeps in the other.
 Each bed is three namespaces:
 
     sender S (s0) ---veth--- (t0) target T (t1) ---veth--- (r0) receiver R
-    10.0.0.2/24, fd00::2/64  10.0.0.1/24, 10.0.1.1/32       routes 10.200.0.0/16 and
-                             fd00::1/64, fd00::2:1/128      fd00:200::/64 to R
+    10.0.0.2/24, fd00::2/64  10.0.0.1/24, 10.0.1.1/32       10.9.0.2/30, 10.200.7.7/32
+                             fd00::1/64, fd00::2:1/128      (T routes 10.200.0.0/16 and
+                                                             fd00:200::/64 to R)
 
 In the first ("orig") the rules are loaded with the real tool (iptables-nft-restore,
 iptables-legacy-restore or nft -f) and saved with the real tool; the saved output goes through
 `tidegate import --apply` (the CLI, talking to a real daemon attached to the second bed's t0,
 its facts read in that namespace) and the rules it keeps are loaded into the second ("tg") with
 the same tool. `run_case` then sends the same probes (testbed.probes) through both; a test may
-also open real sessions between S and T in both (tests/integration/testbed/test_migrate_sessions.py).
-S sends probes from any address with AF_PACKET, and has addresses of its own for sessions.
+also open real sessions between S, T and R in both (tests/integration/testbed/test_migrate_sessions.py).
+S sends probes from any address with AF_PACKET, and has addresses of its own for sessions; so
+has R (IPv4), behind T when T forwards.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from testbed.probes import Pools, Probe, boundary_probes, random_probes, send_an
 LOCAL4, LOCAL4B, LOCAL6, LOCAL6B = "10.0.0.1", "10.0.1.1", "fd00::1", "fd00::2:1"
 GATEWAY4, GATEWAY6 = "10.0.0.2", "fd00::2"          # "S", for the target's own traffic
 NEXT4, NEXT6 = "10.9.0.2", "fd09::2"                # "R", the next hop of the routed prefixes
+INSIDE4 = "10.200.7.7"                              # R's address in the routed prefix
 POOLS = Pools(src={4: ["198.18.4.20", "198.18.200.1", "192.0.2.77", "192.0.2.200", "203.0.113.70"],
                    6: ["2001:db8:1:4::20", "2001:db8:1::77", "2001:db8:2::1", "2001:db8:9::1"]},
               dst={4: [LOCAL4, LOCAL4B, "10.200.5.9", "10.200.1.1", "10.0.0.255"],
@@ -83,7 +86,12 @@ def _side(stack: list[Namespace]) -> Side:
     add_address(t, "t1", "fd09::1/64")
     add_address(s, "s0", f"{GATEWAY4}/24")
     add_address(s, "s0", f"{GATEWAY6}/64")
+    add_address(r, "r0", f"{NEXT4}/30")
+    add_address(r, "r0", f"{INSIDE4}/32")
     r_mac, s_mac, t_mac = link_mac(r, "r0"), link_mac(s, "s0"), link_mac(t, "t0")
+    add_neighbour(r, "r0", "10.9.0.1", link_mac(t, "t1"))
+    add_route(r, "default", via="10.9.0.1", dev="r0")
+    add_route(s, "10.200.0.0/16", via=LOCAL4, dev="s0")
     add_neighbour(t, "t1", NEXT4, r_mac)
     add_neighbour(t, "t1", NEXT6, r_mac)
     add_neighbour(t, "t0", GATEWAY4, s_mac)

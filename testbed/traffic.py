@@ -245,13 +245,17 @@ def tcp_exchange(ns: Namespace, address: str, port: int, payload: bytes,
             return None
 
 
-def tcp_session(ns: Namespace, address: str, port: int, payload: bytes, timeout: float = 1.0) -> str:
-    """How a connection from `ns` with one echoed exchange went: "ok", "refused" (a RST),
-    "unreachable" (an ICMP error), "timeout" (no answer to the SYN), "no echo", "short"."""
+def tcp_session(ns: Namespace, address: str, port: int, payload: bytes, timeout: float = 1.0,
+                src: str | None = None) -> str:
+    """How a connection from `ns` (from `src` if given) with one echoed exchange went: "ok",
+    "refused" (a RST), "unreachable" (an ICMP error), "timeout" (no answer to the SYN), "no echo",
+    "short"."""
     with ns.enter():
         sock = socket.socket(_family(address), socket.SOCK_STREAM)
     with sock:
         sock.settimeout(timeout)
+        if src is not None:
+            sock.bind((src, 0))
         try:
             sock.connect((address, port))
         except ConnectionRefusedError:

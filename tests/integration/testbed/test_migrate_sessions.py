@@ -9,7 +9,8 @@ replies), real sessions are opened in both beds, target T ("inside") to sender S
 and back: TCP with data both ways, a refused connection (the RST is a reply), UDP questions
 with small and fragmented answers, a closed UDP port (the ICMP error is RELATED: only netfilter
 can tell), ping. Every one must end alike in the original netfilter bed and in Tidegate's
-(imported policy plus kept rules), and as the rules say.
+(imported policy plus kept rules), and as the rules say. Then the same for a router's FORWARD
+chain: sessions from R, inside, out to S, and from S in to R.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from contextlib import ExitStack, contextmanager
 
 import pytest
 
-from testbed.migrate_bed import GATEWAY4, GATEWAY6, LOCAL4, LOCAL6, Bed, Case, Side, check, run_case
+from testbed.migrate_bed import GATEWAY4, GATEWAY6, INSIDE4, LOCAL4, LOCAL6, Bed, Case, Side, check, run_case
 from testbed.probes import Probe
 from testbed.traffic import ping, tcp_echo_server, tcp_session, udp_server, udp_session
 
@@ -164,3 +165,63 @@ def test_host_firewall_sessions(bed: Bed, backend: str) -> None:
 def _passed_established(bed: Bed) -> int:
     stats = json.loads(bed.daemon.cli("stats", as_json=True).stdout)
     return int(stats["reasons"].get("PASS_ESTABLISHED", {}).get("packets", 0))
+
+
+ROUTER4 = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -i t1 -o t0 -j ACCEPT
+-A FORWARD -d 10.200.7.7/32 -p tcp -m tcp --dport 22 -j ACCEPT
+-A FORWARD -p icmp -m icmp --icmp-type 8 -j ACCEPT
+COMMIT
+"""
+ROUTER_EXPECTED = {"out tcp": "ok", "out tcp closed": "refused", "out udp": "ok 8",
+                   "out udp fragmented": f"ok {BIG}", "out udp closed": "refused", "out ping": "ok",
+                   "in published": "ok", "in other port": "timeout", "in udp": "none", "in ping": "ok"}
+
+
+@contextmanager
+def router_servers(side: Side) -> Iterator[None]:
+    with ExitStack() as stack:
+        for port in (22, 8080):
+            stack.enter_context(tcp_echo_server(side.r, INSIDE4, port))
+        stack.enter_context(udp_server(side.r, INSIDE4, 5353))
+        stack.enter_context(tcp_echo_server(side.s, GATEWAY4, 8080))
+        stack.enter_context(udp_server(side.s, GATEWAY4, 5300))
+        stack.enter_context(udp_server(side.s, GATEWAY4, 5301, lambda data: b"x" * BIG))
+        yield
+
+
+def router_sessions(side: Side) -> dict[str, str]:
+    r, s = side.r, side.s
+    return {
+        "out tcp": tcp_session(r, GATEWAY4, 8080, PAYLOAD, src=INSIDE4),
+        "out tcp closed": tcp_session(r, GATEWAY4, 8081, PAYLOAD, src=INSIDE4),
+        "out udp": udp_session(r, INSIDE4, GATEWAY4, 5300, b"question"),
+        "out udp fragmented": udp_session(r, INSIDE4, GATEWAY4, 5301, b"question"),
+        "out udp closed": udp_session(r, INSIDE4, GATEWAY4, 5302, b"question"),
+        "out ping": "ok" if ping(r, GATEWAY4, src=INSIDE4, count=2).ok else "lost",
+        "in published": tcp_session(s, INSIDE4, 22, PAYLOAD),
+        "in other port": tcp_session(s, INSIDE4, 8080, PAYLOAD),
+        "in udp": udp_session(s, GATEWAY4, INSIDE4, 5353, b"question"),
+        "in ping": "ok" if ping(s, INSIDE4, src=GATEWAY4, count=2).ok else "lost",
+    }
+
+
+def test_router_forward_sessions(bed: Bed) -> None:
+    """A router's FORWARD chain: what leaves from inside comes back by the established table,
+    what comes from outside meets the rules."""
+    outcome = run_case(bed, Case("sessions-router", "nft", v4=ROUTER4, forwarding=True))
+    check(outcome, min_moved=2)
+    assert outcome.report["allow_established"] is True
+    before = _passed_established(bed)
+    got = {}
+    for name, side in (("orig", bed.orig), ("tg", bed.tg)):
+        with router_servers(side):
+            got[name] = router_sessions(side)
+    orig, tg = got["orig"], got["tg"]
+    assert orig == ROUTER_EXPECTED, {k: v for k, v in orig.items() if ROUTER_EXPECTED[k] != v}
+    assert tg == orig, {k: (orig[k], v) for k, v in tg.items() if orig[k] != v}
+    assert _passed_established(bed) > before
