@@ -43,6 +43,10 @@ class RuntimeConfig(BaseModel):
     # Replies of flows that left through the interface pass before the ACL (xdp/include/conntrack.h),
     # until the flow has been idle this long.
     allow_established: bool = False
+    # "first": a datagram is judged by its first fragment and its later fragments pass before the
+    # ACL (the stack reassembles them only with a first fragment that passed); "judge": a later
+    # fragment is judged by the ACL without ports (docs/dataplane.md, "Fragments").
+    fragments: Literal["judge", "first"] = "judge"
     ct_tcp_s: int = _ct_timeout("TG_CT_TCP_TIMEOUT_DEFAULT", "TCP idle timeout")
     ct_tcp_closing_s: int = _ct_timeout("TG_CT_TCP_CLOSING_TIMEOUT_DEFAULT", "TCP timeout after a FIN or RST")
     ct_udp_s: int = _ct_timeout("TG_CT_UDP_TIMEOUT_DEFAULT", "UDP idle timeout")
@@ -63,6 +67,8 @@ class RuntimeConfig(BaseModel):
             flags |= abi.define("TG_CFG_F_STRICT_TUNNEL_PORTS")
         if self.allow_established:
             flags |= abi.define("TG_CFG_F_ESTABLISHED")
+        if self.fragments == "first":
+            flags |= abi.define("TG_CFG_F_FRAGMENTS_FIRST")
         return flags
 
 

@@ -111,6 +111,7 @@ class DataplaneMaps:
             "rewrite_inner_dmac": bool(flags & abi.define("TG_CFG_F_REWRITE_INNER_DMAC")),
             "strict_tunnel_ports": bool(flags & abi.define("TG_CFG_F_STRICT_TUNNEL_PORTS")),
             "allow_established": bool(flags & abi.define("TG_CFG_F_ESTABLISHED")),
+            "fragments": "first" if flags & abi.define("TG_CFG_F_FRAGMENTS_FIRST") else "judge",
             **{name: getattr(leaf, name) or RuntimeConfig.model_fields[name].default for name in CT_TIMEOUTS},
             "reject_rate": leaf.reject_rate,
             "reject_burst": leaf.reject_burst or abi.define("TG_REJECT_BURST_DEFAULT"),

@@ -65,7 +65,11 @@ static __always_inline __u32 tg_judge(struct xdp_md *ctx, const struct tg_config
 	const struct tg_rule *rule;
 	__u32 reason;
 
-	if (tg_ct_established(cfg, &s->t)) {
+	if ((cfg->flags & TG_CFG_F_FRAGMENTS_FIRST) && !s->t.l4_present) {
+		/* fragments: first. Its datagram is judged by its first fragment: the stack reassembles
+		 * this one only with a first fragment that passed (docs/dataplane.md, "Fragments"). */
+		reason = TG_REASON_PASS_LATER_FRAGMENT;
+	} else if (tg_ct_established(cfg, &s->t)) {
 		reason = TG_REASON_PASS_ESTABLISHED;
 	} else {
 		tg_forget(); /* stage barrier: the ACL is verified once, whatever the flow lookup found */

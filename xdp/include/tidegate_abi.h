@@ -137,7 +137,8 @@ enum tg_reason {
 	TG_REASON_PASS_TUNNEL_FRAGMENT = 13, /* first fragment of a datagram to a tunnel port: to the stack */
 	TG_REASON_PASS_ESTABLISHED = 14,   /* a reply of a flow that left through this interface (allow_established) */
 	TG_REASON_DROP_REJECTED = 15,      /* a reject rule matched: answered (XDP_TX) or, when it cannot be, dropped */
-	TG_REASON_MAX = 16,
+	TG_REASON_PASS_LATER_FRAGMENT = 16, /* a non-first fragment, with TG_CFG_F_FRAGMENTS_FIRST: to the stack's reassembly */
+	TG_REASON_MAX = 17,
 };
 
 /* The verdict of each reason, stated per reason: the reasons listed here drop the packet, every
@@ -211,6 +212,11 @@ enum tg_tunnel_type {
 #define TG_CFG_F_DECAP 0x2              /* terminate tunnels at all */
 #define TG_CFG_F_STRICT_TUNNEL_PORTS 0x4 /* drop UDP to a tunnel port that is no tunnel packet */
 #define TG_CFG_F_ESTABLISHED 0x8         /* allow_established: record flows at egress, pass their replies */
+/* fragments: first. A datagram is judged by its first fragment (offset 0: it carries the transport
+ * header); a later fragment passes before the ACL, and the stack reassembles it only together with
+ * a first fragment that passed. Clear (fragments: judge): a later fragment is judged by the ACL
+ * without ports, ICMP header or TCP flags. */
+#define TG_CFG_F_FRAGMENTS_FIRST 0x10
 
 /* tg_tunnel.flags: which encapsulations a VNI is accepted with. */
 #define TG_TUNNEL_F_VXLAN 0x1
