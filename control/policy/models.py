@@ -135,6 +135,11 @@ class Settings(Model):
     # iptables' `-m conntrack --ctstate ESTABLISHED -j ACCEPT` (docs/dataplane.md, "Established").
     allow_established: bool = False
     established_timeouts: EstablishedTimeouts = EstablishedTimeouts()
+    # A datagram that arrives in fragments (docs/dataplane.md, "Fragments"): "judge" judges every
+    # fragment by the ACL, a later one without ports; "first" judges the datagram by its first
+    # fragment and passes the later ones to the stack, which reassembles them only with a first
+    # fragment that passed (as netfilter with conntrack judges the reassembled datagram).
+    fragments: Literal["judge", "first"] = "judge"
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

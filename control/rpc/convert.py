@@ -205,6 +205,7 @@ def _settings_dict(msg: pb2.Settings) -> Dict:
     _put(d, "unknown_vni_action",
          _name(pb2.UnknownVniAction, "UNKNOWN_VNI_ACTION_", msg.unknown_vni_action))
     _put(d, "default_action", _name(pb2.Action, "ACTION_", msg.default_action))
+    _put(d, "fragments", _name(pb2.Fragments, "FRAGMENTS_", msg.fragments))
     return d
 
 
@@ -337,7 +338,8 @@ def settings_to_proto(s: Settings) -> pb2.Settings:
         default_action=_number(pb2.Action, "ACTION_", s.default_action),
         rewrite_inner_dmac=s.rewrite_inner_dmac, strict_tunnel_ports=s.strict_tunnel_ports,
         allow_established=s.allow_established,
-        established_timeouts=pb2.EstablishedTimeouts(**s.established_timeouts.model_dump()))
+        established_timeouts=pb2.EstablishedTimeouts(**s.established_timeouts.model_dump()),
+        fragments=_number(pb2.Fragments, "FRAGMENTS_", s.fragments))
 
 
 def policy_to_proto(policy: Policy, acl_columns: bool = False) -> pb2.Policy:

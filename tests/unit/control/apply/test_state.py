@@ -15,7 +15,8 @@ from control.policy.models import AclRule, DesiredState, Interface, Policy, Tunn
 
 def _state(generation: int = 3) -> DesiredState:
     policy = Policy.model_validate({"acl": [{"id": 1, "action": "deny", "match": {"src": "10.0.0.0/8"}}],
-                                    "tunnels": [{"vni": 100}]})
+                                    "tunnels": [{"vni": 100}],
+                                    "settings": {"default_action": "deny", "fragments": "first"}})
     interfaces = [Interface(name="eth0", mode="native")]
     return DesiredState(generation=generation, interfaces=interfaces, policy=policy)
 
@@ -28,6 +29,28 @@ def test_round_trip_keeps_everything(tmp_path):
     store = StateStore(tmp_path)
     store.save(_state())
     assert store.load() == _state()
+
+
+def test_settings_survive_the_state_file(tmp_path):
+    """Non-default settings come back as written (a state file that lost fragments: first would
+    restart the daemon into judging later fragments again)."""
+    store = StateStore(tmp_path)
+    store.save(_state())
+    settings = store.load().policy.settings
+    assert (settings.default_action, settings.fragments) == ("deny", "first")
+    written = json.loads((tmp_path / STATE_FILE).read_text())
+    assert written["policy"]["settings"]["fragments"] == "first"
+
+
+def test_a_state_file_without_fragments_judges_them(tmp_path):
+    """A state file written before the setting existed loads with its default."""
+    store = StateStore(tmp_path)
+    store.save(_state())
+    path = tmp_path / STATE_FILE
+    data = json.loads(path.read_text())
+    del data["policy"]["settings"]["fragments"]
+    path.write_text(json.dumps(data))
+    assert store.load().policy.settings.fragments == "judge"
 
 
 def test_the_file_is_private_and_no_temporary_is_left(tmp_path):

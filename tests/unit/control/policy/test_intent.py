@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from control.policy.intent import LegRef, interface_intent
 from control.policy.models import DesiredState
+from dataplane import abi
 
 STATE = DesiredState.model_validate({
     "interfaces": [{"name": "down0"}, {"name": "svc1"}],
     "policy": {
-        "settings": {"default_action": "deny", "vxlan_port": 8472},
+        "settings": {"default_action": "deny", "vxlan_port": 8472, "fragments": "first"},
         "acl": [{"id": 5, "priority": 7, "action": "allow", "log": True,
                  "match": {"src": "10.0.0.0/8", "protocol": "tcp", "dport": "80-90"}}],
         "tunnels": [{"vni": 100, "geneve": False}],
@@ -54,4 +55,6 @@ def test_each_interface_gets_only_the_legs_entering_on_it():
 def test_settings_and_tunnels_translate():
     intent = interface_intent(STATE, "down0")
     assert intent.config.default_action == "deny" and intent.config.vxlan_port == 8472
+    assert intent.config.fragments == "first"
+    assert intent.config.flags() & abi.define("TG_CFG_F_FRAGMENTS_FIRST")
     assert [(t.vni, t.vxlan, t.geneve) for t in intent.tunnels] == [(100, True, False)]

@@ -163,6 +163,8 @@ INVALID_POLICIES = [
      "settings.unknown_vni_action", "'pass' or 'drop'"),
     ("default_action drop", "settings: {default_action: drop}",
      "settings.default_action", "'allow' or 'deny'"),
+    ("fragments all", "settings: {fragments: all}", "settings.fragments", "'judge' or 'first'"),
+    ("fragments as a flag", "settings: {fragments: true}", "settings.fragments", "'judge' or 'first'"),
     # service chains: marks and tables
     ("mark 0", on_leg(mark=0),
      "chains[0].forward.mark", "greater than or equal to 1"),
@@ -316,7 +318,8 @@ def test_full_valid_desired_state():
     state = DesiredState.model_validate(yaml.safe_load("""
 interfaces: [{name: eth0, mode: native}, {name: svc0}, {name: bond0.100}]
 policy:
-  settings: {vxlan_port: 8472, geneve_port: 6081, unknown_vni_action: drop, default_action: deny}
+  settings: {vxlan_port: 8472, geneve_port: 6081, unknown_vni_action: drop, default_action: deny,
+             fragments: first}
   acl:
     - {id: 1, priority: 0, action: allow, match: {src: 10.0.0.0/8, protocol: tcp, dport: 22}, log: true}
     - {id: 4294967295, action: deny, description: "everything else from the lab"}
@@ -333,6 +336,7 @@ policy:
 """))
     assert state.policy.interfaces() == {"eth0", "svc0", "bond0.100"}
     assert state.policy.settings.vxlan_port == 8472
+    assert state.policy.settings.fragments == "first"
     assert [leg for leg, _ in state.policy.chains[0].legs()] == ["forward", "return_path"]
 
 

@@ -131,7 +131,8 @@ def settings_dicts(draw) -> dict:
     return {"vxlan_port": vxlan_port, "geneve_port": geneve_port,
             "decap": draw(st.booleans()), "rewrite_inner_dmac": draw(st.booleans()),
             "unknown_vni_action": draw(st.sampled_from(["pass", "drop"])),
-            "default_action": draw(st.sampled_from(["allow", "deny"]))}
+            "default_action": draw(st.sampled_from(["allow", "deny"])),
+            "fragments": draw(st.sampled_from(["judge", "first"]))}
 
 
 @st.composite
@@ -202,7 +203,7 @@ EXPLICIT = [
     pytest.param(Policy(), id="empty"),
     pytest.param(Policy.model_validate({
         "settings": {"vxlan_port": 8472, "geneve_port": 4789, "decap": False, "unknown_vni_action": "drop",
-                     "default_action": "deny", "rewrite_inner_dmac": False},
+                     "default_action": "deny", "rewrite_inner_dmac": False, "fragments": "first"},
         "acl": [{"id": 1, "priority": 0, "action": "allow", "log": True, "description": "ssh, from the lab",
                  "match": {"src": "10.0.0.0/8", "dst": "0.0.0.0/0", "protocol": "tcp", "dport": 22}},
                 {"id": U32_MAX, "priority": U32_MAX, "action": "deny",
@@ -233,6 +234,7 @@ def test_to_proto_sets_every_default_explicitly():
         {"acl": [{"id": 1, "action": "deny"}], "tunnels": [{"vni": 1}]}))
     assert msg.settings.HasField("vxlan_port") and msg.settings.vxlan_port == 4789
     assert msg.settings.default_action == pb2.ACTION_ALLOW
+    assert msg.settings.fragments == pb2.FRAGMENTS_JUDGE  # the default, said: an old reader sees it named
     assert msg.acl[0].HasField("priority") and msg.acl[0].priority == 1000
     assert msg.tunnels[0].HasField("geneve") and msg.tunnels[0].geneve
 
@@ -251,6 +253,7 @@ def test_absent_fields_take_the_model_defaults():
     assert policy.chains[0].return_path is None
     assert convert.policy_from_proto(pb2.Policy()) == Policy()
     assert convert.settings_from_proto(pb2.Settings()) == Settings()
+    assert convert.settings_from_proto(pb2.Settings()).fragments == "judge"  # nothing applied changes meaning
     assert convert.interface_from_proto(pb2.Interface(name="eth0")).mode == "auto"
 
 
@@ -338,6 +341,8 @@ INVALID_MESSAGES = [
      "settings.vxlan_port", "greater than or equal to 1"),
     ("same vxlan and geneve port", pb2.Policy(settings=pb2.Settings(vxlan_port=6081)),
      "settings", "are both 6081"),
+    ("fragments number unknown to this version", pb2.Policy(settings=pb2.Settings(fragments=7)),
+     "settings.fragments", "'judge' or 'first'"),
     ("chain without forward leg", pb2.Policy(chains=[pb2.ServiceChain(name="fw")]),
      "chains[0].forward", "Field required"),
     ("mark 0 on the second chain's return path",
