@@ -98,6 +98,7 @@ class Setup:
     acl: tuple[MatchRule, ...] = ()
     classifiers: tuple[MatchRule, ...] = ()
     allow_established: bool = False
+    fragments: str = "judge"  # "first": a later fragment passes before the ACL (docs, "Fragments")
     reject_rate: int = 1_000_000_000  # reject answers per second: never short in a fuzz run; 0 none
     ct: frozenset[tuple[int, object, object, int, int, int]] = frozenset()  # recorded flows, alive
 
@@ -367,6 +368,10 @@ def _judge(buf: bytes, setup: Setup, x: Expected) -> None:
         assert ethertype in (ETH_P_IP, ETH_P_IPV6), "checked before the decap"
         t, _ = parse_ip(x.data, l3, ethertype)  # parsed before the decap: cannot fail here
     x.judged = t
+    if setup.fragments == "first" and not t.l4_present:
+        x.reason = R.PASS_LATER_FRAGMENT  # its datagram is judged by the first fragment (docs, "Fragments")
+        _classify(t, setup, x)
+        return
     if setup.allow_established and ct_key(t, leaving=False) in setup.ct:
         x.reason = R.PASS_ESTABLISHED  # a reply of a recorded flow: before the ACL (docs, "Established")
         _classify(t, setup, x)

@@ -127,6 +127,7 @@ class Harness:
                                 rewrite_inner_dmac=not src.chance(0.2), decap=not src.chance(0.1),
                                 strict_tunnel_ports=src.chance(0.3), xdp_meta=xdp_meta_supported(),
                                 allow_established=src.chance(0.3),
+                                fragments="first" if src.chance(0.4) else "judge",
                                 vxlan_port=ports[0], geneve_port=ports[1],
                                 if_mac=IF_MAC, tunnels=TUNNELS, acl=ACL, classifiers=CLASSIFIERS))
 
@@ -137,6 +138,7 @@ class Harness:
                                             rewrite_inner_dmac=setup.rewrite_inner_dmac,
                                             decap=setup.decap, strict_tunnel_ports=setup.strict_tunnel_ports,
                                             allow_established=setup.allow_established,
+                                            fragments=setup.fragments,  # type: ignore[arg-type]
                                             reject_rate=setup.reject_rate, reject_burst=EVENT_BURST_MAX,
                                             vxlan_port=setup.vxlan_port,
                                             geneve_port=setup.geneve_port), if_mac=IF_MAC)
@@ -256,7 +258,8 @@ def _output_problems(x: Expected, r: Any, setup: Setup) -> list[str]:
 
 def _describe(pkt: bytes, how: str, setup: Setup) -> str:
     return f"{how}; {setup.default_action=} {setup.unknown_vni_action=} {setup.rewrite_inner_dmac=} " \
-           f"{setup.decap=} {setup.strict_tunnel_ports=} {setup.allow_established=} {setup.ct=}\n" \
+           f"{setup.decap=} {setup.strict_tunnel_ports=} {setup.allow_established=} {setup.fragments=} " \
+           f"{setup.ct=}\n" \
            f"packet {pkt.hex()}"
 
 
@@ -545,6 +548,32 @@ def test_ipv6_extension_header_chains(fuzz_dp, desc, pkt, reason):
     fuzz_dp.apply(BASE)
     assert xdp_expected(pkt, BASE).reason == reason, f"{desc}: the reference disagrees with the table"
     outcome = check_xdp(fuzz_dp, BASE, pkt)
+    assert outcome is not None and outcome.reason == reason, desc
+
+
+# fragments: first. A later fragment passes before the ACL wherever it is found (behind extension
+# headers, inside a tunnel); a first fragment and an atomic one are still judged.
+FIRST = dataclasses.replace(BASE, fragments="first", default_action="deny")
+FRAGMENT_CASES = [
+    ("a later IPv6 fragment behind hop-by-hop and routing headers",
+     _ipv6(_ext_chain([HOP, RT, FRAG], TCP, frag_off=0x100) + TCP_23, nexthdr=HOP),
+     abi.Reason.PASS_LATER_FRAGMENT),
+    ("the first IPv6 fragment of TCP/23 behind the same chain",
+     _ipv6(_ext_chain([HOP, RT, FRAG], TCP, frag_off=0x1) + TCP_23, nexthdr=HOP), abi.Reason.DROP_DENIED),
+    ("an atomic IPv6 fragment of TCP/23", _ipv6(_ext_chain([FRAG], TCP) + TCP_23, nexthdr=FRAG),
+     abi.Reason.DROP_DENIED),
+    ("the last IPv4 fragment (MF clear, offset set)",
+     _ipv4(UDP_5000)[:20] + b"\x00\x40" + _ipv4(UDP_5000)[22:], abi.Reason.PASS_LATER_FRAGMENT),
+    ("a later IPv4 fragment inside VxLAN, decapsulated first",
+     _vxlan(_ipv4(UDP_5000)[:20] + b"\x20\x10" + _ipv4(UDP_5000)[22:]), abi.Reason.PASS_LATER_FRAGMENT),
+]
+
+
+@pytest.mark.parametrize("desc,pkt,reason", FRAGMENT_CASES, ids=[c[0] for c in FRAGMENT_CASES])
+def test_later_fragments_pass_under_fragments_first(fuzz_dp, desc, pkt, reason):
+    fuzz_dp.apply(FIRST)
+    assert xdp_expected(pkt, FIRST).reason == reason, f"{desc}: the reference disagrees with the table"
+    outcome = check_xdp(fuzz_dp, FIRST, pkt)
     assert outcome is not None and outcome.reason == reason, desc
 
 
