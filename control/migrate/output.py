@@ -2,8 +2,8 @@
 
 Rule ids and priorities are the rules' places in the first-match list (1, 2, ...); each
 rule's description names the source rule it came from. `base` is the policy in place (for
-`--apply`): its tunnels, chains and other settings stay, the ACL, default_action and
-allow_established are the import's (established timeouts: the longer of the two).
+`--apply`): its tunnels, chains and other settings stay, the ACL, default_action,
+allow_established and fragments are the import's (established timeouts: the longer of the two).
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ def to_policy(plan: Plan, base: Policy | None = None) -> Policy:
     # Always set: a recorded flow's packet skips every deny, so the plan holds only with the
     # setting it was made for (established.py), whatever the daemon had before.
     settings["allow_established"] = plan.allow_established
+    # Likewise: the plan judges fragmented datagrams as netfilter does only with its setting
+    # (fragments.py), whatever the daemon had before.
+    settings["fragments"] = plan.fragments
     if plan.established_timeouts is not None:
         had = dict(settings.get("established_timeouts") or {})
         settings["established_timeouts"] = {k: max(v, had.get(k, 0))

@@ -59,6 +59,7 @@ def data(plan: Plan, ids: dict[int, list[int]] | None = None) -> dict[str, Any]:
     return {"counts": counts(plan), "rules_read": len(plan.fates),
             "tidegate_rules": sum(len(e.matches) for e in plan.entries),
             "default_action": plan.default_action, "allow_established": plan.allow_established,
+            "fragments": plan.fragments,
             "established_timeouts": plan.established_timeouts, "host": host_data(plan), "notes": plan.notes,
             "rules": rules}
 
@@ -83,7 +84,8 @@ def summary_lines(plan: Plan) -> list[str]:
     c = counts(plan)
     lines = [f"{len(plan.fates)} rules read: " + ", ".join(f"{n} {s}" for s, n in c.items() if n),
              f"{sum(len(e.matches) for e in plan.entries)} Tidegate rules, default_action "
-             f"{plan.default_action}, allow_established {'on' if plan.allow_established else 'off'}"]
+             f"{plan.default_action}, allow_established {'on' if plan.allow_established else 'off'}, "
+             f"fragments {plan.fragments}"]
     h = plan.host
     lines.append(f"attach interfaces: {', '.join(h.interfaces) or '(not given)'}; forwarding: "
                  + ", ".join(f"IPv{f} {'on' if h.forwarding[f] else 'off'}" for f in (4, 6))

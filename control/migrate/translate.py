@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from control.migrate import capability as cap
-from control.migrate import established
+from control.migrate import established, fragments
 from control.migrate import intervals as iv
 from control.migrate.capability import Feature, NotExpressible
 from control.migrate.flatten import POLICY, FlatRule, Stage, flatten
 from control.migrate.host import MULTICAST, Host
-from control.migrate.ir import Box, Kind, Ruleset, SourceRule, region_overlaps, region_subtract
+from control.migrate.ir import Box, Chain, Kind, Ruleset, SourceRule, region_overlaps, region_subtract
 from control.migrate.safety import (
     Blocker,
     BlockerIndex,
@@ -119,6 +119,7 @@ class Entry:
     families: frozenset[int] = frozenset()
     catch_all: bool = False  # the whole domain of its family, at the end of X
     region: list[Box] = field(default_factory=list)  # what its matches select
+    chain: Chain | None = None  # the base chain a deny came from (fragments.py)
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Plan:
     families: frozenset[int]
     # allow_established and the timeouts it needs (None: off; established.py)
     established_timeouts: dict[str, int] | None = None
+    fragments: str = "judge"  # the policy's settings.fragments (fragments.py)
 
     @property
     def allow_established(self) -> bool:
@@ -182,6 +184,7 @@ class _Translator:
         self.ct_setup = established.conntrack_setup(ruleset)
         self.ct_timeouts = established.timeouts(host)
         self.established: list[int] = []  # the rules that turned allow_established on
+        self.chains: list[Chain] = []  # the base chains XDP's rules come from, by stage index
 
     def run(self) -> Plan:
         stages = flatten(self.ruleset)
@@ -195,16 +198,18 @@ class _Translator:
             if stage.chain.hook not in SECTION_OF:
                 self._unseen(stage)
         guarded = False
+        self.chains = [s.chain for s in ordered]
         for index, stage in enumerate(ordered):
             if SECTION_OF[stage.chain.hook or ""] == "fwd" and not guarded:
                 self._guard()
                 guarded = True
             self._stage(index, stage)
         timeouts = self._bypass()
+        setting = self._fragments()
         default = self._default_action()
         self._prune(default)
         return Plan(self.entries, default, list(self.fates.values()), self.host, self.notes, self.families,
-                    timeouts)
+                    timeouts, setting)
 
     # --- per stage --------------------------------------------------------------------------------
     def _unseen(self, stage: Stage) -> None:
@@ -358,6 +363,29 @@ class _Translator:
                           f"({self.host.conntrack_source}): {shown}. {established.LIMITS}")
         return self.ct_timeouts
 
+    def _fragments(self) -> str:
+        """The policy's `fragments` (fragments.py): first when a deny of X comes from a chain that
+        judges reassembled datagrams; then a deny of a chain that judges fragments one by one,
+        which a later fragment could meet, stays in netfilter too (a later fragment passes XDP)."""
+        defrag = fragments.reassembling(self.ruleset)
+        denies = [(e, f, e.chain) for e in self.entries for f in sorted(e.families)
+                  if e.action != "allow" and e.chain is not None]
+        whole = {(id(e), f) for e, f, chain in denies if fragments.sees_whole(chain, f, defrag)}
+        if not whole:
+            if denies:
+                self.notes.append(fragments.JUDGE_NOTE)
+            return "judge"
+        for entry, family, _chain in denies:
+            copy = entry.copy
+            if (id(entry), family) in whole or copy is None or not copy.removable or \
+                    not fragments.matches_later_fragments([b for b in entry.region if b.family == family]):
+                continue
+            copy.status, copy.removable = Status.MIRRORED, False
+            kept = fragments.KEPT_REASON.format(family=family)
+            copy.reason = "; ".join(r for r in (kept, copy.reason) if r)
+        self.notes.append(fragments.first_note(sorted({f for _, f in whole}), defrag))
+        return "first"
+
     def _pass(self, index: int, flat: FlatRule, region: Region, emit: Region, scope: str) -> None:
         assert region.exact is not None and emit.exact is not None
         try:
@@ -418,7 +446,8 @@ class _Translator:
             note = cap.reject_note(flat.target.detail or "") if action == "reject" else ""
             copy = Copy(Status.MOVED, note, removable=removable, scope=scope)
         self._emit(Entry(action, matches, _describe(flat), copy,
-                         catch_all=not partial and _is_catch_all(flat, emit), region=emitted), flat)
+                         catch_all=not partial and _is_catch_all(flat, emit), region=emitted,
+                         chain=self.chains[index]), flat)
 
     def _blocked(self, index: int, exact: list[Box], emitted: list[Box], want: str, restricted: bool
                  ) -> tuple[list[Box], list[Box], Blocker | None, tuple[Blocker, ...], str]:

@@ -14,6 +14,15 @@ UDP and ICMP echo replies; a packet netfilter calls ESTABLISHED of those, from a
 back by the attach interface, is in the table (its flow left there, Tidegate's timeouts outlast
 netfilter's); anything else it may or may not hold (an entry netfilter dropped, an INVALID segment).
 RELATED is an ICMP error (no conntrack helpers in these rule sets).
+
+A packet may also stand for a datagram that arrives in fragments (`datagram_netfilter`,
+`datagram_tidegate`): its first fragment carries its headers, a later one (`later`) none of its
+ports, ICMP type or TCP flags, so no match that reads them matches it, in netfilter or in Tidegate.
+Which chains judge the pieces and which the reassembled datagram is the kernel's rule, stated here
+on its own (not the import's): with conntrack in the family (a rule reading its state, NAT or a CT
+target, a nat table), its defragmentation at priority -400 hands every later chain the whole
+datagram; without it the stack reassembles IPv4 datagrams for this host before INPUT, and every
+other chain judges each fragment. The datagram is delivered only if every piece is.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ class Packet:
     ctstate: str = "new"
     salt: int = 0
     recorded: bool = False  # in Tidegate's established table
+    later: bool = False  # a later fragment: no ports, ICMP header or TCP flags to read
 
     @property
     def icmp_error(self) -> bool:
@@ -70,8 +80,11 @@ def in_box(box: Box, p: Packet) -> bool:
         values = box.get(dim)
         if values is not None and not iv.contains(values, iv.span(value, value)):
             return False
-    for dim, value, ok in (("sport", p.sport, p.proto in PORTED), ("dport", p.dport, p.proto in PORTED),
-                           ("icmp", p.icmp, p.proto in (1, 58)), ("flags", p.flags, p.proto == 6)):
+    l4 = not p.later
+    ported = l4 and p.proto in PORTED
+    icmp, tcp = l4 and p.proto in (1, 58), l4 and p.proto == 6
+    for dim, value, ok in (("sport", p.sport, ported), ("dport", p.dport, ported),
+                           ("icmp", p.icmp, icmp), ("flags", p.flags, tcp)):
         values = box.get(dim)
         if values is not None and (not ok or not iv.contains(values, iv.span(value, value))):
             return False
@@ -150,14 +163,16 @@ def _match(m: Match, p: Packet) -> bool:
     if m.protocol_number is not None and m.protocol_number != p.proto:
         return False
     for ports, value in ((m.dport, p.dport), (m.sport, p.sport)):
-        if ports is not None and not (p.proto in (6, 17, 132) and ports.low <= value <= ports.high):
+        if ports is None or (ports.low, ports.high) == (0, 65535):
+            continue  # 0-65535 reads no port: the data plane matches it to any packet
+        if not (p.proto in (6, 17, 132) and not p.later and ports.low <= value <= ports.high):
             return False
-    icmp = p.proto in (1, 58)
+    icmp = p.proto in (1, 58) and not p.later
     for wanted, value in ((m.icmp_type, p.icmp >> 8), (m.icmp_code, p.icmp & 0xFF)):
         if wanted is not None and not (icmp and value == wanted):
             return False
     # syn: a connection opening, as iptables' --syn (SYN set; FIN, RST, ACK clear)
-    return not m.syn or (p.proto == 6 and p.flags & 0x17 == 0x02)
+    return not m.syn or (p.proto == 6 and not p.later and p.flags & 0x17 == 0x02)
 
 
 def state_and_table(p: Packet, state: str, routed_back: dict[int, iv.Ivs], rng: object) -> Packet:
@@ -173,9 +188,67 @@ def state_and_table(p: Packet, state: str, routed_back: dict[int, iv.Ivs], rng: 
 
 
 def tidegate(policy: Policy, p: Packet) -> str:
+    if p.later and policy.settings.fragments == "first":
+        return "allow"  # passed before the ACL: the stack reassembles it with its first fragment
     if policy.settings.allow_established and p.recorded:
         return "allow"  # a reply of a recorded flow: passed before the ACL
     for rule in sorted(policy.acl, key=lambda r: (r.priority, r.id)):
         if _match(rule.match, p):
             return rule.action
     return policy.settings.default_action
+
+
+# --- fragmented datagrams ---------------------------------------------------------------------------
+
+DEFRAG_PRIORITY = -400  # nf_defrag_ipv4/ipv6 in PREROUTING, before raw (-300)
+CONNTRACK_TARGETS = ("CT", "NOTRACK", "CONNMARK")
+
+
+def later_fragment(p: Packet) -> Packet:
+    """A later fragment of `p`'s datagram: same addresses and protocol, nothing of its transport header."""
+    return replace(p, sport=0, dport=0, icmp=0, flags=0, later=True, recorded=False)
+
+
+def reassembled(ruleset: Ruleset) -> set[int]:
+    """The families whose datagrams conntrack reassembles before netfilter's chains judge them."""
+    out: set[int] = set()
+    for chain in ruleset.chains.values():
+        uses = chain.table == "nat" and chain.origin != "nft" or any(
+            r.cond.ctstate is not None or r.target.kind is Kind.TRANSLATE
+            or r.target.name in CONNTRACK_TARGETS for r in chain.rules)
+        if uses:
+            out.update(chain.families)
+    return out
+
+
+def datagram_netfilter(ruleset: Ruleset, p: Packet, local: bool, forwarding: bool) -> str:
+    """How netfilter ends a datagram of `p`'s headers that arrives in fragments: "accept" when
+    every piece (or the reassembled datagram, where a chain sees it whole) is accepted."""
+    if not local and not forwarding:
+        return "drop"
+    defrag = p.family in reassembled(ruleset)
+    hooks = PATHS["local" if local else "fwd"]
+    chains = sorted((c for c in ruleset.base_chains() if c.hook in hooks and p.family in c.families
+                     and (c.device is None or c.device == p.iif)),
+                    key=lambda c: (hooks.index(c.hook or ""), c.priority))
+    for chain in chains:
+        whole = (defrag and chain.hook != "ingress" and chain.priority > DEFRAG_PRIORITY) or \
+            (p.family == 4 and local and chain.hook == "input")
+        for piece in [p] if whole else [p, later_fragment(p)]:
+            got = _chain(ruleset, chain, piece, Trace())
+            if got == "return":
+                got = chain.policy
+            if got != "accept":
+                return got
+    return "accept"
+
+
+def datagram_tidegate(policy: Policy, kept: Ruleset, p: Packet, local: bool, forwarding: bool,
+                      attached: bool) -> str:
+    """The same datagram through Tidegate (each piece judged at XDP) and the kept rules."""
+    if attached:
+        for piece in (p, later_fragment(p)):
+            judged = tidegate(policy, piece)
+            if judged != "allow":
+                return "drop" if judged == "deny" else judged
+    return datagram_netfilter(kept, p, local, forwarding)

@@ -26,7 +26,7 @@ from testbed import netfilter_gen
 from testbed.netns import Namespace
 from testbed.probes import Pools, Probe, boundary_probes, random_probes
 
-from .reference import Packet, netfilter, state_and_table, tidegate
+from .reference import Packet, datagram_netfilter, datagram_tidegate, netfilter, state_and_table, tidegate
 
 LOCAL = ["10.0.0.1/32", "10.0.1.1/32", "10.0.0.255/32", "fd00::1/128", "fd00::2:1/128"]
 POOLS = Pools(src={4: ["198.18.4.20", "198.18.200.1", "192.0.2.77", "192.0.2.200", "203.0.113.70"],
@@ -87,14 +87,15 @@ def _refusal(verdict: str) -> str:
 
 
 def check(ruleset: Ruleset, forwarding: bool, rng: random.Random, count: int = 300,
-          host: Host | None = None) -> translate.Plan:
+          host: Host | None = None, extra: tuple[Packet, ...] = ()) -> translate.Plan:
+    """`extra`: packets judged besides the probes drawn from the rules."""
     host = host or _host(forwarding)
     plan = translate.translate(ruleset, host)
     policy = output.to_policy(plan)
     kept = _kept(ruleset, plan)
     local = host.local
     wrong = []
-    for p in _packets(ruleset, rng, count):
+    for p in [*_packets(ruleset, rng, count), *extra]:
         is_local = any(low <= p.dst <= high for low, high in local[p.family])
         want = netfilter(ruleset, p, is_local, forwarding)
         judged = tidegate(policy, p) if p.iif in host.interfaces else "allow"
@@ -107,6 +108,13 @@ def check(ruleset: Ruleset, forwarding: bool, rng: random.Random, count: int = 3
             got = (_refusal(verdict), trace.logged)
         if (_refusal(want[0]), want[1].logged) != got:
             wrong.append(f"{p}: original {want[0]} {want[1].logged}, imported {got}")
+        # the same headers on a datagram that arrives in fragments: delivered alike, or lost alike
+        whole = datagram_netfilter(ruleset, p, is_local, forwarding) == "accept"
+        attached = p.iif in host.interfaces
+        pieces = datagram_tidegate(policy, kept, p, is_local, forwarding, attached) == "accept"
+        if whole != pieces:
+            wrong.append(f"{p} in fragments: original {'delivers' if whole else 'loses'} it, imported "
+                         f"{'delivers' if pieces else 'loses'} it (fragments: {plan.fragments})")
     assert not wrong, "\n".join(wrong[:20])
     return plan
 
