@@ -22,10 +22,20 @@ static __always_inline int tg_event_wanted(__u32 reason, const struct tg_rule *r
 	       (reason == TG_REASON_PASS_ALLOWED && rule && (rule->flags & TG_RULE_F_LOG));
 }
 
+/* The clock of the token buckets: the kernel's coarse monotonic clock, advanced once per tick. A
+ * bucket is asked on every packet of a flood (most of them refused), and bpf_ktime_get_ns() reads
+ * the clock source each time (about 25 ns on a VM's kvm-clock, BENCHMARKS.md's profile), this a
+ * variable. Credit then grows a tick at a time: a bucket refills at most `burst` units per tick,
+ * so a rate above burst * HZ per second is not reached (docs/dataplane.md). */
+static __always_inline __u64 tg_bucket_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 /* Takes one unit's credit from a per-CPU token bucket (rate per second, burst units); 0 when there
- * is not enough. Per-CPU state is only touched by programs on that CPU, which do not preempt each
- * other: no atomics needed. No overflow: cost <= 1e9, so cap < 2^32 * 1e9 < 2^63, and credit
- * adds at most the uptime. */
+ * is not enough. `now`: tg_bucket_now(). Per-CPU state is only touched by programs on that CPU,
+ * which do not preempt each other: no atomics needed. No overflow: cost <= 1e9, so cap < 2^32 *
+ * 1e9 < 2^63, and credit adds at most the uptime. */
 static __always_inline int tg_bucket_take(struct tg_event_bucket *b, __u32 rate, __u32 burst, __u64 now)
 {
 	__u64 cost, cap, credit;
@@ -64,17 +74,15 @@ static __always_inline void tg_policy_event(struct xdp_md *ctx, const struct tg_
 					    __u32 reason, __u32 vni, int decapped)
 {
 	struct tg_event_record rec;
-	__u64 now;
 
 	if (!tg_event_wanted(reason, rule))
 		return;
-	now = bpf_ktime_get_ns();
-	if (!tg_event_admit(cfg, now)) {
+	if (!tg_event_admit(cfg, tg_bucket_now())) {
 		tg_count_event(TG_EVENT_POLICY_RATE_LIMITED);
 		return;
 	}
 	__builtin_memset(&rec, 0, sizeof(rec)); /* padding too: the whole record reaches user space */
-	rec.ts_ns = now;
+	rec.ts_ns = bpf_ktime_get_ns(); /* the precise clock, for the events sent only */
 	rec.ifindex = ctx->ingress_ifindex;
 	rec.rule_id = rule ? rule->rule_id : 0;
 	rec.length = ctx->data_end - ctx->data;

@@ -508,7 +508,7 @@ _Static_assert(sizeof(struct tg_event_record) == 72, "tg_event_record layout");
  */
 struct tg_event_bucket {
 	__u64 credit_ns;
-	__u64 last_ns; /* bpf_ktime_get_ns() of the last event; 0: never used */
+	__u64 last_ns; /* bpf_ktime_get_coarse_ns() of the last event; 0: never used */
 };
 _Static_assert(sizeof(struct tg_event_bucket) == 16, "tg_event_bucket layout");
 
