@@ -23,6 +23,7 @@ from scapy.packet import Raw
 
 from dataplane.acl import acl_rule, classifier
 from dataplane.kernel.bpf_info import verified_insns
+from dataplane.kernel.testrun import run_xdp
 from dataplane.map_config import RuntimeConfig
 from dataplane.match.adapter import to_columns
 from dataplane.match.columns import RuleColumns
@@ -311,6 +312,23 @@ def test_a_policy_switch_never_shows_a_mix_to_packets_in_flight(cdp):
         stop.set()
         worker.join()
     assert set(seen) <= {1, 2} and len(seen) == 2, seen
+
+
+def test_every_search_leaves_its_mark_idle(cdp):
+    """A search marks itself in match_readers (an atomic add) and unmarks itself (a plain store):
+    after packets through XDP (once and repeated) and TC, every CPU's mark of every hook is idle,
+    so a writer's quiesce does not wait for searches that are over."""
+    from dataplane.match.table import READER
+
+    cdp.acl.replace([acl_rule(1, 1, "deny", src="10.1.2.3/32")])
+    cdp.classifiers.replace([classifier(1, 1, 7, src="10.1.2.3/32")])
+    probe = frame(_p("10.1.2.3", "10.9.9.9", 6, 1234, 443))
+    assert cdp.run_xdp(probe).action == XDP_DROP
+    assert run_xdp(cdp.program.xdp_fn.fd, probe, 1000).action == XDP_DROP
+    assert cdp.run_tc(probe).mark == 7
+    _, marks = cdp.acl._writer("match_readers").read_all()
+    per_cpu = np.frombuffer(marks, dtype=READER)
+    assert len(per_cpu) and not per_cpu["active"].any(), per_cpu
 
 
 def test_the_verifier_accepts_every_program_well_inside_its_limit(loaded_dataplane):
