@@ -10,10 +10,11 @@ STAMP=$VENV/.tidegate-deps
 
 log() { printf '[setup] %s\n' "$*"; }
 
-# Debian packages: BCC (not on PyPI), kernel headers, iproute2 and the traffic/baseline tools;
+# Debian packages: BCC (not on PyPI), libbpf and libatomic (called through ctypes), kernel headers,
+# iproute2 and the traffic/baseline tools;
 # prometheus for promtool (the tests lint the live /metrics with it; its server stays off, see
 # quiet_prometheus), systemd for systemd-analyze (the tests verify the unit `make install` puts).
-APT_PKGS=(python3-bpfcc python3-venv libbpf1 linux-headers-amd64 iproute2 netsniff-ng
+APT_PKGS=(python3-bpfcc python3-venv libbpf1 libatomic1 linux-headers-amd64 iproute2 netsniff-ng
           iptables nftables ipset xdp-tools tcpdump make etcd-server etcd-client prometheus systemd bpftool)
 NODE_DIR=$ROOT/tests/node  # a Node.js gRPC client of the tests (package.json, package-lock.json)
 

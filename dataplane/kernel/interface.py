@@ -145,6 +145,8 @@ class Dataplane:
     def close(self) -> None:
         """Drops this process's handles; attached programs and pinned maps stay in the kernel."""
         if self.program is not None:
+            self.acl.close()
+            self.classifiers.close()
             self.program.close()
             self.program = None  # type: ignore[assignment]
 

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dataplane import abi, protocols
+from dataplane.match import prefilter as pf
 from dataplane.match import tuples as tp
 from dataplane.match.columns import RuleColumns
 from dataplane.match.live import BUCKET, KEY, RULE, SUBTABLE, SUBTABLES, Live, empty_keys
@@ -55,13 +56,14 @@ class Capacity:
 
 @dataclass(frozen=True, eq=False)
 class Bank:
-    """The elements of one bank: its subtables element and its buckets."""
+    """The elements of one bank: its subtables element, its buckets and its prefilter entries."""
 
     number: int
     subtables: Array  # shape (1,), SUBTABLES
     keys: Array  # (m,), KEY
     buckets: Array  # (m,), BUCKET
     count: int  # subtables used
+    prefilter: Array  # (prefilter.BLOCKS,) uint64: the bank's prefilter entries
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,7 +217,8 @@ def assign_slots(recs: Array, base: Live, capacity: int, table: str
 
 def build_bank(cols: RuleColumns, slots: npt.NDArray[np.uint32], assignment: tp.Assignment,
                number: int) -> Bank:
-    """The subtables and buckets holding every row (row order = first-match order)."""
+    """The subtables, buckets and prefilter entries holding every row (row order = first-match
+    order)."""
     fields = tp.Fields.of(cols)
     key_parts, bucket_parts = [], []
     subtables = np.zeros(1, dtype=SUBTABLES)
@@ -244,7 +247,8 @@ def build_bank(cols: RuleColumns, slots: npt.NDArray[np.uint32], assignment: tp.
     subtables["tables"][0, : len(tables)] = tables[by_best]
     keys_all = np.concatenate(key_parts) if key_parts else empty_keys()
     buckets_all = np.concatenate(bucket_parts) if bucket_parts else np.zeros(0, dtype=BUCKET)
-    return Bank(number, subtables, keys_all, buckets_all, len(tables))
+    runs = pf.rule_blocks(cols.src_addr, cols.src_len, cols.dst_addr, cols.dst_len, cols.family)
+    return Bank(number, subtables, keys_all, buckets_all, len(tables), pf.entries(runs, assignment.table_of))
 
 
 def _keys(k: tp.Key, bank: int, table_id: int) -> Array:

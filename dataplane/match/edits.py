@@ -4,15 +4,21 @@ A policy change that adds or removes a few rules (AddAclRule, DeleteAclRule, a r
 rewrites only the buckets those rules are in, in an order that keeps every packet on the old
 rule set or the new one (docs/classifier.md, "Edits"):
 
- 0. the subtables element, when a rule goes into a new subtable or comes before a subtable's
+ 0. the new rules' records, at slots no bucket names yet;
+ 1. the prefilter's bits for the added rules (dataplane.match.prefilter), then, if that set any,
+    a wait until every search that began before is over: a search reads the bits once, first,
+    and one that skipped a subtable by the old bits must not go on to see a later rule added to
+    another subtable without the earlier one added to this one;
+ 2. the subtables element, when a rule goes into a new subtable or comes before a subtable's
     best: a lower bound that is too low only makes the search look further;
- 1. the new rules' records, at slots no bucket names yet;
- 2. the added rules, earliest (by order) first, each by replacing its bucket as a whole element:
+ 3. the added rules, earliest (by order) first, each by replacing its bucket as a whole element:
     until the last is written a packet sees the old rules plus the earliest of the new ones,
     which answers as the old set or as the new one;
- 3. the removed rules, latest first, the same way (the mirror image);
- 4. the subtables element without subtables left empty;
- 5. once every search that began before is over, the removed rules' records are zeroed (a
+ 4. the removed rules, latest first, the same way (the mirror image);
+ 5. the subtables element without subtables left empty;
+ 6. the prefilter's bits that no rule of their subtable needs any more (a set bit only costs a
+    probe, so clearing them last is safe at any moment);
+ 7. once every search that began before is over, the removed rules' records are zeroed (a
     zeroed record never matches) and their slots free.
 
 A write that replaces or deletes an element waits, before the next write to that map, until
@@ -28,12 +34,13 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from dataplane.match import prefilter as pf
 from dataplane.match import tuples as tp
 from dataplane.match.columns import RuleColumns
 from dataplane.match.live import KEY, RULE, SUBTABLE, SUBTABLES, Mirror, tuple_of
@@ -58,6 +65,12 @@ class Edit:
     added: list[tuple[int, bytes, int, int]]  # (slot, its bucket's key, order, rule id)
     tables: list[Any]  # the subtables once done, by best
     per_table: dict[int, int]
+    # the prefilter (dataplane.match.prefilter): bits to set, (field, lo, hi, subtable id) a run
+    # each; bits to clear, (field, blocks, subtable id); the runs an edit adds and removes
+    sets: list[tuple[int, int, int, int]] = field(default_factory=list)
+    clears: list[tuple[int, npt.NDArray[np.int64], int]] = field(default_factory=list)
+    runs_added: list[tuple[int, int, npt.NDArray[np.int64]]] = field(default_factory=list)
+    runs_removed: dict[int, int] = field(default_factory=dict)  # slot -> subtable id
 
     def commit(self, m: Mirror) -> None:
         """Makes the mirror what the maps hold once every write of the edit is done."""
@@ -77,6 +90,7 @@ class Edit:
         for (slot, record), (_, key, rule_order, rid) in zip(self.records, self.added, strict=True):
             m.records[slot], m.key_of[slot], m.order[slot], m.slot_of_id[rid] = record, key, rule_order, slot
         m.tables, m.per_table = self.tables, self.per_table
+        m.runs.commit(self.runs_added, self.runs_removed)
 
 
 def _pack_tables(tables: list[Any]) -> bytes:
@@ -142,12 +156,15 @@ def plan_edit(m: Mirror, add: RuleColumns, add_records: npt.NDArray[Any], add_sl
     added: list[tuple[int, bytes, int, int]] = []
     lowered = False
     rule_tuples, fields = tp.rule_tuples(add), tp.Fields.of(add)
+    add_runs = pf.record_blocks(add_records)
+    runs_added: list[tuple[int, int, npt.NDArray[np.int64]]] = []
     for row in np.argsort(add.order, kind="stable").tolist():  # earliest first: see `gains`
         slot, rule_order = add_slots[row], int(add.order[row])
         placed = _place(tables, tuples, content, fields, rule_tuples[row], row, m.bank)
         if placed is None:
             return None
         key, table, made = placed
+        runs_added.append((slot, _id(table), add_runs[row]))
         if made or rule_order < _best(table):
             table["best"] = min(rule_order, _best(table))
             lowered = True
@@ -159,13 +176,15 @@ def plan_edit(m: Mirror, add: RuleColumns, add_records: npt.NDArray[Any], add_sl
         added.append((slot, key, rule_order, int(add.rule_id[row])))
         _emit(gains, key, members)
     tables_before = _pack_tables(tables) if lowered else None
+    runs_removed: dict[int, int] = {}
     for slot in sorted(remove, key=m.order.__getitem__, reverse=True):  # latest first: see `losses`
         key = m.key_of[slot]
         members = content(key)
         members.remove(slot)
         _emit(losses, key, members)
+        runs_removed[slot] = int(np.frombuffer(key, dtype=KEY)["table"][0])
         if not members:
-            per_table[int(np.frombuffer(key, dtype=KEY)["table"][0])] -= 1
+            per_table[runs_removed[slot]] -= 1
     emptied = {tid for tid, n in per_table.items() if n == 0}
     tables_after = None
     if emptied:
@@ -174,8 +193,26 @@ def plan_edit(m: Mirror, add: RuleColumns, add_records: npt.NDArray[Any], add_sl
         tables_after = _pack_tables(tables)
     new_records = [(s, add_records[i].tobytes()) for i, s in enumerate(add_slots)]
     by_slot = {a[0]: a for a in added}
+    sets = [(f, int(run[f, 0]), int(run[f, 1]), tid) for _, tid, run in runs_added for f in range(pf.FIELDS)]
     return Edit(tables_before, new_records, gains, losses, tables_after, list(remove),
-                [by_slot[s] for s in add_slots], sorted(tables, key=_best), per_table)
+                [by_slot[s] for s in add_slots], sorted(tables, key=_best), per_table, sets,
+                _clears(m.runs, runs_added, runs_removed), runs_added, runs_removed)
+
+
+def _clears(runs: pf.Runs, added: list[tuple[int, int, npt.NDArray[np.int64]]], removed: dict[int, int]
+            ) -> list[tuple[int, npt.NDArray[np.int64], int]]:
+    """The prefilter bits of the removed rules that no rule of their subtable meets once the edit
+    is done: (field, blocks, subtable id)."""
+    out = []
+    gone = set(removed)
+    for slot, tid in removed.items():
+        run = runs.run_of(tid, slot)
+        extra = [r for _, t, r in added if t == tid]
+        for f in range(pf.FIELDS):
+            blocks = runs.uncovered(tid, run[f], f, gone, extra)
+            if blocks.size:
+                out.append((f, blocks, tid))
+    return out
 
 
 def _emit(writes: list[tuple[bytes, list[int]]], key: bytes, members: list[int]) -> None:

@@ -1,5 +1,6 @@
 """The search of xdp/include/match.h, in Python, over what a table holds (compiler.Live): which rule
-a packet gets, and the work the program does to find it (subtables probed, candidates checked).
+a packet gets, and the work the program does to find it (subtables probed past the prefilter,
+candidates checked).
 
     found = search(table.current, Probe.of("10.1.2.3", "10.9.9.9", 6, 1234, 443))
     found.rule_id, found.subtables, found.candidates
@@ -18,6 +19,7 @@ import numpy as np
 
 from dataplane import protocols
 from dataplane.match import compiler as cp
+from dataplane.match import prefilter as pf
 
 PORT_PROTOCOLS = (6, 17, 132)
 ICMP_PROTOCOLS = protocols.ICMP_NUMBERS
@@ -82,14 +84,25 @@ class Searcher:
         self.live = live
         self.buckets = {k.tobytes(): b for k, b in zip(live.keys, live.buckets, strict=True)}
         self.records = dict(zip(live.slots.tolist(), live.records, strict=True))
+        self.prefilter = pf.entries(pf.record_blocks(live.records),
+                                    pf.live_ids(live.slots, live.keys, live.buckets))
+
+    def maybe(self, p: Probe) -> int:
+        """The prefilter's answer for `p`: a bit per subtable id that may hold its rule."""
+        src = int(self.prefilter[pf.probe_index(p.src, p.family)])
+        dst = int(self.prefilter[pf.probe_index(p.dst, p.family)]) >> pf.DST_SHIFT
+        return src & dst & ((1 << pf.DST_SHIFT) - 1)
 
     def __call__(self, p: Probe) -> Found:
         """The rule the program finds for `p`, and its work."""
         src, dst = np.frombuffer(p.src, dtype=np.uint64), np.frombuffer(p.dst, dtype=np.uint64)
         best, found, probed, checked = cp.ORDER_NONE, None, 0, 0
-        for st in self.live.tables:
+        maybe = self.maybe(p)
+        for st in self.live.tables if maybe else ():
             if int(st["best"]) > best:
                 break
+            if int(st["id"]) < pf.IDS and not maybe >> int(st["id"]) & 1:
+                continue
             key = np.zeros(1, dtype=cp.KEY)
             key["src"], key["dst"] = src & st["src_mask"], dst & st["dst_mask"]
             key["sport"], key["dport"] = p.sport & int(st["sport_mask"]), p.dport & int(st["dport_mask"])

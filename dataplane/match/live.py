@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dataplane import abi
+from dataplane.match import prefilter as pf
 
 RULE = abi.struct_dtype("tg_rule")
 KEY = abi.struct_dtype("tg_bucket_key")
@@ -106,6 +107,7 @@ class Mirror:
     slot_of_id: dict[int, int]  # rule id -> slot
     per_table: dict[int, int] = field(default_factory=dict)  # subtable id -> buckets it has
     free_cursor: int = 0  # where the search for a free slot goes on (planner._free_slots)
+    runs: pf.Runs = field(default_factory=pf.Runs)  # the rules' prefilter blocks, per subtable
 
     @staticmethod
     def of(live: Live) -> Mirror:
@@ -126,6 +128,7 @@ class Mirror:
             order=dict(zip(slots, recs["order"].tolist(), strict=True)),
             slot_of_id=dict(zip(recs["rule_id"].tolist(), slots, strict=True)),
             per_table=per_table,
+            runs=pf.Runs.of(recs, live.slots, pf.live_ids(live.slots, live.keys, live.buckets)),
         )
 
     def arrays(self) -> tuple[Any, npt.NDArray[np.uint32], Any, Any, Any]:

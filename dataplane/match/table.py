@@ -5,7 +5,8 @@ switches every packet from then on (a packet reads the bank once: it is judged b
 entirely):
 
  1. rule records at slots no bucket of the live bank names (their counters zeroed first);
- 2. the new bank's buckets, then its subtables element;
+ 2. the new bank's buckets, then its subtables element, then its prefilter entries (written
+    through a memory mapping of match_prefilter: a bank's 131,072 entries in one copy);
  3. match_bank[table] = new bank;
  4. wait until every search that began before is over (`quiesce`);
  5. the old bank's buckets and subtables element go, the freed records are zeroed (a zeroed
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -39,9 +41,11 @@ import numpy as np
 
 from dataplane import abi
 from dataplane.kernel.bulk import MapWriter
+from dataplane.kernel.fence import full_fence
 from dataplane.kernel.maps import Counter
 from dataplane.match import compiler as cp
 from dataplane.match import planner
+from dataplane.match import prefilter as pf
 from dataplane.match.columns import RuleColumns
 
 log = logging.getLogger(__name__)
@@ -95,6 +99,7 @@ class MatchTable:
         self.current = cp.Live()
         self._writers: dict[str, MapWriter] = {}
         self._dirty: set[str] = set()  # maps written since the last quiesce (an element may be held)
+        self._mapped: tuple[mmap.mmap, np.ndarray] | None = None  # match_prefilter, mapped
 
     # --- compiling (pure: nothing is written) -------------------------------------------------
     def compile(self, cols: RuleColumns | Sequence[Any]) -> cp.Compiled:
@@ -195,6 +200,8 @@ class MatchTable:
             self._put_records(c.slots[rows], c.records[rows].tobytes())
             self._update(self.names.buckets, bank.keys.tobytes(), bank.buckets.tobytes())
             self._update(self.names.subtables, _u32([bank.number]), bank.subtables.tobytes())
+            # Stores, in program order before the switch's: x86 makes them visible in that order.
+            self._prefilter(bank.number)[:] = bank.prefilter
             self._writer(BANK_MAP).update(_u32([self.names.table]), _u32([bank.number]))
         except OSError:
             # The live bank is untouched: what went into the other one is removed with the next change.
@@ -217,6 +224,9 @@ class MatchTable:
         bank = _u32([c.base.bank])
         if e.records:
             self._put_records(np.array([s for s, _ in e.records]), b"".join(r for _, r in e.records))
+        if self._set_bits(c.base.bank, e.sets):
+            full_fence()  # the bits before the readers' marks are read (dataplane.kernel.fence)
+            self.quiesce()  # no search that read the old bits goes on to read a bucket written next
         if e.tables_before is not None:
             self._update(self.names.subtables, bank, e.tables_before)
         for key, content in [*e.gains, *e.losses]:  # one element at a time, in order (edits.py)
@@ -226,10 +236,43 @@ class MatchTable:
                 self._delete(self.names.buckets, key)
         if e.tables_after is not None:
             self._update(self.names.subtables, bank, e.tables_after)
+        entries = self._prefilter(c.base.bank)
+        for which, blocks, tid in e.clears:  # no rule of the subtable meets them any more
+            entries[blocks] &= ~np.uint64(pf.bit(tid, which))
         if e.freed:
             self.quiesce()
             self._zero_records(e.freed)
         self.current = c.live()
+
+    def close(self) -> None:
+        """Unmaps match_prefilter (the mapping holds the map, and a duplicate of its fd, open)."""
+        if self._mapped is not None:
+            mapped, self._mapped = self._mapped[0], None
+            try:
+                mapped.close()
+            except BufferError:
+                pass  # a caller still holds a view: the mapping goes when that does
+
+    def _prefilter(self, bank: int) -> np.ndarray:
+        """This table's prefilter entries of `bank`: a view of the mapped match_prefilter."""
+        if self._mapped is None:
+            fd = self._table(pf.MAP).map_fd
+            mapped = mmap.mmap(fd, pf.ENTRIES * pf.ENTRY.itemsize, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE)
+            self._mapped = (mapped, np.frombuffer(mapped, dtype=pf.ENTRY))
+        start = pf.offset(self.names.table, bank)
+        return self._mapped[1][start : start + pf.BLOCKS]
+
+    def _set_bits(self, bank: int, sets: Sequence[tuple[int, int, int, int]]) -> bool:
+        """Sets the prefilter bits of an edit's added rules; whether any was not set already."""
+        entries, changed = self._prefilter(bank), False
+        for which, lo, hi, tid in sets:
+            bit = np.uint64(pf.bit(tid, which))
+            run = entries[lo : hi + 1]
+            if not (run & bit).all():
+                run |= bit
+                changed = True
+        return changed
 
     # --- reading back ---------------------------------------------------------------------------
     def adopt(self, intended: Sequence[Any] = ()) -> cp.Live:

@@ -66,6 +66,11 @@ TG_MAP("percpu_array", __u32, struct tg_scratch, match_scratch, TG_HOOK_MAX, 0);
 /* enum tg_table -> the bank (0 or 1) of subtables and buckets the program searches. */
 TG_MAP("array", __u32, __u32, match_bank, TG_TABLE_MAX, 0);
 
+/* The prefilter of both tables (tidegate_abi.h): (table, bank, block) -> the subtables, a bit per
+ * id, holding a rule whose source (low half) or destination (high half) prefix meets the block.
+ * User space writes it through a memory mapping (BPF_F_MMAPABLE): a bank's blocks in one copy. */
+TG_MAP("array", __u32, __u64, match_prefilter, TG_PREFILTER_ENTRIES, BPF_F_MMAPABLE);
+
 /* ACL (tidegate_abi.h, docs/classifier.md): bank -> its subtables; (bank, subtable, masked
  * fields) -> candidate slots; slot -> rule; slot -> counters. Subtable lists and buckets are
  * replaced as whole elements, never edited in place, and not preallocated so that a reader keeps

@@ -156,10 +156,36 @@ static __always_inline void tg_scan_bucket(enum tg_table table, const struct tg_
 	}
 }
 
+/* The prefilter's block of an address (tidegate_abi.h), its bytes read one by one so that user
+ * space computes the same on either byte order. */
+static __always_inline __u32 tg_prefilter_block(const __u64 *addr, __u8 family)
+{
+	const __u8 *b = (const __u8 *)addr;
+	__u32 top = (__u32)b[0] << 24 | (__u32)b[1] << 16 | (__u32)b[2] << 8 | b[3];
+
+	if (family == TG_FAMILY_V6)
+		return TG_PREFILTER_V6 | (top * TG_PREFILTER_HASH) >> (32 - TG_PREFILTER_BLOCK_BITS);
+	return top >> (32 - TG_PREFILTER_BLOCK_BITS);
+}
+
+/* The subtables (a bit per id) of `table`'s `bank` that can hold a rule for both of the probe's
+ * addresses: the others are not probed. */
+static __always_inline __u32 tg_prefilter(enum tg_table table, __u32 bank, const struct tg_probe *p)
+{
+	__u32 base = (table * TG_BANKS + bank) * TG_PREFILTER_FIELD;
+	__u32 src = base + tg_prefilter_block(p->src, p->family);
+	__u32 dst = base + tg_prefilter_block(p->dst, p->family);
+	__u64 *in_src = match_prefilter.lookup(&src), *in_dst = match_prefilter.lookup(&dst);
+
+	if (!in_src || !in_dst)
+		return 0xffffffff; /* unreachable: both indexes lie inside the array */
+	return (__u32)*in_src & (__u32)(*in_dst >> TG_PREFILTER_DST_SHIFT);
+}
+
 /* Slot of the first rule (by order) of `table` matching the probe s->p, or TG_SLOT_NONE. */
 static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 {
-	__u32 key = table, bank = 0, i;
+	__u32 key = table, bank = 0, i, maybe;
 	struct tg_subtables *set;
 	struct tg_bucket_key k;
 	struct tg_bucket *b;
@@ -168,6 +194,9 @@ static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 	banked = match_bank.lookup(&key);
 	if (banked)
 		bank = *banked & 1; /* read once: the whole search uses one bank */
+	maybe = tg_prefilter(table, bank, &s->p);
+	if (!maybe)
+		return TG_SLOT_NONE; /* no rule's addresses meet the packet's */
 	set = tg_subtables_of(table, &bank);
 	if (!set)
 		return TG_SLOT_NONE;
@@ -180,6 +209,8 @@ static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 		tg_forget();
 		if (i >= set->count || st->best > s->best)
 			break; /* what is left cannot beat the match found */
+		if (st->id < TG_SUBTABLES_MAX && !(maybe >> st->id & 1))
+			continue; /* no rule of it meets the packet's addresses (the prefilter) */
 		k.src[0] = s->p.src[0] & st->src_mask[0];
 		k.src[1] = s->p.src[1] & st->src_mask[1];
 		k.dst[0] = s->p.dst[0] & st->dst_mask[0];

@@ -52,6 +52,32 @@ enum tg_table {
 	TG_TABLE_MAX = 2,
 };
 
+/*
+ * The prefilter (match.h; docs/classifier.md): which subtables can hold a rule for a packet's
+ * addresses, so that the search probes those only. Per table and bank, a __u64 per block of
+ * addresses: in its low half a bit per subtable id whose rules include one whose source prefix
+ * meets the block, in its high half the same for destination prefixes. A packet's search probes a
+ * subtable only when its bit is set in the source half of its source address's block and in the
+ * destination half of its destination address's block (two array reads, where each subtable
+ * whose rules lie elsewhere would cost a hash probe). Blocks: an IPv4 address's first 16 bits,
+ * as an index; an IPv6 address's first 32 bits hashed to 16 (multiplied by TG_PREFILTER_HASH,
+ * the high half), + TG_PREFILTER_V6. A prefix meets every block it overlaps: a short IPv4 one a
+ * range of them; an IPv6 one shorter than TG_PREFILTER_V6_BITS every IPv6 block; "any family"
+ * every block. Entry (table, bank, block) is at (table * TG_BANKS + bank) * TG_PREFILTER_FIELD +
+ * block. (A __u64 because an array's mapping spaces elements 8 bytes apart.)
+ */
+#define TG_PREFILTER_BLOCK_BITS 16
+#define TG_PREFILTER_V6 0x10000    /* 1 << TG_PREFILTER_BLOCK_BITS: IPv6 blocks follow IPv4's */
+#define TG_PREFILTER_FIELD 0x20000 /* blocks (entries) per table and bank */
+#define TG_PREFILTER_V6_BITS 32    /* the IPv6 prefix a block stands for */
+#define TG_PREFILTER_HASH 0x9e3779b1 /* 2^32 / golden ratio: Fibonacci hashing */
+#define TG_PREFILTER_DST_SHIFT 32  /* destination bits: the entry's high half */
+#define TG_PREFILTER_ENTRIES 0x80000 /* TG_TABLE_MAX * TG_BANKS * TG_PREFILTER_FIELD */
+_Static_assert(TG_PREFILTER_V6 == 1 << TG_PREFILTER_BLOCK_BITS, "TG_PREFILTER_V6");
+_Static_assert(TG_PREFILTER_FIELD == 2 * TG_PREFILTER_V6, "TG_PREFILTER_FIELD: both families");
+_Static_assert(TG_PREFILTER_ENTRIES == TG_TABLE_MAX * TG_BANKS * TG_PREFILTER_FIELD, "TG_PREFILTER_ENTRIES");
+_Static_assert(TG_SUBTABLES_MAX <= TG_PREFILTER_DST_SHIFT, "a prefilter half has a bit per subtable id");
+
 /* XDP programs reached by tail call from the ingress entry (the xdp_stages program array), each
  * verified on its own: a rare path's code does not add to the entry's states. They read the
  * packet from the per-CPU scratch (struct tg_scratch), whose contents a tail call keeps. */

@@ -13,6 +13,7 @@ from dataplane.kernel.program import map_names
 pytestmark = pytest.mark.root
 
 PAGE_SIZE = mmap.PAGESIZE
+BPF_F_MMAPABLE = 1 << 10  # include/uapi/linux/bpf.h
 
 EXPECTED_LAYOUTS = {
     # map name: (key size, key fields, leaf size, leaf fields)
@@ -34,6 +35,7 @@ EXPECTED_LAYOUTS = {
     "cls_subtables": (4, None, 8 + 48 * 32, ["count", "reserved", "tables"]),
     "cls_buckets": (40, None, 68, None),
     "cls_rules": (4, None, 96, None),
+    "match_prefilter": (4, None, 8, None),  # source bits low, destination bits high (tidegate_abi.h)
     # The ring buffer's Leaf is the record it carries (maps.h, TG_RINGBUF).
     "policy_events": (4, None, 72, ["ts_ns", "ifindex", "rule_id", "vni", "length", "src", "dst", "sport",
                                     "dport", "reason", "action", "family", "proto", "flags", "reserved"]),
@@ -125,3 +127,13 @@ def test_event_ring_is_a_ring_buffer_of_the_configured_pages(loaded_dataplane):
 def test_counter_arrays_sized_by_enums(loaded_dataplane):
     assert loaded_dataplane.program.table("reason_stats").max_entries == abi.REASON_MAX
     assert loaded_dataplane.program.table("event_stats").max_entries == abi.EVENT_MAX
+
+
+def test_the_prefilter_is_a_mapped_array_with_an_entry_per_table_bank_and_block(loaded_dataplane):
+    from dataplane.kernel.bpf_info import map_info
+    from dataplane.match import prefilter as pf
+
+    table = loaded_dataplane.program.table(pf.MAP)
+    info = map_info(table.map_fd)
+    assert info.max_entries == pf.ENTRIES == abi.enums()["tg_table"]["TG_TABLE_MAX"] * pf.BANKS * pf.BLOCKS
+    assert info.map_flags & BPF_F_MMAPABLE, "user space writes a bank's entries through a mapping"

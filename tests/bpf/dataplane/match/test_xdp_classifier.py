@@ -314,6 +314,44 @@ def test_a_policy_switch_never_shows_a_mix_to_packets_in_flight(cdp):
     assert set(seen) <= {1, 2} and len(seen) == 2, seen
 
 
+def test_edits_that_set_and_clear_prefilter_bits_under_traffic(cdp):
+    """Rule A (first: deny, protocol only) goes into a subtable of its own, whose prefilter bits
+    the edit sets and its deletion clears; rule B (second: allow) into the live subtable of the
+    catch-all C (allow), whose bit is set already. XDP judges the probe in a thread while A and B
+    are added and deleted, by edits, 60 times, with default deny: after each add A judges it
+    (its bits were set), after each delete C does (C's bits survived the clears), and B never
+    does, not even in flight. (Whether a search that read the bits before an edit set them could
+    then see B is the edit's write order, checked state by state in
+    tests/unit/dataplane/match/test_compiler.py: the window is too short to hit here at will.)"""
+    c = acl_rule(3, 50, "allow", src="10.0.0.0/8")
+    a, b = acl_rule(1, 10, "deny", proto=17), acl_rule(2, 20, "allow", src="10.1.0.0/16")
+    cdp.configure(RuntimeConfig(decap=False, default_action="deny"), if_mac=IF_MAC)
+    cdp.acl.replace([c])
+    probe = frame(_p("10.1.2.3", "10.9.9.9", 17, 1000, 53))
+    stop = threading.Event()
+
+    def judge() -> None:
+        while not stop.is_set():
+            run_xdp(cdp.program.xdp_fn.fd, probe, 200)
+
+    judged_by_b = 0
+    worker = threading.Thread(target=judge)
+    worker.start()
+    try:
+        for _ in range(60):
+            added = cdp.acl.add(to_columns([a, b]))
+            assert added.edit is not None and added.edit.sets
+            assert cdp.run_xdp(probe).action == XDP_DROP
+            judged_by_b += cdp.acl.counts_by_rule([2])[2].packets  # its slot's counter starts at 0
+            assert cdp.acl.delete([1, 2]).edit.clears
+            assert cdp.run_xdp(probe).action == XDP_PASS
+    finally:
+        stop.set()
+        worker.join()
+    assert judged_by_b == 0
+    assert cdp.acl.counts_by_rule([3])[3].packets > 0
+
+
 def test_every_search_leaves_its_mark_idle(cdp):
     """A search marks itself in match_readers (an atomic add) and unmarks itself (a plain store):
     after packets through XDP (once and repeated) and TC, every CPU's mark of every hook is idle,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dataplane.match import compiler as cp
+from dataplane.match import prefilter as pf
 from dataplane.match import tuples as tp
 
 from ..reference_matcher import Packet
@@ -18,12 +19,16 @@ U64 = 0xFFFFFFFFFFFFFFFF
 
 @dataclass
 class Maps:
-    """match_bank, the subtables and buckets maps and the rules array of one table."""
+    """match_bank, the subtables and buckets maps, the rules array and the prefilter (per bank) of
+    one table; `epoch` counts the writer's waits for the searches under way (quiesce): a search
+    never spans one."""
 
     bank: int = 0
     subtables: dict[int, bytes] = field(default_factory=dict)
     buckets: dict[bytes, bytes] = field(default_factory=dict)
     rules: dict[int, bytes] = field(default_factory=dict)
+    prefilter: dict[int, np.ndarray] = field(default_factory=dict)
+    epoch: int = 0
 
     def write_full(self, c: cp.Compiled) -> list[Maps]:
         """Writes a full compile as dataplane.match.table does; returns the state after each write."""
@@ -36,8 +41,12 @@ class Maps:
             self.buckets[k.tobytes()] = v.tobytes()
             states.append(self.copy())
         self.subtables[c.bank.number] = c.bank.subtables.tobytes()
+        states.append(self.copy())
+        self.prefilter[c.bank.number] = c.bank.prefilter.copy()
+        states.append(self.copy())
         self.bank = c.bank.number
         states.append(self.copy())
+        self.epoch += 1
         for k in c.base.keys:
             del self.buckets[k.tobytes()]
         self.subtables.pop(c.base.bank, None)
@@ -57,6 +66,13 @@ class Maps:
         for slot, rec in e.records:
             self.rules[slot] = rec
             step()
+        entries = self.prefilter.setdefault(bank, np.zeros(pf.BLOCKS, dtype=pf.ENTRY))
+        before = entries.copy()
+        for which, lo, hi, tid in e.sets:
+            entries[lo : hi + 1] |= np.uint64(pf.bit(tid, which))
+        if (entries != before).any():
+            step()
+            self.epoch += 1  # dataplane.match.table waits here for the searches under way
         if e.tables_before is not None:
             self.subtables[bank] = e.tables_before
             step()
@@ -72,6 +88,10 @@ class Maps:
         if e.tables_after is not None:
             self.subtables[bank] = e.tables_after
             step()
+        for which, blocks, tid in e.clears:
+            entries[blocks] &= ~np.uint64(pf.bit(tid, which))
+            step()
+        self.epoch += 1
         for slot in e.freed:  # after the table's quiesce: no search reads them any more
             self.rules[slot] = bytes(cp.RULE.itemsize)
         step()
@@ -83,12 +103,24 @@ class Maps:
         return self.write_edit(c) if c.edit is not None else self.write_full(c)
 
     def copy(self) -> Maps:
-        return Maps(self.bank, dict(self.subtables), dict(self.buckets), dict(self.rules))
+        return Maps(self.bank, dict(self.subtables), dict(self.buckets), dict(self.rules),
+                    {b: e.copy() for b, e in self.prefilter.items()}, self.epoch)
 
-    def lookup(self, p: Packet) -> int | None:
-        """The slot match.h finds for the packet, or None."""
+    def maybe(self, p: Packet, bank: int) -> int:
+        """The prefilter's bits for the packet in `bank` (match.h tg_prefilter)."""
+        entries = self.prefilter.get(bank)
+        if entries is None:
+            return 0
+        src = int(entries[pf.probe_index(p.src, p.family)])
+        dst = int(entries[pf.probe_index(p.dst, p.family)]) >> pf.DST_SHIFT
+        return src & dst & 0xFFFFFFFF
+
+    def lookup(self, p: Packet, bits_from: Maps | None = None) -> int | None:
+        """The slot match.h finds for the packet, or None; `bits_from`: an earlier state whose
+        prefilter the search read (it reads the bits first, everything else later)."""
+        maybe = (bits_from or self).maybe(p, self.bank)
         raw = self.subtables.get(self.bank)
-        if raw is None:
+        if raw is None or not maybe:
             return None
         subtables = np.frombuffer(raw, dtype=cp.SUBTABLES)[0]
         src = np.frombuffer(p.src, dtype=np.uint64)
@@ -98,6 +130,8 @@ class Maps:
         for st in subtables["tables"][: int(subtables["count"])]:
             if int(st["best"]) > best:
                 break
+            if int(st["id"]) < pf.IDS and not maybe >> int(st["id"]) & 1:
+                continue
             key = np.zeros(1, dtype=cp.KEY)
             key["src"], key["dst"] = src & st["src_mask"], dst & st["dst_mask"]
             key["sport"], key["dport"] = sport & int(st["sport_mask"]), dport & int(st["dport_mask"])
@@ -159,6 +193,8 @@ def maps_of(live: cp.Live) -> Maps:
         m.rules[slot] = rec.tobytes()
     for k, v in zip(live.keys, live.buckets, strict=True):
         m.buckets[k.tobytes()] = v.tobytes()
+    m.prefilter[live.bank] = pf.entries(pf.record_blocks(live.records),
+                                        pf.live_ids(live.slots, live.keys, live.buckets))
     if len(live.tables):
         s = np.zeros(1, dtype=cp.SUBTABLES)
         s["count"] = len(live.tables)

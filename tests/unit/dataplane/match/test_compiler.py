@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from dataplane.acl import acl_rule
 from dataplane.match import compiler as cp
 from dataplane.match import planner
+from dataplane.match import prefilter as pf
 from dataplane.match import tuples as tp
 from dataplane.match.adapter import MatchRule, to_columns
 from dataplane.match.explain import Probe, Searcher
@@ -24,12 +25,17 @@ CAP = cp.Capacity(rules=4096, buckets=8192)
 SLOW = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def winner(maps: Maps, p: Packet) -> int | None:
-    """Rule id the modelled program picks for the packet."""
-    slot = maps.lookup(p)
+def winner(maps: Maps, p: Packet, bits_from: Maps | None = None) -> int | None:
+    """Rule id the modelled program picks for the packet (its prefilter read in `bits_from`)."""
+    slot = maps.lookup(p, bits_from)
     if slot is None:
         return None
     return int(np.frombuffer(maps.rules[slot], dtype=cp.RULE)["rule_id"][0])
+
+
+def bits(maps: Maps, bank: int) -> np.ndarray:
+    """The prefilter entries of `bank` (none written: all clear)."""
+    return maps.prefilter.get(bank, np.zeros(pf.BLOCKS, dtype=pf.ENTRY))
 
 
 def rid(rule: MatchRule | None) -> int | None:
@@ -74,6 +80,7 @@ def test_every_state_of_a_change_answers_as_the_old_rules_or_the_new(old_rules, 
         assert winner(maps, p) == new
     after = change.live()
     assert maps_of(after).buckets == maps.buckets
+    assert (bits(maps_of(after), after.bank) == bits(maps, after.bank)).all()
 
 
 @st.composite
@@ -93,13 +100,22 @@ def test_small_changes_are_edits_of_the_live_bank_and_never_mix(change, packets)
     compiled = planner.compile_rules(to_columns(new_rules), live, CAP)
     assert compiled.unchanged or compiled.edit is not None, "a few rules: edited in place"
     expected = [(rid(reference(old_rules, p)), rid(reference(new_rules, p))) for p in packets]
-    for step, state in enumerate(maps.write(compiled)):
+    states = maps.write(compiled)
+    for step, state in enumerate(states):
         assert state.bank == live.bank
         for p, (old, new) in zip(packets, expected, strict=True):
             assert winner(state, p) in (old, new), f"after write {step}: {p}"
+            # A search reads the prefilter first and the rest later, never across a wait of the
+            # writer's (quiesce): bits of any earlier state of the same epoch, the rest of this one.
+            for early, read in enumerate(states[: step + 1]):
+                if read.epoch == state.epoch:
+                    assert winner(state, p, read) in (old, new), f"bits of write {early}, rest of {step}: {p}"
     for p, (_, new) in zip(packets, expected, strict=True):
         assert winner(maps, p) == new
-    assert maps_of(compiled.live()).buckets == maps.buckets
+    after = compiled.live()
+    assert maps_of(after).buckets == maps.buckets
+    assert (bits(maps_of(after), after.bank) == bits(maps, after.bank)).all(), \
+        "an edit leaves exactly the bits its rules need"
 
 
 @SLOW
@@ -251,3 +267,46 @@ def test_records_round_trip_the_icmp_fields_and_syn():
     recs = cp.records(cols)
     assert recs["l4_mask"].tolist() == [0xFFFF, 0x00FF, 0x17, 0]
     assert recs["l4_want"].tolist() == [0x0800, 4, 2, 0]
+
+
+def test_an_edit_waits_between_setting_prefilter_bits_and_writing_buckets():
+    """A search reads the prefilter first. Rule A (first) goes into a new subtable, whose bit the
+    edit sets; rule B (second) into the live subtable of rule C, whose bit is set already. A
+    search that read the bits before they were set skips A's subtable: were it to go on and see
+    B's bucket it would answer B, neither the old answer (C) nor the new (A). So the writer waits
+    for the searches under way between the bits and the buckets (a new epoch in the model)."""
+    c = acl_rule(3, 50, "allow", src="10.0.0.0/8")
+    a = acl_rule(1, 10, "deny", proto=17)
+    b = acl_rule(2, 20, "deny", src="10.1.0.0/16")
+    probe = Packet.of("10.1.2.3", "10.9.9.9", 17, 1000, 53)
+    live, maps = load([c])
+    compiled = planner.add_rules(to_columns([a, b]), live, CAP)
+    assert compiled.edit is not None and compiled.edit.sets
+    before = maps.copy()
+    states = maps.write(compiled)
+    assert winner(states[-1], probe) == 1 and winner(before, probe) == 3
+    assert winner(states[-1], probe, before) == 2, "the hazard: the old bits with the new buckets"
+    for j, state in enumerate(states):
+        for read in [before, *states[: j + 1]]:
+            if read.epoch == state.epoch:
+                assert winner(state, probe, read) in (1, 3), f"bits of an earlier state, the rest of {j}"
+
+
+def test_prefilter_blocks_of_prefixes_and_packets_agree():
+    """A packet's block lies in the run of every prefix that holds its address (IPv4 short and
+    long prefixes, IPv6 short and long, any family), and the runs are what tidegate_abi.h says."""
+    import ipaddress
+
+    cases = [("10.1.2.3", "10.0.0.0/8", 4), ("10.1.2.3", "10.1.2.0/24", 4), ("10.1.2.3", "0.0.0.0/0", 4),
+             ("2001:db8:1::5", "2001:db8::/32", 6), ("2001:db8:1::5", "2001:db8:1::/48", 6),
+             ("2001:db8:1::5", "2001::/16", 6), ("2001:db8:1::5", "::/0", 0), ("10.1.2.3", "::/0", 0)]
+    for addr, prefix, family in cases:
+        net = ipaddress.ip_network(prefix)
+        raw = np.frombuffer(net.network_address.packed.ljust(16, b"\0"), dtype=np.uint8)[None, :]
+        lo, hi = pf.blocks(raw, np.array([net.prefixlen]), np.array([family]))
+        packet = ipaddress.ip_address(addr)
+        index = pf.probe_index(packet.packed.ljust(16, b"\0"), packet.version)
+        assert lo[0] <= index <= hi[0], (addr, prefix, index, lo[0], hi[0])
+    lo, hi = pf.blocks(np.zeros((3, 16), dtype=np.uint8), np.array([8, 0, 0]), np.array([4, 6, 0]))
+    assert (lo.tolist(), hi.tolist()) == ([0, pf.V6, 0], [255, pf.BLOCKS - 1, pf.BLOCKS - 1])
+    assert pf.probe_index(bytes([10, 1, 2, 3]).ljust(16, b"\0"), 4) == 10 << 8 | 1
