@@ -5,9 +5,10 @@ switches every packet from then on (a packet reads the bank once: it is judged b
 entirely):
 
  1. rule records at slots no bucket of the live bank names (their counters zeroed first);
- 2. the new bank's buckets, then its subtables element, then its prefilter entries (written
-    through a memory mapping of match_prefilter: a bank's 131,072 entries in one copy);
- 3. match_bank[table] = new bank;
+ 2. the new bank's buckets, then its prefilter entries (written through a memory mapping of
+    match_prefilter: a bank's 131,072 entries in one copy), then its subtables element, to a
+    place of the subtables array no search reads (tidegate_abi.h, TG_SUBTABLE_PLACES);
+ 3. match_bank[table] = that place (of the new bank);
  4. wait until every search that began before is over (`quiesce`);
  5. the old bank's buckets and subtables element go, the freed records are zeroed (a zeroed
     record never matches).
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 BANK_MAP = "match_bank"
 EPOCH_MAP, READERS_MAP = "match_epoch", "match_readers"
+PLACES = abi.define("TG_SUBTABLE_PLACES")  # of the subtables array: place & 1 is its bank
 READER = abi.struct_dtype("tg_reader")
 HOOKS = abi.enums()["tg_hook"]["TG_HOOK_MAX"]
 QUIESCE_POLL = 20e-6  # seconds between looks at the readers' marks
@@ -66,9 +68,9 @@ class TableNames:
     kind: str  # "acl" or "cls": the prefix of its capacity settings
     rules: str  # slot -> struct tg_rule
     stats: str  # slot -> per-CPU counters
-    subtables: str  # bank -> struct tg_subtables
+    subtables: str  # place (TG_SUBTABLE_PLACES) -> struct tg_subtables
     buckets: str  # struct tg_bucket_key -> struct tg_bucket
-    table: int  # enum tg_table: this table's key in match_bank
+    table: int  # enum tg_table: this table's key in match_bank (whose value is the place searched)
 
 
 ACL_TABLES = TableNames("acl", "acl_rules", "acl_rule_stats", "acl_subtables", "acl_buckets",
@@ -100,6 +102,8 @@ class MatchTable:
         self._writers: dict[str, MapWriter] = {}
         self._dirty: set[str] = set()  # maps written since the last quiesce (an element may be held)
         self._mapped: tuple[mmap.mmap, np.ndarray] | None = None  # match_prefilter, mapped
+        self._place = 0  # match_bank[table]: the subtables place searched (its bank: place & 1)
+        self._held: set[int] = set()  # places searched since the last quiesce: not rewritten before one
 
     # --- compiling (pure: nothing is written) -------------------------------------------------
     def compile(self, cols: RuleColumns | Sequence[Any]) -> cp.Compiled:
@@ -161,6 +165,7 @@ class MatchTable:
                 warned = True
             time.sleep(QUIESCE_POLL)
         self._dirty.clear()
+        self._held.clear()
 
     def _update(self, name: str, keys: bytes, values: bytes) -> None:
         """An update of a hash map: may free the element it replaces (a quiesce first if an
@@ -199,10 +204,9 @@ class MatchTable:
         try:
             self._put_records(c.slots[rows], c.records[rows].tobytes())
             self._update(self.names.buckets, bank.keys.tobytes(), bank.buckets.tobytes())
-            self._update(self.names.subtables, _u32([bank.number]), bank.subtables.tobytes())
             # Stores, in program order before the switch's: x86 makes them visible in that order.
             self._prefilter(bank.number)[:] = bank.prefilter
-            self._writer(BANK_MAP).update(_u32([self.names.table]), _u32([bank.number]))
+            self._put_subtables(bank.number, bank.subtables.tobytes())  # and the switch
         except OSError:
             # The live bank is untouched: what went into the other one is removed with the next change.
             base.stale = np.concatenate([base.stale, bank.keys])
@@ -212,7 +216,6 @@ class MatchTable:
                                stale=base.keys)
         self.quiesce()  # no search is in the old bank any more: nothing there is held
         self._writer(self.names.buckets).delete(base.keys.tobytes())
-        self._writer(self.names.subtables).delete(_u32([base.bank]))
         self.current.stale = cp.empty_keys()
         self._zero_records(c.freed)
         if len(self.current) >= MIRROR_AHEAD:  # the first edit would wait for it otherwise
@@ -221,21 +224,20 @@ class MatchTable:
 
     def _apply_edit(self, c: cp.Compiled) -> None:
         e = c.edit
-        bank = _u32([c.base.bank])
         if e.records:
             self._put_records(np.array([s for s, _ in e.records]), b"".join(r for _, r in e.records))
         if self._set_bits(c.base.bank, e.sets):
             full_fence()  # the bits before the readers' marks are read (dataplane.kernel.fence)
             self.quiesce()  # no search that read the old bits goes on to read a bucket written next
         if e.tables_before is not None:
-            self._update(self.names.subtables, bank, e.tables_before)
+            self._put_subtables(c.base.bank, e.tables_before)
         for key, content in [*e.gains, *e.losses]:  # one element at a time, in order (edits.py)
             if content:
                 self._update(self.names.buckets, key, _bucket_values([content]))
             else:
                 self._delete(self.names.buckets, key)
         if e.tables_after is not None:
-            self._update(self.names.subtables, bank, e.tables_after)
+            self._put_subtables(c.base.bank, e.tables_after)
         entries = self._prefilter(c.base.bank)
         for which, blocks, tid in e.clears:  # no rule of the subtable meets them any more
             entries[blocks] &= ~np.uint64(pf.bit(tid, which))
@@ -243,6 +245,19 @@ class MatchTable:
             self.quiesce()
             self._zero_records(e.freed)
         self.current = c.live()
+
+    def _put_subtables(self, bank: int, element: bytes) -> None:
+        """`bank`'s subtables element into a place of the bank no search reads (not the one
+        searched, nor one searched since the last quiesce), then match_bank switched to it: an
+        array element is written in place, so a search must never read one being written."""
+        free = [p for p in range(bank, PLACES, 2) if p != self._place and p not in self._held]
+        if not free:
+            self.quiesce()
+            free = [p for p in range(bank, PLACES, 2) if p != self._place]
+        self._writer(self.names.subtables).update(_u32([free[0]]), element)
+        self._writer(BANK_MAP).update(_u32([self.names.table]), _u32([free[0]]))
+        self._held.add(self._place)
+        self._place = free[0]
 
     def close(self) -> None:
         """Unmaps match_prefilter (the mapping holds the map, and a duplicate of its fd, open)."""
@@ -282,7 +297,8 @@ class MatchTable:
         keys, values = self._writer(BANK_MAP).read_all()
         banks = dict(zip(np.frombuffer(keys, _U32).tolist(), np.frombuffer(values, _U32).tolist(),
                          strict=True))
-        bank = banks.get(self.names.table, 0) & 1
+        self._place = banks.get(self.names.table, 0) & (PLACES - 1)
+        bank = self._place & 1
         _, recs = self._writer(self.names.rules).read_all()
         records = np.frombuffer(recs, dtype=cp.RULE)
         k, v = self._writer(self.names.buckets).read_all()
@@ -297,8 +313,8 @@ class MatchTable:
         tables = np.zeros(0, dtype=cp.SUBTABLE)
         k, v = self._writer(self.names.subtables).read_all()
         elements = np.frombuffer(v, dtype=cp.SUBTABLES)
-        for b, element in zip(np.frombuffer(k, _U32).tolist(), elements, strict=True):
-            if b == bank:
+        for place, element in zip(np.frombuffer(k, _U32).tolist(), elements, strict=True):
+            if place == self._place:
                 tables = element["tables"][: int(element["count"])].copy()
         self.current = cp.Live(bank, records[live].copy(), live.astype(np.uint32), bucket_keys[mine].copy(),
                                bucket_values[mine].copy(), tables, stale=bucket_keys[~mine].copy())

@@ -63,7 +63,8 @@ TG_MAP("array", __u32, __u64, match_epoch, 1, 0);
 TG_MAP("percpu_array", __u32, struct tg_reader, match_readers, TG_HOOK_MAX, 0);
 /* enum tg_hook -> this CPU's scratch of the packet being judged (match.h). */
 TG_MAP("percpu_array", __u32, struct tg_scratch, match_scratch, TG_HOOK_MAX, 0);
-/* enum tg_table -> the bank (0 or 1) of subtables and buckets the program searches. */
+/* enum tg_table -> the place of the subtables element the program searches (tidegate_abi.h,
+ * TG_SUBTABLE_PLACES); its bank, place & 1, is the bank of the buckets it searches. */
 TG_MAP("array", __u32, __u32, match_bank, TG_TABLE_MAX, 0);
 
 /* The prefilter of both tables (tidegate_abi.h): (table, bank, block) -> the subtables, a bit per
@@ -71,17 +72,17 @@ TG_MAP("array", __u32, __u32, match_bank, TG_TABLE_MAX, 0);
  * User space writes it through a memory mapping (BPF_F_MMAPABLE): a bank's blocks in one copy. */
 TG_MAP("array", __u32, __u64, match_prefilter, TG_PREFILTER_ENTRIES, BPF_F_MMAPABLE);
 
-/* ACL (tidegate_abi.h, docs/classifier.md): bank -> its subtables; (bank, subtable, masked
- * fields) -> candidate slots; slot -> rule; slot -> counters. Subtable lists and buckets are
- * replaced as whole elements, never edited in place, and not preallocated so that a reader keeps
- * the element it found (RCU). */
-TG_MAP("hash", __u32, struct tg_subtables, acl_subtables, TG_BANKS, TG_NO_PREALLOC);
+/* ACL (tidegate_abi.h, docs/classifier.md): place -> a bank's subtables; (bank, subtable, masked
+ * fields) -> candidate slots; slot -> rule; slot -> counters. Buckets are replaced as whole
+ * elements, never edited in place, and not preallocated so that a reader keeps the element it
+ * found (RCU); a subtables element is written to a place no search reads (TG_SUBTABLE_PLACES). */
+TG_MAP("array", __u32, struct tg_subtables, acl_subtables, TG_SUBTABLE_PLACES, 0);
 TG_MAP("hash", struct tg_bucket_key, struct tg_bucket, acl_buckets, TG_ACL_BUCKETS_MAX, TG_NO_PREALLOC);
 TG_MAP("array", __u32, struct tg_rule, acl_rules, TG_ACL_RULES_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_counter, acl_rule_stats, TG_ACL_RULES_MAX, 0);
 
 /* Service-chain classifiers: the same structure; a rule's mark is what a match gives. */
-TG_MAP("hash", __u32, struct tg_subtables, cls_subtables, TG_BANKS, TG_NO_PREALLOC);
+TG_MAP("array", __u32, struct tg_subtables, cls_subtables, TG_SUBTABLE_PLACES, 0);
 TG_MAP("hash", struct tg_bucket_key, struct tg_bucket, cls_buckets, TG_CLS_BUCKETS_MAX, TG_NO_PREALLOC);
 TG_MAP("array", __u32, struct tg_rule, cls_rules, TG_CLS_RULES_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_counter, cls_rule_stats, TG_CLS_RULES_MAX, 0);

@@ -4,10 +4,11 @@
  * priority order and early exit (layout: tidegate_abi.h; design, limits and memory:
  * docs/classifier.md; compiler: dataplane/match/).
  *
- * Per packet: read the bank once, fetch that bank's subtables (one element), then for each
- * subtable, by the lowest order it holds, look up the packet's masked fields and check the
- * bucket's candidates against their full rules; stop as soon as the best match so far comes
- * before everything the next subtable holds. Both loops are bounded by named constants
+ * Per packet: read the place searched (and with it the bank) once, ask the prefilter which
+ * subtables can hold a rule for the packet's addresses, fetch that place's subtables (one array
+ * element), then for each subtable the prefilter names, by the lowest order it holds, look up
+ * the packet's masked fields and check the bucket's candidates against their full rules; stop as
+ * soon as the best match so far comes before everything the next subtable holds. Both loops are bounded by named constants
  * (TG_SUBTABLES_MAX, TG_BUCKET_MAX): BCC (0.26 here) cannot relocate the callback of bpf_loop(),
  * so the verifier walks them, once: the search reads the packet and its own state from the
  * per-CPU scratch (struct tg_scratch), which makes every path into it look the same to the
@@ -22,9 +23,9 @@
 
 /* BCC resolves map names at compile time (no map pointers as arguments), so each lookup picks
  * its map here; `table` is a constant after inlining. */
-static __always_inline struct tg_subtables *tg_subtables_of(enum tg_table table, __u32 *bank)
+static __always_inline struct tg_subtables *tg_subtables_of(enum tg_table table, __u32 *place)
 {
-	return table == TG_TABLE_ACL ? acl_subtables.lookup(bank) : cls_subtables.lookup(bank);
+	return table == TG_TABLE_ACL ? acl_subtables.lookup(place) : cls_subtables.lookup(place);
 }
 
 static __always_inline struct tg_bucket *tg_bucket_of(enum tg_table table, struct tg_bucket_key *k)
@@ -185,19 +186,20 @@ static __always_inline __u32 tg_prefilter(enum tg_table table, __u32 bank, const
 /* Slot of the first rule (by order) of `table` matching the probe s->p, or TG_SLOT_NONE. */
 static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 {
-	__u32 key = table, bank = 0, i, maybe;
+	__u32 key = table, place = 0, bank, i, maybe;
 	struct tg_subtables *set;
 	struct tg_bucket_key k;
 	struct tg_bucket *b;
-	__u32 *banked;
+	__u32 *searched;
 
-	banked = match_bank.lookup(&key);
-	if (banked)
-		bank = *banked & 1; /* read once: the whole search uses one bank */
+	searched = match_bank.lookup(&key);
+	if (searched)
+		place = *searched & (TG_SUBTABLE_PLACES - 1); /* read once: the whole search uses it */
+	bank = place & 1;
 	maybe = tg_prefilter(table, bank, &s->p);
 	if (!maybe)
 		return TG_SLOT_NONE; /* no rule's addresses meet the packet's */
-	set = tg_subtables_of(table, &bank);
+	set = tg_subtables_of(table, &place);
 	if (!set)
 		return TG_SLOT_NONE;
 	s->best = TG_ORDER_NONE;

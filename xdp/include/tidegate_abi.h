@@ -37,10 +37,18 @@
  * Two banks of subtables and buckets: a policy change writes the bank the program does not use,
  * then flips match_bank (one array write, read once per packet), then removes the old bank.
  * Rule slots are shared by both banks (a rule both policies hold keeps its slot and counters).
+ *
+ * A bank's subtables element sits in one of two places of the subtables array (its index: the
+ * bank + 0 or + 2, so index & 1 is the bank), and match_bank holds the index searched: an edit of
+ * the live bank writes the element to the bank's other place and then switches match_bank to it,
+ * so that no search reads an element while it is written (an array is written in place; a hash
+ * would cost the search a hash lookup more).
  */
 #define TG_SUBTABLES_MAX 32 /* per bank: the outer loop's bound */
 #define TG_BUCKET_MAX 16    /* candidates per bucket: the inner loop's bound */
 #define TG_BANKS 2
+#define TG_SUBTABLE_PLACES 4 /* entries of the subtables array: 2 per bank; match_bank's values */
+_Static_assert(TG_SUBTABLE_PLACES == 2 * TG_BANKS, "two places per bank, place & 1 its bank");
 /* "No match yet": no order comes after it (a rule may have it: priority and id both 2^32-1, so
  * the search compares with > and never skips a rule of that order). */
 #define TG_ORDER_NONE 0xffffffffffffffff
@@ -327,8 +335,8 @@ struct tg_subtable {
 };
 _Static_assert(sizeof(struct tg_subtable) == 48, "tg_subtable layout");
 
-/* A bank's subtables, by `best` ascending (the search stops early by that order). Replaced as a
- * whole element (key: bank), never edited in place. */
+/* A bank's subtables, by `best` ascending (the search stops early by that order). Written whole
+ * to a place (TG_SUBTABLE_PLACES) no search reads, never edited where it is searched. */
 struct tg_subtables {
 	__u32 count;
 	__u32 reserved;

@@ -352,6 +352,33 @@ def test_edits_that_set_and_clear_prefilter_bits_under_traffic(cdp):
     assert cdp.acl.counts_by_rule([3])[3].packets > 0
 
 
+def test_an_edit_writes_the_subtables_to_the_banks_other_place_and_switches_to_it(cdp):
+    """The subtables array is written in place, so an edit of the live bank's subtables element
+    goes to the bank's other place (tidegate_abi.h, TG_SUBTABLE_PLACES), never the one searched,
+    and match_bank then names it; the bank, and every bucket, stay."""
+    from dataplane.match.table import ACL_TABLES
+
+    def searched() -> tuple[int, bytes]:
+        _, places = cdp.acl._writer("match_bank").read_all()
+        place = int(np.frombuffer(places, dtype=np.uint32)[ACL_TABLES.table])
+        _, elements = cdp.acl._writer("acl_subtables").read_all()
+        size = len(elements) // 4
+        return place, elements[place * size : (place + 1) * size]
+
+    cdp.acl.replace([acl_rule(1, 10, "deny", src="10.1.0.0/16")])
+    place, element = searched()
+    assert place & 1 == cdp.acl.current.bank
+    added = cdp.acl.add(to_columns([acl_rule(2, 5, "deny", proto=47)]))  # a subtable of its own
+    assert added.edit is not None and added.edit.tables_before is not None
+    now, _ = searched()
+    assert now != place and now & 1 == place & 1 == cdp.acl.current.bank
+    _, elements = cdp.acl._writer("acl_subtables").read_all()
+    size = len(elements) // 4
+    assert elements[place * size : (place + 1) * size] == element, "the place searched was not written"
+    assert cdp.run_xdp(frame(_p("10.1.2.3", "10.9.9.9", 47))).action == XDP_DROP
+    assert cdp.acl.counts_by_rule([2])[2].packets == 1
+
+
 def test_every_search_leaves_its_mark_idle(cdp):
     """A search marks itself in match_readers (an atomic add) and unmarks itself (a plain store):
     after packets through XDP (once and repeated) and TC, every CPU's mark of every hook is idle,

@@ -40,11 +40,10 @@ class Maps:
         for k, v in zip(c.bank.keys, c.bank.buckets, strict=True):
             self.buckets[k.tobytes()] = v.tobytes()
             states.append(self.copy())
-        self.subtables[c.bank.number] = c.bank.subtables.tobytes()
-        states.append(self.copy())
         self.prefilter[c.bank.number] = c.bank.prefilter.copy()
         states.append(self.copy())
-        self.bank = c.bank.number
+        self.subtables[c.bank.number] = c.bank.subtables.tobytes()  # to a place no search reads,
+        self.bank = c.bank.number  # which match_bank then names: one write
         states.append(self.copy())
         self.epoch += 1
         for k in c.base.keys:
