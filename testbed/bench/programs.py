@@ -139,11 +139,12 @@ def harness_text() -> str:
 class Harness:
     """A data plane (unpinned, unattached) whose maps serve both entries."""
 
-    def __init__(self, settings: DataplaneSettings | None = None) -> None:
+    def __init__(self, settings: DataplaneSettings | None = None, text: str | None = None) -> None:
+        """`text`: another source than harness_text() (testbed.bench.cost_profile's variants)."""
         bcc = _bcc()
         settings = settings or DataplaneSettings()
         cflags = [*program_cflags(settings), BENCH_CFLAG]
-        bpf = bcc.BPF(text=harness_text().encode(), cflags=cflags)
+        bpf = bcc.BPF(text=(text or harness_text()).encode(), cflags=cflags)
         xdp_fn, tc_fn, tc_egress_fn, stages = load_functions(bpf)
         self.restoring_fn = bpf.load_func(RESTORING_FUNC.encode(), bcc.BPF.XDP)
         self.restoring_noop_fn = bpf.load_func(RESTORING_NOOP_FUNC.encode(), bcc.BPF.XDP)
