@@ -287,7 +287,7 @@ int tg_xdp_reject(struct xdp_md *ctx)
 	t = s->t;
 	if (!tg_answerable(ctx, &t))
 		goto out;
-	if (!tg_bucket_take(reject_bucket.lookup(&zero), cfg->reject_rate, cfg->reject_burst, tg_bucket_now())) {
+	if (!tg_bucket_take(reject_bucket.lookup(&zero), cfg->reject_rate, cfg->reject_burst)) {
 		event = TG_EVENT_REJECT_RATE_LIMITED;
 		goto out;
 	}

@@ -24,24 +24,31 @@ static __always_inline int tg_event_wanted(__u32 reason, const struct tg_rule *r
 
 /* The clock of the token buckets: the kernel's coarse monotonic clock, advanced once per tick. A
  * bucket is asked on every packet of a flood (most of them refused), and bpf_ktime_get_ns() reads
- * the clock source each time (about 25 ns on a VM's kvm-clock, BENCHMARKS.md's profile), this a
- * variable. Credit then grows a tick at a time: a bucket refills at most `burst` units per tick,
- * so a rate above burst * HZ per second is not reached (docs/dataplane.md). */
+ * the clock source each time (several times what the rest of the bucket costs on a VM's
+ * kvm-clock), this a variable. Credit then grows a tick at a time: a bucket refills at most
+ * `burst` units per tick, so a rate above burst * HZ per second is not reached (docs/dataplane.md). */
 static __always_inline __u64 tg_bucket_now(void)
 {
 	return bpf_ktime_get_coarse_ns();
 }
 
 /* Takes one unit's credit from a per-CPU token bucket (rate per second, burst units); 0 when there
- * is not enough. `now`: tg_bucket_now(). Per-CPU state is only touched by programs on that CPU,
- * which do not preempt each other: no atomics needed. No overflow: cost <= 1e9, so cap < 2^32 *
- * 1e9 < 2^63, and credit adds at most the uptime. */
-static __always_inline int tg_bucket_take(struct tg_event_bucket *b, __u32 rate, __u32 burst, __u64 now)
+ * is not enough. Per-CPU state is only touched by programs on that CPU, which do not preempt each
+ * other: no atomics needed. No overflow: cost <= 1e9, so cap < 2^32 * 1e9 < 2^63, and credit adds
+ * at most the uptime. */
+static __always_inline int tg_bucket_take(struct tg_event_bucket *b, __u32 rate, __u32 burst)
 {
-	__u64 cost, cap, credit;
+	__u64 cost, cap, credit, now, tick;
 
 	if (!b || !rate || !burst)
 		return 0;
+	/* Refused already in this tick: the coarse clock has not moved since (the kernel advances
+	 * it right after jiffies), so neither has the credit. jiffies is a load, the clock a call;
+	 * a flood asks once per tick. (A reset bucket, all zero, was never refused.) */
+	tick = bpf_jiffies64();
+	if (b->refused_tick == tick)
+		return 0;
+	now = tg_bucket_now();
 	cost = TG_NSEC_PER_SEC / rate;
 	cap = cost * burst;
 	credit = cap; /* a fresh or reset bucket starts full */
@@ -53,6 +60,7 @@ static __always_inline int tg_bucket_take(struct tg_event_bucket *b, __u32 rate,
 	b->last_ns = now;
 	if (credit < cost) {
 		b->credit_ns = credit;
+		b->refused_tick = tick;
 		return 0;
 	}
 	b->credit_ns = credit - cost;
@@ -60,11 +68,11 @@ static __always_inline int tg_bucket_take(struct tg_event_bucket *b, __u32 rate,
 }
 
 /* Takes one policy event's credit from this CPU's bucket (event_rate, event_burst). */
-static __always_inline int tg_event_admit(const struct tg_config *cfg, __u64 now)
+static __always_inline int tg_event_admit(const struct tg_config *cfg)
 {
 	__u32 zero = 0;
 
-	return tg_bucket_take(event_bucket.lookup(&zero), cfg->event_rate, cfg->event_burst, now);
+	return tg_bucket_take(event_bucket.lookup(&zero), cfg->event_rate, cfg->event_burst);
 }
 
 /* Reports the ACL's decision about the packet `p` when it is a policy event. `rule` is the rule
@@ -77,7 +85,7 @@ static __always_inline void tg_policy_event(struct xdp_md *ctx, const struct tg_
 
 	if (!tg_event_wanted(reason, rule))
 		return;
-	if (!tg_event_admit(cfg, tg_bucket_now())) {
+	if (!tg_event_admit(cfg)) {
 		tg_count_event(TG_EVENT_POLICY_RATE_LIMITED);
 		return;
 	}

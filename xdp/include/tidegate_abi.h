@@ -536,14 +536,15 @@ struct tg_event_record {
 _Static_assert(sizeof(struct tg_event_record) == 72, "tg_event_record layout");
 
 /*
- * Per-CPU token bucket for policy events, with credit kept in nanoseconds: an event costs
- * NSEC_PER_SEC / event_rate, credit grows by the time elapsed, up to event_burst events' worth.
- * All zero means full (a fresh bucket, or one user space reset).
+ * Per-CPU token bucket for policy events (and reject answers), with credit kept in nanoseconds:
+ * an event costs NSEC_PER_SEC / event_rate, credit grows by the time elapsed, up to event_burst
+ * events' worth. All zero means full (a fresh bucket, or one user space reset).
  */
 struct tg_event_bucket {
 	__u64 credit_ns;
-	__u64 last_ns; /* bpf_ktime_get_coarse_ns() of the last event; 0: never used */
+	__u64 last_ns;      /* bpf_ktime_get_coarse_ns() when last asked; 0: never used */
+	__u64 refused_tick; /* bpf_jiffies64() when it last refused: refused again until it moves */
 };
-_Static_assert(sizeof(struct tg_event_bucket) == 16, "tg_event_bucket layout");
+_Static_assert(sizeof(struct tg_event_bucket) == 24, "tg_event_bucket layout");
 
 #endif /* TIDEGATE_ABI_H */

@@ -39,12 +39,12 @@ EXPECTED_LAYOUTS = {
     # The ring buffer's Leaf is the record it carries (maps.h, TG_RINGBUF).
     "policy_events": (4, None, 72, ["ts_ns", "ifindex", "rule_id", "vni", "length", "src", "dst", "sport",
                                     "dport", "reason", "action", "family", "proto", "flags", "reserved"]),
-    "event_bucket": (4, None, 16, ["credit_ns", "last_ns"]),
+    "event_bucket": (4, None, 24, ["credit_ns", "last_ns", "refused_tick"]),
     # allow_established (conntrack.h) and the reject answers' pace
     "conntrack": (40, ["src", "dst", "sport", "dport", "proto", "family", "reserved"], 16,
                   ["seen_ns", "state", "reserved"]),
     "conntrack_live": (4, None, 8, None),
-    "reject_bucket": (4, None, 16, ["credit_ns", "last_ns"]),
+    "reject_bucket": (4, None, 24, ["credit_ns", "last_ns", "refused_tick"]),
 }
 
 

@@ -197,6 +197,22 @@ def test_a_flood_sends_about_a_burst_and_counts_the_rest_as_rate_limited(dp, rea
     assert all(e.reason == abi.Reason.DROP_DEFAULT for e in got)
 
 
+def test_a_bucket_refused_in_one_tick_refills_in_the_next(dp, reader):
+    """A refused bucket answers the rest of its tick without reading the clock (bpf_jiffies64:
+    events.h), and asks it again once the tick moves: floods every 20 ms for half a second at 100
+    events/s, burst 10, send the burst and about one per 10 ms after it, not just the burst."""
+    cfg = configure(dp, default_action="deny", event_rate=100, event_burst=10)
+    sent, start = 0, time.monotonic()
+    while time.monotonic() - start < 0.5:
+        moved, _, _ = _flood(dp, reader, 2_000)
+        sent += moved.sent
+        time.sleep(0.02)
+    elapsed = time.monotonic() - start
+    expected = cfg.event_rate * elapsed
+    most = (os.cpu_count() or 1) * (cfg.event_burst + math.ceil(expected))
+    assert cfg.event_burst + expected / 2 <= sent <= most
+
+
 def test_event_rate_zero_sends_nothing_and_counts_every_event(dp, reader):
     configure(dp, default_action="deny", event_rate=0)
     moved, got, _ = _flood(dp, reader, 10)
