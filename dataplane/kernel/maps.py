@@ -62,7 +62,7 @@ class CtKey:
 
 @dataclass(frozen=True)
 class CtEntry:
-    seen_ns: int  # CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last packet, either direction
+    seen_ns: int  # CLOCK_MONOTONIC (coarse: bpf_ktime_get_coarse_ns) of the last packet, either direction
     closing: bool  # TCP: a FIN or RST went either way
 
 

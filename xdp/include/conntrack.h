@@ -21,6 +21,15 @@
 
 #define TG_NSEC_PER_SEC_CT 1000000000ULL
 
+/* The flows' clock: the kernel's coarse monotonic clock (advanced once per tick). Timeouts are
+ * seconds and a flow is refreshed at most once a second, so a tick's resolution is plenty, and
+ * every packet of a recorded flow, either way, reads it: bpf_ktime_get_ns() would read the clock
+ * source each time. */
+static __always_inline __u64 tg_ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 /* The echo request/reply type of a family's ICMP. */
 static __always_inline int tg_icmp_echo(const struct tg_tuple *t, int request)
 {
@@ -95,7 +104,7 @@ static __always_inline int tg_ct_established(const struct tg_config *cfg, const 
 	e = conntrack.lookup(&k);
 	if (!e)
 		return 0;
-	now = bpf_ktime_get_ns();
+	now = tg_ct_now();
 	if (now > e->seen_ns && now - e->seen_ns > tg_ct_timeout_ns(cfg, k.proto, e->state)) {
 		if (!conntrack.delete(&k))
 			tg_ct_live_add(-1);
@@ -115,7 +124,7 @@ static __always_inline void tg_ct_record(const struct tg_config *cfg, const stru
 
 	if (!(cfg->flags & TG_CFG_F_ESTABLISHED) || !tg_ct_key_of(t, 1, &k))
 		return;
-	now = bpf_ktime_get_ns();
+	now = tg_ct_now();
 	e = conntrack.lookup(&k);
 	if (e && !(now > e->seen_ns && now - e->seen_ns > tg_ct_timeout_ns(cfg, k.proto, e->state))) {
 		tg_ct_touch(e, t, now);

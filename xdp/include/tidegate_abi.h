@@ -495,7 +495,7 @@ enum tg_ct_state {
 };
 
 struct tg_ct_entry {
-	__u64 seen_ns; /* bpf_ktime_get_ns() of the last packet that refreshed it, either direction */
+	__u64 seen_ns; /* bpf_ktime_get_coarse_ns() of the last packet that refreshed it, either way */
 	__u8 state;    /* enum tg_ct_state */
 	__u8 reserved[7];
 };
