@@ -8,6 +8,9 @@ machine code size and the instruction count after the verifier's rewrites; bpf_p
 libbpf, dataplane/kernel/bpf_info.py):
 
 - the data plane (`Dataplane.load`): the XDP ingress entry, the stages it tail-calls, TC ingress;
+  where this kernel refuses `bpf_xdp_adjust_meta` (the build then leaves classifying to TC),
+  also its XDP programs as built for a kernel that allows it, whose judge stage runs the
+  classifiers' search too (the helper call stubbed out, so that this kernel verifies the rest);
 - the benchmark harness (testbed.bench.programs): the same source built with its restoring
   entries, and the `return XDP_PASS` floor, and xdpgen's frame redirect (testbed.bench.xdpgen);
 - the packet tracer (dataplane/trace): one program per hook this kernel offers, with every
@@ -65,6 +68,35 @@ def _dataplane() -> Iterator[list[Loaded]]:
         prog.close()
 
 
+META_HELPER_CALL = "	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*meta))) {"
+META_STUB = "	if (ctx->data_meta == ctx->data_end) { /* bpf_xdp_adjust_meta: refused by this kernel */"
+
+
+@contextmanager
+def _dataplane_with_meta() -> Iterator[list[Loaded]]:
+    """The XDP programs as a kernel allowing XDP metadata gets them (nothing where this one does:
+    _dataplane loaded them already)."""
+    if not any(flag == "-DTG_NO_XDP_META" for flag in build_cflags()):
+        yield []
+        return
+    from bcc import BPF
+
+    from dataplane.kernel.program import XDP_FUNC, XDP_STAGES, program_cflags
+    from dataplane.kernel.source import program_text
+
+    text = program_text()
+    if text.count(META_HELPER_CALL) != 1:
+        raise RuntimeError(f"testbed/bench/budget.py: expected `{META_HELPER_CALL.strip()}` once in the "
+                           "data plane source (update META_HELPER_CALL)")
+    cflags = [f for f in program_cflags(DataplaneSettings()) if f != "-DTG_NO_XDP_META"]
+    bpf = BPF(text=text.replace(META_HELPER_CALL, META_STUB).encode(), cflags=cflags)
+    try:
+        fns = [bpf.load_func(f.encode(), BPF.XDP) for f in (XDP_FUNC, *XDP_STAGES.values())]
+        yield _infos("data plane (XDP metadata on)", fns)
+    finally:
+        bpf.cleanup()
+
+
 @contextmanager
 def _harness() -> Iterator[list[Loaded]]:
     from testbed.bench.programs import Harness, Noop
@@ -113,7 +145,7 @@ def _tracer() -> Iterator[list[Loaded]]:
         bpf.cleanup()
 
 
-LOADERS: tuple[Callable[[], Any], ...] = (_dataplane, _harness, _xdpgen, _tracer)
+LOADERS: tuple[Callable[[], Any], ...] = (_dataplane, _dataplane_with_meta, _harness, _xdpgen, _tracer)
 
 
 def every_program() -> list[Loaded]:

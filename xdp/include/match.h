@@ -188,7 +188,7 @@ static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 {
 	__u32 key = table, place = 0, bank, i, maybe;
 	struct tg_subtables *set;
-	struct tg_bucket_key k;
+	struct tg_bucket_key *k = &s->k;
 	struct tg_bucket *b;
 	__u32 *searched;
 
@@ -211,19 +211,22 @@ static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 		tg_forget();
 		if (i >= set->count || st->best > s->best)
 			break; /* what is left cannot beat the match found */
-		if (st->id < TG_SUBTABLES_MAX && !(maybe >> st->id & 1))
-			continue; /* no rule of it meets the packet's addresses (the prefilter) */
-		k.src[0] = s->p.src[0] & st->src_mask[0];
-		k.src[1] = s->p.src[1] & st->src_mask[1];
-		k.dst[0] = s->p.dst[0] & st->dst_mask[0];
-		k.dst[1] = s->p.dst[1] & st->dst_mask[1];
-		k.sport = s->p.sport & st->sport_mask;
-		k.dport = s->p.dport & st->dport_mask;
-		k.family = s->p.family & st->family_mask;
-		k.proto = s->p.proto & st->proto_mask;
-		k.bank = bank;
-		k.table = st->id;
-		b = tg_bucket_of(table, &k);
+		/* Keyed and probed only when the prefilter names it (no rule of it meets the packet's
+		 * addresses otherwise); skipped like a bucket that is not there. */
+		b = NULL;
+		if (st->id >= TG_SUBTABLES_MAX || maybe >> st->id & 1) {
+			k->src[0] = s->p.src[0] & st->src_mask[0];
+			k->src[1] = s->p.src[1] & st->src_mask[1];
+			k->dst[0] = s->p.dst[0] & st->dst_mask[0];
+			k->dst[1] = s->p.dst[1] & st->dst_mask[1];
+			k->sport = s->p.sport & st->sport_mask;
+			k->dport = s->p.dport & st->dport_mask;
+			k->family = s->p.family & st->family_mask;
+			k->proto = s->p.proto & st->proto_mask;
+			k->bank = bank;
+			k->table = st->id;
+			b = tg_bucket_of(table, k);
+		}
 		if (b)
 			tg_scan_bucket(table, b, s);
 	}

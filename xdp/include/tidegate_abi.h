@@ -460,8 +460,11 @@ struct tg_scratch {
 	__u32 l3_off;        /* XDP: where the outer IP header starts, from the frame's start */
 	__u32 reserved;
 	struct tg_tuple t;   /* the packet being judged, as parsed (allow_established, reject) */
+	/* search: the bucket key of the subtable being probed, here rather than on the stack: the
+	 * verifier then sees one state whether a subtable the prefilter skips was keyed or not */
+	struct tg_bucket_key k;
 };
-_Static_assert(sizeof(struct tg_scratch) == 144, "tg_scratch layout");
+_Static_assert(sizeof(struct tg_scratch) == 184, "tg_scratch layout");
 
 /* Which programs are inside a search, per CPU and hook (match_readers): user space waits until
  * every CPU's reader has left, or entered after it advanced match_epoch, before it reuses

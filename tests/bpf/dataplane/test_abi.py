@@ -23,9 +23,9 @@ EXPECTED_LAYOUTS = {
     "tunnels": (4, None, 8, ["flags", "reserved"]),
     # The classifier (docs/classifier.md); both tables have the same layouts.
     "match_bank": (4, None, 4, None),
-    "match_scratch": (4, None, 144, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end",
+    "match_scratch": (4, None, 184, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end",
                                      "outer_len", "payload_end", "tunnel_type", "not_ip", "reason",
-                                     "fragment", "l3_off", "reserved", "t"]),
+                                     "fragment", "l3_off", "reserved", "t", "k"]),
     "acl_subtables": (4, None, 8 + 48 * 32, ["count", "reserved", "tables"]),
     "acl_buckets": (40, ["src", "dst", "sport", "dport", "family", "proto", "bank", "table"], 68,
                     ["count", "slots"]),

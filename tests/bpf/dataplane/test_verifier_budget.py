@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from dataplane.kernel.bpf_info import BPF_COMPLEXITY_LIMIT_INSNS, prog_info
+from dataplane.kernel.features import build_cflags
 from testbed.bench import budget
 
 pytestmark = pytest.mark.root
@@ -35,6 +36,8 @@ def test_the_list_covers_every_program_of_each_loader(loaded):
     assert {("benchmark harness", "tg_bench_restoring"), ("benchmark harness", "tg_bench_noop"),
             ("benchmark sender (xdpgen)", "tg_gen_redirect")} <= names
     assert any(r.loader == "packet tracer" for r in loaded)
+    if "-DTG_NO_XDP_META" in build_cflags():  # the judge with the classifiers' search, verified too
+        assert ("data plane (XDP metadata on)", "tg_xdp_judge") in names
     assert all(r.info.verified_insns > 0 and r.info.jited_bytes > 0 for r in loaded)
 
 
