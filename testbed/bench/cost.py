@@ -13,7 +13,10 @@ repetition of the suite (so the ratios pair side by side):
 - full pipeline: VxLAN decap, the largest ACL (the inner flow allowed by a rule of its own
   among them), 64 classifiers with one matching: XDP_PASS with a mark;
 - the ClassBench sets (testbed.bench.cost_classbench): each shipped set and size, probes drawn
-  from its own rules, with the full pipeline (VxLAN + that ACL) beside.
+  from its own rules, with the full pipeline (VxLAN + that ACL) beside;
+- where the ACL probe's ns go (testbed.bench.cost_profile): the program built with one part taken
+  out at a time (the policy event, the search's mark, the judge stage, the tail call), at 1 rule
+  and at 1,000, the differences per run attributing the cost.
 
 Tidegate rows run through the restoring harness (testbed.bench.programs) so every repetition
 sees the original packet; its own cost, measured as the harness around `return XDP_PASS`
