@@ -50,6 +50,7 @@ class Dataplane:
         self.classifiers = MatchTable(program.table, CLS_TABLES, cls_capacity(caps))
         self.xdp_mode: str | None = None
         self.next_program: str | None = None
+        self._verified = verify_mod.Memo()  # what verify() learnt about this program's fds
 
     @classmethod
     def load(cls, ifname: str | None = None, settings: DataplaneSettings | None = None) -> Dataplane:
@@ -96,7 +97,7 @@ class Dataplane:
             problems = verify_mod.check(key, {"xdp": self.program.xdp_fn, "tc": self.program.tc_fn,
                                               "tc_egress": self.program.tc_egress_fn},
                                         {name: self.program.map_fd(name) for name in names},
-                                        self.program.pin_dir, self.program.stages.values())
+                                        self.program.pin_dir, self.program.stages.values(), self._verified)
         except OSError as exc:
             problems = [f"cannot read what the kernel runs: {exc}"]
         if problems:
@@ -147,6 +148,7 @@ class Dataplane:
         if self.program is not None:
             self.program.close()
             self.program = None  # type: ignore[assignment]
+            self._verified = verify_mod.Memo()  # its fds are closed: what was learnt of them goes
 
     # --- packet-level harness (BPF_PROG_TEST_RUN) ----------------------------------------
     def run_xdp(self, packet: bytes, repeat: int = 1) -> XdpResult:
