@@ -28,6 +28,7 @@ from pathlib import Path
 from dataplane.kernel.libbpf import errno_of, libbpf
 
 _MAX_MAP_IDS = 64  # more maps than any program of ours uses; the kernel reports the real count
+_MapIds = ctypes.c_uint32 * _MAX_MAP_IDS  # made once: a ctypes array type made per call is GC garbage
 # The verifier refuses a program once it has processed this many instructions over all its paths
 # (kernel/bpf/verifier.c: E2BIG); verified_insns (Linux >= 5.16) is the headroom a feature has left.
 BPF_COMPLEXITY_LIMIT_INSNS = 1_000_000
@@ -118,7 +119,7 @@ def map_id(fd: int) -> int:
 
 
 def prog_info(fd: int) -> ProgInfo:
-    ids = (ctypes.c_uint32 * _MAX_MAP_IDS)()
+    ids = _MapIds()
     info = _ProgInfo(nr_map_ids=_MAX_MAP_IDS, map_ids=ctypes.addressof(ids))
     _info(fd, info, f"program fd {fd}")
     count = min(int(info.nr_map_ids), _MAX_MAP_IDS)
