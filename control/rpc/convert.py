@@ -220,7 +220,7 @@ def _acl(msg: pb2.Policy) -> AclTable | AclErrors:
         except acl_wire.PackedErrors as exc:
             raise InvalidArgument([(f"acl_columns.{p}", m) for p, m in exc.errors]) from None
     try:
-        return acl_wire.table_from_messages(msg.acl)
+        return acl_wire.table_from_policy(msg)
     except AclErrors as exc:
         return exc
 
