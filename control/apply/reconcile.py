@@ -88,6 +88,11 @@ class PlaneObserver(Protocol):
     def plane_removing(self, name: str, plane: Dataplane) -> None: ...
 
 
+# (table, base's token, its stale keys, capacity) -> [(source, previous source, compiled)]: the
+# compiles of one change, for the interfaces whose tables hold the same content
+_Shared = dict[tuple[str, object, int, MatchCapacity], list[tuple[Any, Any, CompiledMatch]]]
+
+
 @dataclass
 class _Compiled:
     intent: InterfaceIntent
@@ -95,6 +100,7 @@ class _Compiled:
     classifiers: CompiledMatch | Live
     acl_base: Live  # what each was compiled against: valid while the table still holds it
     cls_base: Live
+    shared: _Shared  # the compiles of the change this belongs to, for every interface
 
     def valid_for(self, plane: Dataplane) -> bool:
         return plane.acl.current is self.acl_base and plane.classifiers.current is self.cls_base
@@ -269,7 +275,8 @@ class Reconciler:
             errors.append(("policy.chains", str(exc)))
         if errors:
             raise InvalidState(errors)
-        return {iface.name: self._compile(new, iface.name) for iface in new.interfaces}
+        shared: _Shared = {}
+        return {iface.name: self._compile(new, iface.name, shared) for iface in new.interfaces}
 
     def _xdp_neighbours(self, new: DesiredState) -> list[tuple[str, str]]:
         """Other XDP programs: one holding an interface we are to attach (unless replace), and
@@ -287,41 +294,56 @@ class Reconciler:
                     errors.append((f"interfaces[{index}].next_program", why))
         return errors
 
-    def _compile(self, state: DesiredState, name: str) -> _Compiled:
+    def _compile(self, state: DesiredState, name: str, shared: _Shared | None = None) -> _Compiled:
         intent = self._intent(state, name)
         plane = self.planes.get(name)
         caps = self.settings.capacities
         acl_base = plane.acl.current if plane else empty()  # not loaded yet: its tables start empty
         cls_base = plane.classifiers.current if plane else empty()
+        shared = {} if shared is None else shared
         try:
-            return _Compiled(intent, self._compiled(name, "acl", intent.acl, acl_base, acl_capacity(caps)),
-                             self._compiled(name, "cls", intent.classifiers, cls_base, cls_capacity(caps)),
-                             acl_base, cls_base)
+            return _Compiled(intent,
+                             self._compiled(name, "acl", intent.acl, acl_base, acl_capacity(caps), shared),
+                             self._compiled(name, "cls", intent.classifiers, cls_base, cls_capacity(caps),
+                                            shared),
+                             acl_base, cls_base, shared)
         except ValueError as exc:
             raise InvalidState([("policy", f"interface {name}: {exc}")]) from exc
 
     def _compiled(self, name: str, table: str, source: AclTable | tuple[MatchRule, ...], base: Live,
-                  capacity: MatchCapacity) -> CompiledMatch | Live:
+                  capacity: MatchCapacity, shared: _Shared) -> CompiledMatch | Live:
         """`base` itself when it is what the table holds for this very source (the classifiers
-        when only ACL rules changed, and the other way round), else the compile against it."""
+        when only ACL rules changed, and the other way round), else the compile against it:
+        made once per change for every interface whose table holds the same content (Live.token)
+        and was made from the same source (`shared`), rebased onto each one's own base."""
         done = self._sources.get((name, table))
         if done is not None and done[0] is base and (done[1] is source or done[1] == source):
             return base
+        previous = done[1] if done is not None and done[0] is base else None  # what base was made from
+        key = (table, base.token, len(base.stale), capacity)
+        for src, prev, compiled in shared.get(key, ()):
+            if (src is source and prev is previous) if isinstance(source, AclTable) else src == source:
+                return compiled.rebased(base)  # (an ACL's compile depends on previous: an edit of it)
         if isinstance(source, AclTable):
-            previous = done[1] if done is not None and done[0] is base else None  # what base was made from
-            return self._acl.compile(source, base, capacity, previous)
-        return compile_rules(list(source), base, capacity, table)
+            compiled = self._acl.compile(source, base, capacity, previous)
+        else:
+            compiled = compile_rules(list(source), base, capacity, table)
+        shared.setdefault(key, []).append((source, previous, compiled))
+        return compiled
 
     def _applied(self, name: str, table: str, held: Live, source: Any) -> None:
         self._sources[(name, table)] = (held, source)
 
     def _program(self, state: DesiredState, compiled: dict[str, _Compiled] | None) -> None:
         wanted = {i.name: i for i in state.interfaces}
+        # (an interface loaded just now was compiled against an empty table: its own one holds
+        # the same, so that compile is rebased onto it)
+        shared: _Shared = next(iter(compiled.values())).shared if compiled else {}
         for name, iface in wanted.items():
             plane = self.planes.get(name) or self._load(name)
             done = compiled.get(name) if compiled else None
             if done is None or not done.valid_for(plane):
-                done = self._compile(state, name)
+                done = self._compile(state, name, shared)
             intent = done.intent
             plane.configure(intent.config)
             if self._tunnels.get(name) != intent.tunnels:

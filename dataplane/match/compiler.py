@@ -15,7 +15,8 @@ both banks together against capacities.<table>_buckets, subtables against TG_SUB
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,7 @@ class Compiled:
     bank: Bank | None  # a full compile: the other bank's elements
     unchanged: bool  # the very rules base holds: nothing to write
     edit: Any = None  # instead of a bank: dataplane.match.edits.Edit of the live bank
+    token: object = field(default_factory=object)  # Live.token of what this makes of its base
 
     def live(self) -> Live:
         """What the table holds once this is written (call once, after writing it: an edit is
@@ -87,10 +89,18 @@ class Compiled:
         if self.edit is not None:
             m = self.base.mirror()
             self.edit.commit(m)
-            return Live(self.base.bank, mirror=m)
+            return Live(self.base.bank, mirror=m, token=self.token)
         assert self.bank is not None
         tables = self.bank.subtables["tables"][0, : self.bank.count].copy()
-        return Live(self.bank.number, self.records, self.slots, self.bank.keys, self.bank.buckets, tables)
+        return Live(self.bank.number, self.records, self.slots, self.bank.keys, self.bank.buckets, tables,
+                    token=self.token)
+
+    def rebased(self, base: Live) -> Compiled:
+        """This compile for another table whose current content is base's (the same token and
+        as many stale keys: the capacity check counts them): the same writes, the same result."""
+        if base.token != self.base.token or len(base.stale) != len(self.base.stale):
+            raise ValueError("rebased: the tables hold different contents")
+        return dataclasses.replace(self, base=base)
 
 
 def records(cols: RuleColumns) -> Array:

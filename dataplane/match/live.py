@@ -38,13 +38,21 @@ class Live:
 
     Held as arrays after a full compile, or as dicts (Mirror) once a few
     rules have been edited in place; each form is made from the other when first asked for.
-    Compared by identity: a compile is valid against the very Live it was made from."""
+    Compared by identity: a compile is valid against the very Live it was made from.
+
+    `token` names the content (stale aside): two Lives with the same token hold the same rules
+    in the same slots, buckets and bank (a table that starts empty in bank 0, and one compile
+    written to each of several tables, give them the same token); anything else, such as what
+    adopt() read back, gets a token of its own. A compile against one is a compile against the
+    other (control.apply.reconcile compiles a policy once for every interface)."""
 
     def __init__(self, bank: int = 0, records: Array | None = None,
                  slots: npt.NDArray[np.uint32] | None = None, keys: Array | None = None,
                  buckets: Array | None = None, tables: Array | None = None, stale: Array | None = None,
-                 mirror: Mirror | None = None) -> None:
+                 mirror: Mirror | None = None, token: object = None) -> None:
         self.bank = bank
+        nothing = records is None and slots is None and keys is None and buckets is None and mirror is None
+        self.token = token if token is not None else ("empty", bank) if nothing else object()
         self.stale = empty_keys() if stale is None else stale
         self._lock = threading.Lock()  # the mirror may be built in the background (table.py)
         self._mirror = mirror

@@ -202,7 +202,7 @@ class MatchTable:
             raise
         live = c.live()
         self.current = cp.Live(live.bank, live.records, live.slots, live.keys, live.buckets, live.tables,
-                               stale=base.keys)
+                               stale=base.keys, token=live.token)
         self.quiesce()  # no search is in the old bank any more: nothing there is held
         self._writer(self.names.buckets).delete(base.keys.tobytes())
         self._writer(self.names.subtables).delete(_u32([base.bank]))
