@@ -223,6 +223,13 @@ class Reconciler:
             raise ApplyError(f"{exc}; the previous state is in force again") from exc
         self.applied = new
 
+    def index_ahead(self) -> None:
+        """Once a change is over: each table builds, in the background, the index its next edit
+        needs (dataplane.match.table.MatchTable.index_ahead)."""
+        for plane in self.planes.values():
+            plane.acl.index_ahead()
+            plane.classifiers.index_ahead()
+
     def verify_kept(self, new: DesiredState) -> None:
         """Before writing `new` (or answering that it changes nothing): DataplaneMismatch when
         an interface it keeps runs programs that do not use this daemon's maps."""

@@ -95,6 +95,7 @@ class MatchTable:
         self.current = cp.Live()
         self._writers: dict[str, MapWriter] = {}
         self._dirty: set[str] = set()  # maps written since the last quiesce (an element may be held)
+        self._index_due = False  # a full compile of MIRROR_AHEAD rules or more was written: see index_ahead
 
     # --- compiling (pure: nothing is written) -------------------------------------------------
     def compile(self, cols: RuleColumns | Sequence[Any]) -> cp.Compiled:
@@ -208,7 +209,15 @@ class MatchTable:
         self._writer(self.names.subtables).delete(_u32([base.bank]))
         self.current.stale = cp.empty_keys()
         self._zero_records(c.freed)
-        if len(self.current) >= MIRROR_AHEAD:  # the first edit would wait for it otherwise
+        self._index_due = len(self.current) >= MIRROR_AHEAD
+
+    def index_ahead(self) -> None:
+        """After a full compile of MIRROR_AHEAD rules or more, builds the edit index (Live.mirror)
+        in the background, so that the first edit does not wait for it. Called by the owner once
+        the change that wrote it is over (control.apply.reconcile): built while the change goes
+        on, it would compete with the change for the interpreter."""
+        if self._index_due:
+            self._index_due = False
             name = f"{self.names.kind}-mirror"
             threading.Thread(target=self.current.mirror, name=name, daemon=True).start()
 
