@@ -204,8 +204,11 @@ def assign_slots(recs: Array, base: Live, capacity: int, table: str
                  ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.bool_], npt.NDArray[np.uint32]]:
     """(slot per row, rows with a new record, base slots freed). Unchanged records keep their
     slots; fresh ones take slots no rule holds."""
-    old = dict(zip(base.records.view(f"V{RULE.itemsize}").tolist(), base.slots.tolist(), strict=True))
-    found = np.array([old.get(r, -1) for r in recs.view(f"V{RULE.itemsize}").tolist()], dtype=np.int64)
+    if len(base):
+        old = dict(zip(base.records.view(f"V{RULE.itemsize}").tolist(), base.slots.tolist(), strict=True))
+        found = np.array([old.get(r, -1) for r in recs.view(f"V{RULE.itemsize}").tolist()], dtype=np.int64)
+    else:
+        found = np.full(len(recs), -1, dtype=np.int64)  # nothing held: every record is new
     fresh = found < 0
     kept = found[~fresh].astype(np.uint32)
     peak = len(base) + int(fresh.sum())
@@ -233,9 +236,7 @@ def build_bank(cols: RuleColumns, slots: npt.NDArray[np.uint32], assignment: tp.
     for table_id, t in enumerate(assignment.tuples):
         rows = np.flatnonzero(assignment.table_of == table_id)
         keys = _keys(tp.masked(fields.take(rows), t), number, table_id)
-        distinct, inverse = np.unique(keys.view(f"V{KEY.itemsize}"), return_inverse=True)
-        inverse = inverse.ravel()
-        order = np.argsort(inverse, kind="stable")  # rows stay in first-match order within a bucket
+        distinct, inverse, order = _group(keys)  # order: rows stay in first-match order within a bucket
         grouped = inverse[order]
         starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
         rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
@@ -244,7 +245,7 @@ def build_bank(cols: RuleColumns, slots: npt.NDArray[np.uint32], assignment: tp.
         if buckets["count"].max(initial=0) > tp.BUCKET_MAX:
             raise AssertionError("assign() let a bucket overflow")  # the hash grouping is exact or stricter
         buckets["slots"][grouped, rank] = slots[rows[order]]
-        key_parts.append(distinct.view(KEY))
+        key_parts.append(distinct)
         bucket_parts.append(buckets)
         src_m, dst_m, sport_m, dport_m, fam_m, proto_m = tp.masks_of(t)
         tables[table_id] = ((src_m, dst_m, int(cols.order[rows].min()), sport_m, dport_m, fam_m, proto_m,
@@ -255,6 +256,30 @@ def build_bank(cols: RuleColumns, slots: npt.NDArray[np.uint32], assignment: tp.
     keys_all = np.concatenate(key_parts) if key_parts else empty_keys()
     buckets_all = np.concatenate(bucket_parts) if bucket_parts else np.zeros(0, dtype=BUCKET)
     return Bank(number, subtables, keys_all, buckets_all, len(tables))
+
+
+def _group(keys: Array) -> tuple[Array, npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """(the distinct keys, each row's index among them, the rows by that index and then by row):
+    grouped by a 64-bit hash of the key's words, checked exactly (a hash shared by different keys
+    is sorted out by comparing the keys themselves)."""
+    words = np.ascontiguousarray(keys).view(np.uint64).reshape(len(keys), KEY.itemsize // 8)
+    with np.errstate(over="ignore"):
+        h = np.zeros(len(keys), dtype=np.uint64)
+        for i in range(words.shape[1]):
+            h = (h ^ words[:, i]) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(31)
+    order = np.argsort(h, kind="stable")
+    sorted_h = h[order]
+    first = np.r_[True, sorted_h[1:] != sorted_h[:-1]] if len(keys) else np.zeros(0, dtype=bool)
+    group = np.cumsum(first) - 1
+    starts = order[first]
+    if not (words[order] == words[starts[group]]).all():  # two keys share a hash: the exact way
+        distinct, inverse = np.unique(keys.view(f"V{KEY.itemsize}"), return_inverse=True)
+        inverse = inverse.ravel()
+        return distinct.view(KEY), inverse, np.argsort(inverse, kind="stable")
+    inverse = np.empty(len(keys), dtype=np.intp)
+    inverse[order] = group
+    return keys[starts], inverse, order
 
 
 def _keys(k: tp.Key, bank: int, table_id: int) -> Array:
