@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -346,31 +347,54 @@ class Reconciler:
         # (an interface loaded just now was compiled against an empty table: its own one holds
         # the same, so that compile is rebased onto it)
         shared: _Shared = next(iter(compiled.values())).shared if compiled else {}
-        for name, iface in wanted.items():
+        ready: list[tuple[str, Dataplane, _Compiled]] = []
+        for name in wanted:
             plane = self.planes.get(name) or self._load(name)
             done = compiled.get(name) if compiled else None
             if done is None or not done.valid_for(plane):
                 done = self._compile(state, name, shared)
-            intent = done.intent
-            plane.configure(intent.config)
-            if self._tunnels.get(name) != intent.tunnels:
+            plane.configure(done.intent.config)
+            if self._tunnels.get(name) != done.intent.tunnels:
                 self._tunnels.pop(name, None)  # unknown until the sync below completes
-                _sync_tunnels(plane, intent.tunnels)
-                self._tunnels[name] = intent.tunnels
-            if not isinstance(done.acl, Live):
-                plane.acl.apply(done.acl)
-                self._applied(name, "acl", plane.acl.current, intent.acl)
-            if not isinstance(done.classifiers, Live):
-                plane.classifiers.apply(done.classifiers)
-                self._applied(name, "cls", plane.classifiers.current, intent.classifiers)
+                _sync_tunnels(plane, done.intent.tunnels)
+                self._tunnels[name] = done.intent.tunnels
+            ready.append((name, plane, done))
+        self._write_tables(ready)
+        for name, plane, done in ready:
+            iface = wanted[name]
             if plane.next_program != iface.next_program:
                 plane.set_next_program(iface.next_program)
             if plane.xdp_mode is None or (iface.mode != "auto" and plane.xdp_mode != iface.mode):
                 plane.attach(iface.mode, replace=iface.replace)
-            self.intents[name] = intent
+            self.intents[name] = done.intent
         for name in [n for n in self.planes if n not in wanted]:
             self._unload(name, detach=True)
         self._sync_routing(state.policy.chains)
+
+    def _write_tables(self, ready: list[tuple[str, Dataplane, _Compiled]]) -> None:
+        """Each interface's ACL and classifier tables written. Interfaces with a bank switch to
+        write (a whole policy) are written at the same time, each by a thread of its own: their
+        maps are their own, and most of the work is the kernel's, done without the interpreter
+        lock. Every write is waited for; then the first error, if any, is raised (what was
+        written is recorded either way, for the rollback to compile against)."""
+        def write(name: str, plane: Dataplane, done: _Compiled) -> None:
+            if not isinstance(done.acl, Live):
+                plane.acl.apply(done.acl)
+                self._applied(name, "acl", plane.acl.current, done.intent.acl)
+            if not isinstance(done.classifiers, Live):
+                plane.classifiers.apply(done.classifiers)
+                self._applied(name, "cls", plane.classifiers.current, done.intent.classifiers)
+
+        switching = [r for r in ready if any(_switches(c) for c in (r[2].acl, r[2].classifiers))]
+        if len(switching) < 2:
+            for job in ready:
+                write(*job)
+            return
+        with ThreadPoolExecutor(len(ready), thread_name_prefix="tables") as pool:
+            futures = [pool.submit(write, *job) for job in ready]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]  # type: ignore[misc]
 
     def _sync_routing(self, chains: list[ServiceChain]) -> None:
         """Policy routing depends on the chains alone: a change that leaves them as they were
@@ -416,6 +440,11 @@ class Reconciler:
             for event, c in plane.maps.event_counts().items():
                 _add(out.events, event.name, c)
         return out
+
+
+def _switches(compiled: CompiledMatch | Live) -> bool:
+    """Whether writing this is a bank switch (a full compile), not an edit or nothing."""
+    return not isinstance(compiled, Live) and not compiled.unchanged and compiled.edit is None
 
 
 def occupancy(reconciler: Reconciler) -> dict[tuple[str, str], tuple[int, int]]:

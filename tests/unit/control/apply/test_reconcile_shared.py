@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from control.apply.reconcile import Reconciler
+from control.apply.reconcile import ApplyError, Reconciler
 from control.policy import edits
 from control.policy.acl_table import AclTable, block_of
 from control.policy.models import AclRule, DesiredState, Interface, Policy
@@ -123,3 +123,35 @@ def test_a_compile_is_rebased_only_onto_a_table_of_the_same_content():
     stale.stale = np.zeros(1, dtype=cp.KEY)
     with pytest.raises(ValueError, match="different contents"):
         compiled.rebased(stale)
+
+
+class FailingOnce(StrictTable):
+    """A table whose next bank switch the kernel refuses (before anything is written)."""
+
+    fail = False
+
+    def apply(self, compiled: object) -> None:
+        if self.fail and compiled.edit is None and not compiled.unchanged:  # type: ignore[attr-defined]
+            self.fail = False
+            raise OSError(28, "acl_buckets: update of element 0 of 60 refused by the kernel: ENOSPC")
+        super().apply(compiled)
+
+
+def test_tables_written_side_by_side_fail_as_one_change(reconciler):
+    """Two interfaces switching banks are written at the same time; when one fails, the other's
+    write is waited for and recorded, the error is the change's, and the previous policy is
+    programmed back on both."""
+    before = DesiredState(generation=1, interfaces=[Interface(name=n) for n in NAMES[:2]],
+                          policy=Policy(acl=AclTable.from_block(block_of(rules(40)))))
+    reconciler.apply(before)
+    first, second = reconciler.planes.values()
+    second.acl.__class__ = FailingOnce
+    second.acl.fail = True
+    old = held(first)
+    after = before.model_copy(update={"generation": 2, "policy": Policy(
+        acl=AclTable.from_block(block_of(rules(300, seed=5))))})  # past EDIT_MAX: a bank switch
+    with pytest.raises(ApplyError, match="ENOSPC.*the previous state is in force again"):
+        reconciler.apply(after)
+    assert held(first) == held(second) == old and len(first.acl.current) == 40
+    reconciler.apply(after)  # and the next try goes through on both
+    assert held(first) == held(second) and len(first.acl.current) == 300
