@@ -24,21 +24,25 @@ something proves it still holds:
     last check is read, whatever its id;
   - the id of the object pinned at a path, while the pin's inode (device, number, change time)
     is the one it was read from: pinning again, or renaming another pin over it, makes a new
-    inode.
-The attached programs, the host's program ids and the pins' inodes are read every time.
+    inode;
+  - what the pin directory holds, while the kernel reports no change to its entries and no
+    mount or unmount in this process's mount namespace (dataplane.kernel.dirwatch: inotify and
+    /proc/self/mountinfo), and the path still reaches the same directory.
+The attached programs and the host's program ids are read every time.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dataplane.kernel import attach as attach_mod
 from dataplane.kernel import bpf_info
+from dataplane.kernel.dirwatch import DirWatch
 from dataplane.kernel.owner import OWNER, OWNER_TMP, InterfaceKey
 from dataplane.kernel.program import TC_EGRESS_PIN, TC_PIN, XDP_PIN
 
@@ -64,6 +68,34 @@ class Memo:
     maps: dict[int, int] = field(default_factory=dict)  # our map's fd -> id
     others: dict[int, bpf_info.ProgInfo] = field(default_factory=dict)  # the host's other programs, by id
     pins: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # path -> (dev, ino, ctime, id)
+    watch: DirWatch | None = None  # on the pin directory
+    listing: dict[str, int] | None = None  # what it held (name -> object id) when last read
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+        self.listing = None
+
+    def pinned_ids(self, pin_dir: Path) -> Mapping[str, int | OSError]:
+        """Every pin of the directory but the owner record's: name -> object id (or why it
+        cannot be read), read again only when the directory may have changed."""
+        if self.watch is None or self.watch.path != str(pin_dir):
+            self.close()
+            self.watch = DirWatch(pin_dir)  # armed before the read below: later changes are seen
+        elif self.listing is not None and self.watch.unchanged():
+            return self.listing
+        out: dict[str, int | OSError] = {}
+        for name in sorted(os.listdir(pin_dir)):
+            if name == OWNER or name.startswith(OWNER_TMP):
+                continue
+            try:
+                out[name] = self.pinned_id(os.path.join(pin_dir, name))
+            except OSError as exc:
+                out[name] = exc
+        readable = all(isinstance(v, int) for v in out.values())
+        self.listing = {k: v for k, v in out.items() if isinstance(v, int)} if readable else None
+        return out
 
     def prog_info(self, fd: int) -> bpf_info.ProgInfo:
         info = self.programs.get(fd)
@@ -143,20 +175,15 @@ def _pin_problems(pin_dir: Path, programs: dict[str, int], maps: frozenset[int],
     """Every object pinned in the directory must be in use: a program pin the program attached
     there (`programs`: pin name -> id), any other pin one of the maps the programs use."""
     problems = []
-    for name in sorted(os.listdir(pin_dir)):
-        if name == OWNER or name.startswith(OWNER_TMP):
-            continue
-        path = os.path.join(pin_dir, name)
-        try:
-            obj_id = memo.pinned_id(path)
-        except OSError as exc:
-            problems.append(f"{path}: cannot read it ({exc.strerror})")
+    for name, obj_id in memo.pinned_ids(pin_dir).items():
+        if isinstance(obj_id, OSError):
+            problems.append(f"{pin_dir / name}: cannot read it ({obj_id.strerror})")
             continue
         want = programs.get(name)
         if want is not None and obj_id != want:
-            problems.append(f"{path} is program id {obj_id}, the one attached is {want}")
+            problems.append(f"{pin_dir / name} is program id {obj_id}, the one attached is {want}")
         elif want is None and name not in (XDP_PIN, TC_PIN, TC_EGRESS_PIN) and obj_id not in maps:
-            problems.append(f"{path} is map id {obj_id}, which the attached programs do not use "
+            problems.append(f"{pin_dir / name} is map id {obj_id}, which the attached programs do not use "
                             f"(they use {_ids(maps)})")
     return problems
 

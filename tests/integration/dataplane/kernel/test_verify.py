@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,6 +113,28 @@ def test_a_pin_replaced_since_the_last_check_is_found(plane):
             dp.verify()
         path.unlink()
         pin(dp.program.map_fd(MAP), path)
+        with ns.enter():
+            dp.verify()
+    finally:
+        os.close(other)
+        spare.unlink(missing_ok=True)
+
+
+def test_a_map_mounted_over_a_pin_since_the_last_check_is_found(plane):
+    """No entry of the pin directory changes (no inotify event): the mount table does."""
+    ns, dp = plane
+    path = dp.program.pin_dir / MAP
+    other = new_map()
+    spare = path.parent.parent / f"tg_test_over-{os.getpid()}"
+    try:
+        pin(other, spare)
+        with passes_then(ns, dp):
+            subprocess.run(["mount", "--bind", str(spare), str(path)], check=True)
+        try:
+            with ns.enter(), pytest.raises(Mismatch, match=f"{path} is map id .*which the attached programs"):
+                dp.verify()
+        finally:
+            subprocess.run(["umount", str(path)], check=True)
         with ns.enter():
             dp.verify()
     finally:
