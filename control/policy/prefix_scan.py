@@ -10,8 +10,6 @@ the texts it accepts, which inet_pton and ipaddress read the same way.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import numpy.typing as npt
 
@@ -22,7 +20,6 @@ SHORTEST = len("0.0.0.0/0")
 _ZERO, _NINE, _DOT, _SLASH = (ord(c) for c in "09./")
 _OCTETS = 4
 _DIGITS = b"0123456789"
-_SPACES = bytes.maketrans(b"./\n", b"   ")
 
 
 def scan_ipv4(buf: npt.NDArray[np.uint8], start: I64, length: I64
@@ -31,9 +28,9 @@ def scan_ipv4(buf: npt.NDArray[np.uint8], start: I64, length: I64
     `buf` must extend PAD bytes past every text (pad it).
 
     The texts of plausible length are joined, one per line: when the whole batch has the shape
-    (three dots then a slash between digits on every line, no number empty or with a leading
-    zero: a few scans of the bytes in C), its numbers are read in one go; otherwise each text is
-    read character by character (_scan_columns)."""
+    (three dots then a slash between digits on every line: one pass of the bytes in C; no number
+    empty, longer than three digits or with a leading zero), its numbers are read in one go from
+    where each ends; otherwise each text is read character by character (_scan_columns)."""
     n = len(start)
     rows = np.flatnonzero((length >= SHORTEST) & (length <= LONGEST))
     if rows.size and int(start[rows].max()) + PAD > len(buf):
@@ -65,19 +62,17 @@ def _numbers(blob: bytes, k: int) -> npt.NDArray[np.int64] | None:
     if blob.translate(None, _DIGITS) != b".../\n" * k:
         return None  # every line: digits, three dots, digits, a slash, digits (numbers may be empty)
     chars = np.frombuffer(blob, dtype=np.uint8)
-    sep = chars < _ZERO  # . / and the newline; everything else is a digit
-    first = np.r_[True, sep[:-1]]  # the first character of a number (or of an empty one)
-    if (sep & first).any():
-        return None  # an empty number
-    if (first[:-1] & (chars[:-1] == _ZERO) & ~sep[1:]).any():
+    ends = np.flatnonzero(chars < _ZERO)  # where each number ends: at . / or the newline
+    size = np.diff(ends, prepend=-1) - 1
+    if k and (size.min() < 1 or size.max() > 3):
+        return None  # an empty number, or one of four digits or more (not a canonical prefix)
+    first = chars[ends - size]
+    if ((size > 1) & (first == _ZERO)).any():
         return None  # a leading zero
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a number numpy cannot read: refused, not half-read
-        try:
-            values = np.fromstring(blob.translate(_SPACES), dtype=np.int64, sep=" ")  # type: ignore[call-overload]
-        except (ValueError, DeprecationWarning):
-            return None
-    return values.reshape(k, _OCTETS + 1) if len(values) == k * (_OCTETS + 1) else None
+    value = chars[ends - 1].astype(np.int16) - _ZERO  # the last digit, then the ones before it
+    value += (chars[ends - 2].astype(np.int16) - _ZERO) * 10 * (size >= 2)
+    value += (chars[ends - 3].astype(np.int16) - _ZERO) * 100 * (size >= 3)
+    return value.astype(np.int64).reshape(k, _OCTETS + 1)
 
 
 def _scan_columns(buf: npt.NDArray[np.uint8], start: I64, length: I64
