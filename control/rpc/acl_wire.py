@@ -121,11 +121,12 @@ def table_from_messages(acl: Sequence[Any]) -> AclTable:
     return _table(raw, parse_prefixes(raw.src), parse_prefixes(raw.dst))
 
 
-def table_from_policy(policy: Any) -> AclTable:
-    """Policy.acl read from the Policy's encoding, every rule at once (control.rpc.acl_scan),
-    or message by message where that reader declines; AclErrors as table_from_messages."""
+def table_from_policy(policy: Any, encoded: bytes | None = None) -> AclTable:
+    """Policy.acl read from the Policy's encoding (`encoded`, the bytes `policy` was parsed from,
+    else the message encoded again), every rule at once (control.rpc.acl_scan), or message by
+    message where that reader declines; AclErrors as table_from_messages."""
     try:
-        raw, src, dst = acl_scan.raw_from_policy(policy.SerializeToString())
+        raw, src, dst = acl_scan.raw_from_policy(policy.SerializeToString() if encoded is None else encoded)
     except NotPlain:
         return table_from_messages(policy.acl)
     return _table(raw, src, dst)

@@ -12,8 +12,9 @@ import random
 import numpy as np
 import pytest
 
+from control.errors import InvalidArgument
 from control.policy.acl_decode import AclErrors, Addresses, RawRules, parse_prefixes
-from control.rpc import acl_wire
+from control.rpc import acl_wire, convert
 from control.rpc.acl_scan import ACL_FIELD, raw_from_policy
 from control.rpc.api import pb2
 from control.rpc.wire_scan import NotPlain, Wire
@@ -152,3 +153,25 @@ def test_the_elements_of_a_repeated_field_are_found_among_other_fields() -> None
             + field(5, 0, 1) + field(2, 2, b"bcd"))
     start, end = Wire(data).entries(2)
     assert [data[s:e] for s, e in zip(start.tolist(), end.tolist(), strict=True)] == [b"a", b"", b"bcd"]
+
+
+@pytest.mark.parametrize("name", ODD)
+def test_a_policy_read_from_the_bytes_it_came_from_is_the_parsed_one(name: str) -> None:
+    """convert.policy_from_proto with the bytes as received (ApplyPolicy, a fleet key) and
+    without them (the message encoded again) give the same policy."""
+    data = policy_of(ODD["plain"], ODD[name].replace(field(1, 0, 3), field(1, 0, 11)))
+    message = pb2.Policy.FromString(data)
+    outcomes = []
+    for encoded in (data, None):
+        try:
+            outcomes.append(list(convert.policy_from_proto(message, encoded=encoded).acl))
+        except InvalidArgument as exc:
+            outcomes.append(exc.errors)
+    assert outcomes[0] == outcomes[1]
+
+
+def test_bytes_a_parser_merges_are_read_from_the_parsed_message() -> None:
+    data = policy_of(field(1, 0, 3) + field(3, 0, 2) + field(4, 2, field(1, 2, b"10.0.0.0/8"))
+                     + field(4, 2, field(2, 2, b"10.1.0.0/16")))  # match given twice: merged
+    policy = convert.policy_from_proto(pb2.Policy.FromString(data), encoded=data)
+    assert str(policy.acl[0].match.src) == "10.0.0.0/8" and str(policy.acl[0].match.dst) == "10.1.0.0/16"
