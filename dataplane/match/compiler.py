@@ -170,11 +170,12 @@ def columns_of(recs: Array) -> RuleColumns:
 
 def check(cols: RuleColumns, table: str) -> None:
     """What the compiler relies on, with the first offending rule named (index in the set)."""
-    icmp = ~cols.proto_any & np.isin(cols.proto, ICMP_PROTOCOLS)
+    icmp = ~cols.proto_any & _among(cols.proto, ICMP_PROTOCOLS)
+    limit = _limit(cols.family)
     problems: list[tuple[str, npt.NDArray[np.bool_]]] = [
-        ("family: must be 0 (any), 4 or 6", ~np.isin(cols.family, FAMILIES)),
-        ("src_len: longer than the family's addresses", cols.src_len > _limit(cols.family)),
-        ("dst_len: longer than the family's addresses", cols.dst_len > _limit(cols.family)),
+        ("family: must be 0 (any), 4 or 6", ~_among(cols.family, FAMILIES)),
+        ("src_len: longer than the family's addresses", cols.src_len > limit),
+        ("dst_len: longer than the family's addresses", cols.dst_len > limit),
         ("sport: low above high", cols.sport_lo > cols.sport_hi),
         ("dport: low above high", cols.dport_lo > cols.dport_hi),
         ("icmp_type: needs protocol icmp (1) or icmpv6 (58)", cols.has_icmp_type & ~icmp),
@@ -187,10 +188,20 @@ def check(cols: RuleColumns, table: str) -> None:
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"{table}[{i}] (rule {int(cols.rule_id[i])}).{what}")
+    if len(cols) < 2:
+        return
     ids, counts = np.unique(cols.rule_id, return_counts=True)
     if (counts > 1).any():
         rid = int(ids[np.argmax(counts > 1)])
         raise ValueError(f"{table}: rule id {rid} is used {int(counts.max())} times")
+
+
+def _among(values: npt.NDArray[Any], choices: Any) -> npt.NDArray[np.bool_]:
+    """np.isin for a few choices (a comparison each: no sort, which costs more on few rows)."""
+    out = np.zeros(values.shape, dtype=bool)
+    for choice in choices:
+        out |= values == choice
+    return out
 
 
 def _limit(family: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:

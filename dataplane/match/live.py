@@ -4,6 +4,7 @@ ABI header, and the live state in its two forms, arrays (Live, after a full comp
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,16 +91,17 @@ class Live:
         return len(self._arrays[1])
 
 
-def _bits(words: Any) -> int:
-    return int(np.unpackbits(np.asarray(words, dtype=np.uint64).view(np.uint8)).sum())
-
-
 def tuple_of(table: Any) -> tuple[int, ...]:
     """A subtable's tuple (tuples.DIMS) from its masks (a 1-element SUBTABLE array)."""
-    t = table[0]
-    return (int(t["family_mask"] != 0), _bits(t["src_mask"]), _bits(t["dst_mask"]),
-            int(t["proto_mask"] != 0), bin(int(t["sport_mask"])).count("1"),
-            bin(int(t["dport_mask"])).count("1"))
+    return _tuple_of(table.tobytes())
+
+
+@functools.lru_cache(maxsize=4096)
+def _tuple_of(record: bytes) -> tuple[int, ...]:
+    t = np.frombuffer(record, dtype=SUBTABLE)[0]
+    src, dst = (sum(int(w).bit_count() for w in t[name].tolist()) for name in ("src_mask", "dst_mask"))
+    return (int(t["family_mask"] != 0), src, dst, int(t["proto_mask"] != 0), int(t["sport_mask"]).bit_count(),
+            int(t["dport_mask"]).bit_count())
 
 
 K = TypeVar("K")

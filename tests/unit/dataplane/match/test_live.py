@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from dataplane.match import planner
 from dataplane.match.adapter import to_columns
-from dataplane.match.live import KEY, RULE, Live, Mirror, Overlay
+from dataplane.match.live import KEY, RULE, Live, Mirror, Overlay, tuple_of
 
 from ..rulegen import rules
 from .test_compiler import CAP, load
@@ -73,3 +73,11 @@ def test_a_mirror_gives_back_the_arrays_it_was_made_from_and_what_edits_changed(
     assert [(s, held[s]) for s, _ in before] == before  # every rule held before, at its slot
     assert sorted(recs["rule_id"].tolist()) == sorted([*ids, *(r.rule_id for r in added)])
     assert len(keys) == len(buckets) == len(after.buckets)
+
+
+@given(st.tuples(st.integers(0, 1), st.integers(0, 128), st.integers(0, 128), st.integers(0, 1),
+                 st.integers(0, 16), st.integers(0, 16)), st.integers(0, 255), st.integers(0, 2**64 - 1))
+def test_a_subtable_says_its_tuple(t, table_id, best):
+    from dataplane.match.edits import _new_table
+
+    assert tuple_of(_new_table(t, table_id, best)) == t
