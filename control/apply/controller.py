@@ -123,6 +123,7 @@ class Controller:
             except DataplaneMismatch:  # programmed, but not what the kernel runs: serve, NOT_SERVING
                 log.exception("the restored state is not what the kernel enforces")
             self.state = self.reconciler.applied
+            self.reconciler.index_ahead()
             log.info("state restored", extra={"generation": self.state.generation,
                                               "interfaces": [i.name for i in self.state.interfaces]})
 
@@ -190,6 +191,7 @@ class Controller:
                     self.reconciler.apply(self.state)
                     raise
             self.state = new
+            self.reconciler.index_ahead()  # now: the change is persisted; the next edit will need it
             log.info("state applied", extra={"generation": new.generation})
             return new
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -88,6 +89,11 @@ class PlaneObserver(Protocol):
     def plane_removing(self, name: str, plane: Dataplane) -> None: ...
 
 
+# (table, base's token, its stale keys, capacity) -> [(source, previous source, compiled)]: the
+# compiles of one change, for the interfaces whose tables hold the same content
+_Shared = dict[tuple[str, object, int, MatchCapacity], list[tuple[Any, Any, CompiledMatch]]]
+
+
 @dataclass
 class _Compiled:
     intent: InterfaceIntent
@@ -95,6 +101,7 @@ class _Compiled:
     classifiers: CompiledMatch | Live
     acl_base: Live  # what each was compiled against: valid while the table still holds it
     cls_base: Live
+    shared: _Shared  # the compiles of the change this belongs to, for every interface
 
     def valid_for(self, plane: Dataplane) -> bool:
         return plane.acl.current is self.acl_base and plane.classifiers.current is self.cls_base
@@ -217,6 +224,13 @@ class Reconciler:
             raise ApplyError(f"{exc}; the previous state is in force again") from exc
         self.applied = new
 
+    def index_ahead(self) -> None:
+        """Once a change is over: each table builds, in the background, the index its next edit
+        needs (dataplane.match.table.MatchTable.index_ahead)."""
+        for plane in self.planes.values():
+            plane.acl.index_ahead()
+            plane.classifiers.index_ahead()
+
     def verify_kept(self, new: DesiredState) -> None:
         """Before writing `new` (or answering that it changes nothing): DataplaneMismatch when
         an interface it keeps runs programs that do not use this daemon's maps."""
@@ -269,7 +283,8 @@ class Reconciler:
             errors.append(("policy.chains", str(exc)))
         if errors:
             raise InvalidState(errors)
-        return {iface.name: self._compile(new, iface.name) for iface in new.interfaces}
+        shared: _Shared = {}
+        return {iface.name: self._compile(new, iface.name, shared) for iface in new.interfaces}
 
     def _xdp_neighbours(self, new: DesiredState) -> list[tuple[str, str]]:
         """Other XDP programs: one holding an interface we are to attach (unless replace), and
@@ -287,61 +302,99 @@ class Reconciler:
                     errors.append((f"interfaces[{index}].next_program", why))
         return errors
 
-    def _compile(self, state: DesiredState, name: str) -> _Compiled:
+    def _compile(self, state: DesiredState, name: str, shared: _Shared | None = None) -> _Compiled:
         intent = self._intent(state, name)
         plane = self.planes.get(name)
         caps = self.settings.capacities
         acl_base = plane.acl.current if plane else empty()  # not loaded yet: its tables start empty
         cls_base = plane.classifiers.current if plane else empty()
+        shared = {} if shared is None else shared
         try:
-            return _Compiled(intent, self._compiled(name, "acl", intent.acl, acl_base, acl_capacity(caps)),
-                             self._compiled(name, "cls", intent.classifiers, cls_base, cls_capacity(caps)),
-                             acl_base, cls_base)
+            return _Compiled(intent,
+                             self._compiled(name, "acl", intent.acl, acl_base, acl_capacity(caps), shared),
+                             self._compiled(name, "cls", intent.classifiers, cls_base, cls_capacity(caps),
+                                            shared),
+                             acl_base, cls_base, shared)
         except ValueError as exc:
             raise InvalidState([("policy", f"interface {name}: {exc}")]) from exc
 
     def _compiled(self, name: str, table: str, source: AclTable | tuple[MatchRule, ...], base: Live,
-                  capacity: MatchCapacity) -> CompiledMatch | Live:
+                  capacity: MatchCapacity, shared: _Shared) -> CompiledMatch | Live:
         """`base` itself when it is what the table holds for this very source (the classifiers
-        when only ACL rules changed, and the other way round), else the compile against it."""
+        when only ACL rules changed, and the other way round), else the compile against it:
+        made once per change for every interface whose table holds the same content (Live.token)
+        and was made from the same source (`shared`), rebased onto each one's own base."""
         done = self._sources.get((name, table))
         if done is not None and done[0] is base and (done[1] is source or done[1] == source):
             return base
+        previous = done[1] if done is not None and done[0] is base else None  # what base was made from
+        key = (table, base.token, len(base.stale), capacity)
+        for src, prev, compiled in shared.get(key, ()):
+            if (src is source and prev is previous) if isinstance(source, AclTable) else src == source:
+                return compiled.rebased(base)  # (an ACL's compile depends on previous: an edit of it)
         if isinstance(source, AclTable):
-            previous = done[1] if done is not None and done[0] is base else None  # what base was made from
-            return self._acl.compile(source, base, capacity, previous)
-        return compile_rules(list(source), base, capacity, table)
+            compiled = self._acl.compile(source, base, capacity, previous)
+        else:
+            compiled = compile_rules(list(source), base, capacity, table)
+        shared.setdefault(key, []).append((source, previous, compiled))
+        return compiled
 
     def _applied(self, name: str, table: str, held: Live, source: Any) -> None:
         self._sources[(name, table)] = (held, source)
 
     def _program(self, state: DesiredState, compiled: dict[str, _Compiled] | None) -> None:
         wanted = {i.name: i for i in state.interfaces}
-        for name, iface in wanted.items():
+        # (an interface loaded just now was compiled against an empty table: its own one holds
+        # the same, so that compile is rebased onto it)
+        shared: _Shared = next(iter(compiled.values())).shared if compiled else {}
+        ready: list[tuple[str, Dataplane, _Compiled]] = []
+        for name in wanted:
             plane = self.planes.get(name) or self._load(name)
             done = compiled.get(name) if compiled else None
             if done is None or not done.valid_for(plane):
-                done = self._compile(state, name)
-            intent = done.intent
-            plane.configure(intent.config)
-            if self._tunnels.get(name) != intent.tunnels:
+                done = self._compile(state, name, shared)
+            plane.configure(done.intent.config)
+            if self._tunnels.get(name) != done.intent.tunnels:
                 self._tunnels.pop(name, None)  # unknown until the sync below completes
-                _sync_tunnels(plane, intent.tunnels)
-                self._tunnels[name] = intent.tunnels
-            if not isinstance(done.acl, Live):
-                plane.acl.apply(done.acl)
-                self._applied(name, "acl", plane.acl.current, intent.acl)
-            if not isinstance(done.classifiers, Live):
-                plane.classifiers.apply(done.classifiers)
-                self._applied(name, "cls", plane.classifiers.current, intent.classifiers)
+                _sync_tunnels(plane, done.intent.tunnels)
+                self._tunnels[name] = done.intent.tunnels
+            ready.append((name, plane, done))
+        self._write_tables(ready)
+        for name, plane, done in ready:
+            iface = wanted[name]
             if plane.next_program != iface.next_program:
                 plane.set_next_program(iface.next_program)
             if plane.xdp_mode is None or (iface.mode != "auto" and plane.xdp_mode != iface.mode):
                 plane.attach(iface.mode, replace=iface.replace)
-            self.intents[name] = intent
+            self.intents[name] = done.intent
         for name in [n for n in self.planes if n not in wanted]:
             self._unload(name, detach=True)
         self._sync_routing(state.policy.chains)
+
+    def _write_tables(self, ready: list[tuple[str, Dataplane, _Compiled]]) -> None:
+        """Each interface's ACL and classifier tables written. Interfaces with a bank switch to
+        write (a whole policy) are written at the same time, each by a thread of its own: their
+        maps are their own, and most of the work is the kernel's, done without the interpreter
+        lock. Every write is waited for; then the first error, if any, is raised (what was
+        written is recorded either way, for the rollback to compile against)."""
+        def write(name: str, plane: Dataplane, done: _Compiled) -> None:
+            if not isinstance(done.acl, Live):
+                plane.acl.apply(done.acl)
+                self._applied(name, "acl", plane.acl.current, done.intent.acl)
+            if not isinstance(done.classifiers, Live):
+                plane.classifiers.apply(done.classifiers)
+                self._applied(name, "cls", plane.classifiers.current, done.intent.classifiers)
+
+        switching = [r for r in ready if any(_switches(c) for c in (r[2].acl, r[2].classifiers))]
+        if len(switching) < 2:
+            for job in ready:
+                write(*job)
+            return
+        with ThreadPoolExecutor(len(ready), thread_name_prefix="tables") as pool:
+            futures = [pool.submit(write, *job) for job in ready]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]  # type: ignore[misc]
 
     def _sync_routing(self, chains: list[ServiceChain]) -> None:
         """Policy routing depends on the chains alone: a change that leaves them as they were
@@ -387,6 +440,11 @@ class Reconciler:
             for event, c in plane.maps.event_counts().items():
                 _add(out.events, event.name, c)
         return out
+
+
+def _switches(compiled: CompiledMatch | Live) -> bool:
+    """Whether writing this is a bank switch (a full compile), not an edit or nothing."""
+    return not isinstance(compiled, Live) and not compiled.unchanged and compiled.edit is None
 
 
 def occupancy(reconciler: Reconciler) -> dict[tuple[str, str], tuple[int, int]]:

@@ -91,10 +91,13 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _encode(state: DesiredState) -> bytes:
-    """The state as JSON, its ACL as columns (control.apply.acl_snapshot)."""
+    """The state as JSON, its ACL as columns (control.apply.acl_snapshot, written as JSON text
+    by it and put in as the policy's last member)."""
     data = state.model_dump(mode="json", exclude={"policy": {"acl"}})
-    data["policy"]["acl"] = acl_snapshot.dump(state.policy.acl)
-    return json.dumps(data, separators=(",", ":")).encode()
+    policy = json.dumps(data.pop("policy"), separators=(",", ":")).encode()
+    acl = (b"," if policy != b"{}" else b"") + b'"acl":' + acl_snapshot.dump_json(state.policy.acl)
+    rest = json.dumps(data, separators=(",", ":")).encode()
+    return b"".join([rest[:-1], b"," if rest != b"{}" else b"", b'"policy":', policy[:-1], acl, b"}}"])
 
 
 class StateStore:

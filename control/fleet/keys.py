@@ -118,7 +118,7 @@ def decode_policy(value: bytes) -> Policy:
 
     message = pb2.Policy()
     message.ParseFromString(value)
-    return convert.validated(convert.policy_from_proto, message, where="policy")
+    return convert.validated(convert.policy_from_proto, message, where="policy", encoded=bytes(value))
 
 
 @dataclass(frozen=True)

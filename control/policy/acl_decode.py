@@ -36,10 +36,12 @@ from control.policy.acl_table import (
     AclTable,
     Block,
 )
+from control.policy.prefix_scan import PAD, scan_ipv4
 from control.policy.rule_model import (
     ICMP_FIELD_MAX,
     PORT_MAX,
     PORT_PROTOCOL_NUMBERS,
+    PROTOCOL_MAX,
     PROTOCOL_NAMES,
     U32_MAX,
     AclRule,
@@ -48,6 +50,8 @@ from control.policy.rule_model import (
     describe_errors,
     icmp_error,
     ports_error,
+    protocol_conflict,
+    protocol_error,
     syn_error,
 )
 from dataplane import protocols
@@ -179,47 +183,37 @@ class AclErrors(ValueError):
 _NETWORK = TypeAdapter(Network)
 
 
-_LENGTHS = {str(n): n for n in range(33)}  # canonical IPv4 prefix lengths ("08" is not one)
+def parse_prefixes(texts: Sequence[object]) -> Addresses:
+    """Prefix texts (None: not given) -> Addresses: as bytes, through prefixes_in() (texts that
+    are not strings go to the model as they are, which says what is wrong)."""
+    encoded = [t.encode(errors="surrogatepass") if type(t) is str else b"" for t in texts]
+    lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    starts = np.cumsum(lengths) - lengths
+    buf = np.frombuffer(b"".join(encoded) + bytes(PAD), np.uint8)
+    given = np.fromiter((t is not None for t in texts), bool, len(texts))
+    odd = np.fromiter((type(t) is not str for t in texts), bool, len(texts))
+    return prefixes_in(buf, starts, np.where(odd, 0, lengths), given, texts.__getitem__)
 
 
-def parse_prefixes(texts: Sequence[str | None]) -> Addresses:
-    """Prefix texts (None: not given) -> Addresses. Canonical IPv4 prefixes (a dotted quad that
-    inet_pton takes, a decimal length, no host bits) are parsed in C in one pass; the rest (IPv6,
-    bare addresses, mistakes) is read by the model's own type, which also says what is wrong."""
-    n = len(texts)
+def prefixes_in(buf: npt.NDArray[np.uint8], start: I64, length: I64, given: npt.NDArray[np.bool_],
+                text_of: Callable[[int], object]) -> Addresses:
+    """The prefix texts buf[start[i]:start[i] + length[i]] of the rows `given` -> Addresses
+    (`buf` padded by prefix_scan.PAD bytes). Canonical IPv4 prefixes without host bits are
+    read at once (control.policy.prefix_scan); every other row's text (`text_of(row)`) is read
+    by the model's own type, which also says what is wrong."""
+    n = len(start)
     out = Addresses.sized(n)
-    pton, inet, lengths = socket.inet_pton, socket.AF_INET, _LENGTHS
-    v4_rows, v4_packed, v4_lens, other = [], [], [], []
-    for row, text in enumerate(texts):
-        if text is None:
-            continue
-        if type(text) is str:
-            addr, _, plen = text.partition("/")
-            length = lengths.get(plen)
-            if length is not None:
-                try:
-                    v4_packed.append(pton(inet, addr))
-                except (OSError, ValueError):  # ValueError: a NUL in the text
-                    pass
-                else:
-                    v4_rows.append(row)
-                    v4_lens.append(length)
-                    continue
-        other.append(row)
-    rows = np.array(v4_rows, dtype=np.intp)
-    out.given[rows] = True
-    if len(rows):
-        values = np.frombuffer(b"".join(v4_packed), dtype=">u4").astype(np.uint64)
-        plens = np.array(v4_lens, dtype=np.uint64)
-        host = values & ((np.uint64(1) << (np.uint64(32) - plens)) - np.uint64(1)) != 0
-        other.extend(rows[host].tolist())  # the model says which bits to clear
-        keep = ~host
-        rows = rows[keep]
-        out.version[rows] = 4
-        out.addr[rows, :4] = np.frombuffer(b"".join(v4_packed), np.uint8).reshape(-1, 4)[keep]
-        out.plen[rows] = plens[keep]
-    for row in other:
-        _parse_one(out, row, texts[row])
+    out.given[:] = given
+    ok, octets, plens = scan_ipv4(buf, start, length)
+    ok &= given
+    values = octets.astype(np.uint64) @ (np.uint64(1) << np.arange(24, -1, -8, dtype=np.uint64))
+    host = ok & (values & ((np.uint64(1) << (np.uint64(32) - plens.astype(np.uint64))) - np.uint64(1)) != 0)
+    ok &= ~host  # the model says which bits to clear
+    out.version[ok] = 4
+    out.addr[ok, :4] = octets[ok]
+    out.plen[ok] = plens[ok]
+    for row in np.flatnonzero(given & ~ok).tolist():
+        _parse_one(out, row, text_of(row))
     return out
 
 
@@ -258,6 +252,19 @@ def addresses_from_columns(given: npt.NDArray[np.bool_], family: npt.NDArray[np.
     out.addr[ok] = addr[ok]
     out.plen[ok] = plen[ok]
     return out
+
+
+def set_protocols(raw: RawRules, named: I64, has_number: npt.NDArray[np.bool_], number: I64) -> None:
+    """RawRules.protocol (and notes) from the wire's two fields: Match.protocol (an open enum:
+    any number; 0 any unless a number is given) and protocol_number (0-255, must agree)."""
+    value = np.where(has_number, number, named)
+    conflict = has_number & (named != 0) & (named != number)
+    refused = conflict | (value < 0) | (value > PROTOCOL_MAX)
+    for r in np.flatnonzero(refused).tolist():
+        name = "match.protocol_number" if has_number[r] else "match.protocol"
+        raw.notes[(r, name)] = (protocol_conflict(int(named[r]), int(value[r])) if conflict[r]
+                                else protocol_error(int(value[r])))
+    raw.protocol = np.where(refused, PROTO_BAD, np.where((value == 0) & ~has_number, PROTO_ANY, value))
 
 
 # --- validation by column ------------------------------------------------------------------------

@@ -88,8 +88,14 @@ class Block:
         return self.take(np.argsort(order, kind="stable"))
 
     @cached_property
-    def ids(self) -> frozenset[int]:
-        return frozenset(self.rules.rule_id.tolist())
+    def sorted_ids(self) -> npt.NDArray[np.uint32]:
+        """The rule ids, sorted (an array, not a set: no object for the collector to walk)."""
+        return np.sort(self.rules.rule_id)
+
+    def holds(self, rule_id: int) -> bool:
+        ids = self.sorted_ids
+        at = int(ids.searchsorted(rule_id))
+        return at < len(ids) and int(ids[at]) == rule_id
 
     def same_rows(self, other: Block) -> npt.NDArray[np.bool_]:
         """Row by row (same length): whether the rules are the same, list order aside."""
@@ -197,8 +203,10 @@ class AclTable(Sequence[AclRule]):
 
     def find(self, rule_id: int) -> tuple[int, int] | None:
         """(block, row) of the rule with this id, or None."""
+        if not 0 <= rule_id <= 0xFFFFFFFF:
+            return None
         for index, block in enumerate(self._blocks):
-            if rule_id in block.ids:  # a set per block, made once: an edit remakes one block's
+            if block.holds(rule_id):  # sorted once per block: an edit remakes one block's
                 return index, int(np.flatnonzero(block.rules.rule_id == rule_id)[0])
         return None
 

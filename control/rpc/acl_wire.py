@@ -29,6 +29,7 @@ from control.policy.acl_decode import (
     block,
     check,
     parse_prefixes,
+    set_protocols,
 )
 from control.policy.acl_table import (
     ACTION_VALUES,
@@ -42,8 +43,9 @@ from control.policy.acl_table import (
     AclTable,
     Block,
 )
-from control.policy.rule_model import PROTOCOL_MAX, protocol_conflict, protocol_error
+from control.rpc import acl_scan
 from control.rpc.api import pb2
+from control.rpc.wire_scan import NotPlain
 from dataplane.match.columns import ADDR_BYTES, PORT_ANY
 
 _ID, _PRIORITY, _ACTION, _LOG, _DESCRIPTION, _METRICS, _MATCH = map(
@@ -66,23 +68,14 @@ def _ints(values: Any, n: int) -> npt.NDArray[np.int64]:
 
 
 def _protocols(raw: RawRules, matches: Sequence[Any]) -> None:
-    """Match.protocol (open enum: any number) and protocol_number (0-255; must agree)."""
+    """Match.protocol and protocol_number (control.policy.acl_decode.set_protocols)."""
     n = len(matches)
     named = _ints(map(_PROTOCOL, matches), n)
-    value = named.copy()  # the protocol as sent: 0 any (unless a number is given)
     has_number = np.fromiter(map(_HAS_NUMBER, matches), bool, n)
+    number = np.zeros(n, np.int64)
     rows = np.flatnonzero(has_number)
-    conflict = np.zeros(n, bool)
-    if len(rows):
-        numbers = _ints((matches[r].protocol_number for r in rows.tolist()), len(rows))
-        value[rows] = numbers
-        conflict[rows] = (named[rows] != 0) & (named[rows] != numbers)
-    refused = conflict | (value < 0) | (value > PROTOCOL_MAX)
-    for r in np.flatnonzero(refused).tolist():
-        name = "match.protocol_number" if has_number[r] else "match.protocol"
-        raw.notes[(r, name)] = (protocol_conflict(int(named[r]), int(value[r])) if conflict[r]
-                                else protocol_error(int(value[r])))
-    raw.protocol = np.where(refused, PROTO_BAD, np.where((value == 0) & ~has_number, PROTO_ANY, value))
+    number[rows] = _ints((matches[r].protocol_number for r in rows.tolist()), len(rows))
+    set_protocols(raw, named, has_number, number)
 
 
 def raw_from_messages(acl: Sequence[Any]) -> RawRules:
@@ -122,9 +115,24 @@ def raw_from_messages(acl: Sequence[Any]) -> RawRules:
 
 
 def table_from_messages(acl: Sequence[Any]) -> AclTable:
-    """AclErrors (rows of `acl`) for a rule set that is not valid."""
+    """`repeated AclRule` (or a list of them), message by message; AclErrors (rows of `acl`)
+    for a rule set that is not valid."""
     raw = raw_from_messages(acl)
-    src, dst = parse_prefixes(raw.src), parse_prefixes(raw.dst)
+    return _table(raw, parse_prefixes(raw.src), parse_prefixes(raw.dst))
+
+
+def table_from_policy(policy: Any, encoded: bytes | None = None) -> AclTable:
+    """Policy.acl read from the Policy's encoding (`encoded`, the bytes `policy` was parsed from,
+    else the message encoded again), every rule at once (control.rpc.acl_scan), or message by
+    message where that reader declines; AclErrors as table_from_messages."""
+    try:
+        raw, src, dst = acl_scan.raw_from_policy(policy.SerializeToString() if encoded is None else encoded)
+    except NotPlain:
+        return table_from_messages(policy.acl)
+    return _table(raw, src, dst)
+
+
+def _table(raw: RawRules, src: Addresses, dst: Addresses) -> AclTable:
     errors = check(raw, src, dst)
     if errors:
         raise AclErrors(errors)

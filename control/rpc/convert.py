@@ -22,6 +22,7 @@ answers it with INVALID_ARGUMENT and `str(exc)` as the message.
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -209,7 +210,7 @@ def _settings_dict(msg: pb2.Settings) -> Dict:
     return d
 
 
-def _acl(msg: pb2.Policy) -> AclTable | AclErrors:
+def _acl(msg: pb2.Policy, encoded: bytes | None = None) -> AclTable | AclErrors:
     """The ACL decoded by column (control.rpc.acl_wire); its errors go to the Policy model, which
     reports them with those of the other fields. A packed ACL's errors are reported at once."""
     if msg.HasField("acl_columns"):
@@ -221,13 +222,13 @@ def _acl(msg: pb2.Policy) -> AclTable | AclErrors:
         except acl_wire.PackedErrors as exc:
             raise InvalidArgument([(f"acl_columns.{p}", m) for p, m in exc.errors]) from None
     try:
-        return acl_wire.table_from_messages(msg.acl)
+        return acl_wire.table_from_policy(msg, encoded)
     except AclErrors as exc:
         return exc
 
 
-def _policy_dict(msg: pb2.Policy, wire: Wire) -> Dict:
-    d: Dict = {"acl": _acl(msg),
+def _policy_dict(msg: pb2.Policy, wire: Wire, encoded: bytes | None = None) -> Dict:
+    d: Dict = {"acl": _acl(msg, encoded),
                "tunnels": [_tunnel_dict(t) for t in msg.tunnels],
                "chains": [_chain_dict(c, wire, f"chains[{i}]") for i, c in enumerate(msg.chains)]}
     if msg.HasField("settings"):
@@ -255,8 +256,10 @@ def _model(model: type[T], to_dict: Callable[[Any, Wire], Dict], msg: Any) -> T:
         raise InvalidArgument(errors) from exc
 
 
-def policy_from_proto(msg: pb2.Policy, where: str = "") -> Policy:
-    return validated(_model, Policy, _policy_dict, msg, where=where)
+def policy_from_proto(msg: pb2.Policy, where: str = "", encoded: bytes | None = None) -> Policy:
+    """`encoded`: the bytes `msg` was parsed from, when the caller has them (the ACL is read from
+    them, control.rpc.acl_wire.table_from_policy; else from the message encoded again)."""
+    return validated(_model, Policy, functools.partial(_policy_dict, encoded=encoded), msg, where=where)
 
 
 def acl_rule_from_proto(msg: pb2.AclRule, where: str = "") -> AclRule:

@@ -11,12 +11,16 @@ error message may be.
 - `bounded_details`: gRPC carries the status message in a trailer, percent-encoded, and a client
   refuses trailers over 8 KiB with RESOURCE_EXHAUSTED ("received metadata size exceeds soft
   limit"), losing the real status. Every message the servicers send is cut to fit.
+- The servicer of a method in KEEP_BYTES may read the request's bytes as received as well
+  (`request_bytes()`): ApplyPolicy reads its ACL from them (control.rpc.acl_scan) rather than
+  encoding the parsed message again.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -76,7 +80,26 @@ KEY_CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+KEEP_BYTES = frozenset({_SERVICE + "PolicyService/ApplyPolicy"})
+_REQUEST_BYTES: ContextVar[bytes | None] = ContextVar("request_bytes", default=None)
+
+
+def request_bytes() -> bytes | None:
+    """The bytes of the request being served, as received, for a method of KEEP_BYTES (the
+    message the servicer got was parsed from them); None otherwise."""
+    return _REQUEST_BYTES.get()
+
+
 # --- the interceptor --------------------------------------------------------------------------------
+
+class _Parsed:
+    """A request message with the bytes it was parsed from (methods of KEEP_BYTES)."""
+
+    __slots__ = ("data", "message")
+
+    def __init__(self, message: Any, data: bytes) -> None:
+        self.message, self.data = message, data
+
 
 class _Undecodable:
     """What the tolerant deserializer hands on instead of a message it could not parse."""
@@ -89,10 +112,12 @@ def _tolerant(deserialize: Callable[[bytes], Any], method: str) -> Callable[[byt
     message_class = getattr(deserialize, "__self__", None)  # deserializers are Message.FromString
     descriptor = getattr(message_class, "DESCRIPTOR", None)
     type_name = descriptor.name if descriptor is not None else method.rsplit("/", 1)[-1] + "Request"
+    keep = method in KEEP_BYTES
 
     def parse(data: bytes) -> Any:
         try:
-            return deserialize(data)
+            message = deserialize(data)
+            return _Parsed(message, bytes(data)) if keep else message
         except Exception as exc:  # noqa: BLE001 - DecodeError, or whatever a parser raises on garbage
             reason = str(exc).rsplit(": ", 1)[-1] or type(exc).__name__
             return _Undecodable(f"request: not a valid {type_name} message ({reason}): send the "
@@ -138,8 +163,15 @@ class RequestGuard(grpc.ServerInterceptor):
             behaviour = getattr(handler, kind)
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                data = None
+                if isinstance(request, _Parsed):
+                    request, data = request.message, request.data
                 _checked(request, context, key_check)
-                return behaviour(request, context)
+                token = _REQUEST_BYTES.set(data)
+                try:
+                    return behaviour(request, context)
+                finally:
+                    _REQUEST_BYTES.reset(token)
             return handler._replace(request_deserializer=parse, **{kind: unary})
         kind = "stream_unary" if handler.stream_unary is not None else "stream_stream"
         stream_behaviour = getattr(handler, kind)

@@ -36,7 +36,7 @@ from control.apply.reconcile import (
 from control.apply.state import StateError
 from control.policy import edits
 from control.policy.models import DesiredState
-from control.rpc import acl_wire, convert
+from control.rpc import acl_wire, convert, request_guard, wire_scan
 from control.rpc.api import pb2, pb2_grpc
 from control.rpc.request_guard import bounded_details
 from control.rpc.status_details import abort_invalid
@@ -151,6 +151,22 @@ def _diff_to_proto(d: edits.PolicyDiff) -> Any:
                           settings_changed=d.settings_changed)
 
 
+_POLICY_FIELD = pb2.ApplyPolicyRequest.DESCRIPTOR.fields_by_name["policy"].number
+
+
+def _policy_bytes() -> bytes | None:
+    """The Policy of the ApplyPolicy request being served, as the client encoded it (None when
+    the request's bytes are not at hand, or hold the field other than once)."""
+    data = request_guard.request_bytes()
+    if data is None:
+        return None
+    try:
+        start, end = wire_scan.Wire(data).entries(_POLICY_FIELD)
+    except wire_scan.NotPlain:
+        return None
+    return data[int(start[0]):int(end[0])] if len(start) == 1 else None
+
+
 class PolicyService(pb2_grpc.PolicyServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
@@ -163,7 +179,8 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
 
     @rpc
     def ApplyPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
-        policy = convert.validated(convert.policy_from_proto, request.policy, where="policy")
+        policy = convert.validated(convert.policy_from_proto, request.policy, where="policy",
+                                   encoded=_policy_bytes())
         change = self.controller.apply_policy(policy, expected_generation=request.expected_generation,
                                               dry_run=request.dry_run)
         return pb2.ApplyPolicyResponse(generation=change.state.generation, diff=_diff_to_proto(change.diff),

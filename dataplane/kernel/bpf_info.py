@@ -28,6 +28,7 @@ from pathlib import Path
 from dataplane.kernel.libbpf import errno_of, libbpf
 
 _MAX_MAP_IDS = 64  # more maps than any program of ours uses; the kernel reports the real count
+_MapIds = ctypes.c_uint32 * _MAX_MAP_IDS  # made once: a ctypes array type made per call is GC garbage
 # The verifier refuses a program once it has processed this many instructions over all its paths
 # (kernel/bpf/verifier.c: E2BIG); verified_insns (Linux >= 5.16) is the headroom a feature has left.
 BPF_COMPLEXITY_LIMIT_INSNS = 1_000_000
@@ -118,7 +119,7 @@ def map_id(fd: int) -> int:
 
 
 def prog_info(fd: int) -> ProgInfo:
-    ids = (ctypes.c_uint32 * _MAX_MAP_IDS)()
+    ids = _MapIds()
     info = _ProgInfo(nr_map_ids=_MAX_MAP_IDS, map_ids=ctypes.addressof(ids))
     _info(fd, info, f"program fd {fd}")
     count = min(int(info.nr_map_ids), _MAX_MAP_IDS)
@@ -170,25 +171,36 @@ def prog_ids() -> list[int]:
         ids.append(int(next_id.value))
 
 
-def users_of(map_ids: frozenset[int], skip: set[int]) -> dict[int, ProgInfo]:
+def users_of(map_ids: frozenset[int], skip: set[int], known: dict[int, ProgInfo] | None = None
+             ) -> dict[int, ProgInfo]:
     """The programs (not in `skip`) that use any of the maps `map_ids`: id -> info. A program
-    unloaded while this looks is passed over."""
+    unloaded while this looks is passed over. `known`: infos read by an earlier call, by id,
+    used for the programs still listed, and brought up to date (dataplane.kernel.verify says why
+    an id listed in both calls is the same program)."""
     users = {}
-    for prog_id in prog_ids():
+    listed = prog_ids()
+    if known is not None:
+        for gone in known.keys() - set(listed):
+            del known[gone]
+    for prog_id in listed:
         if prog_id in skip:
             continue
-        try:
-            info = prog_info_by_id(prog_id)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                continue
-            raise
+        info = known.get(prog_id) if known is not None else None
+        if info is None:
+            try:
+                info = prog_info_by_id(prog_id)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    continue
+                raise
+            if known is not None:
+                known[prog_id] = info
         if info.map_ids & map_ids:
             users[prog_id] = info
     return users
 
 
-def pinned_id(path: Path) -> int:
+def pinned_id(path: str | Path) -> int:
     """The id of the map or program pinned at `path` (both infos start with type, id)."""
     fd = libbpf().bpf_obj_get(str(path).encode())
     if fd < 0:

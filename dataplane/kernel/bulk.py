@@ -7,6 +7,11 @@ bpf_map_delete_batch. The kernel applies a batch element by element in buffer or
 that many single updates would be, so the order the writer chose (dataplane.match.table) is
 kept. Where a kernel has no batch op for a map type, the same buffers go through
 bpf_map_update_elem / bpf_map_delete_elem one element at a time.
+
+The caller's bytes are handed to the kernel as they are (the kernel only reads them), never
+copied into a ctypes buffer: a buffer of a new size is a new ctypes array type, and every such
+type, once unused, is cyclic garbage for Python's collector. Buffers the kernel writes (lookups)
+are of types each writer makes once.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ class MapWriter:
         self.key_size = key_size
         self.value_size = value_size
         self.batch = True  # until the kernel says otherwise for this map
+        self._types: dict[int, type[ctypes.Array[ctypes.c_char]]] = {}  # size -> buffer type
+
+    def _buffer(self, size: int) -> ctypes.Array[ctypes.c_char]:
+        """A zeroed buffer the kernel writes into, of a type made once per size and writer."""
+        buftype = self._types.get(size)
+        if buftype is None:
+            buftype = self._types[size] = ctypes.c_char * size
+        return buftype()
 
     def _count(self, data: bytes, size: int, what: str) -> int:
         count, rest = divmod(len(data), size)
@@ -40,16 +53,15 @@ class MapWriter:
 
     def update(self, keys: bytes, values: bytes) -> None:
         """Writes keys[i] = values[i] in order (BPF_ANY: insert or replace)."""
+        keys, values = bytes(keys), bytes(values)  # (bytes already: the same object, no copy)
         count = self._count(keys, self.key_size, "keys")
         if count != self._count(values, self.value_size, "values"):
             raise ValueError(f"{self.name}: {count} keys but {len(values) // self.value_size} values")
         if not count:
             return
-        kbuf = ctypes.create_string_buffer(keys, len(keys))
-        vbuf = ctypes.create_string_buffer(values, len(values))
         if self.batch:
             done = ctypes.c_uint32(count)
-            rc = libbpf().bpf_map_update_batch(self.fd, kbuf, vbuf, ctypes.byref(done), None)
+            rc = libbpf().bpf_map_update_batch(self.fd, keys, values, ctypes.byref(done), None)
             if rc == 0:
                 return
             err = errno_of(rc)
@@ -58,14 +70,14 @@ class MapWriter:
             # No batch op for this map type, or (EINVAL before the first element) perhaps no
             # batch commands at all: element by element, which names the element a genuine
             # EINVAL is about; if every element goes through, batches are off for this map.
-            self._update_each(kbuf, vbuf, count)
+            self._update_each(keys, values, count)
             self.batch = False
             return
-        self._update_each(kbuf, vbuf, count)
+        self._update_each(keys, values, count)
 
-    def _update_each(self, kbuf: ctypes.Array, vbuf: ctypes.Array, count: int) -> None:
+    def _update_each(self, keys: bytes, values: bytes, count: int) -> None:
         update = libbpf().bpf_map_update_elem
-        kaddr, vaddr = ctypes.addressof(kbuf), ctypes.addressof(vbuf)
+        kaddr, vaddr = _address(keys), _address(values)
         ks, vs = self.key_size, self.value_size
         for i in range(count):
             rc = update(self.fd, kaddr + i * ks, vaddr + i * vs, BPF_ANY)
@@ -74,11 +86,11 @@ class MapWriter:
 
     def delete(self, keys: bytes) -> None:
         """Deletes the keys in order; keys already absent are skipped (deleting is idempotent)."""
+        keys = bytes(keys)  # (bytes already: the same object, no copy)
         count = self._count(keys, self.key_size, "keys")
         if not count:
             return
-        kbuf = ctypes.create_string_buffer(keys, len(keys))
-        kaddr, ks = ctypes.addressof(kbuf), self.key_size
+        kaddr, ks = _address(keys), self.key_size
         start = 0
         while start < count and self.batch:
             done = ctypes.c_uint32(count - start)
@@ -106,7 +118,7 @@ class MapWriter:
 
     def lookup(self, key: bytes) -> bytes:
         """The value of one element (for a per-CPU map: every CPU's, back to back)."""
-        value = ctypes.create_string_buffer(self.value_size)
+        value = self._buffer(self.value_size)
         rc = libbpf().bpf_map_lookup_elem(self.fd, key, value)
         if rc != 0:
             raise self._error(errno_of(rc), "lookup", 0, 1)
@@ -117,9 +129,9 @@ class MapWriter:
         by element where the kernel has no batch op). For an array: every index."""
         lib = libbpf()
         keys, values = [], []
-        token = ctypes.create_string_buffer(max(self.key_size, 8))
-        kbuf = ctypes.create_string_buffer(self.key_size * chunk)
-        vbuf = ctypes.create_string_buffer(self.value_size * chunk)
+        token = self._buffer(max(self.key_size, 8))
+        kbuf = self._buffer(self.key_size * chunk)
+        vbuf = self._buffer(self.value_size * chunk)
         first = True
         while self.batch:
             count = ctypes.c_uint32(chunk)
@@ -141,16 +153,21 @@ class MapWriter:
     def _read_each(self) -> tuple[bytes, bytes]:
         lib = libbpf()
         keys, values = [], []
-        key = ctypes.create_string_buffer(self.key_size)
-        value = ctypes.create_string_buffer(self.value_size)
-        previous = None
+        key = self._buffer(self.key_size)
+        value = self._buffer(self.value_size)
+        previous: bytes | None = None
         while lib.bpf_map_get_next_key(self.fd, previous, key) == 0:
             if lib.bpf_map_lookup_elem(self.fd, key, value) == 0:
                 keys.append(key.raw)
                 values.append(value.raw)
-            previous = ctypes.create_string_buffer(key.raw, self.key_size)
+            previous = key.raw
         return b"".join(keys), b"".join(values)
 
     def _error(self, err: int, what: str, index: int, count: int) -> OSError:
         return OSError(err, f"{self.name}: {what} of element {index} of {count} refused by the kernel: "
                             f"{errno.errorcode.get(err, err)}")
+
+
+def _address(data: bytes) -> int:
+    """Where the bytes object's contents are (valid while the caller holds it)."""
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0

@@ -50,6 +50,8 @@ class Dataplane:
         self.classifiers = MatchTable(program.table, CLS_TABLES, cls_capacity(caps))
         self.xdp_mode: str | None = None
         self.next_program: str | None = None
+        self._verified = verify_mod.Memo()  # what verify() learnt about this program's fds
+        self._map_fds: dict[str, int] = {}  # name -> fd of the maps verify() checks (the program's own)
 
     @classmethod
     def load(cls, ifname: str | None = None, settings: DataplaneSettings | None = None) -> Dataplane:
@@ -92,11 +94,13 @@ class Dataplane:
         plane writes (dataplane.kernel.verify: program and map ids read back from the kernel)."""
         key = self._require_key("verify")
         names = {*program_mod.map_names(), *self.program.opened}
+        if self._map_fds.keys() != names:
+            self._map_fds = {name: self.program.map_fd(name) for name in names}
         try:
             problems = verify_mod.check(key, {"xdp": self.program.xdp_fn, "tc": self.program.tc_fn,
                                               "tc_egress": self.program.tc_egress_fn},
-                                        {name: self.program.map_fd(name) for name in names},
-                                        self.program.pin_dir, self.program.stages.values())
+                                        self._map_fds,
+                                        self.program.pin_dir, self.program.stages.values(), self._verified)
         except OSError as exc:
             problems = [f"cannot read what the kernel runs: {exc}"]
         if problems:
@@ -149,6 +153,9 @@ class Dataplane:
             self.classifiers.close()
             self.program.close()
             self.program = None  # type: ignore[assignment]
+            self._verified.close()
+            self._verified = verify_mod.Memo()  # its fds are closed: what was learnt of them goes
+            self._map_fds = {}
 
     # --- packet-level harness (BPF_PROG_TEST_RUN) ----------------------------------------
     def run_xdp(self, packet: bytes, repeat: int = 1) -> XdpResult:

@@ -16,6 +16,7 @@ kernel is enforcing; pins of another interface or namespace are refused, never a
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import re
 import shutil
@@ -52,8 +53,10 @@ RingSink = Callable[[int, int], None]  # (address of one record, its size)
 __all__ = ["PinError", "Program", "compile_program", "map_names", "unpin"]
 
 
+@functools.cache
 def map_names() -> tuple[str, ...]:
-    """Every map of the data plane, in declaration order (read from maps.h, their one home)."""
+    """Every map of the data plane, in declaration order (read from maps.h, their one home, once:
+    the programs of this process are built from the same file)."""
     return tuple(_MAP_DECL.findall((INCLUDE_DIR / "maps.h").read_text()))
 
 

@@ -15,7 +15,8 @@ both banks together against capacities.<table>_buckets, subtables against TG_SUB
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,7 @@ class Compiled:
     bank: Bank | None  # a full compile: the other bank's elements
     unchanged: bool  # the very rules base holds: nothing to write
     edit: Any = None  # instead of a bank: dataplane.match.edits.Edit of the live bank
+    token: object = field(default_factory=object)  # Live.token of what this makes of its base
 
     def live(self) -> Live:
         """What the table holds once this is written (call once, after writing it: an edit is
@@ -89,10 +91,18 @@ class Compiled:
         if self.edit is not None:
             m = self.base.mirror()
             self.edit.commit(m)
-            return Live(self.base.bank, mirror=m)
+            return Live(self.base.bank, mirror=m, token=self.token)
         assert self.bank is not None
         tables = self.bank.subtables["tables"][0, : self.bank.count].copy()
-        return Live(self.bank.number, self.records, self.slots, self.bank.keys, self.bank.buckets, tables)
+        return Live(self.bank.number, self.records, self.slots, self.bank.keys, self.bank.buckets, tables,
+                    token=self.token)
+
+    def rebased(self, base: Live) -> Compiled:
+        """This compile for another table whose current content is base's (the same token and
+        as many stale keys: the capacity check counts them): the same writes, the same result."""
+        if base.token != self.base.token or len(base.stale) != len(self.base.stale):
+            raise ValueError("rebased: the tables hold different contents")
+        return dataclasses.replace(self, base=base)
 
 
 def records(cols: RuleColumns) -> Array:
@@ -162,11 +172,12 @@ def columns_of(recs: Array) -> RuleColumns:
 
 def check(cols: RuleColumns, table: str) -> None:
     """What the compiler relies on, with the first offending rule named (index in the set)."""
-    icmp = ~cols.proto_any & np.isin(cols.proto, ICMP_PROTOCOLS)
+    icmp = ~cols.proto_any & _among(cols.proto, ICMP_PROTOCOLS)
+    limit = _limit(cols.family)
     problems: list[tuple[str, npt.NDArray[np.bool_]]] = [
-        ("family: must be 0 (any), 4 or 6", ~np.isin(cols.family, FAMILIES)),
-        ("src_len: longer than the family's addresses", cols.src_len > _limit(cols.family)),
-        ("dst_len: longer than the family's addresses", cols.dst_len > _limit(cols.family)),
+        ("family: must be 0 (any), 4 or 6", ~_among(cols.family, FAMILIES)),
+        ("src_len: longer than the family's addresses", cols.src_len > limit),
+        ("dst_len: longer than the family's addresses", cols.dst_len > limit),
         ("sport: low above high", cols.sport_lo > cols.sport_hi),
         ("dport: low above high", cols.dport_lo > cols.dport_hi),
         ("icmp_type: needs protocol icmp (1) or icmpv6 (58)", cols.has_icmp_type & ~icmp),
@@ -179,10 +190,20 @@ def check(cols: RuleColumns, table: str) -> None:
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"{table}[{i}] (rule {int(cols.rule_id[i])}).{what}")
+    if len(cols) < 2:
+        return
     ids, counts = np.unique(cols.rule_id, return_counts=True)
     if (counts > 1).any():
         rid = int(ids[np.argmax(counts > 1)])
         raise ValueError(f"{table}: rule id {rid} is used {int(counts.max())} times")
+
+
+def _among(values: npt.NDArray[Any], choices: Any) -> npt.NDArray[np.bool_]:
+    """np.isin for a few choices (a comparison each: no sort, which costs more on few rows)."""
+    out = np.zeros(values.shape, dtype=bool)
+    for choice in choices:
+        out |= values == choice
+    return out
 
 
 def _limit(family: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
@@ -196,8 +217,11 @@ def assign_slots(recs: Array, base: Live, capacity: int, table: str
                  ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.bool_], npt.NDArray[np.uint32]]:
     """(slot per row, rows with a new record, base slots freed). Unchanged records keep their
     slots; fresh ones take slots no rule holds."""
-    old = dict(zip(base.records.view(f"V{RULE.itemsize}").tolist(), base.slots.tolist(), strict=True))
-    found = np.array([old.get(r, -1) for r in recs.view(f"V{RULE.itemsize}").tolist()], dtype=np.int64)
+    if len(base):
+        old = dict(zip(base.records.view(f"V{RULE.itemsize}").tolist(), base.slots.tolist(), strict=True))
+        found = np.array([old.get(r, -1) for r in recs.view(f"V{RULE.itemsize}").tolist()], dtype=np.int64)
+    else:
+        found = np.full(len(recs), -1, dtype=np.int64)  # nothing held: every record is new
     fresh = found < 0
     kept = found[~fresh].astype(np.uint32)
     peak = len(base) + int(fresh.sum())
@@ -226,9 +250,7 @@ def build_bank(cols: RuleColumns, slots: npt.NDArray[np.uint32], assignment: tp.
     for table_id, t in enumerate(assignment.tuples):
         rows = np.flatnonzero(assignment.table_of == table_id)
         keys = _keys(tp.masked(fields.take(rows), t), number, table_id)
-        distinct, inverse = np.unique(keys.view(f"V{KEY.itemsize}"), return_inverse=True)
-        inverse = inverse.ravel()
-        order = np.argsort(inverse, kind="stable")  # rows stay in first-match order within a bucket
+        distinct, inverse, order = _group(keys)  # order: rows stay in first-match order within a bucket
         grouped = inverse[order]
         starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
         rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
@@ -237,7 +259,7 @@ def build_bank(cols: RuleColumns, slots: npt.NDArray[np.uint32], assignment: tp.
         if buckets["count"].max(initial=0) > tp.BUCKET_MAX:
             raise AssertionError("assign() let a bucket overflow")  # the hash grouping is exact or stricter
         buckets["slots"][grouped, rank] = slots[rows[order]]
-        key_parts.append(distinct.view(KEY))
+        key_parts.append(distinct)
         bucket_parts.append(buckets)
         src_m, dst_m, sport_m, dport_m, fam_m, proto_m = tp.masks_of(t)
         tables[table_id] = ((src_m, dst_m, int(cols.order[rows].min()), sport_m, dport_m, fam_m, proto_m,
@@ -249,6 +271,30 @@ def build_bank(cols: RuleColumns, slots: npt.NDArray[np.uint32], assignment: tp.
     buckets_all = np.concatenate(bucket_parts) if bucket_parts else np.zeros(0, dtype=BUCKET)
     runs = pf.rule_blocks(cols.src_addr, cols.src_len, cols.dst_addr, cols.dst_len, cols.family)
     return Bank(number, subtables, keys_all, buckets_all, len(tables), pf.entries(runs, assignment.table_of))
+
+
+def _group(keys: Array) -> tuple[Array, npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """(the distinct keys, each row's index among them, the rows by that index and then by row):
+    grouped by a 64-bit hash of the key's words, checked exactly (a hash shared by different keys
+    is sorted out by comparing the keys themselves)."""
+    words = np.ascontiguousarray(keys).view(np.uint64).reshape(len(keys), KEY.itemsize // 8)
+    with np.errstate(over="ignore"):
+        h = np.zeros(len(keys), dtype=np.uint64)
+        for i in range(words.shape[1]):
+            h = (h ^ words[:, i]) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(31)
+    order = np.argsort(h, kind="stable")
+    sorted_h = h[order]
+    first = np.r_[True, sorted_h[1:] != sorted_h[:-1]] if len(keys) else np.zeros(0, dtype=bool)
+    group = np.cumsum(first) - 1
+    starts = order[first]
+    if not (words[order] == words[starts[group]]).all():  # two keys share a hash: the exact way
+        distinct, inverse = np.unique(keys.view(f"V{KEY.itemsize}"), return_inverse=True)
+        inverse = inverse.ravel()
+        return distinct.view(KEY), inverse, np.argsort(inverse, kind="stable")
+    inverse = np.empty(len(keys), dtype=np.intp)
+    inverse[order] = group
+    return keys[starts], inverse, order
 
 
 def _keys(k: tp.Key, bank: int, table_id: int) -> Array:

@@ -4,9 +4,11 @@ ABI header, and the live state in its two forms, arrays (Live, after a full comp
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -38,13 +40,21 @@ class Live:
 
     Held as arrays after a full compile, or as dicts (Mirror) once a few
     rules have been edited in place; each form is made from the other when first asked for.
-    Compared by identity: a compile is valid against the very Live it was made from."""
+    Compared by identity: a compile is valid against the very Live it was made from.
+
+    `token` names the content (stale aside): two Lives with the same token hold the same rules
+    in the same slots, buckets and bank (a table that starts empty in bank 0, and one compile
+    written to each of several tables, give them the same token); anything else, such as what
+    adopt() read back, gets a token of its own. A compile against one is a compile against the
+    other (control.apply.reconcile compiles a policy once for every interface)."""
 
     def __init__(self, bank: int = 0, records: Array | None = None,
                  slots: npt.NDArray[np.uint32] | None = None, keys: Array | None = None,
                  buckets: Array | None = None, tables: Array | None = None, stale: Array | None = None,
-                 mirror: Mirror | None = None) -> None:
+                 mirror: Mirror | None = None, token: object = None) -> None:
         self.bank = bank
+        nothing = records is None and slots is None and keys is None and buckets is None and mirror is None
+        self.token = token if token is not None else ("empty", bank) if nothing else object()
         self.stale = empty_keys() if stale is None else stale
         self._lock = threading.Lock()  # the mirror may be built in the background (table.py)
         self._mirror = mirror
@@ -82,63 +92,179 @@ class Live:
         return len(self._arrays[1])
 
 
-def _bits(words: Any) -> int:
-    return int(np.unpackbits(np.asarray(words, dtype=np.uint64).view(np.uint8)).sum())
-
-
 def tuple_of(table: Any) -> tuple[int, ...]:
     """A subtable's tuple (tuples.DIMS) from its masks (a 1-element SUBTABLE array)."""
-    t = table[0]
-    return (int(t["family_mask"] != 0), _bits(t["src_mask"]), _bits(t["dst_mask"]),
-            int(t["proto_mask"] != 0), bin(int(t["sport_mask"])).count("1"),
-            bin(int(t["dport_mask"])).count("1"))
+    return _tuple_of(table.tobytes())
+
+
+@functools.lru_cache(maxsize=4096)
+def _tuple_of(record: bytes) -> tuple[int, ...]:
+    t = np.frombuffer(record, dtype=SUBTABLE)[0]
+    src, dst = (sum(int(w).bit_count() for w in t[name].tolist()) for name in ("src_mask", "dst_mask"))
+    return (int(t["family_mask"] != 0), src, dst, int(t["proto_mask"] != 0), int(t["sport_mask"]).bit_count(),
+            int(t["dport_mask"]).bit_count())
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Overlay(Generic[K, V]):
+    """A dict over a read-only base, looked up on demand (`find`: the base's value or None),
+    and the entries written since (`changed`; None: a base entry deleted). Building one costs
+    what indexing the base costs, not a Python object per entry. Values are never None."""
+
+    def __init__(self, find: Callable[[K], V | None], size: int) -> None:
+        self._find = find
+        self.changed: dict[K, V | None] = {}
+        self._size = size
+
+    def get(self, key: K, default: Any = None) -> Any:
+        found = self.changed[key] if key in self.changed else self._find(key)
+        return default if found is None else found
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def __getitem__(self, key: K) -> V:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found  # type: ignore[no-any-return]
+
+    def __setitem__(self, key: K, value: V) -> None:
+        if key not in self:
+            self._size += 1
+        self.changed[key] = value
+
+    def pop(self, key: K, default: Any = None) -> Any:
+        found = self.get(key)
+        if found is None:
+            return default
+        self._size -= 1
+        if self._find(key) is not None:
+            self.changed[key] = None
+        else:
+            del self.changed[key]
+        return found
+
+    def __delitem__(self, key: K) -> None:
+        if self.pop(key) is None:
+            raise KeyError(key)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def written(self) -> list[tuple[K, V]]:
+        """The entries written since (not the deletions)."""
+        return [(k, v) for k, v in self.changed.items() if v is not None]
+
+
+def _row_of(values: npt.NDArray[Any]) -> Callable[[int], int | None]:
+    """value -> its row, for distinct non-negative integers (slots): an array indexed by value."""
+    rows = np.full(int(values.max()) + 1 if len(values) else 0, -1, dtype=np.int64)
+    rows[values.astype(np.intp)] = np.arange(len(values))
+
+    def find(value: int) -> int | None:
+        if 0 <= value < len(rows):
+            row = int(rows[value])
+            return row if row >= 0 else None
+        return None
+    return find
+
+
+def _sorted_find(values: npt.NDArray[Any], answers: npt.NDArray[Any]) -> Callable[[int], int | None]:
+    """value -> answers[its row], for distinct integers of any size (rule ids): a binary search."""
+    order = np.argsort(values, kind="stable")
+    ordered, answer = values[order].astype(np.int64), answers[order]
+
+    def find(value: int) -> int | None:
+        i = int(np.searchsorted(ordered, value)) if -(2**63) <= value < 2**63 else len(ordered)
+        return int(answer[i]) if i < len(ordered) and int(ordered[i]) == value else None
+    return find
 
 
 @dataclass
 class Mirror:
-    """The live bank of one table as dicts, so that an edit touches what it changes only."""
+    """The live bank of one table as dicts (Overlays over the arrays of the last full compile),
+    so that an edit touches what it changes only."""
 
     bank: int
     tables: list[Any]  # SUBTABLE records, by best
-    buckets: dict[bytes, list[int]]  # key bytes -> slots, first-match order
-    key_of: dict[int, bytes]  # slot -> its bucket's key
-    records: dict[int, bytes]  # slot -> its record (every live slot)
-    order: dict[int, int]  # slot -> its rule's order
-    slot_of_id: dict[int, int]  # rule id -> slot
+    buckets: Overlay[bytes, list[int]]  # key bytes -> slots, first-match order
+    key_of: Overlay[int, bytes]  # slot -> its bucket's key
+    records: Overlay[int, bytes]  # slot -> its record (every live slot)
+    order: Overlay[int, int]  # slot -> its rule's order
+    slot_of_id: Overlay[int, int]  # rule id -> slot
     per_table: dict[int, int] = field(default_factory=dict)  # subtable id -> buckets it has
     free_cursor: int = 0  # where the search for a free slot goes on (planner._free_slots)
+    base: tuple[Array, npt.NDArray[np.uint32], Array, Array] | None = None  # (records, slots, keys, buckets)
     runs: pf.Runs = field(default_factory=pf.Runs)  # the rules' prefilter blocks, per subtable
 
     @staticmethod
     def of(live: Live) -> Mirror:
-        recs = live.records
-        slots = live.slots.tolist()
-        keys = live.keys.view(f"V{KEY.itemsize}").tolist()
-        counts = live.buckets["count"].astype(np.intp)
-        members = [row[:c] for row, c in zip(live.buckets["slots"].tolist(), counts.tolist(), strict=True)]
-        per_table: dict[int, int] = {}
-        for t in live.keys["table"].tolist():
-            per_table[t] = per_table.get(t, 0) + 1
+        """Indexes over the arrays (a few milliseconds for 100,000 rules); values are read from
+        them when asked for."""
+        recs, slots, keys, buckets = live.records, live.slots, live.keys, live.buckets
+        counts = buckets["count"].astype(np.intp)
+        members = buckets["slots"][np.arange(buckets["slots"].shape[1])[None, :] < counts[:, None]]
+        bucket_rows = np.repeat(np.arange(len(keys)), counts)  # the bucket of each of `members`
+        key_rows = dict(zip(keys.view(f"V{KEY.itemsize}").ravel().tolist(), range(len(keys)), strict=True))
+        rule_row, member_row = _row_of(slots), _row_of(members)
+        slot_of_id = _sorted_find(recs["rule_id"], slots)
+
+        def bucket(key: bytes) -> list[int] | None:
+            row = key_rows.get(key)
+            return None if row is None else buckets["slots"][row, : counts[row]].tolist()  # type: ignore[no-any-return]
+
+        def record(slot: int) -> bytes | None:
+            row = rule_row(slot)
+            return None if row is None else recs[row : row + 1].tobytes()
+
+        def order(slot: int) -> int | None:
+            row = rule_row(slot)
+            return None if row is None else int(recs["order"][row])
+
+        def key_of(slot: int) -> bytes | None:
+            row = member_row(slot)
+            return None if row is None else keys[bucket_rows[row] : bucket_rows[row] + 1].tobytes()
+
+        tables, per_table = np.unique(keys["table"], return_counts=True)
         return Mirror(
             bank=live.bank,
             tables=[live.tables[i : i + 1].copy() for i in range(len(live.tables))],
-            buckets=dict(zip(keys, members, strict=True)),
-            key_of={s: k for k, m in zip(keys, members, strict=True) for s in m},
-            records=dict(zip(slots, recs.view(f"V{RULE.itemsize}").tolist(), strict=True)),
-            order=dict(zip(slots, recs["order"].tolist(), strict=True)),
-            slot_of_id=dict(zip(recs["rule_id"].tolist(), slots, strict=True)),
-            per_table=per_table,
+            buckets=Overlay(bucket, len(keys)),
+            key_of=Overlay(key_of, len(members)),
+            records=Overlay(record, len(slots)),
+            order=Overlay(order, len(slots)),
+            slot_of_id=Overlay(slot_of_id, len(slots)),
+            per_table=dict(zip(tables.tolist(), per_table.tolist(), strict=True)),
+            free_cursor=int(slots.max()) + 1 if len(slots) else 0,  # every slot past the last held is free
+            base=(recs, slots, keys, buckets),
             runs=pf.Runs.of(recs, live.slots, pf.live_ids(live.slots, live.keys, live.buckets)),
         )
 
     def arrays(self) -> tuple[Any, npt.NDArray[np.uint32], Any, Any, Any]:
-        """(records, slots, keys, buckets, tables) as arrays (Live's other form)."""
-        slots = np.array(list(self.records), dtype=np.uint32)
-        recs = np.frombuffer(b"".join(self.records.values()), dtype=RULE).copy()
-        keys = np.frombuffer(b"".join(self.buckets), dtype=KEY).copy()
-        buckets = np.zeros(len(self.buckets), dtype=BUCKET)
-        buckets["count"] = [len(m) for m in self.buckets.values()]
-        for i, members in enumerate(self.buckets.values()):
-            buckets["slots"][i, : len(members)] = members
+        """(records, slots, keys, buckets, tables) as arrays (Live's other form): the base's rows
+        no edit touched, then what edits wrote."""
+        assert self.base is not None
+        recs, slots, keys, buckets = self.base
+        records = self.records.written()
+        changed = self.records.changed
+        kept = ~np.isin(slots, np.fromiter(changed, dtype=np.int64, count=len(changed)))
+        new_slots = np.array([s for s, _ in records], dtype=np.uint32)
+        new_recs = np.frombuffer(b"".join(r for _, r in records), dtype=RULE)
+        touched = np.zeros(len(keys), dtype=bool)
+        key_view = keys.view(f"V{KEY.itemsize}").ravel()
+        if self.buckets.changed:
+            touched = np.isin(key_view, np.array(list(self.buckets.changed), dtype=key_view.dtype))
+        written = self.buckets.written()
+        new_keys = np.frombuffer(b"".join(k for k, _ in written), dtype=KEY)
+        contents = np.zeros(len(written), dtype=BUCKET)
+        for i, (_, members) in enumerate(written):
+            contents["count"][i] = len(members)
+            contents["slots"][i, : len(members)] = members
         tables = np.concatenate(self.tables) if self.tables else np.zeros(0, dtype=SUBTABLE)
-        return recs, slots, keys, buckets, tables
+        return (np.concatenate([recs[kept], new_recs]), np.concatenate([slots[kept], new_slots]),
+                np.concatenate([keys[~touched], new_keys]), np.concatenate([buckets[~touched], contents]),
+                tables)

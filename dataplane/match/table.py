@@ -104,6 +104,7 @@ class MatchTable:
         self._mapped: tuple[mmap.mmap, np.ndarray] | None = None  # match_prefilter, mapped
         self._place = 0  # match_bank[table]: the subtables place searched (its bank: place & 1)
         self._held: set[int] = set()  # places searched since the last quiesce: not rewritten before one
+        self._index_due = False  # a full compile of MIRROR_AHEAD rules or more was written: see index_ahead
 
     # --- compiling (pure: nothing is written) -------------------------------------------------
     def compile(self, cols: RuleColumns | Sequence[Any]) -> cp.Compiled:
@@ -213,12 +214,20 @@ class MatchTable:
             raise
         live = c.live()
         self.current = cp.Live(live.bank, live.records, live.slots, live.keys, live.buckets, live.tables,
-                               stale=base.keys)
+                               stale=base.keys, token=live.token)
         self.quiesce()  # no search is in the old bank any more: nothing there is held
         self._writer(self.names.buckets).delete(base.keys.tobytes())
         self.current.stale = cp.empty_keys()
         self._zero_records(c.freed)
-        if len(self.current) >= MIRROR_AHEAD:  # the first edit would wait for it otherwise
+        self._index_due = len(self.current) >= MIRROR_AHEAD
+
+    def index_ahead(self) -> None:
+        """After a full compile of MIRROR_AHEAD rules or more, builds the edit index (Live.mirror)
+        in the background, so that the first edit does not wait for it. Called by the owner once
+        the change that wrote it is over (control.apply.reconcile): built while the change goes
+        on, it would compete with the change for the interpreter."""
+        if self._index_due:
+            self._index_due = False
             name = f"{self.names.kind}-mirror"
             threading.Thread(target=self.current.mirror, name=name, daemon=True).start()
 

@@ -150,9 +150,9 @@ def first_per_group(groups: npt.NDArray[Any], cap: int) -> npt.NDArray[np.bool_]
     return out
 
 
-def _candidates(tuples: npt.NDArray[np.int16]) -> Iterator[tuple[int, ...]]:
-    """Relaxations of the most common tuples among `tuples`."""
-    distinct, counts = np.unique(tuples, axis=0, return_counts=True)
+def _candidates(distinct: npt.NDArray[np.int16], counts: npt.NDArray[np.intp]) -> Iterator[tuple[int, ...]]:
+    """Relaxations of the most common tuples: `distinct` tuples (in lexicographic order) held by
+    `counts` rules each."""
     seen: set[tuple[int, ...]] = set()
     for t in distinct[np.argsort(-counts, kind="stable")[:TOP_TUPLES]]:
         for step in STEPS:
@@ -164,6 +164,18 @@ def _candidates(tuples: npt.NDArray[np.int16]) -> Iterator[tuple[int, ...]]:
                         if c not in seen:
                             seen.add(c)
                             yield c
+
+
+def distinct_tuples(tuples: npt.NDArray[np.int16]) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.intp]]:
+    """(the distinct tuples in lexicographic order, each row's index among them): one sort of a
+    code per row (every field is 0..255, a byte of the code, most significant first)."""
+    if not len(tuples):
+        return tuples.reshape(0, len(DIMS)), np.zeros(0, dtype=np.intp)
+    codes = np.zeros(len(tuples), dtype=np.int64)
+    for dim in range(len(DIMS)):
+        codes = (codes << 8) | tuples[:, dim].astype(np.int64)
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    return tuples[first], inverse.ravel().astype(np.intp)
 
 
 class TooManySubtables(ValueError):
@@ -179,26 +191,37 @@ class Assignment:
 def assign(tuples: npt.NDArray[np.int16], fields: Fields, cap: int = BUCKET_MAX,
            max_tables: int = SUBTABLES_MAX) -> Assignment:
     """Every rule (rows in order) into one of at most max_tables subtables, no bucket holding more
-    than `cap` rules (module docstring). Raises TooManySubtables."""
+    than `cap` rules (module docstring). Raises TooManySubtables.
+
+    Which rules a candidate tuple could take depends on their tuples alone, so candidates are
+    chosen and ranked over the distinct tuples (a few hundred, however many rules), weighted by
+    the rules each still has; only the candidates tried are masked and hashed per rule."""
     n = len(tuples)
     table_of = np.full(n, -1, dtype=np.int16)
     made: list[tuple[int, ...]] = []
+    distinct, index = distinct_tuples(tuples)
+    left = np.bincount(index, minlength=len(distinct))  # rules of each distinct tuple not yet placed
     remaining = np.arange(n)
     while remaining.size:
         if len(made) == max_tables:
             raise TooManySubtables(_crowded(remaining, tuples, fields, cap, max_tables))
-        rem_tuples = tuples[remaining]
+        alive = np.flatnonzero(left)
+        held, counts = distinct[alive], left[alive]
+        fits = {c: (held >= c).all(1) for c in _candidates(held, counts)}  # which held tuples it takes
         best: tuple[tuple[int, ...], Rows] | None = None
-        for cand in sorted(_candidates(rem_tuples), key=lambda c: -int((rem_tuples >= c).all(1).sum())):
-            eligible = remaining[(rem_tuples >= cand).all(1)]
-            if best is not None and eligible.size <= best[1].size:
+        for cand in sorted(fits, key=lambda c: -int(counts[fits[c]].sum())):
+            if best is not None and int(counts[fits[cand]].sum()) <= best[1].size:
                 break  # sorted by eligible count: no later candidate can take more
+            ok = np.zeros(len(distinct), dtype=bool)
+            ok[alive[fits[cand]]] = True
+            eligible = remaining[ok[index[remaining]]]
             taken = eligible[first_per_group(masked(fields.take(eligible), cand).hash(), cap)]
             if best is None or taken.size > best[1].size:
                 best = (cand, taken)
         assert best is not None and best[1].size  # the most common tuple itself always takes a rule
         table_of[best[1]] = len(made)
         made.append(best[0])
+        left -= np.bincount(index[best[1]], minlength=len(distinct))
         keep = np.ones(n, dtype=bool)
         keep[best[1]] = False
         remaining = remaining[keep[remaining]]

@@ -33,6 +33,8 @@ class FakeTable:
     def apply(self, compiled: object) -> None:
         self.current = compiled.live()  # type: ignore[attr-defined]
 
+    def index_ahead(self) -> None: ...
+
 
 class FakeMaps:
     def __init__(self) -> None:

@@ -8,6 +8,7 @@ import stat
 
 import pytest
 
+from control.apply import acl_snapshot
 from control.apply.state import JOURNAL_FILE, STATE_FILE, StateError, StateStore, encode_record
 from control.policy.edits import Edit
 from control.policy.models import AclRule, DesiredState, Interface, Policy, Tunnel
@@ -260,4 +261,22 @@ def test_a_state_file_from_before_the_columns_still_loads(tmp_path):
     assert [r.id for r in state.policy.acl] == [2, 1] and state.generation == 4
     store.save(state)
     assert json.loads((tmp_path / STATE_FILE).read_text())["policy"]["acl"]["format"] == "columns/1"
+    assert StateStore(tmp_path).load() == state
+
+
+@pytest.mark.parametrize("state", [
+    DesiredState(),
+    _state(),
+    DesiredState(policy=Policy.model_validate({"acl": [
+        {"id": 7, "action": "allow", "description": 'a "quoted" text\nand é', "match": {"dst": "::/0"}},
+        {"id": 8, "action": "deny"}]})),
+    DesiredState(generation=9, policy=Policy.model_validate({"settings": {"vxlan_port": 4790}})),
+])
+def test_the_file_is_the_json_of_the_state_with_its_acl_as_columns(tmp_path, state):
+    """The snapshot is written as text put together (the ACL's columns spliced in), not by a
+    JSON encoder: it must be what one would have written."""
+    StateStore(tmp_path).save(state)
+    expected = state.model_dump(mode="json", exclude={"policy": {"acl"}})
+    expected["policy"]["acl"] = acl_snapshot.dump(state.policy.acl)
+    assert json.loads((tmp_path / STATE_FILE).read_bytes()) == expected
     assert StateStore(tmp_path).load() == state

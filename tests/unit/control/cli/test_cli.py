@@ -385,6 +385,8 @@ class FakeReconciler:
 
     def verify_kept(self, new: DesiredState) -> None: ...
 
+    def index_ahead(self) -> None: ...
+
     def preflight(self, new: DesiredState) -> None:
         missing = [(f"interfaces[{i}].name", f"interface {iface.name!r} does not exist")
                    for i, iface in enumerate(new.interfaces) if iface.name not in KNOWN_INTERFACES]

@@ -71,6 +71,8 @@ class FakeReconciler:
 
     def verify_kept(self, new: DesiredState) -> None: ...
 
+    def index_ahead(self) -> None: ...
+
     def preflight(self, state: DesiredState) -> None:
         pass
 

@@ -6,9 +6,11 @@ import ipaddress
 import random
 from itertools import islice
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from control.policy import prefix_scan
 from control.policy.acl_decode import parse_prefixes
 from control.policy.models import Match, describe_errors
 
@@ -67,3 +69,42 @@ def test_the_column_decoder_reads_a_prefix_as_the_model_does(text):
     assert not got.errors and got.given[0]
     assert (got.version[0], got.plen[0]) == (expected.version, expected.prefixlen)
     assert bytes(got.addr[0]) == expected.network_address.packed.ljust(16, b"\0")
+
+
+def _expected(text: str) -> tuple[object, str | None]:
+    try:
+        return Match(src=text).src, None
+    except ValidationError as exc:
+        return None, describe_errors(exc)[0][1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_batch_of_prefixes_reads_each_as_the_model_does(seed):
+    """Many texts at once: all canonical (read in one go by prefix_scan) and mixed with odd ones
+    (read character by character), each row as the model reads it alone."""
+    rng = random.Random(seed)
+    canonical = [t for t in _prefixes(rng) if _expected(t)[0] is not None and "/" in t]
+    mixed = [*canonical, *ODD, *(t.replace(".", "..", 1) for t in canonical[:5])]
+    rng.shuffle(mixed)
+    for texts in (canonical, mixed):
+        got = parse_prefixes(texts)
+        for row, text in enumerate(texts):
+            expected, message = _expected(text)
+            if expected is None:
+                assert got.errors.get(row) == message, text
+                continue
+            assert row not in got.errors and got.given[row], text
+            assert (got.version[row], got.plen[row]) == (expected.version, expected.prefixlen), text
+            assert bytes(got.addr[row]) == expected.network_address.packed.ljust(16, b"\0"), text
+
+
+def test_both_ways_of_reading_a_batch_agree():
+    texts = [t.encode() for t in _prefixes(random.Random(3))]
+    lengths = np.array([len(t) for t in texts], dtype=np.int64)
+    buf = np.frombuffer(b"".join(texts) + bytes(prefix_scan.PAD), np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    assert prefix_scan._numbers(prefix_scan._lines(buf, starts, lengths), len(texts)) is not None, "in one go"
+    at_once = prefix_scan.scan_ipv4(buf, starts, lengths)
+    by_char = prefix_scan._scan_columns(buf, starts, lengths)
+    assert all(np.array_equal(a, b) for a, b in zip(at_once, by_char, strict=True))
+    assert at_once[0].all()

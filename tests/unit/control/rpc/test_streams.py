@@ -86,6 +86,8 @@ class Reconciler:
         self.mismatches: dict[str, str] = {}
         self.rule_packets = 0
 
+    def index_ahead(self) -> None: ...
+
     def restore(self, state: DesiredState) -> None:
         self.applied = state
 
