@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 
 from testbed.bench import runner
-from testbed.bench.load import PREFIX
-from testbed.netns import list_namespaces
 
 # Not a time limit on the benchmarks (they are not timed tests): a hang guard, generous enough
 # for a loaded CI machine (about a minute alone on 2 CPUs).
@@ -35,24 +33,36 @@ NUMBER = re.compile(r"\|\s*[\d.,]+\s*(?:ns|µs|ms|s|Mpps|kpps|pps|x|rules/s)(?:\
 XDP_FILTER_PINS = Path("/sys/fs/bpf/xdp-filter")
 
 
-def _stray_processes() -> list[str]:
-    """Senders left by a benchmark: trafgen (its config lives in a tidegate-bench-* dir), xdpgen."""
+def _stray_processes(leases: Path) -> list[str]:
+    """Processes of the run still running after it ended (senders: trafgen, xdpgen): every process
+    the run started inherits its private lease directory in the environment, so other runs'
+    processes on the same machine are not counted."""
+    mark = f"TIDEGATE_TESTBED_LEASES={leases}".encode() + b"\0"
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes() + b"\0"
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if ("trafgen" in cmdline and "tidegate-bench-" in cmdline) or "testbed.bench.xdpgen" in cmdline:
+        if mark in environ:
             found.append(f"{pid}: {cmdline}")
     return found
 
 
-def _run_quick(out: Path) -> subprocess.CompletedProcess[str]:
-    """The quick run; past the hang guard it gets SIGTERM, on which the suite removes its
-    namespaces, senders and pins (a SIGKILL would leave them behind), and the test fails."""
+def _leases_left(leases: Path) -> list[str]:
+    """What the run registered for cleanup and never removed (namespaces, pin roots, senders, ...)."""
+    return [lease.read_text() for owner in leases.glob("*") for lease in owner.iterdir()]
+
+
+def _run_quick(out: Path, leases: Path) -> subprocess.CompletedProcess[str]:
+    """The quick run, its cleanup leases (testbed.cleanup) in a directory of its own; past the hang
+    guard it gets SIGTERM, on which the suite removes its namespaces, senders and pins (a SIGKILL
+    would leave them behind), and the test fails."""
     cmd = [sys.executable, "-m", "testbed.bench", "--quick", "--out", str(out)]
-    with subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+    env = {**os.environ, "TIDEGATE_TESTBED_LEASES": str(leases)}
+    with subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as p:
         try:
             stdout, stderr = p.communicate(timeout=QUICK_BUDGET_S)
         except subprocess.TimeoutExpired:
@@ -72,10 +82,10 @@ def _sections(report: str) -> dict[str, str]:
 
 
 def test_quick_run_reports_every_benchmark_with_numbers(bpf_available, tmp_path):
-    namespaces_before = set(list_namespaces(PREFIX))
     pins_before = XDP_FILTER_PINS.exists()
+    leases = tmp_path / "leases"
 
-    proc = _run_quick(tmp_path)
+    proc = _run_quick(tmp_path, leases)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (tmp_path / "BENCHMARKS.md").read_text()
@@ -92,6 +102,8 @@ def test_quick_run_reports_every_benchmark_with_numbers(bpf_available, tmp_path)
     assert [s["name"] for s in raw["sections"]] == list(runner.NAMES)  # every benchmark, in order
     assert "Verifier budget" in report and "`tg_xdp_ingress`" in report
 
-    assert set(list_namespaces(PREFIX)) <= namespaces_before, "the benchmarks left namespaces behind"
-    assert not _stray_processes(), "the benchmarks left a sender running"
+    # Scoped to this run (other runs may share the machine): what it leased and what it started.
+    assert leases.exists(), "the run leased nothing: the check below would prove nothing"
+    assert not _leases_left(leases), f"the benchmarks left these behind: {_leases_left(leases)}"
+    assert not _stray_processes(leases), "the benchmarks left a sender running"
     assert XDP_FILTER_PINS.exists() == pins_before, "xdp-filter's pins were left behind"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from testbed import orphans
 from testbed.netns import NETNS_DIR, remove_netns
 
 REPO = Path(__file__).resolve().parents[3]
+START_WAIT = 10.0
 
 # A stand-in for a test run: a namespace with a process inside (a daemon, a sender), a pin root.
 OWNER = textwrap.dedent("""
@@ -85,7 +87,9 @@ def owners(bpf_available: None, tmp_path: Path) -> Iterator[list[Owner]]:
 
 def test_a_killed_owner_s_namespace_process_and_pins_are_swept(owners: list[Owner], tmp_path: Path) -> None:
     owners.append(killed := Owner(tmp_path))
-    inside = _ns_pids(killed.ns)
+    deadline = time.monotonic() + START_WAIT
+    while not (inside := _ns_pids(killed.ns)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the child enters the namespace between fork and exec
     assert inside, "the owner's process inside its namespace did not start"
     killed.proc.send_signal(signal.SIGKILL)
     killed.proc.wait(10)
