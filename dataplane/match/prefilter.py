@@ -150,12 +150,22 @@ def probe_index(addr: bytes, family: int) -> int:
     return top >> (32 - BLOCK_BITS)
 
 
+_DEAD = (BLOCKS, -1)  # the run of a removed rule's row: it meets no block
+_SPARE = 64  # rows a subtable's arrays hold beyond its rules, for the next additions
+
+
 @dataclass
 class Runs:
-    """Every live rule's runs, per subtable id (what clearing a removed rule's bits needs)."""
+    """Every live rule's runs, per subtable id (what clearing a removed rule's bits needs).
 
-    slots: dict[int, npt.NDArray[np.int64]] = field(default_factory=dict)  # id -> (k,) slots
-    runs: dict[int, npt.NDArray[np.int64]] = field(default_factory=dict)  # id -> (k, FIELDS, 2)
+    A subtable's rows are arrays with room to spare: an edit adds rules in place and marks those
+    it removes dead (slot -1, a run meeting no block), so that it costs the rules it touches,
+    not a copy of every rule of the subtable; dead rows are dropped once they are half of them."""
+
+    slots: dict[int, npt.NDArray[np.int64]] = field(default_factory=dict)  # id -> (room,) slots
+    runs: dict[int, npt.NDArray[np.int64]] = field(default_factory=dict)  # id -> (room, FIELDS, 2)
+    size: dict[int, int] = field(default_factory=dict)  # id -> rows in use (live or dead)
+    dead: dict[int, int] = field(default_factory=dict)  # id -> dead rows among them
 
     @staticmethod
     def of(records: npt.NDArray[Any], slots: npt.NDArray[Any], ids: npt.NDArray[Any]) -> Runs:
@@ -164,25 +174,39 @@ class Runs:
         ids = np.asarray(ids, dtype=np.int64)
         for t in np.unique(ids).tolist():
             mine = ids == t
-            out.slots[t] = np.asarray(slots, dtype=np.int64)[mine]
-            out.runs[t] = runs[mine]
+            out._set(t, np.asarray(slots, dtype=np.int64)[mine], runs[mine])
         return out
+
+    def _set(self, t: int, slots: npt.NDArray[np.int64], runs: npt.NDArray[np.int64]) -> None:
+        n = len(slots)
+        self.slots[t] = np.full(n + _SPARE, -1, dtype=np.int64)
+        self.runs[t] = np.empty((n + _SPARE, FIELDS, 2), dtype=np.int64)
+        self.runs[t][:] = _DEAD
+        self.slots[t][:n], self.runs[t][:n] = slots, runs
+        self.size[t], self.dead[t] = n, 0
+
+    def _rows(self, t: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        n = self.size.get(t, 0)
+        if not n:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, FIELDS, 2), dtype=np.int64)
+        return self.slots[t][:n], self.runs[t][:n]
 
     def run_of(self, table_id: int, slot: int) -> npt.NDArray[np.int64]:
         """(FIELDS, 2): the runs of the rule at `slot` of subtable `table_id`."""
-        rows = np.flatnonzero(self.slots[table_id] == slot)
+        slots, runs = self._rows(table_id)
+        rows = np.flatnonzero(slots == slot)
         if not rows.size:
             raise KeyError(f"slot {slot} is not a rule of subtable {table_id}")
-        return self.runs[table_id][rows[0]]
+        return runs[rows[0]]
 
     def uncovered(self, table_id: int, run: npt.NDArray[np.int64], which: int, without: set[int],
                   extra: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
         """Blocks of `run` ([lo, hi] of field `which`) that no rule of subtable `table_id` meets
         once the slots `without` are gone and the runs `extra` (added rules') are in."""
         lo, hi = int(run[0]), int(run[1])
-        held = self.runs.get(table_id, np.zeros((0, FIELDS, 2), dtype=np.int64))[:, which]
-        slots = self.slots.get(table_id, np.zeros(0, dtype=np.int64))
-        rows = np.flatnonzero((held[:, 0] <= hi) & (held[:, 1] >= lo))  # usually few
+        slots, runs = self._rows(table_id)
+        held = runs[:, which]
+        rows = np.flatnonzero((held[:, 0] <= hi) & (held[:, 1] >= lo))  # usually few (dead: never)
         rows = rows[~np.isin(slots[rows], np.fromiter(without, np.int64, len(without)))]
         near = np.concatenate([held[rows], *[e[which][None, :] for e in extra]])
         near = near[(near[:, 0] <= hi) & (near[:, 1] >= lo)]
@@ -194,14 +218,33 @@ class Runs:
 
     def commit(self, added: list[tuple[int, int, npt.NDArray[np.int64]]], removed: dict[int, int]) -> None:
         """Applies an edit: `added` (slot, subtable id, runs), `removed` {slot: subtable id}."""
-        for t in set(removed.values()):
-            gone = [s for s, tid in removed.items() if tid == t]
-            keep = ~np.isin(self.slots[t], gone)
-            self.slots[t], self.runs[t] = self.slots[t][keep], self.runs[t][keep]
+        for slot, t in removed.items():
+            n = self.size[t]
+            for row in np.flatnonzero(self.slots[t][:n] == slot).tolist():
+                self.slots[t][row], self.runs[t][row] = -1, _DEAD
+                self.dead[t] += 1
         for slot, t, run in added:
-            self.slots[t] = np.append(self.slots.get(t, np.zeros(0, dtype=np.int64)), slot)
-            self.runs[t] = np.concatenate([self.runs.get(t, np.zeros((0, FIELDS, 2), dtype=np.int64)),
-                                           run[None]])
+            n = self.size.get(t, 0)
+            if t not in self.slots or n == len(self.slots[t]):
+                self._grow(t)
+                n = self.size[t]
+            self.slots[t][n], self.runs[t][n] = slot, run
+            self.size[t] = n + 1
+        for t in {t for t in removed.values() if 2 * self.dead[t] > self.size[t]}:
+            self._grow(t)  # (drops the dead rows)
+
+    def _grow(self, t: int) -> None:
+        """The subtable's live rows again, with room to spare for as many more."""
+        slots, runs = self._rows(t)
+        live = slots >= 0
+        kept_slots, kept_runs = slots[live], runs[live]
+        n = len(kept_slots)
+        room = max(2 * n, n + _SPARE)
+        self.slots[t] = np.full(room, -1, dtype=np.int64)
+        self.runs[t] = np.empty((room, FIELDS, 2), dtype=np.int64)
+        self.runs[t][:] = _DEAD
+        self.slots[t][:n], self.runs[t][:n] = kept_slots, kept_runs
+        self.size[t], self.dead[t] = n, 0
 
 
 def live_ids(slots: npt.NDArray[Any], keys: npt.NDArray[Any], buckets: npt.NDArray[Any]
