@@ -77,12 +77,11 @@ def blocks(addr: npt.NDArray[np.uint8], length: npt.NDArray[Any], family: npt.ND
     return np.where(anyfam, 0, lo), np.where(anyfam, BLOCKS - 1, hi)
 
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
-
-
 def prefix_length(mask_words: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-    """(n, 2) address mask words (records' src_mask, dst_mask) -> their prefix lengths."""
-    return _POPCOUNT[np.ascontiguousarray(mask_words).view(np.uint8).reshape(-1, 16)].sum(axis=1)
+    """(n, 2) address mask words (records' src_mask, dst_mask) -> their prefix lengths (the
+    masks' one bits, counted by word)."""
+    words = np.ascontiguousarray(mask_words).view(np.uint64).reshape(-1, 2)
+    return np.bitwise_count(words).sum(axis=1, dtype=np.int64)  # type: ignore[no-any-return]
 
 
 def rule_blocks(src: npt.NDArray[np.uint8], src_len: npt.NDArray[Any], dst: npt.NDArray[np.uint8],
