@@ -150,7 +150,7 @@ def probe_index(addr: bytes, family: int) -> int:
 
 
 _DEAD = (BLOCKS, -1)  # the run of a removed rule's row: it meets no block
-_SPARE = 64  # rows a subtable's arrays hold beyond its rules, for the next additions
+_SPARE = 64  # rows a subtable's arrays hold beyond its rules (and an eighth more), for additions
 
 
 @dataclass
@@ -178,8 +178,9 @@ class Runs:
 
     def _set(self, t: int, slots: npt.NDArray[np.int64], runs: npt.NDArray[np.int64]) -> None:
         n = len(slots)
-        self.slots[t] = np.full(n + _SPARE, -1, dtype=np.int64)
-        self.runs[t] = np.empty((n + _SPARE, FIELDS, 2), dtype=np.int64)
+        room = n + n // 8 + _SPARE  # the first copy comes after many additions, not the 65th
+        self.slots[t] = np.full(room, -1, dtype=np.int64)
+        self.runs[t] = np.empty((room, FIELDS, 2), dtype=np.int64)
         self.runs[t][:] = _DEAD
         self.slots[t][:n], self.runs[t][:n] = slots, runs
         self.size[t], self.dead[t] = n, 0
