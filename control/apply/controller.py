@@ -183,9 +183,16 @@ class Controller:
                 return new
             new = new.model_copy(update={"generation": self.state.generation + 1})
             with self._recorded(new.generation):
-                self.reconciler.apply(new)
+                # a snapshot is written to disk while the kernel is programmed; it becomes the
+                # state file only once that went through (control.apply.state.StateStore.begin)
+                saving = self.store.begin(new, edit if isinstance(edit, Edit) else None, base=self.state)
                 try:
-                    self.store.save(new, edit if isinstance(edit, Edit) else None, base=self.state)
+                    self.reconciler.apply(new)
+                except BaseException:
+                    saving.discard()
+                    raise
+                try:
+                    saving.commit()
                 except Exception:
                     log.exception("saving the state failed: putting the previous state back in the kernel")
                     self.reconciler.apply(self.state)

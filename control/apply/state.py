@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,15 +194,20 @@ class StateStore:
     def save(self, state: DesiredState, edit: Edit | None = None, base: DesiredState | None = None) -> None:
         """Persists `state`. When it is `edit` applied to `base` and `base` is the very state the
         files hold (loaded or saved last), the edit is journaled; otherwise a snapshot is written."""
+        self.begin(state, edit, base).commit()
+
+    def begin(self, state: DesiredState, edit: Edit | None = None,
+              base: DesiredState | None = None) -> Saving:
+        """save() in two steps, for a caller with other work meanwhile (the controller programs
+        the kernel): a snapshot is encoded now and written to a temporary file and fsynced by a
+        thread of its own; commit() waits for that and makes it the state file (rename,
+        directory fsync), discard() drops it. A journal record is appended by commit() alone.
+        Nothing the files hold changes before commit()."""
         if edit is not None and base is not None and base is self._saved and self._journal_bytes is not None:
             record = encode_record(state.generation, edit)
             if self._journal_bytes + len(record) <= self.compact_min_bytes:
-                self._append(record)
-                self._saved = state
-                return
-        self._saved = None
-        self._snapshot(state)
-        self._saved = state
+                return _Appending(self, state, record)
+        return _Writing(self, state)
 
     def _append(self, record: bytes) -> None:
         assert self._journal_bytes is not None
@@ -232,9 +238,9 @@ class StateStore:
         finally:
             os.close(fd)
 
-    def _snapshot(self, state: DesiredState) -> None:
+    def _write_temporary(self, data: bytes) -> Path:
+        """`data` in a new temporary file of the directory, fsynced."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = _encode(state)
         fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=self.directory)
         try:
             os.fchmod(fd, STATE_MODE)
@@ -242,15 +248,78 @@ class StateStore:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        return Path(tmp)
+
+    def _install(self, tmp: Path, size: int, state: DesiredState) -> None:
+        """The written snapshot becomes the state file; the journal it holds goes."""
+        try:
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(self.directory)
-        self._snapshot_bytes = len(data)
+        self._snapshot_bytes = size
         self._journal_bytes = None
         # The snapshot holds every journaled edit now; a crash before this unlink leaves records
         # that loading skips (not newer than the snapshot).
         self.journal_path.unlink(missing_ok=True)
         self._journal_bytes = 0
         log.info("desired state saved", extra={"path": str(self.path), "generation": state.generation})
+
+
+class Saving:
+    """A save under way (StateStore.begin): commit() or discard(), once."""
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+
+class _Appending(Saving):
+    def __init__(self, store: StateStore, state: DesiredState, record: bytes) -> None:
+        self.store, self.state, self.record = store, state, record
+
+    def commit(self) -> None:
+        self.store._append(self.record)
+        self.store._saved = self.state
+
+    def discard(self) -> None:
+        pass
+
+
+class _Writing(Saving):
+    """A snapshot, encoded at once and written to a temporary file by a thread of its own (the
+    write and fsync wait on the disk, not the interpreter)."""
+
+    def __init__(self, store: StateStore, state: DesiredState) -> None:
+        self.store, self.state = store, state
+        self._data = _encode(state)
+        self._tmp: Path | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, name="state-snapshot", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        try:
+            self._tmp = self.store._write_temporary(self._data)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by commit()
+            self._error = exc
+
+    def commit(self) -> None:
+        self._thread.join()
+        self.store._saved = None
+        if self._error is not None:
+            raise self._error
+        assert self._tmp is not None
+        self.store._install(self._tmp, len(self._data), self.state)
+        self.store._saved = self.state
+
+    def discard(self) -> None:
+        self._thread.join()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)

@@ -198,3 +198,16 @@ def test_the_controller_reports_mismatches_to_its_listener(tmp_path, reconciler,
         controller.change(lambda s: s)
     assert [set(h) for h in heard[2:]] == [{"lo"}, {"lo"}]
     assert controller.read().generation == 1  # nothing applied
+
+
+def test_a_change_the_kernel_refuses_leaves_the_state_file_as_it_was(tmp_path, reconciler, planes):
+    """The snapshot is written while the kernel is programmed: refused, nothing of it stays."""
+    controller = Controller(StateStore(tmp_path), reconciler)
+    controller.start()
+    controller.change(lambda s: s.model_copy(update={"interfaces": [Interface(name="lo")]}))
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    planes["lo"].foreign = True
+    with pytest.raises(DataplaneMismatch):
+        controller.change(lambda s: s.model_copy(update={"policy": Policy(tunnels=[{"vni": 7}])}))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == saved
+    assert StateStore(tmp_path).load() == controller.read()

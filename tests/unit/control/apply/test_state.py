@@ -280,3 +280,43 @@ def test_the_file_is_the_json_of_the_state_with_its_acl_as_columns(tmp_path, sta
     expected["policy"]["acl"] = acl_snapshot.dump(state.policy.acl)
     assert json.loads((tmp_path / STATE_FILE).read_bytes()) == expected
     assert StateStore(tmp_path).load() == state
+
+
+def test_a_save_begun_changes_no_file_until_committed_and_a_discarded_one_none(tmp_path):
+    store = StateStore(tmp_path)
+    store.save(_state(1))
+    before = (tmp_path / STATE_FILE).read_bytes()
+    saving = store.begin(_state(2))  # a snapshot: written by a thread meanwhile
+    saving.discard()
+    assert (tmp_path / STATE_FILE).read_bytes() == before and os.listdir(tmp_path) == [STATE_FILE]
+    saving = store.begin(_state(3))
+    assert (tmp_path / STATE_FILE).read_bytes() == before  # whatever the thread did so far
+    saving.commit()
+    assert store.load() == _state(3) and os.listdir(tmp_path) == [STATE_FILE]
+
+
+def test_a_snapshot_that_cannot_be_written_fails_the_commit_and_changes_nothing(tmp_path, monkeypatch):
+    store = StateStore(tmp_path)
+    store.save(_state(1))
+
+    def full(*_args):  # noqa: ANN002, ANN202
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    saving = store.begin(_state(2))
+    with pytest.raises(OSError, match="No space"):
+        saving.commit()
+    monkeypatch.undo()
+    assert store.load().generation == 1 and os.listdir(tmp_path) == [STATE_FILE]
+
+
+def test_a_journaled_edit_is_appended_by_the_commit_alone(tmp_path):
+    store = StateStore(tmp_path)
+    base = _state(1)
+    store.save(base)
+    edit = Edit("add_rule", AclRule.model_validate({"id": 2, "action": "allow"}))
+    new = edit(base).model_copy(update={"generation": 2})
+    store.begin(new, edit, base).discard()
+    assert not (tmp_path / JOURNAL_FILE).exists()
+    store.begin(new, edit, base).commit()
+    assert (tmp_path / JOURNAL_FILE).exists() and store.load() == new
