@@ -21,6 +21,7 @@ and small policies; bulk readers use the columns: control.policy.acl_decode).
 
 from __future__ import annotations
 
+import array
 import bisect
 import ipaddress
 import weakref
@@ -57,7 +58,16 @@ class Block:
     metrics: npt.NDArray[np.bool_]  # the rule's counters exported as Prometheus series
 
     def __len__(self) -> int:
+        return self.size
+
+    @cached_property
+    def size(self) -> int:
         return len(self.rules)
+
+    @cached_property
+    def first(self) -> int:
+        """The first rule's order (rules are in judging order)."""
+        return int(self.rules.order[0])
 
     @classmethod
     def empty(cls) -> Block:
@@ -88,14 +98,15 @@ class Block:
         return self.take(np.argsort(order, kind="stable"))
 
     @cached_property
-    def sorted_ids(self) -> npt.NDArray[np.uint32]:
-        """The rule ids, sorted (an array, not a set: no object for the collector to walk)."""
-        return np.sort(self.rules.rule_id)
+    def sorted_ids(self) -> array.array[int]:
+        """The rule ids, sorted: an array.array, which bisect searches without a numpy call per
+        block and the collector does not walk (a set would be walked while young)."""
+        return array.array("I", np.sort(self.rules.rule_id).astype(np.uint32).tobytes())
 
     def holds(self, rule_id: int) -> bool:
         ids = self.sorted_ids
-        at = int(ids.searchsorted(rule_id))
-        return at < len(ids) and int(ids[at]) == rule_id
+        at = bisect.bisect_left(ids, rule_id)
+        return at < len(ids) and ids[at] == rule_id
 
     def same_rows(self, other: Block) -> npt.NDArray[np.bool_]:
         """Row by row (same length): whether the rules are the same, list order aside."""
@@ -124,8 +135,8 @@ class AclTable(Sequence[AclRule]):
         # what made this table from another: (that table, the rule added, the rule id deleted),
         # the other held weakly (a chain of edits must not keep every earlier table alive)
         self._step = None if step is None else (weakref.ref(step[0]), step[1], step[2])
-        self._firsts = [int(b.rules.order[0]) for b in self._blocks]
-        self._len = sum(len(b) for b in self._blocks)
+        self._firsts = [b.first for b in self._blocks]
+        self._len = sum(b.size for b in self._blocks)
         if next_seq is None:
             next_seq = max((int(b.seq.max()) + 1 for b in self._blocks), default=0)
         self._next_seq = next_seq
