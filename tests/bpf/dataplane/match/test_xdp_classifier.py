@@ -296,18 +296,25 @@ def test_a_policy_switch_never_shows_a_mix_to_packets_in_flight(cdp):
                 for i in range(2, 250)] for base in (1000, 2000)]
     cdp.classifiers.replace(fillers[1] + policy_a)  # before any packet: both answers are policies'
     seen: dict[int, int] = {}
+    answers = threading.Semaphore(0)  # one release per answer, so the swaps wait for packets
     stop = threading.Event()
 
     def classify() -> None:
         while not stop.is_set():
             mark = cdp.run_tc(probe).mark
             seen[mark] = seen.get(mark, 0) + 1
+            answers.release()
 
     worker = threading.Thread(target=classify)
     worker.start()
     try:
         for i in range(40):
             cdp.classifiers.replace(fillers[i // 2 % 2] + (policy_a if i % 2 else policy_b))
+            # Two answers after the swap returned: the second was classified wholly under the
+            # new policy, so both policies are seen whatever the scheduler did meanwhile.
+            while answers.acquire(blocking=False):
+                pass
+            assert answers.acquire(timeout=30) and answers.acquire(timeout=30), "no packet classified"
     finally:
         stop.set()
         worker.join()
