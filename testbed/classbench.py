@@ -3,12 +3,17 @@
     columns = load("fw1", 10_000)    # fw1_10000.rules.gz, rows in file order (= judging order)
 
 A line is `@src/len <TAB> dst/len <TAB> slo : shi <TAB> dlo : dhi <TAB> proto/mask <TAB> flags/mask`.
-ClassBench has no action column and the first line wins, so row i becomes rule id i + 1 with
-priority i, and actions alternate, deny on even rows and allow on odd ones, so that both verdicts
-occur. TCP flags are ignored (the sets leave them wildcarded). Protocol mask 0 is any protocol,
-mask 0xFF that protocol exactly. ClassBench writes port ranges for every rule, also for protocols
-without ports (GRE, ICMP...), where they are always 0 : 65535 in the shipped sets; a rule of such
-a protocol gets any port (the API refuses a port range with them, and the packets have none).
+ClassBench has no action column and the first line wins, so line i's rule gets priority i (and
+ids count up from 1 in file order), and actions alternate, deny on even lines and allow on odd
+ones, so that both verdicts occur. TCP flags are ignored (the sets leave them wildcarded).
+Protocol mask 0 is any protocol, mask 0xFF that protocol exactly. ClassBench writes port ranges
+for every rule:
+- a line of any protocol with ports other than 0 : 65535 (fw2's seed makes them) means the
+  packets that have ports: it becomes three rules, TCP, UDP and SCTP, with those ports, its
+  priority and action (the API refuses ports without a protocol whose header has them);
+- a line of a protocol without ports (ICMP, GRE...) gets any port: its packets have none to
+  compare (the shipped sets write 0 : 65535 there; fw2's and fw4's seeds write ports there too,
+  and such a rule then matches more than the line says).
 A prefix with host bits set is refused naming its line (the shipped sets have none).
 """
 
@@ -46,6 +51,25 @@ def available(directory: Path | None = None) -> bool:
     return all(path_of(s, SIZES[0], directory).exists() for s in SEEDS)
 
 
+_FILE = re.compile(r"([A-Za-z][A-Za-z0-9]*)_(\d+)\.rules\.gz")
+
+
+def sets(directory: Path | None = None) -> list[tuple[str, int]]:
+    """Every (seed, size) with a file in the directory: the shipped sets and any other set
+    generated the same way (acl2..5, fw2..5, ipc2, or a set of one's own), by size, then the
+    shipped seeds first, the others by name."""
+    base = directory or DEFAULT_DIR
+    found = [(m.group(1), int(m.group(2))) for p in (base.iterdir() if base.is_dir() else [])
+             if (m := _FILE.fullmatch(p.name))]
+    rank = {seed: i for i, seed in enumerate(SEEDS)}
+    return sorted(found, key=lambda s: (s[1], rank.get(s[0], len(SEEDS)), s[0]))
+
+
+def seeds(size: int, directory: Path | None = None) -> list[str]:
+    """The seeds with a set of this size in the directory (sets' order)."""
+    return [seed for seed, n in sets(directory) if n == size]
+
+
 def load(seed: str, size: int, directory: Path | None = None) -> RuleColumns:
     return parse(gzip.decompress(path_of(seed, size, directory).read_bytes()).decode())
 
@@ -79,13 +103,25 @@ def parse(text: str) -> RuleColumns:
     mask = np.array([int(v, 16) for v in f[:, 15]], dtype=np.int64)
     cols.proto_any[:] = mask == 0
     cols.proto[:] = np.where(mask == 0, 0, proto).astype(np.uint8)
-    has_ports = ~cols.proto_any & np.isin(cols.proto, PORT_PROTOCOLS)
+    ported = ~cols.proto_any & np.isin(cols.proto, PORT_PROTOCOLS)
+    wildcard = (ints[:, 10] == PORT_ANY[0]) & (ints[:, 11] == PORT_ANY[1]) & \
+        (ints[:, 12] == PORT_ANY[0]) & (ints[:, 13] == PORT_ANY[1])
+    any_ported = cols.proto_any & ~wildcard  # any protocol, some ports: TCP, UDP or SCTP, below
+    has_ports = ported | any_ported
     for name, at, default in (("sport_lo", 10, PORT_ANY[0]), ("sport_hi", 11, PORT_ANY[1]),
                               ("dport_lo", 12, PORT_ANY[0]), ("dport_hi", 13, PORT_ANY[1])):
         getattr(cols, name)[:] = np.where(has_ports, ints[:, at], default).astype(np.uint16)
+    copies = np.where(any_ported, len(PORT_PROTOCOLS), 1)
+    line_of = np.repeat(np.arange(n), copies)  # each rule's line
+    cols = cols.take(line_of)
+    copy = np.arange(len(line_of)) - np.repeat(np.cumsum(copies) - copies, copies)
+    expanded = any_ported[line_of]
+    cols.proto_any[expanded] = False
+    cols.proto[expanded] = np.array(PORT_PROTOCOLS, dtype=np.uint8)[copy[expanded]]
     cols.family[:] = 4
-    rows = np.arange(n, dtype=np.uint64)
+    rows = np.arange(len(line_of), dtype=np.uint64)
+    priority = line_of.astype(np.uint64)
     cols.rule_id[:] = (rows + 1).astype(np.uint32)
-    cols.order[:] = (rows << np.uint64(32)) | (rows + np.uint64(1))
-    cols.action[:] = np.array(ACTIONS, dtype=np.uint8)[(rows % 2).astype(np.intp)]
+    cols.order[:] = (priority << np.uint64(32)) | (rows + np.uint64(1))
+    cols.action[:] = np.array(ACTIONS, dtype=np.uint8)[(line_of % 2).astype(np.intp)]
     return cols

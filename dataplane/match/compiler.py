@@ -27,6 +27,7 @@ from dataplane.match import prefilter as pf
 from dataplane.match import tuples as tp
 from dataplane.match.columns import RuleColumns
 from dataplane.match.live import BUCKET, KEY, RULE, SUBTABLE, SUBTABLES, Live, empty_keys
+from dataplane.match.shadow import shadowed
 
 F_LOG = abi.define("TG_RULE_F_LOG")
 F_LIVE = abi.define("TG_RULE_F_LIVE")
@@ -269,8 +270,11 @@ def build_bank(cols: RuleColumns, slots: npt.NDArray[np.uint32], assignment: tp.
     subtables["tables"][0, : len(tables)] = tables[by_best]
     keys_all = np.concatenate(key_parts) if key_parts else empty_keys()
     buckets_all = np.concatenate(bucket_parts) if bucket_parts else np.zeros(0, dtype=BUCKET)
-    runs = pf.rule_blocks(cols.src_addr, cols.src_len, cols.dst_addr, cols.dst_len, cols.family)
-    return Bank(number, subtables, keys_all, buckets_all, len(tables), pf.entries(runs, assignment.table_of))
+    placed = assignment.table_of >= 0  # a shadowed rule has no bucket, nor prefilter bits
+    held = cols.take(placed)
+    runs = pf.rule_blocks(held.src_addr, held.src_len, held.dst_addr, held.dst_len, held.family)
+    return Bank(number, subtables, keys_all, buckets_all, len(tables),
+                pf.entries(runs, assignment.table_of[placed]))
 
 
 def _group(keys: Array) -> tuple[Array, npt.NDArray[np.intp], npt.NDArray[np.intp]]:
@@ -306,6 +310,22 @@ def _keys(k: tp.Key, bank: int, table_id: int) -> Array:
     return out
 
 
+def _assign(cols: RuleColumns) -> tp.Assignment:
+    """Every rule's subtable; when they do not all fit, the rules an earlier one shadows get none
+    (table_of -1: a record, no bucket; dataplane.match.shadow) and the others are tried again."""
+    try:
+        return tp.assign(tp.rule_tuples(cols), tp.Fields.of(cols))
+    except tp.TooManySubtables:
+        dead = shadowed(cols)
+        if not dead.any():
+            raise
+    placed = np.flatnonzero(~dead)
+    inner = tp.assign(tp.rule_tuples(cols.take(placed)), tp.Fields.of(cols.take(placed)))
+    table_of = np.full(len(cols), -1, dtype=np.int16)
+    table_of[placed] = inner.table_of
+    return tp.Assignment(inner.tuples, table_of)
+
+
 def compile_full(cols: RuleColumns, base: Live, capacity: Capacity, table: str = "acl",
                  slotted: tuple[Array, npt.NDArray[np.uint32], npt.NDArray[np.bool_], npt.NDArray[np.uint32]]
                  | None = None) -> Compiled:
@@ -319,7 +339,7 @@ def compile_full(cols: RuleColumns, base: Live, capacity: Capacity, table: str =
     else:
         recs, slots, fresh, freed = slotted
     try:
-        assignment = tp.assign(tp.rule_tuples(cols), tp.Fields.of(cols))
+        assignment = _assign(cols)
     except tp.TooManySubtables as exc:
         raise ValueError(f"{table}: {exc}") from None
     bank = build_bank(cols, slots, assignment, 1 - base.bank)

@@ -27,7 +27,9 @@ gives a freed element's memory to the next update at once.
 
 Rules keep their orders (the API's (priority, id), 64 bits), so an insert never renumbers
 anything. An edit that cannot be placed (every subtable a rule fits has a full bucket for it
-and no subtable is left to make) is planned as a full compile instead (`plan_edit` -> None).
+and no subtable is left to make), or that removes rules while some rule is in no bucket (shadowed
+by an earlier one: dataplane.match.shadow), is planned as a full compile instead (`plan_edit` ->
+None).
 """
 
 from __future__ import annotations
@@ -132,6 +134,10 @@ def plan_edit(m: Mirror, add: RuleColumns, add_records: npt.NDArray[Any], add_sl
     None when it is better done as a full compile. Pure, and costs what it touches: the mirror is
     read, never copied or changed."""
     if len(add) + len(remove) > EDIT_MAX:
+        return None
+    if remove and len(m.key_of) < len(m.records):
+        # Some rule is in no bucket (shadowed, dataplane.match.shadow): what is removed may be
+        # what shadowed it, and only a full compile finds the rules that then need a place.
         return None
     tables = [t.copy() for t in m.tables]
     tuples = {_id(t): tuple_of(t) for t in tables}

@@ -129,8 +129,10 @@ def _covered(lo: Blocks, hi: Blocks, start: int, end: int) -> npt.NDArray[np.boo
 
 def entries(runs: npt.NDArray[np.int64], ids: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
     """(BLOCKS,) entries of a bank, from its rules' runs (rule_blocks, record_blocks) and each
-    one's subtable id."""
+    one's subtable id (-1: none)."""
     out = np.zeros(BLOCKS, dtype=ENTRY)
+    placed = np.asarray(ids) >= 0  # -1: in no subtable (shadowed), so no bits
+    runs, ids = runs[placed], np.asarray(ids)[placed]
     for f in range(FIELDS):
         out |= field_bits(runs[:, f, 0], runs[:, f, 1], ids).astype(ENTRY) << np.uint64(SHIFTS[f])
     return out
@@ -171,7 +173,7 @@ class Runs:
         out = Runs()
         runs = record_blocks(records)
         ids = np.asarray(ids, dtype=np.int64)
-        for t in np.unique(ids).tolist():
+        for t in np.unique(ids[ids >= 0]).tolist():  # -1: in no subtable (shadowed)
             mine = ids == t
             out._set(t, np.asarray(slots, dtype=np.int64)[mine], runs[mine])
         return out
@@ -249,11 +251,16 @@ class Runs:
 
 def live_ids(slots: npt.NDArray[Any], keys: npt.NDArray[Any], buckets: npt.NDArray[Any]
              ) -> npt.NDArray[np.int64]:
-    """The subtable id of each of `slots` (a bank's live rules), from the bank's buckets."""
+    """The subtable id of each of `slots` (a bank's live rules), from the bank's buckets; -1 for
+    a rule in no bucket (shadowed: dataplane.match.shadow)."""
     counts = buckets["count"].astype(np.int64)
     held = np.arange(buckets["slots"].shape[1])[None, :] < counts[:, None]
     in_buckets = buckets["slots"][held].astype(np.int64)
     ids = np.repeat(keys["table"].astype(np.int64), counts)
     order = np.argsort(in_buckets)
-    found = order[np.searchsorted(in_buckets, np.asarray(slots, dtype=np.int64), sorter=order)]
-    return ids[found]
+    wanted = np.asarray(slots, dtype=np.int64)
+    at = np.minimum(np.searchsorted(in_buckets, wanted, sorter=order), max(len(order) - 1, 0))
+    if not len(order):
+        return np.full(len(wanted), -1, dtype=np.int64)
+    found = order[at]
+    return np.where(in_buckets[found] == wanted, ids[found], -1)

@@ -1,7 +1,8 @@
 """ClassBench rule sets through the daemon (part of benchmark 4, testbed.bench.control_plane).
 
-Each of acl1, fw1 and ipc1 (testbed.classbench: file order is judging order, actions alternate
-deny/allow, row 0 deny) at each `classbench_sizes` goes to a fresh daemon attached natively to a
+Each ClassBench set found (testbed.classbench.sets: the shipped acl1, fw1 and ipc1 and any
+other set put beside them; file order is judging order, actions alternate deny/allow, row 0
+deny) at each `classbench_sizes` goes to a fresh daemon attached natively to a
 veth: ApplyPolicy with the set as AclRule messages onto an empty policy, timed at the client,
 `runs` times; beside it, in fresh namespaces and the same run, `nft -f`, `iptables-restore` and
 `iptables-legacy-restore` of the same rules (testbed.bench.column_rules). After the set: the
@@ -145,20 +146,20 @@ def _baselines(result: SetResult, cols: Any, runs: int) -> None:
 
 def run(profile: Profile, section: Section) -> Results:
     out = Results()
-    if not classbench.available():
+    found = [(seed, size) for seed, size in classbench.sets() if size in profile.classbench_sizes]
+    if not found:
         section.failures.append(
             f"ClassBench sets: none found in {classbench.DEFAULT_DIR} (set TIDEGATE_CLASSBENCH_DIR)"
         )
         return out
-    for size in profile.classbench_sizes:
-        for seed in classbench.SEEDS:
-            cols = classbench.load(seed, size)
-            result = SetResult(seed, size, len(cols))
-            out.sets.append(result)
-            try:
-                _tidegate(result, column_rules.messages(cols), profile.control_runs)
-            except Exception as exc:  # noqa: BLE001 - one set's failure is reported, the others run
-                log.exception("ClassBench %s_%d", seed, size)
-                result.refused = result.refused or f"{type(exc).__name__}: {exc}"
-            _baselines(result, cols, profile.control_runs)
+    for seed, size in found:
+        cols = classbench.load(seed, size)
+        result = SetResult(seed, size, len(cols))
+        out.sets.append(result)
+        try:
+            _tidegate(result, column_rules.messages(cols), profile.control_runs)
+        except Exception as exc:  # noqa: BLE001 - one set's failure is reported, the others run
+            log.exception("ClassBench %s_%d", seed, size)
+            result.refused = result.refused or f"{type(exc).__name__}: {exc}"
+        _baselines(result, cols, profile.control_runs)
     return out

@@ -1,6 +1,7 @@
 """Per-packet cost behind the ClassBench rule sets (part of the cost section, testbed.bench.cost).
 
-For each shipped set (acl1, fw1, ipc1) and size in the profile: the set is written to the ACL of
+For each ClassBench set found (testbed.classbench.sets: the shipped acl1, fw1 and ipc1, and any
+other seed's set put beside them) and size in the profile: the set is written to the ACL of
 one harness (compile + write timed), then probes drawn from the set's own rules (a packet at the
 low corner of a random rule: its source and destination addresses, its protocol or TCP, the low
 ends of its port ranges) run through the restoring entry: ns/packet is the mean over the probes,
@@ -39,7 +40,7 @@ VNI = 100
 OUTER = Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02") / IP(src="192.0.2.1", dst="192.0.2.2")
 TUNNEL_PORTS = (4789, 6081)
 ACL_MAPS = ("acl_rules", "acl_rule_stats", "acl_subtables", "acl_buckets")
-TARGET_SET, TARGET_SIZE, TARGET_RATIO = "fw1", 10_000, 3.0
+TARGET_FAMILY, TARGET_SIZE, TARGET_RATIO = "fw", 10_000, 3.0  # every firewall set of this size
 MiB = 1 << 20
 
 
@@ -80,15 +81,15 @@ def probes(cols: RuleColumns, count: int, seed: int) -> list[tuple[bytes, Probe]
 
 def measure(profile: Profile, overhead: float) -> list[SetResult]:
     """Every ClassBench set and size of the profile (empty without the shared data)."""
-    if not classbench.available():
+    found = [(seed, size) for seed, size in classbench.sets() if size in profile.classbench_sizes]
+    if not found:
         log.warning("ClassBench sets not found: the ClassBench rows are left out")
         return []
     h = Harness()
     try:
         h.dp.configure(RuntimeConfig(), if_mac=IF_MAC)
         h.dp.maps.put_tunnel(TunnelEntry(vni=VNI))
-        return [_one(h, profile, overhead, seed, size)
-                for size in profile.classbench_sizes for seed in classbench.SEEDS]
+        return [_one(h, profile, overhead, seed, size) for seed, size in found]
     finally:
         h.close()
 
@@ -135,14 +136,15 @@ def table(results: list[SetResult], acl1: Value | None, profile: Profile) -> Tab
 
 
 def target(results: list[SetResult], acl1: Value | None) -> Target:
-    goal = f"ClassBench {TARGET_SET} {TARGET_SIZE:,}: ≤ {TARGET_RATIO}x the cost of a 1-rule ACL"
-    found = next((r for r in results if (r.seed, r.size) == (TARGET_SET, TARGET_SIZE)), None)
-    if found is None or acl1 is None:
+    goal = (f"every ClassBench {TARGET_FAMILY} set of {TARGET_SIZE:,} rules: ≤ {TARGET_RATIO}x the cost of a "
+            "1-rule ACL")
+    found = [r for r in results if r.seed.startswith(TARGET_FAMILY) and r.size == TARGET_SIZE]
+    if not found or acl1 is None:
         return Target("ClassBench lookup", goal, "not measured in this profile", None)
-    ratio = found.net.ratio_to(acl1)
-    met = ratio.median <= TARGET_RATIO
-    why = "" if met else (f"the probes' searches probe {found.probed:.1f} subtables and check "
-                          f"{found.checked:.1f} candidates on average")
-    return Target("ClassBench lookup", goal,
-                  f"{ratio.median:.2f}x ({found.net.median:.0f} vs {acl1.median:.0f} ns)"
-                  f"{runs_meeting(ratio, lambda x: x <= TARGET_RATIO)}", met, why)
+    ratios = [(r, r.net.ratio_to(acl1)) for r in found]
+    met = all(ratio.median <= TARGET_RATIO for _, ratio in ratios)
+    why = "; ".join(f"{r.seed}'s probes probe {r.probed:.1f} subtables and check {r.checked:.1f} "
+                    "candidates on average" for r, ratio in ratios if ratio.median > TARGET_RATIO)
+    measured = "; ".join(f"{r.seed} {ratio.median:.2f}x ({r.net.median:.0f} vs {acl1.median:.0f} ns)"
+                         f"{runs_meeting(ratio, lambda x: x <= TARGET_RATIO)}" for r, ratio in ratios)
+    return Target("ClassBench lookup", goal, measured, met, why)
