@@ -2,8 +2,10 @@
 for each engine the control-plane benchmark compares: the daemon's API (AclRule messages, or one
 packed AclColumns), `iptables-restore` and `nft -f` input.
 
-Rows are in judging order; IPv4 only (what ClassBench holds). A /0 prefix and the port range
-0-65535 are written as "any" (left out), the same meaning in every engine for IPv4 packets.
+Rows are in judging order; IPv4 or IPv6 (ClassBench's IPv6 variants): iptables-restore input is
+then ip6tables-restore input, the nft table of family ip6 (inet when a set holds both). A /0
+prefix and the port range 0-65535 are written as "any" (left out), the same meaning in every
+engine for the set's packets.
 """
 
 from __future__ import annotations
@@ -22,9 +24,18 @@ PORTED = (6, 17, 132)
 
 
 def _prefixes(cols: RuleColumns, side: str) -> list[str]:
-    addr = getattr(cols, f"{side}_addr")[:, :4]
+    addr = getattr(cols, f"{side}_addr")
     length = getattr(cols, f"{side}_len").tolist()
-    return [f"{socket.inet_ntoa(a)}/{n}" if n else "" for a, n in zip(map(bytes, addr), length, strict=True)]
+    def text(a: bytes, family: int) -> str:
+        return socket.inet_ntop(socket.AF_INET6, a) if family == 6 else socket.inet_ntoa(a[:4])
+
+    return [f"{text(a, family)}/{n}" if n else ""
+            for a, n, family in zip(map(bytes, addr), length, cols.family.tolist(), strict=True)]
+
+
+def families(cols: RuleColumns) -> set[int]:
+    """The IP families the set's rules name (4, 6)."""
+    return {int(f) for f in np.unique(cols.family)} & {4, 6} or {4}
 
 
 def _ports(cols: RuleColumns, side: str) -> list[tuple[int, int] | None]:
@@ -85,7 +96,8 @@ def _range(ports: tuple[int, int], sep: str) -> str:
 
 
 def iptables_restore(cols: RuleColumns, chain: str = "PREROUTING") -> str:
-    """`iptables-restore` input: the rules in order in the raw table's `chain`."""
+    """`iptables-restore` input: the rules in order in the raw table's `chain` (for a set of IPv6
+    rules, `ip6tables-restore` input: the same syntax)."""
     lines = ["*raw", f":{chain} ACCEPT [0:0]"]
     for _id, _prio, deny, src, dst, proto, sport, dport in _rows(cols):
         parts = [f"-A {chain}"]
@@ -106,9 +118,12 @@ def iptables_restore(cols: RuleColumns, chain: str = "PREROUTING") -> str:
 def nft_chain(cols: RuleColumns, table: str) -> str:
     """`nft -f` input: table `table` with a prerouting chain (priority raw) of the rules in order."""
     body = []
-    for _id, _prio, deny, src, dst, proto, sport, dport in _rows(cols):
-        parts = [f"ip saddr {src}"] if src else []
-        parts += [f"ip daddr {dst}"] if dst else []
+    kinds = families(cols)
+    for (_id, _prio, deny, src, dst, proto, sport, dport), family in zip(_rows(cols), cols.family.tolist(),
+                                                                         strict=True):
+        ip = "ip6" if family == 6 else "ip"
+        parts = [f"{ip} saddr {src}"] if src else []
+        parts += [f"{ip} daddr {dst}"] if dst else []
         if proto in PORTED and (sport or dport):
             name = NAMES[proto]
             parts += [f"{name} sport {_range(sport, '-')}"] if sport else []
@@ -116,6 +131,7 @@ def nft_chain(cols: RuleColumns, table: str) -> str:
         elif proto is not None:
             parts.append(f"meta l4proto {proto}")
         body.append(f"    {' '.join(parts)} counter {'drop' if deny else 'accept'}")
-    head = [f"table ip {table} {{", "  chain prerouting {",
+    family_name = "inet" if len(kinds) > 1 else "ip6" if kinds == {6} else "ip"
+    head = [f"table {family_name} {table} {{", "  chain prerouting {",
             "    type filter hook prerouting priority raw; policy accept;"]
     return "\n".join([*head, *body, "  }", "}"]) + "\n"

@@ -135,7 +135,7 @@ def _tidegate(result: SetResult, messages: list[Any], runs: int) -> None:
 def _baselines(result: SetResult, cols: Any, runs: int) -> None:
     texts = {"nft -f": column_rules.nft_chain(cols, NFT_TABLE)}
     ipt = column_rules.iptables_restore(cols)
-    for label, cmd in restore_loaders():
+    for label, cmd in restore_loaders(ipv6=6 in column_rules.families(cols)):
         text = texts.get(label, ipt)
         samples = []
         for _ in range(runs):

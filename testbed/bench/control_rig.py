@@ -46,12 +46,12 @@ def channel(d: DaemonProcess) -> grpc.Channel:
     )
 
 
-def restore_loaders() -> list[tuple[str, list[str]]]:
+def restore_loaders(ipv6: bool = False) -> list[tuple[str, list[str]]]:
     """(label, command) of the rule loaders found here, input on stdin: iptables-restore,
-    iptables-legacy-restore, nft -f."""
+    iptables-legacy-restore (their ip6tables forms for IPv6 rules), nft -f."""
     found = [
         (f"{b}-restore", [f"{b}-restore"])
-        for b in ("iptables", "iptables-legacy")
+        for b in (("ip6tables", "ip6tables-legacy") if ipv6 else ("iptables", "iptables-legacy"))
         if not missing_tools(f"{b}-restore")
     ]
     if not missing_tools("nft"):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP
 from scapy.packet import Raw
@@ -64,13 +65,14 @@ def probes(cols: RuleColumns, count: int, seed: int) -> list[tuple[bytes, Probe]
     rng = np.random.default_rng(seed)
     out = []
     for i in rng.choice(len(cols), min(count, len(cols)), replace=False).tolist():
-        src = str(ipaddress.IPv4Address(bytes(cols.src_addr[i, :4])))
-        dst = str(ipaddress.IPv4Address(bytes(cols.dst_addr[i, :4])))
+        v6 = int(cols.family[i]) == 6
+        src, dst = (str(ipaddress.IPv6Address(bytes(a[i])) if v6 else ipaddress.IPv4Address(bytes(a[i, :4])))
+                    for a in (cols.src_addr, cols.dst_addr))
         proto = 6 if cols.proto_any[i] else int(cols.proto[i])
         sport, dport = int(cols.sport_lo[i]), int(cols.dport_lo[i])
         if proto == 17 and dport in TUNNEL_PORTS:
             dport += 1 if dport + 1 <= int(cols.dport_hi[i]) else 0
-        ip = IP(src=src, dst=dst, proto=proto)
+        ip = IPv6(src=src, dst=dst, nh=proto) if v6 else IP(src=src, dst=dst, proto=proto)
         l4 = {6: TCP(sport=sport, dport=dport), 17: UDP(sport=sport, dport=dport, chksum=0),
               132: SCTP(sport=sport, dport=dport)}.get(proto)
         eth = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:99")

@@ -42,5 +42,23 @@ def test_a_set_reads_in_file_order_with_ports_only_where_packets_have_them():
 
 
 def test_a_prefix_with_host_bits_is_refused_naming_its_line():
-    with pytest.raises(ValueError, match="line 2: dst prefix has host bits set"):
+    with pytest.raises(ValueError, match="line 2: dst prefix 192.0.2.1/24: not an IPv4 prefix without host"):
         classbench.parse(LINES.replace("192.0.2.0/24", "192.0.2.1/24"))
+    with pytest.raises(ValueError, match="line 1: src prefix 10.1.0.300/16"):
+        classbench.parse(LINES.replace("10.1.0.0/16", "10.1.0.300/16"))
+    with pytest.raises(ValueError, match="line 3: src prefix 2001:db8::1/32: .*host bits"):
+        classbench.parse(LINES.replace("@0.0.0.0/0\t0.0.0.0/0\t0 : 65535\t0 : 65535\t0x2F",
+                                       "@2001:db8::1/32\t::/0\t0 : 65535\t0 : 65535\t0x2F"))
+    with pytest.raises(ValueError, match="line 3: dst prefix 0.0.0.0/0: .*different families"):
+        classbench.parse(LINES.replace("@0.0.0.0/0\t0.0.0.0/0\t0 : 65535\t0 : 65535\t0x2F",
+                                       "@2001:db8::/32\t0.0.0.0/0\t0 : 65535\t0 : 65535\t0x2F"))
+
+
+def test_an_ipv6_set_reads_as_the_same_rules_of_family_6():
+    v6 = classbench.parse("@2001:db8:a::/48\t::/0\t0 : 65535\t443 : 443\t0x06/0xFF\t0x0000/0x0000\n"
+                          "@::/0\t2001:db8::5/128\t0 : 65535\t0 : 65535\t0x3A/0xFF\t0x0000/0x0000\n")
+    assert v6.family.tolist() == [6, 6]
+    assert bytes(v6.src_addr[0]) == bytes.fromhex("20010db8000a") + bytes(10)
+    assert v6.src_len.tolist() == [48, 0]
+    assert bytes(v6.dst_addr[1]) == bytes.fromhex("20010db8") + bytes(11) + b"\x05" and v6.dst_len[1] == 128
+    assert v6.proto.tolist() == [6, 58] and (int(v6.dport_lo[0]), int(v6.dport_hi[0])) == (443, 443)

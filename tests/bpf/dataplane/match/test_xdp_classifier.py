@@ -10,6 +10,7 @@ hand, the last with frames scapy builds as the real messages (echo request and r
 
 from __future__ import annotations
 
+import gzip
 import threading
 
 import numpy as np
@@ -82,6 +83,18 @@ def disagreements(dp, cols: RuleColumns, packets: list[Packet], classifiers: boo
 @pytest.mark.parametrize("seed", classbench.seeds(1_000))
 def test_classbench_1k_at_the_edges_of_every_rule(cdp, seed):
     cols = classbench.load(seed, 1_000)
+    load(cdp, cols)
+    packets = edge_probes(cols)
+    bad = disagreements(cdp, cols, packets)
+    assert not bad, f"{len(bad)} of {len(packets)} probes disagree, e.g. {bad[:3]}"
+
+
+@needs_classbench
+@pytest.mark.slow
+def test_an_ipv6_classbench_set_at_the_edges_of_every_rule(cdp):
+    text = gzip.decompress(classbench.path_of("fw1", 1_000).read_bytes()).decode()
+    cols = classbench.parse(classbench.moved_to_ipv6(text))
+    assert set(cols.family.tolist()) == {6}
     load(cdp, cols)
     packets = edge_probes(cols)
     bad = disagreements(cdp, cols, packets)
