@@ -70,4 +70,4 @@ def _prefixes(wire: Wire, field: Column) -> Addresses:
     """src or dst: an empty text is no prefix (as the messages read: `s or None`)."""
     given = field.present & (field.length > 0)
     return prefixes_in(wire.buf, field.start, np.where(given, field.length, 0), given,
-                       lambda row: wire.texts(field, np.array([row]))[0])
+                       lambda rows: wire.texts(field, rows))

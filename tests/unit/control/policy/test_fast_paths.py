@@ -18,6 +18,27 @@ ODD = ["10.0.0.0/8", "10.0.0.0/08", "10.0.0.1/8", "010.0.0.0/8", "10.0.0.0/33", 
        "10.0.0/24", "0.0.0.0/0", "255.255.255.255/32", "10.0.0.0/255.0.0.0", " 10.0.0.0/8", "10.0.0.0/8 ",
        "10.0.0.0/+8", "10.0.0.0/²", "1.2.3.4/32", "1.2.3.4/-1", "::ffff:10.0.0.0/104", "2001:db8::/32",
        "0x0a.0.0.0/8", "10.0.0.0//8", "", "/8", "10.0.0.0\x00/8", "10.0.0.0/8\x00", "10.0.0.0%eth0/8"]
+# IPv6: the column decoder reads the plain form itself (acl_decode._ipv6_quickly), the model the rest
+ODD6 = ["2001:db8::/32", "2001:DB8::/32", "2001:db8::1/32", "2001:db8::/129", "2001:db8::/032", "::/0",
+        "::/00", "::1/128", "::/128", "2001:db8:0:0:0:0:0:0/48", "2001:0db8::/32", "02001:db8::/32",
+        "2001:db8:::/32", "2001:db8::/", "2001:db8::", "fe80::%eth0/64", "fe80::/64%eth0",
+        "1:2:3:4:5:6:7:8/128", "1:2:3:4:5:6:7:8:9/128", "1::2::3/128", ":::/0", "2001:db8::/+32",
+        "2001:db8::/٣٢", "::ffff:1.2.3.4/128", "2001:db8::/32 ", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/12",
+        "ffff::/1", "8000::/1", "g::/16", "2001:db8::\x00/32"]
+
+
+def _prefixes6(rng: random.Random) -> list[str]:
+    out = []
+    for _ in range(200):
+        length = rng.randint(0, 128)
+        # few zero groups, or many
+        shape = rng.choice([(1 << 128) - 1, ((1 << 64) - 1) << 64, ((1 << 16) - 1) << 112])
+        value = rng.getrandbits(128) & shape
+        if rng.random() < 0.8:
+            value &= ~((1 << (128 - length)) - 1) & ((1 << 128) - 1)
+        address = ipaddress.IPv6Address(value)
+        out.append(f"{address.exploded if rng.random() < 0.3 else address}/{length}")
+    return out
 
 
 def _prefixes(rng: random.Random) -> list[str]:
@@ -54,7 +75,7 @@ def test_a_prefix_is_what_ipaddress_makes_of_it(text):
     assert Match.model_validate_json(Match(src=text).model_dump_json()) == Match(src=expected)
 
 
-@pytest.mark.parametrize("text", [*ODD, *_prefixes(random.Random(8))])
+@pytest.mark.parametrize("text", [*ODD, *_prefixes(random.Random(8)), *ODD6, *_prefixes6(random.Random(9))])
 def test_the_column_decoder_reads_a_prefix_as_the_model_does(text):
     """parse_prefixes (C for canonical IPv4, the model's type for the rest) gives the model's
     network, or the model's message."""
@@ -84,7 +105,7 @@ def test_a_batch_of_prefixes_reads_each_as_the_model_does(seed):
     (read character by character), each row as the model reads it alone."""
     rng = random.Random(seed)
     canonical = [t for t in _prefixes(rng) if _expected(t)[0] is not None and "/" in t]
-    mixed = [*canonical, *ODD, *(t.replace(".", "..", 1) for t in canonical[:5])]
+    mixed = [*canonical, *ODD, *(t.replace(".", "..", 1) for t in canonical[:5]), *ODD6, *_prefixes6(rng)]
     rng.shuffle(mixed)
     for texts in (canonical, mixed):
         got = parse_prefixes(texts)
