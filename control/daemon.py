@@ -45,6 +45,7 @@ from control.observe import logs, tracing
 from control.observe.event_readers import EventExporter, EventPump, default_reader_factory
 from control.observe.fanout import Fanout
 from control.rpc import stream_service
+from control.rpc.edit_priority import EditPriority
 from control.rpc.reflection import enable_reflection
 from control.rpc.request_guard import RequestGuard
 from control.rpc.service import add_services
@@ -168,7 +169,8 @@ class Daemon:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
                              interceptors=[RequestGuard()])
         names = add_services(server, self.controller,
-                             lambda names: stream_service.delivery(self.fanout, self.pump, names))
+                             lambda names: stream_service.delivery(self.fanout, self.pump, names),
+                             EditPriority(self.config.edit_priority))
         names += stream_service.add_stream_services(server, self.fanout, self.pump, self.traces,
                                                     self.stopping)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

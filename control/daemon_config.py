@@ -11,6 +11,8 @@
     detach_on_exit: false                 # keep enforcing when the daemon stops (hitless restart)
     capacities: {acl_rules: 262144, ...}  # map sizes (dataplane.kernel.build_settings.Capacities)
     log_level: info
+    edit_priority: 1                      # SCHED_FIFO priority of the thread serving a single edit
+                                          # (AddAclRule, ...); null: none (control.rpc.edit_priority)
     events:
       export: null                        # {path: /var/log/tidegate/events.jsonl}: policy events as
                                           # JSON lines ("-" = stdout); null = not exported
@@ -38,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from control.fleet.keys import DEFAULT_PREFIX, NAME_PATTERN, check_name, parse_endpoint
 from control.policy.models import describe_errors
+from control.rpc.edit_priority import DEFAULT_PRIORITY
 from dataplane.kernel.build_settings import DEFAULT_PIN_ROOT, Capacities, DataplaneSettings
 
 DEFAULT_SOCKET = Path("/run/tidegate/tidegate.sock")
@@ -276,6 +279,7 @@ class DaemonConfig(BaseModel):
     detach_on_exit: bool = False
     capacities: Capacities = Capacities()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    edit_priority: int | None = Field(default=DEFAULT_PRIORITY, ge=1, le=99)
     events: Events = Events()
     metrics: Metrics = Metrics()
     fleet: Fleet | None = None

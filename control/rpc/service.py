@@ -38,6 +38,7 @@ from control.policy import edits
 from control.policy.models import DesiredState
 from control.rpc import acl_wire, convert, request_guard, wire_scan
 from control.rpc.api import pb2, pb2_grpc
+from control.rpc.edit_priority import EditPriority
 from control.rpc.request_guard import bounded_details
 from control.rpc.status_details import abort_invalid
 
@@ -81,6 +82,18 @@ def rpc(method: F) -> F:
             if code == grpc.StatusCode.INVALID_ARGUMENT and errors:
                 abort_invalid(context, errors, bounded_details(str(exc)))  # + BadRequest details
             context.abort(code, bounded_details(str(exc)))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def single_edit(method: F) -> F:
+    """Runs a servicer method of one list edit at the edit priority (control.rpc.edit_priority):
+    decoding, programming and persisting the edit; the answer is sent after, as an ordinary task."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.priority.serving():
+            return method(self, request, context)
 
     return wrapper  # type: ignore[return-value]
 
@@ -168,8 +181,9 @@ def _policy_bytes() -> bytes | None:
 
 
 class PolicyService(pb2_grpc.PolicyServiceServicer):
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, priority: EditPriority | None = None) -> None:
         self.controller = controller
+        self.priority = priority or EditPriority(None)
 
     def _edit(self, edit: Callable[[DesiredState], DesiredState]) -> int:
         return self.controller.change(edit).generation
@@ -193,11 +207,13 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
                                      generation=state.generation)
 
     @rpc
+    @single_edit
     def AddAclRule(self, request: Any, context: grpc.ServicerContext) -> Any:
         rule = convert.validated(convert.acl_rule_from_proto, request.rule, where="rule")
         return pb2.AddAclRuleResponse(generation=self._edit(edits.Edit("add_rule", rule)))
 
     @rpc
+    @single_edit
     def DeleteAclRule(self, request: Any, context: grpc.ServicerContext) -> Any:
         generation = self._edit(edits.Edit("delete_rule", request.id))
         return pb2.DeleteAclRuleResponse(generation=generation)
@@ -209,11 +225,13 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
                                         generation=state.generation)
 
     @rpc
+    @single_edit
     def AddTunnel(self, request: Any, context: grpc.ServicerContext) -> Any:
         tunnel = convert.validated(convert.tunnel_from_proto, request.tunnel, where="tunnel")
         return pb2.AddTunnelResponse(generation=self._edit(edits.Edit("add_tunnel", tunnel)))
 
     @rpc
+    @single_edit
     def DeleteTunnel(self, request: Any, context: grpc.ServicerContext) -> Any:
         generation = self._edit(edits.Edit("delete_tunnel", request.vni))
         return pb2.DeleteTunnelResponse(generation=generation)
@@ -225,12 +243,14 @@ class PolicyService(pb2_grpc.PolicyServiceServicer):
                                        generation=state.generation)
 
     @rpc
+    @single_edit
     def AddChain(self, request: Any, context: grpc.ServicerContext) -> Any:
         chain = convert.validated(convert.service_chain_from_proto, request.chain, where="chain")
         edits.require_attached([("chain", chain)], self._attached())
         return pb2.AddChainResponse(generation=self._edit(edits.Edit("add_chain", chain)))
 
     @rpc
+    @single_edit
     def DeleteChain(self, request: Any, context: grpc.ServicerContext) -> Any:
         generation = self._edit(edits.Edit("delete_chain", request.name))
         return pb2.DeleteChainResponse(generation=generation)
@@ -279,11 +299,11 @@ class StatsService(pb2_grpc.StatsServiceServicer):
 
 
 def add_services(server: grpc.Server, controller: Controller,
-                 delivery: DeliveryReader | None = None) -> list[str]:
+                 delivery: DeliveryReader | None = None, priority: EditPriority | None = None) -> list[str]:
     """Registers the unary servicers; returns their full service names (for reflection and
     health). The streaming ones are control.rpc.stream_service's."""
     pb2_grpc.add_InterfaceServiceServicer_to_server(InterfaceService(controller), server)
-    pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(controller), server)
+    pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(controller, priority), server)
     pb2_grpc.add_StatsServiceServicer_to_server(StatsService(controller, delivery), server)
     return [pb2.DESCRIPTOR.services_by_name[n].full_name
             for n in ("InterfaceService", "PolicyService", "StatsService")]

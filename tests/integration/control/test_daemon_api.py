@@ -1,11 +1,13 @@
 """The daemon's own guarantees, against a real daemon in a namespace: a private socket, health
-and reflection, and an apply the kernel refuses part-way leaving the previous policy in force."""
+and reflection, an apply the kernel refuses part-way leaving the previous policy in force, and
+single edits served by a real-time thread."""
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -76,3 +78,64 @@ def test_a_dry_run_changes_nothing(daemon):
     assert answer.generation == before.generation
     assert list(answer.diff.acl.changed) == [1]
     assert daemon.policy.GetPolicy(pb2.GetPolicyRequest()) == before
+
+
+def _realtime_threads(pid: int) -> set[tuple[int, int]]:
+    """(thread id, SCHED_FIFO/RR priority) of the process's threads that are real-time now."""
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        policy, priority = int(fields[38]), int(fields[37])  # stat(5): policy 41, rt_priority 40
+        if policy in (os.SCHED_FIFO, os.SCHED_RR):
+            found.add((int(tid), priority))
+    return found
+
+
+def _watched(pid: int, work: Callable[[], object]) -> set[tuple[int, int]]:
+    """The real-time threads seen while `work` runs (/proc polled meanwhile)."""
+    seen: set[tuple[int, int]] = set()
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            seen.update(_realtime_threads(pid))
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        work()
+    finally:
+        done.set()
+        poller.join()
+    return seen
+
+
+def test_single_edits_alone_are_served_real_time(daemon):
+    """control.rpc.edit_priority: the thread serving AddAclRule/DeleteAclRule runs SCHED_FIFO at
+    the default edit_priority (1) while it does; a whole-policy apply does not; nothing stays so."""
+    pid = daemon.proc.pid
+    ids = range(5000, 5100)
+
+    def edits() -> None:
+        for i in ids:
+            rule = pb2.AclRule(id=i, action=pb2.ACTION_DENY, match=pb2.Match(src=f"10.77.{i % 250}.0/24"))
+            daemon.policy.AddAclRule(pb2.AddAclRuleRequest(rule=rule))
+        for i in ids:
+            daemon.policy.DeleteAclRule(pb2.DeleteAclRuleRequest(id=i))
+
+    seen = _watched(pid, edits)
+    assert seen and {priority for _, priority in seen} == {1}, seen
+    rules = [pb2.AclRule(id=i, action=pb2.ACTION_DENY, match=pb2.Match(src=f"10.{i // 250}.{i % 250}.0/24"))
+             for i in range(6000, 8000)]
+    before = daemon.policy.GetPolicy(pb2.GetPolicyRequest()).policy
+    try:
+        applied = _watched(pid, lambda: daemon.policy.ApplyPolicy(
+            pb2.ApplyPolicyRequest(policy=pb2.Policy(acl=rules))))
+    finally:
+        daemon.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=before))
+    assert applied == set(), "a whole-policy apply runs as an ordinary task"
+    assert _realtime_threads(pid) == set()

@@ -1,4 +1,4 @@
-"""The daemon's config file: the observability keys (events.export, metrics.listen)."""
+"""The daemon's config file: the observability keys (events.export, metrics.listen), edit_priority."""
 
 from __future__ import annotations
 
@@ -45,3 +45,18 @@ def test_bad_observability_keys_name_the_field(tmp_path: Path, text: str, field:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(f"{path}: {field}: "), info.value
+
+
+def test_edit_priority(tmp_path: Path) -> None:
+    """Single edits are served real-time unless told otherwise (control.rpc.edit_priority)."""
+    assert DaemonConfig().edit_priority == 1
+    assert load_config(write(tmp_path, "edit_priority: null\n")).edit_priority is None
+    assert load_config(write(tmp_path, "edit_priority: 20\n")).edit_priority == 20
+
+
+@pytest.mark.parametrize("value", ["0", "100", "high"])
+def test_a_bad_edit_priority_names_the_field(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"edit_priority: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: edit_priority: "), info.value
