@@ -57,10 +57,10 @@ class EditPriority:
         if self.priority is None or self.refused is not None:
             return None
         policy, param = os.sched_getscheduler(0), os.sched_getparam(0)  # 0: this thread
-        if policy in REALTIME:
+        if (policy & ~os.SCHED_RESET_ON_FORK) in REALTIME:
             return None
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.priority))
+        try:  # a process started meanwhile (none is, today) would start as an ordinary task
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(self.priority))
         except OSError as exc:
             with self._lock:
                 first, self.refused = self.refused is None, exc.strerror or str(exc)

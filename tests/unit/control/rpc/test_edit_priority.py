@@ -51,7 +51,8 @@ def _in_thread(fn: Callable[[], Any]) -> Any:
 
 
 def _scheduling(tid: int = 0) -> tuple[int, int]:
-    return os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
+    """(policy without SCHED_RESET_ON_FORK, real-time priority) of a thread (0: this one)."""
+    return os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(tid).sched_priority
 
 
 @needs_realtime
@@ -153,3 +154,13 @@ def test_the_warning_names_the_setting(caplog):
     assert len(caplog.records) == 1
     assert caplog.records[0].edit_priority == 0  # type: ignore[attr-defined]
     assert priority.refused
+
+
+@needs_realtime
+def test_a_process_started_during_an_edit_is_an_ordinary_task():
+    def serve() -> str:
+        with EditPriority(2).serving():
+            return subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                                  capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+    assert _in_thread(serve) == str(os.SCHED_OTHER)
