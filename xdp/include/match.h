@@ -209,12 +209,16 @@ static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 		const struct tg_subtable *st = &set->tables[i];
 
 		tg_forget();
-		if (i >= set->count || st->best > s->best)
-			break; /* what is left cannot beat the match found */
+		if (i >= set->count || st->best > s->best || !maybe)
+			break; /* what is left cannot beat the match found, or the prefilter names none of it */
 		/* Keyed and probed only when the prefilter names it (no rule of it meets the packet's
-		 * addresses otherwise); skipped like a bucket that is not there. */
+		 * addresses otherwise); skipped like a bucket that is not there. Each id is in a bank's
+		 * subtables once: its bit, once probed, is taken out of `maybe`, so the walk ends with
+		 * the last subtable the prefilter names (prefilter.py gives every id a bit). */
 		b = NULL;
 		if (st->id >= TG_SUBTABLES_MAX || maybe >> st->id & 1) {
+			if (st->id < TG_SUBTABLES_MAX)
+				maybe &= ~(1u << st->id);
 			k->src[0] = s->p.src[0] & st->src_mask[0];
 			k->src[1] = s->p.src[1] & st->src_mask[1];
 			k->dst[0] = s->p.dst[0] & st->dst_mask[0];
