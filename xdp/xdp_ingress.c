@@ -37,14 +37,14 @@ static __always_inline void tg_rewrite_inner_dmac(struct xdp_md *ctx, const stru
 static __always_inline __u32 tg_decap(struct xdp_md *ctx, const struct tg_config *cfg, struct tg_scratch *s)
 {
 	__u64 outer_bytes = ctx->data_end - ctx->data;
-	__u32 payload_end = s->payload_end, vni = s->vni;
+	__u32 payload_end = s->payload_end, counter = s->counter;
 
 	if (bpf_xdp_adjust_head(ctx, s->outer_len))
 		return TG_REASON_DROP_DECAP_FAILED;
 	/* Bytes past the outer UDP payload (its length says so) are not part of the inner frame. */
 	if (outer_bytes > payload_end && bpf_xdp_adjust_tail(ctx, -(int)(outer_bytes - payload_end)))
 		return TG_REASON_DROP_DECAP_FAILED;
-	tg_count(tunnel_stats.lookup(&vni), outer_bytes);
+	tg_count(tunnel_counters.lookup(&counter), outer_bytes);
 	tg_count_event(s->tunnel_type == TG_TUNNEL_VXLAN ? TG_EVENT_DECAP_VXLAN : TG_EVENT_DECAP_GENEVE);
 	tg_rewrite_inner_dmac(ctx, cfg);
 	s->meta_flags |= TG_META_F_DECAPPED;
@@ -69,6 +69,7 @@ static __always_inline __u32 tg_tunnel(struct xdp_md *ctx, const struct tg_confi
 	if (rc == TG_TUN_DROP)
 		return ti.reason;
 	s->vni = ti.vni;
+	s->counter = ti.counter;
 	if (rc == TG_TUN_LEAVE) {
 		s->not_ip = ti.not_ip;
 		s->fragment = ti.fragment;

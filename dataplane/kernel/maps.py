@@ -82,6 +82,9 @@ class DataplaneMaps:
 
     def __init__(self, table: Any) -> None:
         self._table = table  # name -> BCC table
+        # VNI -> its entry in tunnel_counters, read from the tunnels map when first needed (a
+        # restarted daemon finds the entries the kernel counts in); this object writes it after.
+        self._counter_of: dict[int, int] | None = None
 
     # --- config ------------------------------------------------------------------------
     def write_config(self, cfg: RuntimeConfig, if_mac: bytes) -> None:
@@ -123,24 +126,41 @@ class DataplaneMaps:
         return cfg, bytes(leaf.if_mac)
 
     # --- tunnels -----------------------------------------------------------------------
+    def _counters(self) -> dict[int, int]:
+        if self._counter_of is None:
+            self._counter_of = {k.value: v.counter for k, v in self._table("tunnels").items()}
+        return self._counter_of
+
+    def _free_counter(self) -> int:
+        """The lowest entry of tunnel_counters no tunnel holds, zeroed (a deleted tunnel's counts
+        must not carry over to the next one)."""
+        counters = self._table("tunnel_counters")
+        used = set(self._counters().values())
+        free = next((i for i in range(counters.max_entries) if i not in used), None)
+        if free is None:
+            raise ValueError(f"tunnels: {len(used)} tunnels hold every one of the {counters.max_entries} "
+                             "tunnel counters; raise capacities.tunnels or delete a tunnel first")
+        counters[counters.Key(free)] = counters.Leaf()  # a per-CPU Leaf: one zeroed counter per CPU
+        return free
+
     def put_tunnel(self, tunnel: TunnelEntry) -> None:
         t = self._table("tunnels")
-        stats = self._table("tunnel_stats")
-        try:
-            stats[stats.Key(tunnel.vni)]  # counters survive a change of the tunnel's settings
-        except KeyError:
-            stats[stats.Key(tunnel.vni)] = stats.Leaf()
+        counter = self._counters().get(tunnel.vni)
+        if counter is None:  # a tunnel's counters survive a change of its settings
+            counter = self._free_counter()
         leaf = t.Leaf()
         leaf.flags = tunnel.flags()
+        leaf.counter = counter
         t[t.Key(tunnel.vni)] = leaf
+        self._counters()[tunnel.vni] = counter
 
     def delete_tunnel(self, vni: int) -> None:
-        for name in ("tunnels", "tunnel_stats"):
-            t = self._table(name)
-            try:
-                del t[t.Key(vni)]
-            except KeyError:
-                pass
+        t = self._table("tunnels")
+        try:
+            del t[t.Key(vni)]
+        except KeyError:
+            pass
+        self._counters().pop(vni, None)
 
     def tunnels(self) -> list[TunnelEntry]:
         out = []
@@ -214,7 +234,9 @@ class DataplaneMaps:
         return int(live[live.Key(0)].value)
 
     def tunnel_counts(self) -> dict[int, Counter]:
-        return {k.value: percpu_sum(v) for k, v in self._table("tunnel_stats").items()}
+        """Packets/bytes decapped, per VNI of the tunnels configured."""
+        counters = self._table("tunnel_counters")
+        return {vni: percpu_sum(counters.getvalue(counters.Key(c))) for vni, c in self._counters().items()}
 
     def slot_counts(self, stats_map: str, slots: list[int]) -> dict[int, Counter]:
         t = self._table(stats_map)

@@ -28,10 +28,11 @@
 
 /* Runtime settings: ports, default actions, the interface MAC. */
 TG_MAP("array", __u32, struct tg_config, config, 1, 0);
-/* VNI -> which encapsulations terminate here. */
+/* VNI -> which encapsulations terminate here, and where the tunnel is counted. */
 TG_MAP("hash", __u32, struct tg_tunnel, tunnels, TG_TUNNELS_MAX, 0);
-/* VNI -> packets/bytes decapped. */
-TG_MAP("percpu_hash", __u32, struct tg_counter, tunnel_stats, TG_TUNNELS_MAX, 0);
+/* tg_tunnel.counter -> packets/bytes decapped: an array, so a decap costs one hash lookup (the
+ * tunnel's), not two. */
+TG_MAP("percpu_array", __u32, struct tg_counter, tunnel_counters, TG_TUNNELS_MAX, 0);
 /* enum tg_reason -> packets/bytes given that verdict. */
 TG_MAP("percpu_array", __u32, struct tg_counter, reason_stats, TG_REASON_MAX, 0);
 /* enum tg_event -> occurrences. */

@@ -305,7 +305,7 @@ _Static_assert(sizeof(struct tg_config) == 48, "tg_config layout");
 /* Per-VNI tunnel settings (key: __u32 VNI). */
 struct tg_tunnel {
 	__u32 flags; /* TG_TUNNEL_F_* */
-	__u32 reserved;
+	__u32 counter; /* the tunnel's entry in tunnel_counters (below TG_TUNNELS_MAX), its own */
 };
 _Static_assert(sizeof(struct tg_tunnel) == 8, "tg_tunnel layout");
 
@@ -458,7 +458,7 @@ struct tg_scratch {
 	__u8 reason;         /* XDP: enum tg_reason of the ACL verdict, while the classifiers run */
 	__u8 fragment;       /* XDP: a first fragment to a tunnel port, left to the stack to reassemble */
 	__u32 l3_off;        /* XDP: where the outer IP header starts, from the frame's start */
-	__u32 reserved;
+	__u32 counter;       /* XDP: the decapped tunnel's entry in tunnel_counters (tg_tunnel.counter) */
 	struct tg_tuple t;   /* the packet being judged, as parsed (allow_established, reject) */
 	/* search: the bucket key of the subtable being probed, here rather than on the stack: the
 	 * verifier then sees one state whether a subtable the prefilter skips was keyed or not */

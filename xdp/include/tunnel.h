@@ -65,6 +65,7 @@ enum tg_tun_result {
 
 struct tg_tunnel_info {
 	__u32 vni;
+	__u32 counter; /* TG_TUN_DECAP: the tunnel's entry in tunnel_counters */
 	__u32 outer_len;
 	__u32 payload_end; /* end of the outer UDP payload, from the frame's start */
 	__u32 reason; /* enum tg_reason, for TG_TUN_DROP */
@@ -85,8 +86,10 @@ static __always_inline int tg_tunnel_admit(const struct tg_config *cfg, struct t
 {
 	struct tg_tunnel *tun = tunnels.lookup(&ti->vni);
 
-	if (tun && (tun->flags & type_flag))
+	if (tun && (tun->flags & type_flag)) {
+		ti->counter = tun->counter;
 		return TG_TUN_DECAP;
+	}
 	if (cfg->unknown_vni_action == TG_UNKNOWN_VNI_DROP) {
 		ti->reason = TG_REASON_DROP_UNKNOWN_VNI;
 		return TG_TUN_DROP;

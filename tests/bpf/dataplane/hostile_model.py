@@ -115,7 +115,7 @@ class Expected:
     meta: bool = False  # metadata written in front of the frame
     events: Counter[abi.Event] = field(default_factory=Counter)
     policy_event: bool = False  # exactly one of POLICY_EVENTS counted
-    tunnel_bytes: int = 0  # counted under `vni` in tunnel_stats when decapped
+    tunnel_bytes: int = 0  # counted under `vni` (its tunnel_counters entry) when decapped
     judged: Tuple5 | None = None  # the tuple the ACL (or the flow table) judged
     answer: bytes | None = None  # a reject answer sent back with XDP_TX
 

@@ -74,6 +74,26 @@ def test_decap_counts_per_tunnel(tun):
     assert after.bytes - before.bytes == 2 * len(pkt)
 
 
+def test_each_tunnel_counts_apart_and_a_deleted_tunnels_counts_do_not_carry_over(tun):
+    """Tunnels count in entries of an array (tg_tunnel.counter): each its own, kept across a change
+    of the tunnel's settings, zeroed for the next tunnel when freed; a later DataplaneMaps over the
+    same maps (a restarted daemon) finds them."""
+    other = VNI + 1
+    tun.maps.put_tunnel(TunnelEntry(vni=other))
+    judge(tun, vxlan(OUTER_V4, VNI, INNER_V4))
+    judge(tun, vxlan(OUTER_V4, other, INNER_V4))
+    judge(tun, vxlan(OUTER_V4, other, INNER_V4))
+    assert {v: c.packets for v, c in tun.maps.tunnel_counts().items()} == {VNI: 1, other: 2}
+    tun.maps.put_tunnel(TunnelEntry(vni=other, geneve=False))  # settings change: counts kept
+    assert tun.maps.tunnel_counts()[other].packets == 2
+    assert type(tun.maps)(tun.program.table).tunnel_counts() == tun.maps.tunnel_counts()
+    tun.maps.delete_tunnel(other)
+    assert other not in tun.maps.tunnel_counts()
+    tun.maps.put_tunnel(TunnelEntry(vni=other + 1))  # takes the freed counter, from zero
+    judge(tun, vxlan(OUTER_V4, other + 1, INNER_V4))
+    assert {v: c.packets for v, c in tun.maps.tunnel_counts().items()} == {VNI: 1, other + 1: 1}
+
+
 def test_broadcast_inner_destination_is_not_rewritten(tun):
     inner = INNER_V4.copy()
     inner.dst = "ff:ff:ff:ff:ff:ff"
