@@ -16,7 +16,9 @@ repetition of the suite (so the ratios pair side by side):
   from its own rules, with the full pipeline (VxLAN + that ACL) beside;
 - where the ACL probe's ns go (testbed.bench.cost_profile): the program built with one part taken
   out at a time (the policy event, the search's mark, the judge stage, the tail call), at 1 rule
-  and at 1,000, the differences per run attributing the cost.
+  and at 1,000, the differences per run attributing the cost; and the same for the full
+  pipeline's packet (the tunnels lookup, the tunnel's counter, next_program, the hand-over, the
+  ACL's search, the rest of the judge).
 
 Tidegate rows run through the restoring harness (testbed.bench.programs) so every repetition
 sees the original packet; its own cost, measured as the harness around `return XDP_PASS`
@@ -38,6 +40,7 @@ from scapy.packet import Packet
 from dataplane.acl import classifier
 from dataplane.kernel.testrun import run_xdp
 from dataplane.map_config import RuntimeConfig, TunnelEntry
+from dataplane.match.adapter import MatchRule
 from dataplane.match.explain import Probe, Searcher
 from testbed.bench import cost_classbench, cost_profile, rules
 from testbed.bench.common import (
@@ -102,6 +105,7 @@ class Bench:
         self.acl: dict[int, Harness] = {}
         self.rulesets: dict[int, list[rules.RuleSpec]] = {}
         self.write_seconds: dict[int, float] = {}
+        self.classifiers: list[MatchRule] = []
 
     def close(self) -> None:
         self.noop.close()
@@ -151,6 +155,7 @@ class Bench:
             )
         )
         h.dp.classifiers.replace(cls)
+        self.classifiers = cls
 
     def cases(self) -> list[Case]:
         plain = frame(rules.PROBE)
@@ -202,6 +207,12 @@ class Bench:
             )
         )
         return out
+
+    def full_setup(self) -> cost_profile.FullSetup:
+        largest = max(self.acl)
+        return cost_profile.FullSetup([r.match_rule() for r in self.rulesets[largest]], self.classifiers, VNI,
+                                      vxlan(OUTER, VNI, frame(FULL_FLOW)),
+                                      f"VxLAN + ACL {largest:,} + classifiers, allowed")
 
     def verify(self, cases: list[Case]) -> None:
         """Each case does what its label says, once, through the plain entry."""
@@ -274,6 +285,8 @@ def run(profile: Profile) -> Section:
         bench.section.tables.append(search_table)
         bench.section.tables.append(cost_profile.measure(bench.profile, bench.rulesets, frame(rules.PROBE),
                                                          IF_MAC, bench.noop.fd))
+        bench.section.tables.append(cost_profile.measure_full(bench.profile, bench.full_setup(), IF_MAC,
+                                                              bench.noop.fd))
         sets = cost_classbench.measure(bench.profile, measured.overhead.median)
         acl1 = next((measured.net[c.label] for c in cases if c.acl_size == min(bench.acl)), None)
         if sets:
@@ -378,5 +391,6 @@ def _full_target(cases: list[Case], m: Measured) -> Target:
         f"The floor is BPF_PROG_TEST_RUN's own loop around `return XDP_PASS`: {TARGET_FULL_RATIO:g}x it is "
         f"{TARGET_FULL_RATIO * m.floor.median:.0f} ns. The pipeline's parts in this run: "
         + "; ".join(f"{label} {_fmt(v)}" for label, v in parts.items())
-        + " (each with the parse); the profile table below says where the ACL probe's nanoseconds go.")
+        + " (each with the parse); the profile tables below say where the ACL probe's and the full "
+        "pipeline's nanoseconds go.")
     return Target("Full pipeline", goal, measured, met, explanation)
