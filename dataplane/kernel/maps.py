@@ -77,14 +77,39 @@ def _addr(raw: bytes, family: int) -> IpAddress:
     return ipaddress.IPv6Address(raw)
 
 
+@dataclass(frozen=True)
+class _Way:
+    """Where a tunnel sits in the tunnels map, and what the way holds."""
+
+    bucket: int
+    way: int
+    flags: int
+    counter: int
+
+
+_U32 = 0xFFFFFFFF
+
+
+def tunnel_bucket(vni: int, second: int, buckets: int) -> int:
+    """Bucket `second` (0 or 1) of a VNI: xdp/include/tunnel.h's tg_tunnel_bucket, murmur3's
+    32-bit finaliser modulo the bucket count."""
+    h = vni | (abi.define("TG_TUNNEL_SECOND") if second else 0)
+    h ^= h >> 16
+    h = (h * abi.define("TG_TUNNEL_MIX1")) & _U32
+    h ^= h >> 13
+    h = (h * abi.define("TG_TUNNEL_MIX2")) & _U32
+    h ^= h >> 16
+    return h % buckets
+
+
 class DataplaneMaps:
     """The config, tunnel and counter maps of one loaded data plane."""
 
     def __init__(self, table: Any) -> None:
         self._table = table  # name -> BCC table
-        # VNI -> its entry in tunnel_counters, read from the tunnels map when first needed (a
-        # restarted daemon finds the entries the kernel counts in); this object writes it after.
-        self._counter_of: dict[int, int] | None = None
+        # VNI -> its way of the tunnels map and its settings, read from the map when first needed
+        # (a restarted daemon finds the tunnels the kernel holds); this object writes it after.
+        self._ways: dict[int, _Way] | None = None
 
     # --- config ------------------------------------------------------------------------
     def write_config(self, cfg: RuntimeConfig, if_mac: bytes) -> None:
@@ -126,16 +151,19 @@ class DataplaneMaps:
         return cfg, bytes(leaf.if_mac)
 
     # --- tunnels -----------------------------------------------------------------------
-    def _counters(self) -> dict[int, int]:
-        if self._counter_of is None:
-            self._counter_of = {k.value: v.counter for k, v in self._table("tunnels").items()}
-        return self._counter_of
+    def _tunnel_ways(self) -> dict[int, _Way]:
+        if self._ways is None:
+            used = abi.define("TG_TUNNEL_KEY_USED")
+            self._ways = {way.key & ~used: _Way(k.value, w, way.flags, way.counter)
+                          for k, leaf in self._table("tunnels").items()
+                          for w, way in enumerate(leaf.ways) if way.key & used}
+        return self._ways
 
     def _free_counter(self) -> int:
         """The lowest entry of tunnel_counters no tunnel holds, zeroed (a deleted tunnel's counts
         must not carry over to the next one)."""
         counters = self._table("tunnel_counters")
-        used = set(self._counters().values())
+        used = {w.counter for w in self._tunnel_ways().values()}
         free = next((i for i in range(counters.max_entries) if i not in used), None)
         if free is None:
             raise ValueError(f"tunnels: {len(used)} tunnels hold every one of the {counters.max_entries} "
@@ -143,36 +171,49 @@ class DataplaneMaps:
         counters[counters.Key(free)] = counters.Leaf()  # a per-CPU Leaf: one zeroed counter per CPU
         return free
 
-    def put_tunnel(self, tunnel: TunnelEntry) -> None:
+    def _free_way(self, vni: int) -> tuple[int, int]:
+        """The first free way of the VNI's two buckets (tidegate_abi.h, struct tg_tunnel_bucket)."""
         t = self._table("tunnels")
-        counter = self._counters().get(tunnel.vni)
-        if counter is None:  # a tunnel's counters survive a change of its settings
-            counter = self._free_counter()
-        leaf = t.Leaf()
-        leaf.flags = tunnel.flags()
-        leaf.counter = counter
-        t[t.Key(tunnel.vni)] = leaf
-        self._counters()[tunnel.vni] = counter
+        taken = {(w.bucket, w.way) for w in self._tunnel_ways().values()}
+        for second in (0, 1):
+            bucket = tunnel_bucket(vni, second, t.max_entries)
+            for way in range(abi.define("TG_TUNNEL_WAYS")):
+                if (bucket, way) not in taken:
+                    return bucket, way
+        raise ValueError(f"tunnels: no room for VNI {vni}: both of its buckets are full (a rare clash of "
+                         "VNIs); raise capacities.tunnels for more buckets")
+
+    def _write_way(self, w: _Way, key: int) -> None:
+        t = self._table("tunnels")
+        leaf = t[t.Key(w.bucket)]
+        way = leaf.ways[w.way]
+        way.key, way.flags, way.counter = key, w.flags, w.counter
+        t[t.Key(w.bucket)] = leaf
+
+    def put_tunnel(self, tunnel: TunnelEntry) -> None:
+        ways = self._tunnel_ways()
+        old = ways.get(tunnel.vni)
+        key = tunnel.vni | abi.define("TG_TUNNEL_KEY_USED")
+        if old is not None:  # a tunnel's counters survive a change of its settings
+            new = _Way(old.bucket, old.way, tunnel.flags(), old.counter)
+            self._write_way(new, key)
+        else:
+            bucket, way = self._free_way(tunnel.vni)
+            new = _Way(bucket, way, tunnel.flags(), self._free_counter())
+            self._write_way(new, 0)  # settings first, the key after: no search sees half a way
+            self._write_way(new, key)
+        ways[tunnel.vni] = new
 
     def delete_tunnel(self, vni: int) -> None:
-        t = self._table("tunnels")
-        try:
-            del t[t.Key(vni)]
-        except KeyError:
-            pass
-        self._counters().pop(vni, None)
+        w = self._tunnel_ways().pop(vni, None)
+        if w is not None:
+            self._write_way(w, 0)  # the key first: no search finds it from here on
+            self._write_way(_Way(w.bucket, w.way, 0, 0), 0)
 
     def tunnels(self) -> list[TunnelEntry]:
-        out = []
-        for key, leaf in self._table("tunnels").items():
-            out.append(
-                TunnelEntry(
-                    vni=key.value,
-                    vxlan=bool(leaf.flags & abi.define("TG_TUNNEL_F_VXLAN")),
-                    geneve=bool(leaf.flags & abi.define("TG_TUNNEL_F_GENEVE")),
-                )
-            )
-        return sorted(out, key=lambda t: t.vni)
+        vxlan, geneve = abi.define("TG_TUNNEL_F_VXLAN"), abi.define("TG_TUNNEL_F_GENEVE")
+        return [TunnelEntry(vni=vni, vxlan=bool(w.flags & vxlan), geneve=bool(w.flags & geneve))
+                for vni, w in sorted(self._tunnel_ways().items())]
 
     # --- counters ----------------------------------------------------------------------
     def _array_counts(self, name: str, size: int) -> list[Counter]:
@@ -236,7 +277,8 @@ class DataplaneMaps:
     def tunnel_counts(self) -> dict[int, Counter]:
         """Packets/bytes decapped, per VNI of the tunnels configured."""
         counters = self._table("tunnel_counters")
-        return {vni: percpu_sum(counters.getvalue(counters.Key(c))) for vni, c in self._counters().items()}
+        return {vni: percpu_sum(counters.getvalue(counters.Key(w.counter)))
+                for vni, w in self._tunnel_ways().items()}
 
     def slot_counts(self, stats_map: str, slots: list[int]) -> dict[int, Counter]:
         t = self._table(stats_map)

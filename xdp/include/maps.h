@@ -28,8 +28,9 @@
 
 /* Runtime settings: ports, default actions, the interface MAC. */
 TG_MAP("array", __u32, struct tg_config, config, 1, 0);
-/* VNI -> which encapsulations terminate here, and where the tunnel is counted. */
-TG_MAP("hash", __u32, struct tg_tunnel, tunnels, TG_TUNNELS_MAX, 0);
+/* Bucket -> the tunnels (VNIs) in it: which encapsulations terminate here, and where each is
+ * counted (tidegate_abi.h, struct tg_tunnel_bucket). */
+TG_MAP("array", __u32, struct tg_tunnel_bucket, tunnels, TG_TUNNEL_BUCKETS, 0);
 /* tg_tunnel.counter -> packets/bytes decapped: an array, so a decap costs one hash lookup (the
  * tunnel's), not two. */
 TG_MAP("percpu_array", __u32, struct tg_counter, tunnel_counters, TG_TUNNELS_MAX, 0);

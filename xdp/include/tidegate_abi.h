@@ -302,12 +302,36 @@ struct tg_config {
 };
 _Static_assert(sizeof(struct tg_config) == 48, "tg_config layout");
 
-/* Per-VNI tunnel settings (key: __u32 VNI). */
+/*
+ * The tunnels terminated here (the tunnels map): an array of TG_TUNNEL_BUCKETS buckets of
+ * TG_TUNNEL_WAYS ways each, read by the program without a hash map's call. A VNI lives in a way
+ * of one of its two buckets, tg_tunnel_bucket(vni, 0) or (vni, 1) (murmur3's 32-bit finaliser of
+ * the VNI, and of the VNI with bit TG_TUNNEL_SECOND set, modulo the bucket count), so a lookup
+ * reads at most two array entries. User space (dataplane/kernel/maps.py, the same hash) puts a
+ * new VNI in the first free way of either; with four times as many ways as tunnels, both being
+ * full is refused (naming the VNI) and does not happen in practice. A way is taken when its key
+ * holds the VNI with TG_TUNNEL_KEY_USED: written after the rest of the way (and cleared first),
+ * so that a search never reads a key with another tunnel's settings.
+ */
+#define TG_TUNNEL_WAYS 4
+#define TG_TUNNEL_BUCKETS TG_TUNNELS_MAX
+#define TG_TUNNEL_SECOND 0x1000000     /* above every VNI: the second bucket's hash input */
+#define TG_TUNNEL_KEY_USED 0x80000000  /* in tg_tunnel.key: a taken way (every VNI is below it) */
+#define TG_TUNNEL_MIX1 0x85ebca6b      /* murmur3 fmix32's multipliers */
+#define TG_TUNNEL_MIX2 0xc2b2ae35
+
+/* One way: a tunnel's settings. */
 struct tg_tunnel {
-	__u32 flags; /* TG_TUNNEL_F_* */
+	__u32 key;     /* the VNI | TG_TUNNEL_KEY_USED; 0: a free way */
+	__u32 flags;   /* TG_TUNNEL_F_* */
 	__u32 counter; /* the tunnel's entry in tunnel_counters (below TG_TUNNELS_MAX), its own */
 };
-_Static_assert(sizeof(struct tg_tunnel) == 8, "tg_tunnel layout");
+_Static_assert(sizeof(struct tg_tunnel) == 12, "tg_tunnel layout");
+
+struct tg_tunnel_bucket {
+	struct tg_tunnel ways[TG_TUNNEL_WAYS];
+};
+_Static_assert(sizeof(struct tg_tunnel_bucket) == 12 * TG_TUNNEL_WAYS, "tg_tunnel_bucket layout");
 
 struct tg_counter {
 	__u64 packets;

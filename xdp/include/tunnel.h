@@ -80,11 +80,42 @@ static __always_inline __u32 tg_vni(const __u8 *vni)
 	return ((__u32)vni[0] << TG_VNI_SHIFT_HI) | ((__u32)vni[1] << TG_VNI_SHIFT_MID) | vni[2];
 }
 
+/* Bucket `second` (0 or 1) of a VNI (tidegate_abi.h: murmur3's finaliser, modulo the buckets). */
+static __always_inline __u32 tg_tunnel_bucket(__u32 vni, __u32 second)
+{
+	__u32 h = vni | (second ? TG_TUNNEL_SECOND : 0);
+
+	h ^= h >> 16;
+	h *= TG_TUNNEL_MIX1;
+	h ^= h >> 13;
+	h *= TG_TUNNEL_MIX2;
+	h ^= h >> 16;
+	return h % TG_TUNNEL_BUCKETS;
+}
+
+/* The way holding `vni`, or NULL: its two buckets' ways, compared in turn. */
+static __always_inline struct tg_tunnel *tg_tunnel_find(__u32 vni)
+{
+	__u32 key = vni | TG_TUNNEL_KEY_USED, i, w, b;
+	struct tg_tunnel_bucket *tb;
+
+	for (i = 0; i < 2; i++) {
+		b = tg_tunnel_bucket(vni, i);
+		tb = tunnels.lookup(&b);
+		if (!tb)
+			continue; /* unreachable: the modulo keeps it inside the array */
+		for (w = 0; w < TG_TUNNEL_WAYS; w++)
+			if (tb->ways[w].key == key)
+				return &tb->ways[w];
+	}
+	return NULL;
+}
+
 /* Unknown VNI, or a VNI not configured for this encapsulation. */
 static __always_inline int tg_tunnel_admit(const struct tg_config *cfg, struct tg_tunnel_info *ti,
 					   __u32 type_flag)
 {
-	struct tg_tunnel *tun = tunnels.lookup(&ti->vni);
+	struct tg_tunnel *tun = tg_tunnel_find(ti->vni);
 
 	if (tun && (tun->flags & type_flag)) {
 		ti->counter = tun->counter;

@@ -20,7 +20,7 @@ EXPECTED_LAYOUTS = {
     "config": (4, None, 48, ["flags", "vxlan_port", "geneve_port", "unknown_vni_action",
                              "default_action", "if_mac", "event_rate", "event_burst", "ct_tcp_s",
                              "ct_tcp_closing_s", "ct_udp_s", "ct_icmp_s", "reject_rate", "reject_burst"]),
-    "tunnels": (4, None, 8, ["flags", "counter"]),
+    "tunnels": (4, None, 48, ["ways"]),
     "tunnel_counters": (4, None, 16, ["packets", "bytes"]),
     # The classifier (docs/classifier.md); both tables have the same layouts.
     "match_bank": (4, None, 4, None),
@@ -67,7 +67,7 @@ def test_bcc_layout_matches_header(loaded_dataplane, name):
 
 
 # map -> (struct of its key or None, struct of its leaf or None): checked field by field below.
-STRUCTS = {"config": (None, "tg_config"), "tunnels": (None, "tg_tunnel"),
+STRUCTS = {"config": (None, "tg_config"), "tunnels": (None, "tg_tunnel_bucket"),
            "match_scratch": (None, "tg_scratch"), "acl_subtables": (None, "tg_subtables"),
            "acl_buckets": ("tg_bucket_key", "tg_bucket"),
            "acl_rules": (None, "tg_rule"), "policy_events": (None, "tg_event_record"),

@@ -94,6 +94,31 @@ def test_each_tunnel_counts_apart_and_a_deleted_tunnels_counts_do_not_carry_over
     assert {v: c.packets for v, c in tun.maps.tunnel_counts().items()} == {VNI: 1, other + 1: 1}
 
 
+def test_every_configured_vni_is_found_and_no_other(dp):
+    """The tunnels map is a table of buckets the program and user space both hash into
+    (tidegate_abi.h, struct tg_tunnel_bucket): VNIs from across the 24 bits, sequential runs and
+    ones differing only in high bits, each decapped; their neighbours are unknown."""
+    vnis = sorted({*range(1000, 1064), *(i << 16 for i in range(1, 64)), *(i << 20 | 7 for i in range(16)),
+                   abi.VNI_MAX, 0})
+    for vni in vnis:
+        dp.maps.put_tunnel(TunnelEntry(vni=vni))
+    assert [t.vni for t in dp.maps.tunnels()] == vnis
+    dp.configure(RuntimeConfig(unknown_vni_action="drop"), if_mac=IF_MAC)
+    for vni in vnis:
+        assert judge(dp, vxlan(OUTER_V4, vni, INNER_V4)).reason == abi.Reason.PASS_DEFAULT, vni
+    for vni in (1064, 999, 3 << 16 | 1, abi.VNI_MAX - 1):
+        assert judge(dp, vxlan(OUTER_V4, vni, INNER_V4)).reason == abi.Reason.DROP_UNKNOWN_VNI, vni
+
+
+def test_a_full_tunnel_table_of_sequential_vnis_fits(dp):
+    """As many tunnels as the capacity (sequential VNIs, the usual numbering) find room."""
+    capacity = dp.program.table("tunnel_counters").max_entries
+    for vni in range(5000, 5000 + capacity):
+        dp.maps.put_tunnel(TunnelEntry(vni=vni))
+    assert len(dp.maps.tunnels()) == capacity
+    assert judge(dp, vxlan(OUTER_V4, 5000 + capacity - 1, INNER_V4)).reason == abi.Reason.PASS_DEFAULT
+
+
 def test_broadcast_inner_destination_is_not_rewritten(tun):
     inner = INNER_V4.copy()
     inner.dst = "ff:ff:ff:ff:ff:ff"
