@@ -31,8 +31,8 @@ TG_MAP("array", __u32, struct tg_config, config, 1, 0);
 /* Bucket -> the tunnels (VNIs) in it: which encapsulations terminate here, and where each is
  * counted (tidegate_abi.h, struct tg_tunnel_bucket). */
 TG_MAP("array", __u32, struct tg_tunnel_bucket, tunnels, TG_TUNNEL_BUCKETS, 0);
-/* tg_tunnel.counter -> packets/bytes decapped: an array, so a decap costs one hash lookup (the
- * tunnel's), not two. */
+/* tg_tunnel.counter -> packets/bytes decapped: an array entry of the tunnel's own, so a decap
+ * counts without a lookup by VNI. */
 TG_MAP("percpu_array", __u32, struct tg_counter, tunnel_counters, TG_TUNNELS_MAX, 0);
 /* enum tg_reason -> packets/bytes given that verdict. */
 TG_MAP("percpu_array", __u32, struct tg_counter, reason_stats, TG_REASON_MAX, 0);

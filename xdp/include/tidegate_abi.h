@@ -310,8 +310,10 @@ _Static_assert(sizeof(struct tg_config) == 48, "tg_config layout");
  * reads at most two array entries. User space (dataplane/kernel/maps.py, the same hash) puts a
  * new VNI in the first free way of either; with four times as many ways as tunnels, both being
  * full is refused (naming the VNI) and does not happen in practice. A way is taken when its key
- * holds the VNI with TG_TUNNEL_KEY_USED: written after the rest of the way (and cleared first),
- * so that a search never reads a key with another tunnel's settings.
+ * holds the VNI with TG_TUNNEL_KEY_USED: written after the rest of the way, and cleared first
+ * when the tunnel goes, so that a search finding a key reads that tunnel's settings (an array
+ * entry is never freed: at worst a search stalled between its reads, while the way is emptied
+ * and given to another VNI, counts one packet under that tunnel).
  */
 #define TG_TUNNEL_WAYS 4
 #define TG_TUNNEL_BUCKETS TG_TUNNELS_MAX
