@@ -95,28 +95,29 @@ def _addresses(texts: npt.NDArray[Any], length: npt.NDArray[np.int64], v6: npt.N
     """(n, 16) address bytes of one side (IPv4 in the first four); a bad address, a prefix
     length past the family's or host bits set are refused naming the line."""
     out = np.zeros((len(texts), 16), dtype=np.uint8)
-    for row in np.flatnonzero(v6 | (length > 32)).tolist():
+
+    def exact(row: int) -> None:  # one prefix through ipaddress, which says what is wrong
         try:
             net = ipaddress.ip_network(f"{texts[row]}/{length[row]}", strict=True)
             if (net.version == 6) != bool(v6[row]):
                 raise ValueError("the two prefixes of a rule are of different families")
         except ValueError as exc:
-            raise ValueError(f"line {row + 1}: {side} prefix {texts[row]}/{length[row]}: {exc}") from None
+            why = f"{exc}" if v6[row] else f"not an IPv4 prefix without host bits ({exc})"
+            raise ValueError(f"line {row + 1}: {side} prefix {texts[row]}/{length[row]}: {why}") from None
         out[row, : len(net.network_address.packed)] = np.frombuffer(net.network_address.packed, np.uint8)
+
     four = np.flatnonzero(~v6 & (length <= 32))
-    if four.size:
-        try:
-            quads = np.array([t.split(".") for t in texts[four]], dtype=np.int64).reshape(-1, 4)
-        except ValueError:
-            quads = np.full((len(four), 4), 256, dtype=np.int64)
-        bad = (quads > 255).any(axis=1) | (quads < 0).any(axis=1)
+    try:  # dotted quads of plain IPv4 prefixes, all at once
+        quads = np.array([t.split(".") for t in texts[four]], dtype=np.int64).reshape(-1, 4)
+    except ValueError:  # some text is not four numbers: every row the exact way
+        quads = None
+    if quads is not None:
         value = (quads[:, 0] << 24) | (quads[:, 1] << 16) | (quads[:, 2] << 8) | quads[:, 3]
-        bad |= (value & ((1 << (32 - length[four])) - 1)) != 0
-        if bad.any():
-            row = int(four[np.flatnonzero(bad)[0]])
-            raise ValueError(f"line {row + 1}: {side} prefix {texts[row]}/{length[row]}: not an IPv4 prefix "
-                             "without host bits")
-        out[four, :4] = quads.astype(np.uint8)
+        good = ((quads >= 0) & (quads <= 255)).all(axis=1) & ((value & ((1 << (32 - length[four])) - 1)) == 0)
+        out[four[good], :4] = quads[good].astype(np.uint8)
+        four = four[~good]
+    for row in sorted([*np.flatnonzero(v6 | (length > 32)).tolist(), *four.tolist()]):
+        exact(row)
     return out
 
 

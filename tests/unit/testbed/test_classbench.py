@@ -46,6 +46,8 @@ def test_a_prefix_with_host_bits_is_refused_naming_its_line():
         classbench.parse(LINES.replace("192.0.2.0/24", "192.0.2.1/24"))
     with pytest.raises(ValueError, match="line 1: src prefix 10.1.0.300/16"):
         classbench.parse(LINES.replace("10.1.0.0/16", "10.1.0.300/16"))
+    with pytest.raises(ValueError, match="line 2: dst prefix 192.0.2/24"):  # not four numbers: its own line
+        classbench.parse(LINES.replace("192.0.2.0/24", "192.0.2/24"))
     with pytest.raises(ValueError, match="line 3: src prefix 2001:db8::1/32: .*host bits"):
         classbench.parse(LINES.replace("@0.0.0.0/0\t0.0.0.0/0\t0 : 65535\t0 : 65535\t0x2F",
                                        "@2001:db8::1/32\t::/0\t0 : 65535\t0 : 65535\t0x2F"))
