@@ -270,11 +270,9 @@ def build_bank(cols: RuleColumns, slots: npt.NDArray[np.uint32], assignment: tp.
     subtables["tables"][0, : len(tables)] = tables[by_best]
     keys_all = np.concatenate(key_parts) if key_parts else empty_keys()
     buckets_all = np.concatenate(bucket_parts) if bucket_parts else np.zeros(0, dtype=BUCKET)
-    placed = assignment.table_of >= 0  # a shadowed rule has no bucket, nor prefilter bits
-    held = cols.take(placed)
-    runs = pf.rule_blocks(held.src_addr, held.src_len, held.dst_addr, held.dst_len, held.family)
-    return Bank(number, subtables, keys_all, buckets_all, len(tables),
-                pf.entries(runs, assignment.table_of[placed]))
+    runs = pf.rule_blocks(cols.src_addr, cols.src_len, cols.dst_addr, cols.dst_len, cols.family)
+    # a shadowed rule (table_of -1) has no bucket, and entries() gives it no bits
+    return Bank(number, subtables, keys_all, buckets_all, len(tables), pf.entries(runs, assignment.table_of))
 
 
 def _group(keys: Array) -> tuple[Array, npt.NDArray[np.intp], npt.NDArray[np.intp]]:

@@ -131,8 +131,9 @@ def entries(runs: npt.NDArray[np.int64], ids: npt.NDArray[Any]) -> npt.NDArray[n
     """(BLOCKS,) entries of a bank, from its rules' runs (rule_blocks, record_blocks) and each
     one's subtable id (-1: none)."""
     out = np.zeros(BLOCKS, dtype=ENTRY)
-    placed = np.asarray(ids) >= 0  # -1: in no subtable (shadowed), so no bits
-    runs, ids = runs[placed], np.asarray(ids)[placed]
+    ids = np.asarray(ids)
+    if (ids < 0).any():  # -1: in no subtable (shadowed), so no bits
+        runs, ids = runs[ids >= 0], ids[ids >= 0]
     for f in range(FIELDS):
         out |= field_bits(runs[:, f, 0], runs[:, f, 1], ids).astype(ENTRY) << np.uint64(SHIFTS[f])
     return out
@@ -256,11 +257,10 @@ def live_ids(slots: npt.NDArray[Any], keys: npt.NDArray[Any], buckets: npt.NDArr
     counts = buckets["count"].astype(np.int64)
     held = np.arange(buckets["slots"].shape[1])[None, :] < counts[:, None]
     in_buckets = buckets["slots"][held].astype(np.int64)
+    wanted = np.asarray(slots, dtype=np.int64)
+    if not len(in_buckets):
+        return np.full(len(wanted), -1, dtype=np.int64)
     ids = np.repeat(keys["table"].astype(np.int64), counts)
     order = np.argsort(in_buckets)
-    wanted = np.asarray(slots, dtype=np.int64)
-    at = np.minimum(np.searchsorted(in_buckets, wanted, sorter=order), max(len(order) - 1, 0))
-    if not len(order):
-        return np.full(len(wanted), -1, dtype=np.int64)
-    found = order[at]
+    found = order[np.minimum(np.searchsorted(in_buckets, wanted, sorter=order), len(order) - 1)]
     return np.where(in_buckets[found] == wanted, ids[found], -1)
