@@ -78,15 +78,19 @@ def disagreements(dp, cols: RuleColumns, packets: list[Packet], classifiers: boo
     return out
 
 
+def agree_at_every_edge(dp, cols: RuleColumns) -> None:  # noqa: ANN001
+    """The set loaded, the program and the reference agree on every rule's edge probes."""
+    load(dp, cols)
+    packets = edge_probes(cols)
+    bad = disagreements(dp, cols, packets)
+    assert not bad, f"{len(bad)} of {len(packets)} probes disagree, e.g. {bad[:3]}"
+
+
 @needs_classbench
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", classbench.seeds(1_000))
 def test_classbench_1k_at_the_edges_of_every_rule(cdp, seed):
-    cols = classbench.load(seed, 1_000)
-    load(cdp, cols)
-    packets = edge_probes(cols)
-    bad = disagreements(cdp, cols, packets)
-    assert not bad, f"{len(bad)} of {len(packets)} probes disagree, e.g. {bad[:3]}"
+    agree_at_every_edge(cdp, classbench.load(seed, 1_000))
 
 
 @needs_classbench
@@ -95,10 +99,7 @@ def test_an_ipv6_classbench_set_at_the_edges_of_every_rule(cdp):
     text = gzip.decompress(classbench.path_of("fw1", 1_000).read_bytes()).decode()
     cols = classbench.parse(classbench.moved_to_ipv6(text))
     assert set(cols.family.tolist()) == {6}
-    load(cdp, cols)
-    packets = edge_probes(cols)
-    bad = disagreements(cdp, cols, packets)
-    assert not bad, f"{len(bad)} of {len(packets)} probes disagree, e.g. {bad[:3]}"
+    agree_at_every_edge(cdp, cols)
 
 
 @needs_classbench
