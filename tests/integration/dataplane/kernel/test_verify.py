@@ -10,6 +10,7 @@ import struct
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,27 @@ def plane(bpf_available: None) -> Iterator[tuple[Namespace, Dataplane]]:
         yield link.ns, dp
 
 
+@dataclass(frozen=True)
+class Foreign:
+    """A map of someone else's, and the path of a pin of it that a test may make beside the
+    pin directory (removed, with the map's fd, whatever the test did)."""
+
+    path: Path  # the data plane's pin of MAP, which the tests replace
+    fd: int
+    spare: Path
+
+
+@pytest.fixture
+def foreign(plane: tuple[Namespace, Dataplane]) -> Iterator[Foreign]:
+    path = plane[1].program.pin_dir / MAP
+    other = Foreign(path, new_map(), path.parent.parent / f"tg_test_spare-{os.getpid()}")
+    try:
+        yield other
+    finally:
+        os.close(other.fd)
+        other.spare.unlink(missing_ok=True)
+
+
 @contextmanager
 def passes_then(ns: Namespace, dp: Dataplane) -> Iterator[None]:
     """Checks twice (the memo warm), then lets the body change something behind its back."""
@@ -89,54 +111,42 @@ def test_a_program_loaded_since_the_last_check_that_uses_our_maps_is_found(plane
         dp.verify()  # gone: passes
 
 
-def test_a_pin_replaced_since_the_last_check_is_found(plane):
+def test_a_pin_replaced_since_the_last_check_is_found(plane, foreign):
     ns, dp = plane
-    path = dp.program.pin_dir / MAP
-    other = new_map()
-    spare = path.parent.parent / f"tg_test_spare-{os.getpid()}"
-    try:
-        with passes_then(ns, dp):
-            path.unlink()
-            pin(other, path)
-        with ns.enter(), pytest.raises(Mismatch, match=f"{path} is map id .*which the attached programs"):
-            dp.verify()
+    path, other, spare = foreign.path, foreign.fd, foreign.spare
+    with passes_then(ns, dp):
         path.unlink()
-        pin(dp.program.map_fd(MAP), path)  # ours again
-        with ns.enter():
-            dp.verify()
-        # renamed over: another pin moved onto the name (from outside the directory: a pin there
-        # that is not in use is a mismatch of its own)
-        pin(other, spare)
-        with passes_then(ns, dp):
-            os.rename(spare, path)
-        with ns.enter(), pytest.raises(Mismatch, match=f"{path} is map id"):
-            dp.verify()
-        path.unlink()
-        pin(dp.program.map_fd(MAP), path)
-        with ns.enter():
-            dp.verify()
-    finally:
-        os.close(other)
-        spare.unlink(missing_ok=True)
+        pin(other, path)
+    with ns.enter(), pytest.raises(Mismatch, match=f"{path} is map id .*which the attached programs"):
+        dp.verify()
+    path.unlink()
+    pin(dp.program.map_fd(MAP), path)  # ours again
+    with ns.enter():
+        dp.verify()
+    # renamed over: another pin moved onto the name (from outside the directory: a pin there
+    # that is not in use is a mismatch of its own)
+    pin(other, spare)
+    with passes_then(ns, dp):
+        os.rename(spare, path)
+    with ns.enter(), pytest.raises(Mismatch, match=f"{path} is map id"):
+        dp.verify()
+    path.unlink()
+    pin(dp.program.map_fd(MAP), path)
+    with ns.enter():
+        dp.verify()
 
 
-def test_a_map_mounted_over_a_pin_since_the_last_check_is_found(plane):
+def test_a_map_mounted_over_a_pin_since_the_last_check_is_found(plane, foreign):
     """No entry of the pin directory changes (no inotify event): the mount table does."""
     ns, dp = plane
-    path = dp.program.pin_dir / MAP
-    other = new_map()
-    spare = path.parent.parent / f"tg_test_over-{os.getpid()}"
+    path = foreign.path
+    pin(foreign.fd, foreign.spare)
+    with passes_then(ns, dp):
+        subprocess.run(["mount", "--bind", str(foreign.spare), str(path)], check=True)
     try:
-        pin(other, spare)
-        with passes_then(ns, dp):
-            subprocess.run(["mount", "--bind", str(spare), str(path)], check=True)
-        try:
-            with ns.enter(), pytest.raises(Mismatch, match=f"{path} is map id .*which the attached programs"):
-                dp.verify()
-        finally:
-            subprocess.run(["umount", str(path)], check=True)
-        with ns.enter():
+        with ns.enter(), pytest.raises(Mismatch, match=f"{path} is map id .*which the attached programs"):
             dp.verify()
     finally:
-        os.close(other)
-        spare.unlink(missing_ok=True)
+        subprocess.run(["umount", str(path)], check=True)
+    with ns.enter():
+        dp.verify()
