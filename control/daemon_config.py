@@ -10,6 +10,8 @@
     pin_root: /sys/fs/bpf/tidegate
     detach_on_exit: false                 # keep enforcing when the daemon stops (hitless restart)
     capacities: {acl_rules: 262144, ...}  # map sizes (dataplane.kernel.build_settings.Capacities)
+    preallocate_buckets: true             # bucket hashes made whole at attach (fixed memory, no
+                                          # deferred frees); false: memory as buckets come
     log_level: info
     edit_priority: 1                      # SCHED_FIFO priority of the thread serving a single edit
                                           # (AddAclRule, ...); null: none (control.rpc.edit_priority)
@@ -278,6 +280,7 @@ class DaemonConfig(BaseModel):
     pin_root: Path = DEFAULT_PIN_ROOT
     detach_on_exit: bool = False
     capacities: Capacities = Capacities()
+    preallocate_buckets: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     edit_priority: int | None = Field(default=DEFAULT_PRIORITY, ge=1, le=99)
     events: Events = Events()
@@ -290,7 +293,8 @@ class DaemonConfig(BaseModel):
         return {} if value is None else value  # `metrics: null` reads as "off", like `listen: null`
 
     def dataplane_settings(self) -> DataplaneSettings:
-        return DataplaneSettings(capacities=self.capacities, pin_root=self.pin_root, state_dir=self.state_dir)
+        return DataplaneSettings(capacities=self.capacities, preallocate_buckets=self.preallocate_buckets,
+                                 pin_root=self.pin_root, state_dir=self.state_dir)
 
 
 def load_config(path: Path | None) -> DaemonConfig:

@@ -76,11 +76,19 @@ class DataplaneSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     capacities: Capacities = Capacities()
+    # The bucket hashes made whole when the maps are (xdp/include/maps.h, TG_BUCKET_FLAGS): their
+    # memory is fixed by the capacities, and no edit waits on the kernel freeing buckets an
+    # earlier change gave up. False: memory as buckets come (docs/operations.md).
+    preallocate_buckets: bool = True
     pin_root: Path = DEFAULT_PIN_ROOT
     run_root: Path = DEFAULT_RUN_ROOT
     # The daemon's state directory, written into the owner record of each pin directory
     # (dataplane.kernel.owner); None for a data plane that no daemon runs (tests, benchmarks).
     state_dir: Path | None = None
+
+    def cflags(self) -> list[str]:
+        """The -D defines of these settings (capacities, bucket allocation)."""
+        return [*self.capacities.cflags(), *([] if self.preallocate_buckets else ["-DTG_BUCKETS_ON_DEMAND"])]
 
     def pin_dir(self, key: InterfaceKey) -> Path:
         """<pin_root>/netns-<inode>/if<ifindex>-<ifname> (dataplane.kernel.owner)."""

@@ -8,7 +8,8 @@ The figure is the `memlock:` line of /proc/self/fdinfo/<fd>, which the kernel co
 map from its type (map->ops->map_mem_usage since Linux 6.4; before that from the definition
 alone): the map's struct, its entries (key and value rounded up to 8 bytes, per-CPU values
 once per *possible* CPU), the hash buckets and per-CPU free lists, and for maps created with
-BPF_F_NO_PREALLOC (the classifier's bucket hashes) only the entries present now.
+BPF_F_NO_PREALLOC (the classifier's bucket hashes with `preallocate_buckets: false`) only the
+entries present now.
 docs/operations.md states the formula per map type; this module only reads the kernel's answer.
 """
 

@@ -159,9 +159,9 @@ class Program:
 
 
 def program_cflags(settings: DataplaneSettings) -> list[str]:
-    """The compiler flags of a data-plane build: capacities from the settings, feature switches
-    from what this kernel allows."""
-    return ["-Wno-unused-function", *settings.capacities.cflags(), *build_cflags()]
+    """The compiler flags of a data-plane build: capacities and bucket allocation from the
+    settings, feature switches from what this kernel allows."""
+    return ["-Wno-unused-function", *settings.cflags(), *build_cflags()]
 
 
 @dataclass

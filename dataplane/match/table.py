@@ -16,8 +16,9 @@ entirely):
 An edit of the live bank (dataplane.match.edits) writes in its own safe order.
 
 Why `quiesce`, and not a sleep or RCU alone: the kernel gives the memory of a replaced or
-deleted hash element to the next update of that map at once (its BPF allocator recycles
-without waiting for readers), so a search holding the old element could read another one's
+deleted hash element to the next update of that map at once (a preallocated hash from its free
+list, one made with BPF_F_NO_PREALLOC through its BPF allocator, which recycles without waiting
+for readers; xdp/include/maps.h), so a search holding the old element could read another one's
 contents. Every search marks itself in match_readers (per CPU and hook: since which
 match_epoch it runs, xdp/include/match.h); `quiesce` advances match_epoch and waits until
 every CPU's mark is idle or newer, typically at once (searches take nanoseconds; a preempted

@@ -22,9 +22,19 @@
 /* A ring buffer of `record`s (ringbuf.h), pinned like TG_MAP. */
 #define TG_RINGBUF(record, name, pages) TG_RINGBUF_IN(TG_RINGBUF_SECTION(name), record, name, pages)
 
-/* Maps whose elements are replaced while programs read them: not preallocated, so a reader keeps
- * the element it found until it is done with it (RCU). */
-#define TG_NO_PREALLOC BPF_F_NO_PREALLOC
+/* The classifier's bucket hashes, whose elements are replaced while programs read them. Either
+ * way the kernel hands a deleted or replaced element to the next update at once, so user space
+ * waits for the searches first (dataplane/match/table.py, `quiesce`). Preallocated (the default):
+ * every element is made when the map is, and a delete or replace only moves one on the map's free
+ * list. With TG_BUCKETS_ON_DEMAND (config `preallocate_buckets: false`): only the buckets present
+ * take memory, but the kernel frees the ones given up in batches after an RCU Tasks Trace grace
+ * period; after a large policy shrinks, one such batch holds a CPU for milliseconds, and whatever
+ * wakes there waits (docs/operations.md, "Kernel memory per interface"). */
+#ifdef TG_BUCKETS_ON_DEMAND
+#define TG_BUCKET_FLAGS BPF_F_NO_PREALLOC
+#else
+#define TG_BUCKET_FLAGS 0
+#endif
 
 /* Runtime settings: ports, default actions, the interface MAC. */
 TG_MAP("array", __u32, struct tg_config, config, 1, 0);
@@ -79,13 +89,13 @@ TG_MAP("array", __u32, __u64, match_prefilter, TG_PREFILTER_ENTRIES, BPF_F_MMAPA
  * elements, never edited in place, and not preallocated so that a reader keeps the element it
  * found (RCU); a subtables element is written to a place no search reads (TG_SUBTABLE_PLACES). */
 TG_MAP("array", __u32, struct tg_subtables, acl_subtables, TG_SUBTABLE_PLACES, 0);
-TG_MAP("hash", struct tg_bucket_key, struct tg_bucket, acl_buckets, TG_ACL_BUCKETS_MAX, TG_NO_PREALLOC);
+TG_MAP("hash", struct tg_bucket_key, struct tg_bucket, acl_buckets, TG_ACL_BUCKETS_MAX, TG_BUCKET_FLAGS);
 TG_MAP("array", __u32, struct tg_rule, acl_rules, TG_ACL_RULES_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_counter, acl_rule_stats, TG_ACL_RULES_MAX, 0);
 
 /* Service-chain classifiers: the same structure; a rule's mark is what a match gives. */
 TG_MAP("array", __u32, struct tg_subtables, cls_subtables, TG_SUBTABLE_PLACES, 0);
-TG_MAP("hash", struct tg_bucket_key, struct tg_bucket, cls_buckets, TG_CLS_BUCKETS_MAX, TG_NO_PREALLOC);
+TG_MAP("hash", struct tg_bucket_key, struct tg_bucket, cls_buckets, TG_CLS_BUCKETS_MAX, TG_BUCKET_FLAGS);
 TG_MAP("array", __u32, struct tg_rule, cls_rules, TG_CLS_RULES_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_counter, cls_rule_stats, TG_CLS_RULES_MAX, 0);
 

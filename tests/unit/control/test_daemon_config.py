@@ -1,4 +1,5 @@
-"""The daemon's config file: the observability keys (events.export, metrics.listen), edit_priority."""
+"""The daemon's config file: the observability keys (events.export, metrics.listen), edit_priority,
+preallocate_buckets."""
 
 from __future__ import annotations
 
@@ -60,3 +61,20 @@ def test_a_bad_edit_priority_names_the_field(tmp_path: Path, value: str) -> None
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(f"{path}: edit_priority: "), info.value
+
+
+def test_preallocate_buckets_reaches_the_build(tmp_path: Path) -> None:
+    """Bucket hashes preallocated unless the config says otherwise; the choice is a -D of the build
+    (xdp/include/maps.h, TG_BUCKET_FLAGS)."""
+    default = DaemonConfig().dataplane_settings()
+    assert default.preallocate_buckets and "-DTG_BUCKETS_ON_DEMAND" not in default.cflags()
+    on_demand = load_config(write(tmp_path, "preallocate_buckets: false\n")).dataplane_settings()
+    assert not on_demand.preallocate_buckets and "-DTG_BUCKETS_ON_DEMAND" in on_demand.cflags()
+    assert on_demand.capacities.cflags() == default.capacities.cflags()  # nothing else moves
+
+
+def test_a_bad_preallocate_buckets_names_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "preallocate_buckets: sometimes\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: preallocate_buckets: "), info.value
