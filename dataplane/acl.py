@@ -53,8 +53,8 @@ def classifier(classifier_id: int, priority: int, mark: int, src: Any = None, ds
 
 
 def acl_capacity(caps: Capacities) -> MatchCapacity:
-    return MatchCapacity(rules=caps.acl_rules, buckets=caps.acl_buckets)
+    return MatchCapacity(rules=caps.acl_rules, buckets=caps.acl_buckets, buckets4=caps.acl_buckets4)
 
 
 def cls_capacity(caps: Capacities) -> MatchCapacity:
-    return MatchCapacity(rules=caps.cls_rules, buckets=caps.cls_buckets)
+    return MatchCapacity(rules=caps.cls_rules, buckets=caps.cls_buckets, buckets4=caps.cls_buckets4)

@@ -42,9 +42,13 @@ class Capacities(BaseModel):
 
     tunnels: int = _cap("TG_TUNNELS_MAX")
     acl_rules: int = _cap("TG_ACL_RULES_MAX")
+    # Buckets of the classifier (docs/classifier.md): IPv6 packets probe *_buckets, IPv4 packets
+    # *_buckets4 (a bucket whose subtable leaves the family out is in both).
     acl_buckets: int = _cap("TG_ACL_BUCKETS_MAX")
+    acl_buckets4: int = _cap("TG_ACL_BUCKETS4_MAX")
     cls_rules: int = _cap("TG_CLS_RULES_MAX")
     cls_buckets: int = _cap("TG_CLS_BUCKETS_MAX")
+    cls_buckets4: int = _cap("TG_CLS_BUCKETS4_MAX")
     conntrack: int = _cap("TG_CT_MAX")  # flows recorded for allow_established
     # Pages (4 KiB) of the policy event ring buffer; 65536 pages is 256 MiB, already absurd.
     event_ring_pages: int = Field(default=abi.define("TG_EVENT_RING_PAGES"), ge=1, le=_MAX_RING_PAGES,

@@ -10,7 +10,9 @@ A rule keeps its slot, and with it its counters, from one policy to the next whe
 unchanged (every field, order and action included); new records get slots neither policy uses, so
 both policies are whole in the maps while the bank switches. Capacity is checked before anything
 is written: rule slots of both policies together against capacities.<table>_rules, buckets of
-both banks together against capacities.<table>_buckets, subtables against TG_SUBTABLES_MAX.
+both banks together against the bucket maps' (capacities.<table>_buckets4 for the buckets IPv4
+packets probe, <table>_buckets for the others; a bucket of no family is in both: live.families),
+subtables against TG_SUBTABLES_MAX.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataplane import abi, protocols
 from dataplane.match import prefilter as pf
 from dataplane.match import tuples as tp
 from dataplane.match.columns import RuleColumns
-from dataplane.match.live import BUCKET, KEY, RULE, SUBTABLE, SUBTABLES, Live, empty_keys
+from dataplane.match.live import BUCKET, KEY, RULE, SUBTABLE, SUBTABLES, Live, count_buckets, empty_keys
 from dataplane.match.shadow import shadowed
 
 F_LOG = abi.define("TG_RULE_F_LOG")
@@ -53,7 +55,21 @@ class Capacity:
     """Entries the maps of one table hold (dataplane.kernel.build_settings.Capacities)."""
 
     rules: int
-    buckets: int
+    buckets: int  # <table>_buckets: the buckets IPv6 packets probe (tg_bucket_key)
+    buckets4: int  # <table>_buckets4: the buckets IPv4 packets probe (tg_bucket_key4)
+
+
+def check_buckets(table: str, capacity: Capacity, held: tuple[int, int], added: tuple[int, int],
+                  what: str) -> None:
+    """ValueError naming the setting to raise when `held` entries plus `added` ones (each: in the
+    IPv4 map, in the other) do not fit a bucket map of `table`. `what`: when they are held together."""
+    for setting, cap, now, more, family in (
+        (f"{table}_buckets4", capacity.buckets4, held[0], added[0], "IPv4"),
+        (f"{table}_buckets", capacity.buckets, held[1], added[1], "IPv6 and any-family"),
+    ):
+        if now + more > cap:
+            raise ValueError(f"{table}: the policy needs {more} more {family} buckets, {now + more} {what}, "
+                             f"but the map {setting} holds {cap}: raise capacities.{setting}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -341,9 +357,6 @@ def compile_full(cols: RuleColumns, base: Live, capacity: Capacity, table: str =
     except tp.TooManySubtables as exc:
         raise ValueError(f"{table}: {exc}") from None
     bank = build_bank(cols, slots, assignment, 1 - base.bank)
-    peak = len(base.keys) + len(base.stale) + len(bank.keys)
-    if peak > capacity.buckets:
-        raise ValueError(f"{table}: the policy needs {len(bank.keys)} buckets, {peak} while the previous "
-                         f"policy's are still live, but the map holds {capacity.buckets}: raise "
-                         f"capacities.{table}_buckets")
+    check_buckets(table, capacity, base.bucket_counts(), count_buckets(bank.keys),
+                  "while the previous policy's are still live")
     return Compiled(table, base, cols, recs, slots, fresh, freed, bank, unchanged=False)

@@ -45,7 +45,7 @@ import numpy.typing as npt
 from dataplane.match import prefilter as pf
 from dataplane.match import tuples as tp
 from dataplane.match.columns import RuleColumns
-from dataplane.match.live import KEY, RULE, SUBTABLE, SUBTABLES, Mirror, tuple_of
+from dataplane.match.live import KEY, RULE, SUBTABLE, SUBTABLES, Mirror, maps_of, tuple_of
 
 # Edits larger than this are compiled in full (a bank switch): cheaper past here, and atomic.
 EDIT_MAX = 256
@@ -73,16 +73,23 @@ class Edit:
     clears: list[tuple[int, npt.NDArray[np.int64], int]] = field(default_factory=list)
     runs_added: list[tuple[int, int, npt.NDArray[np.int64]]] = field(default_factory=list)
     runs_removed: dict[int, int] = field(default_factory=dict)  # slot -> subtable id
+    # entries the buckets written first take in the maps (the IPv4 map, the other) that no
+    # bucket took before: the most the edit adds to each at any moment
+    new_buckets: tuple[int, int] = (0, 0)
 
     def commit(self, m: Mirror) -> None:
         """Makes the mirror what the maps hold once every write of the edit is done."""
+        v4, v6 = m.bucket_counts
         for key, content in self.gains:
+            if key not in m.buckets:
+                v4, v6 = _plus(v4, v6, maps_of(key), 1)
             m.buckets[key] = content
         for key, content in self.losses:
             if content:
                 m.buckets[key] = content
-            else:
-                m.buckets.pop(key, None)
+            elif m.buckets.pop(key, None) is not None:
+                v4, v6 = _plus(v4, v6, maps_of(key), -1)
+        m.bucket_counts = (v4, v6)
         for slot in self.freed:
             m.key_of.pop(slot, None)
             m.order.pop(slot, None)
@@ -93,6 +100,18 @@ class Edit:
             m.records[slot], m.key_of[slot], m.order[slot], m.slot_of_id[rid] = record, key, rule_order, slot
         m.tables, m.per_table = self.tables, self.per_table
         m.runs.commit(self.runs_added, self.runs_removed)
+
+
+def _plus(v4: int, v6: int, maps: tuple[int, int], sign: int) -> tuple[int, int]:
+    return v4 + sign * maps[0], v6 + sign * maps[1]
+
+
+def _new_buckets(m: Mirror, gains: list[tuple[bytes, list[int]]]) -> tuple[int, int]:
+    """Entries the gains' buckets that the maps do not hold yet take in (IPv4 map, the other)."""
+    v4 = v6 = 0
+    for key in {key for key, _ in gains if key not in m.buckets}:
+        v4, v6 = _plus(v4, v6, maps_of(key), 1)
+    return v4, v6
 
 
 def _pack_tables(tables: list[Any]) -> bytes:
@@ -202,7 +221,7 @@ def plan_edit(m: Mirror, add: RuleColumns, add_records: npt.NDArray[Any], add_sl
     sets = [(f, int(run[f, 0]), int(run[f, 1]), tid) for _, tid, run in runs_added for f in range(pf.FIELDS)]
     return Edit(tables_before, new_records, gains, losses, tables_after, list(remove),
                 [by_slot[s] for s in add_slots], sorted(tables, key=_best), per_table, sets,
-                _clears(m.runs, runs_added, runs_removed), runs_added, runs_removed)
+                _clears(m.runs, runs_added, runs_removed), runs_added, runs_removed, _new_buckets(m, gains))
 
 
 def _clears(runs: pf.Runs, added: list[tuple[int, int, npt.NDArray[np.int64]]], removed: dict[int, int]

@@ -18,6 +18,7 @@ from dataplane.match import prefilter as pf
 
 RULE = abi.struct_dtype("tg_rule")
 KEY = abi.struct_dtype("tg_bucket_key")
+KEY4 = abi.struct_dtype("tg_bucket_key4")  # the *_buckets4 maps' key: an IPv4 packet's probe
 BUCKET = abi.struct_dtype("tg_bucket")
 SUBTABLES = abi.struct_dtype("tg_subtables")
 SUBTABLE = abi.struct_dtype("tg_subtable")
@@ -31,6 +32,62 @@ def empty_records() -> Array:
 
 def empty_keys() -> Array:
     return np.zeros(0, dtype=KEY)
+
+
+FAMILY_V4, FAMILY_V6 = abi.define("TG_FAMILY_V4"), abi.define("TG_FAMILY_V6")
+_ADDR4 = KEY4["src"].itemsize  # address bytes an IPv4 key keeps
+_TAIL = [name for name in KEY4.names if name not in ("src", "dst")]  # fields both keys end with
+_HIGH = [slice(KEY.fields[a][1] + _ADDR4, KEY.fields[a][1] + KEY[a].itemsize) for a in ("src", "dst")]
+_FAMILY_AT = KEY.fields["family"][1]
+
+
+def _address_bytes(keys: Array, name: str) -> npt.NDArray[np.uint8]:
+    return np.ascontiguousarray(keys[name]).view(np.uint8).reshape(len(keys), KEY[name].itemsize)
+
+
+def families(keys: Array) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Which of these buckets (tg_bucket_key) go into the IPv4 map (*_buckets4) and which into
+    the other (*_buckets): each into the map of every family whose packets can probe it. A key
+    of the family, or of none (a subtable whose masks leave the family out: in both maps); for
+    IPv4 none with an address byte past the fourth set (no IPv4 packet has one)."""
+    src, dst = _address_bytes(keys, "src"), _address_bytes(keys, "dst")
+    short = ~(src[:, _ADDR4:].any(axis=1) | dst[:, _ADDR4:].any(axis=1))
+    return (keys["family"] != FAMILY_V6) & short, keys["family"] != FAMILY_V4
+
+
+def maps_of(key: bytes) -> tuple[int, int]:
+    """families() of one key's bytes, as (in the IPv4 map, in the other): 1 or 0 each."""
+    family = key[_FAMILY_AT]
+    short = not any(key[_HIGH[0]]) and not any(key[_HIGH[1]])
+    return int(family != FAMILY_V6 and short), int(family != FAMILY_V4)
+
+
+def count_buckets(keys: Array) -> tuple[int, int]:
+    """Entries these buckets take in (the IPv4 map, the other)."""
+    v4, v6 = families(keys)
+    return int(v4.sum()), int(v6.sum())
+
+
+def keys4(keys: Array) -> Array:
+    """Keys (tg_bucket_key) of buckets of the IPv4 map as it holds them (tg_bucket_key4)."""
+    out = np.zeros(len(keys), dtype=KEY4)
+    for name in ("src", "dst"):
+        out[name] = np.ascontiguousarray(_address_bytes(keys, name)[:, :_ADDR4]).view(KEY4[name]).ravel()
+    for name in _TAIL:
+        out[name] = keys[name]
+    return out
+
+
+def keys_of4(keys: Array) -> Array:
+    """keys4 inverted: the tg_bucket_key of tg_bucket_key4s (the other address bytes zero)."""
+    out = np.zeros(len(keys), dtype=KEY)
+    for name in ("src", "dst"):
+        wide = np.zeros((len(keys), KEY[name].itemsize), dtype=np.uint8)
+        wide[:, :_ADDR4] = np.ascontiguousarray(keys[name]).view(np.uint8).reshape(len(keys), _ADDR4)
+        out[name] = wide.view(KEY[name].base).reshape(out[name].shape)
+    for name in _TAIL:
+        out[name] = keys[name]
+    return out
 
 
 class Live:
@@ -59,6 +116,7 @@ class Live:
         self._lock = threading.Lock()  # the mirror may be built in the background (table.py)
         self._mirror = mirror
         self._arrays: tuple[Array, npt.NDArray[np.uint32], Array, Array, Array] | None = None
+        self._counts: tuple[int, int] | None = None  # count_buckets of the arrays' keys
         if mirror is None:
             self._arrays = (empty_records() if records is None else records,
                             np.zeros(0, dtype=np.uint32) if slots is None else slots,
@@ -71,6 +129,19 @@ class Live:
             assert self._mirror is not None
             self._arrays = self._mirror.arrays()
         return self._arrays
+
+    def bucket_counts(self) -> tuple[int, int]:
+        """Entries the live bank's buckets and the stale ones take in (the IPv4 map, the other)."""
+        with self._lock:
+            mirror = self._mirror
+        if mirror is not None:
+            held = mirror.bucket_counts
+        else:
+            if self._counts is None:
+                self._counts = count_buckets(self._get()[2])
+            held = self._counts
+        stale = count_buckets(self.stale)
+        return held[0] + stale[0], held[1] + stale[1]
 
     records = property(lambda self: self._get()[0], doc="(n,) RULE: every live rule's record")
     slots = property(lambda self: self._get()[1], doc="(n,) slots of those records")
@@ -197,6 +268,7 @@ class Mirror:
     order: Overlay[int, int]  # slot -> its rule's order
     slot_of_id: Overlay[int, int]  # rule id -> slot
     per_table: dict[int, int] = field(default_factory=dict)  # subtable id -> buckets it has
+    bucket_counts: tuple[int, int] = (0, 0)  # entries the buckets take in (the IPv4 map, the other)
     free_cursor: int = 0  # where the search for a free slot goes on (planner._free_slots)
     base: tuple[Array, npt.NDArray[np.uint32], Array, Array] | None = None  # (records, slots, keys, buckets)
     runs: pf.Runs = field(default_factory=pf.Runs)  # the rules' prefilter blocks, per subtable
@@ -239,6 +311,7 @@ class Mirror:
             order=Overlay(order, len(slots)),
             slot_of_id=Overlay(slot_of_id, len(slots)),
             per_table=dict(zip(tables.tolist(), per_table.tolist(), strict=True)),
+            bucket_counts=count_buckets(keys),
             free_cursor=int(slots.max()) + 1 if len(slots) else 0,  # every slot past the last held is free
             base=(recs, slots, keys, buckets),
             runs=pf.Runs.of(recs, live.slots, pf.live_ids(live.slots, live.keys, live.buckets)),

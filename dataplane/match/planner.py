@@ -19,7 +19,7 @@ import numpy as np
 
 from dataplane.match import compiler as cp
 from dataplane.match.columns import RuleColumns
-from dataplane.match.edits import EDIT_MAX, Mirror, plan_edit
+from dataplane.match.edits import EDIT_MAX, Edit, Mirror, plan_edit
 
 Capacity = cp.Capacity
 Compiled = cp.Compiled
@@ -37,6 +37,7 @@ def compile_rules(cols: RuleColumns, base: Live, capacity: Capacity, table: str 
         rows = np.flatnonzero(fresh)
         edit = plan_edit(base.mirror(), cols.take(rows), recs[rows], slots[rows].tolist(), freed.tolist())
         if edit is not None:
+            _check_edit(edit, base, capacity, table)
             return Compiled(table, base, cols, recs, slots, fresh, freed, None, unchanged=False, edit=edit)
     return cp.compile_full(cols, base, capacity, table, (recs, slots, fresh, freed))
 
@@ -52,6 +53,7 @@ def add_rules(cols: RuleColumns, base: Live, capacity: Capacity, table: str = "a
     edit = plan_edit(m, cols, recs, slots, replaced)
     if edit is None:
         return compile_rules(_merged(base, cols, replaced), base, capacity, table)
+    _check_edit(edit, base, capacity, table)
     fresh = np.ones(len(cols), dtype=bool)
     return Compiled(table, base, cols, recs, np.array(slots, dtype=np.uint32), fresh,
                     np.array(replaced, dtype=np.uint32), None, unchanged=False, edit=edit)
@@ -71,6 +73,11 @@ def delete_rules(rule_ids: Sequence[int], base: Live, capacity: Capacity, table:
     return Compiled(table, base, RuleColumns.empty(), np.zeros(0, dtype=cp.RULE), none,
                     np.zeros(0, dtype=bool), np.array(slots, dtype=np.uint32), None, unchanged=False,
                     edit=edit)
+
+
+def _check_edit(edit: Edit, base: Live, capacity: Capacity, table: str) -> None:
+    """An edit's new buckets against the bucket maps' capacities (before anything is written)."""
+    cp.check_buckets(table, capacity, base.bucket_counts(), edit.new_buckets, "with those the table holds")
 
 
 def _free_slots(m: Mirror, count: int, capacity: int, table: str) -> list[int]:

@@ -46,6 +46,7 @@ from dataplane.kernel.bulk import MapWriter
 from dataplane.kernel.fence import full_fence
 from dataplane.kernel.maps import Counter
 from dataplane.match import compiler as cp
+from dataplane.match import live as lv
 from dataplane.match import planner
 from dataplane.match import prefilter as pf
 from dataplane.match.columns import RuleColumns
@@ -70,14 +71,15 @@ class TableNames:
     rules: str  # slot -> struct tg_rule
     stats: str  # slot -> per-CPU counters
     subtables: str  # place (TG_SUBTABLE_PLACES) -> struct tg_subtables
-    buckets: str  # struct tg_bucket_key -> struct tg_bucket
+    buckets: str  # struct tg_bucket_key -> struct tg_bucket: what IPv6 packets probe
+    buckets4: str  # struct tg_bucket_key4 -> struct tg_bucket: what IPv4 packets probe
     table: int  # enum tg_table: this table's key in match_bank (whose value is the place searched)
 
 
 ACL_TABLES = TableNames("acl", "acl_rules", "acl_rule_stats", "acl_subtables", "acl_buckets",
-                        _TABLE["TG_TABLE_ACL"])
+                        "acl_buckets4", _TABLE["TG_TABLE_ACL"])
 CLS_TABLES = TableNames("cls", "cls_rules", "cls_rule_stats", "cls_subtables", "cls_buckets",
-                        _TABLE["TG_TABLE_CLS"])
+                        "cls_buckets4", _TABLE["TG_TABLE_CLS"])
 
 
 def _u32(values: Sequence[int] | np.ndarray) -> bytes:
@@ -183,6 +185,28 @@ class MatchTable:
         self._writer(name).delete(keys)
         self._dirty.add(name)
 
+    def _put_buckets(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Buckets (tg_bucket_key, tg_bucket) into the map of each family that can probe them
+        (live.families: a bucket of no family goes to both)."""
+        v4, v6 = lv.families(keys)
+        if v4.any():
+            self._update(self.names.buckets4, lv.keys4(keys[v4]).tobytes(), values[v4].tobytes())
+        if v6.any():
+            self._update(self.names.buckets, keys[v6].tobytes(), values[v6].tobytes())
+
+    def _drop_buckets(self, keys: np.ndarray, held: bool = True) -> None:
+        """Deletes buckets from the maps _put_buckets wrote them to. `held`: a search may hold
+        them (else: none can, such as a bank no search reads since a quiesce)."""
+        v4, v6 = lv.families(keys)
+        for name, rows in ((self.names.buckets4, v4), (self.names.buckets, v6)):
+            if not rows.any():
+                continue
+            packed = (lv.keys4(keys[rows]) if name == self.names.buckets4 else keys[rows]).tobytes()
+            if held:
+                self._delete(name, packed)
+            else:
+                self._writer(name).delete(packed)
+
     def _put_records(self, slots: np.ndarray, records: bytes) -> None:
         """Records at slots nothing names yet (arrays: written in place, never freed)."""
         stats = self._writer(self.names.stats)
@@ -200,12 +224,12 @@ class MatchTable:
         base, bank = c.base, c.bank
         assert bank is not None
         if len(base.stale):  # what a failed change left in the bank about to be written
-            self._delete(self.names.buckets, base.stale.tobytes())
+            self._drop_buckets(base.stale)
             base.stale = cp.empty_keys()
         rows = np.flatnonzero(c.fresh)
         try:
             self._put_records(c.slots[rows], c.records[rows].tobytes())
-            self._update(self.names.buckets, bank.keys.tobytes(), bank.buckets.tobytes())
+            self._put_buckets(bank.keys, bank.buckets)
             # Stores, in program order before the switch's: x86 makes them visible in that order.
             self._prefilter(bank.number)[:] = bank.prefilter
             self._put_subtables(bank.number, bank.subtables.tobytes())  # and the switch
@@ -217,7 +241,7 @@ class MatchTable:
         self.current = cp.Live(live.bank, live.records, live.slots, live.keys, live.buckets, live.tables,
                                stale=base.keys, token=live.token)
         self.quiesce()  # no search is in the old bank any more: nothing there is held
-        self._writer(self.names.buckets).delete(base.keys.tobytes())
+        self._drop_buckets(base.keys, held=False)
         self.current.stale = cp.empty_keys()
         self._zero_records(c.freed)
         self._index_due = len(self.current) >= MIRROR_AHEAD
@@ -242,10 +266,11 @@ class MatchTable:
         if e.tables_before is not None:
             self._put_subtables(c.base.bank, e.tables_before)
         for key, content in [*e.gains, *e.losses]:  # one element at a time, in order (edits.py)
+            k = np.frombuffer(key, dtype=cp.KEY)
             if content:
-                self._update(self.names.buckets, key, _bucket_values([content]))
+                self._put_buckets(k, np.frombuffer(_bucket_values([content]), dtype=cp.BUCKET))
             else:
-                self._delete(self.names.buckets, key)
+                self._drop_buckets(k)
         if e.tables_after is not None:
             self._put_subtables(c.base.bank, e.tables_after)
         entries = self._prefilter(c.base.bank)
@@ -311,8 +336,7 @@ class MatchTable:
         bank = self._place & 1
         _, recs = self._writer(self.names.rules).read_all()
         records = np.frombuffer(recs, dtype=cp.RULE)
-        k, v = self._writer(self.names.buckets).read_all()
-        bucket_keys, bucket_values = np.frombuffer(k, dtype=cp.KEY), np.frombuffer(v, dtype=cp.BUCKET)
+        bucket_keys, bucket_values = self._read_buckets()
         mine = bucket_keys["bank"] == bank
         # The live rules are those the live bank's buckets name (a record left live by a change
         # that died half-way is not one: its slot is simply free).
@@ -331,6 +355,16 @@ class MatchTable:
         log.info("match table adopted", extra={"table": self.names.kind, "rules": len(live),
                                                "buckets": int(mine.sum()), "bank": bank})
         return self.current
+
+    def _read_buckets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every bucket of both maps, once each (tg_bucket_key, tg_bucket): a bucket of no
+        family is in both, and read from the IPv6 one."""
+        k, v = self._writer(self.names.buckets).read_all()
+        k4, v4 = self._writer(self.names.buckets4).read_all()
+        keys4 = lv.keys_of4(np.frombuffer(k4, dtype=lv.KEY4))
+        own = keys4["family"] == lv.FAMILY_V4
+        return (np.concatenate([np.frombuffer(k, dtype=cp.KEY), keys4[own]]),
+                np.concatenate([np.frombuffer(v, dtype=cp.BUCKET), np.frombuffer(v4, dtype=cp.BUCKET)[own]]))
 
     def counts_by_rule(self, rule_ids: Collection[int] | None = None) -> dict[int, Counter]:
         """Packets and bytes per rule id, summed over the CPUs; only the rules in `rule_ids` when
@@ -354,8 +388,10 @@ class MatchTable:
     def occupancy(self) -> dict[str, tuple[int, int]]:
         """Map name -> (entries used, capacity) of this table."""
         live = self.current
+        v4, v6 = live.bucket_counts()
         return {self.names.rules: (len(live), self.capacity.rules),
-                self.names.buckets: (len(live.keys) + len(live.stale), self.capacity.buckets)}
+                self.names.buckets4: (v4, self.capacity.buckets4),
+                self.names.buckets: (v6, self.capacity.buckets)}
 
     def _writer(self, name: str) -> MapWriter:
         writer = self._writers.get(name)

@@ -85,17 +85,20 @@ TG_MAP("array", __u32, __u32, match_bank, TG_TABLE_MAX, 0);
 TG_MAP("array", __u32, __u64, match_prefilter, TG_PREFILTER_ENTRIES, BPF_F_MMAPABLE);
 
 /* ACL (tidegate_abi.h, docs/classifier.md): place -> a bank's subtables; (bank, subtable, masked
- * fields) -> candidate slots; slot -> rule; slot -> counters. Buckets are replaced as whole
- * elements, never edited in place, and not preallocated so that a reader keeps the element it
- * found (RCU); a subtables element is written to a place no search reads (TG_SUBTABLE_PLACES). */
+ * fields) -> candidate slots, probed by IPv6 packets (acl_buckets) and by IPv4 packets (the same
+ * key with 4-byte addresses, acl_buckets4); slot -> rule; slot -> counters. Buckets are replaced
+ * as whole elements, never edited in place (TG_BUCKET_FLAGS); a subtables element is written to a
+ * place no search reads (TG_SUBTABLE_PLACES). */
 TG_MAP("array", __u32, struct tg_subtables, acl_subtables, TG_SUBTABLE_PLACES, 0);
 TG_MAP("hash", struct tg_bucket_key, struct tg_bucket, acl_buckets, TG_ACL_BUCKETS_MAX, TG_BUCKET_FLAGS);
+TG_MAP("hash", struct tg_bucket_key4, struct tg_bucket, acl_buckets4, TG_ACL_BUCKETS4_MAX, TG_BUCKET_FLAGS);
 TG_MAP("array", __u32, struct tg_rule, acl_rules, TG_ACL_RULES_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_counter, acl_rule_stats, TG_ACL_RULES_MAX, 0);
 
 /* Service-chain classifiers: the same structure; a rule's mark is what a match gives. */
 TG_MAP("array", __u32, struct tg_subtables, cls_subtables, TG_SUBTABLE_PLACES, 0);
 TG_MAP("hash", struct tg_bucket_key, struct tg_bucket, cls_buckets, TG_CLS_BUCKETS_MAX, TG_BUCKET_FLAGS);
+TG_MAP("hash", struct tg_bucket_key4, struct tg_bucket, cls_buckets4, TG_CLS_BUCKETS4_MAX, TG_BUCKET_FLAGS);
 TG_MAP("array", __u32, struct tg_rule, cls_rules, TG_CLS_RULES_MAX, 0);
 TG_MAP("percpu_array", __u32, struct tg_counter, cls_rule_stats, TG_CLS_RULES_MAX, 0);
 

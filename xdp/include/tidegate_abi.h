@@ -103,7 +103,8 @@ enum tg_stage {
 
 /* Map capacities. Overridable at compile time (-D) from the settings model. Rule slots are
  * shared by both banks, so the rules map holds every rule of the old and the new policy while a
- * change is under way (rules both hold count once); a bucket map holds both banks' buckets. */
+ * change is under way (rules both hold count once); a bucket map holds both banks' buckets (of
+ * its family: a bucket of no family is in both). */
 #ifndef TG_TUNNELS_MAX
 #define TG_TUNNELS_MAX 4096
 #endif
@@ -111,13 +112,19 @@ enum tg_stage {
 #define TG_ACL_RULES_MAX 262144
 #endif
 #ifndef TG_ACL_BUCKETS_MAX
-#define TG_ACL_BUCKETS_MAX 524288
+#define TG_ACL_BUCKETS_MAX 524288  /* acl_buckets: buckets IPv6 packets probe */
+#endif
+#ifndef TG_ACL_BUCKETS4_MAX
+#define TG_ACL_BUCKETS4_MAX 524288 /* acl_buckets4: buckets IPv4 packets probe */
 #endif
 #ifndef TG_CLS_RULES_MAX
 #define TG_CLS_RULES_MAX 8192
 #endif
 #ifndef TG_CLS_BUCKETS_MAX
 #define TG_CLS_BUCKETS_MAX 16384
+#endif
+#ifndef TG_CLS_BUCKETS4_MAX
+#define TG_CLS_BUCKETS4_MAX 16384
 #endif
 /* Flows recorded for allow_established (conntrack.h): an LRU hash, so a full table replaces its
  * least recently used flow rather than refusing a new one. */
@@ -383,6 +390,30 @@ struct tg_bucket_key {
 };
 _Static_assert(sizeof(struct tg_bucket_key) == 40, "tg_bucket_key layout");
 
+/* An IPv4 packet's fields under one subtable's masks: the key of the *_buckets4 maps, which IPv4
+ * packets probe (IPv6 packets probe the *_buckets maps, keyed by struct tg_bucket_key). It is
+ * tg_bucket_key less address bytes 4-15, which an IPv4 packet has zero: the kernel hashes and
+ * compares 16 bytes instead of 40 per probe. A bucket no family's mask keeps (family 0) is in
+ * both maps; user space writes each bucket into the map of every family that can probe it
+ * (dataplane/match/live.py, families). */
+struct tg_bucket_key4 {
+	__u32 src;    /* address bytes 0-3 under the mask, read as a native-order word */
+	__u32 dst;
+	__u16 sport;  /* from here on as tg_bucket_key's (TG_KEY_TAIL_LEN bytes) */
+	__u16 dport;
+	__u8 family;  /* TG_FAMILY_V4 or 0, as the subtable's family_mask keeps it */
+	__u8 proto;
+	__u8 bank;
+	__u8 table;
+};
+_Static_assert(sizeof(struct tg_bucket_key4) == 16, "tg_bucket_key4 layout");
+/* The fields both keys end with, built in a register and stored as one word (match.h). */
+#define TG_KEY_TAIL_LEN 8
+_Static_assert(__builtin_offsetof(struct tg_bucket_key, sport) + TG_KEY_TAIL_LEN == sizeof(struct tg_bucket_key) &&
+	       __builtin_offsetof(struct tg_bucket_key4, sport) + TG_KEY_TAIL_LEN == sizeof(struct tg_bucket_key4) &&
+	       __builtin_offsetof(struct tg_bucket_key4, dst) == 4,
+	       "tg_bucket_key and tg_bucket_key4 end alike; src and dst make one word");
+
 /* The rules a bucket key can match, first-match order first. */
 struct tg_bucket {
 	__u32 count;
@@ -486,11 +517,13 @@ struct tg_scratch {
 	__u32 l3_off;        /* XDP: where the outer IP header starts, from the frame's start */
 	__u32 counter;       /* XDP: the decapped tunnel's entry in tunnel_counters (tg_tunnel.counter) */
 	struct tg_tuple t;   /* the packet being judged, as parsed (allow_established, reject) */
-	/* search: the bucket key of the subtable being probed, here rather than on the stack: the
-	 * verifier then sees one state whether a subtable the prefilter skips was keyed or not */
+	/* search: the bucket key of the subtable being probed (k4 for an IPv4 packet), here rather
+	 * than on the stack: the verifier then sees one state whether a subtable the prefilter
+	 * skips was keyed or not */
 	struct tg_bucket_key k;
+	struct tg_bucket_key4 k4;
 };
-_Static_assert(sizeof(struct tg_scratch) == 184, "tg_scratch layout");
+_Static_assert(sizeof(struct tg_scratch) == 200, "tg_scratch layout");
 
 /* Which programs are inside a search, per CPU and hook (match_readers): user space waits until
  * every CPU's reader has left, or entered after it advanced match_epoch, before it reuses

@@ -24,17 +24,21 @@ EXPECTED_LAYOUTS = {
     "tunnel_counters": (4, None, 16, ["packets", "bytes"]),
     # The classifier (docs/classifier.md); both tables have the same layouts.
     "match_bank": (4, None, 4, None),
-    "match_scratch": (4, None, 184, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end",
+    "match_scratch": (4, None, 200, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end",
                                      "outer_len", "payload_end", "tunnel_type", "not_ip", "reason",
-                                     "fragment", "l3_off", "counter", "t", "k"]),
+                                     "fragment", "l3_off", "counter", "t", "k", "k4"]),
     "acl_subtables": (4, None, 8 + 48 * 32, ["count", "reserved", "tables"]),
     "acl_buckets": (40, ["src", "dst", "sport", "dport", "family", "proto", "bank", "table"], 68,
                     ["count", "slots"]),
+    # what IPv4 packets probe: the same key with addresses of 4 bytes
+    "acl_buckets4": (16, ["src", "dst", "sport", "dport", "family", "proto", "bank", "table"], 68,
+                     ["count", "slots"]),
     "acl_rules": (4, None, 96, ["src", "src_mask", "dst", "dst_mask", "order", "rule_id", "mark", "sport_lo",
                                 "sport_hi", "dport_lo", "dport_hi", "family", "proto", "action", "flags",
                                 "l4_want", "l4_mask"]),
     "cls_subtables": (4, None, 8 + 48 * 32, ["count", "reserved", "tables"]),
     "cls_buckets": (40, None, 68, None),
+    "cls_buckets4": (16, None, 68, None),
     "cls_rules": (4, None, 96, None),
     "match_prefilter": (4, None, 8, None),  # source bits low, destination bits high (tidegate_abi.h)
     # The ring buffer's Leaf is the record it carries (maps.h, TG_RINGBUF).
@@ -69,7 +73,7 @@ def test_bcc_layout_matches_header(loaded_dataplane, name):
 # map -> (struct of its key or None, struct of its leaf or None): checked field by field below.
 STRUCTS = {"config": (None, "tg_config"), "tunnels": (None, "tg_tunnel_bucket"),
            "match_scratch": (None, "tg_scratch"), "acl_subtables": (None, "tg_subtables"),
-           "acl_buckets": ("tg_bucket_key", "tg_bucket"),
+           "acl_buckets": ("tg_bucket_key", "tg_bucket"), "acl_buckets4": ("tg_bucket_key4", "tg_bucket"),
            "acl_rules": (None, "tg_rule"), "policy_events": (None, "tg_event_record"),
            "event_bucket": (None, "tg_event_bucket"), "reason_stats": (None, "tg_counter")}
 

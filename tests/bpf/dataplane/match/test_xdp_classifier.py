@@ -279,7 +279,7 @@ def test_single_rule_edits_take_effect_and_keep_the_others(cdp):
 def _digest(dp) -> list[tuple[bytes, bytes]]:  # noqa: ANN001
     table = dp.acl
     return [table._writer(name).read_all() for name in ("acl_rules", "acl_subtables", "acl_buckets",
-                                                         "match_bank")]
+                                                         "acl_buckets4", "match_bank")]
 
 
 def test_refusals_write_nothing_and_name_the_setting(cdp):

@@ -111,7 +111,7 @@ def test_tables_of_different_content_are_compiled_each_for_itself(reconciler):
 
 def test_a_compile_is_rebased_only_onto_a_table_of_the_same_content():
     cols = AclTable.from_block(block_of(rules(20))).columns
-    capacity = cp.Capacity(rules=64, buckets=128)
+    capacity = cp.Capacity(rules=64, buckets=128, buckets4=128)
     compiled = cp.compile_full(cols, Live(), capacity)
     assert compiled.rebased(Live()).base is not compiled.base  # two empty tables in bank 0
     with pytest.raises(ValueError, match="different contents"):

@@ -31,9 +31,10 @@ from dataplane.kernel.maps import Counter
 from dataplane.match import planner
 from dataplane.match.adapter import compile_rules, empty
 from dataplane.match.columns import RuleColumns
+from dataplane.match.live import count_buckets
 from dataplane.match.table import ACL_TABLES, CLS_TABLES, MatchTable
 
-CAPS = Capacities(acl_rules=64, acl_buckets=128, tunnels=16)
+CAPS = Capacities(acl_rules=64, acl_buckets=128, acl_buckets4=96, tunnels=16)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -201,7 +202,11 @@ def test_map_occupancy_comes_from_the_compiled_tables_and_tunnels(parts: Any) ->
     current = reconciler.planes["eth0"].acl.current
     assert value(s, "tidegate_map_entries", interface="eth0", map="acl_rules") == 2 == len(current)
     assert value(s, "tidegate_map_capacity", interface="eth0", map="acl_rules") == 64
-    assert value(s, "tidegate_map_entries", interface="eth0", map="acl_buckets") == len(current.keys) >= 1
+    # the IPv4 rule's bucket is in the IPv4 map, the any-family rule's in both
+    v4, v6 = count_buckets(current.keys)
+    assert value(s, "tidegate_map_entries", interface="eth0", map="acl_buckets4") == v4 >= 1
+    assert value(s, "tidegate_map_capacity", interface="eth0", map="acl_buckets4") == 96
+    assert value(s, "tidegate_map_entries", interface="eth0", map="acl_buckets") == v6 >= 1
     assert value(s, "tidegate_map_capacity", interface="eth0", map="acl_buckets") == 128
     assert value(s, "tidegate_map_entries", interface="eth0", map="tunnels") == 2
     assert value(s, "tidegate_map_capacity", interface="eth0", map="tunnels") == 16
@@ -216,7 +221,8 @@ def test_occupancy_of_a_bigger_table() -> None:
                                  intents={})
     found = occupancy(reconciler)
     assert found[("eth1", "acl_rules")] == (20, 64)
-    assert found[("eth1", "acl_buckets")] == (len(plane.acl.current.keys), 128)
+    assert found[("eth1", "acl_buckets4")] == (len(plane.acl.current.keys), 96)  # IPv4 rules only
+    assert found[("eth1", "acl_buckets")] == (0, 128)
     assert found[("eth1", "tunnels")] == (0, 16)
 
 

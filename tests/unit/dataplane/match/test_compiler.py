@@ -21,7 +21,7 @@ from ..reference_matcher import Packet, first_match, first_match_slow
 from ..rulegen import probes, reference, rules
 from .model import Maps, maps_of
 
-CAP = cp.Capacity(rules=4096, buckets=8192)
+CAP = cp.Capacity(rules=4096, buckets=8192, buckets4=8192)
 SLOW = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -187,13 +187,13 @@ def test_the_same_rules_again_write_nothing():
 
 def test_too_many_rules_are_refused_naming_the_setting_and_the_counts():
     live, _ = load([acl_rule(i, i, src=f"10.{i}.0.0/16") for i in range(3)])
-    small = cp.Capacity(rules=5, buckets=100)
+    small = cp.Capacity(rules=5, buckets=100, buckets4=100)
     new = to_columns([acl_rule(i, i, src=f"10.{i}.1.0/24") for i in range(10, 13)])
     with pytest.raises(ValueError, match=r"acl: .*6 while the previous policy is still live.*holds 5: "
                                          r"raise capacities.acl_rules"):
         planner.compile_rules(new, live, small)
-    with pytest.raises(ValueError, match=r"cls: .*raise capacities.cls_buckets"):
-        cp.compile_full(new, live, cp.Capacity(rules=100, buckets=4), "cls")
+    with pytest.raises(ValueError, match=r"cls: .*IPv4 buckets.*raise capacities.cls_buckets4$"):
+        cp.compile_full(new, live, cp.Capacity(rules=100, buckets=100, buckets4=4), "cls")
 
 
 def test_rules_out_of_order_or_with_a_repeated_id_are_refused_naming_the_row():
@@ -232,7 +232,7 @@ def test_rules_that_differ_only_in_non_prefix_port_ranges_beyond_the_bound_are_r
     # Ranges 1-1024 .. 1-1623: all share their first 5 bits, so all fall in one bucket of any subtable.
     crowd = [acl_rule(i, i, "deny", src="10.0.0.0/8", proto=6, dport=(1, 1023 + i)) for i in range(1, 601)]
     with pytest.raises(ValueError, match=r"acl: .*left over after 32 subtables.*rules\[\d+\].*port ranges"):
-        planner.compile_rules(to_columns(crowd), cp.Live(), cp.Capacity(4096, 8192))
+        planner.compile_rules(to_columns(crowd), cp.Live(), cp.Capacity(4096, 8192, 8192))
 
 
 def test_port_prefix_lengths():

@@ -20,7 +20,7 @@ from ..rulegen import reference
 from .model import Maps, maps_of
 
 SLOW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-CAP = cp.Capacity(4096, 8192)
+CAP = cp.Capacity(4096, 8192, 8192)
 
 
 def covers(cols: RuleColumns, e: int, r: int) -> bool:
