@@ -40,7 +40,7 @@ IF_MAC = bytes.fromhex("02aa00000001")
 VNI = 100
 OUTER = Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02") / IP(src="192.0.2.1", dst="192.0.2.2")
 TUNNEL_PORTS = (4789, 6081)
-ACL_MAPS = ("acl_rules", "acl_rule_stats", "acl_subtables", "acl_buckets")
+ACL_MAPS = ("acl_rules", "acl_rule_stats", "acl_subtables", "acl_buckets", "acl_buckets4")
 TARGET_FAMILY, TARGET_SIZE, TARGET_RATIO = "fw", 10_000, 3.0  # every firewall set of this size
 MiB = 1 << 20
 

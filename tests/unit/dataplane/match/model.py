@@ -1,6 +1,8 @@
 """A model of the maps the classifier searches, and of the search itself (xdp/include/match.h),
 in Python: the pure tests run compiled policies and every intermediate state of their writes
-through it, the kernel tests run the same policies through the real program."""
+through it, the kernel tests run the same policies through the real program. Buckets are written
+as dataplane.match.table writes them, into the map of each family that can probe them
+(live.families); the search builds an IPv4 packet's 16-byte key on its own, as match.h does."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dataplane.match import compiler as cp
+from dataplane.match import live as lv
 from dataplane.match import prefilter as pf
 from dataplane.match import tuples as tp
 
@@ -25,10 +28,26 @@ class Maps:
 
     bank: int = 0
     subtables: dict[int, bytes] = field(default_factory=dict)
-    buckets: dict[bytes, bytes] = field(default_factory=dict)
+    buckets: dict[bytes, bytes] = field(default_factory=dict)  # *_buckets: tg_bucket_key bytes
     rules: dict[int, bytes] = field(default_factory=dict)
     prefilter: dict[int, np.ndarray] = field(default_factory=dict)
     epoch: int = 0
+    buckets4: dict[bytes, bytes] = field(default_factory=dict)  # *_buckets4: tg_bucket_key4 bytes
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """A bucket (its tg_bucket_key) into the maps of the families that can probe it."""
+        v4, v6 = lv.maps_of(key)
+        if v4:
+            self.buckets4[lv.keys4(np.frombuffer(key, dtype=cp.KEY)).tobytes()] = value
+        if v6:
+            self.buckets[key] = value
+
+    def drop(self, key: bytes) -> None:
+        v4, v6 = lv.maps_of(key)
+        if v4:
+            del self.buckets4[lv.keys4(np.frombuffer(key, dtype=cp.KEY)).tobytes()]
+        if v6:
+            del self.buckets[key]
 
     def write_full(self, c: cp.Compiled) -> list[Maps]:
         """Writes a full compile as dataplane.match.table does; returns the state after each write."""
@@ -38,7 +57,7 @@ class Maps:
             self.rules[slot] = rec.tobytes()
             states.append(self.copy())
         for k, v in zip(c.bank.keys, c.bank.buckets, strict=True):
-            self.buckets[k.tobytes()] = v.tobytes()
+            self.put(k.tobytes(), v.tobytes())
             states.append(self.copy())
         self.prefilter[c.bank.number] = c.bank.prefilter.copy()
         states.append(self.copy())
@@ -47,7 +66,7 @@ class Maps:
         states.append(self.copy())
         self.epoch += 1
         for k in c.base.keys:
-            del self.buckets[k.tobytes()]
+            self.drop(k.tobytes())
         self.subtables.pop(c.base.bank, None)
         for slot in c.freed.tolist():
             self.rules[slot] = bytes(cp.RULE.itemsize)
@@ -76,13 +95,13 @@ class Maps:
             self.subtables[bank] = e.tables_before
             step()
         for key, content in e.gains:
-            self.buckets[key] = _bucket(content)
+            self.put(key, _bucket(content))
             step()
         for key, content in e.losses:
             if content:
-                self.buckets[key] = _bucket(content)
+                self.put(key, _bucket(content))
             else:
-                del self.buckets[key]
+                self.drop(key)
             step()
         if e.tables_after is not None:
             self.subtables[bank] = e.tables_after
@@ -103,7 +122,7 @@ class Maps:
 
     def copy(self) -> Maps:
         return Maps(self.bank, dict(self.subtables), dict(self.buckets), dict(self.rules),
-                    {b: e.copy() for b, e in self.prefilter.items()}, self.epoch)
+                    {b: e.copy() for b, e in self.prefilter.items()}, self.epoch, dict(self.buckets4))
 
     def maybe(self, p: Packet, bank: int) -> int:
         """The prefilter's bits for the packet in `bank` (match.h tg_prefilter)."""
@@ -131,12 +150,7 @@ class Maps:
                 break
             if int(st["id"]) < pf.IDS and not maybe >> int(st["id"]) & 1:
                 continue
-            key = np.zeros(1, dtype=cp.KEY)
-            key["src"], key["dst"] = src & st["src_mask"], dst & st["dst_mask"]
-            key["sport"], key["dport"] = sport & int(st["sport_mask"]), dport & int(st["dport_mask"])
-            key["family"], key["proto"] = p.family & int(st["family_mask"]), p.proto & int(st["proto_mask"])
-            key["bank"], key["table"] = self.bank, st["id"]
-            bucket = self.buckets.get(key.tobytes())
+            bucket = self._bucket_for(p, st, src, dst, sport, dport)
             if bucket is None:
                 continue
             b = np.frombuffer(bucket, dtype=cp.BUCKET)[0]
@@ -150,6 +164,23 @@ class Maps:
                     best, found = int(r["order"]), slot
                     break
         return found
+
+
+    def _bucket_for(self, p: Packet, st: np.void, src: np.ndarray, dst: np.ndarray, sport: int,
+                    dport: int) -> bytes | None:
+        """The bucket the packet's key names in subtable `st`: in buckets4 for an IPv4 packet."""
+        key = np.zeros(1, dtype=lv.KEY4 if p.family == 4 else cp.KEY)
+        if p.family == 4:  # bytes 0-3 of each address under the mask
+            for name, addr in (("src", p.src), ("dst", p.dst)):
+                mask = np.ascontiguousarray(st[f"{name}_mask"]).view(np.uint8)[:4]
+                masked = bytes(np.frombuffer(addr[:4], np.uint8) & mask)
+                key[name] = np.frombuffer(masked, dtype=lv.KEY4[name])
+        else:
+            key["src"], key["dst"] = src & st["src_mask"], dst & st["dst_mask"]
+        key["sport"], key["dport"] = sport & int(st["sport_mask"]), dport & int(st["dport_mask"])
+        key["family"], key["proto"] = p.family & int(st["family_mask"]), p.proto & int(st["proto_mask"])
+        key["bank"], key["table"] = self.bank, st["id"]
+        return (self.buckets4 if p.family == 4 else self.buckets).get(key.tobytes())
 
 
 def _bucket(content: list[int]) -> bytes:
@@ -191,7 +222,7 @@ def maps_of(live: cp.Live) -> Maps:
     for slot, rec in zip(live.slots.tolist(), live.records, strict=True):
         m.rules[slot] = rec.tobytes()
     for k, v in zip(live.keys, live.buckets, strict=True):
-        m.buckets[k.tobytes()] = v.tobytes()
+        m.put(k.tobytes(), v.tobytes())
     m.prefilter[live.bank] = pf.entries(pf.record_blocks(live.records),
                                         pf.live_ids(live.slots, live.keys, live.buckets))
     if len(live.tables):
