@@ -36,9 +36,10 @@ def empty_keys() -> Array:
 
 FAMILY_V4, FAMILY_V6 = abi.define("TG_FAMILY_V4"), abi.define("TG_FAMILY_V6")
 _ADDR4 = KEY4["src"].itemsize  # address bytes an IPv4 key keeps
-_TAIL = [name for name in KEY4.names if name not in ("src", "dst")]  # fields both keys end with
-_HIGH = [slice(KEY.fields[a][1] + _ADDR4, KEY.fields[a][1] + KEY[a].itemsize) for a in ("src", "dst")]
-_FAMILY_AT = KEY.fields["family"][1]
+_TAIL = [name for name in KEY4.names or () if name not in ("src", "dst")]  # fields both keys end with
+_AT = {name: spec[1] for name, spec in (KEY.fields or {}).items()}  # tg_bucket_key's offsets
+_HIGH = [slice(_AT[a] + _ADDR4, _AT[a] + KEY[a].itemsize) for a in ("src", "dst")]  # bytes 4-15
+_FAMILY_AT = _AT["family"]
 
 
 def _address_bytes(keys: Array, name: str) -> npt.NDArray[np.uint8]:
