@@ -111,11 +111,14 @@ enum tg_stage {
 #ifndef TG_ACL_RULES_MAX
 #define TG_ACL_RULES_MAX 262144
 #endif
+/* The buckets IPv6 packets probe (and those of no family, also in the IPv4 map): a quarter of the
+ * IPv4 map's entries, since IPv4 rule sets are the common large ones and the maps are preallocated
+ * (docs/operations.md: 22 MiB at this default, the IPv4 map 76 MiB). */
 #ifndef TG_ACL_BUCKETS_MAX
-#define TG_ACL_BUCKETS_MAX 524288  /* acl_buckets: buckets IPv6 packets probe */
+#define TG_ACL_BUCKETS_MAX 131072
 #endif
 #ifndef TG_ACL_BUCKETS4_MAX
-#define TG_ACL_BUCKETS4_MAX 524288 /* acl_buckets4: buckets IPv4 packets probe */
+#define TG_ACL_BUCKETS4_MAX 524288 /* the buckets IPv4 packets probe */
 #endif
 #ifndef TG_CLS_RULES_MAX
 #define TG_CLS_RULES_MAX 8192

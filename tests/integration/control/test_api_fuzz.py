@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
 # tgf0 is attached; tgf1 exists and is kept out of generated names (an attach compiles for seconds)
 IFNAME, PEER_IFNAME = "tgf0", "tgf1"
 ADDR = "10.91.0.1"
-CAPACITIES = {"acl_rules": 4096, "acl_buckets": 8192}
+CAPACITIES = {"acl_rules": 4096, "acl_buckets": 8192, "acl_buckets4": 8192}
 RPC_TIMEOUT = 60.0
 # examples per typed RPC, and of random and of mutated bytes over all methods; a longer hunt:
 # TIDEGATE_FUZZ_SCALE=10 (ten times as many)

@@ -319,12 +319,15 @@ def test_kernel_memory_is_the_kernels_figure_for_the_pinned_maps(d: DaemonProces
     samples = _samples(scrape_text(d))
     per_map = {dict(lb)["map"]: v for (n, lb), v in samples.items() if n == "tidegate_kernel_memory_bytes"}
     assert per_map == maps
-    # the formulas of docs/operations.md for the two biggest maps (the daemon runs with the
-    # default capacities): the preallocated bucket hash and a per-CPU array of 16-byte counters
+    # the formulas of docs/operations.md for the biggest maps (the daemon runs with the default
+    # capacities): the preallocated bucket hashes (keys of 16 and 40 bytes) and a per-CPU array
+    # of 16-byte counters
     cpus, caps = possible_cpus(), Capacities()
-    heads = 1 << (caps.acl_buckets - 1).bit_length()
-    overhead = maps["acl_buckets"] - (heads * 16 + (caps.acl_buckets + cpus) * (48 + 40 + 72))
-    assert 0 <= overhead < 4096, maps["acl_buckets"]
+    hashes = (("acl_buckets4", caps.acl_buckets4, 16), ("acl_buckets", caps.acl_buckets, 40))
+    for name, entries, key in hashes:
+        heads = 1 << (entries - 1).bit_length()
+        overhead = maps[name] - (heads * 16 + (entries + cpus) * (48 + key + 72))
+        assert 0 <= overhead < 4096, (name, maps[name])
     overhead = maps["acl_rule_stats"] - caps.acl_rules * (16 * cpus + 8)
     assert 0 <= overhead < 4096, maps["acl_rule_stats"]
     assert "KERNEL MEMORY" in d.cli("status").stdout

@@ -40,7 +40,7 @@ RATE = 4000  # frames/s over all probe flows: half allowed, half denied
 SWAPS = 6
 SETTLE = 0.3  # traffic before and after each change
 # Room for two 10k-rule sets at once (an apply keeps old and new side by side), not three.
-CAPACITIES = {"acl_rules": 24576, "acl_buckets": 65536}
+CAPACITIES = {"acl_rules": 24576, "acl_buckets": 65536, "acl_buckets4": 65536}
 TOO_MANY = 25000  # rules: more than acl_rules holds even with nothing else live
 EXTRA_RULE = 3000  # allows policy_sets.extra_flow in set A only
 UNREACHABLE_VIA = "10.99.0.2"  # no route to it: the kernel refuses the chain's route part-way

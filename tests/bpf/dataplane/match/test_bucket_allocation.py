@@ -23,7 +23,7 @@ from .test_xdp_classifier import XDP_DROP, XDP_PASS, agree_at_every_edge
 pytestmark = pytest.mark.root
 
 BPF_F_NO_PREALLOC = 1  # include/uapi/linux/bpf.h
-BUCKET_MAPS = ("acl_buckets", "cls_buckets")
+BUCKET_MAPS = ("acl_buckets", "acl_buckets4", "cls_buckets", "cls_buckets4")
 
 
 def _element_bytes(name: str, dp: Dataplane) -> int:
@@ -55,13 +55,13 @@ def test_on_demand_bucket_hashes_take_memory_as_buckets_come(on_demand):
     for name in BUCKET_MAPS:
         info = map_info(on_demand.program.table(name).map_fd)
         assert info.map_flags & BPF_F_NO_PREALLOC, name
-    fd = on_demand.program.table("acl_buckets").map_fd
+    fd = on_demand.program.table("acl_buckets4").map_fd  # the IPv4 rules' buckets
     on_demand.acl.replace([])
     empty = fd_memlock(fd)
-    assert empty < map_info(fd).max_entries * _element_bytes("acl_buckets", on_demand)
+    assert empty < map_info(fd).max_entries * _element_bytes("acl_buckets4", on_demand)
     n = 2_000
     on_demand.acl.replace([acl_rule(i, i, "deny", src=f"10.{i >> 8}.{i & 255}.0/24") for i in range(n)])
-    assert fd_memlock(fd) - empty >= n * _element_bytes("acl_buckets", on_demand)
+    assert fd_memlock(fd) - empty >= n * _element_bytes("acl_buckets4", on_demand)
     on_demand.acl.replace([])
 
 
