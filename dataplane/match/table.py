@@ -5,9 +5,12 @@ switches every packet from then on (a packet reads the bank once: it is judged b
 entirely):
 
  1. rule records at slots no bucket of the live bank names (their counters zeroed first);
- 2. the new bank's buckets, then its prefilter entries (written through a memory mapping of
-    match_prefilter: a bank's 131,072 entries in one copy), then its subtables element, to a
-    place of the subtables array no search reads (tidegate_abi.h, TG_SUBTABLE_PLACES);
+ 2. the new bank's buckets (each into the map of every family whose packets can probe it:
+    *_buckets4 for IPv4, *_buckets for the others, both for a bucket of no family;
+    dataplane.match.live.families), then its prefilter entries (written through a memory
+    mapping of match_prefilter: a bank's 131,072 entries in one copy), then its subtables
+    element, to a place of the subtables array no search reads (tidegate_abi.h,
+    TG_SUBTABLE_PLACES);
  3. match_bank[table] = that place (of the new bank);
  4. wait until every search that began before is over (`quiesce`);
  5. the old bank's buckets and subtables element go, the freed records are zeroed (a zeroed
@@ -23,9 +26,11 @@ contents. Every search marks itself in match_readers (per CPU and hook: since wh
 match_epoch it runs, xdp/include/match.h); `quiesce` advances match_epoch and waits until
 every CPU's mark is idle or newer, typically at once (searches take nanoseconds; a preempted
 test run, longer). A write that may free an element is followed by one before the next write
-to a map (and before freed records are zeroed). Capacity is checked by the compile, before
-any of this. Each run of writes to one map is one batched syscall (dataplane.kernel.bulk);
-values are packed from the ABI layouts (dataplane.abi).
+to that map (and before freed records are zeroed): each bucket map is tracked on its own, since
+each recycles its own elements, and a bucket of no family written to both is a write to each,
+in the same order in both, so that each family's packets see the writes in their order.
+Capacity is checked by the compile, before any of this. Each run of writes to one map is one
+batched syscall (dataplane.kernel.bulk); values are packed from the ABI layouts (dataplane.abi).
 """
 
 from __future__ import annotations
