@@ -13,7 +13,7 @@ import grpc
 from testbed.bench.load import missing_tools
 from testbed.daemon import DaemonProcess
 
-CAPACITIES = {"acl_rules": 262_144, "acl_buckets4": 524_288, "acl_buckets": 131_072}
+CAPACITIES = {"acl_rules": 262_144, "acl_buckets4": 524_288, "acl_buckets": 262_144}
 IFACE, PEER = "c0", "c1"
 MAX_MESSAGE = 256 << 20
 

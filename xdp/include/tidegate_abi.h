@@ -111,11 +111,12 @@ enum tg_stage {
 #ifndef TG_ACL_RULES_MAX
 #define TG_ACL_RULES_MAX 262144
 #endif
-/* The buckets IPv6 packets probe (and those of no family, also in the IPv4 map): a quarter of the
- * IPv4 map's entries, since IPv4 rule sets are the common large ones and the maps are preallocated
- * (docs/operations.md: 22 MiB at this default, the IPv4 map 76 MiB). */
+/* The buckets IPv6 packets probe (and those of no family, also in the IPv4 map): half the IPv4
+ * map's entries, since IPv4 rule sets are the common large ones and the maps are preallocated;
+ * enough for both banks of 100,000 IPv6 rules (docs/operations.md: 44 MiB at this default, the
+ * IPv4 map 76 MiB). */
 #ifndef TG_ACL_BUCKETS_MAX
-#define TG_ACL_BUCKETS_MAX 131072
+#define TG_ACL_BUCKETS_MAX 262144
 #endif
 #ifndef TG_ACL_BUCKETS4_MAX
 #define TG_ACL_BUCKETS4_MAX 524288 /* the buckets IPv4 packets probe */
