@@ -79,10 +79,9 @@ class Edit:
 
     def commit(self, m: Mirror) -> None:
         """Makes the mirror what the maps hold once every write of the edit is done."""
-        v4, v6 = m.bucket_counts
+        # the gains' buckets the maps lacked, as plan_edit counted them against this mirror
+        v4, v6 = _plus(*m.bucket_counts, self.new_buckets, 1)
         for key, content in self.gains:
-            if key not in m.buckets:
-                v4, v6 = _plus(v4, v6, maps_of(key), 1)
             m.buckets[key] = content
         for key, content in self.losses:
             if content:
