@@ -40,7 +40,7 @@ import logging
 import mmap
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,23 +190,24 @@ class MatchTable:
         self._writer(name).delete(keys)
         self._dirty.add(name)
 
-    def _put_buckets(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Buckets (tg_bucket_key, tg_bucket) into the map of each family that can probe them
+    def _per_map(self, keys: np.ndarray) -> Iterator[tuple[str, np.ndarray, bytes]]:
+        """(map, rows of `keys`, those keys as that map holds them) for each bucket map these
+        buckets (tg_bucket_key) go into: the map of every family that can probe them
         (live.families: a bucket of no family goes to both)."""
         v4, v6 = lv.families(keys)
         if v4.any():
-            self._update(self.names.buckets4, lv.keys4(keys[v4]).tobytes(), values[v4].tobytes())
+            yield self.names.buckets4, v4, lv.keys4(keys[v4]).tobytes()
         if v6.any():
-            self._update(self.names.buckets, keys[v6].tobytes(), values[v6].tobytes())
+            yield self.names.buckets, v6, keys[v6].tobytes()
+
+    def _put_buckets(self, keys: np.ndarray, values: np.ndarray) -> None:
+        for name, rows, packed in self._per_map(keys):
+            self._update(name, packed, values[rows].tobytes())
 
     def _drop_buckets(self, keys: np.ndarray, held: bool = True) -> None:
         """Deletes buckets from the maps _put_buckets wrote them to. `held`: a search may hold
         them (else: none can, such as a bank no search reads since a quiesce)."""
-        v4, v6 = lv.families(keys)
-        for name, rows in ((self.names.buckets4, v4), (self.names.buckets, v6)):
-            if not rows.any():
-                continue
-            packed = (lv.keys4(keys[rows]) if name == self.names.buckets4 else keys[rows]).tobytes()
+        for name, _, packed in self._per_map(keys):
             if held:
                 self._delete(name, packed)
             else:
