@@ -60,12 +60,12 @@ static __always_inline __u32 tg_tunnel(struct xdp_md *ctx, const struct tg_confi
 	struct tg_cursor c;
 	int rc;
 
-	if (!tg_tunnel_port(&s->p, cfg))
+	if (!tg_tunnel_port(&s->t, cfg))
 		return 0;
 	if (!tg_cursor_at(&c, (void *)(long)ctx->data, (void *)(long)ctx->data_end, ctx->data_end - ctx->data,
 			  s->l4_off, s->l3_end))
 		return TG_REASON_DROP_TRUNCATED; /* unreachable: the parse stage found the header there */
-	rc = tg_tunnel_inspect(&c, &s->p, s->t.fragment, cfg, &ti, &inner);
+	rc = tg_tunnel_inspect(&c, &s->t, cfg, &ti, &inner);
 	if (rc == TG_TUN_DROP)
 		return ti.reason;
 	s->vni = ti.vni;
@@ -81,14 +81,12 @@ static __always_inline __u32 tg_tunnel(struct xdp_md *ctx, const struct tg_confi
 	s->payload_end = ti.payload_end;
 	s->tunnel_type = ti.type;
 	s->t = inner; /* judged from here on: the inner packet */
-	tg_probe_init(&s->p, &inner);
 	tg_forget(); /* stage barrier: one verification of the decap (struct tg_scratch) */
 	return tg_decap(ctx, cfg, s);
 }
 
 int tg_xdp_ingress(struct xdp_md *ctx)
 {
-	struct tg_tuple t = {};
 	struct tg_scratch *s;
 	struct tg_cursor c;
 	struct ethhdr *eth;
@@ -113,7 +111,9 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 		reason = TG_REASON_PASS_NOT_IP;
 		goto out;
 	}
-	rc = tg_parse_ip(&c, proto, &t);
+	/* Parsed straight into the scratch: the tunnel stage and the judge read it there. */
+	__builtin_memset(&s->t, 0, sizeof(s->t));
+	rc = tg_parse_ip(&c, proto, &s->t);
 	if (rc < 0) {
 		reason = tg_parse_reason(rc);
 		goto out;
@@ -121,8 +121,6 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 
 	/* Stage barrier (struct tg_scratch): from here on every stage reads the packet from the
 	 * scratch, so the verifier checks each once, whatever way the parse went. */
-	s->t = t;
-	tg_probe_init(&s->p, &t);
 	s->l3_off = c.l3_off;
 	s->l4_off = c.l4_off;
 	s->l3_end = c.l3_end;
@@ -134,7 +132,9 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 	reason = tg_tunnel(ctx, cfg, s);
 	if (reason)
 		goto out;
-	/* Judged as itself when not decapped: that is what reaches the stack. */
+	/* Judged as itself when not decapped: that is what reaches the stack. The probe is built
+	 * once, from whichever tuple the tunnel stage left in the scratch. */
+	tg_probe_init(&s->p, &s->t);
 	xdp_stages.call(ctx, TG_STAGE_JUDGE);
 	reason = TG_REASON_DROP_DEFAULT; /* no judge stage loaded: fail closed */
 

@@ -33,8 +33,8 @@ int tg_xdp_judge(struct xdp_md *ctx)
 	if (reason == TG_REASON_DROP_REJECTED) {
 		/* Not answered when the tunnel stage judged it: a decapped packet's answer would need
 		 * the tunnel around it, and a tunnel port's plain UDP is rare enough to be dropped
-		 * like it (s->p is the outer packet when nothing was stripped). */
-		if (!(s->meta_flags & TG_META_F_DECAPPED) && !tg_tunnel_port(&s->p, cfg))
+		 * like it (s->t is the outer packet when nothing was stripped). */
+		if (!(s->meta_flags & TG_META_F_DECAPPED) && !tg_tunnel_port(&s->t, cfg))
 			xdp_stages.call(ctx, TG_STAGE_REJECT); /* answers, and counts */
 		tg_count_event(TG_EVENT_REJECT_UNANSWERED); /* decapped, or no reject stage loaded */
 	}

@@ -282,33 +282,35 @@ static __always_inline int tg_geneve_inspect(struct tg_cursor *c, void *frame, c
 	return tg_tunnel_finish(c, frame, ti, inner);
 }
 
-/* Whether the outer packet `p` is addressed to a tunnel port, with tunnels terminated at all
+/* Whether the outer packet `t` is addressed to a tunnel port, with tunnels terminated at all
  * (then c must point at its UDP header: see tg_tunnel_inspect). */
-static __always_inline int tg_tunnel_port(const struct tg_probe *p, const struct tg_config *cfg)
+static __always_inline int tg_tunnel_port(const struct tg_tuple *t, const struct tg_config *cfg)
 {
-	if (!(cfg->flags & TG_CFG_F_DECAP) || p->proto != IPPROTO_UDP || !p->ports)
+	__u16 dport = bpf_ntohs(t->dport);
+
+	if (!(cfg->flags & TG_CFG_F_DECAP) || t->proto != IPPROTO_UDP || !t->l4_present)
 		return 0;
-	return p->dport == cfg->vxlan_port || p->dport == cfg->geneve_port;
+	return dport == cfg->vxlan_port || dport == cfg->geneve_port;
 }
 
-/* c points at the outer UDP header of `p`, addressed to a tunnel port (tg_tunnel_port);
- * `fragment`: the datagram is fragmented (this is its first fragment: it has ports). On
+/* c points at the outer UDP header of `t`, addressed to a tunnel port (tg_tunnel_port); a
+ * fragmented datagram (t->fragment: this is its first fragment, it has ports) is left whole. On
  * TG_TUN_DECAP, *inner is the inner packet's tuple. */
-static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, const struct tg_probe *p, __u8 fragment,
+static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, const struct tg_tuple *t,
 					     const struct tg_config *cfg, struct tg_tunnel_info *ti,
 					     struct tg_tuple *inner)
 {
 	int rc;
 
 	/* XDP sees one fragment, the tunnel header maybe not even whole: the stack reassembles. */
-	if (fragment) {
+	if (t->fragment) {
 		ti->fragment = 1;
 		return TG_TUN_LEAVE;
 	}
 	rc = tg_udp_payload(c, cfg, ti);
 	if (rc != TG_TUN_DECAP)
 		return rc;
-	if (p->dport == cfg->vxlan_port)
+	if (bpf_ntohs(t->dport) == cfg->vxlan_port)
 		return tg_vxlan_inspect(c, c->frame, cfg, ti, inner);
 	return tg_geneve_inspect(c, c->frame, cfg, ti, inner);
 }
