@@ -56,7 +56,6 @@ static __always_inline __u32 tg_decap(struct xdp_md *ctx, const struct tg_config
 static __always_inline __u32 tg_tunnel(struct xdp_md *ctx, const struct tg_config *cfg, struct tg_scratch *s)
 {
 	struct tg_tunnel_info ti = {};
-	struct tg_tuple inner = {};
 	struct tg_cursor c;
 	int rc;
 
@@ -65,7 +64,7 @@ static __always_inline __u32 tg_tunnel(struct xdp_md *ctx, const struct tg_confi
 	if (!tg_cursor_at(&c, (void *)(long)ctx->data, (void *)(long)ctx->data_end, ctx->data_end - ctx->data,
 			  s->l4_off, s->l3_end))
 		return TG_REASON_DROP_TRUNCATED; /* unreachable: the parse stage found the header there */
-	rc = tg_tunnel_inspect(&c, &s->t, cfg, &ti, &inner);
+	rc = tg_tunnel_inspect(&c, &s->t, cfg, &ti);
 	if (rc == TG_TUN_DROP)
 		return ti.reason;
 	s->vni = ti.vni;
@@ -79,8 +78,7 @@ static __always_inline __u32 tg_tunnel(struct xdp_md *ctx, const struct tg_confi
 	}
 	s->outer_len = ti.outer_len;
 	s->payload_end = ti.payload_end;
-	s->tunnel_type = ti.type;
-	s->t = inner; /* judged from here on: the inner packet */
+	s->tunnel_type = ti.type; /* s->t is the inner packet now: judged from here on */
 	tg_forget(); /* stage barrier: one verification of the decap (struct tg_scratch) */
 	return tg_decap(ctx, cfg, s);
 }

@@ -172,7 +172,8 @@ static __always_inline int tg_udp_payload(struct tg_cursor *c, const struct tg_c
 	return TG_TUN_DECAP;
 }
 
-/* The inner frame is parsed whole (Ethernet, VLAN tags, IP, L4 into *inner) before we promise a
+/* The inner frame is parsed whole (Ethernet, VLAN tags, IP, L4 into *inner, which held the outer
+ * packet's tuple until then: past this point the outer is not read again) before we promise a
  * decap, in the outer frame's bytes: it ends with the UDP payload. It must carry IP: only an IP
  * payload is judged by the ACL once stripped. Anything else (ARP, LLDP...) is left encapsulated,
  * to be handled as it would be without us: by a kernel VTEP, or refused at a closed UDP port,
@@ -195,6 +196,7 @@ static __always_inline int tg_tunnel_finish(struct tg_cursor *c, void *frame, st
 		ti->event = TG_EVENT_TUNNEL_NOT_DECAPPED;
 		return TG_TUN_LEAVE;
 	}
+	__builtin_memset(inner, 0, sizeof(*inner));
 	rc = tg_parse_ip(&ic, proto, inner);
 	if (rc < 0)
 		return tg_drop(ti, tg_parse_reason(rc));
@@ -295,10 +297,10 @@ static __always_inline int tg_tunnel_port(const struct tg_tuple *t, const struct
 
 /* c points at the outer UDP header of `t`, addressed to a tunnel port (tg_tunnel_port); a
  * fragmented datagram (t->fragment: this is its first fragment, it has ports) is left whole. On
- * TG_TUN_DECAP, *inner is the inner packet's tuple. */
-static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, const struct tg_tuple *t,
-					     const struct tg_config *cfg, struct tg_tunnel_info *ti,
-					     struct tg_tuple *inner)
+ * TG_TUN_DECAP, *t is the inner packet's tuple (on TG_TUN_DROP, it may be half of it: the packet
+ * is not judged then). */
+static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, struct tg_tuple *t,
+					     const struct tg_config *cfg, struct tg_tunnel_info *ti)
 {
 	int rc;
 
@@ -311,8 +313,8 @@ static __always_inline int tg_tunnel_inspect(struct tg_cursor *c, const struct t
 	if (rc != TG_TUN_DECAP)
 		return rc;
 	if (bpf_ntohs(t->dport) == cfg->vxlan_port)
-		return tg_vxlan_inspect(c, c->frame, cfg, ti, inner);
-	return tg_geneve_inspect(c, c->frame, cfg, ti, inner);
+		return tg_vxlan_inspect(c, c->frame, cfg, ti, t);
+	return tg_geneve_inspect(c, c->frame, cfg, ti, t);
 }
 
 #endif /* TG_TUNNEL_H */
