@@ -66,6 +66,7 @@ static __always_inline __sum16 tg_fold(__s64 sum)
 /* Whether an answer is due at all (RFC 1122 3.2.2, RFC 1812 4.3.2.7, RFC 4443 2.4(e)). */
 static __always_inline int tg_answerable(struct xdp_md *ctx, const struct tg_tuple *t)
 {
+	const __u8 *src = (const __u8 *)t->src, *dst = (const __u8 *)t->dst; /* network order */
 	struct ethhdr *eth = (void *)(long)ctx->data;
 
 	if ((void *)(eth + 1) > (void *)(long)ctx->data_end || (eth->h_dest[0] & TG_ETH_MULTICAST_BIT))
@@ -73,14 +74,14 @@ static __always_inline int tg_answerable(struct xdp_md *ctx, const struct tg_tup
 	if (!t->l4_present)
 		return 0; /* a non-first fragment */
 	if (t->family == TG_FAMILY_V4) {
-		__u8 d0 = t->dst[0], s0 = t->src[0];
+		__u8 d0 = dst[0], s0 = src[0];
 
 		/* multicast 224/4, limited broadcast, an unspecified or multicast source */
-		if ((d0 & 0xf0) == 0xe0 || (d0 == 0xff && t->dst[1] == 0xff && t->dst[2] == 0xff && t->dst[3] == 0xff))
+		if ((d0 & 0xf0) == 0xe0 || (d0 == 0xff && dst[1] == 0xff && dst[2] == 0xff && dst[3] == 0xff))
 			return 0;
-		if ((s0 & 0xf0) >= 0xe0 || !(s0 | t->src[1] | t->src[2] | t->src[3]))
+		if ((s0 & 0xf0) >= 0xe0 || !(s0 | src[1] | src[2] | src[3]))
 			return 0;
-	} else if (t->dst[0] == 0xff || t->src[0] == 0xff) {
+	} else if (dst[0] == 0xff || src[0] == 0xff) {
 		return 0; /* IPv6 multicast */
 	}
 	if (t->proto == IPPROTO_TCP)

@@ -187,10 +187,15 @@ static __always_inline int tg_parse_l2(struct tg_cursor *c, struct ethhdr **eth,
 	return tg_parse_vlans(c, proto, max_tags);
 }
 
-static __always_inline void tg_addr_from_v4(__u8 *out, __be32 addr)
+/* An IPv4 address as struct tg_tuple holds it: its 4 bytes first, then zeros, in whole words. */
+static __always_inline void tg_addr_from_v4(__u64 *out, __be32 addr)
 {
-	__builtin_memset(out, 0, TG_ADDR_LEN);
-	__builtin_memcpy(out, &addr, sizeof(addr));
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	out[0] = (__u32)addr;
+#else
+	out[0] = (__u64)(__u32)addr << 32;
+#endif
+	out[1] = 0;
 }
 
 /* Returns the L4 protocol; sets *l4_present to 0 for a non-first fragment. */
