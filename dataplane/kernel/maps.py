@@ -41,6 +41,12 @@ def u8_array(ctype: Any, data: bytes) -> Any:
     return ctype(*data)
 
 
+def raw_array(ctype: Any, data: bytes) -> Any:
+    """A ctypes array of any element type holding `data` as its memory (addresses the ABI keeps
+    as words, struct tg_ct_key's, are bytes in network order all the same)."""
+    return ctype.from_buffer_copy(data)
+
+
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -241,8 +247,8 @@ class DataplaneMaps:
     # --- allow_established --------------------------------------------------------------
     def _ct_key(self, key: CtKey) -> Any:
         k = self._table("conntrack").Key()
-        k.src = u8_array(type(k.src), key.src.packed.ljust(abi.define("TG_ADDR_LEN"), b"\0"))
-        k.dst = u8_array(type(k.dst), key.dst.packed.ljust(abi.define("TG_ADDR_LEN"), b"\0"))
+        k.src = raw_array(type(k.src), key.src.packed.ljust(abi.define("TG_ADDR_LEN"), b"\0"))
+        k.dst = raw_array(type(k.dst), key.dst.packed.ljust(abi.define("TG_ADDR_LEN"), b"\0"))
         k.sport, k.dport = socket_order(key.sport), socket_order(key.dport)
         k.proto, k.family = key.proto, key.family
         return k

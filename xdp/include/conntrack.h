@@ -41,24 +41,34 @@ static __always_inline int tg_icmp_echo(const struct tg_tuple *t, int request)
 }
 
 /* The key for tuple t, read as-is (reply: a packet arriving at XDP) or swapped (a packet leaving
- * at TC egress, whose replies will carry the key). 0 when t is not a packet of a tracked flow. */
+ * at TC egress, whose replies will carry the key). 0 when t is not a packet of a tracked flow (k
+ * is then left as it was). The key is stored in whole words, built in registers: the kernel hashes
+ * and compares it in words right after, and a word made of narrower stores is not forwarded. */
 static __always_inline int tg_ct_key_of(const struct tg_tuple *t, int leaving, struct tg_ct_key *k)
 {
-	__builtin_memset(k, 0, sizeof(*k));
+	const __u64 *src = leaving ? t->dst : t->src, *dst = leaving ? t->src : t->dst;
+	__u64 sport = 0, dport, tail; /* network byte order, as the tuple holds them */
+
 	if (!t->l4_present)
 		return 0; /* a non-first fragment: no ports to match */
 	if (t->proto == IPPROTO_TCP || t->proto == IPPROTO_UDP) {
-		k->sport = leaving ? t->dport : t->sport;
-		k->dport = leaving ? t->sport : t->dport;
+		sport = leaving ? t->dport : t->sport;
+		dport = leaving ? t->sport : t->dport;
 	} else if (tg_icmp_echo(t, leaving)) {
-		k->dport = t->icmp_id;
+		dport = t->icmp_id;
 	} else {
 		return 0;
 	}
-	__builtin_memcpy(k->src, leaving ? t->dst : t->src, TG_ADDR_LEN);
-	__builtin_memcpy(k->dst, leaving ? t->src : t->dst, TG_ADDR_LEN);
-	k->proto = t->proto;
-	k->family = t->family;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	tail = sport | dport << 16 | (__u64)t->proto << 32 | (__u64)t->family << 40;
+#else
+	tail = sport << 48 | dport << 32 | (__u64)t->proto << 24 | (__u64)t->family << 16;
+#endif
+	k->src[0] = src[0];
+	k->src[1] = src[1];
+	k->dst[0] = dst[0];
+	k->dst[1] = dst[1];
+	__builtin_memcpy(&k->sport, &tail, sizeof(tail)); /* sport, dport, proto, family, reserved */
 	return 1;
 }
 

@@ -547,8 +547,8 @@ _Static_assert(sizeof(struct tg_reader) == 16, "tg_reader layout");
  * from a packet leaving the interface (addresses and ports swapped) and looked up by XDP with the
  * arriving packet's own tuple. ICMP/ICMPv6 echo: sport 0, dport the identifier. */
 struct tg_ct_key {
-	__u8 src[TG_ADDR_LEN]; /* the remote end */
-	__u8 dst[TG_ADDR_LEN]; /* the local end */
+	__u64 src[2];          /* the remote end; addresses as struct tg_tuple holds them (words) */
+	__u64 dst[2];          /* the local end */
 	__u16 sport;           /* network byte order */
 	__u16 dport;
 	__u8 proto;
@@ -556,6 +556,7 @@ struct tg_ct_key {
 	__u8 reserved[2];
 };
 _Static_assert(sizeof(struct tg_ct_key) == 40, "tg_ct_key layout");
+_Static_assert(__builtin_offsetof(struct tg_ct_key, sport) == 32, "conntrack.h stores sport..reserved as one word");
 
 enum tg_ct_state {
 	TG_CT_OPEN = 0,
