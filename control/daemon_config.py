@@ -12,6 +12,9 @@
     capacities: {acl_rules: 262144, ...}  # map sizes (dataplane.kernel.build_settings.Capacities)
     preallocate_buckets: true             # bucket hashes made whole at attach (fixed memory, no
                                           # deferred frees); false: memory as buckets come
+    flow_cache_insert_one_in: 8           # an ACL search caches its result for 1 packet in N (the
+                                          # flow cache: docs/classifier.md); capacities.acl_flows: 0
+                                          # builds without it
     log_level: info
     edit_priority: 1                      # SCHED_FIFO priority of the thread serving a single edit
                                           # (AddAclRule, ...); null: none (control.rpc.edit_priority)
@@ -43,7 +46,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from control.fleet.keys import DEFAULT_PREFIX, NAME_PATTERN, check_name, parse_endpoint
 from control.policy.models import describe_errors
 from control.rpc.edit_priority import DEFAULT_PRIORITY
-from dataplane.kernel.build_settings import DEFAULT_PIN_ROOT, Capacities, DataplaneSettings
+from dataplane.kernel.build_settings import (
+    DEFAULT_PIN_ROOT,
+    Capacities,
+    DataplaneSettings,
+    insert_one_in_field,
+)
 
 DEFAULT_SOCKET = Path("/run/tidegate/tidegate.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/tidegate")
@@ -281,6 +289,7 @@ class DaemonConfig(BaseModel):
     detach_on_exit: bool = False
     capacities: Capacities = Capacities()
     preallocate_buckets: bool = True
+    flow_cache_insert_one_in: int = insert_one_in_field()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     edit_priority: int | None = Field(default=DEFAULT_PRIORITY, ge=1, le=99)
     events: Events = Events()
@@ -294,6 +303,7 @@ class DaemonConfig(BaseModel):
 
     def dataplane_settings(self) -> DataplaneSettings:
         return DataplaneSettings(capacities=self.capacities, preallocate_buckets=self.preallocate_buckets,
+                                 flow_cache_insert_one_in=self.flow_cache_insert_one_in,
                                  pin_root=self.pin_root, state_dir=self.state_dir)
 
 

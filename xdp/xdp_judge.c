@@ -16,7 +16,6 @@
 
 int tg_xdp_judge(struct xdp_md *ctx)
 {
-	struct tg_reader *reader;
 	struct tg_scratch *s;
 	struct tg_config *cfg;
 	__u32 zero = 0, reason;
@@ -27,9 +26,7 @@ int tg_xdp_judge(struct xdp_md *ctx)
 		reason = TG_REASON_DROP_DEFAULT; /* unreachable: arrays always have their entries */
 		goto out;
 	}
-	reader = tg_read_begin(TG_HOOK_XDP);
-	reason = tg_judge(ctx, cfg, s);
-	tg_read_end(reader);
+	reason = tg_judge(ctx, cfg, s); /* its searches mark themselves (match.h, tg_read_begin) */
 	if (reason == TG_REASON_DROP_REJECTED) {
 		/* Not answered when the tunnel stage judged it: a decapped packet's answer would need
 		 * the tunnel around it, and a tunnel port's plain UDP is rare enough to be dropped

@@ -22,6 +22,7 @@ DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/tidegate")
 DEFAULT_RUN_ROOT = Path("/run/tidegate/dataplane")
 _MAX_ENTRIES = 1 << 24  # beyond this a single map's memory is no longer a reasonable default
 _MAX_RING_PAGES = 1 << 16
+_MAX_INSERT_ONE_IN = 1 << 16  # one search in 65,536 cached: the cache is as good as off
 # Capacities of the three-stage match the classifier replaced: refused with a pointer to the new ones.
 _RETIRED = {f"{t}_{stage}" for t in ("acl", "cls") for stage in ("src", "dst", "port")}
 
@@ -32,6 +33,12 @@ def _next_pow2(n: int) -> int:
 
 def _cap(define: str) -> int:
     return Field(default=abi.define(define), ge=1, le=_MAX_ENTRIES, description=f"-D{define}")
+
+
+def insert_one_in_field() -> Any:
+    """The field of `flow_cache_insert_one_in` (here and in the daemon's config)."""
+    return Field(default=abi.define("TG_FLOW_INSERT_ONE_IN"), ge=1, le=_MAX_INSERT_ONE_IN,
+                 description="-DTG_FLOW_INSERT_ONE_IN")
 
 
 class Capacities(BaseModel):
@@ -50,6 +57,9 @@ class Capacities(BaseModel):
     cls_buckets: int = _cap("TG_CLS_BUCKETS_MAX")
     cls_buckets4: int = _cap("TG_CLS_BUCKETS4_MAX")
     conntrack: int = _cap("TG_CT_MAX")  # flows recorded for allow_established
+    # The ACL's flow cache, entries per family's map (docs/classifier.md); 0: built without it.
+    acl_flows: int = Field(default=abi.define("TG_ACL_FLOWS_MAX"), ge=0, le=_MAX_ENTRIES,
+                           description="-DTG_ACL_FLOWS_MAX")
     # Pages (4 KiB) of the policy event ring buffer; 65536 pages is 256 MiB, already absurd.
     event_ring_pages: int = Field(default=abi.define("TG_EVENT_RING_PAGES"), ge=1, le=_MAX_RING_PAGES,
                                   description="-DTG_EVENT_RING_PAGES")
@@ -84,6 +94,9 @@ class DataplaneSettings(BaseModel):
     # memory is fixed by the capacities, and no edit waits on the kernel freeing buckets an
     # earlier change gave up. False: memory as buckets come (docs/operations.md).
     preallocate_buckets: bool = True
+    # A search of the ACL inserts its result into the flow cache with a chance of 1 in this many
+    # (xdp/include/tidegate_abi.h, TG_FLOW_INSERT_ONE_IN): what a flood of new flows costs.
+    flow_cache_insert_one_in: int = insert_one_in_field()
     pin_root: Path = DEFAULT_PIN_ROOT
     run_root: Path = DEFAULT_RUN_ROOT
     # The daemon's state directory, written into the owner record of each pin directory
@@ -91,8 +104,10 @@ class DataplaneSettings(BaseModel):
     state_dir: Path | None = None
 
     def cflags(self) -> list[str]:
-        """The -D defines of these settings (capacities, bucket allocation)."""
-        return [*self.capacities.cflags(), *([] if self.preallocate_buckets else ["-DTG_BUCKETS_ON_DEMAND"])]
+        """The -D defines of these settings (capacities, bucket allocation, the flow cache)."""
+        return [*self.capacities.cflags(), *([] if self.preallocate_buckets else ["-DTG_BUCKETS_ON_DEMAND"]),
+                *([] if self.capacities.acl_flows else ["-DTG_NO_FLOW_CACHE"]),
+                f"-DTG_FLOW_INSERT_ONE_IN={self.flow_cache_insert_one_in}"]
 
     def pin_dir(self, key: InterfaceKey) -> Path:
         """<pin_root>/netns-<inode>/if<ifindex>-<ifname> (dataplane.kernel.owner)."""

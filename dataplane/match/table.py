@@ -18,6 +18,14 @@ entirely):
 
 An edit of the live bank (dataplane.match.edits) writes in its own safe order.
 
+Every change (a full compile or an edit, from its first write to its last, failed or not) lies
+between two writes of match_gen[table], the table's generation: made odd before the first, even
+(one more) after the last. The ACL's flow cache (xdp/include/match.h, tg_acl_slot) uses an
+entry only while the generation is even and the one the entry was found in, so no packet is
+judged by a result found before a change, or during one. Adopting the maps of a process that
+died inside a change finds the generation odd: it is made even at once, since nothing writes
+the maps any more and a search's answer is again what they hold (the next change moves it on).
+
 Why `quiesce`, and not a sleep or RCU alone: the kernel gives the memory of a replaced or
 deleted hash element to the next update of that map at once (a preallocated hash from its free
 list, one made with BPF_F_NO_PREALLOC through its BPF allocator, which recycles without waiting
@@ -59,6 +67,7 @@ from dataplane.match.columns import RuleColumns
 log = logging.getLogger(__name__)
 
 BANK_MAP = "match_bank"
+GEN_MAP = "match_gen"  # enum tg_table -> its generation (odd: a change under way)
 EPOCH_MAP, READERS_MAP = "match_epoch", "match_readers"
 PLACES = abi.define("TG_SUBTABLE_PLACES")  # of the subtables array: place & 1 is its bank
 READER = abi.struct_dtype("tg_reader")
@@ -68,6 +77,7 @@ MIRROR_AHEAD = 10_000  # rules from which a full compile's edit index is built i
 QUIESCE_WARN = 1.0  # a search this long is worth a log line (a stopped test run, a debugger)
 _TABLE = abi.enums()["tg_table"]
 _U32 = np.dtype("=u4")
+_U64 = np.dtype("=u8")
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,7 @@ class MatchTable:
         self._place = 0  # match_bank[table]: the subtables place searched (its bank: place & 1)
         self._held: set[int] = set()  # places searched since the last quiesce: not rewritten before one
         self._index_due = False  # a full compile of MIRROR_AHEAD rules or more was written: see index_ahead
+        self._generation: int | None = None  # match_gen[table] as last written (None: not read yet)
 
     # --- compiling (pure: nothing is written) -------------------------------------------------
     def compile(self, cols: RuleColumns | Sequence[Any]) -> cp.Compiled:
@@ -148,13 +159,35 @@ class MatchTable:
         started = time.perf_counter()
         if compiled.unchanged:
             return
-        if compiled.edit is not None:
-            self._apply_edit(compiled)
-        else:
-            self._apply_full(compiled)
+        self._set_gen(self._gen() | 1)  # odd: a change under way, before its first write
+        try:
+            if compiled.edit is not None:
+                self._apply_edit(compiled)
+            else:
+                self._apply_full(compiled)
+        finally:
+            # Even, after the last write (also of a change that failed: what the maps hold now
+            # is what a search answers until the next change).
+            self._set_gen(self._gen() + 1)
         log.debug("match table written", extra={"table": self.names.kind, "rules": len(self.current),
                                                  "edit": compiled.edit is not None,
                                                  "seconds": time.perf_counter() - started})
+
+    def generation(self) -> int:
+        """match_gen[table] as the kernel holds it."""
+        value = self._writer(GEN_MAP).lookup(_u32([self.names.table]))
+        return int(np.frombuffer(value, dtype=_U64)[0])
+
+    def _gen(self) -> int:
+        """The generation this process last wrote (read from the kernel the first time only:
+        nothing else writes it while this process owns the maps)."""
+        if self._generation is None:
+            self._generation = self.generation()
+        return self._generation
+
+    def _set_gen(self, gen: int) -> None:
+        self._writer(GEN_MAP).update(_u32([self.names.table]), np.array([gen], dtype=_U64).tobytes())
+        self._generation = gen
 
     def quiesce(self) -> None:
         """Returns once every search that had begun when it was called is over (module docstring)."""
@@ -333,8 +366,15 @@ class MatchTable:
     # --- reading back ---------------------------------------------------------------------------
     def adopt(self, intended: Sequence[Any] = ()) -> cp.Live:
         """Takes what the maps hold (written by an earlier process) as the current state, without
-        writing anything: a compile of the same rules then finds nothing to change, and rules keep
-        their slots and counters. (`intended` is not needed: records say what each slot holds.)"""
+        writing anything (but an odd generation made even: the module docstring): a compile of the
+        same rules then finds nothing to change, and rules keep their slots and counters.
+        (`intended` is not needed: records say what each slot holds.)"""
+        self._generation = None
+        gen = self._gen()
+        if gen & 1:  # a change died half-way: the maps hold what searches answer now (module docstring)
+            self._set_gen(gen + 1)
+            log.warning("match table adopted from a change that did not finish",
+                        extra={"table": self.names.kind, "generation": gen + 1})
         keys, values = self._writer(BANK_MAP).read_all()
         banks = dict(zip(np.frombuffer(keys, _U32).tolist(), np.frombuffer(values, _U32).tolist(),
                          strict=True))

@@ -16,11 +16,13 @@
 #include "match.h"
 #include "parse.h"
 
-/* ACL verdict for the probe, counted per rule; *hit gets the matching rule (NULL: none). */
+/* ACL verdict for the probe (from the flow cache or the search, match.h), counted per rule;
+ * *hit gets the matching rule (NULL: none). */
 static __always_inline __u32 tg_acl(struct tg_scratch *s, const struct tg_config *cfg, __u64 bytes,
 				    const struct tg_rule **hit)
 {
-	__u32 slot = tg_match(TG_TABLE_ACL, s);
+	__u8 action;
+	__u32 slot = tg_acl_slot(s, &action);
 	struct tg_rule *rule;
 
 	*hit = NULL;
@@ -33,9 +35,9 @@ static __always_inline __u32 tg_acl(struct tg_scratch *s, const struct tg_config
 		return TG_REASON_DROP_DEFAULT; /* unreachable: the search read this slot */
 	tg_count(acl_rule_stats.lookup(&slot), bytes);
 	*hit = rule;
-	if (rule->action == TG_ACTION_REJECT)
+	if (action == TG_ACTION_REJECT)
 		return TG_REASON_DROP_REJECTED;
-	return rule->action == TG_ACTION_DENY ? TG_REASON_DROP_DENIED : TG_REASON_PASS_ALLOWED;
+	return action == TG_ACTION_DENY ? TG_REASON_DROP_DENIED : TG_REASON_PASS_ALLOWED;
 }
 
 /* Puts the mark in front of the packet for TC. Failure is counted; TC then classifies itself. */
@@ -86,11 +88,14 @@ static __always_inline __u32 tg_judge(struct xdp_md *ctx, const struct tg_config
 	/* Built without where the kernel refuses bpf_xdp_adjust_meta to XDP programs at load time
 	 * (dataplane/kernel/features.py probes it): XDP could not hand the mark over, so it leaves
 	 * classifying to TC, which then counts each packet once. */
+	struct tg_reader *reader;
 	__u32 mark, flags;
 
 	s->reason = reason;
 	tg_forget(); /* stage barrier: one verification of the classifiers, whatever the verdict */
+	reader = tg_read_begin(TG_HOOK_XDP);
 	mark = tg_classify(s, bytes);
+	tg_read_end(reader);
 	reason = s->reason;
 	flags = s->meta_flags;
 	if (mark) {

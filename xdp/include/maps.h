@@ -79,6 +79,19 @@ TG_MAP("percpu_array", __u32, struct tg_scratch, match_scratch, TG_HOOK_MAX, 0);
  * TG_SUBTABLE_PLACES); its bank, place & 1, is the bank of the buckets it searches. */
 TG_MAP("array", __u32, __u32, match_bank, TG_TABLE_MAX, 0);
 
+/* enum tg_table -> its generation, odd while user space changes the table (the flow cache). */
+TG_MAP("array", __u32, __u64, match_gen, TG_TABLE_MAX, 0);
+/* The ACL's flow cache (tidegate_abi.h, struct tg_flow): an IPv4 packet's probe (acl_flows4) or
+ * another's (acl_flows6) -> the search's result. LRU with a list per CPU (BPF_F_NO_COMMON_LRU):
+ * an insert takes no lock other CPUs share; a full CPU's list gives up its least recently used. */
+#ifdef TG_NO_FLOW_CACHE
+#define TG_ACL_FLOWS_ENTRIES 1 /* made all the same: every build pins the same maps */
+#else
+#define TG_ACL_FLOWS_ENTRIES TG_ACL_FLOWS_MAX
+#endif
+TG_MAP("lru_hash", struct tg_flow_key4, struct tg_flow, acl_flows4, TG_ACL_FLOWS_ENTRIES, BPF_F_NO_COMMON_LRU);
+TG_MAP("lru_hash", struct tg_probe, struct tg_flow, acl_flows6, TG_ACL_FLOWS_ENTRIES, BPF_F_NO_COMMON_LRU);
+
 /* The prefilter of both tables (tidegate_abi.h): (table, bank, block) -> the subtables, a bit per
  * id, holding a rule whose source (low half) or destination (high half) prefix meets the block.
  * User space writes it through a memory mapping (BPF_F_MMAPABLE): a bank's blocks in one copy. */

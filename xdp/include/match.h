@@ -276,6 +276,136 @@ static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 	return s->slot;
 }
 
+/*
+ * The ACL's flow cache (docs/classifier.md, "Flow cache"), in front of tg_match: the slot the
+ * search found for the very same probe (struct tg_flow), used while the ACL's generation
+ * (match_gen) is the one it was found in. Seqlock style: user space makes the generation odd
+ * before the first write of a change and even again after the last. A reader takes the
+ * generation g, and when g is even and the flow's entry was found in g, reads the rule the entry
+ * names, then reads the generation again: unchanged, nothing of the change that follows g was
+ * seen (x86 keeps loads in program order, and user space's stores reach memory in its program
+ * order, the same assumption as tg_read_begin's: a reader that saw any write of a change sees
+ * the odd or a newer generation on the re-read). Otherwise it searches, marked as a reader
+ * (tg_read_begin: a hit reads no bucket, so it needs no mark), and inserts what it found tagged
+ * with g when g was even: found in a generation that has ended, an entry is never used.
+ */
+#ifndef TG_NO_FLOW_CACHE
+/* The generation of `table` (match_gen), loaded afresh from memory. */
+static __always_inline __u64 tg_gen(enum tg_table table)
+{
+	__u32 key = table;
+	__u64 *gen = match_gen.lookup(&key);
+
+	tg_forget();
+	return gen ? *(volatile __u64 *)gen : 1; /* unreachable NULL: "a change under way" */
+}
+
+/* The IPv4 key of the probe, stored as whole words built in registers (see tg_bucket_for). */
+static __always_inline void tg_flow_key4_of(struct tg_flow_key4 *k, const struct tg_probe *p)
+{
+	__u64 src = p->src[0], dst = p->dst[0], addrs, tail[2];
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	addrs = (src & 0xffffffff) | dst << 32; /* bytes 0-3 of each: the low halves */
+#else
+	addrs = (src & 0xffffffff00000000) | dst >> 32;
+#endif
+	__builtin_memcpy(tail, &p->sport, TG_FLOW_TAIL_LEN);
+	__builtin_memcpy(&k->src, &addrs, sizeof(addrs));
+	__builtin_memcpy(&k->sport, tail, TG_FLOW_TAIL_LEN);
+}
+
+static __always_inline struct tg_flow *tg_flow_lookup(struct tg_scratch *s)
+{
+	struct tg_flow *f;
+
+	if (s->p.family == TG_FAMILY_V4) {
+		f = acl_flows4.lookup(&s->fk4);
+		asm volatile("" : "+r"(f)); /* two lookups, each of one map (see tg_bucket_for) */
+		return f;
+	}
+	return acl_flows6.lookup(&s->p);
+}
+
+/* After a search in generation s->gen (even) found `slot`: cached, for one search in
+ * TG_FLOW_INSERT_ONE_IN (bpf_get_prandom_u32: a flood of new flows pays an insert per N packets). */
+static __always_inline void tg_flow_insert(struct tg_scratch *s, __u32 slot)
+{
+	struct tg_flow f = {.gen = s->gen, .slot = slot, .reserved = 0};
+
+#if TG_FLOW_INSERT_ONE_IN > 1
+	if (bpf_get_prandom_u32() % TG_FLOW_INSERT_ONE_IN)
+		return;
+#endif
+	if (s->p.family == TG_FAMILY_V4)
+		acl_flows4.update(&s->fk4, &f);
+	else
+		acl_flows6.update(&s->p, &f);
+}
+
+/* The flow cache's answer for the probe s->p: its slot and, in *action, the rule's action, or
+ * nonzero when the search must answer (a change under way or since the entry, no entry). */
+static __always_inline int tg_flow_hit(struct tg_scratch *s, __u32 *slot, __u8 *action)
+{
+	struct tg_rule *rule;
+	struct tg_flow *f;
+	__u64 gen = tg_gen(TG_TABLE_ACL);
+
+	s->gen = gen;
+	if (gen & 1)
+		return 1;
+	if (s->p.family == TG_FAMILY_V4)
+		tg_flow_key4_of(&s->fk4, &s->p);
+	f = tg_flow_lookup(s);
+	if (!f || f->gen != gen)
+		return 1;
+	*slot = f->slot;
+	*action = TG_ACTION_ALLOW;
+	if (*slot != TG_SLOT_NONE) {
+		rule = acl_rules.lookup(slot);
+		if (rule)
+			*action = rule->action;
+	}
+	return tg_gen(TG_TABLE_ACL) != gen;
+}
+#endif /* TG_NO_FLOW_CACHE */
+
+/* The ACL's first match for the probe s->p (its slot, TG_SLOT_NONE: none) and, in *action, that
+ * rule's action (TG_ACTION_ALLOW when none), read while the rule is the one found: on a hit,
+ * before the generation is read again; on a miss, inside the search's reader mark. (What the
+ * caller reads of the slot after this, its counters and its policy event's rule id, is not
+ * fenced: a slot is written again only by a change after the one that freed it, which a packet
+ * does not outlast in practice; the verdict never depends on it.) */
+static __always_inline __u32 tg_acl_slot(struct tg_scratch *s, __u8 *action)
+{
+	struct tg_reader *reader;
+	struct tg_rule *rule;
+	__u32 slot;
+
+#ifndef TG_NO_FLOW_CACHE
+	if (!tg_flow_hit(s, &slot, action)) {
+		tg_count_event(TG_EVENT_FLOW_HIT);
+		return slot;
+	}
+	tg_count_event(TG_EVENT_FLOW_MISS);
+	tg_forget(); /* one state into the search, whichever way the cache missed */
+#endif
+	reader = tg_read_begin(TG_HOOK_XDP);
+	slot = tg_match(TG_TABLE_ACL, s);
+	*action = TG_ACTION_ALLOW;
+	if (slot != TG_SLOT_NONE) {
+		rule = acl_rules.lookup(&slot);
+		if (rule)
+			*action = rule->action;
+	}
+	tg_read_end(reader);
+#ifndef TG_NO_FLOW_CACHE
+	if (!(s->gen & 1))
+		tg_flow_insert(s, slot);
+#endif
+	return slot;
+}
+
 /* Classifier mark for the probe, counted per classifier; 0 when none matches. */
 static __always_inline __u32 tg_classify(struct tg_scratch *s, __u64 bytes)
 {

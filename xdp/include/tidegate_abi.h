@@ -135,6 +135,20 @@ enum tg_stage {
 #ifndef TG_CT_MAX
 #define TG_CT_MAX 65536
 #endif
+/* Flows the ACL's flow cache holds per map (acl_flows4, acl_flows6; match.h, docs/classifier.md):
+ * LRU hashes with a list per CPU, so each CPU holds about this many / CPUs of each family. 0
+ * (config `capacities: {acl_flows: 0}`) builds the program without the cache (TG_NO_FLOW_CACHE;
+ * the maps are made all the same, with one entry per CPU, so that every build pins the same maps). */
+#ifndef TG_ACL_FLOWS_MAX
+#define TG_ACL_FLOWS_MAX 65536
+#endif
+/* A search of the ACL (a flow cache miss) inserts its result with a chance of 1 in this many
+ * (config `flow_cache_insert_one_in`): a flood of new flows (random sources) then pays an LRU
+ * insert for one packet in N, while a flow of more than a few packets is still cached after its
+ * first few. 1: every miss inserts. */
+#ifndef TG_FLOW_INSERT_ONE_IN
+#define TG_FLOW_INSERT_ONE_IN 8
+#endif
 /* Pages of the policy event ring buffer: a power of two (kernel requirement). 64 pages of 4 KiB
  * hold 3,276 records (each takes its 72 bytes plus the ring's 8-byte header). */
 #ifndef TG_EVENT_RING_PAGES
@@ -233,7 +247,11 @@ enum tg_event {
 	TG_EVENT_REJECT_SENT = 18,         /* answered: TCP RST, or ICMP/ICMPv6 administratively prohibited */
 	TG_EVENT_REJECT_RATE_LIMITED = 19, /* this CPU's answer bucket was empty: dropped unanswered */
 	TG_EVENT_REJECT_UNANSWERED = 20,   /* no answer is due (an RST, an ICMP error, multicast...): dropped */
-	TG_EVENT_MAX = 21,
+	/* The ACL's flow cache (match.h): every packet the ACL judges is counted under one of these
+	 * (neither in a build without the cache, acl_flows 0). */
+	TG_EVENT_FLOW_HIT = 21,            /* the verdict came from the flow cache: no search */
+	TG_EVENT_FLOW_MISS = 22,           /* searched: not cached, cached before the last change, or a change under way */
+	TG_EVENT_MAX = 23,
 };
 
 enum tg_action {
@@ -491,6 +509,46 @@ struct tg_probe {
 };
 _Static_assert(sizeof(struct tg_probe) == 48, "tg_probe layout");
 
+/*
+ * The ACL's flow cache (match.h, tg_acl_slot; docs/classifier.md): a packet's probe -> the slot
+ * the search found for it (TG_SLOT_NONE: no rule matched) and the generation of the ACL it was
+ * found in. match_gen[enum tg_table] is that generation: user space makes it odd before the
+ * first write of a change to the table's maps and even again (one more) after the last, so an
+ * entry found in an earlier generation is never used again, and no entry is used while a change
+ * is under way. 64 bits: it never wraps back to the generation of an entry still held.
+ *
+ * An IPv4 packet's key (acl_flows4): its addresses as one word (bytes 0-3 of each, as the
+ * buckets' tg_bucket_key4 holds them), then the probe's bytes from sport on (tg_probe: sport,
+ * dport, family, proto, ports, reserved, l4_word, reserved2; the reserved bytes zero). Every
+ * field the search compares is in it, so the same key always has the same first match. An IPv6
+ * packet's key (acl_flows6) is the probe itself (struct tg_probe).
+ */
+struct tg_flow_key4 {
+	__u32 src;      /* address bytes 0-3, read as a native-order word */
+	__u32 dst;
+	__u16 sport;    /* from here on as tg_probe's (TG_FLOW_TAIL_LEN bytes) */
+	__u16 dport;
+	__u8 family;
+	__u8 proto;
+	__u8 ports;
+	__u8 reserved;
+	__u32 l4_word;
+	__u32 reserved2;
+};
+_Static_assert(sizeof(struct tg_flow_key4) == 24, "tg_flow_key4 layout");
+#define TG_FLOW_TAIL_LEN 16
+_Static_assert(__builtin_offsetof(struct tg_flow_key4, sport) + TG_FLOW_TAIL_LEN == sizeof(struct tg_flow_key4) &&
+	       __builtin_offsetof(struct tg_probe, sport) + TG_FLOW_TAIL_LEN == sizeof(struct tg_probe) &&
+	       __builtin_offsetof(struct tg_flow_key4, dst) == 4,
+	       "tg_flow_key4 ends as tg_probe does; src and dst make one word");
+
+struct tg_flow {
+	__u64 gen;  /* match_gen[TG_TABLE_ACL] when the search ran (even) */
+	__u32 slot; /* the first match, TG_SLOT_NONE: none (the default action decides) */
+	__u32 reserved;
+};
+_Static_assert(sizeof(struct tg_flow) == 16, "tg_flow layout");
+
 /* The hooks, each with its own scratch entry: a TC program run in process context (a test
  * run) may be interrupted by XDP on the same CPU, never the other way round. */
 enum tg_hook {
@@ -528,8 +586,12 @@ struct tg_scratch {
 	 * skips was keyed or not */
 	struct tg_bucket_key k;
 	struct tg_bucket_key4 k4;
+	/* the flow cache (match.h, tg_acl_slot): the IPv4 packet's key, and the ACL's generation
+	 * when the packet came, here for the same reason: every way into the search is one state */
+	struct tg_flow_key4 fk4;
+	__u64 gen;
 };
-_Static_assert(sizeof(struct tg_scratch) == 200, "tg_scratch layout");
+_Static_assert(sizeof(struct tg_scratch) == 232, "tg_scratch layout");
 
 /* Which programs are inside a search, per CPU and hook (match_readers): user space waits until
  * every CPU's reader has left, or entered after it advanced match_epoch, before it reuses
