@@ -38,13 +38,16 @@ class Variant:
     swaps: tuple[tuple[str, str], ...]  # (statement of the source, what replaces it)
 
 
+# The ACL's search and its mark (match.h, tg_acl_slot; a flow cache hit takes neither).
+_ACL_MARK = "reader = tg_read_begin(TG_HOOK_XDP);\n\tslot = tg_match(TG_TABLE_ACL, s);"
+
 VARIANTS = (
     Variant("whole", "the whole program", ()),
     Variant("no_event", "without the policy event",
             (("tg_policy_event(ctx, cfg, &s->p, rule, reason, s->vni, s->meta_flags & TG_META_F_DECAPPED);",
               ""),)),
     Variant("no_mark", "without the search's mark (match_readers)",
-            (("reader = tg_read_begin(TG_HOOK_XDP);", "reader = 0;"),)),
+            ((_ACL_MARK, _ACL_MARK.replace("tg_read_begin(TG_HOOK_XDP)", "0")),)),
     Variant("no_judge", "the judge stage returning at once",
             (("reason = tg_judge(ctx, cfg, s);", "reason = TG_REASON_DROP_DENIED;"),)),
     Variant("no_stage", "the entry dropping right after the parse",
@@ -64,7 +67,7 @@ FULL_VARIANTS = (
               "struct tg_tunnel every = {0, TG_TUNNEL_F_VXLAN | TG_TUNNEL_F_GENEVE, 0}, *tun = &every;"),)),
     Variant("no_next", "without next_program's (empty) tail call", (("next_program.call(ctx, 0);", ""),)),
     Variant("no_mark", "without the search's mark (match_readers)",
-            (("reader = tg_read_begin(TG_HOOK_XDP);", "reader = 0;"),)),
+            ((_ACL_MARK, _ACL_MARK.replace("tg_read_begin(TG_HOOK_XDP)", "0")),)),
     Variant("no_acl", "the judge without the ACL's search",
             (("reason = tg_acl(s, cfg, bytes, &rule);", f"{_ALLOWED}\n\t\trule = 0;"),)),
     Variant("no_judge", "the judge stage returning at once",

@@ -52,6 +52,9 @@ META_LEN = ctypes.sizeof(abi.Meta)  # struct tg_meta
 F_DECAPPED = abi.define("TG_META_F_DECAPPED")
 F_CLASSIFIED = abi.define("TG_META_F_CLASSIFIED")
 POLICY_EVENTS = (E.POLICY_SENT, E.POLICY_RATE_LIMITED, E.POLICY_RINGBUF_FULL)
+# The ACL's flow cache: every packet the ACL judges moves exactly one of them, which one depends on
+# the packets before it (a hit or a search), not on the packet alone.
+FLOW_EVENTS = (E.FLOW_HIT, E.FLOW_MISS)
 
 
 class Stop(Exception):
@@ -115,6 +118,7 @@ class Expected:
     meta: bool = False  # metadata written in front of the frame
     events: Counter[abi.Event] = field(default_factory=Counter)
     policy_event: bool = False  # exactly one of POLICY_EVENTS counted
+    acl_judged: bool = False  # the ACL judged it: exactly one of FLOW_EVENTS counted
     tunnel_bytes: int = 0  # counted under `vni` (its tunnel_counters entry) when decapped
     judged: Tuple5 | None = None  # the tuple the ACL (or the flow table) judged
     answer: bytes | None = None  # a reject answer sent back with XDP_TX
@@ -389,6 +393,7 @@ DROPPED_BY = {abi.Action.DENY: R.DROP_DENIED, abi.Action.REJECT: R.DROP_REJECTED
 
 
 def _acl(t: Tuple5, setup: Setup, x: Expected) -> None:
+    x.acl_judged = True
     rule = first_match(setup.acl, t)
     if rule is None:
         x.reason = R.DROP_DEFAULT if setup.default_action == "deny" else R.PASS_DEFAULT

@@ -24,9 +24,15 @@ EXPECTED_LAYOUTS = {
     "tunnel_counters": (4, None, 16, ["packets", "bytes"]),
     # The classifier (docs/classifier.md); both tables have the same layouts.
     "match_bank": (4, None, 4, None),
-    "match_scratch": (4, None, 200, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end",
+    "match_scratch": (4, None, 232, ["p", "best", "slot", "vni", "meta_flags", "l4_off", "l3_end",
                                      "outer_len", "payload_end", "tunnel_type", "not_ip", "reason",
-                                     "fragment", "l3_off", "counter", "t", "k", "k4"]),
+                                     "fragment", "l3_off", "counter", "t", "k", "k4", "fk4", "gen"]),
+    # The ACL's flow cache (match.h): IPv4 probes in 24-byte keys, the others the probe itself.
+    "match_gen": (4, None, 8, None),
+    "acl_flows4": (24, ["src", "dst", "sport", "dport", "family", "proto", "ports", "reserved", "l4_word",
+                        "reserved2"], 16, ["gen", "slot", "reserved"]),
+    "acl_flows6": (48, ["src", "dst", "sport", "dport", "family", "proto", "ports", "reserved", "l4_word",
+                        "reserved2"], 16, ["gen", "slot", "reserved"]),
     "acl_subtables": (4, None, 8 + 48 * 32, ["count", "reserved", "tables"]),
     "acl_buckets": (40, ["src", "dst", "sport", "dport", "family", "proto", "bank", "table"], 68,
                     ["count", "slots"]),
@@ -75,7 +81,8 @@ STRUCTS = {"config": (None, "tg_config"), "tunnels": (None, "tg_tunnel_bucket"),
            "match_scratch": (None, "tg_scratch"), "acl_subtables": (None, "tg_subtables"),
            "acl_buckets": ("tg_bucket_key", "tg_bucket"), "acl_buckets4": ("tg_bucket_key4", "tg_bucket"),
            "acl_rules": (None, "tg_rule"), "policy_events": (None, "tg_event_record"),
-           "event_bucket": (None, "tg_event_bucket"), "reason_stats": (None, "tg_counter")}
+           "event_bucket": (None, "tg_event_bucket"), "reason_stats": (None, "tg_counter"),
+           "acl_flows4": ("tg_flow_key4", "tg_flow"), "acl_flows6": ("tg_probe", "tg_flow")}
 
 
 def _same_layout(ctype: type, dtype) -> None:  # noqa: ANN001

@@ -55,6 +55,7 @@ from .hostile_model import (
     ETH_HLEN,
     ETH_P_IP,
     ETH_P_IPV6,
+    FLOW_EVENTS,
     IPV4_HLEN,
     IPV6_HLEN,
     META_LEN,
@@ -215,9 +216,12 @@ def _problems(x: Expected, r: Any, d: dict[str, Counter[Any]], setup: Setup) -> 
 
 def _counter_problems(x: Expected, d: dict[str, Counter[Any]]) -> list[str]:
     out = []
-    events = Counter({e: n for e, n in d["event"].items() if e not in POLICY_EVENTS})
+    events = Counter({e: n for e, n in d["event"].items() if e not in (*POLICY_EVENTS, *FLOW_EVENTS)})
     if events != x.events:
         out.append(f"events {dict(events)}, expected {dict(x.events)}")
+    flow = sum(d["event"][e] for e in FLOW_EVENTS)
+    if flow != int(x.acl_judged):
+        out.append(f"{flow} flow cache hits and misses counted, expected {int(x.acl_judged)}")
     policy = sum(d["event"][e] for e in POLICY_EVENTS)
     if policy != int(x.policy_event):
         out.append(f"{policy} policy events counted, expected {int(x.policy_event)}")

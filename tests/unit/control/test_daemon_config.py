@@ -78,3 +78,26 @@ def test_a_bad_preallocate_buckets_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(f"{path}: preallocate_buckets: "), info.value
+
+
+def test_the_flow_cache_settings_reach_the_build(tmp_path: Path) -> None:
+    """The ACL's flow cache: on by default with its capacity and insert chance as -Ds; acl_flows 0
+    builds without it (xdp/include/match.h, TG_NO_FLOW_CACHE)."""
+    default = DaemonConfig().dataplane_settings()
+    assert "-DTG_ACL_FLOWS_MAX=65536" in default.cflags() and "-DTG_FLOW_INSERT_ONE_IN=8" in default.cflags()
+    assert "-DTG_NO_FLOW_CACHE" not in default.cflags()
+    text = "capacities: {acl_flows: 0}\nflow_cache_insert_one_in: 1\n"
+    off = load_config(write(tmp_path, text)).dataplane_settings()
+    assert {"-DTG_NO_FLOW_CACHE", "-DTG_ACL_FLOWS_MAX=0", "-DTG_FLOW_INSERT_ONE_IN=1"} <= set(off.cflags())
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("flow_cache_insert_one_in: 0\n", "flow_cache_insert_one_in"),
+    ("flow_cache_insert_one_in: often\n", "flow_cache_insert_one_in"),
+    ("capacities: {acl_flows: -1}\n", "capacities.acl_flows"),
+])
+def test_a_bad_flow_cache_setting_names_the_field(tmp_path: Path, text: str, field: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: {field}: "), info.value
