@@ -37,13 +37,10 @@ def bpf_available() -> None:
 
 @pytest.fixture(scope="session")
 def loaded_dataplane(bpf_available):  # noqa: ANN001
-    """One compiled, unpinned data plane for the whole session (BCC compiles take seconds). Its
-    ACL flow cache caches every search (flow_cache_insert_one_in 1): each flow a test sends again
-    is judged from the cache, unless a change since made the entry stale."""
-    from dataplane.kernel.build_settings import DataplaneSettings
+    """One compiled, unpinned data plane for the whole session (BCC compiles take seconds)."""
     from dataplane.kernel.interface import Dataplane
 
-    dp = Dataplane.load(settings=DataplaneSettings(flow_cache_insert_one_in=1))
+    dp = Dataplane.load()
     yield dp
     dp.close()
 

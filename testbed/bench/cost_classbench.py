@@ -4,10 +4,11 @@ For each ClassBench set found (testbed.classbench.sets: the shipped acl1, fw1 an
 other seed's set put beside them) and size in the profile: the set is written to the ACL of
 one harness (compile + write timed), then probes drawn from the set's own rules (a packet at the
 low corner of a random rule: its source and destination addresses, its protocol or TCP, the low
-ends of its port ranges) run through the restoring entry: ns/packet is the mean over the probes,
-net of the harness. Beside it: the same probes tunnelled in VxLAN (the full pipeline: decap,
-then the ACL), the search's work for the probes as the classifier holds them (subtables probed,
-candidates checked: dataplane.match.explain) and the ACL maps' kernel memory.
+ends of its port ranges) run through the restoring entry of a build without the ACL's flow cache
+(each repetition searches): ns/packet is the mean over the probes, net of the harness. Beside
+it: the same probes tunnelled in VxLAN (the full pipeline: decap, then the ACL), the search's
+work for the probes as the classifier holds them (subtables probed, candidates checked:
+dataplane.match.explain) and the ACL maps' kernel memory.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataplane.match.columns import RuleColumns
 from dataplane.match.explain import Probe, Searcher
 from testbed import classbench
 from testbed.bench.common import Profile, Table, Target, Value, runs_meeting
-from testbed.bench.programs import Harness
+from testbed.bench.programs import SEARCHED, Harness
 from testbed.packets import vxlan
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def measure(profile: Profile, overhead: float) -> list[SetResult]:
     if not found:
         log.warning("ClassBench sets not found: the ClassBench rows are left out")
         return []
-    h = Harness()
+    h = Harness(SEARCHED)  # the classifier's work per probe: no flow cache answers the repetitions
     try:
         h.dp.configure(RuntimeConfig(), if_mac=IF_MAC)
         h.dp.maps.put_tunnel(TunnelEntry(vni=VNI))

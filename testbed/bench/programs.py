@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataplane.kernel.build_settings import DataplaneSettings
+from dataplane.kernel.build_settings import Capacities, DataplaneSettings
 from dataplane.kernel.interface import Dataplane
 from dataplane.kernel.program import XDP_FUNC, Program, fill_stages, load_functions, program_cflags
 from dataplane.kernel.source import program_text
@@ -37,6 +37,10 @@ NOOP_FUNC = "tg_bench_noop"
 BENCH_CFLAG = "-DTG_BENCH"
 _ENTRY = f"int {XDP_FUNC}(struct xdp_md *ctx)"
 _BODY = f"static __always_inline int {XDP_FUNC}_body(struct xdp_md *ctx)"
+
+# A build without the ACL's flow cache (capacities.acl_flows 0): every repetition of a probe
+# searches, where with the cache all but the first come from it (docs/classifier.md, "Flow cache").
+SEARCHED = DataplaneSettings(capacities=Capacities(acl_flows=0))
 
 SAVED_BYTES = 96  # probe packets are at least this long (see testbed.bench.cost)
 # Before the data plane's source: its exit (tg_xdp_exit) calls tg_bench_exit.

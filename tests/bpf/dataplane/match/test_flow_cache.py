@@ -1,11 +1,11 @@
 """The ACL's flow cache (xdp/include/match.h, tg_acl_slot; docs/classifier.md, "Flow cache").
 
 A hit must judge exactly as the search does, and a change of the ACL must decide the very next
-packet of a cached flow. The session's data plane caches every search (flow_cache_insert_one_in
-1, tests/conftest.py), so a flow sent twice is a miss and then a hit; the entries are read back
-from the kernel's maps to show the hit had an entry to come from. Builds of their own: the
-program without the cache (acl_flows 0) as the reference of the equivalence under edits, a small
-cache (more flows than it holds), and the default insert chance (1 in 8).
+packet of a cached flow. The data plane here caches every search (flow_cache_insert_one_in 1),
+so a flow sent twice is a miss and then a hit; the entries are read back from the kernel's maps
+to show the hit had an entry to come from. Its cache is dp (64 entries: more flows than it
+holds are judged too). Beside it: the program without the cache (acl_flows 0), the reference of
+the equivalence under edits, and the default insert chance (1 in 8).
 """
 
 from __future__ import annotations
@@ -86,10 +86,25 @@ def family(request: Any) -> int:
     return int(request.param)
 
 
+@pytest.fixture(scope="module")
+def eager(bpf_available: Any) -> Iterator[Any]:
+    """A cache of 64 entries (per map, over the CPUs), inserting on every miss."""
+    dp = Dataplane.load(settings=DataplaneSettings(capacities=SMALL, flow_cache_insert_one_in=1))
+    yield dp
+    dp.close()
+
+
+@pytest.fixture
+def dp(eager: Any) -> Any:
+    """`eager` with no rules and the default config (default action allow)."""
+    eager.acl.replace([])
+    eager.classifiers.replace([])
+    eager.configure(RuntimeConfig(default_action="allow"), if_mac=IF_MAC)
+    return eager
+
+
 @pytest.fixture
 def allowing(dp: Any) -> Any:
-    """The session data plane, default action allow."""
-    dp.configure(RuntimeConfig(default_action="allow"), if_mac=IF_MAC)
     return dp
 
 
@@ -202,16 +217,8 @@ def test_an_even_generation_at_adoption_is_kept(allowing: Any) -> None:
 
 @pytest.fixture(scope="module")
 def uncached(bpf_available: Any) -> Iterator[Any]:
-    """The program without the cache (capacity 0), its ACL as small as the cached one's."""
+    """The program without the cache (capacity 0), its ACL as dp as the cached one's."""
     dp = Dataplane.load(settings=DataplaneSettings(capacities=SMALL.model_copy(update={"acl_flows": 0})))
-    yield dp
-    dp.close()
-
-
-@pytest.fixture(scope="module")
-def small(bpf_available: Any) -> Iterator[Any]:
-    """A cache of 64 entries (per map, over the CPUs), inserting on every miss."""
-    dp = Dataplane.load(settings=DataplaneSettings(capacities=SMALL, flow_cache_insert_one_in=1))
     yield dp
     dp.close()
 
@@ -230,14 +237,14 @@ def _random_packet(rng: random.Random) -> bytes:
     return inner_frame(src, ADDRS[family][1], proto=rng.choice(["tcp", "udp"]), dport=rng.randrange(0, 80))
 
 
-def test_the_cache_judges_as_the_program_without_it_through_edits(uncached: Any, small: Any) -> None:
-    """Random rules, random edits between packets, packets from a small pool so flows repeat:
+def test_the_cache_judges_as_the_program_without_it_through_edits(uncached: Any, dp: Any) -> None:
+    """Random rules, random edits between packets, packets from a dp pool so flows repeat:
     every packet gets the verdict of the build without the cache, and many come from the cache."""
     rng = random.Random(14)
-    for d in (uncached, small):
+    for d in (uncached, dp):
         d.configure(RuntimeConfig(default_action="deny"), if_mac=IF_MAC)
     rules = {i: _random_rule(rng, i) for i in range(1, 40)}
-    for d in (uncached, small):
+    for d in (uncached, dp):
         d.acl.replace(list(rules.values()))
     pool = [_random_packet(rng) for _ in range(20)]
     hows: list[str] = []
@@ -246,15 +253,15 @@ def test_the_cache_judges_as_the_program_without_it_through_edits(uncached: Any,
             rid = rng.randrange(1, 60)
             if rid in rules and rng.random() < 0.5:
                 del rules[rid]
-                for d in (uncached, small):
+                for d in (uncached, dp):
                     d.acl.delete([rid])
             else:
                 rules[rid] = _random_rule(rng, rid)
-                for d in (uncached, small):
+                for d in (uncached, dp):
                     d.acl.add(to_columns([rules[rid]]))
         packet = rng.choice(pool)
         want, none = send(uncached, packet)
-        got, how = send(small, packet)
+        got, how = send(dp, packet)
         assert none == "none"
         assert got.reason == want.reason, f"step {step} ({how})"
         if got.reason != R.DROP_REJECTED:  # (answered or not as each CPU's answer bucket allows)
@@ -274,18 +281,18 @@ def test_without_the_cache_the_program_judges_and_counts_no_hit_or_miss(uncached
     assert map_info(uncached.program.map_fd("acl_flows4")).max_entries < 1024
 
 
-def test_more_flows_than_the_cache_holds_are_still_judged_right(small: Any, family: int) -> None:
-    small.configure(RuntimeConfig(default_action="allow"), if_mac=IF_MAC)
-    small.acl.replace([acl_rule(1, 1, "deny", proto=TCP, dport=(0, 999))])
-    capacity = map_info(small.program.map_fd("acl_flows4")).max_entries
+def test_more_flows_than_the_cache_holds_are_still_judged_right(dp: Any, family: int) -> None:
+    dp.configure(RuntimeConfig(default_action="allow"), if_mac=IF_MAC)
+    dp.acl.replace([acl_rule(1, 1, "deny", proto=TCP, dport=(0, 999))])
+    capacity = map_info(dp.program.map_fd("acl_flows4")).max_entries
     flows = range(4 * capacity)
     for _ in range(2):
         for port in flows:  # ports below 1000 denied, the rest allowed by default
-            verdict, _ = send(small, tcp(family, 500 + port * 2))
+            verdict, _ = send(dp, tcp(family, 500 + port * 2))
             assert verdict.reason == (R.DROP_DENIED if 500 + port * 2 < 1000 else R.PASS_DEFAULT)
-    held = [slot for _, gen, slot in entries(small, family) if gen == small.acl.generation()]
+    held = [slot for _, gen, slot in entries(dp, family) if gen == dp.acl.generation()]
     assert 0 < len(held) <= capacity
-    assert set(held) <= {slot_of(small, 1), abi.define("TG_SLOT_NONE")}
+    assert set(held) <= {slot_of(dp, 1), abi.define("TG_SLOT_NONE")}
 
 
 def test_one_search_in_n_is_cached(bpf_available: Any) -> None:
