@@ -95,20 +95,34 @@ static __always_inline struct tg_scratch *tg_scratch_of(enum tg_hook hook)
 	return match_scratch.lookup(&key);
 }
 
+/* The probe of the tuple, stored as whole words built in registers: the judge stage reads its
+ * fields back as words right after (the flow cache's key, tg_flow_key4_of; the IPv6 key is the
+ * probe itself, which the kernel hashes in words), and a word that narrower stores make up is not
+ * forwarded from them (tg_bucket_for). */
 static __always_inline void tg_probe_init(struct tg_probe *p, const struct tg_tuple *t)
 {
+	__u64 ports = tg_has_ports(t), family = t->family, proto = t->proto, sport = 0, dport = 0, tail, l4;
+
+	if (ports) {
+		sport = bpf_ntohs(t->sport);
+		dport = bpf_ntohs(t->dport);
+	}
+	/* The parser leaves ICMP type and code 0 but for ICMP/ICMPv6, TCP flags 0 but for TCP. */
+	l4 = t->l4_present ? ((__u32)t->icmp_type << 8 | t->icmp_code | t->tcp_flags) : TG_L4_NONE;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	tail = sport | dport << 16 | family << 32 | proto << 40 | ports << 48; /* reserved 0 */
+#else
+	tail = sport << 48 | dport << 32 | family << 24 | proto << 16 | ports << 8;
+	l4 <<= 32; /* l4_word, then reserved2 0 */
+#endif
 	__builtin_memcpy(p->src, t->src, sizeof(p->src));
 	__builtin_memcpy(p->dst, t->dst, sizeof(p->dst));
-	p->family = t->family;
-	p->proto = t->proto;
-	p->ports = tg_has_ports(t);
-	p->sport = p->ports ? bpf_ntohs(t->sport) : 0;
-	p->dport = p->ports ? bpf_ntohs(t->dport) : 0;
-	p->reserved = 0;
-	/* The parser leaves ICMP type and code 0 but for ICMP/ICMPv6, TCP flags 0 but for TCP. */
-	p->l4_word = t->l4_present ? ((__u32)t->icmp_type << 8 | t->icmp_code | t->tcp_flags) : TG_L4_NONE;
-	p->reserved2 = 0;
+	__builtin_memcpy(&p->sport, &tail, sizeof(tail));
+	__builtin_memcpy(&p->l4_word, &l4, sizeof(l4));
 }
+_Static_assert(__builtin_offsetof(struct tg_probe, l4_word) + 8 == sizeof(struct tg_probe) &&
+	       __builtin_offsetof(struct tg_probe, sport) + 16 == sizeof(struct tg_probe),
+	       "tg_probe ends with sport..reserved and l4_word..reserved2, a word each");
 
 /* Nonzero when the rule does not match the packet: every field as the operator wrote it, in
  * arithmetic rather than branches (one branch per candidate: the verifier walks one path through
