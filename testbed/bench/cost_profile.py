@@ -6,12 +6,14 @@ Each variant is the benchmark harness's source (testbed.bench.programs) with one
 replaced by what a build without that part does; all of them give the packet its verdict in the
 same repetitions as the whole program. Differences, per repetition, attribute the cost. The ACL
 probe (plain entry): the parse (the entry dropping right after it, less the floor), the stage
-hand-over (the tail call to the judge stage and its set-up, the search's mark among them), the
-policy event of a denied packet (rate limited, as in a flood), and what is left: the search and
-the verdict. The full pipeline (the restoring entry, its harness cost subtracted as in the cost
-table, since a decap changes the packet): parse, decap and exit (the tunnels lookup, the tunnel's
-counter and next_program's empty tail call among them), the stage hand-over, the ACL's search,
-and the rest of the judge.
+hand-over (the tail call to the judge stage and its set-up), the policy event of a denied packet
+(rate limited, as in a flood), and what is left: the ACL's verdict and the rest. The full
+pipeline (the restoring entry, its harness cost subtracted as in the cost table, since a decap
+changes the packet): parse, decap and exit (the tunnels lookup, the tunnel's counter and
+next_program's empty tail call among them), the stage hand-over, the ACL, and the rest of the
+judge. Both probes repeat one flow, so the ACL answers from its flow cache (docs/classifier.md),
+with no search and no reader mark: the mark's row shows what it costs where it is still taken
+(none here), and the searched cost is the cost table's "full, searched" row.
 """
 
 from __future__ import annotations
@@ -130,12 +132,13 @@ def _table(sizes: tuple[int, int], raw: dict[tuple[str, int], list[float]], floo
         ("floor: `return XDP_PASS`", floors),
         ("parse, scratch and exit (the entry without the tail call, less the floor)",
          [v("no_stage", n).minus(f) for n, f in zip(sizes, floors, strict=True)]),
-        ("stage hand-over: tail call, judge set-up, the search's mark",
+        ("stage hand-over: tail call, judge set-up",
          [v("no_judge", n).minus(v("no_stage", n)) for n in sizes]),
-        ("… of which the search's mark (an atomic add)",
+        ("the search's mark (an atomic add: none on a flow cache hit)",
          [w.minus(v("no_mark", n)) for w, n in zip(whole, sizes, strict=True)]),
         ("the policy event (rate limited)", event),
-        ("the search and the verdict (the rest)", [j.minus(e) for j, e in zip(stage, event, strict=True)]),
+        ("the ACL's verdict (a flow cache hit) and the rest",
+         [j.minus(e) for j, e in zip(stage, event, strict=True)]),
     ]
     for label, values in rows:
         t.add(label, *values)
@@ -200,9 +203,9 @@ def _full_table(label: str, raw: dict[str, list[float]], floor: list[float], pro
         ("… of which the tunnels lookup (the VNI's buckets)", whole.minus(v("no_tunnels"))),
         ("… of which the tunnel's counter", whole.minus(v("no_counter"))),
         ("… of which next_program's empty tail call", whole.minus(v("no_next"))),
-        ("stage hand-over: tail call, judge set-up, the search's mark", v("no_judge").minus(v("no_stage"))),
-        ("… of which the search's mark (an atomic add)", whole.minus(v("no_mark"))),
-        ("the ACL's search: prefilter, subtable walk, bucket lookup, candidate check",
+        ("stage hand-over: tail call, judge set-up", v("no_judge").minus(v("no_stage"))),
+        ("the search's mark (an atomic add: none on a flow cache hit)", whole.minus(v("no_mark"))),
+        ("the ACL: a flow cache hit (the generation twice, the 24-byte key's lookup, the rule record)",
          whole.minus(v("no_acl"))),
         ("the rest of the judge: fragment and conntrack checks, rule counter, policy event check"
          + ("" if _meta_off() else ", classifiers"), v("no_acl").minus(v("no_judge"))),
