@@ -37,13 +37,9 @@ def percpu_sum(values: Any) -> Counter:
     return total
 
 
-def u8_array(ctype: Any, data: bytes) -> Any:
-    return ctype(*data)
-
-
 def raw_array(ctype: Any, data: bytes) -> Any:
-    """A ctypes array of any element type holding `data` as its memory (addresses the ABI keeps
-    as words, struct tg_ct_key's, are bytes in network order all the same)."""
+    """A ctypes array of any element type holding `data` as its memory: a MAC's bytes, or
+    addresses the ABI keeps as words (struct tg_ct_key's), bytes in network order all the same."""
     return ctype.from_buffer_copy(data)
 
 
@@ -128,7 +124,7 @@ class DataplaneMaps:
         leaf.geneve_port = cfg.geneve_port
         leaf.unknown_vni_action = abi.UnknownVniAction[cfg.unknown_vni_action.upper()]
         leaf.default_action = abi.Action[cfg.default_action.upper()]
-        leaf.if_mac = u8_array(type(leaf.if_mac), if_mac)
+        leaf.if_mac = raw_array(type(leaf.if_mac), if_mac)
         leaf.event_rate = cfg.event_rate
         leaf.event_burst = cfg.event_burst
         for name in (*CT_TIMEOUTS, *_PACED):
