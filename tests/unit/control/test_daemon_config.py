@@ -40,8 +40,11 @@ def test_observability_keys(tmp_path: Path) -> None:
     ("events: {export: {path: ''}}\n", "events.export.path"),
     ("events: {export: /tmp/x}\n", "events.export"),
     ("events: {exporter: {path: /tmp/x}}\n", "events.exporter"),
+    ("flow_cache_insert_one_in: 0\n", "flow_cache_insert_one_in"),
+    ("flow_cache_insert_one_in: often\n", "flow_cache_insert_one_in"),
+    ("capacities: {acl_flows: -1}\n", "capacities.acl_flows"),
 ])
-def test_bad_observability_keys_name_the_field(tmp_path: Path, text: str, field: str) -> None:
+def test_bad_observability_and_flow_cache_keys_name_the_field(tmp_path: Path, text: str, field: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
@@ -89,15 +92,3 @@ def test_the_flow_cache_settings_reach_the_build(tmp_path: Path) -> None:
     text = "capacities: {acl_flows: 0}\nflow_cache_insert_one_in: 1\n"
     off = load_config(write(tmp_path, text)).dataplane_settings()
     assert {"-DTG_NO_FLOW_CACHE", "-DTG_ACL_FLOWS_MAX=0", "-DTG_FLOW_INSERT_ONE_IN=1"} <= set(off.cflags())
-
-
-@pytest.mark.parametrize(("text", "field"), [
-    ("flow_cache_insert_one_in: 0\n", "flow_cache_insert_one_in"),
-    ("flow_cache_insert_one_in: often\n", "flow_cache_insert_one_in"),
-    ("capacities: {acl_flows: -1}\n", "capacities.acl_flows"),
-])
-def test_a_bad_flow_cache_setting_names_the_field(tmp_path: Path, text: str, field: str) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert str(info.value).startswith(f"{path}: {field}: "), info.value
