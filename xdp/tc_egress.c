@@ -30,7 +30,7 @@ int tg_tc_egress(struct __sk_buff *skb)
 	tg_cursor_init(&c, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len);
 	/* On egress a VLAN tag to be offloaded sits in skb->vlan_tci, not in the data. */
 	proto = tg_parse_l2(&c, &eth, skb->vlan_present ? TG_VLAN_MAX - 1 : TG_VLAN_MAX);
-	if (proto < 0 || !tg_is_ip(proto) || tg_parse_ip(&c, proto, &t) < 0)
+	if (proto < 0 || !tg_is_ip(proto) || tg_parse_ip(&c, proto, &t, TG_ENDS_AT_END) < 0)
 		return TC_ACT_OK;
 	tg_ct_record(cfg, &t);
 	return TC_ACT_OK;

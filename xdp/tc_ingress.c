@@ -37,7 +37,7 @@ static __always_inline __u32 tg_tc_classify(struct __sk_buff *skb)
 	proto = tg_parse_l2(&c, &eth, skb->vlan_present ? TG_VLAN_MAX - 1 : TG_VLAN_MAX);
 	if (proto < 0 || !tg_is_ip(proto))
 		return 0;
-	if (tg_parse_ip(&c, proto, &t) < 0)
+	if (tg_parse_ip(&c, proto, &t, TG_ENDS_AT_END) < 0)
 		return 0;
 	s = tg_scratch_of(TG_HOOK_TC);
 	if (!s)

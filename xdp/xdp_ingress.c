@@ -111,7 +111,7 @@ int tg_xdp_ingress(struct xdp_md *ctx)
 	}
 	/* Parsed straight into the scratch: the tunnel stage and the judge read it there. */
 	__builtin_memset(&s->t, 0, sizeof(s->t));
-	rc = tg_parse_ip(&c, proto, &s->t);
+	rc = tg_parse_ip(&c, proto, &s->t, TG_ENDS_AT_END);
 	if (rc < 0) {
 		reason = tg_parse_reason(rc);
 		goto out;

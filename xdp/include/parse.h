@@ -123,6 +123,24 @@ static __always_inline int tg_cursor_at(struct tg_cursor *c, void *data, void *d
 	return 1;
 }
 
+/* Where the bytes being parsed end. An outer frame ends at c->end (TC pulls the headers in
+ * first). A tunnel's inner frame ends with the outer UDP payload, at c->len: bytes after it
+ * (the rest of the outer datagram, Ethernet padding) are readable but not the inner packet's,
+ * so a header reaching into them is truncated, whatever they hold. A constant at every call:
+ * the outer parse pays no second compare. */
+#define TG_ENDS_AT_END 0
+#define TG_ENDS_AT_LEN 1
+
+/* Whether n bytes at p are readable and, for an inner frame, inside it. */
+static __always_inline int tg_fits(const struct tg_cursor *c, void *p, __u32 n, int ends)
+{
+	void *e = p + n;
+
+	if (e > c->end)
+		return 0;
+	return ends != TG_ENDS_AT_LEN || (__u64)(e - c->frame) <= c->len;
+}
+
 /* The frame must hold the whole datagram its IP header announces (l3_len bytes from l3): the
  * stack drops a frame shorter than that (ip_rcv/ipv6_rcv: truncated) and trims bytes past it,
  * so a parser reading past it would judge, or decapsulate, bytes no one will receive. */
@@ -199,18 +217,18 @@ static __always_inline void tg_addr_from_v4(__u64 *out, __be32 addr)
 }
 
 /* Returns the L4 protocol; sets *l4_present to 0 for a non-first fragment. */
-static __always_inline int tg_parse_ipv4(struct tg_cursor *c, struct tg_tuple *t)
+static __always_inline int tg_parse_ipv4(struct tg_cursor *c, struct tg_tuple *t, int ends)
 {
 	struct iphdr *ip = c->pos;
 	__u32 hdr_len;
 
-	if ((void *)(ip + 1) > c->end)
+	if (!tg_fits(c, ip, sizeof(*ip), ends))
 		return TG_PARSE_TRUNCATED;
 	if (ip->version != 4 || ip->ihl < TG_IPV4_MIN_IHL)
 		return TG_PARSE_MALFORMED;
 	hdr_len = ip->ihl * TG_IPV4_WORD;
 	/* Options make the header variable-length: check the full length too. */
-	if (c->pos + hdr_len > c->end)
+	if (!tg_fits(c, c->pos, hdr_len, ends))
 		return TG_PARSE_TRUNCATED;
 	if (bpf_ntohs(ip->tot_len) < hdr_len)
 		return TG_PARSE_MALFORMED;
@@ -254,13 +272,13 @@ static __always_inline int tg_ipv6_is_ext(__u8 nexthdr)
 
 /* Walks up to TG_IPV6_EXT_MAX extension headers; returns the L4 protocol (for a non-first
  * fragment, the Fragment header's next header: what follows it is data). */
-static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t)
+static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t, int ends)
 {
 	struct ipv6hdr *ip6 = c->pos;
 	__u8 nexthdr;
 	int i;
 
-	if ((void *)(ip6 + 1) > c->end)
+	if (!tg_fits(c, ip6, sizeof(*ip6), ends))
 		return TG_PARSE_TRUNCATED;
 	if (ip6->version != 6)
 		return TG_PARSE_MALFORMED;
@@ -280,12 +298,12 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 
 		if (!tg_ipv6_is_ext(nexthdr))
 			break;
-		if ((void *)(ext + 1) > c->end)
+		if (!tg_fits(c, ext, sizeof(*ext), ends))
 			return TG_PARSE_TRUNCATED;
 		if (nexthdr == IPPROTO_FRAGMENT) {
 			struct tg_ipv6_frag *fh = c->pos;
 
-			if ((void *)(fh + 1) > c->end)
+			if (!tg_fits(c, fh, sizeof(*fh), ends))
 				return TG_PARSE_TRUNCATED;
 			if (bpf_ntohs(fh->frag_off) & TG_IPV6_FRAG_OFFSET_MASK)
 				t->l4_present = 0;
@@ -299,7 +317,7 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 		} else {
 			ext_len = (ext->hdrlen + 1) * TG_IPV6_EXT_UNIT;
 		}
-		if (c->pos + ext_len > c->end)
+		if (!tg_fits(c, c->pos, ext_len, ends))
 			return TG_PARSE_TRUNCATED;
 		nexthdr = ext->nexthdr;
 		if (tg_forget_off((c->pos - c->frame) + ext_len, &off))
@@ -319,14 +337,14 @@ static __always_inline int tg_parse_ipv6(struct tg_cursor *c, struct tg_tuple *t
 
 /* Reads ports where the protocol has them and leaves the cursor after the fixed L4 header.
  * Non-first fragments carry no L4 header. */
-static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
+static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t, int ends)
 {
 	if (!t->l4_present)
 		return 0;
 	if (t->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = c->pos;
 
-		if ((void *)(tcp + 1) > c->end)
+		if (!tg_fits(c, tcp, sizeof(*tcp), ends))
 			return TG_PARSE_TRUNCATED;
 		if (tcp->doff < TG_TCP_MIN_DOFF)
 			return TG_PARSE_MALFORMED;
@@ -342,7 +360,7 @@ static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
 	} else if (t->proto == IPPROTO_UDP) {
 		struct udphdr *udp = c->pos;
 
-		if ((void *)(udp + 1) > c->end)
+		if (!tg_fits(c, udp, sizeof(*udp), ends))
 			return TG_PARSE_TRUNCATED;
 		t->sport = udp->source;
 		t->dport = udp->dest;
@@ -350,7 +368,7 @@ static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
 	} else if (t->proto == TG_IPPROTO_SCTP) {
 		struct tg_sctp_ports *sctp = c->pos;
 
-		if ((void *)(sctp + 1) > c->end)
+		if (!tg_fits(c, sctp, sizeof(*sctp), ends))
 			return TG_PARSE_TRUNCATED;
 		t->sport = sctp->source;
 		t->dport = sctp->dest;
@@ -358,7 +376,7 @@ static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
 	} else if (t->proto == IPPROTO_ICMP || t->proto == IPPROTO_ICMPV6) {
 		struct tg_icmp_echo *icmp = c->pos;
 
-		if (c->pos + TG_ICMP_MIN_LEN > c->end)
+		if (!tg_fits(c, c->pos, TG_ICMP_MIN_LEN, ends))
 			return TG_PARSE_TRUNCATED;
 		t->icmp_type = icmp->type;
 		t->icmp_code = icmp->code;
@@ -370,20 +388,21 @@ static __always_inline int tg_parse_l4(struct tg_cursor *c, struct tg_tuple *t)
 	return 0;
 }
 
-/* Parses IPv4/IPv6 + L4 from the cursor into *t. Returns 0, or a TG_PARSE_* error. */
-static __always_inline int tg_parse_ip(struct tg_cursor *c, __be16 eth_proto, struct tg_tuple *t)
+/* Parses IPv4/IPv6 + L4 from the cursor into *t, in a frame that ends where `ends` says
+ * (TG_ENDS_AT_*). Returns 0, or a TG_PARSE_* error. */
+static __always_inline int tg_parse_ip(struct tg_cursor *c, __be16 eth_proto, struct tg_tuple *t, int ends)
 {
 	int rc;
 
 	c->l3_off = c->pos - c->frame;
 	if (eth_proto == bpf_htons(ETH_P_IP))
-		rc = tg_parse_ipv4(c, t);
+		rc = tg_parse_ipv4(c, t, ends);
 	else
-		rc = tg_parse_ipv6(c, t);
+		rc = tg_parse_ipv6(c, t, ends);
 	if (rc < 0)
 		return rc;
 	c->l4_off = c->pos - c->frame;
-	return tg_parse_l4(c, t);
+	return tg_parse_l4(c, t, ends);
 }
 
 static __always_inline int tg_is_ip(__be16 eth_proto)

@@ -197,7 +197,7 @@ static __always_inline int tg_tunnel_finish(struct tg_cursor *c, void *frame, st
 		return TG_TUN_LEAVE;
 	}
 	__builtin_memset(inner, 0, sizeof(*inner));
-	rc = tg_parse_ip(&ic, proto, inner);
+	rc = tg_parse_ip(&ic, proto, inner, TG_ENDS_AT_LEN);
 	if (rc < 0)
 		return tg_drop(ti, tg_parse_reason(rc));
 	ti->outer_len = c->pos - frame;

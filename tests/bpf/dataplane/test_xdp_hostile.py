@@ -472,6 +472,15 @@ LENGTH_CASES = [
      abi.Reason.PASS_DEFAULT),
     ("inner datagram reaching into bytes past the UDP payload",
      _vxlan(_ipv4(UDP_5000, tot_len=40), junk=bytes(12)), abi.Reason.DROP_TRUNCATED),
+    # The inner headers end with the UDP payload too, not with the outer frame: the fuzzer's third
+    # find was an inner IPv6 header cut short by the UDP length, whose last bytes fell in the outer
+    # frame's Ethernet padding; the program read them and judged the header malformed.
+    ("inner IPv6 header cut by the UDP payload, the rest in the outer frame's padding",
+     _vxlan(ETH + b"\x86\xdd" + _ipv4(UDP_5000)[14:40]) + bytes(14), abi.Reason.DROP_TRUNCATED),
+    ("inner UDP header only in the outer frame's padding, not read as ports",
+     _vxlan(_ipv4(b"", tot_len=20)) + UDP_5000 + bytes(6), abi.Reason.DROP_TRUNCATED),
+    ("inner IPv4 options only in the outer frame's padding",
+     _vxlan(ETH + b"\x08\x00\x46" + _ipv4(b"", tot_len=20)[15:]) + bytes(12), abi.Reason.DROP_TRUNCATED),
 ]
 
 
