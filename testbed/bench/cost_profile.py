@@ -41,7 +41,7 @@ class Variant:
 
 
 # The ACL's search and its mark (match.h, tg_acl_slot; a flow cache hit takes neither).
-_ACL_MARK = "reader = tg_read_begin(TG_HOOK_XDP);\n\tslot = tg_match(TG_TABLE_ACL, s);"
+_ACL_MARK = "reader = tg_read_begin(TG_HOOK_XDP);\n\tslot = tg_match(TG_TABLE_ACL, s, &unmatchable);"
 
 VARIANTS = (
     Variant("whole", "the whole program", ()),

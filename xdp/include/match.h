@@ -247,8 +247,10 @@ static __always_inline struct tg_bucket *tg_bucket_for(enum tg_table table, stru
 	return tg_bucket_of(table, &s->k);
 }
 
-/* Slot of the first rule (by order) of `table` matching the probe s->p, or TG_SLOT_NONE. */
-static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
+/* Slot of the first rule (by order) of `table` matching the probe s->p, or TG_SLOT_NONE. With
+ * `unmatchable` (a constant NULL where unused: it folds away), *unmatchable says whether the
+ * prefilter alone answered: no rule's addresses meet the packet's, so nothing was searched. */
+static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s, int *unmatchable)
 {
 	__u32 key = table, place = 0, bank, i, maybe;
 	struct tg_subtables *set;
@@ -260,6 +262,8 @@ static __always_inline __u32 tg_match(enum tg_table table, struct tg_scratch *s)
 		place = *searched & (TG_SUBTABLE_PLACES - 1); /* read once: the whole search uses it */
 	bank = place & 1;
 	maybe = tg_prefilter(table, bank, &s->p);
+	if (unmatchable)
+		*unmatchable = !maybe;
 	if (!maybe)
 		return TG_SLOT_NONE; /* no rule's addresses meet the packet's */
 	set = tg_subtables_of(table, &place);
@@ -394,6 +398,7 @@ static __always_inline __u32 tg_acl_slot(struct tg_scratch *s, __u8 *action)
 {
 	struct tg_reader *reader;
 	struct tg_rule *rule;
+	int unmatchable = 0;
 	__u32 slot;
 
 #ifndef TG_NO_FLOW_CACHE
@@ -405,7 +410,7 @@ static __always_inline __u32 tg_acl_slot(struct tg_scratch *s, __u8 *action)
 	tg_forget(); /* one state into the search, whichever way the cache missed */
 #endif
 	reader = tg_read_begin(TG_HOOK_XDP);
-	slot = tg_match(TG_TABLE_ACL, s);
+	slot = tg_match(TG_TABLE_ACL, s, &unmatchable);
 	*action = TG_ACTION_ALLOW;
 	if (slot != TG_SLOT_NONE) {
 		rule = acl_rules.lookup(&slot);
@@ -414,7 +419,9 @@ static __always_inline __u32 tg_acl_slot(struct tg_scratch *s, __u8 *action)
 	}
 	tg_read_end(reader);
 #ifndef TG_NO_FLOW_CACHE
-	if (!(s->gen & 1))
+	/* Not what the prefilter alone answered: that costs two array reads already, and a flood
+	 * from addresses no rule covers would only evict the flows worth caching. */
+	if (!(s->gen & 1) && !unmatchable)
 		tg_flow_insert(s, slot);
 #endif
 	return slot;
@@ -423,7 +430,7 @@ static __always_inline __u32 tg_acl_slot(struct tg_scratch *s, __u8 *action)
 /* Classifier mark for the probe, counted per classifier; 0 when none matches. */
 static __always_inline __u32 tg_classify(struct tg_scratch *s, __u64 bytes)
 {
-	__u32 slot = tg_match(TG_TABLE_CLS, s);
+	__u32 slot = tg_match(TG_TABLE_CLS, s, NULL);
 	struct tg_rule *rule;
 
 	if (slot == TG_SLOT_NONE)

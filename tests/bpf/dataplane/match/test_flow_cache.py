@@ -137,8 +137,10 @@ def twice(dp: Any, packet: bytes) -> list[tuple[Any, str]]:
 
 
 def _cached_deny(dp: Any, family: int) -> int:
-    """Rule 10 denies TCP to port 80, and the flow to it is cached: its slot."""
-    dp.acl.replace([port_rule(10, 10, "deny", 80)])
+    """Rule 10 denies TCP to port 80, and the flow to it is cached: its slot. Rule 11 stays when
+    10 goes: an ACL left with no rule for the packet's addresses is answered by the prefilter
+    alone, which is never cached (test_what_the_prefilter_alone_answers_is_never_cached)."""
+    dp.acl.replace([port_rule(10, 10, "deny", 80), port_rule(11, 11, "allow", 443)])
     assert twice(dp, tcp(family, 80)) == [(R.DROP_DENIED, "miss"), (R.DROP_DENIED, "hit")]
     assert entry_for(dp, family, 80) == (dp.acl.generation(), slot_of(dp, 10))
     return slot_of(dp, 10)
@@ -178,6 +180,25 @@ def test_a_slot_given_to_another_rule_is_never_answered_from_a_stale_entry(dp: A
     # not the allow rule now in the slot
     assert twice(dp, tcp(family, 80)) == [(R.DROP_DEFAULT, "miss"), (R.DROP_DEFAULT, "hit")]
     assert entry_for(dp, family, 80) == (dp.acl.generation(), abi.define("TG_SLOT_NONE"))
+
+
+# Sources of the rule in the prefilter test: far from ADDRS, so in other prefilter blocks
+COVERED = {4: ("192.0.2.0/24", "192.0.2.7"), 6: ("fd00:99::/32", "fd00:99::7")}
+
+
+def test_what_the_prefilter_alone_answers_is_never_cached(allowing: Any, family: int) -> None:
+    """A packet no rule's addresses meet costs the search two array reads: caching it would only
+    let a flood from addresses no rule covers evict the flows worth caching."""
+    dp = allowing
+    prefix, inside = COVERED[family]
+    dp.acl.replace([acl_rule(30, 30, "deny", src=prefix, proto=TCP)])
+    port = 7007  # no other test's flow
+    assert twice(dp, tcp(family, port)) == [(R.PASS_DEFAULT, "miss")] * 2  # insert chance 1, yet no hit
+    assert [e for e in entries(dp, family) if int(e[0]["dport"]) == port] == []
+    # from inside the rule's prefix: searched, cached, then answered by the cache
+    packet = inner_frame(inside, ADDRS[family][1], proto="tcp", sport=40000, dport=port)
+    assert twice(dp, packet) == [(R.DROP_DENIED, "miss"), (R.DROP_DENIED, "hit")]
+    assert entry_for(dp, family, port) == (dp.acl.generation(), slot_of(dp, 30))
 
 
 def _write_gen(dp: Any, gen: int) -> None:
