@@ -90,7 +90,10 @@ def _realtime_threads(pid: int) -> set[tuple[int, int]]:
         except FileNotFoundError:  # the thread ended meanwhile
             continue
         policy, priority = int(fields[38]), int(fields[37])  # stat(5): policy 41, rt_priority 40
-        if policy in (os.SCHED_FIFO, os.SCHED_RR):
+        # The kernel writes the two fields one after the other and /proc reads them unlocked: a
+        # read inside the switch up sees the new policy with the old priority, 0, which no real-
+        # time thread can have (sched_setscheduler refuses it): that reading is not a state.
+        if policy in (os.SCHED_FIFO, os.SCHED_RR) and priority > 0:
             found.add((int(tid), priority))
     return found
 
