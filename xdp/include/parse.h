@@ -184,7 +184,7 @@ static __always_inline int tg_parse_vlans(struct tg_cursor *c, __be16 proto, int
 			return proto;
 		if (i >= max_tags)
 			return TG_PARSE_MALFORMED;
-		if ((void *)(tag + 1) > c->end || (__u64)((void *)(tag + 1) - c->frame) > c->len)
+		if (!tg_fits(c, tag, sizeof(*tag), TG_ENDS_AT_LEN))
 			return TG_PARSE_TRUNCATED;
 		proto = tag->proto;
 		c->pos = tag + 1;
