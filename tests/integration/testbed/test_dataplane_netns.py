@@ -97,7 +97,9 @@ def test_a_vni_tidegate_does_not_terminate_is_left_to_the_kernel(dp, topo):
 
     moved = snapshot(dp) - before
     assert moved.event(abi.Event.UNKNOWN_VNI_PASSED) == PINGS
-    assert moved.event(abi.Event.DECAP_VXLAN) == 0
+    # The kernel device got every ping, so Tidegate decapped none. Not DECAP_VXLAN == 0: VNI 200
+    # is still Tidegate's, and its kernel devices send IPv6 ND/MLD of their own at any time (CI saw
+    # one decapped here); nor DECAP_VXLAN == tunnel(200), which two reads of a snapshot can tear.
     assert t.link_rx_packets(topo.appliance, t.TUNNEL_V4.ifname) - kernel_decapped == PINGS
 
 
