@@ -88,7 +88,8 @@ def test_a_flow_idle_past_its_timeout_is_judged_by_the_acl_again(dp, topo):
         assert receive_udp(client, expect=1, timeout=0.3) == []
     moved = snapshot(dp) - before
     assert moved.event(E.CT_EXPIRED) == 1
-    assert moved.reason(R.DROP_DEFAULT) == 1
+    # >=: under default deny the underlay's own IPv6 ND/MLD, sent at any time, is dropped too
+    assert moved.reason(R.DROP_DEFAULT) >= 1
 
 
 CAPACITY, FLOWS = 256, 300
