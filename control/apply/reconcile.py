@@ -448,7 +448,8 @@ def _switches(compiled: CompiledMatch | Live) -> bool:
 
 
 def occupancy(reconciler: Reconciler) -> dict[tuple[str, str], tuple[int, int]]:
-    """(interface, map) -> (entries, capacity), from the compiled tables and the tunnels."""
+    """(interface, map) -> (entries, capacity), from the compiled tables and the tunnels, and for
+    conntrack (which the programs write, not the daemon) from the programs' count of its flows."""
     caps = reconciler.settings.capacities
     out: dict[tuple[str, str], tuple[int, int]] = {}
     for name, plane in reconciler.planes.items():
@@ -457,6 +458,7 @@ def occupancy(reconciler: Reconciler) -> dict[tuple[str, str], tuple[int, int]]:
                 out[(name, map_name)] = used
         intent = reconciler.intents.get(name)
         out[(name, "tunnels")] = (len(intent.tunnels) if intent is not None else 0, caps.tunnels)
+        out[(name, "conntrack")] = plane.maps.conntrack_occupancy()
     return out
 
 

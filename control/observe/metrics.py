@@ -12,8 +12,9 @@ data plane while it reads). A change that holds the lock for longer than SCRAPE_
 start from zero when the rule, tunnel or leg is (re)created, as in GetStats.
 
 Map occupancy is computed from what the daemon wrote (the compiled match tables and the
-tunnels of each interface), not by walking the maps; kernel memory per map is the kernel's own
-figure (dataplane.kernel.memory).
+tunnels of each interface), not by walking the maps; conntrack, which the programs fill, from
+the programs' own count of its flows. Kernel memory per map is the kernel's own figure
+(dataplane.kernel.memory).
 
 Series are bounded by what is configured, not by the size of the policy: per-rule series exist
 only for the rules marked `metrics: true` (their counters alone are read) and, with
@@ -174,7 +175,9 @@ class TidegateCollector(Collector):
             yield from families
         yield events
         yield memory
-        entries = GaugeMetricFamily("tidegate_map_entries", "Entries the daemon wrote to a map",
+        entries = GaugeMetricFamily("tidegate_map_entries",
+                                    "Entries in a map: those the daemon wrote, or for conntrack the "
+                                    "flows the programs hold",
                                     labels=[*iface, "map"])
         capacity = GaugeMetricFamily("tidegate_map_capacity", "Entries a map can hold (max_entries)",
                                      labels=[*iface, "map"])

@@ -26,6 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.rpc.api import pb2
+from dataplane.kernel.build_settings import Capacities
 from testbed.daemon import DaemonProcess
 from testbed.netns import Link, linked_namespaces
 
@@ -52,14 +53,19 @@ def link() -> Iterator[Link]:
         yield made
 
 
+def policy(**settings: Any) -> pb2.Policy:
+    """The module's policy: rule DENY_RULE drops UDP to UDP_PORT."""
+    rule = pb2.AclRule(id=DENY_RULE, action=pb2.ACTION_DENY, metrics=True, match=pb2.Match(
+        protocol=pb2.PROTOCOL_UDP, dport=pb2.PortRange(low=UDP_PORT, high=UDP_PORT)))
+    return pb2.Policy(acl=[rule], settings=pb2.Settings(**settings))
+
+
 @pytest.fixture(scope="module")
 def daemon(link: Link, daemon_on_veth: Any,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     export = tmp_path_factory.mktemp("export") / "events.jsonl"
     with daemon_on_veth(link.ns, IFNAME, metrics_listen=METRICS, events_export=export) as d:
-        rule = pb2.AclRule(id=DENY_RULE, action=pb2.ACTION_DENY, metrics=True, match=pb2.Match(
-            protocol=pb2.PROTOCOL_UDP, dport=pb2.PortRange(low=UDP_PORT, high=UDP_PORT)))
-        d.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=pb2.Policy(acl=[rule])))
+        d.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=policy()))
         yield d
 
 
@@ -117,6 +123,30 @@ def test_metrics_endpoint_counters_move_with_traffic(daemon: DaemonProcess, link
         return all(sample(after, n, **lb) - sample(before, n, **lb) >= 5 for n, lb in (rule, denied))
 
     until(moved, "the rule's and DROP_DENIED's packet counters grew by 5")
+
+
+def test_map_entries_count_the_flows_conntrack_holds(daemon: DaemonProcess, link: Link) -> None:
+    """conntrack is the programs' table, not the daemon's: its entries are their count of flows."""
+    flows = 3
+    daemon.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=policy(allow_established=True)))
+    try:
+        before = scrape(daemon)
+        assert sample(before, "tidegate_map_capacity", interface=IFNAME, map="conntrack") == \
+            Capacities().conntrack
+        with link.ns.enter():
+            senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
+        for s in senders:  # a flow each: their own source ports
+            with s:
+                s.sendto(b"out", (PEER_ADDR, UDP_PORT))
+
+        def grown() -> bool:
+            entries = [sample(s, "tidegate_map_entries", interface=IFNAME, map="conntrack")
+                       for s in (before, scrape(daemon))]
+            return entries[1] - entries[0] >= flows
+
+        until(grown, f"conntrack's entries grew by the {flows} flows sent out")
+    finally:
+        daemon.policy.ApplyPolicy(pb2.ApplyPolicyRequest(policy=policy()))
 
 
 def test_top_once_prints_rates(daemon: DaemonProcess) -> None:

@@ -35,6 +35,7 @@ from dataplane.match.live import count_buckets
 from dataplane.match.table import ACL_TABLES, CLS_TABLES, MatchTable
 
 CAPS = Capacities(acl_rules=64, acl_buckets=128, acl_buckets4=96, tunnels=16)
+CT_CAPACITY = 256
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -48,6 +49,8 @@ class FakePlane:
         self.acl.current = compile(rules, empty(), acl_capacity(CAPS), "acl").live()
         self.classifiers = MatchTable(no_maps, CLS_TABLES, cls_capacity(CAPS))
         self.xdp_mode: str | None = "native"
+        self.flows = 0  # what the programs' conntrack count would say (the real one: tests/integration)
+        self.maps = SimpleNamespace(conntrack_occupancy=lambda: (self.flows, CT_CAPACITY))
 
     def map_memory(self) -> dict[str, int]:
         return {"acl_rules": 4096, "acl_rule_stats": 8192}
@@ -211,6 +214,11 @@ def test_map_occupancy_comes_from_the_compiled_tables_and_tunnels(parts: Any) ->
     assert value(s, "tidegate_map_entries", interface="eth0", map="tunnels") == 2
     assert value(s, "tidegate_map_capacity", interface="eth0", map="tunnels") == 16
     assert value(s, "tidegate_map_entries", interface="eth0", map="cls_rules") == 0
+    assert value(s, "tidegate_map_entries", interface="eth0", map="conntrack") == 0
+    reconciler.planes["eth0"].flows = 7
+    s = scrape(collector)
+    assert value(s, "tidegate_map_entries", interface="eth0", map="conntrack") == 7
+    assert value(s, "tidegate_map_capacity", interface="eth0", map="conntrack") == CT_CAPACITY
     assert occupancy(reconciler)[("eth0", "acl_buckets")][0] >= 1
 
 
@@ -224,6 +232,7 @@ def test_occupancy_of_a_bigger_table() -> None:
     assert found[("eth1", "acl_buckets4")] == (len(plane.acl.current.keys), 96)  # IPv4 rules only
     assert found[("eth1", "acl_buckets")] == (0, 128)
     assert found[("eth1", "tunnels")] == (0, 16)
+    assert found[("eth1", "conntrack")] == (0, CT_CAPACITY)
 
 
 def test_health_generation_and_last_apply(parts: Any) -> None:
