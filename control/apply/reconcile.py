@@ -458,7 +458,7 @@ def occupancy(reconciler: Reconciler) -> dict[tuple[str, str], tuple[int, int]]:
                 out[(name, map_name)] = used
         intent = reconciler.intents.get(name)
         out[(name, "tunnels")] = (len(intent.tunnels) if intent is not None else 0, caps.tunnels)
-        out[(name, "conntrack")] = plane.maps.conntrack_occupancy()
+        out[(name, "conntrack")] = (plane.maps.conntrack_live(), caps.conntrack)
     return out
 
 

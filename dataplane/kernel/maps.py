@@ -273,13 +273,10 @@ class DataplaneMaps:
         live[live.Key(0)] = live.Leaf(0)
 
     def conntrack_live(self) -> int:
+        """The flows the programs hold: one counter read, not a walk of the table, so a scrape
+        may ask it of a full table."""
         live = self._table("conntrack_live")
         return int(live[live.Key(0)].value)
-
-    def conntrack_occupancy(self) -> tuple[int, int]:
-        """(flows the programs hold, the table's size): one counter read, not a walk of the
-        table, so a scrape may ask it of a full 65,536-entry table."""
-        return self.conntrack_live(), self._table("conntrack").max_entries
 
     def tunnel_counts(self) -> dict[int, Counter]:
         """Packets/bytes decapped, per VNI of the tunnels configured."""

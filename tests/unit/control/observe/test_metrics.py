@@ -34,8 +34,8 @@ from dataplane.match.columns import RuleColumns
 from dataplane.match.live import count_buckets
 from dataplane.match.table import ACL_TABLES, CLS_TABLES, MatchTable
 
-CAPS = Capacities(acl_rules=64, acl_buckets=128, acl_buckets4=96, tunnels=16)
 CT_CAPACITY = 256
+CAPS = Capacities(acl_rules=64, acl_buckets=128, acl_buckets4=96, tunnels=16, conntrack=CT_CAPACITY)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -50,7 +50,7 @@ class FakePlane:
         self.classifiers = MatchTable(no_maps, CLS_TABLES, cls_capacity(CAPS))
         self.xdp_mode: str | None = "native"
         self.flows = 0  # what the programs' conntrack count would say (the real one: tests/integration)
-        self.maps = SimpleNamespace(conntrack_occupancy=lambda: (self.flows, CT_CAPACITY))
+        self.maps = SimpleNamespace(conntrack_live=lambda: self.flows)
 
     def map_memory(self) -> dict[str, int]:
         return {"acl_rules": 4096, "acl_rule_stats": 8192}
